@@ -1,0 +1,73 @@
+"""Terminal <-> server sync protocol: message shapes and request authentication.
+
+One call, `POST /api/terminal/v1/sync` with a CBOR body (`application/cbor`), both uploads and
+downloads. This module fixes the shapes (plain dicts of ints, bytes, str, lists) and the signing
+string; the shells turn them into bytes with cbor2.
+
+Request body (a CBOR map):
+
+    terminal_id      int
+    clock_ms         int    terminal clock when the request was built
+    records          [bytes]  encoded records (records.py), ascending seq, at most MAX_BATCH_RECORDS
+    deny_version     int    highest deny-list version the terminal holds (0 = none)
+    balance_version  int    highest balance version the terminal holds (0 = none)
+    config_version   int    configuration version the terminal runs (0 = none)
+    health           map    free-form str -> int/str (journal depth, firmware, uptime_s, ...)
+
+Answer body (a CBOR map):
+
+    acked_seq        int    highest contiguous seq the server holds for this terminal
+    server_ms        int    server clock when answering (terminal uses it to correct its clock)
+    deny             {"version": int, "entries": [[kind, ref, active, reason_code], ...], "more": bool}
+                     kind: "card" (ref = card_number*256 + generation), "card_number" (every
+                     generation), "account", "terminal"; active False lifts an earlier entry
+    balances         {"version": int, "rows": [[account_id, wallet, balance_fen,
+                      spent_today_fen, single_limit_fen, daily_limit_fen], ...], "more": bool}
+    config           map or None   (new configuration when config_version is behind)
+    commands         [{"op": "resend", "from_seq": a, "to_seq": b} | {"op": "set_time", "server_ms": t}]
+
+Errors are HTTP 4xx with a CBOR map {"error": code, "message": text}.
+
+Authentication headers (every request):
+
+    X-Ykt-Terminal   terminal id (decimal)
+    X-Ykt-Counter    request counter (decimal), strictly increasing per terminal: a replay or an
+                     old counter is refused; the terminal persists it before sending
+    X-Ykt-Mac        hex HMAC-SHA256 over signing_string(...) with the terminal's key
+"""
+import hashlib
+
+SYNC_PATH = "/api/terminal/v1/sync"
+CONTENT_TYPE = "application/cbor"
+MAX_BATCH_RECORDS = 1000
+MAX_BODY_BYTES = 256 * 1024
+
+HEADER_TERMINAL = "X-Ykt-Terminal"
+HEADER_COUNTER = "X-Ykt-Counter"
+HEADER_MAC = "X-Ykt-Mac"
+
+WALLET_MAIN = "main"
+WALLET_WATER = "water"
+WALLET_LEGACY = "legacy"
+WALLETS = (WALLET_MAIN, WALLET_WATER, WALLET_LEGACY)
+
+DENY_CARD = "card"
+DENY_CARD_NUMBER = "card_number"
+DENY_ACCOUNT = "account"
+DENY_TERMINAL = "terminal"
+
+
+def signing_string(method, path, terminal_id, counter, body):
+    """What the request MAC covers: method, path, terminal, counter and a hash of the body."""
+    return b"ykt-sync-v1\n" + ("%s\n%s\n%d\n%d\n" % (method, path, terminal_id, counter)).encode() + \
+        hashlib.sha256(body).digest()
+
+
+def card_deny_ref(card_number, generation):
+    return card_number * 256 + generation
+
+
+def auth_headers(sam, method, path, terminal_id, counter, body):
+    """Headers for one request, the MAC made by the terminal's key holder."""
+    mac = sam.sign_request(signing_string(method, path, terminal_id, counter, body))
+    return {HEADER_TERMINAL: str(terminal_id), HEADER_COUNTER: str(counter), HEADER_MAC: mac.hex()}
