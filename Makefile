@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
-# Each installs what it needs first (virtual environment, Python packages, npm packages).
+# Each installs what it needs first (Debian packages when missing, virtual environment, Python
+# packages, npm packages); later runs skip the installs until pyproject.toml or package*.json change.
 
 PYTHON ?= python3
 VENV := .venv
@@ -7,21 +8,29 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 PYTEST_ARGS ?=
+# apt-get needs root; use sudo when we are not root and it exists.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+APT_INSTALL := $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
 
 .PHONY: demo test setup clean
 
 setup: $(PY_STAMP) $(NODE_STAMP)
 
 $(PY_STAMP): pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { apt-get update && apt-get install -y python3 python3-venv; }
-	@command -v npm >/dev/null || { apt-get update && apt-get install -y nodejs npm; }
+	@command -v $(PYTHON) >/dev/null || { $(APT_INSTALL) python3 python3-venv; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "ykt needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) --version)"; exit 1; }
+	@# Debian splits ensurepip (needed by venv) into python3-venv / python3.X-venv.
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { $(APT_INSTALL) python3-venv \
+		"python3.$$($(PYTHON) -c 'import sys; print(sys.version_info[1])')-venv" || $(APT_INSTALL) python3-venv; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
-$(NODE_STAMP): package.json
-	npm install --no-audit --no-fund --loglevel=error
+$(NODE_STAMP): package.json package-lock.json
+	@{ command -v node && command -v npm; } >/dev/null || { $(APT_INSTALL) nodejs npm; }
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 demo: $(PY_STAMP)
