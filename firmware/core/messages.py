@@ -1,0 +1,93 @@
+"""Every prompt and refusal a terminal shows or speaks, as a code with Chinese and English text.
+
+The core only ever emits codes (`Show(code, fields)`); the shell turns them into text for the
+display, the speaker or a log line. Chinese is the default, English is available for visiting
+staff and for logs. Fields are filled with `%(name)s`; money fields are given in fen and shown in
+yuan with two decimals (`amount_fen` -> `amount`, `balance_fen` -> `balance`).
+
+Limits: no plural rules, no locale other than zh/en; an unknown language falls back to Chinese.
+"""
+
+TAP_CARD = "tap_card"
+ENTER_AMOUNT = "enter_amount"
+AMOUNT_DUE = "amount_due"
+PROCESSING = "processing"
+ACCEPTED = "accepted"
+INSUFFICIENT_BALANCE = "insufficient_balance"
+CARD_LOST = "card_lost"
+UNKNOWN_CARD = "unknown_card"
+CARD_EXPIRED = "card_expired"
+CARD_REPLACED = "card_replaced"
+ACCOUNT_BLOCKED = "account_blocked"
+NO_WALLET = "no_wallet"
+OVER_SINGLE_LIMIT_PIN = "over_single_limit_pin"
+OVER_DAILY_LIMIT_PIN = "over_daily_limit_pin"
+PIN_NEEDS_NETWORK = "pin_needs_network"
+PIN_CHECKING = "pin_checking"
+PIN_WRONG = "pin_wrong"
+PIN_INVALID = "pin_invalid"
+PIN_TIMEOUT = "pin_timeout"
+OFFLINE_CAP_REACHED = "offline_cap_reached"
+TAP_AGAIN = "tap_again"
+REPEAT_TAP = "repeat_tap"
+TERMINAL_REVOKED = "terminal_revoked"
+INVALID_AMOUNT = "invalid_amount"
+UNKNOWN_DISH = "unknown_dish"
+CANCELLED = "cancelled"
+JOURNAL_FAILED = "journal_failed"
+READER_ERROR = "reader_error"
+
+# code -> (Chinese, English)
+TEXTS = {
+    TAP_CARD: ("请刷卡", "Please tap your card"),
+    AMOUNT_DUE: ("应付%(amount)s元，请刷卡", "%(amount)s yuan: please tap your card"),
+    ENTER_AMOUNT: ("请输入金额", "Please enter the amount"),
+    PROCESSING: ("正在处理，请勿移开卡片", "Processing, keep the card in place"),
+    ACCEPTED: ("交易成功 消费%(amount)s元 余额%(balance)s元 %(name)s",
+               "Paid %(amount)s yuan, balance %(balance)s yuan, %(name)s"),
+    INSUFFICIENT_BALANCE: ("余额不足", "Insufficient balance"),
+    CARD_LOST: ("卡片已挂失", "This card has been reported lost"),
+    UNKNOWN_CARD: ("未知卡片", "Unknown card"),
+    CARD_EXPIRED: ("卡片已过期", "This card has expired"),
+    CARD_REPLACED: ("卡片已补办，旧卡失效", "This card was replaced; the old card is no longer valid"),
+    ACCOUNT_BLOCKED: ("账户已冻结", "This account is blocked"),
+    NO_WALLET: ("身份卡不能消费", "Identity-only card: no payments"),
+    OVER_SINGLE_LIMIT_PIN: ("超过单笔限额，请输入密码", "Over the single-payment limit: please enter your PIN"),
+    OVER_DAILY_LIMIT_PIN: ("超过当日限额，请输入密码", "Over the daily limit: please enter your PIN"),
+    PIN_NEEDS_NETWORK: ("超过限额，脱机无法验证密码", "Over the limit: the PIN cannot be checked offline"),
+    PIN_CHECKING: ("正在验证密码", "Checking the PIN"),
+    PIN_WRONG: ("密码错误", "Wrong PIN"),
+    PIN_INVALID: ("请输入6位数字密码", "The PIN is 6 digits"),
+    PIN_TIMEOUT: ("密码输入超时", "PIN entry timed out"),
+    OFFLINE_CAP_REACHED: ("脱机消费已达上限", "Offline spending cap reached"),
+    TAP_AGAIN: ("请重新刷卡", "Card removed too early: please tap again"),
+    REPEAT_TAP: ("重复刷卡，请收银员确认", "Repeated tap: cashier, please confirm"),
+    TERMINAL_REVOKED: ("终端已停用", "This terminal has been revoked"),
+    INVALID_AMOUNT: ("金额无效", "Invalid amount"),
+    UNKNOWN_DISH: ("菜品不存在", "Unknown dish"),
+    CANCELLED: ("交易已取消", "Cancelled"),
+    JOURNAL_FAILED: ("记账失败，未扣款，请联系管理员", "Could not record the payment; nothing charged"),
+    READER_ERROR: ("读卡器故障，请重新刷卡", "Reader error: please tap again"),
+}
+
+LANGUAGES = ("zh", "en")
+
+
+def yuan(amount_fen):
+    """12345 -> '123.45'; negative balances keep their sign."""
+    sign = "-" if amount_fen < 0 else ""
+    amount_fen = abs(amount_fen)
+    return "%s%d.%02d" % (sign, amount_fen // 100, amount_fen % 100)
+
+
+def text(code, lang="zh", **fields):
+    """The display text of `code` in `lang`, with `*_fen` fields also offered in yuan."""
+    zh, en = TEXTS[code]
+    template = en if lang == "en" else zh
+    values = {"amount": "", "balance": "", "name": ""}
+    for name in fields:
+        value = fields[name]
+        values[name] = value
+        if name.endswith("_fen") and isinstance(value, int):
+            values[name[:-4]] = yuan(value)
+    return (template % values).strip()

@@ -1,0 +1,355 @@
+"""The canteen POS (消费机) as a sans-IO state machine: events in, actions out (h11 style).
+
+The shell (firmware/apps/pos_terminal.py) turns keys, reader results, journal commits and sync
+answers into events, feeds them to `CanteenPos.handle(event)` and carries out the actions it gets
+back. Nothing here touches the reader, the disk, the network or a clock.
+
+One tap, the happy path:
+
+    IDLE --AmountKeyed/DishChosen--> WAIT_CARD --CardPresented--> READING  [ReadCard]
+    READING --CardRead--> (decide) --Accept--> COUNTING                    [CountTap]
+    COUNTING --TapCounted--> JOURNALING                                    [Journal]
+    JOURNALING --Journaled--> IDLE       [Show(ACCEPTED), Beep, Speak, Outcome] only now
+
+Side paths: NeedPin -> WAIT_PIN -> CHECKING_PIN (online check) -> COUNTING; the same card for the
+same amount within `repeat_window_ms` of its last success -> WAIT_CONFIRM until CashierConfirmed;
+a card pulled during reading or counting (CardReadFailed/TapCountFailed) -> "请重新刷卡", back to
+WAIT_CARD with the amount kept and nothing charged. The tap counter is counted on the card before
+the journal commit, so a failed count never leaves a record, and a journal row always names a tap
+the card really made.
+
+Every (state, event) pair the machine accepts is in `TRANSITIONS`, with the states it may lead to;
+any other pair raises PosError (a shell bug, never silently ignored). Pairs that are deliberately
+ignored (a key press while the card is being counted) are listed as such.
+"""
+from collections import namedtuple
+
+from firmware.core import card_layout, clock, decide as decide_module, messages, records
+
+# States
+IDLE = "idle"                  # no amount yet
+WAIT_CARD = "wait_card"        # amount known, waiting for a tap
+READING = "reading"            # ReadCard issued
+WAIT_CONFIRM = "wait_confirm"  # repeat tap, the cashier must confirm
+WAIT_PIN = "wait_pin"          # over a limit, waiting for the cardholder's PIN
+CHECKING_PIN = "checking_pin"  # CheckPin issued
+COUNTING = "counting"          # CountTap issued
+JOURNALING = "journaling"      # Journal issued; success is shown only after Journaled
+
+# Events
+AmountKeyed = namedtuple("AmountKeyed", ("amount_fen",))
+DishChosen = namedtuple("DishChosen", ("dish_id",))
+Cancel = namedtuple("Cancel", ())
+CardPresented = namedtuple("CardPresented", ("uid",))
+CardRead = namedtuple("CardRead", ("view", "facts"))          # view: card_io.CardView
+CardReadFailed = namedtuple("CardReadFailed", ("reason",))    # READ_FAILURE_*
+TapCounted = namedtuple("TapCounted", ("new_counter",))
+TapCountFailed = namedtuple("TapCountFailed", ("reason",))
+Journaled = namedtuple("Journaled", ("seq",))
+JournalFailed = namedtuple("JournalFailed", ("reason",))
+PinEntered = namedtuple("PinEntered", ("pin",))
+PinChecked = namedtuple("PinChecked", ("ok",))                # True, False, or None (no network)
+CashierConfirmed = namedtuple("CashierConfirmed", ())
+Tick = namedtuple("Tick", ("now_ms",))
+SyncAnswered = namedtuple("SyncAnswered", ("online",))
+
+# What the shell looked up for the card just read (deny view and account view, see decide.py).
+TapFacts = namedtuple("TapFacts", ("deny", "account"))
+
+READ_FAILURE_GONE = "gone"          # card left the field: tap again
+READ_FAILURE_FORMAT = "format"      # blank, foreign or forged card
+READ_FAILURE_AUTH = "auth"          # the card refused our keys: not one of ours
+READ_FAILURE_READER = "reader"      # the reader itself failed
+
+# Actions
+Show = namedtuple("Show", ("message_code", "fields"))
+Beep = namedtuple("Beep", ("kind",))                # BEEP_*
+Speak = namedtuple("Speak", ("text",))
+ReadCard = namedtuple("ReadCard", ("uid",))
+CountTap = namedtuple("CountTap", ("expected",))
+Journal = namedtuple("Journal", ("record_fields",))  # records.encode_purchase kwargs minus seq/time_ms
+CheckPin = namedtuple("CheckPin", ("account_id", "pin", "amount_fen"))
+# One line for the operator log / scripted output: a decision was made and (if accepted) committed.
+Outcome = namedtuple("Outcome", ("accepted", "message_code", "seq", "amount_fen", "balance_after_fen",
+                                 "card_number"))
+
+BEEP_OK = "ok"
+BEEP_ERROR = "error"
+BEEP_ATTENTION = "attention"
+
+PIN_DIGITS = 6
+
+DEFAULT_CONFIG = {
+    "terminal_id": 0,
+    "merchant_id": 0,
+    "category": 1,                  # wallets.CATEGORY_CANTEEN
+    "dishes": {},                   # dish_id -> [name, price_fen]
+    "repeat_window_ms": 10000,      # same card, same amount within this -> cashier confirms
+    "offline_cap_count": 20,        # per account at this terminal while offline
+    "offline_cap_fen": 20000,
+    "pin_timeout_ms": 30000,
+    "max_pin_attempts": 3,
+    "max_amount_fen": 100000,       # one canteen payment above 1000 yuan is a keying error
+    "max_dishes": 20,
+    "utc_offset_min": 480,
+    "lang": "zh",
+}
+
+
+class PosError(Exception):
+    """An event the machine does not accept in its current state (a shell bug)."""
+
+
+class _Pending:
+    """The tap in progress: the card read, its facts, and what was decided."""
+    __slots__ = ("view", "facts", "flags", "balance_after_fen", "new_counter", "pin_attempts",
+                 "pin_since_ms")
+
+    def __init__(self, view, facts):
+        self.view = view
+        self.facts = facts
+        self.flags = 0
+        self.balance_after_fen = 0
+        self.new_counter = 0
+        self.pin_attempts = 0
+        self.pin_since_ms = 0
+
+
+class CanteenPos:
+    def __init__(self, config=None):
+        merged = dict(DEFAULT_CONFIG)
+        if config:
+            merged.update(config)
+        assert merged["max_amount_fen"] <= records.MAX_AMOUNT_FEN
+        self.config = merged
+        self.state = IDLE
+        self.amount_fen = 0
+        self.dish_count = 0
+        self.now_ms = 0
+        self.online = False
+        self.pending = None
+        self.last_success = None     # (card_number, amount_fen, time_ms) of the last committed tap
+        self.pin_verified_for = None  # (card_number, amount_fen) verified online for this amount
+
+    def handle(self, event):
+        """Feed one event; returns the list of actions for the shell, in order."""
+        entry = TRANSITIONS.get((self.state, type(event)))
+        if entry is None:
+            raise PosError("event %s not accepted in state %s" % (type(event).__name__, self.state))
+        handler, allowed = entry
+        new_state, actions = handler(self, event)
+        assert new_state in allowed, "%s led %s to %s" % (type(event).__name__, self.state, new_state)
+        if new_state in (IDLE, WAIT_CARD) and new_state != self.state:
+            self.pending = None
+        if new_state == IDLE:
+            self.amount_fen = 0
+            self.dish_count = 0
+            self.pin_verified_for = None
+        self.state = new_state
+        return actions
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _config(self, name):
+        return self.config[name]
+
+    def _caps(self):
+        return decide_module.OfflineCaps(self._config("offline_cap_count"), self._config("offline_cap_fen"))
+
+    def _today(self):
+        return clock.date_yyyymmdd(self.now_ms, self._config("utc_offset_min"))
+
+    def _refuse(self, code, state, card_number=0):
+        return state, [Show(code, {}), Beep(BEEP_ERROR),
+                       Outcome(False, code, None, self.amount_fen, None, card_number)]
+
+    def _wait_card(self):
+        return WAIT_CARD, [Show(messages.AMOUNT_DUE, {"amount_fen": self.amount_fen})]
+
+    # -- handlers: one per table entry -----------------------------------------------------------
+
+    def _key_amount(self, event):
+        if not isinstance(event.amount_fen, int) or not 0 < event.amount_fen <= self._config("max_amount_fen"):
+            return self.state, [Show(messages.INVALID_AMOUNT, {}), Beep(BEEP_ERROR)]
+        self.amount_fen = event.amount_fen
+        self.dish_count = 0
+        return self._wait_card()
+
+    def _choose_dish(self, event):
+        dish = self._config("dishes").get(event.dish_id)
+        if dish is None:
+            return self.state, [Show(messages.UNKNOWN_DISH, {}), Beep(BEEP_ERROR)]
+        price_fen = dish[1]
+        total_fen = self.amount_fen + price_fen
+        if self.dish_count >= self._config("max_dishes") or not 0 < total_fen <= self._config("max_amount_fen"):
+            return self.state, [Show(messages.INVALID_AMOUNT, {}), Beep(BEEP_ERROR)]
+        self.amount_fen = total_fen
+        self.dish_count += 1
+        return self._wait_card()
+
+    def _cancel(self, event):
+        return IDLE, [Show(messages.CANCELLED, {})]
+
+    def _ignore(self, event):
+        return self.state, []
+
+    def _tap_without_amount(self, event):
+        return IDLE, [Show(messages.ENTER_AMOUNT, {})]
+
+    def _present(self, event):
+        return READING, [Show(messages.PROCESSING, {}), ReadCard(event.uid)]
+
+    def _read_failed(self, event):
+        code = {READ_FAILURE_GONE: messages.TAP_AGAIN, READ_FAILURE_FORMAT: messages.UNKNOWN_CARD,
+                READ_FAILURE_AUTH: messages.UNKNOWN_CARD}.get(event.reason, messages.READER_ERROR)
+        return self._refuse(code, WAIT_CARD)
+
+    def _card_read(self, event):
+        self.pending = _Pending(event.view, event.facts)
+        identity = event.view.identity
+        last = self.last_success
+        if last is not None and last[0] == identity.card_number and last[1] == self.amount_fen and \
+                0 <= self.now_ms - last[2] <= self._config("repeat_window_ms"):
+            return WAIT_CONFIRM, [Show(messages.REPEAT_TAP, {"amount_fen": self.amount_fen}),
+                                  Beep(BEEP_ATTENTION)]
+        return self._decide()
+
+    def _confirmed(self, event):
+        self.pending.flags |= records.FLAG_CONFIRMED_REPEAT
+        return self._decide()
+
+    def _decide(self):
+        pending = self.pending
+        identity = pending.view.identity
+        pin_verified = self.pin_verified_for == (identity.card_number, self.amount_fen)
+        result = decide_module.decide(
+            identity, self.amount_fen, self._config("category"), self._today(), pending.facts.deny,
+            pending.facts.account, self.online, self._caps(), pin_verified=pin_verified,
+            max_amount_fen=self._config("max_amount_fen"))
+        if isinstance(result, decide_module.NeedPin):
+            pending.pin_since_ms = self.now_ms
+            return WAIT_PIN, [Show(result.message_code, {"amount_fen": self.amount_fen}), Beep(BEEP_ATTENTION)]
+        if isinstance(result, decide_module.Decline):
+            return self._refuse(result.message_code, WAIT_CARD, identity.card_number)
+        pending.flags |= result.flags
+        pending.balance_after_fen = result.balance_after_fen
+        return COUNTING, [CountTap(pending.view.tap_counter)]
+
+    def _pin_entered(self, event):
+        pin = event.pin
+        if not isinstance(pin, str) or len(pin) != PIN_DIGITS or not pin.isdigit():
+            return WAIT_PIN, [Show(messages.PIN_INVALID, {}), Beep(BEEP_ERROR)]
+        return CHECKING_PIN, [Show(messages.PIN_CHECKING, {}),
+                              CheckPin(self.pending.view.identity.account_id, pin, self.amount_fen)]
+
+    def _pin_checked(self, event):
+        pending = self.pending
+        if event.ok is None:
+            return self._refuse(messages.PIN_NEEDS_NETWORK, WAIT_CARD, pending.view.identity.card_number)
+        if not event.ok:
+            pending.pin_attempts += 1
+            if pending.pin_attempts >= self._config("max_pin_attempts"):
+                return self._refuse(messages.PIN_WRONG, WAIT_CARD, pending.view.identity.card_number)
+            pending.pin_since_ms = self.now_ms
+            return WAIT_PIN, [Show(messages.PIN_WRONG, {}), Beep(BEEP_ERROR)]
+        self.pin_verified_for = (pending.view.identity.card_number, self.amount_fen)
+        return self._decide()
+
+    def _count_failed(self, event):
+        # CardGone while counting: the decrement may or may not have happened. Nothing is
+        # journaled, so nothing is charged; the server sees the counter gap and reports it.
+        return self._refuse(messages.TAP_AGAIN, WAIT_CARD, self.pending.view.identity.card_number)
+
+    def _counted(self, event):
+        pending = self.pending
+        assert event.new_counter == pending.view.tap_counter + 1, "tap counter moved by more than one"
+        pending.new_counter = event.new_counter
+        identity = pending.view.identity
+        fields = {
+            "terminal_id": self._config("terminal_id"),
+            "card_number": identity.card_number,
+            "account_id": identity.account_id,
+            "card_generation": identity.generation,
+            "category": self._config("category"),
+            "tap_counter": event.new_counter,
+            "amount_fen": self.amount_fen,
+            "merchant_id": self._config("merchant_id"),
+            "flags": pending.flags,
+        }
+        return JOURNALING, [Journal(fields)]
+
+    def _journaled(self, event):
+        pending = self.pending
+        identity = pending.view.identity
+        fields = {"amount_fen": self.amount_fen, "balance_fen": pending.balance_after_fen,
+                  "name": card_layout.mask_name(pending.view.name)}
+        spoken = messages.text(messages.ACCEPTED, self._config("lang"), **fields)
+        self.last_success = (identity.card_number, self.amount_fen, self.now_ms)
+        return IDLE, [Show(messages.ACCEPTED, fields), Beep(BEEP_OK), Speak(spoken),
+                      Outcome(True, messages.ACCEPTED, event.seq, self.amount_fen, pending.balance_after_fen,
+                              identity.card_number)]
+
+    def _journal_failed(self, event):
+        return self._refuse(messages.JOURNAL_FAILED, IDLE, self.pending.view.identity.card_number)
+
+    def _tick(self, event):
+        if event.now_ms > self.now_ms:     # time handed in never goes backwards here either
+            self.now_ms = event.now_ms
+        if self.state == WAIT_PIN and self.now_ms - self.pending.pin_since_ms > self._config("pin_timeout_ms"):
+            return self._refuse(messages.PIN_TIMEOUT, WAIT_CARD, self.pending.view.identity.card_number)
+        return self.state, []
+
+    def _sync_answered(self, event):
+        self.online = bool(event.online)
+        return self.state, []
+
+
+_H = CanteenPos
+_ALWAYS = ((Tick, _H._tick), (SyncAnswered, _H._sync_answered))
+
+
+def _table():
+    rows = [
+        # state        event             handler                 may lead to
+        (IDLE, AmountKeyed, _H._key_amount, (IDLE, WAIT_CARD)),
+        (IDLE, DishChosen, _H._choose_dish, (IDLE, WAIT_CARD)),
+        (IDLE, Cancel, _H._cancel, (IDLE,)),
+        (IDLE, CardPresented, _H._tap_without_amount, (IDLE,)),
+        (WAIT_CARD, AmountKeyed, _H._key_amount, (WAIT_CARD,)),
+        (WAIT_CARD, DishChosen, _H._choose_dish, (WAIT_CARD,)),
+        (WAIT_CARD, Cancel, _H._cancel, (IDLE,)),
+        (WAIT_CARD, CardPresented, _H._present, (READING,)),
+        (READING, CardRead, _H._card_read, (WAIT_CARD, WAIT_CONFIRM, WAIT_PIN, COUNTING)),
+        (READING, CardReadFailed, _H._read_failed, (WAIT_CARD,)),
+        (READING, Cancel, _H._ignore, (READING,)),              # the read finishes first
+        (WAIT_CONFIRM, CashierConfirmed, _H._confirmed, (WAIT_CARD, WAIT_PIN, COUNTING)),
+        (WAIT_CONFIRM, Cancel, _H._cancel, (IDLE,)),
+        (WAIT_CONFIRM, CardPresented, _H._ignore, (WAIT_CONFIRM,)),
+        (WAIT_PIN, PinEntered, _H._pin_entered, (WAIT_PIN, CHECKING_PIN)),
+        (WAIT_PIN, Cancel, _H._cancel, (IDLE,)),
+        (WAIT_PIN, CardPresented, _H._ignore, (WAIT_PIN,)),
+        (CHECKING_PIN, PinChecked, _H._pin_checked, (WAIT_PIN, WAIT_CARD, COUNTING)),
+        (CHECKING_PIN, Cancel, _H._ignore, (CHECKING_PIN,)),    # the server call is in flight
+        (CHECKING_PIN, CardPresented, _H._ignore, (CHECKING_PIN,)),
+        (COUNTING, TapCounted, _H._counted, (JOURNALING,)),
+        (COUNTING, TapCountFailed, _H._count_failed, (WAIT_CARD,)),
+        (COUNTING, Cancel, _H._ignore, (COUNTING,)),            # the card write is in flight
+        (COUNTING, CardPresented, _H._ignore, (COUNTING,)),
+        (JOURNALING, Journaled, _H._journaled, (IDLE,)),
+        (JOURNALING, JournalFailed, _H._journal_failed, (IDLE,)),
+        (JOURNALING, Cancel, _H._ignore, (JOURNALING,)),        # the tap is already counted
+        (JOURNALING, CardPresented, _H._ignore, (JOURNALING,)),
+    ]
+    table = {}
+    for state, event_type, handler, allowed in rows:
+        table[(state, event_type)] = (handler, allowed)
+    for state in (IDLE, WAIT_CARD, READING, WAIT_CONFIRM, WAIT_PIN, CHECKING_PIN, COUNTING, JOURNALING):
+        for event_type, handler in _ALWAYS:
+            allowed = (state, WAIT_CARD) if state == WAIT_PIN else (state,)
+            table[(state, event_type)] = (handler, allowed)
+    return table
+
+
+# (state, event type) -> (handler, states it may lead to). The one place transitions live.
+TRANSITIONS = _table()
+STATES = (IDLE, WAIT_CARD, READING, WAIT_CONFIRM, WAIT_PIN, CHECKING_PIN, COUNTING, JOURNALING)

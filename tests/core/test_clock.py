@@ -1,0 +1,62 @@
+"""Terminal clock: never backwards across reboots, corrected by the server (plain asserts)."""
+from firmware.core.clock import Clock, date_yyyymmdd
+
+
+def test_stamps_strictly_increase_even_when_raw_clock_stands_still():
+    c = Clock()
+    times = [c.stamp_ms(1000) for _ in range(5)]
+    assert times == [1000, 1001, 1002, 1003, 1004]
+
+
+def test_reboot_with_reset_raw_clock_never_goes_backwards():
+    c = Clock()
+    c.correct(1741600000000, 5000)
+    last = c.stamp_ms(6000)
+    floor_ms, offset_ms = c.state()
+    rebooted = Clock(floor_ms, 0)           # the Pi came back at 1970 and lost nothing else
+    first = rebooted.stamp_ms(10)
+    assert first > last
+
+
+def test_server_correction_moves_time_forward():
+    c = Clock(floor_ms=0)
+    assert c.stamp_ms(1000) == 1000
+    assert c.correct(1741600000000, 2000)
+    assert c.stamp_ms(2000) == 1741600000000
+    assert c.stamp_ms(2500) == 1741600000500
+
+
+def test_backward_correction_plateaus_instead_of_going_back():
+    c = Clock()
+    c.correct(1741600100000, 1000)
+    before = c.stamp_ms(1000)
+    c.correct(1741600000000, 1000)          # server says we were 100 s fast
+    after = c.stamp_ms(2000)
+    assert after == before + 1
+    assert c.peek_ms(200000) == 1741600000000 + 199000
+
+
+def test_impossible_server_time_is_ignored():
+    c = Clock()
+    c.correct(1741600000000, 0)
+    assert not c.correct(0, 5)
+    assert not c.correct(-1, 5)
+    assert c.offset_ms == 1741600000000
+
+
+def test_peek_does_not_consume():
+    c = Clock(floor_ms=50)
+    assert c.peek_ms(10) == 50
+    assert c.peek_ms(10) == 50
+    assert c.stamp_ms(10) == 50
+    assert c.peek_ms(10) == 51
+
+
+def test_calendar_day_in_beijing_time():
+    assert date_yyyymmdd(0) == 19700101
+    assert date_yyyymmdd(0, 0) == 19700101
+    assert date_yyyymmdd(1741600000000) == 20250310
+    # 2024-02-29 16:00 UTC is already 2024-03-01 in Beijing
+    assert date_yyyymmdd(1709222400000) == 20240301
+    assert date_yyyymmdd(1709222400000 - 1) == 20240229
+    assert date_yyyymmdd(1735660800000) == 20250101    # 2024-12-31 16:00 UTC
