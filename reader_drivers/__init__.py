@@ -6,6 +6,6 @@
     open_reader("nfcpy:usb")        nfcpy-managed PN53x             (its own issue)
 """
 from reader_drivers.base import (  # noqa: F401  (re-exported)
-    AuthenticationError, CardGone, Reader, ReaderError, ReaderTimeout, Target, UnsupportedOperation,
+    AuthenticationError, CardGone, CardNak, Reader, ReaderError, ReaderTimeout, Target, UnsupportedOperation,
     open_reader, register_scheme,
 )

@@ -10,6 +10,8 @@ Errors are the same for every driver, so the terminal core never sees driver det
     CardGone             the card left the field (or never answered): the operation did not happen
                          or its outcome is unknown - the caller must not assume either
     AuthenticationError  the card refused the key; the card is halted and must be selected again
+    CardNak              the card refused a command (access conditions, not a value block,
+                         overflow); like a failed authentication, it leaves the card halted
     ReaderTimeout        the reader itself did not answer in time
     ReaderError          anything else the reader reported
 """
@@ -24,6 +26,10 @@ class CardGone(ReaderError):
 
 
 class AuthenticationError(ReaderError):
+    pass
+
+
+class CardNak(ReaderError):
     pass
 
 

@@ -3,7 +3,7 @@
 The model keeps what a terminal can observe through a reader: 64 blocks of 16 bytes, the
 manufacturer block, per-sector keys and access conditions (tables 7 and 8, encoded by
 `firmware.core.mifare`), value blocks and the internal transfer buffer (section 8.6), and the
-card's state machine (section 9, figure 7): a card answers only once selected, one sector is
+card's state machine (the command state diagram): a card answers only once selected, one sector is
 authenticated at a time, and any NAK or failed authentication sends it to HALT, so the reader must
 select it again (poll) before it answers anything else.
 
@@ -19,18 +19,18 @@ import os
 import threading
 
 from firmware.core import mifare
-from reader_drivers.base import AuthenticationError, CardGone, ReaderError
+from reader_drivers.base import AuthenticationError, CardGone, CardNak
 
-ATQA_SINGLE_UID = 0x0004   # 4-byte NUID (datasheet table 11: ATQA of MF1S50yyX)
+__all__ = ("CardNak", "CardHalted", "ClassicCard", "blank_memory", "manufacturer_block", "bcc")
+
+# The model answers NAK (reader_drivers.base.CardNak) for: access denied by the access conditions,
+# not a value block, overflow, a block outside the card, nothing in the transfer buffer.
+
+ATQA_SINGLE_UID = 0x0004   # 4-byte NUID (AN10833, MIFARE type identification)
 ATQA_DOUBLE_UID = 0x0044   # 7-byte UID
 SAK_CLASSIC_1K = 0x08
 MEMORY_BYTES = mifare.BLOCKS * mifare.BLOCK_SIZE
 _MANUFACTURER_DATA = b"\x62\x63\x64\x65\x66\x67\x68\x69"  # "bcdefghi": a plausible NXP filler
-
-
-class CardNak(ReaderError):
-    """The card answered NAK: access denied by the access conditions, not a value block, overflow,
-    a block outside the card, or nothing in the transfer buffer. The card is now halted."""
 
 
 class CardHalted(CardGone):
@@ -47,7 +47,7 @@ def bcc(uid4):
 
 
 def manufacturer_block(uid):
-    """Block 0 as the factory programs it (datasheet 8.6.1, figures 5 and 6)."""
+    """Block 0 as the factory programs it (datasheet, "Manufacturer block")."""
     uid = bytes(uid)
     if len(uid) == 4:
         block = uid + bytes((bcc(uid), SAK_CLASSIC_1K)) + ATQA_SINGLE_UID.to_bytes(2, "little") + _MANUFACTURER_DATA
@@ -60,7 +60,8 @@ def manufacturer_block(uid):
 
 
 def blank_memory(uid):
-    """A card as delivered: zero data, transport keys FF..FF, access bits FF 07 80 (datasheet 8.7.1)."""
+    """A card as delivered: zero data, transport keys FF..FF, access bits FF 07 80 (datasheet, "Sector
+    trailer": delivery configuration)."""
     trailer = mifare.TRANSPORT_KEY + mifare.TRANSPORT_ACCESS + b"\x69" + mifare.TRANSPORT_KEY
     memory = bytearray(MEMORY_BYTES)
     memory[0:16] = manufacturer_block(uid)
@@ -115,7 +116,7 @@ class ClassicCard:
         """The stored bytes of a block, keys included, bypassing access control (a test's view)."""
         return bytes(self._memory[block * 16:block * 16 + 16])
 
-    # --- states (datasheet section 9, figure 7) -----------------------------------------------
+    # --- states (datasheet, "MIFARE Classic command overview" state diagram) ---------------------
 
     def power_off(self):
         """Leaving the field: every volatile state is lost."""
@@ -151,7 +152,7 @@ class ClassicCard:
         self._require_selected()
         if key_type not in (mifare.A, mifare.B) or len(key) != mifare.KEY_SIZE:
             raise ValueError("key_type must be 'A' or 'B' and the key 6 bytes")
-        # A new authentication always ends the previous one (datasheet 9.1, three-pass auth).
+        # A new authentication always ends the previous one (datasheet, three-pass authentication).
         self._authenticated_sector = None
         self._key_type = None
         self._transfer_buffer = None
@@ -191,8 +192,8 @@ class ClassicCard:
         if self._authenticated_sector != sector:
             self._nak(("扇区未认证", "sector %d is not authenticated" % sector))
         conditions = self._conditions(sector)
-        # Table 7 note: where key B is readable it cannot serve for authentication; after an
-        # authentication with it the card refuses every memory access.
+        # Tables 7 and 8, grey rows: where key B is readable it cannot serve for authentication;
+        # after an authentication with it the card refuses every memory access.
         if self._key_type == mifare.B and self._key_b_readable(conditions):
             self._nak(("B密钥可读，不能用于访问", "key B is readable in sector %d and grants nothing" % sector))
         return conditions
@@ -259,7 +260,7 @@ class ClassicCard:
         assert block != 0, "the manufacturer block is never written"
         self._memory[block * 16:block * 16 + 16] = data
 
-    # --- value commands (datasheet 8.6.2, 9.3) --------------------------------------------------
+    # --- value commands (datasheet, "Value blocks" and the value commands) -----------------------
 
     def _source_value(self, block, operation):
         self._check_data(block, operation)
