@@ -21,7 +21,7 @@ import threading
 from firmware.core import mifare
 from reader_drivers.base import AuthenticationError, CardGone, CardNak
 
-__all__ = ("CardNak", "CardHalted", "ClassicCard", "blank_memory", "manufacturer_block", "bcc")
+__all__ = ("CardNak", "CardHalted", "ClassicCard", "blank_memory", "manufacturer_block", "bcc", "random_nuid")
 
 # The model answers NAK (reader_drivers.base.CardNak) for: access denied by the access conditions,
 # not a value block, overflow, a block outside the card, nothing in the transfer buffer.
@@ -44,6 +44,15 @@ def bcc(uid4):
     for byte in uid4:
         value ^= byte
     return value
+
+
+def random_nuid(rng):
+    """A 4-byte NUID from a seeded random.Random, so simulations replay. Never starts with the
+    cascade tag 0x88, which ISO 14443-3 reserves to announce a longer UID."""
+    while True:
+        uid = bytes(rng.getrandbits(8) for _ in range(4))
+        if uid[0] != 0x88:
+            return uid
 
 
 def manufacturer_block(uid):

@@ -3,11 +3,13 @@
 The expected permissions below are transcribed from the datasheet's tables 7 and 8 on their own,
 not read from firmware.core.mifare, so a slip in either copy shows up here.
 """
+import random
+
 import pytest
 
 from firmware.core import mifare
 from reader_drivers.base import AuthenticationError, CardGone
-from simulators.classic_card import CardHalted, CardNak, ClassicCard, blank_memory
+from simulators.classic_card import CardHalted, CardNak, ClassicCard, blank_memory, random_nuid
 
 UID = bytes.fromhex("a1b2c3d4")
 KEY_A = bytes.fromhex("a0a1a2a3a4a5")
@@ -342,3 +344,12 @@ def test_an_image_round_trips_through_bytes_and_files(tmp_path):
     assert ClassicCard.from_bytes(seven.to_bytes()).uid == seven.uid
     with pytest.raises(ValueError):
         ClassicCard.from_bytes(image[:-1])
+
+
+def test_random_nuids_replay_from_a_seed_and_avoid_the_cascade_tag():
+    first = [random_nuid(random.Random(7)) for _ in range(3)]
+    assert first[0] == first[1] == first[2]
+    rng = random.Random(11)
+    uids = [random_nuid(rng) for _ in range(2000)]
+    assert all(len(uid) == 4 and uid[0] != 0x88 for uid in uids)
+    assert len(set(uids)) > 1990
