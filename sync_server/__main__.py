@@ -1,0 +1,20 @@
+"""`python -m sync_server ...`: the server's own sub-commands (`server`, `hall`) without the rest of
+`ykt`, so the server starts even on a machine that carries no terminal code."""
+import argparse
+import sys
+
+from sync_server import cli
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m sync_server")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    cli.register(subparsers)
+    args = parser.parse_args(argv)
+    result = args.handler(args)
+    return 0 if result is None else result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

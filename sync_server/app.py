@@ -1,0 +1,57 @@
+"""The Flask app factory: configuration from a data directory, one blueprint per audience.
+
+    YKT_DATA_DIR          data directory (default ./data): holds ykt.sqlite3 and master.key
+    YKT_MASTER_KEY_FILE   site master key file (default <data_dir>/master.key), mode 0600
+
+The master key lives in `app.extensions["ykt"]`, never in `app.config` (which tools like to print).
+Blueprints today: `terminal_api` (sync, PIN check) and `health`; cardholder, hall and finance pages
+come with their own issues.
+"""
+import os
+
+from flask import Blueprint, Flask, jsonify
+
+from sync_server import db, keys
+
+health = Blueprint("health", __name__)
+
+
+@health.get("/health")
+def health_check():
+    conn = db.get_db()
+    conn.execute("SELECT 1").fetchone()
+    return jsonify({"status": "ok"})
+
+
+class ServerState:
+    """Per-app secrets and caches (bounded)."""
+    MAX_CACHED_TERMINAL_KEYS = 4096
+
+    def __init__(self, master_key):
+        self.master_key = master_key
+        self.terminal_keys = {}
+
+    def __repr__(self):  # never show the key
+        return "ServerState(<master key hidden>)"
+
+
+def create_app(test_config=None):
+    app = Flask(__name__)
+    data_dir = os.path.abspath(os.environ.get("YKT_DATA_DIR", "./data"))
+    if test_config and "DATA_DIR" in test_config:
+        data_dir = os.path.abspath(test_config["DATA_DIR"])
+    app.config.from_mapping(
+        DATA_DIR=data_dir,
+        DATABASE=db.db_path(data_dir),
+        MASTER_KEY_FILE=keys.master_key_path(data_dir),
+    )
+    if test_config:
+        app.config.update({k: v for k, v in test_config.items() if k != "DATA_DIR"})
+    os.makedirs(data_dir, exist_ok=True)
+    db.init_db(app.config["DATABASE"]).close()
+    app.extensions["ykt"] = ServerState(keys.load_master_key(app.config["MASTER_KEY_FILE"]))
+
+    from sync_server.terminal_api import terminal_api
+    app.register_blueprint(health)
+    app.register_blueprint(terminal_api)
+    return app

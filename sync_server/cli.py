@@ -1,0 +1,250 @@
+"""`ykt server ...` and `ykt hall ...`: run the sync server under gunicorn, and service-hall commands.
+
+    ykt server [--data-dir D] [--host 127.0.0.1] [--port 8080] [--workers N]
+    ykt server init [--data-dir D]
+    ykt hall merchant-add | person-add | card-issue | recharge | report-loss | cancel-loss |
+             transactions | terminal-register | terminal-revoke   [--data-dir D] [--lang en]
+
+Output is Chinese unless `--lang en` (or YKT_LANG=en). Keys are never printed: terminal provisioning
+goes to a file created with mode 0600.
+"""
+import json
+import os
+import sys
+import time
+
+from firmware.core import card_layout, wallets as wallet_rules
+from sync_server import db as dbmod, hall, keys, messages
+
+DEFAULT_PORT = 8080
+
+
+def _data_dir(args):
+    return os.path.abspath(args.data_dir or os.environ.get("YKT_DATA_DIR", "./data"))
+
+
+def _lang(args):
+    return "en" if (getattr(args, "lang", None) or messages.lang_from_env()).startswith("en") else "zh"
+
+
+def _say(args, zh, en):
+    print(en if _lang(args) == "en" else zh)
+
+
+def init_data_dir(data_dir):
+    """Create the data directory, the database and the master key if missing; returns what was created."""
+    os.makedirs(data_dir, exist_ok=True)
+    created = []
+    key_path = keys.master_key_path(data_dir)
+    if keys.ensure_master_key(key_path):
+        created.append(key_path)
+    path = dbmod.db_path(data_dir)
+    existed = os.path.exists(path)
+    dbmod.init_db(path).close()
+    if not existed:
+        created.append(path)
+    return created
+
+
+def _open(args):
+    data_dir = _data_dir(args)
+    path = dbmod.db_path(data_dir)
+    if not os.path.exists(path):
+        raise hall.HallError("数据目录尚未初始化，请先运行 ykt server init",
+                             "data directory not initialised: run ykt server init")
+    return dbmod.init_db(path)
+
+
+# --- server ---------------------------------------------------------------------------------------
+
+def cmd_server_init(args):
+    data_dir = _data_dir(args)
+    created = init_data_dir(data_dir)
+    _say(args, "数据目录已就绪：%s（新建 %d 个文件）" % (data_dir, len(created)),
+         "data directory ready: %s (%d files created)" % (data_dir, len(created)))
+
+
+def cmd_server(args):
+    if getattr(args, "server_command", None) == "init":
+        return cmd_server_init(args)
+    data_dir = _data_dir(args)
+    init_data_dir(data_dir)
+    os.environ["YKT_DATA_DIR"] = data_dir
+    from gunicorn.app.base import BaseApplication
+
+    class _Server(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", "%s:%d" % (args.host, args.port))
+            self.cfg.set("workers", args.workers)
+            self.cfg.set("worker_class", "sync")
+            self.cfg.set("timeout", 60)
+            self.cfg.set("accesslog", None)
+            self.cfg.set("errorlog", "-")
+            self.cfg.set("loglevel", "warning")
+
+        def load(self):
+            from sync_server.app import create_app
+            return create_app()
+
+    _say(args, "同步服务器启动：http://%s:%d（数据目录 %s）" % (args.host, args.port, data_dir),
+         "sync server on http://%s:%d (data directory %s)" % (args.host, args.port, data_dir))
+    sys.stdout.flush()
+    _Server().run()
+
+
+# --- hall -----------------------------------------------------------------------------------------
+
+def cmd_merchant_add(args):
+    conn = _open(args)
+    merchant_id = hall.add_merchant(conn, args.name_zh, args.name_en or args.name_zh, args.category)
+    _say(args, "商户已添加：编号 %d" % merchant_id, "merchant added: id %d" % merchant_id)
+
+
+def cmd_person_add(args):
+    conn = _open(args)
+    person_id, account_id = hall.add_person(conn, args.name, args.category, id_number=args.id_number,
+                                            staff_number=args.staff_number)
+    _say(args, "已建档：人员 %d，账户 %d（初始密码为证件号后六位）" % (person_id, account_id),
+         "person %d created with account %d (initial PIN: last six of the ID number)" % (person_id, account_id))
+
+
+def cmd_card_issue(args):
+    conn = _open(args)
+    uid = bytes.fromhex(args.uid)
+    identity, name = hall.issue_card_record(conn, args.account, uid)
+    if args.json:
+        print(json.dumps({"card_number": identity.card_number, "account_id": identity.account_id,
+                          "generation": identity.generation, "holder_category": identity.holder_category,
+                          "expiry_yyyymmdd": identity.expiry_yyyymmdd, "name": name, "uid": uid.hex()},
+                         ensure_ascii=False))
+        return
+    _say(args, "制卡信息：卡号 %d 第 %d 代，账户 %d，持卡人 %s，有效期至 %d；请在发卡机上写卡（UID %s）"
+         % (identity.card_number, identity.generation, identity.account_id, name, identity.expiry_yyyymmdd, uid.hex()),
+         "card to write: number %d generation %d, account %d, holder %s, expires %d; write it at the issuing "
+         "station (UID %s)" % (identity.card_number, identity.generation, identity.account_id, name,
+                               identity.expiry_yyyymmdd, uid.hex()))
+
+
+def cmd_recharge(args):
+    conn = _open(args)
+    after = hall.recharge(conn, args.account, args.amount_fen, wallet=args.wallet)
+    _say(args, "充值成功：%.2f 元，%s 钱包余额 %.2f 元" % (args.amount_fen / 100, args.wallet, after / 100),
+         "recharged %.2f yuan; %s wallet balance %.2f yuan" % (args.amount_fen / 100, args.wallet, after / 100))
+
+
+def cmd_report_loss(args):
+    conn = _open(args)
+    version = hall.report_loss(conn, args.card)
+    _say(args, "挂失成功：卡号 %d（黑名单版本 %d）" % (args.card, version),
+         "card %d reported lost (deny version %d)" % (args.card, version))
+
+
+def cmd_cancel_loss(args):
+    conn = _open(args)
+    version = hall.cancel_loss(conn, args.card)
+    _say(args, "解挂成功：卡号 %d（黑名单版本 %d）" % (args.card, version),
+         "card %d un-reported (deny version %d)" % (args.card, version))
+
+
+def cmd_transactions(args):
+    conn = _open(args)
+    rows = hall.transactions(conn, args.account, args.limit)
+    en = _lang(args) == "en"
+    print("%-19s  %-20s  %10s  %10s" % (("time", "place", "amount", "balance") if en else
+                                        ("时间", "地点", "金额(元)", "余额(元)")))
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["time_ms"] / 1000))
+        place = row["place_en"] if en else row["place_zh"]
+        print("%-19s  %-20s  %10.2f  %10.2f" % (when, place, row["amount_fen"] / 100, row["balance_fen_after"] / 100))
+    if not rows:
+        _say(args, "（无交易）", "(no transactions)")
+
+
+def cmd_terminal_register(args):
+    conn = _open(args)
+    master_key = keys.load_master_key(keys.master_key_path(_data_dir(args)))
+    terminal_id = hall.register_terminal(conn, args.merchant)
+    document = hall.provisioning_document(conn, master_key, terminal_id, args.server_url)
+    keys.write_private_file(args.out, json.dumps(document, indent=2).encode())
+    _say(args, "终端已登记：编号 %d；配置文件（含密钥，权限 0600）已写入 %s" % (terminal_id, args.out),
+         "terminal %d registered; provisioning file (holds keys, mode 0600) written to %s" % (terminal_id, args.out))
+
+
+def cmd_terminal_revoke(args):
+    conn = _open(args)
+    hall.revoke_terminal(conn, args.terminal)
+    _say(args, "终端 %d 已停用" % args.terminal, "terminal %d revoked" % args.terminal)
+
+
+def _guard(handler):
+    def run(args):
+        try:
+            return handler(args)
+        except hall.HallError as error:
+            print(error.text(_lang(args)), file=sys.stderr)
+            return 2
+    return run
+
+
+def register(subparsers):
+    common = _common_parser()
+    server = subparsers.add_parser("server", parents=[common], help="运行同步服务器 / run the sync server")
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=DEFAULT_PORT)
+    server.add_argument("--workers", type=int, default=2)
+    server.set_defaults(handler=_guard(cmd_server))
+    server_commands = server.add_subparsers(dest="server_command", metavar="init")
+    server_commands.add_parser("init", parents=[_common_parser(suppress=True)], help="初始化数据目录与主密钥 / create data dir and master key") \
+        .set_defaults(handler=_guard(cmd_server_init))
+
+    hall_parser = subparsers.add_parser("hall", help="服务大厅业务 / service hall operations")
+    commands = hall_parser.add_subparsers(dest="hall_command", metavar="COMMAND")
+    commands.required = True
+
+    def add(name, handler, help_text):
+        parser = commands.add_parser(name, parents=[common], help=help_text)
+        parser.set_defaults(handler=_guard(handler))
+        return parser
+
+    p = add("merchant-add", cmd_merchant_add, "添加商户 / add a merchant")
+    p.add_argument("--name-zh", required=True)
+    p.add_argument("--name-en")
+    p.add_argument("--category", type=int, default=wallet_rules.CATEGORY_CANTEEN,
+                   help="1 食堂 canteen, 2 热水 water, 3 电费 electricity")
+    p = add("person-add", cmd_person_add, "建档 / create a person and account")
+    p.add_argument("--name", required=True)
+    p.add_argument("--id-number")
+    p.add_argument("--staff-number")
+    p.add_argument("--category", type=int, default=card_layout.HOLDER_STUDENT,
+                   help="1 教工 staff, 2 学生 student, 3 自聘 self-employed, 4 临时 temporary, 5 身份卡 identity")
+    p = add("card-issue", cmd_card_issue, "发卡/补卡 / issue or replace a card")
+    p.add_argument("--account", type=int, required=True)
+    p.add_argument("--uid", required=True, help="card UID, hex")
+    p.add_argument("--json", action="store_true")
+    p = add("recharge", cmd_recharge, "现金充值 / cash recharge")
+    p.add_argument("--account", type=int, required=True)
+    p.add_argument("--amount-fen", type=int, required=True)
+    p.add_argument("--wallet", default="main", choices=("main", "water", "legacy"))
+    p = add("report-loss", cmd_report_loss, "挂失 / report a card lost")
+    p.add_argument("--card", type=int, required=True)
+    p = add("cancel-loss", cmd_cancel_loss, "解挂 / a lost card was found")
+    p.add_argument("--card", type=int, required=True)
+    p = add("transactions", cmd_transactions, "流水查询 / list an account's transactions")
+    p.add_argument("--account", type=int, required=True)
+    p.add_argument("--limit", type=int, default=50)
+    p = add("terminal-register", cmd_terminal_register, "登记终端 / register a terminal")
+    p.add_argument("--merchant", type=int, required=True)
+    p.add_argument("--out", required=True, help="provisioning file to write (mode 0600)")
+    p.add_argument("--server-url", default="http://127.0.0.1:%d" % DEFAULT_PORT)
+    p = add("terminal-revoke", cmd_terminal_revoke, "停用终端 / revoke a terminal")
+    p.add_argument("--terminal", type=int, required=True)
+
+
+def _common_parser(suppress=False):
+    """--data-dir and --lang; with suppress, a nested parser leaves the outer parser's values alone."""
+    import argparse
+    default = argparse.SUPPRESS if suppress else None
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=default, help="data directory (default $YKT_DATA_DIR or ./data)")
+    common.add_argument("--lang", choices=("zh", "en"), default=default)
+    return common

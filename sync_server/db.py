@@ -1,0 +1,332 @@
+"""The server's SQLite store: connections, PRAGMAs, and numbered migrations.
+
+One SQLite file under the data directory, in WAL mode with `synchronous=FULL` (a commit that returned
+survives power loss) and a busy timeout so concurrent gunicorn workers queue instead of failing.
+Connections run in autocommit mode; writers open `BEGIN IMMEDIATE` through `transaction()` so that two
+workers never both read-then-write the same rows (SQLite serialises writers; IMMEDIATE makes the wait
+happen at the start, where it cannot deadlock).
+
+Schema changes are numbered migration functions applied once, in order, and tracked in the
+`_migrations` table (through sqlite-utils). Never edit an applied migration: add the next number.
+"""
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+
+import sqlite_utils
+
+BUSY_TIMEOUT_MS = 30000
+DB_FILE_NAME = "ykt.sqlite3"
+
+# System ledger accounts created by the first migration; their ids are fixed so code can name them.
+LEDGER_CASH_DESK = 1          # 服务大厅现金 cash recharge at the service hall
+LEDGER_ONLINE_CHANNEL = 2     # 线上充值渠道 app / bank recharge channel
+LEDGER_FEE_INCOME = 3         # 手续费收入 fee income
+LEDGER_LEGACY_SOURCE = 4      # 旧系统迁移来源 balances moved over from old-system cards
+SYSTEM_LEDGER_ACCOUNTS = (
+    (LEDGER_CASH_DESK, "cash_desk", "服务大厅现金", "service hall cash desk"),
+    (LEDGER_ONLINE_CHANNEL, "channel", "线上充值", "online recharge channel"),
+    (LEDGER_FEE_INCOME, "fee_income", "手续费收入", "fee income"),
+    (LEDGER_LEGACY_SOURCE, "legacy_source", "旧系统余额迁移", "legacy card migration source"),
+)
+
+FIRST_CARD_NUMBER = 100001
+
+
+def connect(path):
+    """A connection with the house PRAGMAs; autocommit (use transaction() to write)."""
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                           check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=%d" % BUSY_TIMEOUT_MS)
+    conn.execute("PRAGMA foreign_keys=OFF")  # integrity is enforced by the ledger, not per-row checks
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+@contextlib.contextmanager
+def transaction(conn):
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception. Not re-entrant on purpose."""
+    assert not conn.in_transaction, "nested transaction"
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def next_counter(conn, name, step=1):
+    """Reserve `step` values of a named counter; returns the first. Call inside a transaction."""
+    assert conn.in_transaction and step >= 1
+    row = conn.execute("UPDATE counters SET value = value + ? WHERE name = ? RETURNING value",
+                       (step, name)).fetchone()
+    assert row is not None, "unknown counter %s" % name
+    return row[0] - step + 1
+
+
+def counter_value(conn, name):
+    return conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0]
+
+
+# --- migrations -----------------------------------------------------------------------------------
+
+def _execute_script(conn, script):
+    """Run statements one by one: sqlite3's executescript() would COMMIT our open transaction."""
+    for statement in script.split(";"):
+        code = "\n".join(line for line in statement.splitlines() if not line.strip().startswith("--"))
+        if code.strip():
+            conn.execute(statement)
+
+
+def _m001_initial(conn):
+    _execute_script(conn, """
+    CREATE TABLE persons (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        id_number TEXT,                 -- national ID number (身份证号), may be absent
+        staff_number TEXT,              -- staff or student number (工号/学号)
+        category INTEGER NOT NULL,      -- card_layout.HOLDER_*
+        created_ms INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX persons_staff_number ON persons(staff_number) WHERE staff_number IS NOT NULL;
+
+    CREATE TABLE accounts (
+        id INTEGER PRIMARY KEY,
+        person_id INTEGER NOT NULL REFERENCES persons(id),
+        single_limit_fen INTEGER NOT NULL CHECK (single_limit_fen > 0),
+        daily_limit_fen INTEGER NOT NULL CHECK (daily_limit_fen > 0),
+        blocked INTEGER NOT NULL DEFAULT 0,     -- frozen by the service hall
+        in_debt INTEGER NOT NULL DEFAULT 0,     -- a wallet went negative (offline double spend)
+        spent_day INTEGER NOT NULL DEFAULT 0,   -- day number (Beijing time) of spent_today_fen
+        spent_today_fen INTEGER NOT NULL DEFAULT 0,
+        balance_version INTEGER NOT NULL DEFAULT 0,  -- counters.balance_version when last changed
+        pin_hash BLOB,
+        pin_salt BLOB,
+        pin_failures INTEGER NOT NULL DEFAULT 0,
+        pin_locked_until_ms INTEGER NOT NULL DEFAULT 0,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE INDEX accounts_person ON accounts(person_id);
+    CREATE INDEX accounts_balance_version ON accounts(balance_version);
+
+    -- Ledger accounts: every party money moves between. Balances are derived from transfers.
+    CREATE TABLE ledger_accounts (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,            -- wallet, merchant, cash_desk, channel, fee_income, legacy_source
+        account_id INTEGER,            -- for wallets
+        wallet TEXT,                   -- main, water, legacy (wallets only)
+        merchant_id INTEGER,           -- for merchant accounts
+        name_zh TEXT,
+        name_en TEXT
+    );
+    CREATE UNIQUE INDEX ledger_accounts_wallet ON ledger_accounts(account_id, wallet) WHERE account_id IS NOT NULL;
+
+    CREATE TABLE merchants (
+        id INTEGER PRIMARY KEY,
+        name_zh TEXT NOT NULL,
+        name_en TEXT NOT NULL,
+        category INTEGER NOT NULL,      -- wallets.CATEGORY_*
+        ledger_account_id INTEGER NOT NULL REFERENCES ledger_accounts(id)
+    );
+
+    CREATE TABLE cards (
+        card_number INTEGER NOT NULL,
+        generation INTEGER NOT NULL,
+        account_id INTEGER NOT NULL REFERENCES accounts(id),
+        uid BLOB NOT NULL,
+        status TEXT NOT NULL,           -- active, lost, replaced, frozen
+        holder_category INTEGER NOT NULL,
+        expiry_yyyymmdd INTEGER NOT NULL,
+        issued_ms INTEGER NOT NULL,
+        PRIMARY KEY (card_number, generation)
+    );
+    CREATE INDEX cards_account ON cards(account_id);
+
+    CREATE TABLE terminals (
+        id INTEGER PRIMARY KEY,
+        merchant_id INTEGER NOT NULL REFERENCES merchants(id),
+        key_version INTEGER NOT NULL DEFAULT 1,
+        status TEXT NOT NULL,           -- active, revoked
+        acked_seq INTEGER NOT NULL DEFAULT 0,   -- highest contiguous seq stored
+        max_seq INTEGER NOT NULL DEFAULT 0,     -- highest seq stored (> acked_seq means gaps)
+        last_sync_ms INTEGER,
+        clock_offset_ms INTEGER,        -- server clock minus terminal clock at the last sync
+        health TEXT,                    -- JSON of the last health map
+        created_ms INTEGER NOT NULL
+    );
+
+    CREATE TABLE request_counters (
+        terminal_id INTEGER PRIMARY KEY,
+        last_counter INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+
+    CREATE TABLE terminal_records (
+        terminal_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        raw BLOB NOT NULL,
+        kind INTEGER NOT NULL,
+        flags INTEGER NOT NULL,
+        time_ms INTEGER NOT NULL,           -- terminal clock, as sent
+        corrected_time_ms INTEGER NOT NULL, -- time_ms + the clock offset seen at this sync
+        card_number INTEGER NOT NULL,
+        account_id INTEGER NOT NULL,
+        card_generation INTEGER NOT NULL,
+        category INTEGER NOT NULL,
+        tap_counter INTEGER NOT NULL,
+        amount_fen INTEGER NOT NULL,
+        merchant_id INTEGER NOT NULL,
+        received_ms INTEGER NOT NULL,
+        booked INTEGER NOT NULL,            -- 1 when posted to the ledger, 0 see record_anomalies
+        PRIMARY KEY (terminal_id, seq)
+    ) WITHOUT ROWID;
+
+    -- Immutable transfers. Sign convention in ledger.py: debit decreases, credit increases.
+    CREATE TABLE transfers (
+        id TEXT NOT NULL UNIQUE,
+        debit_id INTEGER NOT NULL,
+        credit_id INTEGER NOT NULL,
+        amount_fen INTEGER NOT NULL CHECK (amount_fen > 0),
+        kind TEXT NOT NULL,
+        reference TEXT,
+        time_ms INTEGER NOT NULL,
+        CHECK (debit_id != credit_id)
+    );
+    CREATE INDEX transfers_debit ON transfers(debit_id);
+    CREATE INDEX transfers_credit ON transfers(credit_id);
+
+    -- Derived cache of sum(credits) - sum(debits) per ledger account, proved by ledger.check_balances
+    CREATE TABLE balances (
+        ledger_account_id INTEGER PRIMARY KEY,
+        balance_fen INTEGER NOT NULL
+    );
+
+    -- Append-only deny log: a later entry with active = 0 lifts an earlier one, version = id
+    CREATE TABLE deny_entries (
+        version INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        ref INTEGER NOT NULL,
+        active INTEGER NOT NULL,
+        reason INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE INDEX deny_entries_ref ON deny_entries(kind, ref);
+
+    -- Last tap counter seen per card (card_ref = card_number * 256 + generation, as in deny refs).
+    CREATE TABLE card_counters (
+        card_ref INTEGER PRIMARY KEY,
+        max_tap_counter INTEGER NOT NULL,
+        taps_seen INTEGER NOT NULL
+    );
+
+    CREATE TABLE counter_anomalies (
+        id INTEGER PRIMARY KEY,
+        card_number INTEGER NOT NULL,
+        generation INTEGER NOT NULL,
+        kind TEXT NOT NULL,             -- gap, repeat, late
+        expected INTEGER NOT NULL,      -- the counter that would have been next
+        seen INTEGER NOT NULL,
+        terminal_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        noticed_ms INTEGER NOT NULL
+    );
+
+    CREATE TABLE record_anomalies (
+        terminal_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        reason TEXT NOT NULL,           -- unknown_account, ...
+        noticed_ms INTEGER NOT NULL,
+        PRIMARY KEY (terminal_id, seq)
+    );
+
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+
+    CREATE TABLE settings (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    """)
+    conn.executemany("INSERT INTO counters (name, value) VALUES (?, ?)", [
+        ("balance_version", 0), ("card_number", FIRST_CARD_NUMBER - 1), ("config_version", 1),
+    ])
+    conn.executemany("INSERT INTO settings (name, value) VALUES (?, ?)", [
+        ("sync_interval_ms", 5000),
+        ("offline_cap_count", 5),            # taps per account per terminal while offline
+        ("offline_cap_amount_fen", 10000),   # fen per account per terminal while offline
+        ("double_tap_window_ms", 3000),
+        ("default_single_limit_fen", 5000),
+        ("default_daily_limit_fen", 30000),
+        ("clock_tolerance_ms", 5000),
+    ])
+    conn.executemany("INSERT INTO ledger_accounts (id, kind, name_zh, name_en) VALUES (?, ?, ?, ?)",
+                     SYSTEM_LEDGER_ACCOUNTS)
+    conn.executemany("INSERT INTO balances (ledger_account_id, balance_fen) VALUES (?, 0)",
+                     [(row[0],) for row in SYSTEM_LEDGER_ACCOUNTS])
+
+
+MIGRATIONS = (
+    (1, "initial schema", _m001_initial),
+)
+
+
+def migrate(conn):
+    """Apply every migration not yet recorded in `_migrations`, in order, each in its own transaction."""
+    database = sqlite_utils.Database(conn)
+    with transaction(conn):
+        if "_migrations" not in database.table_names():
+            database["_migrations"].create({"number": int, "name": str, "applied_ms": int}, pk="number")
+    applied = {row["number"] for row in database["_migrations"].rows}
+    for number, name, function in MIGRATIONS:
+        if number in applied:
+            continue
+        with transaction(conn):
+            # re-check under the write lock: another worker may have just applied it
+            if conn.execute("SELECT 1 FROM _migrations WHERE number = ?", (number,)).fetchone():
+                continue
+            function(conn)
+            database["_migrations"].insert({"number": number, "name": name, "applied_ms": now_ms()})
+    return [row["number"] for row in database["_migrations"].rows]
+
+
+def db_path(data_dir):
+    return os.path.join(data_dir, DB_FILE_NAME)
+
+
+def init_db(path):
+    """Create or upgrade the database file at `path`; returns an open connection."""
+    conn = connect(path)
+    migrate(conn)
+    return conn
+
+
+# --- per-app connection ---------------------------------------------------------------------------
+
+_local = threading.local()
+
+
+def get_db():
+    """The calling thread's connection to the current Flask app's database (kept open between
+    requests: gunicorn sync workers serve one request at a time per thread)."""
+    from flask import current_app
+    path = current_app.config["DATABASE"]
+    cache = getattr(_local, "connections", None)
+    if cache is None:
+        cache = _local.connections = {}
+    conn = cache.get(path)
+    if conn is None:
+        conn = cache[path] = connect(path)
+    if conn.in_transaction:      # a request died mid-transaction; never let it leak into the next
+        conn.execute("ROLLBACK")
+    return conn
+
+
+def setting(conn, name):
+    row = conn.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+    assert row is not None, "unknown setting %s" % name
+    return row[0]

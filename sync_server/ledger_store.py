@@ -1,0 +1,124 @@
+"""The ledger's store on SQLite, plus the account flags and versions that follow a posting.
+
+Every method runs inside the caller's transaction (db.transaction), so a sync batch's records, its
+transfers and the new balances commit together or not at all. Queries are batched (IN lists,
+executemany) because a 500-record sync must cost a handful of statements, not thousands.
+"""
+from firmware.core import protocol
+
+from sync_server import db as dbmod
+from sync_server.ledger import Transfer
+
+_IN_CHUNK = 900  # keep IN (...) lists well under SQLite's bound on variables
+
+# Deny reasons (reason_code in deny entries; shown by terminals and on reports)
+REASON_LOST = 1
+REASON_REPLACED = 2
+REASON_FROZEN = 3
+REASON_NEGATIVE = 4
+REASON_REVOKED = 5
+REASON_FOUND = 6       # lifting entry: card found again / account unblocked
+
+
+def _chunks(values):
+    values = list(values)
+    for start in range(0, len(values), _IN_CHUNK):
+        yield values[start:start + _IN_CHUNK]
+
+
+class SqliteStore:
+    def __init__(self, conn):
+        self.conn = conn
+
+    def existing_ids(self, ids):
+        found = {}
+        for chunk in _chunks(ids):
+            rows = self.conn.execute(
+                "SELECT id, debit_id, credit_id, amount_fen, kind, reference, time_ms FROM transfers "
+                "WHERE id IN (%s)" % ",".join("?" * len(chunk)), chunk)
+            for row in rows:
+                found[row[0]] = Transfer(*row)
+        return found
+
+    def insert_transfers(self, transfers):
+        assert self.conn.in_transaction
+        self.conn.executemany(
+            "INSERT INTO transfers (id, debit_id, credit_id, amount_fen, kind, reference, time_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", transfers)
+
+    def balances(self, ledger_ids):
+        result = {ledger_id: 0 for ledger_id in ledger_ids}
+        for chunk in _chunks(ledger_ids):
+            rows = self.conn.execute(
+                "SELECT ledger_account_id, balance_fen FROM balances WHERE ledger_account_id IN (%s)"
+                % ",".join("?" * len(chunk)), chunk)
+            for ledger_id, balance_fen in rows:
+                result[ledger_id] = balance_fen
+        return result
+
+    def set_balances(self, balances):
+        assert self.conn.in_transaction
+        self.conn.executemany(
+            "INSERT INTO balances (ledger_account_id, balance_fen) VALUES (?, ?) "
+            "ON CONFLICT (ledger_account_id) DO UPDATE SET balance_fen = excluded.balance_fen",
+            balances.items())
+
+    def wallet_ids(self, account_ids):
+        result = {}
+        for chunk in _chunks(account_ids):
+            rows = self.conn.execute(
+                "SELECT account_id, wallet, id FROM ledger_accounts WHERE account_id IN (%s)"
+                % ",".join("?" * len(chunk)), chunk)
+            for account_id, wallet, ledger_id in rows:
+                result.setdefault(account_id, {})[wallet] = ledger_id
+        return result
+
+    def all_transfers(self):
+        rows = self.conn.execute(
+            "SELECT id, debit_id, credit_id, amount_fen, kind, reference, time_ms FROM transfers")
+        return (Transfer(*row) for row in rows)
+
+    def all_balances(self):
+        return dict(self.conn.execute("SELECT ledger_account_id, balance_fen FROM balances"))
+
+
+def add_deny_entries(conn, entries, now_ms):
+    """Append deny entries [(kind, ref, active, reason)]; each gets the next version."""
+    assert conn.in_transaction
+    for kind, _ref, active, _reason in entries:
+        assert kind in (protocol.DENY_CARD, protocol.DENY_CARD_NUMBER, protocol.DENY_ACCOUNT,
+                        protocol.DENY_TERMINAL) and active in (0, 1)
+    conn.executemany("INSERT INTO deny_entries (kind, ref, active, reason, created_ms) VALUES (?, ?, ?, ?, ?)",
+                     [(kind, ref, active, reason, now_ms) for kind, ref, active, reason in entries])
+
+
+def touch_accounts(conn, account_ids):
+    """Give each account a fresh balance version so terminals fetch its rows in the next delta."""
+    account_ids = sorted(account_ids)
+    if not account_ids:
+        return
+    first = dbmod.next_counter(conn, "balance_version", len(account_ids))
+    conn.executemany("UPDATE accounts SET balance_version = ? WHERE id = ?",
+                     [(first + index, account_id) for index, account_id in enumerate(account_ids)])
+
+
+def update_debt_flags(conn, in_debt, clear, now_ms):
+    """Block accounts a posting drove negative, lift the block for those topped up again.
+
+    Only changes of state write anything: an account already flagged stays as it is.
+    """
+    changed = []
+    for chunk in _chunks(sorted(in_debt | clear)):
+        rows = conn.execute("SELECT id, in_debt FROM accounts WHERE id IN (%s)" % ",".join("?" * len(chunk)),
+                            chunk)
+        for account_id, flagged in rows:
+            if account_id in in_debt and not flagged:
+                changed.append((1, account_id))
+            elif account_id in clear and flagged:
+                changed.append((0, account_id))
+    if not changed:
+        return []
+    conn.executemany("UPDATE accounts SET in_debt = ? WHERE id = ?", changed)
+    add_deny_entries(conn, [(protocol.DENY_ACCOUNT, account_id, flag,
+                             REASON_NEGATIVE if flag else REASON_FOUND) for flag, account_id in changed], now_ms)
+    return changed
