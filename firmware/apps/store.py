@@ -1,0 +1,385 @@
+"""The terminal's durable state in one SQLite file: journal, deny list, balance cache, config, counters.
+
+DESIGN.md section 3: success is shown only after the tap's record is committed, so the journal runs
+in WAL mode with `synchronous=FULL` (a commit is on disk when `append_purchase` returns) and every
+write is one explicit transaction. Sequence numbers are gap-free per terminal and never reused:
+the last one handed out lives in `meta`, not in the journal (whose old rows get pruned).
+
+    table             what                                            bound
+    ---------------   ---------------------------------------------   --------------------------
+    journal           seq, record bytes (records.py), acked flag      max_unacked unacked rows;
+                                                                      keep_acked acked rows kept
+                                                                      for re-collection (补采)
+    deny              active deny entries (kind, ref, reason)         max_deny_entries
+    card_generation   newest generation seen per card number          (one row per card number)
+    balance           per account+wallet at the server's version      max_balance_rows
+    meta              versions, request counter, clock, config        fixed keys
+
+One TerminalStore per thread (the POS shell and the sync thread each open their own); SQLite's
+locking serialises writers, `BEGIN IMMEDIATE` makes each read-modify-write atomic.
+"""
+import json
+import sqlite3
+
+from firmware.core import clock as clock_module
+from firmware.core import decide, protocol, records
+
+KEEP_ACKED_ROWS = 2000
+MAX_UNACKED_ROWS = 100000
+MAX_DENY_ENTRIES = 1000000
+MAX_BALANCE_ROWS = 1000000
+MAX_CONFIG_BYTES = 64 * 1024
+MAX_RESEND_SPAN = 100000
+BUSY_TIMEOUT_MS = 10000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY,
+    record BLOB NOT NULL,
+    account_id INTEGER NOT NULL,
+    amount_fen INTEGER NOT NULL,
+    time_ms INTEGER NOT NULL,
+    acked INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS journal_unacked_account ON journal (account_id) WHERE acked = 0;
+CREATE TABLE IF NOT EXISTS deny (
+    kind TEXT NOT NULL,
+    ref INTEGER NOT NULL,
+    reason,
+    PRIMARY KEY (kind, ref)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS card_generation (
+    card_number INTEGER PRIMARY KEY,
+    newest_generation INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS balance (
+    account_id INTEGER NOT NULL,
+    wallet TEXT NOT NULL,
+    balance_fen INTEGER NOT NULL,
+    spent_today_fen INTEGER NOT NULL,
+    single_limit_fen INTEGER,
+    daily_limit_fen INTEGER,
+    day_yyyymmdd INTEGER NOT NULL,
+    PRIMARY KEY (account_id, wallet)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value
+);
+"""
+
+_META_DEFAULTS = {
+    "last_seq": 0,
+    "acked_seq": 0,
+    "deny_version": 0,
+    "balance_version": 0,
+    "config_version": 0,
+    "request_counter": 0,
+    "clock_floor_ms": 0,
+    "clock_offset_ms": 0,
+    "resend_from_seq": 0,
+    "resend_to_seq": 0,
+    "terminal_revoked": 0,
+    "seq_jumped_from": 0,
+    "config_json": "{}",
+}
+
+
+class StoreError(Exception):
+    """The store refused a write (journal full, limits exceeded); nothing was changed."""
+
+
+class JournalFull(StoreError):
+    pass
+
+
+class ApplyResult:
+    __slots__ = ("acked_seq", "newly_acked", "pruned", "deny_changes", "balance_rows", "config_changed",
+                 "set_time_ms", "more")
+
+    def __init__(self):
+        self.acked_seq = 0
+        self.newly_acked = 0
+        self.pruned = 0
+        self.deny_changes = 0
+        self.balance_rows = 0
+        self.config_changed = False
+        self.set_time_ms = None
+        self.more = False
+
+
+class TerminalStore:
+    def __init__(self, path, keep_acked=KEEP_ACKED_ROWS, max_unacked=MAX_UNACKED_ROWS,
+                 max_deny_entries=MAX_DENY_ENTRIES, max_balance_rows=MAX_BALANCE_ROWS):
+        assert keep_acked >= 0 and max_unacked > 0
+        self.path = path
+        self.keep_acked = keep_acked
+        self.max_unacked = max_unacked
+        self.max_deny_entries = max_deny_entries
+        self.max_balance_rows = max_balance_rows
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so nothing commits behind our back.
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000.0,
+                                   check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout = %d" % BUSY_TIMEOUT_MS)
+        mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        assert mode.lower() == "wal", "SQLite refused WAL mode: %s" % mode
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._db.executescript(_SCHEMA)     # idempotent; executescript must run outside a transaction
+        with self._transaction():
+            for key, value in _META_DEFAULTS.items():
+                self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def close(self):
+        self._db.close()
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _transaction(self):
+        return _Transaction(self._db)
+
+    def _meta(self, key):
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        assert row is not None, "meta key %s missing" % key
+        return row[0]
+
+    def _set_meta(self, key, value):
+        assert key in _META_DEFAULTS
+        self._db.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key))
+
+    # -- journal ---------------------------------------------------------------------------------
+
+    def append_purchase(self, record_fields, time_ms, clock_floor_ms=None):
+        """Journal one purchase durably; returns its seq. Only after this returns may success show.
+
+        record_fields are encode_purchase's keyword arguments without seq and time_ms. The clock
+        floor is stored in the same transaction, so the time used can never be handed out again.
+        """
+        with self._transaction():
+            unacked = self._db.execute("SELECT count(*) FROM journal WHERE acked = 0").fetchone()[0]
+            if unacked >= self.max_unacked:
+                raise JournalFull("终端存储已满 / journal holds %d unacknowledged records" % unacked)
+            seq = self._meta("last_seq") + 1
+            record = records.encode_purchase(seq=seq, time_ms=time_ms, **record_fields)
+            self._db.execute(
+                "INSERT INTO journal (seq, record, account_id, amount_fen, time_ms) VALUES (?, ?, ?, ?, ?)",
+                (seq, record, record_fields["account_id"], record_fields["amount_fen"], time_ms))
+            self._set_meta("last_seq", seq)
+            if clock_floor_ms is not None:
+                self._set_meta("clock_floor_ms", max(clock_floor_ms, self._meta("clock_floor_ms")))
+        return seq
+
+    def last_seq(self):
+        return self._meta("last_seq")
+
+    def acked_seq(self):
+        return self._meta("acked_seq")
+
+    def unacked_count(self):
+        return self._db.execute("SELECT count(*) FROM journal WHERE acked = 0").fetchone()[0]
+
+    def journal(self, from_seq=1, limit=1000):
+        """Stored records from from_seq on: [(seq, record bytes, acked)]; bounded by limit."""
+        assert 0 < limit <= 100000
+        return self._db.execute("SELECT seq, record, acked FROM journal WHERE seq >= ? ORDER BY seq LIMIT ?",
+                                (from_seq, limit)).fetchall()
+
+    def upload_batch(self, limit=protocol.MAX_BATCH_RECORDS):
+        """The records for the next request: any range the server asked for again, then unacked; by seq."""
+        assert 0 < limit <= protocol.MAX_BATCH_RECORDS
+        resend_from, resend_to = self._meta("resend_from_seq"), self._meta("resend_to_seq")
+        rows = self._db.execute(
+            "SELECT seq, record FROM journal WHERE acked = 0 OR seq BETWEEN ? AND ? ORDER BY seq LIMIT ?",
+            (resend_from, resend_to, limit)).fetchall()
+        return [(seq, bytes(record)) for seq, record in rows]
+
+    # -- what decide() needs -------------------------------------------------------------------
+
+    def deny_view(self, card_number, generation, account_id, terminal_id):
+        def reason(kind, ref):
+            row = self._db.execute("SELECT reason FROM deny WHERE kind = ? AND ref = ?", (kind, ref)).fetchone()
+            return None if row is None else (row[0] if row[0] is not None else "denied")
+
+        newest = self._db.execute("SELECT newest_generation FROM card_generation WHERE card_number = ?",
+                                  (card_number,)).fetchone()
+        revoked = bool(self._meta("terminal_revoked")) or \
+            reason(protocol.DENY_TERMINAL, terminal_id) is not None
+        return decide.DenyView(revoked, reason(protocol.DENY_CARD, protocol.card_deny_ref(card_number, generation)),
+                               reason(protocol.DENY_CARD_NUMBER, card_number),
+                               reason(protocol.DENY_ACCOUNT, account_id), newest[0] if newest else 0)
+
+    def account_view(self, account_id, today_yyyymmdd):
+        rows = self._db.execute(
+            "SELECT wallet, balance_fen, spent_today_fen, single_limit_fen, daily_limit_fen, day_yyyymmdd "
+            "FROM balance WHERE account_id = ?", (account_id,)).fetchall()
+        unacked_fen, unacked_count = self._db.execute(
+            "SELECT coalesce(sum(amount_fen), 0), count(*) FROM journal WHERE account_id = ? AND acked = 0",
+            (account_id,)).fetchone()
+        if not rows:
+            return decide.AccountView(False, {}, 0, None, None, unacked_fen, unacked_count)
+        balances_fen = {}
+        spent_today_fen, single_limit_fen, daily_limit_fen = 0, None, None
+        for wallet, balance_fen, spent_fen, single_fen, daily_fen, day in rows:
+            balances_fen[wallet] = balance_fen
+            # The server's spent_today is for the day it was sent; on a new day it starts again.
+            if day == today_yyyymmdd:
+                spent_today_fen = max(spent_today_fen, spent_fen)
+            single_limit_fen = single_fen if single_limit_fen is None else single_limit_fen
+            daily_limit_fen = daily_fen if daily_limit_fen is None else daily_limit_fen
+        return decide.AccountView(True, balances_fen, spent_today_fen, single_limit_fen, daily_limit_fen,
+                                  unacked_fen, unacked_count)
+
+    # -- sync ------------------------------------------------------------------------------------
+
+    def next_request_counter(self):
+        """The counter for the next request, committed before it is used (a replay is never ours)."""
+        with self._transaction():
+            counter = self._meta("request_counter") + 1
+            self._set_meta("request_counter", counter)
+        return counter
+
+    def versions(self):
+        return self._meta("deny_version"), self._meta("balance_version"), self._meta("config_version")
+
+    def mark_revoked(self):
+        with self._transaction():
+            self._set_meta("terminal_revoked", 1)
+
+    def apply_answer(self, answer, today_yyyymmdd, terminal_id, sent_through_seq=0):
+        """Apply one sync answer (protocol.py) in ONE transaction: ack, prune, deny, balances, config,
+        commands. sent_through_seq is the highest seq the request carried (clears a served resend)."""
+        result = ApplyResult()
+        with self._transaction():
+            self._apply_ack(int(answer["acked_seq"]), result)
+            self._apply_deny(answer.get("deny") or {}, terminal_id, result)
+            self._apply_balances(answer.get("balances") or {}, today_yyyymmdd, result)
+            self._apply_config(answer.get("config"), result)
+            resend_to = self._meta("resend_to_seq")
+            if resend_to and sent_through_seq >= resend_to:
+                self._set_meta("resend_from_seq", 0)
+                self._set_meta("resend_to_seq", 0)
+            for command in answer.get("commands") or ():
+                self._apply_command(command, result)
+        return result
+
+    def _apply_ack(self, acked_seq, result):
+        last_seq = self._meta("last_seq")
+        if acked_seq > last_seq:
+            # The server holds records this journal never wrote (the journal was replaced or lost):
+            # handing those seqs out again would make the server drop new taps as duplicates, so
+            # the sequence continues after what the server holds.
+            self._set_meta("last_seq", acked_seq)
+            self._set_meta("seq_jumped_from", last_seq)
+        result.acked_seq = acked_seq
+        cursor = self._db.execute("UPDATE journal SET acked = 1 WHERE seq <= ? AND acked = 0", (acked_seq,))
+        result.newly_acked = cursor.rowcount
+        self._set_meta("acked_seq", max(acked_seq, self._meta("acked_seq")))
+        keep_from = self._db.execute(
+            "SELECT seq FROM journal WHERE acked = 1 ORDER BY seq DESC LIMIT 1 OFFSET ?",
+            (self.keep_acked,)).fetchone()
+        if keep_from is not None:
+            result.pruned = self._db.execute("DELETE FROM journal WHERE acked = 1 AND seq <= ?",
+                                             (keep_from[0],)).rowcount
+
+    def _apply_deny(self, deny, terminal_id, result):
+        for kind, ref, active, reason in deny.get("entries") or ():
+            if kind == protocol.DENY_CARD:
+                card_number, generation = divmod(ref, 256)
+                self._db.execute(
+                    "INSERT INTO card_generation (card_number, newest_generation) VALUES (?, ?) "
+                    "ON CONFLICT (card_number) DO UPDATE SET newest_generation = "
+                    "max(newest_generation, excluded.newest_generation)", (card_number, generation))
+            if active:
+                self._db.execute("INSERT OR REPLACE INTO deny (kind, ref, reason) VALUES (?, ?, ?)",
+                                 (kind, ref, reason))
+            else:
+                self._db.execute("DELETE FROM deny WHERE kind = ? AND ref = ?", (kind, ref))
+            result.deny_changes += 1
+        if result.deny_changes:
+            count = self._db.execute("SELECT count(*) FROM deny").fetchone()[0]
+            if count > self.max_deny_entries:
+                raise StoreError("deny list would hold %d entries (bound %d)" % (count, self.max_deny_entries))
+        if "version" in deny:
+            self._set_meta("deny_version", max(int(deny["version"]), self._meta("deny_version")))
+        result.more = result.more or bool(deny.get("more"))
+
+    def _apply_balances(self, balances, today_yyyymmdd, result):
+        rows = balances.get("rows") or ()
+        for account_id, wallet, balance_fen, spent_today_fen, single_limit_fen, daily_limit_fen in rows:
+            self._db.execute(
+                "INSERT OR REPLACE INTO balance (account_id, wallet, balance_fen, spent_today_fen, "
+                "single_limit_fen, daily_limit_fen, day_yyyymmdd) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (account_id, wallet, balance_fen, spent_today_fen, single_limit_fen, daily_limit_fen,
+                 today_yyyymmdd))
+        result.balance_rows = len(rows)
+        if rows:
+            count = self._db.execute("SELECT count(*) FROM balance").fetchone()[0]
+            if count > self.max_balance_rows:
+                raise StoreError("balance cache would hold %d rows (bound %d)" % (count, self.max_balance_rows))
+        if "version" in balances:
+            self._set_meta("balance_version", max(int(balances["version"]), self._meta("balance_version")))
+        result.more = result.more or bool(balances.get("more"))
+
+    def _apply_config(self, config, result):
+        if not config:
+            return
+        text = json.dumps(config, sort_keys=True, default=_json_default)
+        if len(text) > MAX_CONFIG_BYTES:
+            raise StoreError("configuration of %d bytes exceeds %d" % (len(text), MAX_CONFIG_BYTES))
+        self._set_meta("config_json", text)
+        version = config.get("version", config.get("config_version"))
+        if isinstance(version, int):
+            self._set_meta("config_version", version)
+        result.config_changed = True
+
+    def _apply_command(self, command, result):
+        op = command.get("op")
+        if op == "resend":
+            from_seq, to_seq = int(command["from_seq"]), int(command["to_seq"])
+            if 1 <= from_seq <= to_seq and to_seq - from_seq <= MAX_RESEND_SPAN:
+                self._set_meta("resend_from_seq", from_seq)
+                self._set_meta("resend_to_seq", to_seq)
+        elif op == "set_time":
+            result.set_time_ms = int(command["server_ms"])
+
+    # -- config and clock ------------------------------------------------------------------------
+
+    def config(self):
+        return json.loads(self._meta("config_json"))
+
+    def clock(self):
+        return clock_module.Clock(self._meta("clock_floor_ms"), self._meta("clock_offset_ms"))
+
+    def save_clock(self, floor_ms, offset_ms):
+        with self._transaction():
+            self._set_meta("clock_floor_ms", max(floor_ms, self._meta("clock_floor_ms")))
+            self._set_meta("clock_offset_ms", offset_ms)
+
+    def health(self):
+        return {"journal_unacked": self.unacked_count(), "last_seq": self.last_seq(),
+                "acked_seq": self.acked_seq(), "seq_jumped_from": self._meta("seq_jumped_from"),
+                "deny_entries": self._db.execute("SELECT count(*) FROM deny").fetchone()[0],
+                "balance_rows": self._db.execute("SELECT count(*) FROM balance").fetchone()[0]}
+
+
+def _json_default(value):
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError("configuration value %r is not JSON" % (value,))
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception: all or nothing."""
+
+    def __init__(self, db):
+        self._db = db
+
+    def __enter__(self):
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        else:
+            self._db.execute("ROLLBACK")
+        return False

@@ -1,0 +1,219 @@
+"""The terminal's SQLite store: durable journal, gap-free seq, ack/prune, deny list, balance cache, counter."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from firmware.apps.store import JournalFull, TerminalStore
+from firmware.core import protocol, records
+from firmware.core.decide import NOT_DENIED
+
+TERMINAL_ID = 7
+TODAY = 20250310
+
+
+def fields(amount_fen=1200, account_id=501, card_number=1001, tap_counter=1):
+    return {"terminal_id": TERMINAL_ID, "card_number": card_number, "account_id": account_id,
+            "card_generation": 1, "category": 1, "tap_counter": tap_counter, "amount_fen": amount_fen,
+            "merchant_id": 3, "flags": 0}
+
+
+def answer(acked_seq, deny=None, balances=None, config=None, commands=()):
+    return {"acked_seq": acked_seq, "server_ms": 1741600000000, "deny": deny or {"version": 0, "entries": [], "more": False},
+            "balances": balances or {"version": 0, "rows": [], "more": False}, "config": config,
+            "commands": list(commands)}
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = TerminalStore(str(tmp_path / "terminal.db"), keep_acked=3)
+    yield s
+    s.close()
+
+
+def test_journal_is_gap_free_and_survives_reopen(tmp_path):
+    path = str(tmp_path / "terminal.db")
+    s = TerminalStore(path)
+    seqs = [s.append_purchase(fields(100 + i, tap_counter=i + 1), 1741600000000 + i) for i in range(5)]
+    s.close()
+    assert seqs == [1, 2, 3, 4, 5]
+    reopened = TerminalStore(path)
+    stored = reopened.journal()
+    assert [seq for seq, _, _ in stored] == seqs
+    decoded = [records.decode(bytes(record)) for _, record, _ in stored]
+    assert [d["amount_fen"] for d in decoded] == [100, 101, 102, 103, 104]
+    assert decoded[2]["time_ms"] == 1741600000002 and decoded[2]["seq"] == 3
+    assert reopened.append_purchase(fields(), 1741600000010) == 6
+    reopened.close()
+
+
+def test_every_returned_seq_survives_sigkill(tmp_path):
+    """A child journals as fast as it can and prints each seq once append returns; we kill -9 it."""
+    path = str(tmp_path / "terminal.db")
+    child = textwrap.dedent("""
+        import sys
+        from firmware.apps.store import TerminalStore
+        s = TerminalStore(sys.argv[1])
+        f = {"terminal_id": 7, "card_number": 1, "account_id": 2, "card_generation": 1, "category": 1,
+             "tap_counter": 1, "amount_fen": 100, "merchant_id": 3, "flags": 0}
+        for i in range(100000):
+            print(s.append_purchase(f, 1000 + i), flush=True)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", child, path], stdout=subprocess.PIPE, text=True)
+    shown = []
+    for line in process.stdout:
+        shown.append(int(line))
+        if len(shown) == 40:
+            os.kill(process.pid, signal.SIGKILL)
+            break
+    process.wait()
+    shown.extend(int(line) for line in process.stdout.read().split())
+    s = TerminalStore(path)
+    stored = [seq for seq, _, _ in s.journal(limit=100000)]
+    assert stored == list(range(1, len(stored) + 1))     # gap-free
+    assert set(shown) <= set(stored)                    # nothing reported as committed is missing
+    assert s.append_purchase(fields(), 5000) == len(stored) + 1
+    s.close()
+
+
+def test_upload_batch_is_bounded_and_ascending(store):
+    for i in range(10):
+        store.append_purchase(fields(tap_counter=i + 1), 1000 + i)
+    batch = store.upload_batch(limit=4)
+    assert [seq for seq, _ in batch] == [1, 2, 3, 4]
+    assert all(len(record) == records.RECORD_SIZE for _, record in batch)
+
+
+def test_ack_marks_prunes_old_acked_and_keeps_recent_for_recollection(store):
+    for i in range(10):
+        store.append_purchase(fields(tap_counter=i + 1), 1000 + i)
+    result = store.apply_answer(answer(8), TODAY, TERMINAL_ID)
+    assert result.newly_acked == 8 and result.acked_seq == 8
+    assert store.unacked_count() == 2
+    kept = [(seq, acked) for seq, _, acked in store.journal()]
+    assert kept == [(6, 1), (7, 1), (8, 1), (9, 0), (10, 0)]     # keep_acked=3
+    assert [seq for seq, _ in store.upload_batch()] == [9, 10]
+    # A repeated answer changes nothing.
+    again = store.apply_answer(answer(8), TODAY, TERMINAL_ID)
+    assert again.newly_acked == 0 and store.unacked_count() == 2
+
+
+def test_unacked_rows_are_never_pruned(store):
+    for i in range(6):
+        store.append_purchase(fields(tap_counter=i + 1), 1000 + i)
+    store.apply_answer(answer(0), TODAY, TERMINAL_ID)
+    assert store.unacked_count() == 6 and len(store.journal()) == 6
+
+
+def test_resend_command_sends_acked_records_again_once(store):
+    for i in range(6):
+        store.append_purchase(fields(tap_counter=i + 1), 1000 + i)
+    store.apply_answer(answer(6, commands=[{"op": "resend", "from_seq": 4, "to_seq": 5}]), TODAY, TERMINAL_ID)
+    assert [seq for seq, _ in store.upload_batch()] == [4, 5]
+    store.apply_answer(answer(6), TODAY, TERMINAL_ID, sent_through_seq=5)
+    assert store.upload_batch() == []
+
+
+def test_server_ahead_of_journal_moves_seq_on(store):
+    store.append_purchase(fields(), 1000)
+    store.apply_answer(answer(50), TODAY, TERMINAL_ID)
+    assert store.append_purchase(fields(), 1001) == 51
+    assert store.health()["seq_jumped_from"] == 1
+
+
+def test_journal_full_refuses_without_change(tmp_path):
+    s = TerminalStore(str(tmp_path / "t.db"), max_unacked=3)
+    for i in range(3):
+        s.append_purchase(fields(), 1000 + i)
+    with pytest.raises(JournalFull):
+        s.append_purchase(fields(), 2000)
+    assert s.last_seq() == 3
+    s.apply_answer(answer(3), TODAY, TERMINAL_ID)
+    assert s.append_purchase(fields(), 2001) == 4
+    s.close()
+
+
+def test_bad_record_fields_leave_no_row(store):
+    with pytest.raises(records.RecordError):
+        store.append_purchase(fields(amount_fen=0), 1000)
+    assert store.last_seq() == 0 and store.journal() == []
+
+
+def test_deny_entries_apply_and_lift(store):
+    ref = protocol.card_deny_ref(1001, 1)
+    deny = {"version": 5, "entries": [["card", ref, True, "lost"], ["account", 777, True, "frozen"],
+                                      ["card", protocol.card_deny_ref(2002, 1), True, "replaced"],
+                                      ["card", protocol.card_deny_ref(2002, 2), False, None]], "more": False}
+    store.apply_answer(answer(0, deny=deny), TODAY, TERMINAL_ID)
+    assert store.versions()[0] == 5
+    assert store.deny_view(1001, 1, 501, TERMINAL_ID).card_reason == "lost"
+    assert store.deny_view(1001, 2, 501, TERMINAL_ID).card_reason is None
+    assert store.deny_view(5, 1, 777, TERMINAL_ID).account_reason == "frozen"
+    assert store.deny_view(2002, 1, 9, TERMINAL_ID).newest_generation == 2    # a newer card exists
+    assert store.deny_view(3, 1, 9, TERMINAL_ID) == NOT_DENIED
+    lift = {"version": 6, "entries": [["card", ref, False, None]], "more": False}
+    store.apply_answer(answer(0, deny=lift), TODAY, TERMINAL_ID)
+    assert store.deny_view(1001, 1, 501, TERMINAL_ID).card_reason is None
+
+
+def test_terminal_revocation_is_seen(store):
+    deny = {"version": 1, "entries": [["terminal", TERMINAL_ID, True, "revoked"]], "more": False}
+    store.apply_answer(answer(0, deny=deny), TODAY, TERMINAL_ID)
+    assert store.deny_view(1, 1, 1, TERMINAL_ID).terminal_revoked
+    assert not store.deny_view(1, 1, 1, TERMINAL_ID + 1).terminal_revoked
+
+
+def test_balance_cache_and_own_unacked_spend(store):
+    balances = {"version": 9, "rows": [[501, "main", 10000, 1500, 3000, 8000], [501, "water", 200, 1500, 3000, 8000]],
+                "more": False}
+    store.apply_answer(answer(0, balances=balances), TODAY, TERMINAL_ID)
+    store.append_purchase(fields(1200), 1000)
+    store.append_purchase(fields(300), 1001)
+    store.append_purchase(fields(999, account_id=502), 1002)
+    view = store.account_view(501, TODAY)
+    assert view.known and view.balances_fen == {"main": 10000, "water": 200}
+    assert (view.spent_today_fen, view.single_limit_fen, view.daily_limit_fen) == (1500, 3000, 8000)
+    assert (view.unacked_fen, view.unacked_count) == (1500, 2)
+    assert store.account_view(501, TODAY + 1).spent_today_fen == 0     # yesterday's spend
+    assert not store.account_view(999, TODAY).known
+    store.apply_answer(answer(2), TODAY, TERMINAL_ID)
+    assert store.account_view(501, TODAY).unacked_count == 0
+
+
+def test_failed_apply_changes_nothing(store):
+    store.append_purchase(fields(), 1000)
+    bad = answer(1, balances={"version": 3, "rows": [[501, "main", 100]], "more": False})   # short row
+    with pytest.raises(ValueError):
+        store.apply_answer(bad, TODAY, TERMINAL_ID)
+    assert store.unacked_count() == 1 and store.versions() == (0, 0, 0)
+
+
+def test_request_counter_is_persisted_and_increasing(tmp_path):
+    path = str(tmp_path / "t.db")
+    s = TerminalStore(path)
+    assert [s.next_request_counter() for _ in range(3)] == [1, 2, 3]
+    s.close()
+    s = TerminalStore(path)
+    assert s.next_request_counter() == 4
+    s.close()
+
+
+def test_clock_floor_persists_with_the_journal_row(tmp_path):
+    path = str(tmp_path / "t.db")
+    s = TerminalStore(path)
+    clock = s.clock()
+    time_ms = clock.stamp_ms(1741600000000)
+    s.append_purchase(fields(), time_ms, clock.floor_ms)
+    s.close()
+    after_reboot = TerminalStore(path).clock()
+    assert after_reboot.stamp_ms(0) > time_ms
+
+
+def test_config_from_server(store):
+    store.apply_answer(answer(0, config={"version": 4, "offline_cap_count": 5, "repeat_window_ms": 8000}),
+                       TODAY, TERMINAL_ID)
+    assert store.config()["offline_cap_count"] == 5
+    assert store.versions()[2] == 4
