@@ -1,0 +1,182 @@
+"""Start the real sync server (gunicorn in a subprocess, free loopback port) and talk to it as a terminal.
+
+    with running_server(data_dir) as server:          # ServerHandle(url, data_dir, stop())
+        terminal = server.add_terminal()              # registers a canteen terminal, returns a SyncClient
+        answer = terminal.sync([record_bytes, ...])   # signed CBOR request; raises SyncRefused on 4xx
+
+The data directory is initialised (database + 0600 master key) before gunicorn starts, so tests can
+also open the SQLite file directly (`server.connect()`) to set up people and check results.
+"""
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import cbor2
+import httpx
+
+from firmware.core import protocol, records, sam as sam_keys
+from firmware.core import wallets as wallet_rules
+from sync_server import db as dbmod, hall, keys
+from sync_server.cli import init_data_dir
+
+STARTUP_DEADLINE_S = 60   # a deadline to give up waiting, not a performance assertion
+PIN_CHECK_PATH = "/api/terminal/v1/pin-check"
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class SyncRefused(Exception):
+    def __init__(self, status, error, message):
+        Exception.__init__(self, "%d %s: %s" % (status, error, message))
+        self.status = status
+        self.error = error
+        self.message = message
+
+
+class SyncClient:
+    """One terminal speaking the sync protocol over HTTP, with its own key and request counter."""
+
+    def __init__(self, url, terminal_id, sam, merchant_id, category=wallet_rules.CATEGORY_CANTEEN):
+        self.url = url
+        self.terminal_id = terminal_id
+        self.sam = sam
+        self.merchant_id = merchant_id
+        self.category = category
+        self.counter = 0
+        self.next_seq = 1
+        self.http = httpx.Client(base_url=url, timeout=60)
+
+    def close(self):
+        self.http.close()
+
+    def record(self, account_id, card_number, amount_fen, seq=None, tap_counter=1, generation=1, time_ms=None,
+               flags=0):
+        """An encoded purchase record from this terminal (seq allocated when not given)."""
+        if seq is None:
+            seq = self.next_seq
+            self.next_seq += 1
+        return records.encode_purchase(self.terminal_id, seq, int(time.time() * 1000) if time_ms is None else time_ms,
+                                       card_number, account_id, generation, self.category, tap_counter, amount_fen,
+                                       self.merchant_id, flags)
+
+    def body(self, records_list=(), deny_version=0, balance_version=0, config_version=0, clock_ms=None, **extra):
+        message = {"terminal_id": self.terminal_id,
+                   "clock_ms": int(time.time() * 1000) if clock_ms is None else clock_ms,
+                   "records": list(records_list), "deny_version": deny_version,
+                   "balance_version": balance_version, "config_version": config_version,
+                   "health": {"journal_depth": len(records_list)}}
+        message.update(extra)
+        return cbor2.dumps(message)
+
+    def post(self, body, path=protocol.SYNC_PATH, counter=None, mac_sam=None):
+        """Send raw body bytes signed with the next counter; returns the httpx response."""
+        if counter is None:
+            self.counter += 1
+            counter = self.counter
+        headers = protocol.auth_headers(mac_sam or self.sam, "POST", path, self.terminal_id, counter, body)
+        headers["Content-Type"] = protocol.CONTENT_TYPE
+        return self.http.post(path, content=body, headers=headers)
+
+    def sync(self, records_list=(), **fields):
+        response = self.post(self.body(records_list, **fields))
+        return decode_answer(response)
+
+    def pin_check(self, account_id, pin, amount_fen):
+        response = self.post(cbor2.dumps({"account_id": account_id, "pin": pin, "amount_fen": amount_fen}),
+                             path=PIN_CHECK_PATH)
+        return decode_answer(response)
+
+
+def decode_answer(response):
+    answer = cbor2.loads(response.content) if response.content else {}
+    if response.status_code != 200:
+        raise SyncRefused(response.status_code, answer.get("error"), answer.get("message"))
+    return answer
+
+
+class ServerHandle:
+    def __init__(self, url, data_dir, process, log_path):
+        self.url = url
+        self.data_dir = data_dir
+        self.process = process
+        self.log_path = log_path
+        self.db_path = dbmod.db_path(data_dir)
+
+    def connect(self):
+        """A direct SQLite connection to the server's database (same PRAGMAs)."""
+        return dbmod.connect(self.db_path)
+
+    def master_key(self):
+        return keys.load_master_key(keys.master_key_path(self.data_dir))
+
+    def add_terminal(self, merchant_id=None, category=wallet_rules.CATEGORY_CANTEEN):
+        """Register a terminal (and a merchant when none is given) and return its SyncClient."""
+        conn = self.connect()
+        try:
+            if merchant_id is None:
+                merchant_id = hall.add_merchant(conn, "测试窗口", "test window", category)
+            terminal_id = hall.register_terminal(conn, merchant_id)
+            document = hall.provisioning_document(conn, self.master_key(), terminal_id, self.url)
+        finally:
+            conn.close()
+        sam = sam_keys.SoftwareSAM({purpose: bytes.fromhex(key) for purpose, key in document["sam_keys"].items()})
+        return SyncClient(self.url, terminal_id, sam, merchant_id, category)
+
+    def log(self):
+        with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextlib.contextmanager
+def running_server(data_dir, workers=2, env=None):
+    """Run `python -m sync_server server` (gunicorn) on a free loopback port until the block ends."""
+    data_dir = os.path.abspath(str(data_dir))
+    init_data_dir(data_dir)
+    port = free_port()
+    log_path = os.path.join(data_dir, "server.log")
+    process_env = dict(os.environ, YKT_DATA_DIR=data_dir, PYTHONUNBUFFERED="1")
+    process_env.pop("YKT_MASTER_KEY_FILE", None)
+    process_env.update(env or {})
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sync_server", "server", "--data-dir", data_dir, "--host", "127.0.0.1",
+             "--port", str(port), "--workers", str(workers)],
+            stdout=log, stderr=subprocess.STDOUT, env=process_env)
+    handle = ServerHandle("http://127.0.0.1:%d" % port, data_dir, process, log_path)
+    try:
+        _wait_healthy(handle)
+        yield handle
+    finally:
+        handle.stop()
+
+
+def _wait_healthy(handle):
+    deadline = time.monotonic() + STARTUP_DEADLINE_S
+    while True:
+        if handle.process.poll() is not None:
+            raise RuntimeError("server exited with %s:\n%s" % (handle.process.returncode, handle.log()))
+        try:
+            if httpx.get(handle.url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("server did not become healthy:\n%s" % handle.log())
+        time.sleep(0.1)
