@@ -144,14 +144,14 @@ def test_bad_record_fields_leave_no_row(store):
 
 def test_deny_entries_apply_and_lift(store):
     ref = protocol.card_deny_ref(1001, 1)
-    deny = {"version": 5, "entries": [["card", ref, True, "lost"], ["account", 777, True, "frozen"],
-                                      ["card", protocol.card_deny_ref(2002, 1), True, "replaced"],
+    deny = {"version": 5, "entries": [["card", ref, True, 1], ["account", 777, True, 3],
+                                      ["card", protocol.card_deny_ref(2002, 1), True, 2],
                                       ["card", protocol.card_deny_ref(2002, 2), False, None]], "more": False}
     store.apply_answer(answer(0, deny=deny), TODAY, TERMINAL_ID)
     assert store.versions()[0] == 5
-    assert store.deny_view(1001, 1, 501, TERMINAL_ID).card_reason == "lost"
+    assert store.deny_view(1001, 1, 501, TERMINAL_ID).card_reason == 1
     assert store.deny_view(1001, 2, 501, TERMINAL_ID).card_reason is None
-    assert store.deny_view(5, 1, 777, TERMINAL_ID).account_reason == "frozen"
+    assert store.deny_view(5, 1, 777, TERMINAL_ID).account_reason == 3
     assert store.deny_view(2002, 1, 9, TERMINAL_ID).newest_generation == 2    # a newer card exists
     assert store.deny_view(3, 1, 9, TERMINAL_ID) == NOT_DENIED
     lift = {"version": 6, "entries": [["card", ref, False, None]], "more": False}
@@ -160,7 +160,7 @@ def test_deny_entries_apply_and_lift(store):
 
 
 def test_terminal_revocation_is_seen(store):
-    deny = {"version": 1, "entries": [["terminal", TERMINAL_ID, True, "revoked"]], "more": False}
+    deny = {"version": 1, "entries": [["terminal", TERMINAL_ID, True, 5]], "more": False}
     store.apply_answer(answer(0, deny=deny), TODAY, TERMINAL_ID)
     assert store.deny_view(1, 1, 1, TERMINAL_ID).terminal_revoked
     assert not store.deny_view(1, 1, 1, TERMINAL_ID + 1).terminal_revoked

@@ -21,7 +21,7 @@ category's wallet order (the server books it the same way).
 """
 from collections import namedtuple
 
-from firmware.core import card_layout, messages, records, wallets
+from firmware.core import card_layout, messages, protocol, records, wallets
 
 # What the deny list says about one card; reasons are None when not denied. newest_generation is the
 # highest generation of this card number the deny list has mentioned (0 when none).
@@ -41,20 +41,17 @@ Accept = namedtuple("Accept", ("split", "balance_after_fen", "flags"))
 Decline = namedtuple("Decline", ("message_code",))
 NeedPin = namedtuple("NeedPin", ("message_code",))
 
-# Deny reasons the server may give; anything else falls back on the entry kind.
+# Deny reasons the server gives (protocol.DENY_REASON_*); anything else falls back on the entry kind.
 _REASON_MESSAGES = {
-    "lost": messages.CARD_LOST,
-    "replaced": messages.CARD_REPLACED,
-    "frozen": messages.ACCOUNT_BLOCKED,
-    "blocked": messages.ACCOUNT_BLOCKED,
-    "negative": messages.ACCOUNT_BLOCKED,
+    protocol.DENY_REASON_LOST: messages.CARD_LOST,
+    protocol.DENY_REASON_REPLACED: messages.CARD_REPLACED,
+    protocol.DENY_REASON_FROZEN: messages.ACCOUNT_BLOCKED,
+    protocol.DENY_REASON_NEGATIVE: messages.ACCOUNT_BLOCKED,
 }
 
 
 def _deny_message(reason, fallback):
-    if isinstance(reason, str) and reason in _REASON_MESSAGES:
-        return _REASON_MESSAGES[reason]
-    return fallback
+    return _REASON_MESSAGES.get(reason, fallback)
 
 
 def _no_limit(limit_fen):

@@ -12,7 +12,7 @@ One tap, the happy path:
     JOURNALING --Journaled--> IDLE       [Show(ACCEPTED), Beep, Speak, Outcome] only now
 
 Side paths: NeedPin -> WAIT_PIN -> CHECKING_PIN (online check) -> COUNTING; the same card for the
-same amount within `repeat_window_ms` of its last success -> WAIT_CONFIRM until CashierConfirmed;
+same amount within `double_tap_window_ms` of its last success -> WAIT_CONFIRM until CashierConfirmed;
 a card pulled during reading or counting (CardReadFailed/TapCountFailed) -> "请重新刷卡", back to
 WAIT_CARD with the amount kept and nothing charged. The tap counter is counted on the card before
 the journal commit, so a failed count never leaves a record, and a journal row always names a tap
@@ -84,9 +84,9 @@ DEFAULT_CONFIG = {
     "merchant_id": 0,
     "category": 1,                  # wallets.CATEGORY_CANTEEN
     "dishes": {},                   # dish_id -> [name, price_fen]
-    "repeat_window_ms": 10000,      # same card, same amount within this -> cashier confirms
+    "double_tap_window_ms": 10000,      # same card, same amount within this -> cashier confirms
     "offline_cap_count": 20,        # per account at this terminal while offline
-    "offline_cap_fen": 20000,
+    "offline_cap_amount_fen": 20000,
     "pin_timeout_ms": 30000,
     "max_pin_attempts": 3,
     "max_amount_fen": 100000,       # one canteen payment above 1000 yuan is a keying error
@@ -154,7 +154,7 @@ class CanteenPos:
         return self.config[name]
 
     def _caps(self):
-        return decide_module.OfflineCaps(self._config("offline_cap_count"), self._config("offline_cap_fen"))
+        return decide_module.OfflineCaps(self._config("offline_cap_count"), self._config("offline_cap_amount_fen"))
 
     def _today(self):
         return clock.date_yyyymmdd(self.now_ms, self._config("utc_offset_min"))
@@ -209,7 +209,7 @@ class CanteenPos:
         identity = event.view.identity
         last = self.last_success
         if last is not None and last[0] == identity.card_number and last[1] == self.amount_fen and \
-                0 <= self.now_ms - last[2] <= self._config("repeat_window_ms"):
+                0 <= self.now_ms - last[2] <= self._config("double_tap_window_ms"):
             return WAIT_CONFIRM, [Show(messages.REPEAT_TAP, {"amount_fen": self.amount_fen}),
                                   Beep(BEEP_ATTENTION)]
         return self._decide()

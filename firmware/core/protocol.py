@@ -56,6 +56,14 @@ DENY_CARD_NUMBER = "card_number"
 DENY_ACCOUNT = "account"
 DENY_TERMINAL = "terminal"
 
+# reason_code of a deny entry (the server's values; terminals map them to what the cardholder hears)
+DENY_REASON_LOST = 1
+DENY_REASON_REPLACED = 2
+DENY_REASON_FROZEN = 3
+DENY_REASON_NEGATIVE = 4     # driven below zero by offline spending: blocked until topped up
+DENY_REASON_REVOKED = 5
+DENY_REASON_FOUND = 6        # on lifting entries (active False)
+
 
 def signing_string(method, path, terminal_id, counter, body):
     """What the request MAC covers: method, path, terminal, counter and a hash of the body."""

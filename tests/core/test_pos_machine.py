@@ -8,7 +8,7 @@ CardView = namedtuple("CardView", ("uid", "identity", "name", "tap_counter"))
 UID = b"\x04\x11\x22\x33"
 NOW_MS = 1741600000000     # 2025-03-10 in Beijing
 CONFIG = {"terminal_id": 7, "merchant_id": 3, "category": 1, "dishes": {"rice": ["米饭", 100], "pork": ["红烧肉", 800]},
-          "repeat_window_ms": 10000, "offline_cap_count": 2, "offline_cap_fen": 5000}
+          "double_tap_window_ms": 10000, "offline_cap_count": 2, "offline_cap_amount_fen": 5000}
 
 
 def view(counter=5, generation=1, holder=card_layout.HOLDER_STUDENT):
@@ -167,7 +167,7 @@ def test_foreign_and_forged_cards_are_unknown():
 
 def test_declines_go_back_to_wait_card_with_outcome():
     m = machine()
-    lost = DenyView(False, "lost", None, None, 0)
+    lost = DenyView(False, 1, None, None, 0)
     actions = tap_to_counting(m, card_facts=facts(deny=lost))
     assert shown(actions) == [messages.CARD_LOST]
     assert pos.Beep(pos.BEEP_ERROR) in actions
