@@ -287,9 +287,9 @@ def provisioning_document(conn, master_key, terminal_id, server_url):
     `sam_keys` maps firmware.core.sam purpose names to hex keys, so a terminal builds its key holder
     with SoftwareSAM({purpose: bytes.fromhex(hex)}). Contains secrets: write with mode 0600 only.
     """
-    row = conn.execute("SELECT t.id, t.merchant_id, t.key_version, t.status, m.category, m.name_zh, m.name_en "
-                       "FROM terminals t JOIN merchants m ON m.id = t.merchant_id WHERE t.id = ?",
-                       (terminal_id,)).fetchone()
+    row = dbmod.fetch_named(conn, "SELECT t.id, t.merchant_id, t.key_version, t.status, m.category, m.name_zh, "
+                            "m.name_en FROM terminals t JOIN merchants m ON m.id = t.merchant_id WHERE t.id = ?",
+                            (terminal_id,))
     if row is None or row["status"] != "active":
         raise HallError("终端 %d 不存在或已停用" % terminal_id, "terminal %d unknown or revoked" % terminal_id)
     keys = sam_keys.site_purpose_keys(master_key)

@@ -140,6 +140,14 @@ def plan_purchase(balances, wallet_ids, purchase):
     the last wallet may go negative (the tap was already accepted, perhaps offline).
     """
     order = wallet_rules.WALLET_ORDER[purchase.category]
+    if len(order) == 1:     # canteen: one wallet, one transfer (the common case, kept cheap)
+        debit_id = wallet_ids[order[0]]
+        transfer = Transfer(purchase_transfer_id(purchase.terminal_id, purchase.seq, 0), debit_id,
+                            purchase.merchant_ledger_id, purchase.amount_fen, KIND_PURCHASE,
+                            "%d/%d" % (purchase.terminal_id, purchase.seq), purchase.time_ms)
+        balances[debit_id] = balances.get(debit_id, 0) - purchase.amount_fen
+        balances[purchase.merchant_ledger_id] = balances.get(purchase.merchant_ledger_id, 0) + purchase.amount_fen
+        return [transfer]
     wallet_balances = {wallet: balances.get(wallet_ids[wallet], 0) for wallet in order}
     parts = wallet_rules.split_debit(wallet_balances, purchase.category, purchase.amount_fen,
                                      allow_shortfall=True)

@@ -103,8 +103,8 @@ def authenticate(conn, path, body):
         raise ApiError(401, "bad_auth")
     if not (0 < terminal_id <= 0xFFFFFFFF and 0 <= counter < 2 ** 63):
         raise ApiError(401, "bad_auth")
-    terminal = conn.execute("SELECT id, merchant_id, key_version, status FROM terminals WHERE id = ?",
-                            (terminal_id,)).fetchone()
+    terminal = dbmod.fetch_named(conn, "SELECT id, merchant_id, key_version, status FROM terminals WHERE id = ?",
+                                 (terminal_id,))
     if terminal is None:
         raise ApiError(401, "unknown_terminal")
     signing = protocol.signing_string("POST", path, terminal_id, counter, body)
@@ -376,8 +376,8 @@ def sync():
 
     with dbmod.transaction(conn):
         _store_counter(conn, terminal_id, counter, received_ms)
-        state = conn.execute("SELECT acked_seq, max_seq, status FROM terminals WHERE id = ?",
-                             (terminal_id,)).fetchone()
+        state = dbmod.fetch_named(conn, "SELECT acked_seq, max_seq, status FROM terminals WHERE id = ?",
+                                  (terminal_id,))
         if state["status"] != "active":
             raise ApiError(403, "terminal_revoked")
         new = sorted(_new_seqs(conn, terminal_id, state["acked_seq"], state["max_seq"], by_seq))
