@@ -1,0 +1,43 @@
+"""The service-hall command line, run as users run it (a subprocess), on a temp data directory."""
+import json
+import os
+import stat
+import subprocess
+import sys
+
+
+def _run(data_dir, *args):
+    result = subprocess.run([sys.executable, "-m", "sync_server", *args, "--data-dir", str(data_dir)],
+                            capture_output=True, text=True, env=dict(os.environ, YKT_LANG="zh"))
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_hall_flow_and_keys_stay_out_of_output(tmp_path):
+    data_dir = tmp_path / "data"
+    assert _run(data_dir, "server", "init")[0] == 0
+    key_file = data_dir / "master.key"
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    master_key_hex = key_file.read_bytes().hex()
+
+    assert _run(data_dir, "hall", "merchant-add", "--name-zh", "二食堂", "--name-en", "Canteen 2")[0] == 0
+    code, out = _run(data_dir, "hall", "person-add", "--name", "张小明", "--id-number", "110101200001011234")
+    assert code == 0 and "账户 1" in out
+    code, out = _run(data_dir, "hall", "card-issue", "--account", "1", "--uid", "0a0b0c0d", "--json")
+    assert code == 0 and json.loads(out)["card_number"] == 100001
+    assert _run(data_dir, "hall", "recharge", "--account", "1", "--amount-fen", "2550")[0] == 0
+    code, out = _run(data_dir, "hall", "transactions", "--account", "1", "--lang", "en")
+    assert code == 0 and "balance" in out and "25.50" in out
+
+    provisioning = tmp_path / "t1.json"
+    code, out = _run(data_dir, "hall", "terminal-register", "--merchant", "1", "--out", str(provisioning))
+    assert code == 0
+    assert stat.S_IMODE(os.stat(provisioning).st_mode) == 0o600
+    document = json.loads(provisioning.read_text())
+    assert set(document["sam_keys"]) == {"card_key_a", "card_mac", "terminal"}
+    for secret in list(document["sam_keys"].values()) + [master_key_hex]:
+        assert secret not in out
+
+    code, out = _run(data_dir, "hall", "report-loss", "--card", "100001")
+    assert code == 0 and "挂失成功" in out
+    code, out = _run(data_dir, "hall", "report-loss", "--card", "100001", "--lang", "en")
+    assert code == 2 and "no active card" in out      # clear refusal, not a traceback
