@@ -1,0 +1,324 @@
+"""The canteen POS shell: real input in, `firmware.core.pos` events out; its actions carried out here.
+
+Thin on purpose. Decisions live in the core state machine; this file only
+  - turns reader results, keys and script lines into events (`CardPresented`, `CardRead`, ...),
+  - carries out actions: card steps through `firmware.apps.card_io`, the journal through
+    `firmware.apps.store` (success is printed only after `Journaled`, i.e. after the commit),
+    PIN checks through the sync client, display/beep/voice as JSON lines on stdout,
+  - runs the sync client in a background thread with its own SQLite connection.
+
+Scripted mode (tests, the demo, a cashier keyboard wedge): one JSON object per line, e.g.
+    {"amount_fen": 1200, "card": "cards/04a1b2c3.card"}      key an amount, tap that card image
+    {"dishes": ["rice", "pork"], "card": "04a1b2c3"}          dishes; a card by UID (in --cards-dir)
+    {"card": "...", "pin": "123456"}                          PIN if the terminal asks for one
+    {"card": "...", "confirm": true}                          cashier confirms a repeat tap
+    {"card": "...", "pull_after": 3, "pull_done": false}      the card leaves at its 3rd command
+    {"cancel": true} | {"sync": true} | {"sleep_ms": 200}
+Lines without "card" on a real reader wait for a real tap. Output lines carry a "type": "decision"
+(one per decision: seq, accepted, reason, amount_fen, balance_after_fen; printed only once the
+record is committed), and, with display on, "show", "beep", "speak"; "sync" and "drained" at the end.
+"""
+import json
+import os
+import sqlite3
+import sys
+import threading
+import time
+
+from firmware.apps import card_io
+from firmware.apps.store import StoreError, TerminalStore
+from firmware.apps.sync_client import SharedClock, SyncClient
+from firmware.core import card_layout, clock as clock_module, messages, pos, records, sam as sam_module
+from reader_drivers.base import AuthenticationError, CardGone, ReaderError
+
+DB_FILE = "terminal.db"
+TAP_TIMEOUT_MS = 5000
+MAX_EVENTS_PER_INPUT = 64           # a runaway event loop is a bug: fail loudly
+DEFAULT_SYNC_INTERVAL_MS = 5000
+# Server configuration keys the POS machine takes over (same names on both sides).
+SERVER_CONFIG_KEYS = ("offline_cap_count", "offline_cap_amount_fen", "double_tap_window_ms")
+
+
+def load_provisioning(path):
+    """The JSON a technician gets from `ykt hall terminal-register --out F` (mode 0600, holds keys)."""
+    with open(path, encoding="utf-8") as handle:
+        document = json.load(handle)
+    for name in ("terminal_id", "merchant_id", "category"):
+        if not isinstance(document.get(name), int):
+            raise ValueError("provisioning file lacks %s" % name)
+    return document
+
+
+def sam_from_provisioning(document):
+    """Only the purpose keys a POS needs; key bytes never leave the key holder afterwards."""
+    hex_keys = dict(document.get("sam_keys") or {})
+    for flat, purpose in (("terminal_key", sam_module.TERMINAL), ("card_key_a", sam_module.CARD_KEY_A),
+                          ("card_mac", sam_module.CARD_MAC)):
+        if flat in document:
+            hex_keys.setdefault(purpose, document[flat])
+    wanted = (sam_module.TERMINAL, sam_module.CARD_KEY_A, sam_module.CARD_MAC)
+    missing = [purpose for purpose in wanted if purpose not in hex_keys]
+    if missing:
+        raise ValueError("provisioning file lacks keys: %s" % ", ".join(missing))
+    return sam_module.SoftwareSAM({purpose: bytes.fromhex(hex_keys[purpose]) for purpose in wanted})
+
+
+class PosTerminal:
+    def __init__(self, provisioning, data_dir, reader, lang="zh", out=None, display=True, sync=True,
+                 server_url=None, cards_dir=None, sync_interval_ms=None, raw_ms=None):
+        os.makedirs(data_dir, exist_ok=True)
+        self.provisioning = provisioning
+        self.terminal_id = provisioning["terminal_id"]
+        self.reader = reader
+        self.lang = lang
+        self.out = out if out is not None else sys.stdout
+        self.display = display
+        self.cards_dir = cards_dir or os.path.join(data_dir, "cards")
+        self.sam = sam_from_provisioning(provisioning)
+        db_path = os.path.join(data_dir, DB_FILE)
+        self.store = TerminalStore(db_path)
+        self.clock = SharedClock(self.store, raw_ms) if raw_ms else SharedClock(self.store)
+        self._config_json = None
+        self.machine = pos.CanteenPos(self._machine_config())
+        self._target = None
+        self._online_seen = None
+        self._out_lock = threading.Lock()
+        self.sync_client = None
+        self._sync_thread = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        url = server_url or provisioning.get("server_url")
+        if sync and url:
+            # The sync thread gets its own connection: SQLite serialises the two writers.
+            self._sync_store = TerminalStore(db_path)
+            self.sync_client = SyncClient(self._sync_store, self.sam, self.terminal_id, url, self.clock)
+            self.sync_interval_ms = sync_interval_ms or self._server_config().get("sync_interval_ms") \
+                or DEFAULT_SYNC_INTERVAL_MS
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def _server_config(self):
+        return self.store.config()
+
+    def _machine_config(self):
+        config = {"terminal_id": self.terminal_id, "merchant_id": self.provisioning["merchant_id"],
+                  "category": self.provisioning["category"], "lang": self.lang,
+                  "dishes": self.provisioning.get("dishes") or {}}
+        server = self._server_config()
+        self._config_json = json.dumps(server, sort_keys=True)
+        for key in SERVER_CONFIG_KEYS:
+            if server.get(key) is not None:
+                config[key] = server[key]
+        return config
+
+    def _refresh_config(self):
+        server = self._server_config()
+        if json.dumps(server, sort_keys=True) != self._config_json:
+            self.machine.config.update(self._machine_config())
+
+    # -- background sync -----------------------------------------------------------------------
+
+    def start_sync(self):
+        if self.sync_client is None or self._sync_thread is not None:
+            return
+        self._sync_thread = threading.Thread(
+            target=self.sync_client.run, name="ykt-sync",
+            args=(self._stop, self.sync_interval_ms, self._on_sync, self._wake), daemon=True)
+        self._sync_thread.start()
+
+    def _on_sync(self, result):
+        self.emit({"type": "sync", "online": result.online, "sent": result.sent, "acked_seq": result.acked_seq,
+                   "error": result.error}, always=False)
+
+    def sync_now(self):
+        """Sync in the foreground (scripted {"sync": true}); returns the SyncResult or None."""
+        if self.sync_client is None:
+            return None
+        result = self.sync_client.sync_until_settled()
+        self._on_sync(result)
+        return result
+
+    def drain(self, timeout_s):
+        """Sync until the journal holds nothing unacknowledged or timeout_s passes; returns unacked."""
+        deadline = time.monotonic() + timeout_s
+        while self.store.unacked_count() and time.monotonic() < deadline and self.sync_client is not None:
+            result = self.sync_client.sync_until_settled()
+            if not result.online:
+                time.sleep(min(1.0, self.sync_client.backoff_ms(200) / 1000.0))
+        unacked = self.store.unacked_count()
+        self.emit({"type": "drained", "unacked": unacked, "last_seq": self.store.last_seq()}, always=True)
+        return unacked
+
+    def close(self):
+        self._stop.set()
+        self._wake.set()
+        if self._sync_thread is not None:
+            self._sync_thread.join(timeout=30)
+        if self.sync_client is not None:
+            self.sync_client.close()
+            self._sync_store.close()
+        self.store.close()
+
+    # -- output ----------------------------------------------------------------------------------
+
+    def emit(self, line, always=True):
+        if not always and not self.display:
+            return
+        text = json.dumps(line, ensure_ascii=False, sort_keys=True)
+        with self._out_lock:
+            self.out.write(text + "\n")
+            self.out.flush()
+
+    # -- events in, actions out ------------------------------------------------------------------
+
+    def feed(self, event):
+        """Feed one outside event (after a Tick and the current online state)."""
+        online = bool(self.sync_client and self.sync_client.online)
+        queue = [pos.Tick(self.clock.peek_ms())]
+        if online != self._online_seen:
+            self._online_seen = online
+            queue.append(pos.SyncAnswered(online))
+        queue.append(event)
+        handled = 0
+        while queue:
+            handled += 1
+            assert handled <= MAX_EVENTS_PER_INPUT, "event loop did not settle"
+            for action in self.machine.handle(queue.pop(0)):
+                follow = self._execute(action)
+                if follow is not None:
+                    queue.append(follow)
+
+    def _execute(self, action):
+        kind = type(action)
+        if kind is pos.Show:
+            self.emit({"type": "show", "code": action.message_code,
+                       "text": messages.text(action.message_code, self.lang, **action.fields)}, always=False)
+        elif kind is pos.Beep:
+            self.emit({"type": "beep", "kind": action.kind}, always=False)
+        elif kind is pos.Speak:
+            self.emit({"type": "speak", "text": action.text}, always=False)
+        elif kind is pos.Outcome:
+            self.emit({"type": "decision", "seq": action.seq, "accepted": action.accepted,
+                       "reason": action.message_code, "amount_fen": action.amount_fen,
+                       "balance_after_fen": action.balance_after_fen, "card_number": action.card_number})
+        elif kind is pos.ReadCard:
+            return self._read_card()
+        elif kind is pos.CountTap:
+            return self._count_tap(action.expected)
+        elif kind is pos.Journal:
+            return self._journal(action.record_fields)
+        elif kind is pos.CheckPin:
+            ok = self.sync_client.check_pin(action.account_id, action.pin, action.amount_fen) \
+                if self.sync_client is not None else None
+            return pos.PinChecked(ok)
+        else:
+            raise AssertionError("unknown action %r" % (action,))
+        return None
+
+    def _read_card(self):
+        try:
+            view = card_io.read_card(self.reader, self.sam, self._target)
+        except CardGone:
+            return pos.CardReadFailed(pos.READ_FAILURE_GONE)
+        except card_layout.CardFormatError:
+            return pos.CardReadFailed(pos.READ_FAILURE_FORMAT)
+        except AuthenticationError:
+            return pos.CardReadFailed(pos.READ_FAILURE_AUTH)
+        except ReaderError:
+            return pos.CardReadFailed(pos.READ_FAILURE_READER)
+        identity = view.identity
+        today = clock_module.date_yyyymmdd(self.clock.peek_ms(), self.machine.config["utc_offset_min"])
+        facts = pos.TapFacts(
+            self.store.deny_view(identity.card_number, identity.generation, identity.account_id, self.terminal_id),
+            self.store.account_view(identity.account_id, today))
+        return pos.CardRead(view, facts)
+
+    def _count_tap(self, expected):
+        try:
+            return pos.TapCounted(card_io.count_tap(self.reader, self.sam, self._target, expected))
+        except CardGone:
+            return pos.TapCountFailed(pos.READ_FAILURE_GONE)
+        except card_layout.CardFormatError:
+            return pos.TapCountFailed(pos.READ_FAILURE_FORMAT)
+        except ReaderError:
+            return pos.TapCountFailed(pos.READ_FAILURE_READER)
+
+    def _journal(self, record_fields):
+        time_ms, floor_ms = self.clock.stamp_ms()
+        try:
+            seq = self.store.append_purchase(record_fields, time_ms, floor_ms)
+        except (StoreError, sqlite3.Error, records.RecordError) as error:
+            return pos.JournalFailed(str(error))
+        self._wake.set()        # a new record: sync soon rather than at the next interval
+        return pos.Journaled(seq)
+
+    # -- inputs ----------------------------------------------------------------------------------
+
+    def present_card(self, timeout_ms=TAP_TIMEOUT_MS):
+        """Poll the reader; feed CardPresented when a card answers. Returns True when one did."""
+        target = self.reader.poll(timeout_ms)
+        if target is None:
+            return False
+        self._target = target
+        self.feed(pos.CardPresented(target.uid))
+        return True
+
+    def _card_path(self, card):
+        if os.path.exists(card):
+            return card
+        return os.path.join(self.cards_dir, "%s.card" % card.lower())
+
+    def run_line(self, line):
+        """One scripted step (see the module docstring)."""
+        self._refresh_config()
+        if line.get("cancel"):
+            self.feed(pos.Cancel())
+        if line.get("sync"):
+            self.sync_now()
+        if line.get("sleep_ms"):
+            time.sleep(min(int(line["sleep_ms"]), 60000) / 1000.0)
+        if "amount_fen" in line:
+            self.feed(pos.AmountKeyed(line["amount_fen"]))
+        for dish_id in line.get("dishes") or ():
+            self.feed(pos.DishChosen(dish_id))
+        if "card" in line or line.get("tap"):
+            self._tap(line)
+
+    def _tap(self, line):
+        card = None
+        path = None
+        if line.get("card"):
+            from simulators.classic_card import ClassicCard    # only scripted sim taps need the model
+            path = self._card_path(line["card"])
+            card = ClassicCard.load(path)
+            self.reader.field.place(card)
+            if line.get("pull_after"):
+                self.reader.field.pull_after(int(line["pull_after"]), done=bool(line.get("pull_done", True)))
+        try:
+            if not self.present_card():
+                self.emit({"type": "no_card"})
+                return
+            self._resolve_prompts(line)
+        finally:
+            if card is not None:
+                self.reader.field.pull()
+                card.save(path)      # the tap counter lives on the card: keep it for the next tap
+
+    def _resolve_prompts(self, line):
+        pins = line.get("pin")
+        pins = list(pins) if isinstance(pins, list) else ([pins] if pins else [])
+        for _ in range(8):              # bounded: a PIN retry or a confirmation, then done
+            state = self.machine.state
+            if state == pos.WAIT_CONFIRM:
+                self.feed(pos.CashierConfirmed() if line.get("confirm") else pos.Cancel())
+            elif state == pos.WAIT_PIN:
+                self.feed(pos.PinEntered(pins.pop(0)) if pins else pos.Cancel())
+            else:
+                return
+
+    def run_script(self, stream):
+        for raw in stream:
+            raw = raw.strip()
+            if not raw or raw.startswith("#"):
+                continue
+            self.run_line(json.loads(raw))

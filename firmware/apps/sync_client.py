@@ -1,0 +1,217 @@
+"""The terminal's side of `POST /api/terminal/v1/sync` (firmware/core/protocol.py), over httpx + cbor2.
+
+One `sync_once()`:
+  1. takes the next request counter from the store (committed BEFORE sending, so a crash can never
+     make us reuse a counter the server has seen),
+  2. builds the request from the store: a bounded batch of unacked records (plus any range the server
+     asked for again), the cache versions and health; signs it with the terminal key (SAM),
+  3. applies the answer in ONE local transaction (ack, prune, deny and balance deltas, config,
+     commands), then corrects the clock with `server_ms` (or `set_time`).
+
+A network failure or a 5xx marks the terminal offline; `run()` retries with capped exponential
+backoff. A 4xx is the server refusing this request; `terminal_revoked` is remembered in the store.
+Every HTTP call (sync and PIN check) holds one lock: the server requires strictly increasing counters,
+so two requests of one terminal must never race each other.
+"""
+import threading
+import time
+
+import cbor2
+import httpx
+
+from firmware.core import clock as clock_module
+from firmware.core import protocol
+
+PIN_CHECK_PATH = "/api/terminal/v1/pin-check"
+DEFAULT_TIMEOUT_S = 5.0
+MIN_BACKOFF_MS = 500
+MAX_BACKOFF_MS = 30000
+MAX_FOLLOW_UPS = 50          # immediate re-syncs while the server says "more" or records wait
+
+
+def raw_clock_ms():
+    """The board's own wall clock (may be 1970 after a reboot without network)."""
+    return int(time.time() * 1000)
+
+
+class SharedClock:
+    """The terminal clock (core Clock) shared by the POS thread and the sync thread."""
+
+    def __init__(self, store, raw_ms=raw_clock_ms):
+        self._lock = threading.Lock()
+        self._clock = store.clock()
+        self._raw_ms = raw_ms
+
+    def peek_ms(self):
+        with self._lock:
+            return self._clock.peek_ms(self._raw_ms())
+
+    def stamp_ms(self):
+        """(time_ms, floor_ms): the caller persists floor_ms with whatever uses time_ms."""
+        with self._lock:
+            time_ms = self._clock.stamp_ms(self._raw_ms())
+            return time_ms, self._clock.floor_ms
+
+    def correct(self, server_ms, raw_ms):
+        with self._lock:
+            taken = self._clock.correct(server_ms, raw_ms)
+            return taken, self._clock.state()
+
+    def raw_ms(self):
+        return self._raw_ms()
+
+
+class SyncRefused(Exception):
+    """The server answered 4xx: {"error": code, "message": text}."""
+
+    def __init__(self, status, error, message):
+        Exception.__init__(self, "%d %s: %s" % (status, error, message))
+        self.status = status
+        self.error = error
+        self.message = message
+
+
+class SyncResult:
+    __slots__ = ("online", "sent", "acked_seq", "more", "error")
+
+    def __init__(self, online, sent=0, acked_seq=0, more=False, error=None):
+        self.online = online
+        self.sent = sent
+        self.acked_seq = acked_seq
+        self.more = more
+        self.error = error
+
+    def __repr__(self):
+        return "SyncResult(online=%s, sent=%d, acked_seq=%d, more=%s, error=%r)" % (
+            self.online, self.sent, self.acked_seq, self.more, self.error)
+
+
+class SyncClient:
+    def __init__(self, store, sam, terminal_id, server_url, clock, utc_offset_min=480,
+                 timeout_s=DEFAULT_TIMEOUT_S, transport=None, firmware_version="ykt-pos/0.1"):
+        self.store = store
+        self.sam = sam
+        self.terminal_id = terminal_id
+        self.clock = clock
+        self.utc_offset_min = utc_offset_min
+        self.firmware_version = firmware_version
+        self.online = False
+        self.last_error = None
+        self.failures = 0
+        self._lock = threading.Lock()
+        self._started_raw_ms = clock.raw_ms()
+        self._http = httpx.Client(base_url=server_url, timeout=timeout_s, transport=transport)
+
+    def close(self):
+        self._http.close()
+
+    def _post(self, path, message):
+        """Sign and send one request (counter committed first); returns (answer map, raw send/recv ms)."""
+        body = cbor2.dumps(message)
+        counter = self.store.next_request_counter()
+        headers = protocol.auth_headers(self.sam, "POST", path, self.terminal_id, counter, body)
+        headers["Content-Type"] = protocol.CONTENT_TYPE
+        sent_raw_ms = self.clock.raw_ms()
+        response = self._http.post(path, content=body, headers=headers)
+        received_raw_ms = self.clock.raw_ms()
+        if response.status_code >= 500:
+            raise httpx.HTTPStatusError("server error %d" % response.status_code, request=response.request,
+                                        response=response)
+        try:
+            answer = cbor2.loads(response.content) if response.content else {}
+        except Exception as error:  # cbor2 raises several types for broken input
+            raise httpx.DecodingError("answer is not CBOR: %s" % error)
+        if response.status_code != 200:
+            answer = answer if isinstance(answer, dict) else {}
+            raise SyncRefused(response.status_code, answer.get("error"), answer.get("message"))
+        if not isinstance(answer, dict):
+            raise httpx.DecodingError("answer is not a CBOR map")
+        return answer, (sent_raw_ms + received_raw_ms) // 2
+
+    def sync_once(self):
+        """One request/answer. Never raises for network trouble: returns SyncResult(online=False)."""
+        with self._lock:
+            try:
+                result = self._sync_locked()
+            except (httpx.HTTPError, OSError) as error:
+                self.online = False
+                self.failures += 1
+                self.last_error = str(error)
+                return SyncResult(False, error=self.last_error)
+            except SyncRefused as refused:
+                if refused.error == "terminal_revoked":
+                    self.store.mark_revoked()
+                self.online = False
+                self.failures += 1
+                self.last_error = "%s: %s" % (refused.error, refused.message)
+                return SyncResult(False, error=self.last_error)
+            self.online = True
+            self.failures = 0
+            self.last_error = None
+            return result
+
+    def _sync_locked(self):
+        batch = self.store.upload_batch()
+        deny_version, balance_version, config_version = self.store.versions()
+        health = self.store.health()
+        health["firmware"] = self.firmware_version
+        health["uptime_s"] = max(0, (self.clock.raw_ms() - self._started_raw_ms) // 1000)
+        message = {
+            "terminal_id": self.terminal_id,
+            "clock_ms": self.clock.peek_ms(),
+            "records": [record for _, record in batch],
+            "deny_version": deny_version,
+            "balance_version": balance_version,
+            "config_version": config_version,
+            "health": health,
+        }
+        answer, midpoint_raw_ms = self._post(protocol.SYNC_PATH, message)
+        today = clock_module.date_yyyymmdd(self.clock.peek_ms(), self.utc_offset_min)
+        applied = self.store.apply_answer(answer, today, self.terminal_id,
+                                          sent_through_seq=batch[-1][0] if batch else 0)
+        server_ms = applied.set_time_ms if applied.set_time_ms is not None else answer.get("server_ms")
+        if isinstance(server_ms, int):
+            taken, (floor_ms, offset_ms) = self.clock.correct(server_ms, midpoint_raw_ms)
+            if taken:
+                self.store.save_clock(floor_ms, offset_ms)
+        more = applied.more or self.store.unacked_count() > 0 and len(batch) == protocol.MAX_BATCH_RECORDS
+        return SyncResult(True, len(batch), applied.acked_seq, more)
+
+    def sync_until_settled(self):
+        """Sync, and again at once while the server has more for us or a full batch waits (bounded)."""
+        result = self.sync_once()
+        follow_ups = 0
+        while result.online and result.more and follow_ups < MAX_FOLLOW_UPS:
+            result = self.sync_once()
+            follow_ups += 1
+        return result
+
+    def check_pin(self, account_id, pin, amount_fen):
+        """True/False from the server; None when it cannot be asked (offline): PIN needs the network."""
+        with self._lock:
+            try:
+                answer, _ = self._post(PIN_CHECK_PATH, {"account_id": account_id, "pin": pin,
+                                                        "amount_fen": amount_fen})
+            except (httpx.HTTPError, OSError, SyncRefused) as error:
+                self.last_error = str(error)
+                return None
+            return bool(answer.get("ok"))
+
+    def backoff_ms(self, interval_ms):
+        """Wait before the next attempt: the interval when healthy, doubling on failures, capped."""
+        if self.failures == 0:
+            return interval_ms
+        return min(MAX_BACKOFF_MS, max(MIN_BACKOFF_MS, interval_ms) * 2 ** min(self.failures - 1, 10))
+
+    def run(self, stop_event, interval_ms, on_result=None, wake_event=None):
+        """Sync until stop_event is set. wake_event (optional) triggers an early sync (a new record)."""
+        while not stop_event.is_set():
+            result = self.sync_until_settled()
+            if on_result is not None:
+                on_result(result)
+            wait_s = self.backoff_ms(interval_ms) / 1000.0
+            if wake_event is not None and self.failures == 0:
+                if wake_event.wait(wait_s):
+                    wake_event.clear()
+            else:
+                stop_event.wait(wait_s)

@@ -1,0 +1,232 @@
+"""The POS shell on the sim: reader: real card images, the real journal, scripted taps, no server.
+
+Every accepted decision line must name a record that is in the journal, and nothing else may be
+there: pulled cards, repeat taps without the cashier, and refusals leave no record.
+"""
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from firmware.apps import card_io
+from firmware.apps.pos_terminal import PosTerminal
+from firmware.apps.store import TerminalStore
+from firmware.core import card_layout, protocol, records, sam
+from reader_drivers.base import open_reader
+from simulators.classic_card import ClassicCard
+
+MASTER_KEY = bytes(range(32))
+TERMINAL_ID = 11
+UID = bytes.fromhex("04a1b2c3")
+TODAY_ANSWER_MS = None
+
+
+def provisioning():
+    keys = sam.site_purpose_keys(MASTER_KEY)
+    keys[sam.TERMINAL] = sam.terminal_key(MASTER_KEY, TERMINAL_ID)
+    return {"terminal_id": TERMINAL_ID, "merchant_id": 3, "category": 1, "server_url": None,
+            "sam_keys": {purpose: key.hex() for purpose, key in keys.items()},
+            "dishes": {"rice": ["米饭", 100], "pork": ["红烧肉", 800]}}
+
+
+def issue_card_image(directory, uid=UID, card_number=1001, account_id=501, generation=1, name="张小明"):
+    issuer = sam.SoftwareSAM(sam.site_purpose_keys(MASTER_KEY, include_issuer=True))
+    reader = open_reader("sim:")
+    card = ClassicCard(uid)
+    reader.field.place(card)
+    target = reader.poll(100)
+    identity = card_layout.Identity(card_number, account_id, generation, card_layout.HOLDER_STUDENT, 20991231)
+    card_io.issue_card(reader, issuer, target, identity, name)
+    reader.field.pull()
+    path = os.path.join(str(directory), "%s.card" % uid.hex())
+    card.save(path)
+    return path
+
+
+def seed_cache(data_dir, main_fen=10000, single_fen=5000, daily_fen=30000, deny_entries=()):
+    store = TerminalStore(os.path.join(str(data_dir), "terminal.db"))
+    answer = {"acked_seq": 0, "server_ms": 0, "config": None, "commands": [],
+              "deny": {"version": 1, "entries": list(deny_entries), "more": False},
+              "balances": {"version": 1, "more": False,
+                           "rows": [[501, "main", main_fen, 0, single_fen, daily_fen],
+                                    [502, "main", main_fen, 0, single_fen, daily_fen]]}}
+    store.apply_answer(answer, 20250310, TERMINAL_ID)
+    store.close()
+
+
+@pytest.fixture
+def rig(tmp_path):
+    data_dir = tmp_path / "terminal"
+    data_dir.mkdir()
+    card_path = issue_card_image(tmp_path)
+    seed_cache(data_dir)
+    out = io.StringIO()
+    terminal = PosTerminal(provisioning(), str(data_dir), open_reader("sim:"), out=out, sync=False)
+    yield terminal, card_path, out
+    terminal.close()
+
+
+def lines(out, kind=None):
+    parsed = [json.loads(line) for line in out.getvalue().splitlines()]
+    return [line for line in parsed if kind is None or line["type"] == kind]
+
+
+def journal(terminal):
+    return [records.decode(bytes(raw)) for _, raw, _ in terminal.store.journal()]
+
+
+def tap_counter(card_path):
+    card = ClassicCard.load(card_path)
+    value, _ = __import__("firmware.core.mifare", fromlist=["x"]).decode_value_block(
+        card.dump_block(card_layout.COUNTER_BLOCK))
+    return card_layout.tap_counter_from_value(value)
+
+
+def test_accepted_tap_is_journaled_then_printed(rig):
+    terminal, card_path, out = rig
+    terminal.run_line({"amount_fen": 1200, "card": card_path})
+    decisions = lines(out, "decision")
+    assert decisions == [{"type": "decision", "seq": 1, "accepted": True, "reason": "accepted", "amount_fen": 1200,
+                          "balance_after_fen": 8800, "card_number": 1001}]
+    shown = [line["text"] for line in lines(out, "show")]
+    assert shown[-1] == "交易成功 消费12.00元 余额88.00元 张*明"
+    stored = journal(terminal)
+    assert len(stored) == 1
+    assert (stored[0]["seq"], stored[0]["amount_fen"], stored[0]["account_id"], stored[0]["tap_counter"]) == \
+        (1, 1200, 501, 1)
+    assert stored[0]["terminal_id"] == TERMINAL_ID and stored[0]["merchant_id"] == 3
+    assert tap_counter(card_path) == 1          # the card image keeps the counted tap
+    # Order on stdout: the decision line comes after the success display, both after the commit.
+    kinds = [line["type"] for line in lines(out)]
+    assert kinds.index("decision") > kinds.index("show")
+
+
+def test_balance_view_includes_own_unacked_taps(rig):
+    terminal, card_path, out = rig
+    terminal.run_line({"amount_fen": 4000, "card": card_path})
+    terminal.run_line({"amount_fen": 3000, "card": card_path})
+    terminal.run_line({"amount_fen": 3500, "card": card_path})   # the cache still says 10000
+    decisions = lines(out, "decision")
+    assert [d["accepted"] for d in decisions] == [True, True, False]
+    assert decisions[1]["balance_after_fen"] == 3000
+    assert decisions[2]["reason"] == "insufficient_balance"
+    assert len(journal(terminal)) == 2
+
+
+def test_repeat_tap_needs_cashier_then_is_flagged(rig):
+    terminal, card_path, out = rig
+    terminal.run_line({"amount_fen": 800, "card": card_path})
+    terminal.run_line({"amount_fen": 800, "card": card_path})                     # no confirmation
+    assert len(journal(terminal)) == 1
+    assert "repeat_tap" in [line["code"] for line in lines(out, "show")]
+    terminal.run_line({"amount_fen": 800, "card": card_path, "confirm": True})
+    stored = journal(terminal)
+    assert len(stored) == 2 and stored[1]["flags"] & records.FLAG_CONFIRMED_REPEAT
+    assert [d["seq"] for d in lines(out, "decision")] == [1, 2]
+
+
+@pytest.mark.parametrize("operation", range(1, 10))
+@pytest.mark.parametrize("done", [False, True])
+def test_card_pulled_at_any_command_charges_only_with_a_record(rig, operation, done):
+    terminal, card_path, out = rig
+    terminal.run_line({"amount_fen": 500, "card": card_path, "pull_after": operation, "pull_done": done})
+    decisions = lines(out, "decision")
+    stored = journal(terminal)
+    assert len(decisions) == 1
+    if decisions[0]["accepted"]:
+        assert decisions[0]["seq"] == 1 and len(stored) == 1
+    else:
+        assert decisions[0]["reason"] == "tap_again" and stored == []
+    # Tapping again settles it: exactly one more record, and the card's counter matches the journal.
+    terminal.run_line({"card": card_path} if not decisions[0]["accepted"] else {"amount_fen": 600, "card": card_path})
+    stored = journal(terminal)
+    assert lines(out, "decision")[-1]["accepted"]
+    assert stored[-1]["tap_counter"] == tap_counter(card_path)
+
+
+def test_lost_card_is_refused_and_not_journaled(tmp_path):
+    data_dir = tmp_path / "t"
+    data_dir.mkdir()
+    card_path = issue_card_image(tmp_path)
+    seed_cache(data_dir, deny_entries=[[protocol.DENY_CARD, protocol.card_deny_ref(1001, 1), True,
+                                        protocol.DENY_REASON_LOST]])
+    out = io.StringIO()
+    terminal = PosTerminal(provisioning(), str(data_dir), open_reader("sim:"), out=out, sync=False)
+    try:
+        terminal.run_line({"amount_fen": 500, "card": card_path})
+        assert [(d["accepted"], d["reason"]) for d in lines(out, "decision")] == [(False, "card_lost")]
+        assert journal(terminal) == []
+        assert tap_counter(card_path) == 0
+    finally:
+        terminal.close()
+
+
+def test_foreign_card_is_unknown(rig, tmp_path):
+    terminal, _, out = rig
+    blank = ClassicCard(bytes.fromhex("04ffeedd"))
+    path = str(tmp_path / "blank.card")
+    blank.save(path)
+    terminal.run_line({"amount_fen": 500, "card": path})
+    assert [(d["accepted"], d["reason"]) for d in lines(out, "decision")] == [(False, "unknown_card")]
+
+
+def test_over_limit_offline_asks_for_network(rig):
+    terminal, card_path, out = rig
+    terminal.run_line({"amount_fen": 6000, "card": card_path, "pin": "123456"})
+    assert [(d["accepted"], d["reason"]) for d in lines(out, "decision")] == [(False, "pin_needs_network")]
+
+
+def test_dishes_and_english(tmp_path):
+    data_dir = tmp_path / "t"
+    data_dir.mkdir()
+    card_path = issue_card_image(tmp_path)
+    seed_cache(data_dir)
+    out = io.StringIO()
+    terminal = PosTerminal(provisioning(), str(data_dir), open_reader("sim:"), out=out, sync=False, lang="en")
+    try:
+        terminal.run_line({"dishes": ["rice", "pork"], "card": card_path})
+        assert lines(out, "decision")[0]["amount_fen"] == 900
+        assert lines(out, "show")[-1]["text"].startswith("Paid 9.00 yuan")
+    finally:
+        terminal.close()
+
+
+def test_journal_survives_restart_and_seq_continues(tmp_path):
+    data_dir = tmp_path / "t"
+    data_dir.mkdir()
+    card_path = issue_card_image(tmp_path)
+    seed_cache(data_dir)
+    for amount_fen in (100, 200):
+        out = io.StringIO()
+        terminal = PosTerminal(provisioning(), str(data_dir), open_reader("sim:"), out=out, sync=False)
+        terminal.run_line({"amount_fen": amount_fen, "card": card_path})
+        terminal.close()
+    store = TerminalStore(str(data_dir / "terminal.db"))
+    stored = [records.decode(bytes(raw)) for _, raw, _ in store.journal()]
+    store.close()
+    assert [(r["seq"], r["amount_fen"], r["tap_counter"]) for r in stored] == [(1, 100, 1), (2, 200, 2)]
+    assert stored[1]["time_ms"] > stored[0]["time_ms"]
+
+
+def test_ykt_terminal_command_runs_a_script(tmp_path):
+    data_dir = tmp_path / "t"
+    data_dir.mkdir()
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    issue_card_image(cards)
+    seed_cache(data_dir)
+    provision = tmp_path / "provision.json"
+    provision.write_text(json.dumps(provisioning()))
+    script = "\n".join(json.dumps(line) for line in (
+        {"amount_fen": 300, "card": UID.hex()}, {"amount_fen": 99999999, "card": UID.hex()},
+        {"amount_fen": 400, "card": UID.hex()}))
+    result = subprocess.run(
+        [sys.executable, "-m", "ykt", "terminal", "--provision", str(provision), "--data-dir", str(data_dir),
+         "--reader", "sim:", "--cards-dir", str(cards), "--decisions-only", "--no-sync", "--script", "-"],
+        input=script, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    decisions = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(d["seq"], d["accepted"], d["amount_fen"]) for d in decisions] == [(1, True, 300), (2, True, 400)]
