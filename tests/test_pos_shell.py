@@ -125,7 +125,8 @@ def test_repeat_tap_needs_cashier_then_is_flagged(rig):
     terminal.run_line({"amount_fen": 800, "card": card_path, "confirm": True})
     stored = journal(terminal)
     assert len(stored) == 2 and stored[1]["flags"] & records.FLAG_CONFIRMED_REPEAT
-    assert [d["seq"] for d in lines(out, "decision")] == [1, 2]
+    assert [(d["seq"], d["reason"]) for d in lines(out, "decision")] == [(1, "accepted"), (None, "cancelled"),
+                                                                         (2, "accepted")]
 
 
 @pytest.mark.parametrize("operation", range(1, 10))

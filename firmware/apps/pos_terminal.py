@@ -136,6 +136,7 @@ class PosTerminal:
             return None
         result = self.sync_client.sync_until_settled()
         self._on_sync(result)
+        self._refresh_config()
         return result
 
     def drain(self, timeout_s):

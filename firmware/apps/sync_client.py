@@ -13,12 +13,14 @@ backoff. A 4xx is the server refusing this request; `terminal_revoked` is rememb
 Every HTTP call (sync and PIN check) holds one lock: the server requires strictly increasing counters,
 so two requests of one terminal must never race each other.
 """
+import sqlite3
 import threading
 import time
 
 import cbor2
 import httpx
 
+from firmware.apps.store import StoreError
 from firmware.core import clock as clock_module
 from firmware.core import protocol
 
@@ -145,6 +147,12 @@ class SyncClient:
                 self.failures += 1
                 self.last_error = "%s: %s" % (refused.error, refused.message)
                 return SyncResult(False, error=self.last_error)
+            except (sqlite3.Error, StoreError, KeyError, TypeError, ValueError) as error:
+                # A malformed answer or a local store failure: nothing was applied (one transaction),
+                # the records stay unacknowledged and go again next time; the server stores them once.
+                self.failures += 1
+                self.last_error = "answer not applied: %s" % error
+                return SyncResult(self.online, error=self.last_error)
             self.online = True
             self.failures = 0
             self.last_error = None

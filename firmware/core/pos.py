@@ -188,7 +188,11 @@ class CanteenPos:
         return self._wait_card()
 
     def _cancel(self, event):
-        return IDLE, [Show(messages.CANCELLED, {})]
+        actions = [Show(messages.CANCELLED, {})]
+        if self.pending is not None:      # a card was waiting on the cashier or a PIN: a decision
+            actions.append(Outcome(False, messages.CANCELLED, None, self.amount_fen, None,
+                                   self.pending.view.identity.card_number))
+        return IDLE, actions
 
     def _ignore(self, event):
         return self.state, []

@@ -198,6 +198,7 @@ def test_repeat_tap_cancelled_charges_nothing():
     tap_to_counting(m, 1200, card=view(counter=6))
     actions = m.handle(pos.Cancel())
     assert shown(actions) == [messages.CANCELLED]
+    assert outcome(actions) == pos.Outcome(False, messages.CANCELLED, None, 1200, None, 1001)
     assert m.state == pos.IDLE
 
 

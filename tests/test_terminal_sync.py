@@ -1,0 +1,173 @@
+"""A POS terminal against the real sync server (gunicorn subprocess) through a relay we can cut.
+
+The user-visible promise: every tap the terminal showed as paid reaches the server's ledger exactly
+once, whether it was made online or offline, whatever answers got lost on the way.
+"""
+import io
+import json
+import sqlite3
+
+import pytest
+
+from firmware.apps import card_io
+from firmware.apps.pos_terminal import PosTerminal
+from firmware.core import card_layout, sam
+from reader_drivers.base import open_reader
+from simulators.classic_card import ClassicCard
+from simulators.netcut import Relay
+from sync_server import db as dbmod, hall
+from server_process import running_server
+
+UIDS = (bytes.fromhex("04a1b2c3"), bytes.fromhex("04d4e5f6"))
+
+
+def issue(server, conn, uid, name, staff_number, directory, recharge_fen):
+    _person, account_id = hall.add_person(conn, name, card_layout.HOLDER_STUDENT, staff_number=staff_number)
+    identity, holder = hall.issue_card_record(conn, account_id, uid)
+    hall.recharge(conn, account_id, recharge_fen)
+    issuer = sam.SoftwareSAM(sam.site_purpose_keys(server.master_key(), include_issuer=True))
+    reader = open_reader("sim:")
+    card = ClassicCard(uid)
+    reader.field.place(card)
+    card_io.issue_card(reader, issuer, reader.poll(100), identity, holder)
+    reader.field.pull()
+    path = str(directory / ("%s.card" % uid.hex()))
+    card.save(path)
+    return identity, path
+
+
+@pytest.fixture
+def campus(tmp_path):
+    with running_server(tmp_path / "server") as server:
+        conn = server.connect()
+        merchant_id = hall.add_merchant(conn, "第一食堂", "Canteen 1", 1)
+        terminal_id = hall.register_terminal(conn, merchant_id)
+        port = int(server.url.rsplit(":", 1)[1])
+        relay = Relay("127.0.0.1", port)
+        document = hall.provisioning_document(conn, server.master_key(), terminal_id, relay.url)
+        people = [issue(server, conn, uid, name, staff, tmp_path, 20000)
+                  for uid, name, staff in zip(UIDS, ("张小明", "李华"), ("20240001", "20240002"))]
+        out = io.StringIO()
+        terminal = PosTerminal(document, str(tmp_path / "terminal"), open_reader("sim:"), out=out)
+        try:
+            yield server, conn, relay, terminal, people, out
+        finally:
+            terminal.close()
+            relay.close()
+            conn.close()
+
+
+def decisions(out):
+    return [json.loads(line) for line in out.getvalue().splitlines() if json.loads(line)["type"] == "decision"]
+
+
+def server_records(conn, terminal_id):
+    return conn.execute("SELECT seq, amount_fen, account_id FROM terminal_records WHERE terminal_id = ? ORDER BY seq",
+                        (terminal_id,)).fetchall()
+
+
+def main_balance(conn, account_id):
+    return hall.balances_of(conn, account_id)["main"]
+
+
+def test_online_and_offline_taps_reach_the_ledger_exactly_once(campus):
+    server, conn, relay, terminal, people, out = campus
+    (alice, alice_card), (bob, bob_card) = people
+    assert terminal.sync_now().online
+    terminal.run_line({"amount_fen": 1200, "card": alice_card})
+    assert decisions(out)[-1]["accepted"] and decisions(out)[-1]["balance_after_fen"] == 18800
+    assert terminal.sync_now().acked_seq == 1
+
+    relay.cut()
+    assert not terminal.sync_now().online
+    for amount_fen in (500, 600, 700):
+        terminal.run_line({"amount_fen": amount_fen, "card": bob_card})
+    terminal.run_line({"amount_fen": 800, "card": alice_card})
+    offline = decisions(out)[1:]
+    assert [d["accepted"] for d in offline] == [True, True, True, True]
+    assert server_records(conn, terminal.terminal_id) == [(1, 1200, alice.account_id)]
+
+    relay.restore()
+    assert terminal.drain(60) == 0
+    stored = server_records(conn, terminal.terminal_id)
+    assert [seq for seq, _, _ in stored] == [1, 2, 3, 4, 5]
+    assert main_balance(conn, alice.account_id) == 20000 - 1200 - 800
+    assert main_balance(conn, bob.account_id) == 20000 - 500 - 600 - 700
+    flags = [row[0] for row in conn.execute("SELECT flags FROM terminal_records WHERE terminal_id = ? ORDER BY seq",
+                                            (terminal.terminal_id,))]
+    assert flags[0] & 1 == 0 and all(flag & 1 for flag in flags[1:])      # FLAG_OFFLINE on offline taps
+    # Syncing again and again stores nothing twice.
+    for _ in range(3):
+        terminal.sync_now()
+    assert len(server_records(conn, terminal.terminal_id)) == 5
+
+
+def test_lost_answer_resends_and_the_server_keeps_one_copy(campus, monkeypatch):
+    server, conn, relay, terminal, people, out = campus
+    (alice, alice_card), _ = people
+    terminal.sync_now()
+    terminal.run_line({"amount_fen": 300, "card": alice_card})
+    terminal.run_line({"amount_fen": 400, "card": alice_card})
+    store = terminal.sync_client.store
+    real_apply = store.apply_answer
+    calls = []
+
+    def lose_answer(*args, **kwargs):
+        calls.append(1)
+        raise sqlite3.OperationalError("disk I/O error (simulated): answer lost")
+    monkeypatch.setattr(store, "apply_answer", lose_answer)
+    result = terminal.sync_now()
+    assert calls and result.error
+    assert len(server_records(conn, terminal.terminal_id)) == 2     # the server stored them ...
+    assert terminal.store.unacked_count() == 2                    # ... the terminal does not know
+    monkeypatch.setattr(store, "apply_answer", real_apply)
+    assert terminal.drain(60) == 0
+    assert len(server_records(conn, terminal.terminal_id)) == 2
+    assert main_balance(conn, alice.account_id) == 20000 - 700
+
+
+def test_loss_report_reaches_the_terminal_and_refuses_the_card(campus):
+    server, conn, relay, terminal, people, out = campus
+    (alice, alice_card), _ = people
+    terminal.sync_now()
+    terminal.run_line({"amount_fen": 100, "card": alice_card})
+    hall.report_loss(conn, alice.card_number)
+    terminal.sync_now()
+    terminal.run_line({"amount_fen": 200, "card": alice_card})
+    assert [(d["accepted"], d["reason"]) for d in decisions(out)] == [(True, "accepted"), (False, "card_lost")]
+    terminal.drain(60)
+    assert [amount for _, amount, _ in server_records(conn, terminal.terminal_id)] == [100]
+
+
+def test_offline_cap_from_server_config(campus):
+    server, conn, relay, terminal, people, out = campus
+    _, (bob, bob_card) = people
+    terminal.sync_now()
+    cap_count = terminal.machine.config["offline_cap_count"]
+    assert cap_count == dbmod.setting(conn, "offline_cap_count")       # taken from the server's config
+    relay.cut()
+    terminal.sync_now()
+    for index in range(cap_count + 1):
+        terminal.run_line({"amount_fen": 100 + index, "card": bob_card})
+    outcome = [(d["accepted"], d["reason"]) for d in decisions(out)]
+    assert outcome[:cap_count] == [(True, "accepted")] * cap_count
+    assert outcome[cap_count] == (False, "offline_cap_reached")
+    relay.restore()
+    assert terminal.drain(60) == 0
+    assert len(server_records(conn, terminal.terminal_id)) == cap_count
+
+
+def test_pin_over_the_limit_is_checked_online(campus):
+    server, conn, relay, terminal, people, out = campus
+    (alice, alice_card), _ = people
+    terminal.sync_now()
+    single_limit_fen = conn.execute("SELECT single_limit_fen FROM accounts WHERE id = ?",
+                                    (alice.account_id,)).fetchone()[0]
+    amount_fen = single_limit_fen + 100
+    terminal.run_line({"amount_fen": amount_fen, "card": alice_card, "pin": "000000"})
+    assert [(d["accepted"], d["reason"]) for d in decisions(out)] == [(False, "cancelled")]
+    assert "pin_wrong" in [json.loads(line).get("code") for line in out.getvalue().splitlines()]
+    # The initial PIN is the last six characters of the student number.
+    terminal.run_line({"amount_fen": amount_fen, "card": alice_card, "pin": "240001"})
+    last = decisions(out)[-1]
+    assert last["accepted"] and last["amount_fen"] == amount_fen
