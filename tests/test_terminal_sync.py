@@ -171,3 +171,36 @@ def test_pin_over_the_limit_is_checked_online(campus):
     terminal.run_line({"amount_fen": amount_fen, "card": alice_card, "pin": "240001"})
     last = decisions(out)[-1]
     assert last["accepted"] and last["amount_fen"] == amount_fen
+
+
+def test_background_sync_thread_uploads_while_taps_go_on(tmp_path):
+    with running_server(tmp_path / "server") as server:
+        conn = server.connect()
+        merchant_id = hall.add_merchant(conn, "第二食堂", "Canteen 2", 1)
+        terminal_id = hall.register_terminal(conn, merchant_id)
+        relay = Relay("127.0.0.1", int(server.url.rsplit(":", 1)[1]))
+        document = hall.provisioning_document(conn, server.master_key(), terminal_id, relay.url)
+        (alice, card_path), = [issue(server, conn, UIDS[0], "王芳", "20240009", tmp_path, 50000)]
+        out = io.StringIO()
+        terminal = PosTerminal(document, str(tmp_path / "terminal"), open_reader("sim:"), out=out,
+                               sync_interval_ms=100)
+        try:
+            terminal.start_sync()
+            accepted_fen = 0
+            for index in range(12):
+                if index == 4:
+                    relay.cut()
+                if index == 8:
+                    relay.restore()
+                terminal.run_line({"amount_fen": 100 + index, "card": card_path})
+                last = decisions(out)[-1]
+                accepted_fen += last["amount_fen"] if last["accepted"] else 0
+            assert terminal.drain(60) == 0
+            stored = server_records(conn, terminal_id)
+            accepted = [d for d in decisions(out) if d["accepted"]]
+            assert [seq for seq, _, _ in stored] == [d["seq"] for d in accepted]
+            assert main_balance(conn, alice.account_id) == 50000 - accepted_fen
+        finally:
+            terminal.close()
+            relay.close()
+            conn.close()
