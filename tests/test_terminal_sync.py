@@ -204,3 +204,15 @@ def test_background_sync_thread_uploads_while_taps_go_on(tmp_path):
             terminal.close()
             relay.close()
             conn.close()
+
+
+def test_revoked_terminal_refuses_every_tap(campus):
+    server, conn, relay, terminal, people, out = campus
+    (alice, alice_card), _ = people
+    terminal.sync_now()
+    hall.revoke_terminal(conn, terminal.terminal_id)
+    result = terminal.sync_now()
+    assert not result.online and "terminal_revoked" in result.error
+    terminal.run_line({"amount_fen": 100, "card": alice_card})
+    assert [(d["accepted"], d["reason"]) for d in decisions(out)] == [(False, "terminal_revoked")]
+    assert terminal.store.last_seq() == 0
