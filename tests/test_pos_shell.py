@@ -230,4 +230,6 @@ def test_ykt_terminal_command_runs_a_script(tmp_path):
         input=script, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     decisions = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [(d["seq"], d["accepted"], d["amount_fen"]) for d in decisions] == [(1, True, 300), (2, True, 400)]
+    assert [(d["seq"], d["accepted"], d["amount_fen"]) for d in decisions] == \
+        [(1, True, 300), (None, False, 0), (2, True, 400)]
+    assert decisions[1]["reason"] == "enter_amount"      # the impossible amount was refused at the keypad

@@ -15,8 +15,9 @@ Scripted mode (tests, the demo, a cashier keyboard wedge): one JSON object per l
     {"card": "...", "pull_after": 3, "pull_done": false}      the card leaves at its 3rd command
     {"cancel": true} | {"sync": true} | {"sleep_ms": 200}
 Lines without "card" on a real reader wait for a real tap. Output lines carry a "type": "decision"
-(one per decision: seq, accepted, reason, amount_fen, balance_after_fen; printed only once the
-record is committed), and, with display on, "show", "beep", "speak"; "sync" and "drained" at the end.
+(exactly one per scripted tap: seq, accepted, reason, amount_fen, balance_after_fen; an accepted
+one is printed only once the record is committed; reason "no_card" when no card answered), and,
+with display on, "show", "beep", "speak", "sync"; "drained" at the end.
 """
 import json
 import os
@@ -82,6 +83,8 @@ class PosTerminal:
         self.machine = pos.CanteenPos(self._machine_config())
         self._target = None
         self._online_seen = None
+        self._decisions = 0            # decision lines printed so far
+        self._last_shown = None
         self._out_lock = threading.Lock()
         self.sync_client = None
         self._sync_thread = None
@@ -192,6 +195,7 @@ class PosTerminal:
     def _execute(self, action):
         kind = type(action)
         if kind is pos.Show:
+            self._last_shown = action.message_code
             self.emit({"type": "show", "code": action.message_code,
                        "text": messages.text(action.message_code, self.lang, **action.fields)}, always=False)
         elif kind is pos.Beep:
@@ -199,6 +203,7 @@ class PosTerminal:
         elif kind is pos.Speak:
             self.emit({"type": "speak", "text": action.text}, always=False)
         elif kind is pos.Outcome:
+            self._decisions += 1
             self.emit({"type": "decision", "seq": action.seq, "accepted": action.accepted,
                        "reason": action.message_code, "amount_fen": action.amount_fen,
                        "balance_after_fen": action.balance_after_fen, "card_number": action.card_number})
@@ -295,11 +300,18 @@ class PosTerminal:
             self.reader.field.place(card)
             if line.get("pull_after"):
                 self.reader.field.pull_after(int(line["pull_after"]), done=bool(line.get("pull_done", True)))
+        decisions_before = self._decisions
         try:
             if not self.present_card():
-                self.emit({"type": "no_card"})
-                return
+                self._last_shown = "no_card"
             self._resolve_prompts(line)
+            if self._decisions == decisions_before:
+                # A scripted tap always gets one decision line, even when the machine refused it
+                # before any card decision (no amount keyed, no card in the field).
+                self._decisions += 1
+                self.emit({"type": "decision", "seq": None, "accepted": False, "reason": self._last_shown,
+                           "amount_fen": self.machine.amount_fen, "balance_after_fen": None,
+                           "card_number": None})
         finally:
             if card is not None:
                 self.reader.field.pull()
