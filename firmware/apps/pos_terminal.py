@@ -7,7 +7,8 @@ Thin on purpose. Decisions live in the core state machine; this file only
     PIN checks through the sync client, display/beep/voice as JSON lines on stdout,
   - runs the sync client in a background thread with its own SQLite connection.
 
-Scripted mode (tests, the demo, a cashier keyboard wedge): one JSON object per line, e.g.
+Scripted mode (tests, the demo, a cashier keyboard wedge): one JSON object per line (an optional
+"tap_id" is echoed in the decision line), e.g.
     {"amount_fen": 1200, "card": "cards/04a1b2c3.card"}      key an amount, tap that card image
     {"dishes": ["rice", "pork"], "card": "04a1b2c3"}          dishes; a card by UID (in --cards-dir)
     {"card": "...", "pin": "123456"}                          PIN if the terminal asks for one
@@ -84,6 +85,7 @@ class PosTerminal:
         self._target = None
         self._online_seen = None
         self._decisions = 0            # decision lines printed so far
+        self._tap_id = None            # the script's own id for the tap under way, echoed back
         self._last_shown = None
         self._out_lock = threading.Lock()
         self.sync_client = None
@@ -206,7 +208,8 @@ class PosTerminal:
             self._decisions += 1
             self.emit({"type": "decision", "seq": action.seq, "accepted": action.accepted,
                        "reason": action.message_code, "amount_fen": action.amount_fen,
-                       "balance_after_fen": action.balance_after_fen, "card_number": action.card_number})
+                       "balance_after_fen": action.balance_after_fen, "card_number": action.card_number,
+                       "tap_id": self._tap_id})
         elif kind is pos.ReadCard:
             return self._read_card()
         elif kind is pos.CountTap:
@@ -277,6 +280,7 @@ class PosTerminal:
     def run_line(self, line):
         """One scripted step (see the module docstring)."""
         self._refresh_config()
+        self._tap_id = line.get("tap_id")
         if line.get("cancel"):
             self.feed(pos.Cancel())
         if line.get("sync"):
@@ -311,7 +315,7 @@ class PosTerminal:
                 self._decisions += 1
                 self.emit({"type": "decision", "seq": None, "accepted": False, "reason": self._last_shown,
                            "amount_fen": self.machine.amount_fen, "balance_after_fen": None,
-                           "card_number": None})
+                           "card_number": None, "tap_id": self._tap_id})
         finally:
             if card is not None:
                 self.reader.field.pull()
