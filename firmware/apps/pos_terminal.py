@@ -296,11 +296,15 @@ class PosTerminal:
 
     def _tap(self, line):
         card = None
-        path = None
+        stop_write_through = None
         if line.get("card"):
-            from simulators.classic_card import ClassicCard    # only scripted sim taps need the model
+            from simulators.card_file import write_through      # only scripted sim taps need the model
+            from simulators.classic_card import ClassicCard
             path = self._card_path(line["card"])
             card = ClassicCard.load(path)
+            # The image is saved after each command that changes the card (tap counter included),
+            # like a card's EEPROM: a terminal killed mid-tap never leaves it behind the card.
+            stop_write_through = write_through(self.reader.field, card, path)
             self.reader.field.place(card)
             if line.get("pull_after"):
                 self.reader.field.pull_after(int(line["pull_after"]), done=bool(line.get("pull_done", True)))
@@ -319,7 +323,7 @@ class PosTerminal:
         finally:
             if card is not None:
                 self.reader.field.pull()
-                card.save(path)      # the tap counter lives on the card: keep it for the next tap
+                stop_write_through()
 
     def _resolve_prompts(self, line):
         pins = line.get("pin")
