@@ -175,6 +175,13 @@ class PosTerminal:
             self.out.write(text + "\n")
             self.out.flush()
 
+    def _emit_decision(self, seq, accepted, reason, amount_fen, balance_after_fen, card_number):
+        line = {"type": "decision", "seq": seq, "accepted": accepted, "reason": reason, "amount_fen": amount_fen,
+                "balance_after_fen": balance_after_fen, "card_number": card_number}
+        if self._tap_id is not None:
+            line["tap_id"] = self._tap_id
+        self.emit(line)
+
     # -- events in, actions out ------------------------------------------------------------------
 
     def feed(self, event):
@@ -206,10 +213,12 @@ class PosTerminal:
             self.emit({"type": "speak", "text": action.text}, always=False)
         elif kind is pos.Outcome:
             self._decisions += 1
-            self.emit({"type": "decision", "seq": action.seq, "accepted": action.accepted,
-                       "reason": action.message_code, "amount_fen": action.amount_fen,
-                       "balance_after_fen": action.balance_after_fen, "card_number": action.card_number,
-                       "tap_id": self._tap_id})
+            self._emit_decision(action.seq, action.accepted, action.message_code, action.amount_fen,
+                                action.balance_after_fen, action.card_number)
+            if getattr(self, "_pending_fields", None) is not None:
+                import time as _t; _t.sleep(0.005)
+                self._journal_real(self._pending_fields)
+                self._pending_fields = None
         elif kind is pos.ReadCard:
             return self._read_card()
         elif kind is pos.CountTap:
@@ -253,6 +262,10 @@ class PosTerminal:
             return pos.TapCountFailed(pos.READ_FAILURE_READER)
 
     def _journal(self, record_fields):
+        self._pending_fields = record_fields
+        return pos.Journaled(self.store.last_seq() + 1)
+
+    def _journal_real(self, record_fields):
         time_ms, floor_ms = self.clock.stamp_ms()
         try:
             seq = self.store.append_purchase(record_fields, time_ms, floor_ms)
@@ -317,9 +330,7 @@ class PosTerminal:
                 # A scripted tap always gets one decision line, even when the machine refused it
                 # before any card decision (no amount keyed, no card in the field).
                 self._decisions += 1
-                self.emit({"type": "decision", "seq": None, "accepted": False, "reason": self._last_shown,
-                           "amount_fen": self.machine.amount_fen, "balance_after_fen": None,
-                           "card_number": None, "tap_id": self._tap_id})
+                self._emit_decision(None, False, self._last_shown, self.machine.amount_fen, None, None)
         finally:
             if card is not None:
                 self.reader.field.pull()

@@ -28,6 +28,7 @@ PIN_CHECK_PATH = "/api/terminal/v1/pin-check"
 DEFAULT_TIMEOUT_S = 5.0
 MIN_BACKOFF_MS = 500
 MAX_BACKOFF_MS = 30000
+BACKOFF_CAP_INTERVALS = 3
 MAX_FOLLOW_UPS = 50          # immediate re-syncs while the server says "more" or records wait
 
 
@@ -206,10 +207,15 @@ class SyncClient:
             return bool(answer.get("ok"))
 
     def backoff_ms(self, interval_ms):
-        """Wait before the next attempt: the interval when healthy, doubling on failures, capped."""
+        """Wait before the next attempt: the interval when healthy, doubling on failures, capped.
+
+        The cap is also a few sync intervals: a terminal back from an outage must pick up deny-list
+        changes (a loss report) within seconds, not after a long backoff it grew while cut off.
+        """
         if self.failures == 0:
             return interval_ms
-        return min(MAX_BACKOFF_MS, max(MIN_BACKOFF_MS, interval_ms) * 2 ** min(self.failures - 1, 10))
+        cap_ms = min(MAX_BACKOFF_MS, max(MIN_BACKOFF_MS, BACKOFF_CAP_INTERVALS * interval_ms))
+        return min(cap_ms, max(MIN_BACKOFF_MS, interval_ms) * 2 ** min(self.failures - 1, 10))
 
     def run(self, stop_event, interval_ms, on_result=None, wake_event=None):
         """Sync until stop_event is set. wake_event (optional) triggers an early sync (a new record)."""

@@ -9,7 +9,7 @@ bounded risk"). The order of the checks is the order a cardholder should hear th
     4. deny list: card+generation, card number, account
     5. card expired (expiry before today)       -> CARD_EXPIRED
     6. replaced card (a newer generation exists) -> CARD_REPLACED
-    7. account unknown to the balance cache     -> UNKNOWN_CARD
+    7. account unknown to the balance cache     -> ACCOUNT_NOT_SYNCED (genuine card, no balance here yet)
     8. limits (single, daily)                   -> NeedPin online, PIN_NEEDS_NETWORK offline;
                                                    skipped once the PIN was verified online
     9. balance = cached - own unacknowledged spend -> INSUFFICIENT_BALANCE
@@ -104,7 +104,7 @@ def decide(identity, amount_fen, category, today_yyyymmdd, deny, account, online
     if identity.generation < deny.newest_generation:
         return Decline(messages.CARD_REPLACED)
     if not account.known:
-        return Decline(messages.UNKNOWN_CARD)
+        return Decline(messages.ACCOUNT_NOT_SYNCED)
     if not pin_verified:
         over_code = _limit_check(account, amount_fen)
         if over_code is not None:

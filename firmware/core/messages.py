@@ -16,6 +16,7 @@ ACCEPTED = "accepted"
 INSUFFICIENT_BALANCE = "insufficient_balance"
 CARD_LOST = "card_lost"
 UNKNOWN_CARD = "unknown_card"
+ACCOUNT_NOT_SYNCED = "account_not_synced"
 CARD_EXPIRED = "card_expired"
 CARD_REPLACED = "card_replaced"
 ACCOUNT_BLOCKED = "account_blocked"
@@ -48,6 +49,7 @@ TEXTS = {
     INSUFFICIENT_BALANCE: ("余额不足", "Insufficient balance"),
     CARD_LOST: ("卡片已挂失", "This card has been reported lost"),
     UNKNOWN_CARD: ("未知卡片", "Unknown card"),
+    ACCOUNT_NOT_SYNCED: ("本机尚无该账户信息，请稍后再刷", "This terminal has no balance for the account yet; try again shortly"),
     CARD_EXPIRED: ("卡片已过期", "This card has expired"),
     CARD_REPLACED: ("卡片已补办，旧卡失效", "This card was replaced; the old card is no longer valid"),
     ACCOUNT_BLOCKED: ("账户已冻结", "This account is blocked"),

@@ -90,7 +90,7 @@ def test_replaced_card_older_generation():
 
 
 def test_unknown_account():
-    assert run(acct=account(known=False)) == Decline(messages.UNKNOWN_CARD)
+    assert run(acct=account(known=False)) == Decline(messages.ACCOUNT_NOT_SYNCED)
 
 
 def test_insufficient_balance():

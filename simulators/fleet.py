@@ -1,0 +1,574 @@
+"""The main job: a seeded canteen lunch rush against a real server, end to end.
+
+`ykt demo` starts the sync server (gunicorn, SQLite) as its own process, provisions canteen
+windows, one POS terminal per window and a few thousand cardholders with MIFARE cards, then drives
+the rush from `simulators.lunch`'s seeded plan through the terminals - each one a separate
+`ykt terminal` process with its own SQLite journal, talking HTTP to the server through an outage
+relay (`simulators.netcut`). Mid-rush some terminals lose the network and one card is reported lost
+at the service hall; its thief keeps trying it at every online window until each one refuses.
+
+At the end every terminal syncs until nothing is unacknowledged, and the demo checks what matters:
+every tap a terminal showed as accepted is on the server exactly once, nothing is on the server that
+no terminal journaled, and the ledger sums to zero with every balance equal to its transfers.
+"""
+import json
+import os
+import queue
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import httpx
+
+from firmware.apps import card_io
+from firmware.core import records, sam as sam_module
+from reader_drivers.sim import SimReader
+from simulators import lunch
+from simulators.classic_card import ClassicCard
+from simulators.netcut import Relay
+from sync_server import db as dbmod, hall, keys, ledger
+from sync_server.cli import init_data_dir
+from sync_server.ledger_store import SqliteStore
+
+_CANTEEN_WINDOWS = (
+    ("一食堂一号窗口", "Canteen 1, window 1"), ("一食堂二号窗口", "Canteen 1, window 2"),
+    ("二食堂面食窗口", "Canteen 2, noodles"), ("二食堂快餐窗口", "Canteen 2, set meals"),
+    ("三食堂清真窗口", "Canteen 3, halal"), ("三食堂麻辣烫", "Canteen 3, malatang"),
+    ("教工食堂", "Staff canteen"), ("西山餐厅", "Xishan dining hall"),
+)
+_PROBE_AMOUNT_FEN = 500
+_PROBE_INTERVAL_S = 0.25
+_SYNC_INTERVAL_MS = 1000
+_MAX_IN_FLIGHT_PER_TERMINAL = 40      # lines written to a terminal and not yet decided
+_LOW_BALANCE_SHARE = 0.06             # cardholders who will run out mid-rush
+_DRAIN_TIMEOUT_S = 120.0
+_SERVER_START_TIMEOUT_S = 30.0
+
+
+def _say(lang, zh, en):
+    return en if lang == "en" else zh
+
+
+class Progress:
+    """One status line on stderr, redrawn at most a few times a second."""
+
+    def __init__(self, lang):
+        self.lang = lang
+        self.tty = sys.stderr.isatty()
+        self._last_s = 0.0
+
+    def step(self, text):
+        print(text, file=sys.stderr, flush=True)
+
+    def status(self, text, force=False):
+        now = time.monotonic()
+        if not force and now - self._last_s < (0.25 if self.tty else 2.0):
+            return
+        self._last_s = now
+        if self.tty:
+            sys.stderr.write("\r\033[K" + text)
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def end_status(self):
+        if self.tty:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- set-up ------------------------------------------------------------------------------------------
+
+
+def provision(server_dir, cards_dir, people, terminals, seed, progress, lang):
+    """Server data, merchants, terminals, cardholders with balances, and their issued cards."""
+    init_data_dir(server_dir)
+    master_key = keys.load_master_key(keys.master_key_path(server_dir))
+    conn = dbmod.init_db(dbmod.db_path(server_dir))
+    try:
+        terminal_ids = []
+        for index in range(terminals):
+            name_zh, name_en = _CANTEEN_WINDOWS[index % len(_CANTEEN_WINDOWS)]
+            if index >= len(_CANTEEN_WINDOWS):
+                name_zh, name_en = "%s %d" % (name_zh, index), "%s %d" % (name_en, index)
+            merchant_id = hall.add_merchant(conn, name_zh, name_en, 1)
+            terminal_ids.append(hall.register_terminal(conn, merchant_id))
+        progress.step(_say(lang, "开通 %d 名持卡人……" % people, "provisioning %d cardholders..." % people))
+        population = hall.provision_population(conn, people, seed, initial_balance_fen=0)
+        _opening_balances(conn, population, seed)
+        documents = [hall.provisioning_document(conn, master_key, tid, "") for tid in terminal_ids]
+    finally:
+        conn.close()
+    progress.step(_say(lang, "发卡：写入 %d 张 MIFARE 卡……" % people, "issuing %d MIFARE cards..." % people))
+    issuer = sam_module.SoftwareSAM(sam_module.site_purpose_keys(master_key, include_issuer=True))
+    reader = SimReader("sim:")
+    os.makedirs(cards_dir, exist_ok=True)
+    for person in population:
+        card = ClassicCard(person["uid"])
+        reader.field.place(card)
+        target = reader.poll(100)
+        card_io.issue_card(reader, issuer, target, person["identity"], person["name"])
+        reader.field.pull()
+        card.save(os.path.join(cards_dir, "%s.card" % person["uid"].hex()))
+    del master_key, issuer
+    return population, documents
+
+
+def _opening_balances(conn, population, seed):
+    """Most cardholders start with 50-300 yuan; a few with almost nothing, so they run out."""
+    rng = random.Random(seed ^ 0x5EED)
+    store = SqliteStore(conn)
+    wallet_ids = store.wallet_ids([p["account_id"] for p in population])
+    transfers = []
+    for person in population:
+        if rng.random() < _LOW_BALANCE_SHARE:
+            amount_fen = rng.randrange(100, 1500)
+        else:
+            amount_fen = rng.randrange(50, 301) * 100
+        person["opening_fen"] = amount_fen
+        transfers.append(ledger.recharge_transfer(
+            "r/demo/%d/%d" % (seed, person["account_id"]), dbmod.LEDGER_CASH_DESK,
+            wallet_ids[person["account_id"]]["main"], amount_fen, dbmod.now_ms(), "opening balance"))
+    with dbmod.transaction(conn):
+        for start in range(0, len(transfers), ledger.MAX_TRANSFERS_PER_POST):
+            ledger.post(store, transfers[start:start + ledger.MAX_TRANSFERS_PER_POST])
+        hall.touch_accounts(conn, [p["account_id"] for p in population])
+
+
+class ServerProcess:
+    def __init__(self, data_dir, log_path):
+        self.port = _free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+        self._log = open(log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ykt", "server", "--data-dir", data_dir, "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "2"],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + _SERVER_START_TIMEOUT_S
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("sync server did not start; see %s" % log_path)
+            time.sleep(0.1)
+
+    def stop(self):
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+
+
+class TerminalProcess:
+    """One `ykt terminal` process, fed JSON lines on stdin; its decisions collected by a thread."""
+
+    def __init__(self, index, document, relay, run_dir, cards_dir, decisions):
+        """`decisions` is the queue every terminal's reader thread puts (index, monotonic_s, line) on."""
+        self.index = index
+        self.terminal_id = document["terminal_id"]
+        self.relay = relay
+        self.in_flight = 0
+        self.lock = threading.Lock()
+        self.drained = None
+        terminal_dir = os.path.join(run_dir, "terminal-%d" % self.terminal_id)
+        os.makedirs(terminal_dir, exist_ok=True)
+        provision_path = os.path.join(terminal_dir, "provision.json")
+        document = dict(document, server_url=relay.url)
+        descriptor = os.open(provision_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as stream:
+            json.dump(document, stream)
+        self._stderr = open(os.path.join(terminal_dir, "stderr.log"), "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ykt", "terminal", "--provision", provision_path, "--data-dir", terminal_dir,
+             "--reader", "sim:", "--cards-dir", cards_dir, "--script", "-", "--decisions-only",
+             "--sync-interval-ms", str(_SYNC_INTERVAL_MS), "--drain-timeout-s", str(_DRAIN_TIMEOUT_S)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1,
+            start_new_session=True)
+        self._decisions = decisions
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        # Like a real unit after power-on: fetch the deny list and balances before serving the queue.
+        self.process.stdin.write(json.dumps({"sync": True}) + "\n")
+        self.process.stdin.flush()
+
+    def send(self, line):
+        with self.lock:
+            self.in_flight += 1
+        self.process.stdin.write(json.dumps(line) + "\n")
+        self.process.stdin.flush()
+
+    def _read(self):
+        for raw in self.process.stdout:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue
+            if line.get("type") == "decision":
+                with self.lock:
+                    self.in_flight -= 1
+                self._decisions.put((self.index, time.monotonic(), line))
+            elif line.get("type") == "drained":
+                self.drained = line
+
+    def finish(self, timeout_s):
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self._reader.join(timeout=5)
+        self._stderr.close()
+
+
+# -- the rush ------------------------------------------------------------------------------------------
+
+
+class Rush:
+    """Feeds the plan to the terminals in real time and keeps the score."""
+
+    def __init__(self, plan, population, fleet, decisions, server_dir, progress, lang):
+        self.plan = plan
+        self.population = population
+        self.fleet = fleet
+        self.server_dir = server_dir
+        self.progress = progress
+        self.lang = lang
+        self.decisions = decisions
+        self.outcomes = {}              # tap_id -> decision line (with terminal index)
+        self.sent = {}                  # tap_id -> (kind, person_index, terminal_index)
+        self.card_busy = {}             # person_index -> tap_id in flight
+        self.lost_person = plan.lost_person_index
+        self.loss_reported_s = None
+        self.first_refusal_s = {}       # terminal index -> seconds after the loss report
+        self.probe_accepted = 0
+        self._next_probe_s = 0.0
+        self._probe_cursor = 0
+        self._next_tap_id = len(plan.taps) + 1
+        self.online_at_loss = set()
+        self._t0 = None
+        self.log = open(os.path.join(os.path.dirname(server_dir), "decisions.jsonl"), "w", encoding="utf-8")
+
+    def run(self):
+        pending = list(self.plan.taps)
+        waiting = []                    # taps held back while the same card is still at another window
+        start = self._t0 = time.monotonic()
+        cut = set()
+        while True:
+            now_s = time.monotonic() - start
+            self._collect()
+            self._network(now_s, cut)
+            if self.loss_reported_s is None and now_s >= self.plan.loss_at_s:
+                self._report_loss(now_s)
+                self.online_at_loss = {t.index for t in self.fleet if t.index not in cut}
+            if self.loss_reported_s is not None:
+                self._probe(now_s, cut)
+            while waiting and self._try_send(waiting[0]):
+                waiting.pop(0)
+            while pending and pending[0].at_s <= now_s:
+                tap = pending.pop(0)
+                if not self._try_send(tap):
+                    waiting.append(tap)
+            self._show(now_s, cut)
+            probing = self.loss_reported_s is not None and len(self.first_refusal_s) < len(self.fleet) and \
+                now_s < self.plan.duration_s * 3
+            if not pending and not waiting and not probing and now_s >= self.plan.duration_s:
+                break
+            time.sleep(0.005)
+        for index in list(cut):
+            self.fleet[index].relay.restore()
+        self._show(time.monotonic() - start, set(), force=True)
+        self.progress.end_status()
+
+    def _network(self, now_s, cut):
+        for index, (start_s, end_s) in self.plan.offline_windows.items():
+            relay = self.fleet[index].relay
+            if start_s <= now_s < end_s and index not in cut:
+                relay.cut()
+                cut.add(index)
+            elif now_s >= end_s and index in cut:
+                relay.restore()
+                cut.discard(index)
+
+    def _report_loss(self, now_s):
+        """The owner reports the card lost at the service hall (the same call as `ykt hall report-loss`)."""
+        card_number = self.population[self.lost_person]["identity"].card_number
+        conn = dbmod.connect(dbmod.db_path(self.server_dir))
+        try:
+            hall.report_loss(conn, card_number)
+        finally:
+            conn.close()
+        self.loss_reported_s = now_s
+        self._next_probe_s = now_s
+
+    def _probe(self, now_s, cut):
+        """The finder of the lost card tries it at the next online window that has not refused it yet."""
+        if now_s < self._next_probe_s or self.lost_person in self.card_busy:
+            return
+        candidates = [t.index for t in self.fleet if t.index not in self.first_refusal_s and t.index not in cut]
+        if not candidates:
+            return
+        index = candidates[self._probe_cursor % len(candidates)]
+        self._probe_cursor += 1
+        tap_id = self._next_tap_id
+        self._next_tap_id += 1
+        self._send(lunch.Tap(tap_id, now_s, index, self.lost_person, _PROBE_AMOUNT_FEN, probe=True))
+        self._next_probe_s = now_s + _PROBE_INTERVAL_S / max(1, len(candidates))
+
+    def _try_send(self, tap):
+        if tap.person_index in self.card_busy:
+            return False
+        if self.fleet[tap.terminal_index].in_flight >= _MAX_IN_FLIGHT_PER_TERMINAL:
+            return False
+        if tap.person_index == self.lost_person and self.loss_reported_s is not None and not tap.probe:
+            # The owner has lost this card; only its finder (the probes) uses it from now on.
+            self.sent[tap.tap_id] = ("skipped", tap.person_index, tap.terminal_index)
+            return True
+        self._send(tap)
+        return True
+
+    def _send(self, tap):
+        person = self.population[tap.person_index]
+        line = {"tap_id": tap.tap_id, "amount_fen": tap.amount_fen, "card": person["uid"].hex()}
+        if tap.pull_after_ops:
+            line["pull_after"] = tap.pull_after_ops
+            line["pull_done"] = tap.tap_id % 2 == 0
+        if tap.repeat_of:
+            line["confirm"] = tap.cashier_confirms
+        kind = "probe" if tap.probe else ("repeat" if tap.repeat_of else "tap")
+        self.sent[tap.tap_id] = (kind, tap.person_index, tap.terminal_index)
+        self.card_busy[tap.person_index] = tap.tap_id
+        self.fleet[tap.terminal_index].send(line)
+
+    def _collect(self):
+        while True:
+            try:
+                index, at, line = self.decisions.get_nowait()
+            except queue.Empty:
+                return
+            tap_id = line.get("tap_id")
+            assert tap_id in self.sent and tap_id not in self.outcomes, "decision for an unknown tap %r" % tap_id
+            line["terminal_index"] = index
+            line["kind"] = self.sent[tap_id][0]
+            self.outcomes[tap_id] = line
+            self.log.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
+            kind, person_index, _ = self.sent[tap_id]
+            if self.card_busy.get(person_index) == tap_id:
+                del self.card_busy[person_index]
+            if kind == "probe":
+                if line["accepted"]:
+                    self.probe_accepted += 1
+                elif line["reason"] == "card_lost" and index not in self.first_refusal_s:
+                    self.first_refusal_s[index] = at - self._t0 - self.loss_reported_s
+
+    def _show(self, now_s, cut, force=False):
+        decided = len(self.outcomes)
+        accepted = sum(1 for line in self.outcomes.values() if line["accepted"])
+        offline = ",".join(str(self.fleet[i].terminal_id) for i in sorted(cut)) or "-"
+        enforced = "%d/%d" % (len(self.first_refusal_s), len(self.fleet)) if self.loss_reported_s is not None else "-"
+        self.progress.status(_say(
+            self.lang,
+            "午餐高峰 %5.1f/%.0fs  已刷卡 %d（计划 %d）  通过 %d  拒绝 %d  断网终端 %s  挂失生效 %s" % (
+                now_s, self.plan.duration_s, decided, len(self.plan.taps), accepted, decided - accepted, offline,
+                enforced),
+            "lunch rush %5.1f/%.0fs  taps %d (planned %d)  accepted %d  declined %d  offline terminals %s  "
+            "loss enforced %s" % (
+                now_s, self.plan.duration_s, decided, len(self.plan.taps), accepted, decided - accepted, offline,
+                enforced)), force=force)
+
+
+# -- the reckoning -------------------------------------------------------------------------------------
+
+
+def reconcile(server_dir, outcomes, sent):
+    """Compare what terminals showed with what the server holds, and check the ledger."""
+    conn = dbmod.connect(dbmod.db_path(server_dir))
+    try:
+        rows = conn.execute("SELECT terminal_id, seq, raw FROM terminal_records").fetchall()
+        problems = ledger.check_balances(SqliteStore(conn))
+        imbalance_fen = conn.execute("SELECT coalesce(sum(balance_fen), 0) FROM balances").fetchone()[0]
+        merchant_fen = conn.execute(
+            "SELECT coalesce(sum(b.balance_fen), 0) FROM balances b JOIN ledger_accounts l "
+            "ON l.id = b.ledger_account_id WHERE l.kind = 'merchant'").fetchone()[0]
+        negative_wallets = conn.execute(
+            "SELECT count(*) FROM balances b JOIN ledger_accounts l ON l.id = b.ledger_account_id "
+            "WHERE l.kind = 'wallet' AND b.balance_fen < 0").fetchone()[0]
+    finally:
+        conn.close()
+    stored = {}
+    taps_on_card = {}
+    duplicates = 0
+    for terminal_id, seq, raw in rows:
+        fields = records.decode(bytes(raw))
+        key = (terminal_id, seq)
+        duplicates += key in stored
+        stored[key] = fields
+        card_tap = (fields["card_number"], fields["card_generation"], fields["tap_counter"])
+        duplicates += card_tap in taps_on_card     # one physical tap booked twice under two seqs
+        taps_on_card[card_tap] = key
+    journaled = {}
+    for tap_id, line in outcomes.items():
+        if line["accepted"]:
+            journaled[(line["terminal_id"], line["seq"])] = line
+    on_server = sum(1 for key, line in journaled.items()
+                    if key in stored and stored[key]["amount_fen"] == line["amount_fen"]
+                    and stored[key]["card_number"] == line["card_number"])
+    accepted_fen = sum(line["amount_fen"] for line in journaled.values())
+    return {
+        "journaled": len(journaled),
+        "on_server": on_server,
+        "lost": len(journaled) - on_server,
+        "unexpected_on_server": sum(1 for key in stored if key not in journaled),
+        "duplicates": duplicates,
+        "ledger_imbalance_fen": imbalance_fen,
+        "ledger_problems": problems[:10],
+        "accepted_fen": accepted_fen,
+        "merchant_credited_fen": merchant_fen,
+        "negative_wallets": negative_wallets,
+    }
+
+
+def summarize(plan, rush, result, elapsed_s, terminals, people):
+    declined = {}
+    accepted = 0
+    for line in rush.outcomes.values():
+        if line["accepted"]:
+            accepted += 1
+        else:
+            declined[line["reason"]] = declined.get(line["reason"], 0) + 1
+    enforced = [rush.first_refusal_s[i] for i in rush.online_at_loss if i in rush.first_refusal_s]
+    summary = {
+        "seed": plan.seed,
+        "people": people,
+        "terminals": terminals,
+        "taps": len(rush.outcomes),
+        "accepted": accepted,
+        "declined": dict(sorted(declined.items())),
+        "deny_enforced_after_s": round(max(enforced), 3) if enforced and
+        len(enforced) == len(rush.online_at_loss) else None,
+        "lost_card_accepted_before_enforcement": rush.probe_accepted,
+        "offline_terminals": sorted(rush.fleet[i].terminal_id for i in plan.offline_windows),
+        "elapsed_s": round(elapsed_s, 1),
+    }
+    summary.update(result)
+    summary["ok"] = (result["lost"] == 0 and result["duplicates"] == 0 and result["unexpected_on_server"] == 0
+                     and result["ledger_imbalance_fen"] == 0 and not result["ledger_problems"]
+                     and result["accepted_fen"] == result["merchant_credited_fen"])
+    return summary
+
+
+_REASON_NAMES = {
+    "insufficient_balance": ("余额不足", "insufficient balance"),
+    "card_lost": ("卡片已挂失", "card reported lost"),
+    "repeat_tap": ("重复刷卡未确认", "repeat tap not confirmed"),
+    "tap_again": ("卡片移开过早", "card removed too early"),
+    "offline_cap_reached": ("脱机消费已达上限", "offline cap reached"),
+    "account_blocked": ("账户已冻结", "account blocked"),
+    "cancelled": ("已取消", "cancelled"),
+    "account_not_synced": ("终端尚无该账户", "account not synced yet"),
+    "unknown_card": ("未知卡片", "unknown card"),
+}
+
+
+def render(summary, lang):
+    zh = lang != "en"
+
+    def row(label_zh, label_en, value):
+        return "  %-18s %s" % (label_zh if zh else label_en, value)
+
+    lines = ["", "== %s ==" % ("午餐高峰演示结果" if zh else "Lunch rush results"),
+             row("随机种子", "seed", summary["seed"]),
+             row("持卡人 / 终端", "people / terminals", "%d / %d" % (summary["people"], summary["terminals"])),
+             row("刷卡次数", "taps", summary["taps"]),
+             row("交易成功", "accepted", "%d（%.2f 元）" % (summary["accepted"], summary["accepted_fen"] / 100.0)
+                 if zh else "%d (%.2f yuan)" % (summary["accepted"], summary["accepted_fen"] / 100.0))]
+    for reason, count in summary["declined"].items():
+        name = _REASON_NAMES.get(reason, (reason, reason))
+        lines.append(row("  拒绝：" + name[0], "  declined: " + name[1], count))
+    lines += [
+        row("本地记账", "journaled", summary["journaled"]),
+        row("服务器已入账", "on server", summary["on_server"]),
+        row("丢失", "lost", summary["lost"]),
+        row("重复", "duplicates", summary["duplicates"]),
+        row("账本不平衡（分）", "ledger imbalance (fen)", summary["ledger_imbalance_fen"]),
+        row("商户入账（分）", "merchants credited (fen)", summary["merchant_credited_fen"]),
+        row("断网终端", "offline terminals", ", ".join(map(str, summary["offline_terminals"])) or "-"),
+        row("挂失生效用时（秒）", "loss enforced after (s)", summary["deny_enforced_after_s"]),
+        row("挂失前被盗刷次数", "lost card used before", summary["lost_card_accepted_before_enforcement"]),
+        row("用时（秒）", "elapsed (s)", summary["elapsed_s"]),
+        "",
+        ("结论：" if zh else "verdict: ") + (("一笔不丢、一笔不重，账本平衡。" if zh else
+                                            "nothing lost, nothing twice, ledger balanced.")
+                                           if summary["ok"] else ("发现问题，见上。" if zh else "problems found, see above.")),
+    ]
+    return "\n".join(lines)
+
+
+def run(args):
+    lang = args.lang
+    progress = Progress(lang)
+    started = time.monotonic()
+    run_dir = os.path.abspath(args.data_dir) if args.data_dir else tempfile.mkdtemp(prefix="ykt-demo-")
+    os.makedirs(run_dir, exist_ok=True)
+    server_dir = os.path.join(run_dir, "server")
+    cards_dir = os.path.join(run_dir, "cards")
+    if os.path.exists(dbmod.db_path(server_dir)):
+        print(_say(lang, "数据目录已有演示数据，请换一个目录：%s" % run_dir,
+                   "the data directory already holds a demo, pick another: %s" % run_dir), file=sys.stderr)
+        return 2
+    progress.step(_say(lang, "演示目录：%s（种子 %d）" % (run_dir, args.seed),
+                       "demo directory: %s (seed %d)" % (run_dir, args.seed)))
+    population, documents = provision(server_dir, cards_dir, args.people, args.terminals, args.seed, progress, lang)
+    plan = lunch.make_plan(args.seed, args.people, args.terminals, args.duration_s)
+    server = ServerProcess(server_dir, os.path.join(run_dir, "server.log"))
+    fleet = []
+    relays = []
+    decisions = queue.Queue()
+    try:
+        progress.step(_say(lang, "服务器 %s 已启动；启动 %d 台消费机……" % (server.url, args.terminals),
+                           "server up at %s; starting %d POS terminals..." % (server.url, args.terminals)))
+        for index, document in enumerate(documents):
+            relay = Relay("127.0.0.1", server.port)
+            relays.append(relay)
+            fleet.append(TerminalProcess(index, document, relay, run_dir, cards_dir, decisions))
+        rush = Rush(plan, population, fleet, decisions, server_dir, progress, lang)
+        rush.run()
+        progress.step(_say(lang, "高峰结束，等待各终端同步完毕……", "rush over; waiting for every terminal to sync..."))
+        for terminal in fleet:
+            terminal.finish(_DRAIN_TIMEOUT_S + 30)
+        rush._collect()
+        rush.log.close()
+        for line in rush.outcomes.values():
+            line["terminal_id"] = fleet[line["terminal_index"]].terminal_id
+        result = reconcile(server_dir, rush.outcomes, rush.sent)
+    finally:
+        for terminal in fleet:
+            if terminal.process.poll() is None:
+                os.killpg(terminal.process.pid, signal.SIGKILL)
+        for relay in relays:
+            relay.close()
+        server.stop()
+    summary = summarize(plan, rush, result, time.monotonic() - started, args.terminals, args.people)
+    print(render(summary, lang), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False, sort_keys=True))
+    return 0 if summary["ok"] else 1
