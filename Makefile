@@ -7,6 +7,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
+PCSC_STAMP := $(VENV)/.pcsc-installed
+# PC/SC tests: the real pcscd, Debian's vpcd driver (the virtual card plugs into it), and what pyscard
+# compiles against (it builds from source with swig and the pcsc-lite headers).
+PCSC_DEBS := pcscd vsmartcard-vpcd libpcsclite-dev swig
 PYTEST_ARGS ?=
 # apt-get needs root; use sudo when we are not root and it exists.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
@@ -33,10 +37,19 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# Installs only the Debian packages that are missing, then pyscard (the `pcsc` extra). Not a
+# prerequisite of demo, which needs no PC/SC reader.
+$(PCSC_STAMP): pyproject.toml $(PY_STAMP)
+	@missing=$$(for package in $(PCSC_DEBS); do dpkg-query -W -f='$${Status}' $$package 2>/dev/null \
+		| grep -q 'install ok installed' || echo $$package; done); \
+	if [ -n "$$missing" ]; then echo "installing $$missing"; $(APT_INSTALL) $$missing; fi
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,pcsc]'
+	touch $@
+
 demo: $(PY_STAMP)
 	$(BIN)/ykt demo $(DEMO_ARGS)
 
-test: $(PY_STAMP) $(NODE_STAMP)
+test: $(PY_STAMP) $(NODE_STAMP) $(PCSC_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
