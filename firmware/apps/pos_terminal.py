@@ -215,10 +215,6 @@ class PosTerminal:
             self._decisions += 1
             self._emit_decision(action.seq, action.accepted, action.message_code, action.amount_fen,
                                 action.balance_after_fen, action.card_number)
-            if getattr(self, "_pending_fields", None) is not None:
-                import time as _t; _t.sleep(0.005)
-                self._journal_real(self._pending_fields)
-                self._pending_fields = None
         elif kind is pos.ReadCard:
             return self._read_card()
         elif kind is pos.CountTap:
@@ -262,10 +258,6 @@ class PosTerminal:
             return pos.TapCountFailed(pos.READ_FAILURE_READER)
 
     def _journal(self, record_fields):
-        self._pending_fields = record_fields
-        return pos.Journaled(self.store.last_seq() + 1)
-
-    def _journal_real(self, record_fields):
         time_ms, floor_ms = self.clock.stamp_ms()
         try:
             seq = self.store.append_purchase(record_fields, time_ms, floor_ms)
