@@ -265,6 +265,7 @@ class Rush:
         self._probe_cursor = 0
         self._next_tap_id = len(plan.taps) + 1
         self.online_at_loss = set()
+        self.unconfirmed_repeats = set()   # quick repeat taps the cashier does not confirm
         self._t0 = None
         self.log = open(os.path.join(os.path.dirname(server_dir), "decisions.jsonl"), "w", encoding="utf-8")
 
@@ -354,6 +355,8 @@ class Rush:
             line["pull_done"] = tap.tap_id % 2 == 0
         if tap.repeat_of:
             line["confirm"] = tap.cashier_confirms
+            if not tap.cashier_confirms:
+                self.unconfirmed_repeats.add(tap.tap_id)
         kind = "probe" if tap.probe else ("repeat" if tap.repeat_of else "tap")
         self.sent[tap.tap_id] = (kind, tap.person_index, tap.terminal_index)
         self.card_busy[tap.person_index] = tap.tap_id
@@ -466,11 +469,14 @@ def summarize(plan, rush, result, elapsed_s, terminals, people):
         "deny_enforced_after_s": round(max(enforced), 3) if enforced and
         len(enforced) == len(rush.online_at_loss) else None,
         "lost_card_accepted_before_enforcement": rush.probe_accepted,
+        "repeat_taps_charged_without_confirmation": sum(
+            1 for tap_id in rush.unconfirmed_repeats if rush.outcomes.get(tap_id, {}).get("accepted")),
         "offline_terminals": sorted(rush.fleet[i].terminal_id for i in plan.offline_windows),
         "elapsed_s": round(elapsed_s, 1),
     }
     summary.update(result)
     summary["ok"] = (result["lost"] == 0 and result["duplicates"] == 0 and result["unexpected_on_server"] == 0
+                     and summary["repeat_taps_charged_without_confirmation"] == 0
                      and result["ledger_imbalance_fen"] == 0 and not result["ledger_problems"]
                      and result["accepted_fen"] == result["merchant_credited_fen"])
     return summary
@@ -483,7 +489,7 @@ _REASON_NAMES = {
     "tap_again": ("卡片移开过早", "card removed too early"),
     "offline_cap_reached": ("脱机消费已达上限", "offline cap reached"),
     "account_blocked": ("账户已冻结", "account blocked"),
-    "cancelled": ("已取消", "cancelled"),
+    "cancelled": ("收银员取消（重复刷卡）", "cancelled by the cashier (repeat tap)"),
     "account_not_synced": ("终端尚无该账户", "account not synced yet"),
     "unknown_card": ("未知卡片", "unknown card"),
 }
@@ -514,6 +520,7 @@ def render(summary, lang):
         row("断网终端", "offline terminals", ", ".join(map(str, summary["offline_terminals"])) or "-"),
         row("挂失生效用时（秒）", "loss enforced after (s)", summary["deny_enforced_after_s"]),
         row("挂失前被盗刷次数", "lost card used before", summary["lost_card_accepted_before_enforcement"]),
+        row("未确认的重复扣款", "repeats charged unconfirmed", summary["repeat_taps_charged_without_confirmation"]),
         row("用时（秒）", "elapsed (s)", summary["elapsed_s"]),
         "",
         ("结论：" if zh else "verdict: ") + (("一笔不丢、一笔不重，账本平衡。" if zh else

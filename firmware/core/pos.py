@@ -31,6 +31,8 @@ IDLE = "idle"                  # no amount yet
 WAIT_CARD = "wait_card"        # amount known, waiting for a tap
 READING = "reading"            # ReadCard issued
 WAIT_CONFIRM = "wait_confirm"  # repeat tap, the cashier must confirm
+
+_RECENT_SUCCESSES = 32            # taps remembered for repeat detection (bounded)
 WAIT_PIN = "wait_pin"          # over a limit, waiting for the cardholder's PIN
 CHECKING_PIN = "checking_pin"  # CheckPin issued
 COUNTING = "counting"          # CountTap issued
@@ -128,7 +130,9 @@ class CanteenPos:
         self.now_ms = 0
         self.online = False
         self.pending = None
-        self.last_success = None     # (card_number, amount_fen, time_ms) of the last committed tap
+        # (card_number, amount_fen, time_ms) of the latest committed taps, newest last. More than one:
+        # a card tapped twice is still a repeat when another cardholder paid in between.
+        self.recent_successes = []
         self.pin_verified_for = None  # (card_number, amount_fen) verified online for this amount
 
     def handle(self, event):
@@ -211,12 +215,18 @@ class CanteenPos:
     def _card_read(self, event):
         self.pending = _Pending(event.view, event.facts)
         identity = event.view.identity
-        last = self.last_success
-        if last is not None and last[0] == identity.card_number and last[1] == self.amount_fen and \
-                0 <= self.now_ms - last[2] <= self._config("double_tap_window_ms"):
+        if self._is_repeat(identity.card_number):
             return WAIT_CONFIRM, [Show(messages.REPEAT_TAP, {"amount_fen": self.amount_fen}),
                                   Beep(BEEP_ATTENTION)]
         return self._decide()
+
+    def _is_repeat(self, card_number):
+        window_ms = self._config("double_tap_window_ms")
+        for success_card, success_amount_fen, success_ms in self.recent_successes:
+            if success_card == card_number and success_amount_fen == self.amount_fen and \
+                    0 <= self.now_ms - success_ms <= window_ms:
+                return True
+        return False
 
     def _confirmed(self, event):
         self.pending.flags |= records.FLAG_CONFIRMED_REPEAT
@@ -288,7 +298,9 @@ class CanteenPos:
         fields = {"amount_fen": self.amount_fen, "balance_fen": pending.balance_after_fen,
                   "name": card_layout.mask_name(pending.view.name)}
         spoken = messages.text(messages.ACCEPTED, self._config("lang"), **fields)
-        self.last_success = (identity.card_number, self.amount_fen, self.now_ms)
+        self.recent_successes.append((identity.card_number, self.amount_fen, self.now_ms))
+        if len(self.recent_successes) > _RECENT_SUCCESSES:
+            self.recent_successes.pop(0)
         return IDLE, [Show(messages.ACCEPTED, fields), Beep(BEEP_OK), Speak(spoken),
                       Outcome(True, messages.ACCEPTED, event.seq, self.amount_fen, pending.balance_after_fen,
                               identity.card_number)]

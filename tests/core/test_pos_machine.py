@@ -202,6 +202,18 @@ def test_repeat_tap_cancelled_charges_nothing():
     assert m.state == pos.IDLE
 
 
+def test_repeat_is_caught_when_another_card_paid_in_between():
+    m = machine()
+    full_tap(m, 1200, seq=1)
+    other = CardView(b"\x0a\x0b\x0c\x0d", card_layout.Identity(2002, 602, 1, card_layout.HOLDER_STUDENT, 20291231),
+                     "李四", 5)
+    full_tap(m, 1200, seq=2, card=other)
+    m.handle(pos.Tick(NOW_MS + 2000))
+    actions = tap_to_counting(m, 1200, card=view(counter=6))
+    assert shown(actions) == [messages.REPEAT_TAP]
+    assert m.state == pos.WAIT_CONFIRM
+
+
 def test_repeat_window_and_amount_matter():
     m = machine()
     full_tap(m, 1200, seq=1)

@@ -1,0 +1,70 @@
+"""The main job end to end: `ykt demo --json` as a user runs it, on a small seeded campus.
+
+Real parts throughout: the sync server under gunicorn on a SQLite file, POS terminals as separate
+processes with their own SQLite journals, outages through the loopback relay, the loss report through
+the service-hall code path. A failing seed is printed so the run can be replayed.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+SEED = int(os.environ.get("YKT_DEMO_SEED", "7"))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("demo")
+    completed = subprocess.run(
+        [sys.executable, "-m", "ykt", "demo", "--seed", str(SEED), "--people", "400", "--terminals", "4",
+         "--duration-s", "12", "--json", "--data-dir", str(run_dir / "run"), "--lang", "en"],
+        capture_output=True, text=True, timeout=600)
+    lines = completed.stdout.strip().splitlines()
+    assert lines, "demo printed nothing (seed %d): %s" % (SEED, completed.stderr[-3000:])
+    summary = json.loads(lines[-1])
+    return completed, summary, run_dir / "run"
+
+
+def test_demo_ends_with_one_json_line_holding_the_promised_fields(demo):
+    completed, summary, _ = demo
+    for field in ("taps", "accepted", "declined", "journaled", "on_server", "lost", "duplicates",
+                  "ledger_imbalance_fen", "deny_enforced_after_s", "seed"):
+        assert field in summary, field
+    assert summary["seed"] == SEED
+    assert "Lunch rush results" in completed.stderr     # the readable summary goes to stderr with --json
+
+
+def test_nothing_lost_nothing_twice_ledger_balanced(demo):
+    completed, summary, _ = demo
+    assert completed.returncode == 0, "seed %d: %s" % (SEED, completed.stderr[-3000:])
+    assert summary["journaled"] == summary["accepted"] > 0
+    assert summary["on_server"] == summary["journaled"], "seed %d" % SEED
+    assert summary["lost"] == 0 and summary["duplicates"] == 0 and summary["unexpected_on_server"] == 0
+    assert summary["ledger_imbalance_fen"] == 0 and summary["ledger_problems"] == []
+    assert summary["merchant_credited_fen"] == summary["accepted_fen"]
+
+
+def test_the_rush_really_had_outages_declines_and_an_enforced_loss(demo):
+    _, summary, run_dir = demo
+    assert summary["offline_terminals"], "no terminal was cut off"
+    assert summary["declined"].get("card_lost", 0) >= 1
+    assert summary["deny_enforced_after_s"] is not None
+    assert sum(summary["declined"].values()) + summary["accepted"] == summary["taps"]
+    decisions = [json.loads(line) for line in open(run_dir / "decisions.jsonl", encoding="utf-8")]
+    assert len(decisions) == summary["taps"]
+
+
+def test_same_seed_same_plan():
+    from simulators.lunch import make_plan
+
+    first, second = make_plan(SEED, 400, 4, 12), make_plan(SEED, 400, 4, 12)
+    assert [(t.at_s, t.person_index, t.amount_fen) for t in first.taps] == \
+        [(t.at_s, t.person_index, t.amount_fen) for t in second.taps]
+    assert first.offline_windows == second.offline_windows
+
+
+def test_quick_repeat_taps_are_not_charged_without_the_cashier(demo):
+    _, summary, _ = demo
+    assert summary["repeat_taps_charged_without_confirmation"] == 0
