@@ -29,8 +29,8 @@ the reader interface of `reader_drivers.base` (device).
 
 Status words (ACR122U API): 63 00 after General Authenticate -> AuthenticationError; 63 00 after any
 card command -> CardNak; 69 81 / 69 82 / 69 86 -> CardNak; 6A 81 -> UnsupportedOperation; anything
-else -> ReaderError. pcscd's "card removed" / "not transacted" / "no card" -> CardGone, after which the
-connection is dropped and the next poll starts over.
+else -> ReaderError. pcscd's "card removed" / "not transacted" / "no card", and an answer without a
+status word -> CardGone, after which the connection is dropped and the next poll starts over.
 
 Semantics follow the other drivers: after AuthenticationError or CardNak the card answers nothing until
 polled again; a card that left during a command raises CardGone and its outcome is unknown. The
@@ -296,7 +296,10 @@ class PcscReader(Reader):
                 self._drop_connection()
                 raise
         if len(response) < 2:
-            raise ReaderError("读卡器应答过短 / the reader answered %s to %s" % (_hex(response), doing))
+            # No status word: the reader lost the card's answer (vpcd passes a hung-up card on as an
+            # empty answer). The command may or may not have happened.
+            self._drop_connection()
+            raise CardGone("卡片已移开，结果未知 / no answer to %s (got %r): the card left" % (doing, _hex(response)))
         self._last_sw = (response[-2] << 8) | response[-1]
         return bytes(response[:-2])
 

@@ -161,3 +161,27 @@ def running_pcscd(workdir):
         yield PcscdService(process, port, readers, log_path)
     finally:
         _stop(process)
+
+
+def wait_for_card(reader_name, present, deadline_s=STARTUP_DEADLINE_S):
+    """Block until pcscd reports a card in `reader_name` (present=True) or none (False); True if it did."""
+    from smartcard import scard
+    result, context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+    assert result == scard.SCARD_S_SUCCESS, scard.SCardGetErrorMessage(result)
+    try:
+        deadline = time.monotonic() + deadline_s
+        known_state = scard.SCARD_STATE_UNAWARE
+        while True:
+            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            wait_ms = 0 if known_state == scard.SCARD_STATE_UNAWARE else min(remaining_ms, 1000)
+            result, states = scard.SCardGetStatusChange(context, wait_ms, [(reader_name, known_state)])
+            if result == scard.SCARD_S_SUCCESS:
+                known_state = states[0][1] & ~scard.SCARD_STATE_CHANGED
+                if bool(known_state & scard.SCARD_STATE_PRESENT) == present:
+                    return True
+            elif result != scard.SCARD_E_TIMEOUT:
+                raise PcscdUnavailable("pcscd: %s" % scard.SCardGetErrorMessage(result))
+            if remaining_ms == 0:
+                return False
+    finally:
+        scard.SCardReleaseContext(context)
