@@ -103,11 +103,10 @@ class FrameParser:
 
     @property
     def pending_bytes(self):
-        """Bytes held that may still begin a frame (0 when only garbage or nothing is left)."""
+        """Bytes held from a start code on: a frame begun but not complete (0 when only garbage,
+        postambles or preambles are left)."""
         start = self._buffer.find(START_CODE)
-        if start < 0:
-            return 1 if self._buffer[-1:] == b"\x00" else 0
-        return len(self._buffer) - start
+        return 0 if start < 0 else len(self._buffer) - start
 
     def _skip_start_code(self, start):
         self._buffer = self._buffer[start + 2:]

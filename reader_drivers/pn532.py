@@ -1,0 +1,318 @@
+"""`pn532:` - a PN532 on a serial line (HSU), through pyserial.
+
+    open_reader("pn532:/dev/ttyS0")                  115200 baud, the PN532's power-on rate
+    open_reader("pn532:/dev/ttyUSB0?baud=115200")
+    open_reader("pn532:/dev/pts/7")                  the emulator (simulators/pn532_emulator.py)
+
+    feature                           pn532:  notes
+    --------------------------------  ------  ------------------------------------------------
+    ISO 14443-A poll + select         yes     InListPassiveTarget, one card, 4/7-byte UIDs
+    MIFARE Classic 1K                 yes     through InDataExchange (UM0701-02 7.3.8)
+    authenticate A / B                yes     failure halts the card: poll again
+    read / write                      yes
+    increment / decrement / restore   yes
+    transfer                          yes
+    release (HALT)                    yes     InRelease
+    HSU wake-up, ACK/NACK, abort      yes     UM0701-02 6.2; resend on a lost frame
+    recovery after a reader reset     yes     SAMConfiguration and RF settings run again
+    I2C / SPI, baud rate change       no
+
+Layers, as in nfcpy's nfc/clf: `HsuTransport` moves bytes and frames (pyserial, blocking reads with
+deadlines); `Pn532Chip` sends commands and handles ACK, NACK, abort and resend; `Pn532Reader` is the
+Reader interface and maps status bytes to the shared errors (reader_drivers/base.py):
+
+    0x01 timeout, 0x02/0x03/0x0B/0x13 RF errors, 0x27 no target, 0x29/0x2A/0x2B   CardGone
+    0x14 MIFARE authentication error                                              AuthenticationError
+    0x05 framing error (the card's 4-bit NAK)                                      CardNak
+    no ACK or answer after every resend                                           ReaderTimeout
+
+Why resending is safe: a command is only sent again when no ACK came back (the chip did not take
+it) or after an abort; a lost answer is asked for again with NACK, which never re-runs the command.
+Even if a MIFARE command did run twice, write, increment, decrement and restore recompute the same
+block or transfer buffer from the card's stored value, and transfer copies the same buffer: the tap
+counter cannot move twice for one tap.
+"""
+import time
+import urllib.parse
+
+import serial
+
+from firmware.core import pn532_frames as frames
+from reader_drivers.base import (AuthenticationError, CardGone, CardNak, Reader, ReaderError, ReaderTimeout, Target,
+                                 register_scheme)
+
+SUPPORTS = frozenset(("iso14443a", "mifare_classic_1k", "authenticate", "read", "write", "increment",
+                      "decrement", "restore", "transfer", "release"))
+
+DEFAULT_PORT = "/dev/ttyS0"
+DEFAULT_BAUD = 115200
+# UM0701-02 6.2.2 / 7.2.11: a sleeping HSU needs a long preamble to wake up (libnfc sends the same).
+WAKEUP_PREAMBLE = b"\x55\x55" + bytes(14)
+ACK_TIMEOUT_MS = 50               # past the frame's own wire time; the chip ACKs within a few ms
+RESPONSE_TIMEOUT_MS = 100         # configuration commands answer at once
+DATA_EXCHANGE_TIMEOUT_MS = 200    # worst MIFARE exchange: 10 ms card timeout + the chip's own timeout
+MIN_POLL_WAIT_MS = 25             # even poll(0) lets the chip try once (selection takes ~2.5-3.5 ms)
+NON_DEP_TIMEOUT_INDEX = 0x08      # 12.8 ms: above the card's 10 ms write/transfer time-out (MF1S50)
+MAX_SENDS = 3                     # one send and two resends of a command
+MAX_NACKS = 3                     # answers asked for again per command
+_READ_CHUNK_BYTES = 512
+
+_CARD_GONE_CODES = frozenset((frames.STATUS_TIMEOUT, frames.STATUS_CRC, frames.STATUS_PARITY, 0x0B,
+                              frames.STATUS_FORMAT, frames.STATUS_NOT_ACCEPTABLE, frames.STATUS_RELEASED,
+                              frames.STATUS_CARD_EXCHANGED, frames.STATUS_CARD_DISAPPEARED))
+
+
+class HsuTransport:
+    """Frames over a pyserial port: write a frame, read the next frame before a deadline."""
+
+    def __init__(self, port, baud):
+        self.port = port
+        self.baud = baud
+        self._parser = frames.FrameParser()
+
+    def wire_ms(self, byte_count):
+        return byte_count * 10 * 1000.0 / self.baud
+
+    def write(self, data):
+        self.port.write(data)
+
+    def write_fresh(self, data):
+        """Write after forgetting whatever is still on the line (answers to aborted commands)."""
+        self.port.reset_input_buffer()
+        self._parser.reset()
+        self.port.write(data)
+
+    def forget_partial_frame(self):
+        self._parser.reset()
+
+    @property
+    def holds_partial_frame(self):
+        return self._parser.pending_bytes > 0
+
+    def read_frame(self, deadline):
+        """The next frame, or None at the deadline (time.monotonic() seconds); FrameError for a
+        damaged frame. Blocks in the serial read itself: no sleeping, no polling."""
+        while True:
+            frame = self._parser.next_frame()
+            if frame is not None:
+                return frame
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self.port.timeout = remaining
+            chunk = self.port.read(1)
+            if not chunk:
+                continue
+            waiting = self.port.in_waiting
+            if waiting:
+                chunk += self.port.read(min(waiting, _READ_CHUNK_BYTES))
+            self._parser.feed(chunk)
+
+    def close(self):
+        self.port.close()
+
+
+class Pn532Chip:
+    """PN532 commands over a transport: ACK wait, resend, NACK, abort (UM0701-02 6.2.2)."""
+
+    def __init__(self, transport):
+        self.transport = transport
+        self._initialising = False
+        self.recoveries = 0
+
+    def wake(self):
+        self.transport.write_fresh(WAKEUP_PREAMBLE)
+
+    def initialise(self):
+        """Leave LowVbat mode and set the RF behaviour this driver relies on; returns the firmware
+        version tuple (ic, version, revision, support)."""
+        self._initialising = True
+        try:
+            self.command(frames.build_sam_configuration())
+            # Retry activation for ever: poll() ends a search by aborting it at its deadline.
+            self.command(frames.build_rf_max_retries(0xFF, 0x01, frames.RETRY_FOREVER))
+            self.command(frames.build_rf_timings(0x0B, NON_DEP_TIMEOUT_INDEX))
+            return frames.parse_firmware_version(self.command(frames.build_get_firmware_version()))
+        finally:
+            self._initialising = False
+
+    def _recover(self):
+        """No ACK: abort whatever runs, wake the HSU, and set the chip up again in case it was reset."""
+        self.recoveries += 1
+        self.transport.write_fresh(frames.ACK_FRAME + WAKEUP_PREAMBLE)
+        if not self._initialising:
+            self.initialise()
+
+    def command(self, payload, response_timeout_ms=RESPONSE_TIMEOUT_MS, abort_on_timeout=False):
+        """Send one command and return its response parameters. With abort_on_timeout, a response
+        that does not come in time aborts the command and returns None; otherwise ReaderTimeout."""
+        code = payload[0]
+        frame_bytes = len(frames.encode_command(payload))
+        for attempt in range(MAX_SENDS):
+            if attempt:
+                self._recover()
+            self.transport.write_fresh(frames.encode_command(payload))
+            outcome = self._await_answer(code, frame_bytes, response_timeout_ms)
+            if outcome is not _NO_ACK:
+                if outcome is _TIMED_OUT:
+                    self.transport.write_fresh(frames.ACK_FRAME)      # abort (6.2.1.3)
+                    if abort_on_timeout:
+                        return None
+                    raise ReaderTimeout("读卡器无应答 / the PN532 did not answer command 0x%02X in %d ms"
+                                        % (code, response_timeout_ms))
+                return outcome
+        raise ReaderTimeout("读卡器无响应 / the PN532 did not acknowledge command 0x%02X after %d sends"
+                            % (code, MAX_SENDS))
+
+    def _await_answer(self, code, frame_bytes, response_timeout_ms):
+        started = time.monotonic()
+        deadline = started + (self.transport.wire_ms(frame_bytes + len(frames.ACK_FRAME)) + ACK_TIMEOUT_MS) / 1000.0
+        acknowledged = False
+        nacks = 0
+        while True:
+            try:
+                frame = self.transport.read_frame(deadline)
+            except frames.FrameError:
+                frame = _DAMAGED
+            if frame is None and acknowledged and self.transport.holds_partial_frame:
+                frame = _DAMAGED          # bytes of the answer were lost on the line
+            if frame is _DAMAGED:
+                if nacks >= MAX_NACKS:
+                    raise ReaderError("读卡器应答反复出错 / the PN532's answer stayed damaged after %d NACKs" % nacks)
+                nacks += 1
+                self.transport.forget_partial_frame()
+                self.transport.write(frames.NACK_FRAME)        # send the last answer again (6.2.1.4)
+                deadline = max(deadline, time.monotonic() + (self.transport.wire_ms(frames.MAX_FRAME_DATA_BYTES + 10)
+                                                               + ACK_TIMEOUT_MS) / 1000.0)
+                continue
+            if frame is None:
+                return _TIMED_OUT if acknowledged else _NO_ACK
+            if frame.kind == frames.ACK and not acknowledged:
+                acknowledged = True
+                deadline = time.monotonic() + response_timeout_ms / 1000.0
+            elif frame.kind == frames.ERROR:
+                raise ReaderError("读卡器报告命令语法错误 / the PN532 refused command 0x%02X as malformed" % code)
+            elif frame.kind == frames.INFO:
+                if frame.tfi == frames.TFI_CHIP and frame.data[:1] == bytes((code + 1,)):
+                    return frame.data[1:]         # also when its ACK was lost on the line
+                # an answer to an aborted command: not ours, keep waiting
+
+
+_NO_ACK = object()
+_TIMED_OUT = object()
+_DAMAGED = object()
+
+
+def parse_url(url):
+    """pn532:<port>[?baud=N] -> (port, baud)."""
+    assert url.startswith("pn532:"), url
+    port, _, query = url[len("pn532:"):].partition("?")
+    options = urllib.parse.parse_qs(query)
+    baud = int(options.get("baud", [DEFAULT_BAUD])[0])
+    if baud not in frames.SERIAL_BAUD_RATES:
+        raise ReaderError("不支持的波特率 / the PN532 HSU has no %d baud rate" % baud)
+    return port or DEFAULT_PORT, baud
+
+
+class Pn532Reader(Reader):
+    supports = SUPPORTS
+
+    def __init__(self, url="pn532:" + DEFAULT_PORT, port=None):
+        """port: an already open pyserial-like object (tests); otherwise the URL's device is opened."""
+        self.url = url
+        path, baud = parse_url(url)
+        if port is None:
+            try:
+                port = serial.serial_for_url(path, baudrate=baud, timeout=0, write_timeout=1)
+            except (serial.SerialException, OSError) as error:
+                raise ReaderError("无法打开读卡器串口 / cannot open the PN532 on %s: %s" % (path, error))
+        self.chip = Pn532Chip(HsuTransport(port, baud))
+        self._target = None
+        try:
+            self.chip.wake()
+            self.firmware = self.chip.initialise()
+        except Exception:
+            port.close()
+            raise
+        if self.firmware[0] != 0x32:
+            port.close()
+            raise ReaderError("不是PN532读卡器 / the chip on %s reports IC 0x%02X, not a PN532" % (path, self.firmware[0]))
+
+    # --- card selection ----------------------------------------------------------------------------
+
+    def poll(self, timeout_ms):
+        assert timeout_ms >= 0
+        self._target = None
+        params = self.chip.command(frames.build_in_list_passive_target(), max(timeout_ms, MIN_POLL_WAIT_MS),
+                                   abort_on_timeout=True)
+        if params is None:
+            return None
+        found = frames.parse_in_list_passive_target(params)
+        if not found:
+            return None
+        self._target = Target(found[0].uid, found[0].atqa, found[0].sak)
+        return self._target
+
+    def release(self):
+        self._target = None
+        code, _data = frames.parse_status(self.chip.command(frames.build_in_release(0)))
+        if code:
+            raise ReaderError("释放卡片失败 / InRelease failed: %s" % frames.status_text(code))
+
+    # --- MIFARE Classic ---------------------------------------------------------------------------
+
+    def authenticate(self, block, key_type, key):
+        target = self._selected()
+        self._exchange(frames.mifare_authenticate(block, key_type, bytes(key), target.uid), "authenticate %d" % block)
+
+    def read_block(self, block):
+        data = self._exchange(frames.mifare_read(block), "read %d" % block)
+        if len(data) != 16:
+            raise ReaderError("读块应答长度错误 / read of block %d returned %d bytes" % (block, len(data)))
+        return data
+
+    def write_block(self, block, data):
+        self._exchange(frames.mifare_write(block, bytes(data)), "write %d" % block)
+
+    def increment(self, block, delta):
+        self._exchange(frames.mifare_increment(block, delta), "increment %d" % block)
+
+    def decrement(self, block, delta):
+        self._exchange(frames.mifare_decrement(block, delta), "decrement %d" % block)
+
+    def restore(self, block):
+        self._exchange(frames.mifare_restore(block), "restore %d" % block)
+
+    def transfer(self, block):
+        self._exchange(frames.mifare_transfer(block), "transfer %d" % block)
+
+    def _selected(self):
+        if self._target is None:
+            raise CardGone("没有选中的卡片，请重新寻卡 / no card is selected: poll first")
+        return self._target
+
+    def _exchange(self, mifare_command, operation):
+        self._selected()
+        params = self.chip.command(frames.build_in_data_exchange(1, mifare_command), DATA_EXCHANGE_TIMEOUT_MS)
+        code, data = frames.parse_status(params)
+        if code == frames.STATUS_OK:
+            return data
+        # Every failure below leaves the card halted or gone: the next command needs a poll.
+        self._target = None
+        detail = "%s (PN532 status 0x%02X: %s)" % (operation, code, frames.status_text(code))
+        if code == frames.STATUS_MIFARE_AUTHENTICATION:
+            raise AuthenticationError("密钥认证失败 / authentication failed: %s" % detail)
+        if code == frames.STATUS_MIFARE_FRAMING:
+            raise CardNak("卡片拒绝操作 / card NAK: %s" % detail)
+        if code in _CARD_GONE_CODES:
+            raise CardGone("卡片已移开 / the card did not answer: %s" % detail)
+        raise ReaderError("读卡器错误 / reader error: %s" % detail)
+
+    def close(self):
+        self.chip.transport.close()
+
+    def __repr__(self):
+        return "Pn532Reader(%r)" % self.url
+
+
+register_scheme("pn532", Pn532Reader)
