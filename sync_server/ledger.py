@@ -133,32 +133,64 @@ def recharge_transfer(transfer_id, source_ledger_id, wallet_ledger_id, amount_fe
 Purchase = namedtuple("Purchase", "terminal_id seq time_ms account_id category amount_fen merchant_ledger_id")
 
 
-def plan_purchase(balances, wallet_ids, purchase):
-    """Transfers for one accepted tap, applied to `balances` at once so the next tap sees them.
+def fixed_transfers(wallet_ids, purchase):
+    """The transfers of a purchase when they cannot depend on balances (a one-wallet category such as
+    the canteen), else None. Lets the server build them before it takes the write lock.
 
-    `wallet_ids` is {wallet: ledger_id} of the cardholder. The split follows the shared wallet order;
-    the last wallet may go negative (the tap was already accepted, perhaps offline).
+    `wallet_ids` is {wallet: ledger_id} of the cardholder.
     """
     order = wallet_rules.WALLET_ORDER[purchase.category]
-    if len(order) == 1:     # canteen: one wallet, one transfer (the common case, kept cheap)
-        debit_id = wallet_ids[order[0]]
-        transfer = Transfer(purchase_transfer_id(purchase.terminal_id, purchase.seq, 0), debit_id,
-                            purchase.merchant_ledger_id, purchase.amount_fen, KIND_PURCHASE,
-                            "%d/%d" % (purchase.terminal_id, purchase.seq), purchase.time_ms)
-        balances[debit_id] = balances.get(debit_id, 0) - purchase.amount_fen
-        balances[purchase.merchant_ledger_id] = balances.get(purchase.merchant_ledger_id, 0) + purchase.amount_fen
-        return [transfer]
-    wallet_balances = {wallet: balances.get(wallet_ids[wallet], 0) for wallet in order}
-    parts = wallet_rules.split_debit(wallet_balances, purchase.category, purchase.amount_fen,
-                                     allow_shortfall=True)
-    reference = "%d/%d" % (purchase.terminal_id, purchase.seq)
-    planned = []
-    for index, (wallet, fen) in enumerate(parts):
-        planned.append(Transfer(purchase_transfer_id(purchase.terminal_id, purchase.seq, index),
-                                wallet_ids[wallet], purchase.merchant_ledger_id, fen, KIND_PURCHASE,
-                                reference, purchase.time_ms))
-    apply(balances, planned)
+    if len(order) != 1:
+        return None
+    return [Transfer(purchase_transfer_id(purchase.terminal_id, purchase.seq, 0), wallet_ids[order[0]],
+                     purchase.merchant_ledger_id, purchase.amount_fen, KIND_PURCHASE,
+                     "%d/%d" % (purchase.terminal_id, purchase.seq), purchase.time_ms)]
+
+
+def plan_purchase(balances, wallet_ids, purchase, fixed=None):
+    """Transfers for one accepted tap, applied to `balances` at once so the next tap sees them.
+
+    `wallet_ids` is {wallet: ledger_id} of the cardholder; `fixed` is what fixed_transfers() gave for
+    this purchase, when the caller computed it earlier. The split follows the shared wallet order; the
+    last wallet may go negative (the tap was already accepted, perhaps offline).
+    """
+    planned = fixed if fixed is not None else fixed_transfers(wallet_ids, purchase)
+    if planned is None:
+        order = wallet_rules.WALLET_ORDER[purchase.category]
+        wallet_balances = {wallet: balances.get(wallet_ids[wallet], 0) for wallet in order}
+        parts = wallet_rules.split_debit(wallet_balances, purchase.category, purchase.amount_fen,
+                                         allow_shortfall=True)
+        reference = "%d/%d" % (purchase.terminal_id, purchase.seq)
+        planned = [Transfer(purchase_transfer_id(purchase.terminal_id, purchase.seq, index), wallet_ids[wallet],
+                            purchase.merchant_ledger_id, fen, KIND_PURCHASE, reference, purchase.time_ms)
+                   for index, (wallet, fen) in enumerate(parts)]
+    for transfer in planned:   # apply() inlined: this runs once per record under the write lock
+        balances[transfer.debit_id] = balances.get(transfer.debit_id, 0) - transfer.amount_fen
+        balances[transfer.credit_id] = balances.get(transfer.credit_id, 0) + transfer.amount_fen
     return planned
+
+
+def plan_purchases(balances, wallet_ids, purchases, fixed=None):
+    """Plan purchases in order against `balances` (mutated); returns all their transfers.
+
+    `wallet_ids` is {account_id: {wallet: ledger_id}}; `fixed`, when given, is parallel to `purchases`
+    (fixed_transfers() results, None where the split needs balances).
+    """
+    assert len(purchases) <= MAX_TRANSFERS_PER_POST
+    assert fixed is None or len(fixed) == len(purchases)
+    transfers = []
+    for index, purchase in enumerate(purchases):
+        assert 0 < purchase.amount_fen <= MAX_TRANSFER_FEN
+        transfers.extend(plan_purchase(balances, wallet_ids[purchase.account_id], purchase,
+                                       None if fixed is None else fixed[index]))
+    return transfers
+
+
+def touched_ids(transfers):
+    """Ledger accounts whose balance the transfers change."""
+    touched = {transfer.debit_id for transfer in transfers}
+    touched.update(transfer.credit_id for transfer in transfers)
+    return touched
 
 
 def book_purchases(store, purchases):
@@ -177,12 +209,9 @@ def book_purchases(store, purchases):
     for ids in wallet_ids.values():
         involved.update(ids.values())
     balances = store.balances(sorted(involved))
-    transfers = []
-    for purchase in purchases:
-        assert 0 < purchase.amount_fen <= MAX_TRANSFER_FEN
-        transfers.extend(plan_purchase(balances, wallet_ids[purchase.account_id], purchase))
+    transfers = plan_purchases(balances, wallet_ids, purchases)
     store.insert_transfers(transfers)
-    store.set_balances(balances)
+    store.set_balances({ledger_id: balances[ledger_id] for ledger_id in touched_ids(transfers)})
     return transfers, balances, wallet_ids
 
 

@@ -1,0 +1,239 @@
+"""Storing one sync batch: its new records, their ledger transfers, balances, account flags and
+tap-counter notes (DESIGN.md section 3), all inside the caller's one write transaction.
+
+Two halves, because the write lock is the one thing concurrent workers queue for:
+
+- `prepare()` runs BEFORE the lock and does everything that depends only on the request and on rows
+  that never change once written: the record rows, the wallet ids of the accounts (created with the
+  account, never altered), the purchases, and the transfers of one-wallet categories (whose split
+  cannot depend on balances). Workers do this in parallel.
+- `store()` runs INSIDE `BEGIN IMMEDIATE` and does what depends on the current state: which seqs are
+  new, balances and the multi-wallet splits, spending, debt flags, tap counters, acked_seq. Per batch
+  it is a fixed handful of statements (executemany for rows) and, per record, a little dict arithmetic.
+
+A record whose account is unknown at prepare time is stored unbooked with a record anomaly: a card
+can only be tapped after its account committed, so an account missing then is missing for good.
+
+The statements are module constants so that benchmarks/ingest.py can time the very same writes
+straight through sqlite3.
+"""
+from firmware.core import protocol
+from sync_server import db as dbmod, ledger
+from sync_server.ledger_store import SqliteStore, add_deny_entries, REASON_NEGATIVE, REASON_FOUND
+
+MAX_RESEND_RANGES = 4
+MAX_GAP_SCAN_ROWS = 20000            # bound on the scan for holes above acked_seq
+BEIJING_OFFSET_MS = 8 * 3600 * 1000
+DAY_MS = 86400 * 1000
+_IN_CHUNK = 900                      # keep IN (...) lists well under SQLite's bound on variables
+
+# record tuple indexes (records.FIELDS)
+_KIND, _FLAGS, _TERMINAL, _SEQ, _TIME, _CARD, _ACCOUNT, _GENERATION, _CATEGORY, _COUNTER, _AMOUNT, \
+    _MERCHANT = range(1, 13)
+
+INSERT_RECORDS_SQL = (
+    "INSERT INTO terminal_records (terminal_id, seq, raw, kind, flags, time_ms, corrected_time_ms, card_number, "
+    "account_id, card_generation, category, tap_counter, amount_fen, merchant_id, received_ms, booked) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_BOOKED_COLUMN = 15
+UPDATE_ACCOUNTS_SQL = ("UPDATE accounts SET in_debt = ?, spent_day = ?, spent_today_fen = ?, balance_version = ? "
+                       "WHERE id = ?")
+UPSERT_CARD_COUNTERS_SQL = (
+    "INSERT INTO card_counters (card_ref, max_tap_counter, taps_seen) VALUES (?, ?, ?) "
+    "ON CONFLICT (card_ref) DO UPDATE SET max_tap_counter = excluded.max_tap_counter, taps_seen = excluded.taps_seen")
+INSERT_COUNTER_ANOMALIES_SQL = ("INSERT INTO counter_anomalies (card_number, generation, kind, expected, seen, "
+                                "terminal_id, seq, noticed_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+INSERT_RECORD_ANOMALIES_SQL = "INSERT INTO record_anomalies (terminal_id, seq, reason, noticed_ms) VALUES (?, ?, ?, ?)"
+
+
+def beijing_day(time_ms):
+    return (time_ms + BEIJING_OFFSET_MS) // DAY_MS
+
+
+def _chunks(values):
+    values = list(values)
+    for start in range(0, len(values), _IN_CHUNK):
+        yield values[start:start + _IN_CHUNK]
+
+
+def _marks(chunk):
+    return ",".join("?" * len(chunk))
+
+
+class Batch:
+    """One request's records, made ready for store() (see the module text)."""
+    __slots__ = ("terminal_id", "received_ms", "offset_ms", "rows", "purchases", "fixed", "wallet_ids", "values")
+
+    def __init__(self, terminal_id, received_ms, offset_ms):
+        self.terminal_id = terminal_id
+        self.received_ms = received_ms
+        self.offset_ms = offset_ms
+        self.rows = {}          # seq -> terminal_records row (booked = 1)
+        self.values = {}        # seq -> decoded record tuple
+        self.purchases = {}     # seq -> ledger.Purchase (records of known accounts only)
+        self.fixed = {}         # seq -> ledger.fixed_transfers() result
+        self.wallet_ids = {}    # account_id -> {wallet: ledger_id}
+
+
+def prepare(conn, terminal_id, merchant_ledger_id, by_seq, offset_ms, received_ms):
+    """Everything about `by_seq` {seq: (raw, values)} that needs no write lock (see the module text)."""
+    batch = Batch(terminal_id, received_ms, offset_ms)
+    batch.wallet_ids = wallet_ids = SqliteStore(conn).wallet_ids(sorted({v[_ACCOUNT] for _r, v in by_seq.values()}))
+    rows, values_by_seq, purchases, fixed = batch.rows, batch.values, batch.purchases, batch.fixed
+    purchase, fixed_transfers = ledger.Purchase, ledger.fixed_transfers
+    for seq, (raw, v) in by_seq.items():
+        time_ms = v[_TIME] + offset_ms
+        rows[seq] = (terminal_id, seq, raw, v[_KIND], v[_FLAGS], v[_TIME], time_ms, v[_CARD], v[_ACCOUNT],
+                     v[_GENERATION], v[_CATEGORY], v[_COUNTER], v[_AMOUNT], v[_MERCHANT], received_ms, 1)
+        values_by_seq[seq] = v
+        wallets = wallet_ids.get(v[_ACCOUNT])
+        if wallets is not None:
+            purchases[seq] = p = purchase(terminal_id, seq, time_ms, v[_ACCOUNT], v[_CATEGORY], v[_AMOUNT],
+                                          merchant_ledger_id)
+            fixed[seq] = fixed_transfers(wallets, p)
+    return batch
+
+
+def store(conn, batch, acked_seq, max_seq):
+    """Store the batch's new records and book them; returns (acked_seq, max_seq, holes) after.
+
+    Call inside the write transaction with the terminal's acked_seq and max_seq as read there.
+    """
+    assert conn.in_transaction
+    new = sorted(_new_seqs(conn, batch.terminal_id, acked_seq, max_seq, batch.rows))
+    if new:
+        unbooked = _book(conn, batch, new)
+        rows = [batch.rows[seq] for seq in new]
+        if unbooked:
+            rows = [row[:_BOOKED_COLUMN] + (0,) if row[1] in unbooked else row for row in rows]
+        conn.executemany(INSERT_RECORDS_SQL, rows)
+        _note_tap_counters(conn, [batch.values[seq] for seq in new], batch.received_ms)
+        max_seq = max(max_seq, new[-1])
+    acked_seq, holes = _advance_acked(conn, batch.terminal_id, acked_seq, max_seq)
+    return acked_seq, max_seq, holes
+
+
+def _new_seqs(conn, terminal_id, acked_seq, max_seq, seqs):
+    """Which of `seqs` are not stored yet. Anything <= acked_seq is stored; above it, ask only when
+    an earlier out-of-order upload left rows there (max_seq > acked_seq)."""
+    candidates = [seq for seq in seqs if seq > acked_seq]
+    if not candidates or max_seq <= acked_seq:
+        return candidates
+    low, high = min(candidates), max(candidates)
+    stored = {row[0] for row in conn.execute(
+        "SELECT seq FROM terminal_records WHERE terminal_id = ? AND seq BETWEEN ? AND ?",
+        (terminal_id, low, high))}
+    return [seq for seq in candidates if seq not in stored]
+
+
+def _advance_acked(conn, terminal_id, acked_seq, max_seq):
+    """Highest contiguous seq and the holes above it (at most MAX_RESEND_RANGES ranges)."""
+    if max_seq <= acked_seq:
+        return acked_seq, []
+    rows = conn.execute("SELECT seq FROM terminal_records WHERE terminal_id = ? AND seq > ? ORDER BY seq "
+                        "LIMIT ?", (terminal_id, acked_seq, MAX_GAP_SCAN_ROWS))
+    expected = acked_seq + 1
+    contiguous = True
+    holes = []
+    for (seq,) in rows:
+        if seq != expected:
+            contiguous = False
+            if len(holes) < MAX_RESEND_RANGES:
+                holes.append((expected, seq - 1))
+        if contiguous:
+            acked_seq = seq
+        expected = seq + 1
+    return acked_seq, holes
+
+
+def _book(conn, batch, new):
+    """Post purchases of the new records; update spending, debt flags and balance versions of their
+    accounts. Returns the seqs stored unbooked (unknown account)."""
+    now_ms = batch.received_ms
+    purchases = [batch.purchases[seq] for seq in new if seq in batch.purchases]
+    unbooked = [seq for seq in new if seq not in batch.purchases]
+    if unbooked:
+        conn.executemany(INSERT_RECORD_ANOMALIES_SQL,
+                         [(batch.terminal_id, seq, "unknown_account", now_ms) for seq in unbooked])
+    if not purchases:
+        return set(unbooked)
+    wallet_ids = {p.account_id: batch.wallet_ids[p.account_id] for p in purchases}
+    accounts = {}
+    for chunk in _chunks(sorted(wallet_ids)):
+        for account_id, in_debt, spent_day, spent_today_fen in conn.execute(
+                "SELECT id, in_debt, spent_day, spent_today_fen FROM accounts WHERE id IN (%s)" % _marks(chunk),
+                chunk):
+            accounts[account_id] = [in_debt, spent_day, spent_today_fen]
+    assert len(accounts) == len(wallet_ids), "ledger accounts without their account row"
+    involved = {purchases[0].merchant_ledger_id}
+    for ids in wallet_ids.values():
+        involved.update(ids.values())
+    store = SqliteStore(conn)
+    balances = store.balances(sorted(involved))   # every wallet: the debt check looks at all of them
+    transfers = ledger.plan_purchases(balances, wallet_ids, purchases, [batch.fixed[p.seq] for p in purchases])
+    store.insert_transfers(transfers)
+    store.set_balances({ledger_id: balances[ledger_id] for ledger_id in ledger.touched_ids(transfers)})
+
+    today = beijing_day(now_ms)
+    for purchase in purchases:
+        if beijing_day(purchase.time_ms) == today:
+            account = accounts[purchase.account_id]
+            if account[1] != today:
+                account[1], account[2] = today, 0
+            account[2] += purchase.amount_fen
+    in_debt, clear = ledger.accounts_in_debt(balances, wallet_ids)
+    deny = []
+    for account_id in sorted(in_debt):
+        if not accounts[account_id][0]:
+            accounts[account_id][0] = 1
+            deny.append((protocol.DENY_ACCOUNT, account_id, 1, REASON_NEGATIVE))
+    for account_id in sorted(clear):
+        if accounts[account_id][0]:   # cannot happen through purchases alone, kept for symmetry
+            accounts[account_id][0] = 0
+            deny.append((protocol.DENY_ACCOUNT, account_id, 0, REASON_FOUND))
+    if deny:
+        add_deny_entries(conn, deny, now_ms)
+    booked_accounts = sorted(accounts)
+    first_version = dbmod.next_counter(conn, "balance_version", len(booked_accounts))
+    conn.executemany(UPDATE_ACCOUNTS_SQL, [(accounts[a][0], accounts[a][1], accounts[a][2], first_version + i, a)
+                                           for i, a in enumerate(booked_accounts)])
+    return set(unbooked)
+
+
+def _note_tap_counters(conn, new_rows, now_ms):
+    """Remember the highest tap counter per card; note repeats, gaps and late arrivals."""
+    refs = {}
+    for values in new_rows:
+        refs.setdefault(values[_CARD] * 256 + values[_GENERATION], []).append(values)
+    known = {}
+    for chunk in _chunks(refs):
+        for ref, max_counter, seen in conn.execute(
+                "SELECT card_ref, max_tap_counter, taps_seen FROM card_counters WHERE card_ref IN (%s)"
+                % _marks(chunk), chunk):
+            known[ref] = [max_counter, seen]
+    anomalies = []
+    for ref, taps in refs.items():
+        state = known.get(ref)
+        for values in taps:
+            counter = values[_COUNTER]
+            if state is None:
+                state = known[ref] = [counter, 1]
+                continue
+            expected = state[0] + 1
+            if counter == state[0]:
+                kind = "repeat"
+            elif counter > expected:
+                kind = "gap"
+            elif counter < state[0]:
+                kind = "late"
+            else:
+                kind = None
+            if kind is not None:
+                anomalies.append((values[_CARD], values[_GENERATION], kind, expected, counter,
+                                  values[_TERMINAL], values[_SEQ], now_ms))
+            if counter > state[0]:
+                state[0] = counter
+            state[1] += 1
+    conn.executemany(UPSERT_CARD_COUNTERS_SQL, [(ref, known[ref][0], known[ref][1]) for ref in refs])
+    if anomalies:
+        conn.executemany(INSERT_COUNTER_ANOMALIES_SQL, anomalies)
