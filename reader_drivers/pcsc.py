@@ -186,6 +186,7 @@ class PcscReader(Reader):
         result, self._context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
         _raise_for(result, "connecting to pcscd")
         self._card = None          # SCARDHANDLE while connected
+        self.atr = b""             # the ATR the reader built for the card last selected (for technicians)
         self._protocol = None
         self._loaded_keys = [None, None]
         self._pending_value = None   # (operation, block, delta), sent by transfer()
@@ -280,7 +281,8 @@ class PcscReader(Reader):
             raise ReaderError("读卡器未返回卡号 / the reader gave no UID (SW %04X, %d bytes)" % (sw, len(uid)))
         result, _name, _state, _protocol, atr = scard.SCardStatus(self._card)
         _raise_for(result, "reading the ATR")
-        return target_from(bytes(uid), atr)
+        self.atr = bytes(atr)
+        return target_from(bytes(uid), self.atr)
 
     # --- APDUs ----------------------------------------------------------------------------------
 

@@ -307,6 +307,14 @@ class VpcdCard:
     def close(self):
         self.remove()
 
+    # The names simulators.field.VirtualField uses, so a test can put and take cards the same way on
+    # the sim: reader and on this one.
+    def place(self, card):
+        self.insert(card)
+
+    def pull(self):
+        return self.remove()
+
     def pull_on(self, instruction, done=True, occurrence=1):
         """Remove the card at the `occurrence`-th APDU from now whose INS is `instruction`: after the
         card executed it (done, the answer is lost) or before it reaches the card (not done)."""

@@ -60,7 +60,7 @@ def _require_installed():
 def _running_pcscd_pid():
     try:
         with open(PID_FILE) as stream:
-            pid = int(stream.read().strip() or 0)
+            pid = int(stream.read().strip("\0\n ") or 0)   # pcscd ends the file with a NUL
     except (OSError, ValueError):
         return None
     if pid <= 0:

@@ -94,13 +94,10 @@ def test_an_empty_reader_polls_none_and_a_card_inserted_while_waiting_is_selecte
 
 
 def test_pcscd_reports_the_part3_atr_of_a_classic_1k_and_a_seven_byte_uid(slot, reader):
-    from smartcard import scard
     uid7 = bytes.fromhex("04a1b2c3d4e5f6")
     target = insert_and_poll(slot, reader, ClassicCard(uid7))
     assert (target.uid, target.atqa, target.is_mifare_classic_1k) == (uid7, 0x0044, True)
-    result, _name, _state, _protocol, atr = scard.SCardStatus(reader._card)
-    assert result == scard.SCARD_S_SUCCESS
-    assert bytes(atr) == bytes.fromhex("3b8f8001804f0ca000000306030001000000006a")
+    assert reader.atr == bytes.fromhex("3b8f8001804f0ca000000306030001000000006a")   # as pcscd holds it
 
 
 # --- the card steps the terminals use --------------------------------------------------------------
@@ -178,6 +175,14 @@ def test_a_command_after_the_card_left_is_card_gone_and_poll_finds_nothing(pcscd
         reader.authenticate(3, mifare.A, mifare.TRANSPORT_KEY)
     assert wait_for_card(pcscd.readers[0], present=False)
     assert reader.poll(0) is None
+
+
+def test_a_released_card_answers_nothing_until_polled_again(slot, reader):
+    _card, target = issued(slot, reader)
+    reader.release()
+    with pytest.raises(CardGone):   # as a halted card on the sim: reader (CardHalted is a CardGone)
+        reader.read_block(card_layout.IDENTITY_BLOCK)
+    assert card_io.read_card(reader, TERMINAL, reader.poll(0)).uid == target.uid
 
 
 # --- memory and value commands ---------------------------------------------------------------------
