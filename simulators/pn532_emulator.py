@@ -20,7 +20,8 @@ What it serves (PN532 User Manual UM0701-02; section numbers below are that manu
               placed and pulled from any thread at any moment, hooks pull them mid-command
   power       starts asleep (PN532 C106 powers up in LowVbat mode, AN10609 "Low battery mode"):
               the first bytes after sleep only wake the HSU and are lost (see HSU_WAKEUP_S), hence
-              the host's 0x55 0x55 00.. wake-up preamble; PowerDown and reset() put it back to sleep
+              the host's 0x55 0x55 00.. wake-up preamble; until SAMConfiguration, RF commands get
+              no ACK and the chip sleeps again; PowerDown and reset() put it back to sleep
   faults      lose_acks, corrupt_responses (bad DCS), drop_bytes (either direction), reset()
 
 Timing model (`timing=True`): each byte on the wire costs 10 bits at the current baud rate (start,
@@ -107,6 +108,7 @@ class Pn532Emulator:
         self._faults = {"lost_ack": 0, "corrupt": 0, TO_HOST: 0, TO_CHIP: 0}
         self._dropped_bytes = 3
         self._reset_requested = False
+        self._reset_done = threading.Event()
         self._stopping = False
         self._thread = None
         self._master = self._slave = None
@@ -166,14 +168,16 @@ class Pn532Emulator:
             self._dropped_bytes = dropped_bytes
 
     def reset(self):
-        """Reset the chip now (power glitch, watchdog): configuration and targets are lost and the
-        chip sleeps until woken again."""
+        """Reset the chip (power glitch, watchdog) and return once it took effect: configuration and
+        targets are lost and the chip sleeps in LowVbat mode until woken and configured again."""
+        if self._thread is None:
+            self._power_on()
+            return
         with self._lock:
             self._reset_requested = True
-        if self._thread is not None:
-            os.write(self._wakeup_write, b"r")
-        else:
-            self._power_on()
+            self._reset_done.clear()
+        os.write(self._wakeup_write, b"r")
+        assert self._reset_done.wait(5), "the emulator did not reset"
 
     def _take_fault(self, name):
         with self._lock:
@@ -204,6 +208,7 @@ class Pn532Emulator:
             requested, self._reset_requested = self._reset_requested, False
         if requested:
             self._power_on()
+            self._reset_done.set()
         return requested
 
     # --- wire ------------------------------------------------------------------------------------
@@ -302,8 +307,13 @@ class Pn532Emulator:
     def _execute(self, frame, received_at):
         frame_bytes = len(frames.encode_frame(frame.tfi, frame.data))
         started = received_at + self._wire_s(frame_bytes)
-        after_ack = self._transmit(frames.ACK_FRAME, started, "ack")
         code = frame.data[0] if frame.data else None
+        if code in _NEEDS_CONFIGURATION and not self.sam_configured:
+            # LowVbat mode (AN10609, PN532 C106): until SAMConfiguration the chip drops back to
+            # sleep instead of running RF commands; the host sees no ACK.
+            self._asleep = True
+            return
+        after_ack = self._transmit(frames.ACK_FRAME, started, "ack")
         handler = _COMMANDS.get(code) if frame.tfi == frames.TFI_HOST else None
         try:
             if handler is None:
@@ -510,6 +520,9 @@ class Pn532Emulator:
         value = struct.unpack("<i", data[2:6])[0]
         return ("increment" if code == frames.MIFARE_INCREMENT else "decrement"), RF_VALUE_S, (block, value)
 
+
+_NEEDS_CONFIGURATION = frozenset((frames.CMD_RF_CONFIGURATION, frames.CMD_IN_LIST_PASSIVE_TARGET,
+                                 frames.CMD_IN_DATA_EXCHANGE, frames.CMD_IN_RELEASE))
 
 _COMMANDS = {
     frames.CMD_DIAGNOSE: Pn532Emulator._diagnose,

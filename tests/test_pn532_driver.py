@@ -1,0 +1,376 @@
+"""The pn532: driver: exact bytes on the line for every command (scripted port), and the driver
+against the PN532 emulator over a real pseudo-terminal - cards issued, read and counted through
+firmware/apps/card_io.py (the POS's own steps), cards pulled mid-command, every injected fault.
+"""
+import collections
+import threading
+import time
+
+import pytest
+
+from firmware.apps import card_io
+from firmware.core import card_layout, mifare, pn532_frames as frames, sam as sam_module
+from reader_drivers import pn532
+from reader_drivers.base import AuthenticationError, CardGone, CardNak, ReaderError, ReaderTimeout, open_reader
+from simulators.classic_card import ClassicCard
+from simulators.pn532_emulator import TO_CHIP, TO_HOST, Pn532Emulator
+
+MASTER_KEY = bytes(range(7, 39))
+ISSUER = sam_module.SoftwareSAM(sam_module.site_purpose_keys(MASTER_KEY, include_issuer=True))
+TERMINAL = sam_module.SoftwareSAM(sam_module.site_purpose_keys(MASTER_KEY))
+UID4 = bytes.fromhex("c0ffee01")
+UID7 = bytes.fromhex("04a1b2c3d4e5f6")
+IDENTITY = card_layout.Identity(20240777, 880777, 1, card_layout.HOLDER_STUDENT, 20280630)
+NAME = "王小红"
+
+
+# --- scripted port: what the driver writes, byte for byte -----------------------------------------
+
+class ScriptedPort:
+    """A pyserial-like port whose PN532 ACKs each command frame and answers from `answers`
+    (command code -> response parameters, or a callable returning them). Records every write."""
+
+    def __init__(self, answers):
+        self.answers = dict(answers)
+        self.writes = []
+        self.timeout = 0
+        self.lose_next_ack = False
+        self._incoming = bytearray()
+
+    def write(self, data):
+        self.writes.append(bytes(data))
+        for frame in frames.parse_frames(bytes(data)):
+            if frame.kind != frames.INFO:
+                continue
+            code = frame.data[0]
+            answer = self.answers[code]
+            answer = answer(frame.data[1:]) if callable(answer) else answer
+            if not self.lose_next_ack:
+                self._incoming += frames.ACK_FRAME
+            self.lose_next_ack = False
+            self._incoming += answer if isinstance(answer, bytes) and answer.startswith(b"\x00\x00\xff") \
+                else frames.encode_response(code, answer)
+        return len(data)
+
+    def read(self, size):
+        if not self._incoming:
+            time.sleep(self.timeout)     # a blocking read that times out
+            return b""
+        data = bytes(self._incoming[:size])
+        del self._incoming[:size]
+        return data
+
+    @property
+    def in_waiting(self):
+        return len(self._incoming)
+
+    def reset_input_buffer(self):
+        self._incoming.clear()
+
+    def close(self):
+        pass
+
+
+CHIP_ANSWERS = {frames.CMD_SAM_CONFIGURATION: b"", frames.CMD_RF_CONFIGURATION: b"",
+                frames.CMD_GET_FIRMWARE_VERSION: b"\x32\x01\x06\x07",
+                frames.CMD_IN_LIST_PASSIVE_TARGET: bytes.fromhex("0101000408") + b"\x04" + UID4,
+                frames.CMD_IN_RELEASE: b"\x00"}
+
+
+def scripted_reader(exchange_answer=b"\x00"):
+    port = ScriptedPort(CHIP_ANSWERS)
+    port.answers[frames.CMD_IN_DATA_EXCHANGE] = exchange_answer
+    reader = pn532.Pn532Reader("pn532:/dev/scripted", port=port)
+    return reader, port
+
+
+def test_opening_wakes_the_chip_and_writes_its_set_up():
+    reader, port = scripted_reader()
+    # Frames computed by hand from UM0701-02 6.2.1.1 (LEN, LCS, TFI D4, DCS).
+    assert [write.hex() for write in port.writes] == [
+        "5555" + "00" * 14,                       # HSU wake-up
+        "0000ff05fbd4140100001700",               # SAMConfiguration normal mode
+        "0000ff06fad43205ff01fff600",             # RFConfiguration item 5: retry activation for ever
+        "0000ff06fad43202000b08e500",             # RFConfiguration item 2: 12.8 ms card timeout
+        "0000ff02fed4022a00",                     # GetFirmwareVersion
+    ]
+    assert reader.firmware == (0x32, 1, 6, 7)
+
+
+@pytest.mark.parametrize("operation, arguments, expected", [
+    ("authenticate", (4, "A", b"\xff" * 6), "0000ff0ff1d440016004ffffffffffffc0ffee01df00"),
+    ("read_block", (4,), "0000ff05fbd440013004b700"),
+    ("write_block", (5, bytes(range(16))), "0000ff15ebd44001a005000102030405060708090a0b0c0d0e0fce00"),
+    ("decrement", (9, 1), "0000ff09f7d44001c009010000002100"),
+    ("increment", (9, 0x100), "0000ff09f7d44001c109000100002000"),
+    ("restore", (9,), "0000ff09f7d44001c209000000002000"),
+    ("transfer", (9,), "0000ff05fbd44001b0093200"),
+])
+def test_each_mifare_command_writes_exactly_these_bytes(operation, arguments, expected):
+    answer = b"\x00" + (bytes(16) if operation == "read_block" else b"")
+    reader, port = scripted_reader(answer)
+    assert reader.poll(0).uid == UID4
+    assert port.writes[-1].hex() == "0000ff04fcd44a0100e100"      # InListPassiveTarget 1 target, 106A
+    port.writes.clear()
+    getattr(reader, operation)(*arguments)
+    assert [write.hex() for write in port.writes] == [expected]
+
+
+def test_release_writes_in_release_all():
+    reader, port = scripted_reader()
+    reader.poll(0)
+    port.writes.clear()
+    reader.release()
+    assert [write.hex() for write in port.writes] == ["0000ff03fdd45200da00"]
+
+
+@pytest.mark.parametrize("status, error", [(0x14, AuthenticationError), (0x05, CardNak), (0x01, CardGone),
+                                           (0x27, CardGone), (0x2B, CardGone), (0x0E, ReaderError)])
+def test_status_bytes_map_to_the_shared_errors(status, error):
+    reader, _port = scripted_reader(bytes((status,)))
+    reader.poll(0)
+    with pytest.raises(error) as raised:
+        reader.authenticate(4, "A", b"\xff" * 6)
+    assert "0x%02X" % status in str(raised.value)
+    # The card is halted (or gone) now: nothing more without a new poll.
+    with pytest.raises(CardGone, match="poll"):
+        reader.read_block(4)
+
+
+def test_a_lost_ack_still_delivers_the_answer():
+    reader, port = scripted_reader(b"\x00" + bytes(range(16)))
+    reader.poll(0)
+    port.lose_next_ack = True
+    assert reader.read_block(4) == bytes(range(16))
+
+
+def test_a_syntax_error_frame_is_a_reader_error():
+    reader, port = scripted_reader(frames.ERROR_FRAME)
+    reader.poll(0)
+    with pytest.raises(ReaderError, match="malformed"):
+        reader.read_block(4)
+
+
+def test_a_silent_chip_is_a_reader_timeout_after_bounded_resends():
+    reader, port = scripted_reader()
+    reader.poll(0)
+    port.answers[frames.CMD_IN_DATA_EXCHANGE] = lambda params: b"\x00"
+    port.write = lambda data: port.writes.append(bytes(data))     # the chip stopped answering
+    port.writes.clear()
+    with pytest.raises(ReaderTimeout):
+        reader.read_block(4)
+    # The read went out once; recovery then tried to set the chip up again, a bounded number of times.
+    sent = [frame.data[0] for write in port.writes for frame in frames.parse_frames(write) if frame.kind == frames.INFO]
+    assert sent[0] == frames.CMD_IN_DATA_EXCHANGE
+    assert sent[1:] == [frames.CMD_SAM_CONFIGURATION] * pn532.MAX_SENDS
+
+
+def test_url_names_port_and_baud():
+    assert pn532.parse_url("pn532:/dev/ttyUSB0?baud=115200") == ("/dev/ttyUSB0", 115200)
+    assert pn532.parse_url("pn532:") == ("/dev/ttyS0", 115200)
+    with pytest.raises(ReaderError):
+        pn532.parse_url("pn532:/dev/ttyS0?baud=12345")
+    with pytest.raises(ReaderError, match="cannot open"):
+        open_reader("pn532:/nonexistent/ttyS9")
+
+
+# --- against the emulator over a pseudo-terminal ----------------------------------------------------
+
+@pytest.fixture
+def emulator():
+    with Pn532Emulator() as running:
+        yield running
+
+
+@pytest.fixture
+def reader(emulator):
+    opened = open_reader("pn532:%s?baud=115200" % emulator.path)
+    yield opened
+    opened.close()
+
+
+def issued(emulator, reader, uid=UID4):
+    card = ClassicCard(uid)
+    emulator.field.place(card)
+    card_io.issue_card(reader, ISSUER, reader.poll(1000), IDENTITY, NAME)
+    return card
+
+
+def counter_on(card):
+    """The tap counter as stored on the card (a test's view, bypassing the reader)."""
+    value, _address = mifare.decode_value_block(card.dump_block(card_layout.COUNTER_BLOCK))
+    return card_layout.tap_counter_from_value(value)
+
+
+def test_the_driver_opens_the_pty_by_path_and_sets_the_chip_up(emulator, reader):
+    assert emulator.path.startswith("/dev/")
+    assert reader.firmware == (0x32, 1, 6, 7)
+    assert emulator.sam_configured
+
+
+@pytest.mark.parametrize("uid, atqa", [(UID4, 0x0004), (UID7, 0x0044)])
+def test_poll_selects_4_and_7_byte_uid_cards(emulator, reader, uid, atqa):
+    assert reader.poll(0) is None
+    emulator.field.place(ClassicCard(uid))
+    target = reader.poll(1000)
+    assert (target.uid, target.atqa, target.sak) == (uid, atqa, 0x08)
+    reader.authenticate(4, "A", mifare.TRANSPORT_KEY)      # the 7-byte UID authenticates on its last 4 bytes
+    assert reader.read_block(4) == bytes(16)
+
+
+def test_a_card_placed_while_polling_is_found(emulator, reader):
+    placer = threading.Timer(0.05, emulator.field.place, (ClassicCard(UID4),))
+    placer.start()
+    try:
+        target = reader.poll(5000)
+    finally:
+        placer.join()
+    assert target is not None and target.uid == UID4
+
+
+@pytest.mark.parametrize("uid", [UID4, UID7])
+def test_issue_read_and_count_taps_through_card_io(emulator, reader, uid):
+    card = issued(emulator, reader, uid)
+    view = card_io.read_card(reader, TERMINAL, reader.poll(1000))
+    assert view == card_io.CardView(uid, IDENTITY, NAME, 0)
+    assert card_io.count_tap(reader, TERMINAL, reader.poll(1000), 0) == 1
+    assert card_io.count_tap(reader, TERMINAL, reader.poll(1000), 1) == 2
+    assert card_io.read_card(reader, TERMINAL, reader.poll(1000)).tap_counter == 2 == counter_on(card)
+
+
+def test_wrong_key_then_poll_selects_the_card_again(emulator, reader):
+    emulator.field.place(ClassicCard(UID4))
+    reader.poll(1000)
+    with pytest.raises(AuthenticationError):
+        reader.authenticate(4, "A", b"\x01" * 6)
+    with pytest.raises(CardGone):
+        reader.read_block(4)
+    reader.poll(1000)
+    reader.authenticate(4, "A", mifare.TRANSPORT_KEY)
+    assert reader.read_block(4) == bytes(16)
+
+
+def test_a_foreign_card_is_told_apart_from_a_blank_one(emulator, reader):
+    emulator.field.place(ClassicCard(UID4))
+    with pytest.raises(card_layout.CardFormatError, match="空白卡"):
+        card_io.read_card(reader, TERMINAL, reader.poll(1000))
+
+
+def test_a_refused_command_is_a_nak(emulator, reader):
+    emulator.field.place(ClassicCard(UID4))
+    reader.poll(1000)
+    reader.authenticate(0, "A", mifare.TRANSPORT_KEY)
+    with pytest.raises(CardNak):
+        reader.write_block(0, bytes(16))        # the manufacturer block is read-only
+
+
+# count_tap: authenticate (1), decrement (2), transfer (3), read back (4)
+@pytest.mark.parametrize("operation", [1, 2, 3, 4])
+@pytest.mark.parametrize("done", [False, True])
+def test_card_pulled_mid_tap_is_card_gone_and_counts_at_most_once(emulator, reader, operation, done):
+    card = issued(emulator, reader)
+    assert card_io.count_tap(reader, TERMINAL, reader.poll(1000), 0) == 1
+    emulator.field.pull_after(operation, done=done)
+    with pytest.raises(CardGone):
+        card_io.count_tap(reader, TERMINAL, reader.poll(1000), 1)
+    on_card = counter_on(card)
+    transferred = operation == 4 or (operation == 3 and done)
+    assert on_card == (2 if transferred else 1)
+    # The cardholder taps again: one more count, from whatever the card holds.
+    emulator.field.place(card)
+    view = card_io.read_card(reader, TERMINAL, reader.poll(1000))
+    assert view.tap_counter == on_card
+    assert card_io.count_tap(reader, TERMINAL, reader.poll(1000), on_card) == on_card + 1 == counter_on(card)
+
+
+def test_card_pulled_and_another_placed_mid_session(emulator, reader):
+    issued(emulator, reader)
+    target = reader.poll(1000)
+    emulator.field.place(ClassicCard(UID7))       # swapped between two commands
+    with pytest.raises(CardGone):
+        card_io.read_card(reader, TERMINAL, target)
+    assert reader.poll(1000).uid == UID7
+
+
+FAULTS = {
+    "lost ACK": lambda emulator: emulator.lose_acks(1),
+    "corrupted checksum": lambda emulator: emulator.corrupt_responses(1),
+    "bytes dropped to the host": lambda emulator: emulator.drop_bytes(1, TO_HOST),
+    "bytes dropped to the chip": lambda emulator: emulator.drop_bytes(1, TO_CHIP),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_each_line_fault_is_recovered(emulator, reader, fault):
+    card = ClassicCard(UID4)
+    emulator.field.place(card)
+    reader.poll(1000)
+    reader.authenticate(4, "A", mifare.TRANSPORT_KEY)
+    reader.write_block(5, b"sixteen bytes!!!")
+    FAULTS[fault](emulator)
+    assert reader.read_block(5) == b"sixteen bytes!!!"
+    assert reader.read_block(4) == bytes(16)
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+@pytest.mark.parametrize("operation", [1, 2, 3, 4])
+def test_a_fault_during_a_tap_counts_it_exactly_once(emulator, reader, fault, operation):
+    card = issued(emulator, reader)
+    target = reader.poll(1000)
+    calls = collections.Counter()
+
+    def inject(field, number, name, phase):
+        calls[phase] += 1
+        if phase == "before" and calls[phase] == operation:
+            FAULTS[fault](emulator)
+    remove = emulator.field.on_operation(inject)
+    try:
+        assert card_io.count_tap(reader, TERMINAL, target, 0) == 1
+    finally:
+        remove()
+    assert counter_on(card) == 1
+
+
+def test_a_lost_ack_while_waiting_for_a_card(emulator, reader):
+    emulator.lose_acks(1)
+    assert reader.poll(0) is None
+    emulator.field.place(ClassicCard(UID4))
+    assert reader.poll(1000).uid == UID4
+
+
+def test_recovery_after_a_reader_reset(emulator, reader):
+    card = issued(emulator, reader)
+    target = reader.poll(1000)
+    emulator.reset()              # the chip forgets its set-up and its target, and falls asleep
+    assert not emulator.sam_configured
+    with pytest.raises(CardGone):
+        card_io.count_tap(reader, TERMINAL, target, 0)
+    assert reader.chip.recoveries >= 1 and emulator.sam_configured
+    assert counter_on(card) == 0
+    assert card_io.count_tap(reader, TERMINAL, reader.poll(1000), 0) == 1
+
+
+def test_reset_while_polling_an_empty_field(emulator, reader):
+    resetter = threading.Timer(0.05, emulator.reset)
+    resetter.start()
+    try:
+        assert reader.poll(300) is None
+    finally:
+        resetter.join()
+    emulator.field.place(ClassicCard(UID4))
+    assert reader.poll(1000).uid == UID4
+    assert emulator.sam_configured
+
+
+def test_the_emulator_accounts_the_protocol_floor(emulator, reader):
+    emulator.field.place(ClassicCard(UID4))
+    reader.poll(1000)
+    before, count = emulator.modelled_s, len(emulator.exchanges)
+    reader.authenticate(4, "A", mifare.TRANSPORT_KEY)
+    reader.read_block(4)
+    spent = emulator.modelled_s - before
+    # authenticate: 22-byte command, ACK, 10-byte answer; read: 12-byte command, ACK, 26-byte answer;
+    # 10 bits a byte at 115200 baud, plus 2 ms + 2.5 ms of card time (MF1S50yyX/V1 figure 4).
+    expected = (22 + 6 + 10 + 12 + 6 + 26) * 10 / 115200 + 0.002 + 0.0025
+    assert spent == pytest.approx(expected, rel=1e-6)
+    assert [code for code, _s in list(emulator.exchanges)[count:]] == [0x40, 0x40]
