@@ -13,7 +13,7 @@ the card images must agree.
 
 Replay: the seed is printed (pytest shows it on failure); YKT_CRASH_SEED=N replays the same
 script and kill points (the moment a kill lands inside a tap still depends on timing).
-Soak: YKT_CRASH_ROUNDS=N (default %d).
+Soak: YKT_CRASH_ROUNDS=N (default: DEFAULT_ROUNDS below).
 """
 import json
 import os
@@ -37,7 +37,6 @@ from sync_server.ledger_store import SqliteStore
 from server_process import running_server
 
 DEFAULT_ROUNDS = 10
-__doc__ %= DEFAULT_ROUNDS
 CARDHOLDERS = 30
 TAPS_PER_ROUND = 12
 OPENING_BALANCE_FEN = 20000
