@@ -3,6 +3,8 @@ against the PN532 emulator over a real pseudo-terminal - cards issued, read and 
 firmware/apps/card_io.py (the POS's own steps), cards pulled mid-command, every injected fault.
 """
 import collections
+import subprocess
+import sys
 import threading
 import time
 
@@ -365,12 +367,31 @@ def test_reset_while_polling_an_empty_field(emulator, reader):
 def test_the_emulator_accounts_the_protocol_floor(emulator, reader):
     emulator.field.place(ClassicCard(UID4))
     reader.poll(1000)
-    before, count = emulator.modelled_s, len(emulator.exchanges)
+    count = len(emulator.exchanges)
     reader.authenticate(4, "A", mifare.TRANSPORT_KEY)
     reader.read_block(4)
-    spent = emulator.modelled_s - before
-    # authenticate: 22-byte command, ACK, 10-byte answer; read: 12-byte command, ACK, 26-byte answer;
-    # 10 bits a byte at 115200 baud, plus 2 ms + 2.5 ms of card time (MF1S50yyX/V1 figure 4).
-    expected = (22 + 6 + 10 + 12 + 6 + 26) * 10 / 115200 + 0.002 + 0.0025
-    assert spent == pytest.approx(expected, rel=1e-6)
-    assert [code for code, _s in list(emulator.exchanges)[count:]] == [0x40, 0x40]
+    modelled = [seconds for code, seconds in list(emulator.exchanges)[count:] if code == frames.CMD_IN_DATA_EXCHANGE]
+    # authenticate: 22-byte command, ACK, 10-byte answer, 2 ms of card time; read: 12-byte command,
+    # ACK, 26-byte answer, 2.5 ms (10 bits a byte at 115200 baud; MF1S50yyX/V1 figure 4). A loaded
+    # machine may make the driver resend a command: each exchange still costs its own floor.
+    authenticate_s = (22 + 6 + 10) * 10 / 115200 + 0.002
+    read_s = (12 + 6 + 26) * 10 / 115200 + 0.0025
+    assert any(seconds == pytest.approx(authenticate_s, rel=1e-6) for seconds in modelled)
+    assert any(seconds == pytest.approx(read_s, rel=1e-6) for seconds in modelled)
+    assert emulator.modelled_s >= sum(modelled)
+
+
+def test_the_emulator_command_prints_a_pty_path_a_driver_opens(tmp_path):
+    card = ClassicCard(UID7)
+    card.save(str(tmp_path / "card.bin"))
+    process = subprocess.Popen([sys.executable, "-m", "simulators.pn532_emulator", "--card-file",
+                                str(tmp_path / "card.bin")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        path = process.stdout.readline().strip()
+        assert path.startswith("/dev/")
+        with open_reader("pn532:" + path) as reader:
+            assert reader.poll(1000).uid == UID7
+    finally:
+        process.terminate()
+        process.wait(10)
+    assert "PN532" in process.stderr.read()

@@ -10,8 +10,10 @@ from firmware.core import pn532_frames as frames
 
 payloads = st.binary(min_size=1, max_size=frames.MAX_FRAME_DATA_BYTES - 1)
 tfis = st.sampled_from((frames.TFI_HOST, frames.TFI_CHIP))
-# Garbage between frames may hold anything except a start code, which would announce a frame.
-garbage = st.binary(max_size=12).filter(lambda data: frames.START_CODE not in data and not data.endswith(b"\x00"))
+# Garbage between frames may hold anything except a start code, which would announce a frame - also
+# one it forms with the postamble before it (00 | FF..) or the preamble after it (..00 | 00 FF).
+garbage = st.binary(max_size=12).filter(lambda data: frames.START_CODE not in data and not data.endswith(b"\x00")
+                                        and not data.startswith(b"\xff"))
 
 
 def _chunks(data, cuts):
