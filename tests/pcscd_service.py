@@ -8,7 +8,8 @@ pcscd gets a reader.conf.d of its own (`pcscd --config DIR`) in which vpcd liste
 ports (vpcd opens two reader slots, on CHANNELID and CHANNELID + 1), so a vpcd configured elsewhere on
 the machine is never touched. pcscd 1.9 keeps its socket and pid file in /run/pcscd whatever the
 configuration, so only one pcscd can run at a time: when another one already runs, the tests fail and
-say so rather than talk to a daemon whose readers they do not know.
+say so rather than talk to a daemon whose readers they do not know. YKT_PCSCD_APDU_LOG=1 makes pcscd
+log every APDU to pcscd.log in the test's directory (keys included: for test keys only).
 
 `make test` installs pcscd, vsmartcard-vpcd and pyscard; without them these tests fail with the
 command that installs them (they are never skipped: CI must run them).
@@ -149,8 +150,11 @@ def running_pcscd(workdir):
     with open(log_path, "wb") as log:
         # --auto-exit: should this test process die without stopping it, pcscd leaves by itself
         # once no client has been connected for 60 s.
-        process = subprocess.Popen([PCSCD, "--foreground", "--auto-exit", "--config", config_dir, "--apdu"],
-                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        command = [PCSCD, "--foreground", "--auto-exit", "--config", config_dir]
+        if os.environ.get("YKT_PCSCD_APDU_LOG") == "1":
+            # Off unless asked for: the APDU log holds every key loaded into the reader (FF 82).
+            command.append("--apdu")
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         readers = _wait_for_readers(process, time.monotonic() + STARTUP_DEADLINE_S)
         if readers is None:
