@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from firmware.core import protocol, records  # noqa: E402
 from sync_server import db as dbmod, hall, ingest, ledger, terminal_api  # noqa: E402
-from sync_server.ledger_store import INSERT_TRANSFERS_SQL, UPSERT_BALANCES_SQL, SqliteStore  # noqa: E402
+from sync_server.ledger_store import ADD_TO_BALANCES_SQL, INSERT_TRANSFERS_SQL, SqliteStore  # noqa: E402
 from server_process import running_server  # noqa: E402
 
 BATCH_RECORDS = 500
@@ -163,7 +163,6 @@ def same_writes_rate(args, batches, terminal_ids):
     today = ingest.beijing_day(received_ms)
     counters = {}
     card_state = {}
-    spent = {}
     prepared = []
     for terminal_id, batch in batches:
         counters[terminal_id] = counters.get(terminal_id, 0) + 1
@@ -171,12 +170,14 @@ def same_writes_rate(args, batches, terminal_ids):
         purchases = [ledger.Purchase(row[0], row[1], row[6], row[8], row[10], row[12], merchant_ledger_id)
                      for row in rows]
         transfers = ledger.plan_purchases(balances, wallet_ids, purchases)
-        balance_rows = [(ledger_id, balances[ledger_id]) for ledger_id in ledger.touched_ids(transfers)]
+        balance_rows = [(fen, ledger_id) for ledger_id, fen in ledger.balance_changes(transfers).items()]
         account_ids = sorted({p.account_id for p in purchases})
+        spent = {}
         for purchase in purchases:
             if ingest.beijing_day(purchase.time_ms) == today:
                 spent[purchase.account_id] = spent.get(purchase.account_id, 0) + purchase.amount_fen
-        account_rows = [(0, today, spent.get(a, 0), version + 1 + i, a) for i, a in enumerate(account_ids)]
+        account_rows = [(today, spent.get(a, 0), spent.get(a, 0), today, version + 1 + i, a)
+                        for i, a in enumerate(account_ids)]
         version += len(account_ids)
         refs = {}
         for row in rows:
@@ -194,7 +195,7 @@ def same_writes_rate(args, batches, terminal_ids):
         with dbmod.transaction(conn):
             conn.execute(terminal_api.UPSERT_REQUEST_COUNTER_SQL, counter_row)
             conn.executemany(INSERT_TRANSFERS_SQL, transfers)
-            conn.executemany(UPSERT_BALANCES_SQL, balance_rows)
+            conn.executemany(ADD_TO_BALANCES_SQL, balance_rows)
             conn.execute(_NEXT_COUNTER_SQL, (touched,))
             conn.executemany(ingest.UPDATE_ACCOUNTS_SQL, account_rows)
             conn.executemany(ingest.INSERT_RECORDS_SQL, rows)

@@ -11,15 +11,20 @@ Two halves, because the write lock is the one thing concurrent workers queue for
   new, balances and the multi-wallet splits, spending, debt flags, tap counters, acked_seq. Per batch
   it is a fixed handful of statements (executemany for rows) and, per record, a little dict arithmetic.
 
+Only the wallets the batch's categories may debit are loaded (a canteen batch: the main wallet). That
+is enough for the debt flag: a purchase only lowers balances, so it can set an account's flag (one of
+the wallets it debits went negative) but never lift one (that takes money coming in, see
+ledger_store.update_debt_flags), and a wallet it does not debit keeps the balance, and the flag, it had.
+
 A record whose account is unknown at prepare time is stored unbooked with a record anomaly: a card
 can only be tapped after its account committed, so an account missing then is missing for good.
 
 The statements are module constants so that benchmarks/ingest.py can time the very same writes
 straight through sqlite3.
 """
-from firmware.core import protocol
+from firmware.core import protocol, wallets as wallet_rules
 from sync_server import db as dbmod, ledger
-from sync_server.ledger_store import SqliteStore, add_deny_entries, REASON_NEGATIVE, REASON_FOUND
+from sync_server.ledger_store import SqliteStore, add_deny_entries, REASON_NEGATIVE
 
 MAX_RESEND_RANGES = 4
 MAX_GAP_SCAN_ROWS = 20000            # bound on the scan for holes above acked_seq
@@ -36,8 +41,9 @@ INSERT_RECORDS_SQL = (
     "account_id, card_generation, category, tap_counter, amount_fen, merchant_id, received_ms, booked) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _BOOKED_COLUMN = 15
-UPDATE_ACCOUNTS_SQL = ("UPDATE accounts SET in_debt = ?, spent_day = ?, spent_today_fen = ?, balance_version = ? "
-                       "WHERE id = ?")
+# spent_today_fen counts purchases dated on the server's day; a new day starts from this batch's sum
+UPDATE_ACCOUNTS_SQL = ("UPDATE accounts SET spent_today_fen = CASE WHEN spent_day = ? THEN spent_today_fen + ? "
+                       "ELSE ? END, spent_day = ?, balance_version = ? WHERE id = ?")
 UPSERT_CARD_COUNTERS_SQL = (
     "INSERT INTO card_counters (card_ref, max_tap_counter, taps_seen) VALUES (?, ?, ?) "
     "ON CONFLICT (card_ref) DO UPDATE SET max_tap_counter = excluded.max_tap_counter, taps_seen = excluded.taps_seen")
@@ -78,7 +84,11 @@ class Batch:
 def prepare(conn, terminal_id, merchant_ledger_id, by_seq, offset_ms, received_ms):
     """Everything about `by_seq` {seq: (raw, values)} that needs no write lock (see the module text)."""
     batch = Batch(terminal_id, received_ms, offset_ms)
-    batch.wallet_ids = wallet_ids = SqliteStore(conn).wallet_ids(sorted({v[_ACCOUNT] for _r, v in by_seq.values()}))
+    wallets = set()
+    for category in {v[_CATEGORY] for _raw, v in by_seq.values()}:
+        wallets.update(wallet_rules.WALLET_ORDER[category])
+    account_ids = sorted({v[_ACCOUNT] for _raw, v in by_seq.values()})
+    batch.wallet_ids = wallet_ids = SqliteStore(conn).wallet_ids(account_ids, wallets) if account_ids else {}
     rows, values_by_seq, purchases, fixed = batch.rows, batch.values, batch.purchases, batch.fixed
     purchase, fixed_transfers = ledger.Purchase, ledger.fixed_transfers
     for seq, (raw, v) in by_seq.items():
@@ -157,47 +167,54 @@ def _book(conn, batch, new):
                          [(batch.terminal_id, seq, "unknown_account", now_ms) for seq in unbooked])
     if not purchases:
         return set(unbooked)
-    wallet_ids = {p.account_id: batch.wallet_ids[p.account_id] for p in purchases}
-    accounts = {}
-    for chunk in _chunks(sorted(wallet_ids)):
-        for account_id, in_debt, spent_day, spent_today_fen in conn.execute(
-                "SELECT id, in_debt, spent_day, spent_today_fen FROM accounts WHERE id IN (%s)" % _marks(chunk),
-                chunk):
-            accounts[account_id] = [in_debt, spent_day, spent_today_fen]
-    assert len(accounts) == len(wallet_ids), "ledger accounts without their account row"
-    involved = {purchases[0].merchant_ledger_id}
-    for ids in wallet_ids.values():
-        involved.update(ids.values())
     store = SqliteStore(conn)
-    balances = store.balances(sorted(involved))   # every wallet: the debt check looks at all of them
-    transfers = ledger.plan_purchases(balances, wallet_ids, purchases, [batch.fixed[p.seq] for p in purchases])
-    store.insert_transfers(transfers)
-    store.set_balances({ledger_id: balances[ledger_id] for ledger_id in ledger.touched_ids(transfers)})
+    fixed = [batch.fixed[p.seq] for p in purchases]
+    if all(transfers is not None for transfers in fixed):
+        # one-wallet categories: nothing depends on the balances, so add to them without reading them
+        transfers = [transfer for transfers in fixed for transfer in transfers]
+        store.insert_transfers(transfers)
+        store.add_to_balances(ledger.balance_changes(transfers))
+    else:
+        wallet_ids = {p.account_id: batch.wallet_ids[p.account_id] for p in purchases}
+        involved = {purchases[0].merchant_ledger_id}
+        for ids in wallet_ids.values():
+            involved.update(ids.values())
+        balances = store.balances(sorted(involved))
+        transfers = ledger.plan_purchases(balances, wallet_ids, purchases, fixed)
+        store.insert_transfers(transfers)
+        store.set_balances({ledger_id: balances[ledger_id] for ledger_id in ledger.touched_ids(transfers)})
 
     today = beijing_day(now_ms)
+    spent_today = {}
     for purchase in purchases:
-        if beijing_day(purchase.time_ms) == today:
-            account = accounts[purchase.account_id]
-            if account[1] != today:
-                account[1], account[2] = today, 0
-            account[2] += purchase.amount_fen
-    in_debt, clear = ledger.accounts_in_debt(balances, wallet_ids)
-    deny = []
-    for account_id in sorted(in_debt):
-        if not accounts[account_id][0]:
-            accounts[account_id][0] = 1
-            deny.append((protocol.DENY_ACCOUNT, account_id, 1, REASON_NEGATIVE))
-    for account_id in sorted(clear):
-        if accounts[account_id][0]:   # cannot happen through purchases alone, kept for symmetry
-            accounts[account_id][0] = 0
-            deny.append((protocol.DENY_ACCOUNT, account_id, 0, REASON_FOUND))
-    if deny:
-        add_deny_entries(conn, deny, now_ms)
-    booked_accounts = sorted(accounts)
-    first_version = dbmod.next_counter(conn, "balance_version", len(booked_accounts))
-    conn.executemany(UPDATE_ACCOUNTS_SQL, [(accounts[a][0], accounts[a][1], accounts[a][2], first_version + i, a)
-                                           for i, a in enumerate(booked_accounts)])
+        spent = spent_today.get(purchase.account_id, 0)
+        spent_today[purchase.account_id] = spent + purchase.amount_fen if beijing_day(purchase.time_ms) == today \
+            else spent
+    account_ids = sorted(spent_today)
+    first_version = dbmod.next_counter(conn, "balance_version", len(account_ids))
+    changed = conn.executemany(UPDATE_ACCOUNTS_SQL, [(today, spent_today[a], spent_today[a], today, first_version + i, a)
+                                                     for i, a in enumerate(account_ids)]).rowcount
+    assert changed == len(account_ids), "ledger accounts without their account row"
+    _flag_debt(conn, ledger.touched_ids(transfers), now_ms)
     return set(unbooked)
+
+
+def _flag_debt(conn, ledger_ids, now_ms):
+    """Block the accounts whose wallets among `ledger_ids` went negative and are not blocked yet.
+
+    Only setting: purchases lower balances, lifting a block takes money coming in (module text).
+    """
+    newly = set()
+    for chunk in _chunks(sorted(ledger_ids)):
+        newly.update(row[0] for row in conn.execute(
+            "SELECT la.account_id FROM balances b JOIN ledger_accounts la ON la.id = b.ledger_account_id "
+            "JOIN accounts a ON a.id = la.account_id WHERE b.ledger_account_id IN (%s) AND b.balance_fen < 0 "
+            "AND a.in_debt = 0" % _marks(chunk), chunk))
+    if newly:
+        newly = sorted(newly)
+        conn.executemany("UPDATE accounts SET in_debt = 1 WHERE id = ?", [(account_id,) for account_id in newly])
+        add_deny_entries(conn, [(protocol.DENY_ACCOUNT, account_id, 1, REASON_NEGATIVE) for account_id in newly],
+                         now_ms)
 
 
 def _note_tap_counters(conn, new_rows, now_ms):

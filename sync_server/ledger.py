@@ -48,6 +48,7 @@ class Store:
     insert_transfers(transfers)            plain insert; MUST fail on a duplicate id
     balances(ledger_ids) -> {id: fen}      cached balances (0 for an account with none yet)
     set_balances({id: fen})                replace cached balances
+    add_to_balances({id: fen})             add signed amounts to cached balances (rows must exist)
     wallet_ids(account_ids) -> {account_id: {wallet: ledger_id}}
     all_transfers() -> iterable of Transfer
     all_balances() -> {id: fen}
@@ -184,6 +185,15 @@ def plan_purchases(balances, wallet_ids, purchases, fixed=None):
         transfers.extend(plan_purchase(balances, wallet_ids[purchase.account_id], purchase,
                                        None if fixed is None else fixed[index]))
     return transfers
+
+
+def balance_changes(transfers):
+    """{ledger_id: signed fen} the transfers add to each balance they touch."""
+    changes = {}
+    for transfer in transfers:
+        changes[transfer.debit_id] = changes.get(transfer.debit_id, 0) - transfer.amount_fen
+        changes[transfer.credit_id] = changes.get(transfer.credit_id, 0) + transfer.amount_fen
+    return changes
 
 
 def touched_ids(transfers):

@@ -14,6 +14,7 @@ _IN_CHUNK = 900  # keep IN (...) lists well under SQLite's bound on variables
 # The two writes every posting makes; named so benchmarks/ingest.py can time the very same statements.
 INSERT_TRANSFERS_SQL = ("INSERT INTO transfers (id, debit_id, credit_id, amount_fen, kind, reference, time_ms) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?)")
+ADD_TO_BALANCES_SQL = "UPDATE balances SET balance_fen = balance_fen + ? WHERE ledger_account_id = ?"
 UPSERT_BALANCES_SQL = ("INSERT INTO balances (ledger_account_id, balance_fen) VALUES (?, ?) "
                        "ON CONFLICT (ledger_account_id) DO UPDATE SET balance_fen = excluded.balance_fen")
 
@@ -64,14 +65,29 @@ class SqliteStore:
         assert self.conn.in_transaction
         self.conn.executemany(UPSERT_BALANCES_SQL, balances.items())
 
-    def wallet_ids(self, account_ids):
+    def add_to_balances(self, changes):
+        """Add {ledger_id: signed fen} to balances without reading them (every wallet and merchant
+        gets its balances row when it is created)."""
+        assert self.conn.in_transaction
+        changed = self.conn.executemany(ADD_TO_BALANCES_SQL, [(fen, ledger_id) for ledger_id, fen in changes.items()])
+        assert changed.rowcount == len(changes), "a ledger account without its balances row"
+
+    def wallet_ids(self, account_ids, wallets=None):
+        """{account_id: {wallet: ledger_id}}, all wallets or only those named in `wallets`."""
         result = {}
+        wallet_filter = ""
+        if wallets is not None:
+            assert wallets and all(wallet in protocol.WALLETS for wallet in wallets)
+            wallet_filter = " AND wallet IN (%s)" % ",".join("'%s'" % wallet for wallet in sorted(wallets))
         for chunk in _chunks(account_ids):
             rows = self.conn.execute(
-                "SELECT account_id, wallet, id FROM ledger_accounts WHERE account_id IN (%s)"
-                % ",".join("?" * len(chunk)), chunk)
+                "SELECT account_id, wallet, id FROM ledger_accounts WHERE account_id IN (%s)%s"
+                % (",".join("?" * len(chunk)), wallet_filter), chunk)
             for account_id, wallet, ledger_id in rows:
-                result.setdefault(account_id, {})[wallet] = ledger_id
+                wallet_ids = result.get(account_id)
+                if wallet_ids is None:
+                    wallet_ids = result[account_id] = {}
+                wallet_ids[wallet] = ledger_id
         return result
 
     def all_transfers(self):
