@@ -17,6 +17,7 @@ Posting rules implemented here:
                allowed because the terminal already accepted the tap), wallet -> merchant
     recharge   channel (cash desk, online) -> wallet
     migration  legacy source -> legacy wallet (old-system card balance moved once)
+    fee        wallet (or cash desk) -> fee income (reissue fee, sync_server/services/cards.py)
 
 Persistence goes through a small store interface (see `Store`), implemented on SQLite in
 `sync_server/ledger_store.py` inside the caller's transaction.
@@ -31,7 +32,8 @@ KIND_PURCHASE = "purchase"
 KIND_RECHARGE = "recharge"
 KIND_MIGRATION = "migration"
 KIND_CORRECTION = "correction"
-KINDS = (KIND_PURCHASE, KIND_RECHARGE, KIND_MIGRATION, KIND_CORRECTION)
+KIND_FEE = "fee"                 # a service charge (reissue fee): wallet or cash desk -> fee income
+KINDS = (KIND_PURCHASE, KIND_RECHARGE, KIND_MIGRATION, KIND_CORRECTION, KIND_FEE)
 
 MAX_TRANSFER_FEN = 100000000     # 1,000,000 yuan: anything above is a typo or an attack
 MAX_TRANSFERS_PER_POST = 10000   # bound on one posting call (a sync batch is far smaller)
