@@ -15,6 +15,7 @@ Replay: the seed is printed (pytest shows it on failure); YKT_CRASH_SEED=N repla
 script and kill points (the moment a kill lands inside a tap still depends on timing).
 Soak: YKT_CRASH_ROUNDS=N (default: DEFAULT_ROUNDS below).
 """
+import collections
 import json
 import os
 import queue
@@ -39,7 +40,7 @@ from server_process import running_server
 DEFAULT_ROUNDS = 10
 CARDHOLDERS = 30
 TAPS_PER_ROUND = 12
-OPENING_BALANCE_FEN = 20000
+OPENING_BALANCE_FEN = 20000     # at least; long soaks get more so cards do not all run dry
 CUT_PROBABILITY = 0.3
 SYNC_INTERVAL_MS = 200
 # Deadlines so a hung terminal fails the test instead of hanging it; never a performance bound.
@@ -49,6 +50,11 @@ DRAIN_TIMEOUT_S = 120
 
 def rounds_wanted():
     return max(1, int(os.environ.get("YKT_CRASH_ROUNDS", DEFAULT_ROUNDS)))
+
+
+def opening_balance_fen():
+    # About three times what the rounds spend on one card on average; a busy card may still run dry.
+    return max(OPENING_BALANCE_FEN, rounds_wanted() * 1000)
 
 
 class TerminalProcess:
@@ -121,7 +127,7 @@ class TerminalProcess:
 
 def issue_cards(server, conn, cards_dir, seed):
     """Cardholders with opening balances (service hall) and their issued sim card images."""
-    people = hall.provision_population(conn, CARDHOLDERS, seed, initial_balance_fen=OPENING_BALANCE_FEN)
+    people = hall.provision_population(conn, CARDHOLDERS, seed, initial_balance_fen=opening_balance_fen())
     issuer = sam.SoftwareSAM(sam.site_purpose_keys(server.master_key(), include_issuer=True))
     reader = open_reader("sim:")
     for person in people:
@@ -271,7 +277,7 @@ def check_against_server(conn, terminal_id, people, cards_dir, taps, decisions, 
     print("taps %d, decisions %d, accepted %d, stored %d, stored without a success line %d, reasons %s, "
           "counter anomalies %s" % (
               len(taps), len(decisions), len(accepted), len(stored), len(set(stored) - set(accepted_seqs)),
-              sorted(set(line["reason"] for line in decisions)),
+              sorted(collections.Counter(line["reason"] for line in decisions).items()),
               conn.execute("SELECT kind, count(*) FROM counter_anomalies GROUP BY kind").fetchall()))
     # A record without a success line can only be the tap a kill cut between commit and display.
     unshown = set(stored) - set(accepted_seqs)
@@ -291,4 +297,5 @@ def check_against_server(conn, terminal_id, people, cards_dir, taps, decisions, 
     assert check_balances(SqliteStore(conn)) == []
     for person in people:
         charged_fen = sum(row[5] for row in stored.values() if row[3] == person["account_id"])
-        assert hall.balances_of(conn, person["account_id"])["main"] == OPENING_BALANCE_FEN - charged_fen
+        assert hall.balances_of(conn, person["account_id"])["main"] == opening_balance_fen() - charged_fen
+
