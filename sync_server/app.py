@@ -11,7 +11,7 @@ import os
 
 from flask import Blueprint, Flask, jsonify
 
-from sync_server import db, keys
+from sync_server import db, keys, web
 
 health = Blueprint("health", __name__)
 
@@ -54,4 +54,5 @@ def create_app(test_config=None):
     from sync_server.terminal_api import terminal_api
     app.register_blueprint(health)
     app.register_blueprint(terminal_api)
+    web.init_app(app)   # cardholder portal and service-hall pages (sync_server/web)
     return app

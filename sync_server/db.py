@@ -421,9 +421,126 @@ def _m010_cardholder_services(conn):
     ])
 
 
+def _m020_web_staff_users(conn):
+    # Service-hall, finance and admin staff who sign in to the web pages (sync_server/web/auth.py).
+    # Passwords are salted scrypt hashes; failures lock the user out for a while like card PINs do.
+    _execute_script(conn, """
+    CREATE TABLE web_staff_users (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE,
+        display_name TEXT NOT NULL,
+        roles TEXT NOT NULL,                -- space-separated: hall finance admin
+        password_hash BLOB NOT NULL,
+        password_salt BLOB NOT NULL,
+        failures INTEGER NOT NULL DEFAULT 0,
+        locked_until_ms INTEGER NOT NULL DEFAULT 0,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created_ms INTEGER NOT NULL
+    )
+    """)
+
+
+def _m021_staff_actions(conn):
+    # Who did what, when, to whom: every staff action on a web page; the id is the receipt number.
+    _execute_script(conn, """
+    CREATE TABLE staff_actions (
+        id INTEGER PRIMARY KEY,
+        staff_user_id INTEGER NOT NULL,
+        username TEXT NOT NULL,
+        action TEXT NOT NULL,               -- recharge, reissue, unfreeze, report_loss
+        person_id INTEGER,
+        account_id INTEGER,
+        card_number INTEGER,
+        amount_fen INTEGER,
+        detail TEXT,                        -- JSON
+        time_ms INTEGER NOT NULL
+    );
+    CREATE INDEX staff_actions_person ON staff_actions(person_id);
+    CREATE INDEX staff_actions_staff ON staff_actions(staff_user_id)
+    """)
+
+
+def _m030_finance_day_close(conn):
+    # Nightly reconciliation (sync_server/finance/close.py). A closed day keeps its figures as JSON; which
+    # terminal records it settled is kept per terminal as a contiguous prefix plus ranges above holes,
+    # so the next close reads only what is new. Channel statements are stored line by line.
+    _execute_script(conn, """
+    CREATE TABLE finance_days (
+        day_number INTEGER PRIMARY KEY,     -- Beijing calendar day, days since 1970-01-01
+        day TEXT NOT NULL UNIQUE,           -- YYYY-MM-DD
+        closed_ms INTEGER NOT NULL,
+        transfer_watermark INTEGER NOT NULL,        -- max(transfers.rowid) at the close
+        counter_anomaly_watermark INTEGER NOT NULL, -- max(counter_anomalies.id)
+        deny_watermark INTEGER NOT NULL,            -- max(deny_entries.version)
+        record_anomaly_watermark INTEGER NOT NULL,  -- max(record_anomalies.rowid)
+        report TEXT NOT NULL                -- the closed figures (JSON), never rewritten
+    );
+    CREATE TABLE finance_settled_marks (
+        terminal_id INTEGER PRIMARY KEY,
+        settled_seq INTEGER NOT NULL        -- every seq <= this is settled into some closed day
+    );
+    CREATE TABLE finance_settled_ranges (
+        terminal_id INTEGER NOT NULL,
+        from_seq INTEGER NOT NULL,
+        to_seq INTEGER NOT NULL,            -- settled seqs above a hole, merged when they touch
+        PRIMARY KEY (terminal_id, from_seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE finance_late_records (
+        terminal_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        booked_day_number INTEGER NOT NULL, -- the open day it was booked into
+        own_day_number INTEGER NOT NULL,    -- the (closed) day it belongs to
+        merchant_id INTEGER NOT NULL,
+        amount_fen INTEGER NOT NULL,
+        PRIMARY KEY (terminal_id, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX finance_late_records_day ON finance_late_records(booked_day_number);
+    CREATE TABLE finance_deferred_transfers (
+        transfer_rowid INTEGER PRIMARY KEY, -- a recharge seen by a close before its own day began
+        own_day_number INTEGER NOT NULL
+    );
+    CREATE TABLE finance_recharge_lines (
+        day_number INTEGER NOT NULL,        -- the day the recharge was booked into
+        ledger_account_id INTEGER NOT NULL, -- the channel's ledger account
+        order_ref TEXT NOT NULL,            -- our order id (商户订单号), else the transfer id
+        transfer_id TEXT NOT NULL UNIQUE,
+        amount_fen INTEGER NOT NULL,
+        time_ms INTEGER NOT NULL,
+        own_day_number INTEGER NOT NULL
+    );
+    CREATE INDEX finance_recharge_lines_day ON finance_recharge_lines(day_number, ledger_account_id);
+    CREATE TABLE finance_statements (
+        ledger_account_id INTEGER NOT NULL,
+        day_number INTEGER NOT NULL,
+        file_sha256 TEXT NOT NULL,
+        line_count INTEGER NOT NULL,
+        total_fen INTEGER NOT NULL,
+        imported_ms INTEGER NOT NULL,
+        match TEXT,                         -- JSON, once both sides are known (the day closed)
+        PRIMARY KEY (ledger_account_id, day_number)
+    );
+    CREATE TABLE finance_statement_lines (
+        ledger_account_id INTEGER NOT NULL,
+        day_number INTEGER NOT NULL,
+        line_number INTEGER NOT NULL,
+        order_ref TEXT NOT NULL,
+        channel_ref TEXT,
+        amount_fen INTEGER NOT NULL,
+        time_text TEXT,
+        PRIMARY KEY (ledger_account_id, day_number, line_number)
+    ) WITHOUT ROWID
+    """)
+    conn.executemany("INSERT OR IGNORE INTO settings (name, value) VALUES (?, ?)", [
+        ("finance_close_after_minutes", 60),     # the server closes yesterday after 01:00 Beijing time
+    ])
+
+
 MIGRATIONS = (
     (1, "initial schema", _m001_initial),
     (10, "cardholder services", _m010_cardholder_services),
+    (20, "web staff users", _m020_web_staff_users),
+    (21, "staff action log", _m021_staff_actions),
+    (30, "finance day close", _m030_finance_day_close),
 )
 
 

@@ -1,0 +1,240 @@
+"""Who is signed in to the web pages, what they may do, and the staff action log.
+
+Sessions are Flask's signed cookie (HttpOnly, SameSite=Lax) under a secret derived from the site master
+key, so restarting the server keeps people signed in and no extra secret has to be stored. A session
+is one of two kinds:
+    cardholder  {"kind": "cardholder", "account_id", "person_id"} after staff/student number + card PIN
+    staff       {"kind": "staff", "staff_id"} after username + password; roles are read from the
+                database on every request, so disabling a user or removing a role acts at once.
+Every POST of the web blueprints carries the session's CSRF token (`csrf_token` form field); a
+missing or wrong token is a 400 and the view never runs. Sign-in replaces the whole session (a
+token or identity planted before sign-in does not survive it).
+
+Lockout: a cardholder sign-in goes through `pins.check_pin`, the same counter and lockout as the
+terminals' online PIN check. Staff passwords have their own counter with the same limits.
+"""
+import functools
+import hashlib
+import hmac
+import json
+import os
+import secrets
+
+from flask import abort, current_app, g, redirect, request, session, url_for
+
+from firmware.core import crypto
+from sync_server import db as dbmod, pins
+
+ROLES = ("hall", "finance", "admin")
+MIN_PASSWORD_CHARS = 10
+MAX_USERNAME_CHARS = 64
+MAX_LOG_ROWS_SHOWN = 200
+_SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dklen": 32}
+_DUMMY_SALT = b"\0" * 16
+CSRF_FIELD = "csrf_token"
+
+
+class AuthError(Exception):
+    """A sign-in or user-management refusal with a Chinese and an English text."""
+
+    def __init__(self, zh, en):
+        Exception.__init__(self, "%s / %s" % (zh, en))
+        self.zh = zh
+        self.en = en
+
+    def text(self, lang="zh"):
+        return self.en if lang == "en" else self.zh
+
+
+def session_secret(master_key):
+    """The cookie-signing secret: a purpose key of the site master key (never stored on its own)."""
+    return crypto.derive(master_key, "session")
+
+
+# --- staff users ---------------------------------------------------------------------------------
+
+def _hash_password(password, salt):
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, **_SCRYPT)
+
+
+def add_staff_user(conn, username, display_name, roles, password, now_ms=None):
+    """Create a staff user; returns its id. Roles from ROLES; the password is stored only as scrypt."""
+    username = (username or "").strip()
+    roles = sorted(set(roles))
+    if not username or len(username) > MAX_USERNAME_CHARS or not username.isprintable() or " " in username:
+        raise AuthError("用户名无效", "invalid username")
+    if not roles or any(role not in ROLES for role in roles):
+        raise AuthError("角色应为 %s" % "、".join(ROLES), "roles must be among %s" % ", ".join(ROLES))
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise AuthError("密码至少 %d 个字符" % MIN_PASSWORD_CHARS,
+                        "the password needs at least %d characters" % MIN_PASSWORD_CHARS)
+    salt = os.urandom(16)
+    now_ms = dbmod.now_ms() if now_ms is None else now_ms
+    with dbmod.transaction(conn):
+        if conn.execute("SELECT 1 FROM web_staff_users WHERE username = ?", (username,)).fetchone():
+            raise AuthError("用户 %s 已存在" % username, "user %s exists" % username)
+        return conn.execute(
+            "INSERT INTO web_staff_users (username, display_name, roles, password_hash, password_salt, created_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (username, display_name or username, " ".join(roles), _hash_password(password, salt), salt, now_ms)).lastrowid
+
+
+def check_staff_password(conn, username, password, now_ms):
+    """The staff user's id when the password is right; raises AuthError otherwise (counting failures)."""
+    with dbmod.transaction(conn):
+        row = conn.execute("SELECT id, password_hash, password_salt, failures, locked_until_ms, disabled "
+                           "FROM web_staff_users WHERE username = ?", (username,)).fetchone()
+        if row is None:
+            _hash_password(password, _DUMMY_SALT)   # same work as a real check: no user enumeration by timing
+            raise AuthError("用户名或密码错误", "wrong username or password")
+        staff_id, password_hash, salt, failures, locked_until_ms, disabled = row
+        if disabled:
+            raise AuthError("该用户已停用", "this user is disabled")
+        if locked_until_ms > now_ms:
+            raise AuthError("错误次数过多，已锁定，请稍后再试", "too many failures: locked, try again later")
+        if not hmac.compare_digest(_hash_password(password, salt), password_hash):
+            failures += 1
+            locked_until_ms = now_ms + pins.PIN_LOCKOUT_MS if failures >= pins.MAX_PIN_FAILURES else 0
+            conn.execute("UPDATE web_staff_users SET failures = ?, locked_until_ms = ? WHERE id = ?",
+                         (0 if locked_until_ms else failures, locked_until_ms, staff_id))
+            if locked_until_ms:
+                raise AuthError("错误次数过多，已锁定，请稍后再试", "too many failures: locked, try again later")
+            raise AuthError("用户名或密码错误", "wrong username or password")
+        if failures:
+            conn.execute("UPDATE web_staff_users SET failures = 0 WHERE id = ?", (staff_id,))
+        return staff_id
+
+
+def staff_user(conn, staff_id):
+    """{id, username, display_name, roles} of an enabled staff user, or None."""
+    row = conn.execute("SELECT id, username, display_name, roles FROM web_staff_users WHERE id = ? AND disabled = 0",
+                       (staff_id,)).fetchone()
+    if row is None:
+        return None
+    return {"id": row[0], "username": row[1], "display_name": row[2], "roles": set(row[3].split())}
+
+
+# --- cardholders ---------------------------------------------------------------------------------
+
+# check_pin codes that prove the PIN was right: a frozen or indebted account may still sign in to
+# see its balance and recharge.
+_PIN_ACCEPTED = ("pin_ok", "account_blocked", "account_in_debt")
+
+
+def check_cardholder(conn, staff_number, pin, now_ms):
+    """(person_id, account_id) when the staff/student number and card PIN match; a messages code
+    string otherwise (pin_wrong for an unknown number too, so numbers cannot be probed)."""
+    staff_number = (staff_number or "").strip()
+    row = conn.execute("SELECT p.id, a.id FROM persons p JOIN accounts a ON a.person_id = p.id "
+                       "WHERE p.staff_number = ? ORDER BY a.id LIMIT 1", (staff_number,)).fetchone()
+    if row is None or not staff_number:
+        pins.hash_pin(pin or "", _DUMMY_SALT)
+        return "pin_wrong"
+    with dbmod.transaction(conn):
+        code = pins.check_pin(conn, row[1], pin, now_ms)
+    return (row[0], row[1]) if code in _PIN_ACCEPTED else code
+
+
+# --- the session ---------------------------------------------------------------------------------
+
+def start_session(kind, **identity):
+    """Replace the session with a fresh one for this identity (new CSRF token)."""
+    session.clear()
+    session["kind"] = kind
+    session.update(identity)
+    session[CSRF_FIELD] = secrets.token_urlsafe(32)
+
+
+def end_session():
+    lang = session.get("lang")
+    session.clear()
+    if lang:
+        session["lang"] = lang
+
+
+def csrf_token():
+    """The session's CSRF token, created on first use (the sign-in forms need one too)."""
+    token = session.get(CSRF_FIELD)
+    if not token:
+        token = session[CSRF_FIELD] = secrets.token_urlsafe(32)
+    return token
+
+
+def check_csrf():
+    """before_request of the web blueprints: every state-changing request must carry the token."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    expected = session.get(CSRF_FIELD)
+    sent = request.form.get(CSRF_FIELD, "")
+    if not expected or not sent or not hmac.compare_digest(expected.encode(), sent.encode()):
+        current_app.logger.warning("CSRF token missing or wrong: %s %s", request.method, request.path)
+        abort(400)
+
+
+def cardholder_required(view):
+    """The view runs only for a signed-in cardholder; g.account_id / g.person_id come from the session
+    (never from the URL or the form)."""
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        if session.get("kind") != "cardholder":
+            return redirect(url_for("portal.sign_in", next=request.path))
+        g.account_id = session["account_id"]
+        g.person_id = session["person_id"]
+        assert type(g.account_id) is int and type(g.person_id) is int
+        return view(*args, **kwargs)
+    return wrapped
+
+
+def staff_required(role):
+    assert role in ROLES
+
+    def decorate(view):
+        @functools.wraps(view)
+        def wrapped(*args, **kwargs):
+            if session.get("kind") != "staff":
+                return redirect(url_for("hall_pages.sign_in", next=request.path))
+            user = staff_user(dbmod.get_db(), session.get("staff_id"))
+            if user is None:
+                end_session()
+                return redirect(url_for("hall_pages.sign_in"))
+            if role not in user["roles"]:
+                abort(403)
+            g.staff = user
+            return view(*args, **kwargs)
+        return wrapped
+    return decorate
+
+
+# --- staff action log ----------------------------------------------------------------------------
+
+def log_action(conn, staff, action, person_id=None, account_id=None, card_number=None, amount_fen=None,
+               detail=None, now_ms=None):
+    """Record who did what to whom; call inside the transaction of the action itself so the log and
+    the change commit together. Returns the action id (the receipt number)."""
+    assert conn.in_transaction, "log the action in the transaction that does it"
+    now_ms = dbmod.now_ms() if now_ms is None else now_ms
+    return conn.execute(
+        "INSERT INTO staff_actions (staff_user_id, username, action, person_id, account_id, card_number, "
+        "amount_fen, detail, time_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (staff["id"], staff["username"], action, person_id, account_id, card_number, amount_fen,
+         json.dumps(detail or {}, ensure_ascii=False, sort_keys=True), now_ms)).lastrowid
+
+
+def actions_for_person(conn, person_id, limit=50):
+    limit = max(1, min(limit, MAX_LOG_ROWS_SHOWN))
+    rows = conn.execute("SELECT id, username, action, card_number, amount_fen, detail, time_ms FROM staff_actions "
+                        "WHERE person_id = ? ORDER BY id DESC LIMIT ?", (person_id, limit)).fetchall()
+    return [{"id": r[0], "username": r[1], "action": r[2], "card_number": r[3], "amount_fen": r[4],
+             "detail": json.loads(r[5] or "{}"), "time_ms": r[6]} for r in rows]
+
+
+def action(conn, action_id):
+    row = conn.execute("SELECT id, staff_user_id, username, action, person_id, account_id, card_number, amount_fen, "
+                       "detail, time_ms FROM staff_actions WHERE id = ?", (action_id,)).fetchone()
+    if row is None:
+        return None
+    keys = ("id", "staff_user_id", "username", "action", "person_id", "account_id", "card_number", "amount_fen",
+            "detail", "time_ms")
+    result = dict(zip(keys, row))
+    result["detail"] = json.loads(result["detail"] or "{}")
+    return result

@@ -1,0 +1,199 @@
+"""Service-hall pages (`/hall/...`) for staff with the `hall` role: find a person, see their cards and
+balances, cash recharge, report loss, unfreeze, reissue, and print a receipt.
+
+Each action runs in one transaction together with its line in the staff action log (who, what, to
+whom, when), so there is never a change without its log line or a log line without its change. The
+log line's id is the receipt number.
+"""
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
+
+from firmware.core import card_layout
+from sync_server import db as dbmod, hall
+from sync_server.web import auth, forms, t
+
+hall_pages = Blueprint("hall_pages", __name__, url_prefix="/hall")
+hall_pages.before_request(auth.check_csrf)
+
+MAX_SEARCH_RESULTS = 50
+RECENT_TRANSACTIONS = 10
+HOLDER_NAMES = {card_layout.HOLDER_STAFF: ("教工", "staff"), card_layout.HOLDER_STUDENT: ("学生", "student"),
+                card_layout.HOLDER_SELF_EMPLOYED: ("自聘", "self-employed"),
+                card_layout.HOLDER_TEMPORARY: ("临时", "temporary"),
+                card_layout.HOLDER_IDENTITY_ONLY: ("身份卡", "identity only")}
+
+
+def _error_text(error):
+    text = getattr(error, "text", None)
+    return text(g.lang) if callable(text) else str(error)
+
+
+@hall_pages.app_template_filter("holder_category")
+def holder_category(code):
+    return t(*HOLDER_NAMES.get(code, (str(code), str(code))))
+
+
+# --- sign in / out -------------------------------------------------------------------------------
+
+@hall_pages.route("/sign-in", methods=("GET", "POST"))
+def sign_in():
+    if request.method == "POST":
+        conn = dbmod.get_db()
+        username = request.form.get("username", "").strip()
+        try:
+            staff_id = auth.check_staff_password(conn, username, request.form.get("password", ""), dbmod.now_ms())
+        except auth.AuthError as error:
+            flash(error.text(g.lang), "error")
+            return render_template("hall/sign_in.html", username=username), 401
+        auth.start_session("staff", staff_id=staff_id)
+        return redirect(url_for("hall_pages.search"))
+    return render_template("hall/sign_in.html", username="")
+
+
+@hall_pages.post("/sign-out")
+def sign_out():
+    auth.end_session()
+    return redirect(url_for("hall_pages.sign_in"))
+
+
+# --- find a person -------------------------------------------------------------------------------
+
+def find_people(conn, query):
+    """People whose name contains `query`, whose staff/student number starts with it, or who hold the
+    card with that number. Bounded to MAX_SEARCH_RESULTS."""
+    query = (query or "").strip()
+    if not query:
+        return []
+    like = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    card_number = forms.parse_int(query)
+    rows = conn.execute(
+        "SELECT DISTINCT p.id, p.name, p.staff_number, p.category FROM persons p "
+        "LEFT JOIN accounts a ON a.person_id = p.id LEFT JOIN cards c ON c.account_id = a.id "
+        "WHERE p.name LIKE ? ESCAPE '\\' OR p.staff_number LIKE ? ESCAPE '\\' OR c.card_number = ? "
+        "ORDER BY p.id LIMIT ?", (like, like[1:], card_number if card_number is not None else -1,
+                                   MAX_SEARCH_RESULTS)).fetchall()
+    return [{"id": r[0], "name": r[1], "staff_number": r[2], "category": r[3]} for r in rows]
+
+
+@hall_pages.get("/")
+@auth.staff_required("hall")
+def search():
+    query = request.args.get("q", "")
+    return render_template("hall/search.html", query=query, people=find_people(dbmod.get_db(), query))
+
+
+# --- a person ------------------------------------------------------------------------------------
+
+def _person(conn, person_id):
+    person = dbmod.fetch_named(conn, "SELECT p.id, p.name, p.staff_number, p.id_number, p.category, a.id AS account_id, "
+                               "a.blocked, a.in_debt FROM persons p JOIN accounts a ON a.person_id = p.id "
+                               "WHERE p.id = ? ORDER BY a.id LIMIT 1", (person_id,))
+    if person is None:
+        abort(404)
+    return person
+
+
+@hall_pages.get("/person/<int:person_id>")
+@auth.staff_required("hall")
+def person(person_id):
+    conn = dbmod.get_db()
+    holder = _person(conn, person_id)
+    cards = conn.execute("SELECT card_number, generation, status, expiry_yyyymmdd, issued_ms FROM cards "
+                         "WHERE account_id = ? ORDER BY generation DESC", (holder["account_id"],)).fetchall()
+    cards = [dict(zip(("card_number", "generation", "status", "expiry_yyyymmdd", "issued_ms"), row)) for row in cards]
+    balances = hall.balances_of(conn, holder["account_id"])
+    recent = list(reversed(hall.transactions(conn, holder["account_id"], RECENT_TRANSACTIONS)))
+    return render_template("hall/person.html", holder=holder, cards=cards, balances=balances,
+                           total_fen=sum(balances.values()), recent=recent,
+                           actions=auth.actions_for_person(conn, person_id, 20))
+
+
+def _act(person_id, action, operation, **log_fields):
+    """Run `operation(conn, holder)` and log it in one transaction; on success go to the receipt."""
+    conn = dbmod.get_db()
+    holder = _person(conn, person_id)
+    try:
+        with dbmod.transaction(conn):
+            detail = operation(conn, holder) or {}
+            action_id = auth.log_action(conn, g.staff, action, person_id=person_id,
+                                        account_id=holder["account_id"], detail=detail,
+                                        card_number=detail.get("card_number"), **log_fields)
+    except hall.HallError as error:
+        flash(_error_text(error), "error")
+        return redirect(url_for("hall_pages.person", person_id=person_id))
+    return redirect(url_for("hall_pages.receipt", action_id=action_id))
+
+
+def _card_of(conn, holder, card_number):
+    if card_number is None or not conn.execute("SELECT 1 FROM cards WHERE card_number = ? AND account_id = ?",
+                                               (card_number, holder["account_id"])).fetchone():
+        raise hall.HallError("此人没有卡号为 %s 的卡" % card_number, "this person holds no card %s" % card_number)
+    return card_number
+
+
+@hall_pages.post("/person/<int:person_id>/recharge")
+@auth.staff_required("hall")
+def recharge(person_id):
+    amount_fen = forms.parse_yuan(request.form.get("amount_yuan"))
+    if not amount_fen:
+        flash(t("请输入充值金额（元，最多两位小数）", "Enter the amount in yuan (at most two decimals)"), "error")
+        return redirect(url_for("hall_pages.person", person_id=person_id))
+
+    def operation(conn, holder):
+        after_fen = hall.recharge(conn, holder["account_id"], amount_fen, reference="hall cash")
+        return {"wallet": "main", "balance_fen_after": after_fen}
+    return _act(person_id, "recharge", operation, amount_fen=amount_fen)
+
+
+@hall_pages.post("/person/<int:person_id>/report-loss")
+@auth.staff_required("hall")
+def report_loss(person_id):
+    card_number = forms.parse_int(request.form.get("card_number"))
+
+    def operation(conn, holder):
+        hall.report_loss(conn, _card_of(conn, holder, card_number))
+        return {"card_number": card_number}
+    return _act(person_id, "report_loss", operation)
+
+
+@hall_pages.post("/person/<int:person_id>/unfreeze")
+@auth.staff_required("hall")
+def unfreeze(person_id):
+    card_number = forms.parse_int(request.form.get("card_number"))
+
+    def operation(conn, holder):
+        hall.cancel_loss(conn, _card_of(conn, holder, card_number))
+        return {"card_number": card_number}
+    return _act(person_id, "unfreeze", operation)
+
+
+@hall_pages.post("/person/<int:person_id>/reissue")
+@auth.staff_required("hall")
+def reissue(person_id):
+    try:
+        uid = bytes.fromhex(request.form.get("uid", "").strip())
+    except ValueError:
+        uid = b""
+
+    def operation(conn, holder):
+        identity, _name = hall.issue_card_record(conn, holder["account_id"], uid)
+        return {"card_number": identity.card_number, "generation": identity.generation,
+                "expiry_yyyymmdd": identity.expiry_yyyymmdd, "uid": uid.hex()}
+    return _act(person_id, "reissue", operation)
+
+
+# --- receipt -------------------------------------------------------------------------------------
+
+ACTION_NAMES = {"recharge": ("现金充值", "cash recharge"), "reissue": ("补办卡片", "card reissue"),
+                "unfreeze": ("解挂", "unfreeze"), "report_loss": ("挂失", "report loss")}
+
+
+@hall_pages.get("/receipt/<int:action_id>")
+@auth.staff_required("hall")
+def receipt(action_id):
+    conn = dbmod.get_db()
+    done = auth.action(conn, action_id)
+    if done is None:
+        abort(404)
+    holder = _person(conn, done["person_id"])
+    return render_template("hall/receipt.html", done=done, holder=holder,
+                           action_name=t(*ACTION_NAMES.get(done["action"], (done["action"], done["action"]))))

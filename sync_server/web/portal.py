@@ -1,0 +1,193 @@
+"""Cardholder portal (`/portal/...`), laid out like the old WEB查询平台 of the manual: name, number,
+balance and validity on top, 快速通道 links, 流水查询 with 起始日期/截止日期/查询类型 and paging.
+
+Every page works on the account in the session (set at sign-in from staff/student number + card PIN);
+no page takes an account, person or card id from the URL or the form. Ids that do come from a form
+(a recharge order) are looked up together with the session's account, so another person's id finds
+nothing.
+"""
+from flask import Blueprint, flash, g, redirect, render_template, request, url_for
+
+from sync_server import db as dbmod, hall, messages
+from sync_server.web import auth, forms, t
+
+portal = Blueprint("portal", __name__, url_prefix="/portal")
+portal.before_request(auth.check_csrf)
+
+PAGE_ROWS = 10                  # rows per page, as on the manual's page
+QUERY_TYPES = ("consumption", "recharge", "all")
+
+
+def _error_text(error):
+    text = getattr(error, "text", None)
+    return text(g.lang) if callable(text) else str(error)
+
+
+def _holder(conn, account_id):
+    """Name, number, balances and the current card of the signed-in account."""
+    person = dbmod.fetch_named(conn, "SELECT p.id, p.name, p.staff_number, p.category, a.blocked, a.in_debt, "
+                               "a.single_limit_fen, a.daily_limit_fen FROM accounts a JOIN persons p "
+                               "ON p.id = a.person_id WHERE a.id = ?", (account_id,))
+    assert person is not None, "session names an account that does not exist"
+    card = dbmod.fetch_named(conn, "SELECT card_number, generation, status, expiry_yyyymmdd FROM cards "
+                             "WHERE account_id = ? ORDER BY issued_ms DESC, generation DESC LIMIT 1", (account_id,))
+    balances = hall.balances_of(conn, account_id)
+    return {"person": person, "card": card, "balances": balances, "total_fen": sum(balances.values())}
+
+
+def _render(template, **context):
+    conn = dbmod.get_db()
+    context.update(_holder(conn, g.account_id))
+    return render_template(template, **context)
+
+
+# --- sign in / out -------------------------------------------------------------------------------
+
+@portal.route("/sign-in", methods=("GET", "POST"))
+def sign_in():
+    if request.method == "POST":
+        conn = dbmod.get_db()
+        result = auth.check_cardholder(conn, request.form.get("staff_number", ""), request.form.get("pin", ""),
+                                       dbmod.now_ms())
+        if isinstance(result, tuple):
+            auth.start_session("cardholder", person_id=result[0], account_id=result[1])
+            return redirect(url_for("portal.home"))
+        flash(messages.text(result, g.lang), "error")
+        return render_template("portal/sign_in.html", staff_number=request.form.get("staff_number", "")), 401
+    return render_template("portal/sign_in.html", staff_number="")
+
+
+@portal.post("/sign-out")
+def sign_out():
+    auth.end_session()
+    return redirect(url_for("portal.sign_in"))
+
+
+# --- pages ---------------------------------------------------------------------------------------
+
+@portal.get("/")
+@auth.cardholder_required
+def home():
+    return _render("portal/home.html")
+
+
+@portal.get("/transactions")
+@auth.cardholder_required
+def transactions():
+    start = forms.parse_date(request.args.get("start"))
+    end = forms.parse_date(request.args.get("end"))
+    query_type = request.args.get("type", "all")
+    if query_type not in QUERY_TYPES:
+        query_type = "all"
+    page = forms.parse_page(request.args.get("page"))
+    result = _statement(dbmod.get_db(), g.account_id, start, end, query_type, page)
+    return _render("portal/transactions.html", start=start, end=end, query_type=query_type, **result)
+
+
+def _statement(conn, account_id, start, end, query_type, page):
+    """One page of the account's movements, newest first, with the page count."""
+    from sync_server.web import account_ops
+    return account_ops.page(conn, account_id, start, end, query_type, page, PAGE_ROWS)
+
+
+@portal.get("/loss")
+@auth.cardholder_required
+def loss():
+    return _render("portal/loss.html")
+
+
+@portal.post("/loss/report")
+@auth.cardholder_required
+def report_loss():
+    conn = dbmod.get_db()
+    card = _holder(conn, g.account_id)["card"]
+    try:
+        if card is None:
+            raise hall.HallError("没有可挂失的卡", "no card to report lost")
+        from sync_server.web import account_ops
+        account_ops.report_loss(conn, g.account_id, card["card_number"], request.form.get("pin", ""))
+    except hall.HallError as error:
+        flash(_error_text(error), "error")
+    else:
+        flash(t("挂失成功：卡号 %d 已停用，各终端将在数秒内拒绝此卡" % card["card_number"],
+                "Card %d reported lost: every terminal refuses it within seconds" % card["card_number"]), "ok")
+    return redirect(url_for("portal.loss"))
+
+
+@portal.post("/loss/unfreeze")
+@auth.cardholder_required
+def unfreeze():
+    conn = dbmod.get_db()
+    card = _holder(conn, g.account_id)["card"]
+    try:
+        if card is None:
+            raise hall.HallError("没有可解挂的卡", "no card to unfreeze")
+        from sync_server.web import account_ops
+        account_ops.self_unfreeze(conn, g.account_id, card["card_number"], request.form.get("pin", ""))
+    except Exception as error:   # noqa: BLE001 - any refusal of the service is shown, nothing changed
+        if not hasattr(error, "zh"):
+            raise
+        flash(_error_text(error), "error")
+    else:
+        flash(t("解挂成功：卡片可以正常使用", "Card unfrozen: it can be used again"), "ok")
+    return redirect(url_for("portal.loss"))
+
+
+def _refused(error):
+    """Show a service refusal (an exception with zh/en texts); anything else is a bug and propagates."""
+    if not hasattr(error, "zh"):
+        raise error
+    flash(_error_text(error), "error")
+
+
+@portal.route("/pin", methods=("GET", "POST"))
+@auth.cardholder_required
+def change_pin():
+    if request.method == "POST":
+        from sync_server.web import account_ops
+        new_pin = request.form.get("new_pin", "")
+        if new_pin != request.form.get("new_pin_again", ""):
+            flash(t("两次输入的新密码不一致", "The two new PINs differ"), "error")
+            return redirect(url_for("portal.change_pin"))
+        try:
+            account_ops.change_pin(dbmod.get_db(), g.account_id, request.form.get("old_pin", ""), new_pin)
+        except Exception as error:  # noqa: BLE001 - see _refused
+            _refused(error)
+        else:
+            flash(t("密码已修改", "PIN changed"), "ok")
+        return redirect(url_for("portal.change_pin"))
+    return _render("portal/pin.html")
+
+
+@portal.route("/limits", methods=("GET", "POST"))
+@auth.cardholder_required
+def limits():
+    if request.method == "POST":
+        from sync_server.web import account_ops
+        single_fen = forms.parse_yuan(request.form.get("single_yuan"))
+        daily_fen = forms.parse_yuan(request.form.get("daily_yuan"))
+        if single_fen is None or daily_fen is None:
+            flash(t("请输入金额（元，最多两位小数）", "Enter amounts in yuan (at most two decimals)"), "error")
+            return redirect(url_for("portal.limits"))
+        try:
+            account_ops.set_limits(dbmod.get_db(), g.account_id, single_fen, daily_fen, request.form.get("pin", ""))
+        except Exception as error:  # noqa: BLE001 - see _refused
+            _refused(error)
+        else:
+            flash(t("消费限额已设置，终端将在下次同步时生效", "Limits set: terminals apply them at their next sync"), "ok")
+        return redirect(url_for("portal.limits"))
+    return _render("portal/limits.html")
+
+
+# --- recharge and electricity --------------------------------------------------------------------
+
+@portal.route("/recharge", methods=("GET", "POST"))
+@auth.cardholder_required
+def recharge():
+    return _render("portal/recharge.html", order=None)
+
+
+@portal.route("/electricity", methods=("GET", "POST"))
+@auth.cardholder_required
+def electricity():
+    return _render("portal/electricity.html")
