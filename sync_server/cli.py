@@ -3,7 +3,7 @@
     ykt server [--data-dir D] [--host 127.0.0.1] [--port 8080] [--workers N]
     ykt server init [--data-dir D]
     ykt hall merchant-add | person-add | card-issue | recharge | report-loss | cancel-loss |
-             transactions | terminal-register | terminal-revoke   [--data-dir D] [--lang en]
+             transactions | terminal-register | terminal-revoke | staff-add   [--data-dir D] [--lang en]
 
 Output is Chinese unless `--lang en` (or YKT_LANG=en). Keys are never printed: terminal provisioning
 goes to a file created with mode 0600.
@@ -176,6 +176,26 @@ def cmd_terminal_revoke(args):
     _say(args, "终端 %d 已停用" % args.terminal, "terminal %d revoked" % args.terminal)
 
 
+def cmd_staff_add(args):
+    """Create a web staff user; the password comes from stdin or a prompt, never from the command line
+    (argv is visible to every user of the machine) and is never printed."""
+    from sync_server.web import auth
+    conn = _open(args)
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        import getpass
+        password = getpass.getpass("密码 / password: ")
+        if password != getpass.getpass("再次输入 / again: "):
+            raise hall.HallError("两次输入的密码不一致", "the passwords differ")
+    try:
+        staff_id = auth.add_staff_user(conn, args.username, args.name or args.username, args.role, password)
+    except auth.AuthError as error:
+        raise hall.HallError(error.zh, error.en)
+    _say(args, "工作人员已添加：%s（编号 %d，角色 %s）" % (args.username, staff_id, " ".join(sorted(set(args.role)))),
+         "staff user added: %s (id %d, roles %s)" % (args.username, staff_id, " ".join(sorted(set(args.role)))))
+
+
 def _guard(handler):
     def run(args):
         try:
@@ -238,6 +258,11 @@ def register(subparsers):
     p.add_argument("--server-url", default="http://127.0.0.1:%d" % DEFAULT_PORT)
     p = add("terminal-revoke", cmd_terminal_revoke, "停用终端 / revoke a terminal")
     p.add_argument("--terminal", type=int, required=True)
+    p = add("staff-add", cmd_staff_add, "添加网页工作人员 / add a web staff user")
+    p.add_argument("--username", required=True)
+    p.add_argument("--name", help="display name")
+    p.add_argument("--role", action="append", required=True, choices=("hall", "finance", "admin"))
+    p.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
 
 
 def _common_parser(suppress=False):

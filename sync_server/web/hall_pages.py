@@ -9,6 +9,7 @@ from flask import Blueprint, abort, flash, g, redirect, render_template, request
 
 from firmware.core import card_layout
 from sync_server import db as dbmod, hall
+from sync_server.services import cards, recharge as recharge_service
 from sync_server.web import auth, forms, t
 
 hall_pages = Blueprint("hall_pages", __name__, url_prefix="/hall")
@@ -107,13 +108,21 @@ def person(person_id):
                            actions=auth.actions_for_person(conn, person_id, 20))
 
 
-def _act(person_id, action, operation, **log_fields):
-    """Run `operation(conn, holder)` and log it in one transaction; on success go to the receipt."""
+def _act(person_id, action, operation, own_transaction=False, **log_fields):
+    """Run `operation(conn, holder)` and log it; on success go to the receipt.
+
+    The change and its log line commit together, except for operations that own their transaction
+    (loss and unfreeze go through the PIN-checking helper of the services): those are logged right
+    after their own commit.
+    """
     conn = dbmod.get_db()
     holder = _person(conn, person_id)
     try:
-        with dbmod.transaction(conn):
+        if own_transaction:
             detail = operation(conn, holder) or {}
+        with dbmod.transaction(conn):
+            if not own_transaction:
+                detail = operation(conn, holder) or {}
             action_id = auth.log_action(conn, g.staff, action, person_id=person_id,
                                         account_id=holder["account_id"], detail=detail,
                                         card_number=detail.get("card_number"), **log_fields)
@@ -121,13 +130,6 @@ def _act(person_id, action, operation, **log_fields):
         flash(_error_text(error), "error")
         return redirect(url_for("hall_pages.person", person_id=person_id))
     return redirect(url_for("hall_pages.receipt", action_id=action_id))
-
-
-def _card_of(conn, holder, card_number):
-    if card_number is None or not conn.execute("SELECT 1 FROM cards WHERE card_number = ? AND account_id = ?",
-                                               (card_number, holder["account_id"])).fetchone():
-        raise hall.HallError("此人没有卡号为 %s 的卡" % card_number, "this person holds no card %s" % card_number)
-    return card_number
 
 
 @hall_pages.post("/person/<int:person_id>/recharge")
@@ -139,31 +141,26 @@ def recharge(person_id):
         return redirect(url_for("hall_pages.person", person_id=person_id))
 
     def operation(conn, holder):
-        after_fen = hall.recharge(conn, holder["account_id"], amount_fen, reference="hall cash")
-        return {"wallet": "main", "balance_fen_after": after_fen}
+        order = recharge_service.cash_recharge(conn, holder["account_id"], amount_fen, g.staff["username"])
+        return {"order_id": order["order_id"], "wallet": order["wallet"],
+                "balance_fen_after": hall.balances_of(conn, holder["account_id"])[order["wallet"]]}
     return _act(person_id, "recharge", operation, amount_fen=amount_fen)
 
 
 @hall_pages.post("/person/<int:person_id>/report-loss")
 @auth.staff_required("hall")
 def report_loss(person_id):
-    card_number = forms.parse_int(request.form.get("card_number"))
-
     def operation(conn, holder):
-        hall.report_loss(conn, _card_of(conn, holder, card_number))
-        return {"card_number": card_number}
-    return _act(person_id, "report_loss", operation)
+        return cards.report_loss(conn, holder["account_id"], operator=g.staff["username"])
+    return _act(person_id, "report_loss", operation, own_transaction=True)
 
 
 @hall_pages.post("/person/<int:person_id>/unfreeze")
 @auth.staff_required("hall")
 def unfreeze(person_id):
-    card_number = forms.parse_int(request.form.get("card_number"))
-
     def operation(conn, holder):
-        hall.cancel_loss(conn, _card_of(conn, holder, card_number))
-        return {"card_number": card_number}
-    return _act(person_id, "unfreeze", operation)
+        return cards.unfreeze(conn, holder["account_id"], operator=g.staff["username"])
+    return _act(person_id, "unfreeze", operation, own_transaction=True)
 
 
 @hall_pages.post("/person/<int:person_id>/reissue")
@@ -173,11 +170,18 @@ def reissue(person_id):
         uid = bytes.fromhex(request.form.get("uid", "").strip())
     except ValueError:
         uid = b""
+    fee_source = request.form.get("fee_source", "balance")
 
     def operation(conn, holder):
-        identity, _name = hall.issue_card_record(conn, holder["account_id"], uid)
-        return {"card_number": identity.card_number, "generation": identity.generation,
-                "expiry_yyyymmdd": identity.expiry_yyyymmdd, "uid": uid.hex()}
+        if not conn.execute("SELECT 1 FROM cards WHERE account_id = ?", (holder["account_id"],)).fetchone():
+            identity = cards.issue_card(conn, holder["account_id"], uid, g.staff["username"])["identity"]
+            fee = {}
+        else:
+            done = cards.reissue(conn, holder["account_id"], uid, g.staff["username"], fee_source)
+            identity = done["identity"]
+            fee = {"fee_fen": done["fee_fen"], "fee_source": done["fee_source"]}
+        return dict(fee, card_number=identity.card_number, generation=identity.generation,
+                    expiry_yyyymmdd=identity.expiry_yyyymmdd, uid=uid.hex())
     return _act(person_id, "reissue", operation)
 
 

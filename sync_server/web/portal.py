@@ -8,14 +8,18 @@ nothing.
 """
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 
-from sync_server import db as dbmod, hall, messages
+import datetime
+
+from sync_server import db as dbmod, hall, messages, services
+from sync_server.services import cards, statements
 from sync_server.web import auth, forms, t
 
 portal = Blueprint("portal", __name__, url_prefix="/portal")
 portal.before_request(auth.check_csrf)
 
 PAGE_ROWS = 10                  # rows per page, as on the manual's page
-QUERY_TYPES = ("consumption", "recharge", "all")
+DEFAULT_RANGE_DAYS = 30         # the statement opens on the last month
+QUERY_TYPES = (statements.KIND_CONSUMPTION, statements.KIND_RECHARGE, statements.KIND_ALL)
 
 
 def _error_text(error):
@@ -74,20 +78,26 @@ def home():
 @portal.get("/transactions")
 @auth.cardholder_required
 def transactions():
-    start = forms.parse_date(request.args.get("start"))
-    end = forms.parse_date(request.args.get("end"))
-    query_type = request.args.get("type", "all")
+    conn = dbmod.get_db()
+    today = forms.parse_date(statements.today(dbmod.now_ms()))
+    start = forms.parse_date(request.args.get("start")) or today - datetime.timedelta(days=DEFAULT_RANGE_DAYS)
+    end = forms.parse_date(request.args.get("end")) or today
+    query_type = request.args.get("type", statements.KIND_ALL)
     if query_type not in QUERY_TYPES:
-        query_type = "all"
+        query_type = statements.KIND_ALL
     page = forms.parse_page(request.args.get("page"))
-    result = _statement(dbmod.get_db(), g.account_id, start, end, query_type, page)
-    return _render("portal/transactions.html", start=start, end=end, query_type=query_type, **result)
-
-
-def _statement(conn, account_id, start, end, query_type, page):
-    """One page of the account's movements, newest first, with the page count."""
-    from sync_server.web import account_ops
-    return account_ops.page(conn, account_id, start, end, query_type, page, PAGE_ROWS)
+    try:
+        result = statements.query(conn, g.account_id, start.isoformat(), end.isoformat(), query_type, 1, PAGE_ROWS)
+        if page > result["total_pages"]:
+            page = result["total_pages"]
+        if page > 1:
+            result = statements.query(conn, g.account_id, start.isoformat(), end.isoformat(), query_type, page,
+                                      PAGE_ROWS)
+    except services.ServiceError as error:
+        flash(_error_text(error), "error")
+        result = {"rows": [], "page": 1, "total_pages": 1, "total_rows": 0}
+    return _render("portal/transactions.html", start=start, end=end, query_type=query_type, rows=result["rows"],
+                   page=result["page"], pages=result["total_pages"], total=result["total_rows"])
 
 
 @portal.get("/loss")
@@ -99,34 +109,22 @@ def loss():
 @portal.post("/loss/report")
 @auth.cardholder_required
 def report_loss():
-    conn = dbmod.get_db()
-    card = _holder(conn, g.account_id)["card"]
     try:
-        if card is None:
-            raise hall.HallError("没有可挂失的卡", "no card to report lost")
-        from sync_server.web import account_ops
-        account_ops.report_loss(conn, g.account_id, card["card_number"], request.form.get("pin", ""))
-    except hall.HallError as error:
+        done = cards.report_loss(dbmod.get_db(), g.account_id, pin=request.form.get("pin", ""))
+    except services.ServiceError as error:
         flash(_error_text(error), "error")
     else:
-        flash(t("挂失成功：卡号 %d 已停用，各终端将在数秒内拒绝此卡" % card["card_number"],
-                "Card %d reported lost: every terminal refuses it within seconds" % card["card_number"]), "ok")
+        flash(t("挂失成功：卡号 %d 已停用，各终端将在数秒内拒绝此卡" % done["card_number"],
+                "Card %d reported lost: every terminal refuses it within seconds" % done["card_number"]), "ok")
     return redirect(url_for("portal.loss"))
 
 
 @portal.post("/loss/unfreeze")
 @auth.cardholder_required
 def unfreeze():
-    conn = dbmod.get_db()
-    card = _holder(conn, g.account_id)["card"]
     try:
-        if card is None:
-            raise hall.HallError("没有可解挂的卡", "no card to unfreeze")
-        from sync_server.web import account_ops
-        account_ops.self_unfreeze(conn, g.account_id, card["card_number"], request.form.get("pin", ""))
-    except Exception as error:   # noqa: BLE001 - any refusal of the service is shown, nothing changed
-        if not hasattr(error, "zh"):
-            raise
+        cards.unfreeze(dbmod.get_db(), g.account_id, pin=request.form.get("pin", ""))
+    except services.ServiceError as error:
         flash(_error_text(error), "error")
     else:
         flash(t("解挂成功：卡片可以正常使用", "Card unfrozen: it can be used again"), "ok")
