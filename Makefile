@@ -11,6 +11,9 @@ PCSC_STAMP := $(VENV)/.pcsc-installed
 # PC/SC tests: the real pcscd, Debian's vpcd driver (the virtual card plugs into it), and what pyscard
 # compiles against (it builds from source with swig and the pcsc-lite headers).
 PCSC_DEBS := pcscd vsmartcard-vpcd libpcsclite-dev swig
+CHROMIUM_STAMP := $(VENV)/.chromium-installed
+# Web page tests drive Debian's headless Chromium through its chromedriver (selenium, `test` extra).
+CHROMIUM_DEBS := chromium chromium-driver
 PYTEST_ARGS ?=
 # apt-get needs root; use sudo when we are not root and it exists.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
@@ -46,10 +49,17 @@ $(PCSC_STAMP): pyproject.toml $(PY_STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,pcsc]'
 	touch $@
 
+# Asks apt only for the browser packages that are missing.
+$(CHROMIUM_STAMP):
+	@missing=$$(for package in $(CHROMIUM_DEBS); do dpkg-query -W -f='$${Status}' $$package 2>/dev/null \
+		| grep -q 'install ok installed' || echo $$package; done); \
+	if [ -n "$$missing" ]; then echo "installing $$missing"; $(APT_INSTALL) $$missing; fi
+	@mkdir -p $(VENV) && touch $@
+
 demo: $(PY_STAMP)
 	$(BIN)/ykt demo $(DEMO_ARGS)
 
-test: $(PY_STAMP) $(NODE_STAMP) $(PCSC_STAMP)
+test: $(PY_STAMP) $(NODE_STAMP) $(PCSC_STAMP) $(CHROMIUM_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
