@@ -54,5 +54,7 @@ def create_app(test_config=None):
     from sync_server.terminal_api import terminal_api
     app.register_blueprint(health)
     app.register_blueprint(terminal_api)
+    from sync_server.cardholder_api import cardholder_api
+    app.register_blueprint(cardholder_api)   # phone app and kiosks: /api/v1 (JSON, bearer tokens)
     web.init_app(app)   # cardholder portal and service-hall pages (sync_server/web)
     return app

@@ -1,0 +1,251 @@
+"""Cardholder JSON API for the phone app and kiosks: `/api/v1/...`.
+
+    POST /api/v1/bind                         {app_user_id, name, staff_number}  -> {token, account_id, ...}
+    POST /api/v1/sign-in                      {app_user_id, staff_number, pin}   -> {token, ...}
+    POST /api/v1/sign-out
+    GET  /api/v1/me
+    GET  /api/v1/accounts/<id>/balance
+    GET  /api/v1/accounts/<id>/transactions   ?from=YYYY-MM-DD&to=YYYY-MM-DD&type=all|consumption|recharge
+                                              &page=1&page_size=10
+    POST /api/v1/accounts/<id>/recharge-orders            {amount_fen, channel, wallet?}
+    GET  /api/v1/accounts/<id>/recharge-orders/<order_id>
+    POST /api/v1/accounts/<id>/report-loss    {pin}
+    POST /api/v1/accounts/<id>/unfreeze       {pin}
+    POST /api/v1/accounts/<id>/pin            {old_pin, new_pin, confirm_pin?}
+    GET  /api/v1/accounts/<id>/limits
+    PUT  /api/v1/accounts/<id>/limits         {pin, single_limit_fen, daily_limit_fen}
+    POST /api/v1/accounts/<id>/electricity    {pin, building, floor, room, amount_fen}
+    POST /api/v1/channels/<channel>/notify    the channel's signed notification (no bearer token)
+
+Every account endpoint needs `Authorization: Bearer <token>` (from bind or sign-in) and answers only
+for the cardholder the token is bound to: another account id is 403, whatever else is asked. Errors
+are JSON {"error": code, "message": "中文 / English", "message_zh", "message_en"} with a 4xx status.
+The views only translate HTTP to the functions of sync_server/services/.
+
+Channel secrets: `CHANNEL_SECRETS_FILE` (default <data_dir>/channel_secrets.json, mode 0600, JSON
+{"alipay": "<hex>", ...}) holds the secrets channels gave us; a channel without one uses the key
+derived from the site master key. The notify answer is {"result": "success"} for every notification
+we accepted (also duplicates), so the channel stops retrying.
+"""
+import json
+import os
+
+from flask import Blueprint, current_app, jsonify, request
+
+from sync_server import db as dbmod
+from sync_server.services import (ServiceError, binding, cards, electricity, limits, pins as pin_service,
+                                  recharge, register_messages, statements)
+
+cardholder_api = Blueprint("cardholder_api", __name__, url_prefix="/api/v1")
+
+MAX_JSON_BYTES = 16 * 1024
+DEFAULT_QUERY_DAYS = 30
+
+register_messages({
+    "not_yours": (403, "无权访问他人的账户", "that account is not yours"),
+    "body_too_large": (413, "请求体过大", "request body too large"),
+})
+
+
+@cardholder_api.errorhandler(ServiceError)
+def _service_error(error):
+    return jsonify({"error": error.code, "message": "%s / %s" % (error.zh, error.en), "message_zh": error.zh,
+                    "message_en": error.en}), error.status
+
+
+def _body():
+    if (request.content_length or 0) > MAX_JSON_BYTES:
+        raise ServiceError("body_too_large")
+    message = request.get_json(silent=True, force=True)
+    if not isinstance(message, dict):
+        raise ServiceError("bad_request", "JSON object expected")
+    return message
+
+
+def _identity(conn):
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        raise ServiceError("bad_token")
+    return binding.authenticate(conn, token.strip())
+
+
+def _own(conn, account_id):
+    """The caller's identity, when `account_id` is the caller's own account."""
+    identity = _identity(conn)
+    if identity["account_id"] != account_id:
+        raise ServiceError("not_yours")
+    return identity
+
+
+def _int(message, name):
+    value = message.get(name)
+    if type(value) is not int:
+        raise ServiceError("bad_request", "%s must be an integer" % name)
+    return value
+
+
+def _str(message, name):
+    value = message.get(name)
+    if not isinstance(value, str):
+        raise ServiceError("bad_request", "%s must be a string" % name)
+    return value
+
+
+# --- sign-in -------------------------------------------------------------------------------------
+
+@cardholder_api.post("/bind")
+def bind():
+    message = _body()
+    result = binding.bind(dbmod.get_db(), _str(message, "app_user_id"), _str(message, "name"),
+                          _str(message, "staff_number"))
+    return jsonify(result)
+
+
+@cardholder_api.post("/sign-in")
+def sign_in():
+    message = _body()
+    result = binding.sign_in(dbmod.get_db(), _str(message, "app_user_id"), _str(message, "staff_number"),
+                             _str(message, "pin"))
+    return jsonify(result)
+
+
+@cardholder_api.post("/sign-out")
+def sign_out():
+    conn = dbmod.get_db()
+    _identity(conn)
+    binding.sign_out(conn, request.headers["Authorization"].partition(" ")[2].strip())
+    return jsonify({"ok": True})
+
+
+@cardholder_api.get("/me")
+def me():
+    conn = dbmod.get_db()
+    identity = _identity(conn)
+    return jsonify(dict(identity, **statements.balance(conn, identity["account_id"])))
+
+
+# --- queries -------------------------------------------------------------------------------------
+
+@cardholder_api.get("/accounts/<int:account_id>/balance")
+def balance(account_id):
+    conn = dbmod.get_db()
+    _own(conn, account_id)
+    return jsonify(statements.balance(conn, account_id))
+
+
+@cardholder_api.get("/accounts/<int:account_id>/transactions")
+def transactions(account_id):
+    conn = dbmod.get_db()
+    _own(conn, account_id)
+    now_ms = dbmod.now_ms()
+    try:
+        page = int(request.args.get("page", 1))
+        page_size = int(request.args.get("page_size", 10))
+    except ValueError:
+        raise ServiceError("bad_page")
+    to_date = request.args.get("to") or statements.today(now_ms)
+    from_date = request.args.get("from") or statements.today(now_ms - (DEFAULT_QUERY_DAYS - 1) * 86400000)
+    return jsonify(statements.query(conn, account_id, from_date, to_date, request.args.get("type", "all"),
+                                    page, page_size))
+
+
+# --- recharge ------------------------------------------------------------------------------------
+
+@cardholder_api.post("/accounts/<int:account_id>/recharge-orders")
+def create_order(account_id):
+    conn = dbmod.get_db()
+    _own(conn, account_id)
+    message = _body()
+    order = recharge.create_order(conn, account_id, _int(message, "amount_fen"), _str(message, "channel"),
+                                  message.get("wallet", "main"))
+    return jsonify(order), 201
+
+
+@cardholder_api.get("/accounts/<int:account_id>/recharge-orders/<order_id>")
+def get_order(account_id, order_id):
+    conn = dbmod.get_db()
+    _own(conn, account_id)
+    return jsonify(recharge.get_order(conn, order_id, account_id))
+
+
+def channel_secrets(app):
+    """{channel: secret bytes} for this app (configured or derived), computed once."""
+    cached = app.extensions.get("ykt_channel_secrets")
+    if cached is None:
+        path = app.config.get("CHANNEL_SECRETS_FILE") or os.path.join(app.config["DATA_DIR"], "channel_secrets.json")
+        configured = {}
+        if os.path.exists(path):
+            if os.stat(path).st_mode & 0o077:
+                raise RuntimeError("渠道密钥文件权限过宽 / channel secrets file is readable by others; chmod 600 %s" % path)
+            with open(path) as handle:
+                configured = json.load(handle)
+        master_key = app.extensions["ykt"].master_key
+        cached = app.extensions["ykt_channel_secrets"] = {
+            name: recharge.channel_secret(master_key, name, configured) for name in recharge.ONLINE_CHANNELS}
+    return cached
+
+
+@cardholder_api.post("/channels/<channel>/notify")
+def channel_notify(channel):
+    if channel not in recharge.ONLINE_CHANNELS:
+        raise ServiceError("unknown_channel")
+    body = request.get_data(cache=False)[:recharge.MAX_NOTIFICATION_BYTES + 1]
+    secret = channel_secrets(current_app._get_current_object())[channel]
+    outcome, order = recharge.handle_notification(dbmod.get_db(), channel, body,
+                                                  request.headers.get(recharge.SIGNATURE_HEADER, ""), secret)
+    return jsonify({"result": "success", "outcome": outcome, "order_id": order["order_id"],
+                    "status": order["status"]})
+
+
+# --- card and account operations -----------------------------------------------------------------
+
+@cardholder_api.post("/accounts/<int:account_id>/report-loss")
+def report_loss(account_id):
+    conn = dbmod.get_db()
+    _own(conn, account_id)
+    return jsonify(cards.report_loss(conn, account_id, pin=_str(_body(), "pin")))
+
+
+@cardholder_api.post("/accounts/<int:account_id>/unfreeze")
+def unfreeze(account_id):
+    conn = dbmod.get_db()
+    _own(conn, account_id)
+    return jsonify(cards.unfreeze(conn, account_id, pin=_str(_body(), "pin")))
+
+
+@cardholder_api.post("/accounts/<int:account_id>/pin")
+def change_pin(account_id):
+    conn = dbmod.get_db()
+    _own(conn, account_id)
+    message = _body()
+    confirm = message.get("confirm_pin")
+    pin_service.change_pin(conn, account_id, _str(message, "old_pin"), _str(message, "new_pin"),
+                           confirm if isinstance(confirm, str) else None)
+    return jsonify({"ok": True})
+
+
+@cardholder_api.get("/accounts/<int:account_id>/limits")
+def get_limits(account_id):
+    conn = dbmod.get_db()
+    _own(conn, account_id)
+    return jsonify(limits.get_limits(conn, account_id))
+
+
+@cardholder_api.put("/accounts/<int:account_id>/limits")
+def set_limits(account_id):
+    conn = dbmod.get_db()
+    _own(conn, account_id)
+    message = _body()
+    return jsonify(limits.set_limits(conn, account_id, _int(message, "single_limit_fen"),
+                                     _int(message, "daily_limit_fen"), pin=_str(message, "pin")))
+
+
+@cardholder_api.post("/accounts/<int:account_id>/electricity")
+def pay_electricity(account_id):
+    conn = dbmod.get_db()
+    _own(conn, account_id)
+    message = _body()
+    result = electricity.pay(conn, account_id, _str(message, "building"), _int(message, "floor"),
+                             _str(message, "room"), _int(message, "amount_fen"), pin=_str(message, "pin"))
+    return jsonify(dict(result, parts=[list(part) for part in result["parts"]]))

@@ -1,0 +1,122 @@
+"""Cardholder and service-hall operations (issue 4), as plain functions on a database connection.
+
+The phone/kiosk JSON API (sync_server/cardholder_api.py), the web pages (sync_server/web/) and the
+`ykt hall` commands are thin layers over these modules; none of them holds business rules of its own.
+
+    recharge      orders through Alipay / WeChat Pay / CCB, signed channel notifications, cash desk
+    statements    balance and transaction query by date range and type, paged
+    cards         report loss (挂失), unfreeze (解挂), reissue (补办) with its fee
+    pins          change with the old PIN, staff reset
+    limits        per-transaction and per-day consumption limits (消费限额)
+    electricity   dorm electricity (电费) for a building / floor / room
+    people_import HR and student registry CSV import, repeatable
+    binding       phone-app binding (绑卡) and bearer tokens
+
+A refused operation raises `ServiceError` (a `hall.HallError`, so one `except` serves both) with a
+stable `code`, an HTTP `status` for the API, and the message in Chinese and English; it changes
+nothing, except that a wrong PIN is counted towards the lockout (that is the point of the lockout).
+Money moves only through `ledger.post` with transfer ids derived from what is being paid for, so a
+retried call books once.
+"""
+import contextlib
+
+from sync_server import db as dbmod, hall, messages
+from sync_server import pins as pin_rules  # not `pins`: that name is the submodule services.pins
+
+# code: (HTTP status, Chinese, English). Messages may carry %-parameters filled by ServiceError.
+MESSAGES = {
+    "pin_wrong": (403,) + messages.MESSAGES["pin_wrong"],
+    "pin_locked": (423,) + messages.MESSAGES["pin_locked"],
+    "pin_format": (400,) + messages.MESSAGES["pin_format"],
+    "pin_required": (400, "请输入交易密码", "the card PIN is required"),
+    "account_unknown": (404,) + messages.MESSAGES["account_unknown"],
+    "account_blocked": (409,) + messages.MESSAGES["account_blocked"],
+    "account_in_debt": (409,) + messages.MESSAGES["account_in_debt"],
+    "no_wallet": (409, "身份卡没有电子钱包", "an identity-only card has no wallet"),
+    "bad_amount": (400, "金额无效（应为 1 至 %d 分）", "invalid amount (1 to %d fen)"),
+    "insufficient_funds": (409, "余额不足", "insufficient balance"),
+    "bad_request": (400, "请求格式错误：%s", "malformed request: %s"),
+}
+
+
+class ServiceError(hall.HallError):
+    """A refused operation: `code` (stable, for programs), `status` (HTTP), zh / en texts."""
+
+    def __init__(self, code, *parameters, status=None):
+        known_status, zh, en = MESSAGES[code]
+        if parameters:
+            zh, en = zh % parameters, en % parameters
+        hall.HallError.__init__(self, zh, en)
+        self.code = code
+        self.status = status or known_status
+
+
+def register_messages(table):
+    """Modules add their own codes at import time; a code means one thing only."""
+    for code, entry in table.items():
+        assert code not in MESSAGES or MESSAGES[code] == entry, "message code %s defined twice" % code
+        assert len(entry) == 3 and 400 <= entry[0] < 500
+        MESSAGES[code] = entry
+
+
+@contextlib.contextmanager
+def tx(conn):
+    """Join the caller's transaction or open one (like hall._tx)."""
+    if conn.in_transaction:
+        yield conn
+    else:
+        with dbmod.transaction(conn):
+            yield conn
+
+
+def now(now_ms):
+    return dbmod.now_ms() if now_ms is None else now_ms
+
+
+def person_row(conn, account_id):
+    """The person behind an account as a sqlite3.Row (id, name, id_number, staff_number, category,
+    department, expiry_yyyymmdd, blocked, in_debt), or ServiceError account_unknown."""
+    row = dbmod.fetch_named(conn, "SELECT p.id, p.name, p.id_number, p.staff_number, p.category, p.department, "
+                            "p.expiry_yyyymmdd, a.blocked, a.in_debt FROM accounts a JOIN persons p "
+                            "ON p.id = a.person_id WHERE a.id = ?", (account_id,))
+    if row is None:
+        raise ServiceError("account_unknown")
+    return row
+
+
+def account_of_person(conn, person_id):
+    row = conn.execute("SELECT id FROM accounts WHERE person_id = ? ORDER BY id LIMIT 1", (person_id,)).fetchone()
+    if row is None:
+        raise ServiceError("account_unknown")
+    return row[0]
+
+
+# A correct PIN: check_pin also reports a blocked or indebted account after the hash matched.
+PIN_ACCEPTED = ("pin_ok", "account_blocked", "account_in_debt")
+
+
+def check_amount(amount_fen, maximum_fen):
+    if type(amount_fen) is not int or not 0 < amount_fen <= maximum_fen:
+        raise ServiceError("bad_amount", maximum_fen)
+
+
+def with_pin(conn, account_id, pin, operator, now_ms, operation):
+    """Run operation() in one transaction after the cardholder's PIN was accepted.
+
+    Staff at the service hall (`operator` names them) act on the holder's ID card instead of the PIN,
+    so no PIN is asked then. A wrong PIN is committed (the failure counts towards the lockout) and
+    the operation does not run. The transaction is our own: a caller's would roll the count back.
+    """
+    assert not conn.in_transaction, "PIN-checked operations own their transaction"
+    refusal = None
+    with dbmod.transaction(conn):
+        person_row(conn, account_id)
+        if operator is None:
+            if pin is None or pin == "":
+                raise ServiceError("pin_required")
+            code = pin_rules.check_pin(conn, account_id, pin, now_ms)
+            if code not in PIN_ACCEPTED:
+                refusal = code
+        if refusal is None:
+            return operation()
+    raise ServiceError(refusal)

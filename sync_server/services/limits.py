@@ -1,0 +1,48 @@
+"""Consumption limits (消费限额): per transaction and per day, set by the cardholder (with the PIN) or
+by staff.
+
+Terminals hold the limits in their balance cache rows (terminal_api balance delta: single and daily
+limit per account), so a change bumps the account's balance version and every terminal fetches the
+new values on its next sync. Over a limit a terminal asks for the PIN, which only an online check
+accepts (terminal_api /pin-check). Bounds keep a typo from becoming an open purse.
+"""
+from sync_server.ledger_store import touch_accounts
+from sync_server.services import ServiceError, now, register_messages, tx, with_pin
+
+MAX_SINGLE_LIMIT_FEN = 100000     # ¥1000 per transaction
+MAX_DAILY_LIMIT_FEN = 500000      # ¥5000 per day
+
+register_messages({
+    "bad_limits": (400, "限额无效：单笔 1 至 %d 分，每日 1 至 %d 分，且单笔不超过每日",
+                   "invalid limits: per transaction 1 to %d fen, per day 1 to %d fen, and per transaction "
+                   "not above per day"),
+})
+
+
+def get_limits(conn, account_id):
+    row = conn.execute("SELECT single_limit_fen, daily_limit_fen FROM accounts WHERE id = ?", (account_id,)).fetchone()
+    if row is None:
+        raise ServiceError("account_unknown")
+    return {"single_limit_fen": row[0], "daily_limit_fen": row[1]}
+
+
+def _check(single_limit_fen, daily_limit_fen):
+    ok = (type(single_limit_fen) is int and type(daily_limit_fen) is int
+          and 0 < single_limit_fen <= MAX_SINGLE_LIMIT_FEN and 0 < daily_limit_fen <= MAX_DAILY_LIMIT_FEN
+          and single_limit_fen <= daily_limit_fen)
+    if not ok:
+        raise ServiceError("bad_limits", MAX_SINGLE_LIMIT_FEN, MAX_DAILY_LIMIT_FEN)
+
+
+def _store(conn, account_id, single_limit_fen, daily_limit_fen):
+    conn.execute("UPDATE accounts SET single_limit_fen = ?, daily_limit_fen = ? WHERE id = ?",
+                 (single_limit_fen, daily_limit_fen, account_id))
+    touch_accounts(conn, [account_id])   # terminals learn the new limits with the next balance delta
+    return get_limits(conn, account_id)
+
+
+def set_limits(conn, account_id, single_limit_fen, daily_limit_fen, pin=None, operator=None, now_ms=None):
+    """Set both limits; a cardholder gives the PIN, staff name themselves as `operator`."""
+    _check(single_limit_fen, daily_limit_fen)
+    return with_pin(conn, account_id, pin, operator, now(now_ms),
+                    lambda: _store(conn, account_id, single_limit_fen, daily_limit_fen))

@@ -1,0 +1,44 @@
+"""Card PIN (交易密码) changes: by the cardholder with the old PIN, or reset by staff at the hall.
+
+The rules live in sync_server/pins.py (6 digits, initial PIN from the ID number with letters read as
+0, salted scrypt hashes, lockout after MAX_PIN_FAILURES wrong tries); this module adds the two
+operations the manuals name: 修改密码 (old PIN + new PIN) and the service hall's reset for a holder
+who forgot it ("如原密码忘记，请带上证件到...处理").
+"""
+from sync_server import pins
+from sync_server.services import ServiceError, now, person_row, register_messages, tx, with_pin
+
+register_messages({
+    "pin_same": (400, "新密码不能与原密码相同", "the new PIN must differ from the old one"),
+    "pin_mismatch": (400, "两次输入的新密码不一致", "the two new PINs differ"),
+})
+
+
+def _check_new(new_pin, confirm_pin):
+    if not pins.valid_pin_format(new_pin):
+        raise ServiceError("pin_format")
+    if confirm_pin is not None and confirm_pin != new_pin:
+        raise ServiceError("pin_mismatch")
+
+
+def change_pin(conn, account_id, old_pin, new_pin, confirm_pin=None, now_ms=None):
+    """修改密码: needs the old PIN (wrong tries count towards the lockout)."""
+    _check_new(new_pin, confirm_pin)
+    if new_pin == old_pin:
+        raise ServiceError("pin_same")
+    return with_pin(conn, account_id, old_pin, None, now(now_ms),
+                    lambda: pins.set_pin(conn, account_id, new_pin))
+
+
+def reset_pin(conn, account_id, operator, new_pin=None):
+    """Staff reset after checking the holder's ID: to `new_pin`, or back to the initial PIN (which
+    then again forbids self-service unfreeze until the holder changes it). Clears any lockout.
+    Returns True when the PIN is now the initial one."""
+    assert operator, "a PIN reset names the staff member"
+    if new_pin is not None:
+        _check_new(new_pin, None)
+    with tx(conn):
+        holder = person_row(conn, account_id)
+        initial = pins.initial_pin(holder["id_number"], holder["staff_number"])
+        pins.set_pin(conn, account_id, new_pin or initial)
+    return (new_pin or initial) == initial
