@@ -81,28 +81,35 @@ def add_staff_user(conn, username, display_name, roles, password, now_ms=None):
 
 def check_staff_password(conn, username, password, now_ms):
     """The staff user's id when the password is right; raises AuthError otherwise (counting failures)."""
-    with dbmod.transaction(conn):
-        row = conn.execute("SELECT id, password_hash, password_salt, failures, locked_until_ms, disabled "
-                           "FROM web_staff_users WHERE username = ?", (username,)).fetchone()
-        if row is None:
-            _hash_password(password, _DUMMY_SALT)   # same work as a real check: no user enumeration by timing
-            raise AuthError("用户名或密码错误", "wrong username or password")
-        staff_id, password_hash, salt, failures, locked_until_ms, disabled = row
-        if disabled:
-            raise AuthError("该用户已停用", "this user is disabled")
-        if locked_until_ms > now_ms:
-            raise AuthError("错误次数过多，已锁定，请稍后再试", "too many failures: locked, try again later")
-        if not hmac.compare_digest(_hash_password(password, salt), password_hash):
-            failures += 1
-            locked_until_ms = now_ms + pins.PIN_LOCKOUT_MS if failures >= pins.MAX_PIN_FAILURES else 0
-            conn.execute("UPDATE web_staff_users SET failures = ?, locked_until_ms = ? WHERE id = ?",
-                         (0 if locked_until_ms else failures, locked_until_ms, staff_id))
-            if locked_until_ms:
-                raise AuthError("错误次数过多，已锁定，请稍后再试", "too many failures: locked, try again later")
-            raise AuthError("用户名或密码错误", "wrong username or password")
-        if failures:
-            conn.execute("UPDATE web_staff_users SET failures = 0 WHERE id = ?", (staff_id,))
-        return staff_id
+    with dbmod.transaction(conn):   # commits the failure count; the refusal is raised after the commit
+        outcome = _check_staff_password(conn, username, password, now_ms)
+    if isinstance(outcome, AuthError):
+        raise outcome
+    return outcome
+
+
+def _check_staff_password(conn, username, password, now_ms):
+    wrong = AuthError("用户名或密码错误", "wrong username or password")
+    locked = AuthError("错误次数过多，已锁定，请稍后再试", "too many failures: locked, try again later")
+    row = conn.execute("SELECT id, password_hash, password_salt, failures, locked_until_ms, disabled "
+                       "FROM web_staff_users WHERE username = ?", (username,)).fetchone()
+    if row is None:
+        _hash_password(password, _DUMMY_SALT)   # same work as a real check: no user enumeration by timing
+        return wrong
+    staff_id, password_hash, salt, failures, locked_until_ms, disabled = row
+    if disabled:
+        return AuthError("该用户已停用", "this user is disabled")
+    if locked_until_ms > now_ms:
+        return locked
+    if not hmac.compare_digest(_hash_password(password, salt), password_hash):
+        failures += 1
+        locked_until_ms = now_ms + pins.PIN_LOCKOUT_MS if failures >= pins.MAX_PIN_FAILURES else 0
+        conn.execute("UPDATE web_staff_users SET failures = ?, locked_until_ms = ? WHERE id = ?",
+                     (0 if locked_until_ms else failures, locked_until_ms, staff_id))
+        return locked if locked_until_ms else wrong
+    if failures:
+        conn.execute("UPDATE web_staff_users SET failures = 0 WHERE id = ?", (staff_id,))
+    return staff_id
 
 
 def staff_user(conn, staff_id):

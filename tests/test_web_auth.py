@@ -1,0 +1,178 @@
+"""Web sessions, CSRF and roles, through Flask's test client on a real SQLite file.
+
+What a user relies on: a forged form post (no or wrong CSRF token) is refused with 400 and changes
+nothing; staff pages need the hall role; a cardholder session never opens staff pages; repeated wrong
+PINs lock the portal sign-in like they lock terminals; staff passwords never appear anywhere.
+"""
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import database_snapshot
+from sync_server import db as dbmod, hall
+from sync_server.app import create_app
+from sync_server.cli import init_data_dir
+from sync_server.web import auth
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def site(tmp_path):
+    data_dir = str(tmp_path / "data")
+    init_data_dir(data_dir)
+    app = create_app({"DATA_DIR": data_dir, "TESTING": True})
+    conn = dbmod.connect(dbmod.db_path(data_dir))
+    person_id, account_id = hall.add_person(conn, "张三", 2, staff_number="S20190001")
+    hall.issue_card_record(conn, account_id, b"\x01\x02\x03\x04")
+    hall.recharge(conn, account_id, 6955)
+    auth.add_staff_user(conn, "clerk", "王老师", ["hall"], PASSWORD)
+    auth.add_staff_user(conn, "auditor", "财务", ["finance"], PASSWORD)
+    yield {"app": app, "conn": conn, "person_id": person_id, "account_id": account_id, "data_dir": data_dir}
+    conn.close()
+
+
+def token_of(response):
+    return re.search(r'name="csrf_token" value="([^"]+)"', response.get_data(as_text=True)).group(1)
+
+
+def sign_in_cardholder(client, pin="190001"):
+    token = token_of(client.get("/portal/sign-in"))
+    return client.post("/portal/sign-in", data={"staff_number": "S20190001", "pin": pin, "csrf_token": token})
+
+
+def sign_in_staff(client, username="clerk", password=PASSWORD):
+    token = token_of(client.get("/hall/sign-in"))
+    return client.post("/hall/sign-in", data={"username": username, "password": password, "csrf_token": token})
+
+
+def test_cardholder_signs_in_and_sees_balance_with_a_hardened_cookie(site):
+    client = site["app"].test_client()
+    response = sign_in_cardholder(client)
+    assert response.status_code == 302
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    page = client.get("/portal/").get_data(as_text=True)
+    assert "张三" in page and "69.55" in page
+    assert "Balance" in client.get("/portal/?lang=en").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("token", [None, "", "forged-token"])
+def test_portal_post_without_the_session_token_is_refused_and_changes_nothing(site, token):
+    client = site["app"].test_client()
+    sign_in_cardholder(client)
+    before = database_snapshot(site["conn"])
+    data = {"pin": "190001"}
+    if token is not None:
+        data["csrf_token"] = token
+    assert client.post("/portal/loss/report", data=data).status_code == 400
+    assert database_snapshot(site["conn"]) == before
+    assert site["conn"].execute("SELECT status FROM cards").fetchone()[0] == "active"
+
+
+def test_token_of_another_session_does_not_work(site):
+    other = site["app"].test_client()
+    sign_in_staff(other)
+    stolen = token_of(other.get("/hall/person/%d" % site["person_id"]))
+    client = site["app"].test_client()
+    sign_in_staff(client)
+    before = database_snapshot(site["conn"])
+    response = client.post("/hall/person/%d/recharge" % site["person_id"], data={"amount_yuan": "100", "csrf_token": stolen})
+    assert response.status_code == 400
+    assert database_snapshot(site["conn"]) == before
+
+
+def test_sign_in_form_needs_the_token_too(site):
+    client = site["app"].test_client()
+    response = client.post("/portal/sign-in", data={"staff_number": "S20190001", "pin": "190001"})
+    assert response.status_code == 400
+    assert client.get("/portal/").status_code == 302     # still signed out
+
+
+def test_hall_pages_need_the_hall_role(site):
+    anonymous = site["app"].test_client()
+    response = anonymous.get("/hall/person/%d" % site["person_id"])
+    assert response.status_code == 302 and "/hall/sign-in" in response.location
+
+    finance = site["app"].test_client()
+    assert sign_in_staff(finance, "auditor").status_code == 302
+    assert finance.get("/hall/person/%d" % site["person_id"]).status_code == 403
+    assert finance.get("/hall/?q=张").status_code == 403
+
+    cardholder = site["app"].test_client()
+    sign_in_cardholder(cardholder)
+    response = cardholder.get("/hall/person/%d" % site["person_id"])
+    assert response.status_code == 302 and "/hall/sign-in" in response.location
+    assert "张三" not in cardholder.get("/hall/?q=张").get_data(as_text=True)
+
+    clerk = site["app"].test_client()
+    sign_in_staff(clerk)
+    assert "张三" in clerk.get("/hall/?q=张").get_data(as_text=True)
+
+
+def test_staff_action_is_logged_with_who_did_it_and_has_a_receipt(site):
+    client = site["app"].test_client()
+    sign_in_staff(client)
+    token = token_of(client.get("/hall/person/%d" % site["person_id"]))
+    response = client.post("/hall/person/%d/recharge" % site["person_id"], data={"amount_yuan": "12.30", "csrf_token": token})
+    assert response.status_code == 302 and "/hall/receipt/" in response.location
+    receipt = client.get(response.location).get_data(as_text=True)
+    assert "12.30" in receipt and "clerk" in receipt and "张三" in receipt
+    row = site["conn"].execute("SELECT username, action, person_id, amount_fen FROM staff_actions").fetchone()
+    assert row == ("clerk", "recharge", site["person_id"], 1230)
+    assert hall.balances_of(site["conn"], site["account_id"])["main"] == 6955 + 1230
+
+
+def test_a_disabled_staff_user_is_signed_out_at_once(site):
+    client = site["app"].test_client()
+    sign_in_staff(client)
+    assert client.get("/hall/").status_code == 200
+    with dbmod.transaction(site["conn"]):
+        site["conn"].execute("UPDATE web_staff_users SET disabled = 1 WHERE username = 'clerk'")
+    assert client.get("/hall/").status_code == 302
+
+
+def test_wrong_pins_lock_the_portal_sign_in(site):
+    client = site["app"].test_client()
+    for _ in range(5):
+        assert sign_in_cardholder(client, pin="000000").status_code == 401
+    response = sign_in_cardholder(client, pin="190001")     # the right PIN, but locked now
+    assert response.status_code == 401
+    assert "锁定" in response.get_data(as_text=True)
+    assert client.get("/portal/").status_code == 302
+
+
+def test_unknown_number_and_wrong_pin_look_the_same(site):
+    client = site["app"].test_client()
+    token = token_of(client.get("/portal/sign-in"))
+    unknown = client.post("/portal/sign-in", data={"staff_number": "S99999999", "pin": "123456", "csrf_token": token})
+    wrong = sign_in_cardholder(client, pin="123456")
+    assert unknown.status_code == wrong.status_code == 401
+    assert "密码错误" in unknown.get_data(as_text=True) and "密码错误" in wrong.get_data(as_text=True)
+
+
+def test_wrong_staff_passwords_lock_the_user(site):
+    client = site["app"].test_client()
+    for _ in range(5):
+        assert sign_in_staff(client, password="wrong password!").status_code == 401
+    assert sign_in_staff(client).status_code == 401
+    assert client.get("/hall/").status_code == 302
+
+
+def test_staff_add_command_keeps_the_password_out_of_sight(site):
+    secret = "a-very-long-hall-password"
+    result = subprocess.run([sys.executable, "-m", "sync_server", "hall", "staff-add", "--data-dir", site["data_dir"],
+                             "--username", "desk2", "--name", "李老师", "--role", "hall", "--password-stdin"],
+                            input=secret + "\n", capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "desk2" in result.stdout and secret not in result.stdout + result.stderr
+    row = site["conn"].execute("SELECT roles, password_hash FROM web_staff_users WHERE username = 'desk2'").fetchone()
+    assert row[0] == "hall" and secret.encode() not in row[1]
+    client = site["app"].test_client()
+    assert sign_in_staff(client, "desk2", secret).status_code == 302
+    short = subprocess.run([sys.executable, "-m", "sync_server", "hall", "staff-add", "--data-dir", site["data_dir"],
+                            "--username", "desk3", "--role", "hall", "--password-stdin", "--lang", "en"],
+                           input="short\n", capture_output=True, text=True, timeout=60)
+    assert short.returncode == 2 and "at least" in short.stderr
