@@ -263,6 +263,8 @@ def register(subparsers):
     p.add_argument("--name", help="display name")
     p.add_argument("--role", action="append", required=True, choices=("hall", "finance", "admin"))
     p.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    from sync_server.services import hall_cli   # cardholder services: import-people, reissue, unfreeze, ...
+    hall_cli.register(add)
 
 
 def _common_parser(suppress=False):

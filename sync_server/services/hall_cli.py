@@ -1,0 +1,160 @@
+"""`ykt hall` commands for the cardholder services (registered by sync_server/cli.py):
+
+    import-people --file F --category staff|student|self_employed|temporary|identity [--json]
+    reissue --account A --uid HEX [--fee-cash] [--json]     补办: next generation, fee booked
+    unfreeze --account A                                    解挂 by staff (no PIN rule)
+    set-limits --account A --single-fen N --daily-fen N     消费限额
+    change-pin --account A [--new-pin-stdin]                staff reset (to the initial PIN by default)
+    electricity --account A --building B --floor N --room R --amount-fen N
+    recharge-channel --account A --amount-fen N --channel alipay|wechat|ccb   (simulated payment)
+
+Staff commands record who acted (`--operator`, default the login name). Output follows --lang; a PIN
+is never printed, nor any key.
+"""
+import getpass
+import json
+import sys
+
+from sync_server import keys
+from sync_server.services import (cards, electricity, limits, people_import, pins as pin_service, recharge,
+                                  statements)
+
+
+def _cli():
+    from sync_server import cli     # the shared helpers (data dir, language); imported late: cli imports us
+    return cli
+
+
+def _operator(args):
+    return args.operator or getpass.getuser()
+
+
+def _yuan(fen):
+    return "%.2f" % (fen / 100)
+
+
+def cmd_import_people(args):
+    cli = _cli()
+    conn = cli._open(args)
+    with open(args.file, encoding="utf-8-sig") as handle:
+        text = handle.read(people_import.MAX_CSV_BYTES + 1)
+    report = people_import.import_people(conn, text, args.category)
+    if args.json:
+        print(json.dumps(report))
+        return
+    cli._say(args, "导入完成：新建 %(created)d，更新 %(updated)d，未变 %(unchanged)d（共 %(rows)d 行）" % report,
+             "import done: %(created)d created, %(updated)d updated, %(unchanged)d unchanged (%(rows)d rows)" % report)
+
+
+def cmd_reissue(args):
+    cli = _cli()
+    conn = cli._open(args)
+    result = cards.reissue(conn, args.account, bytes.fromhex(args.uid), _operator(args),
+                           fee_source="cash" if args.fee_cash else "balance")
+    identity = result["identity"]
+    if args.json:
+        print(json.dumps({"card_number": identity.card_number, "generation": identity.generation,
+                          "account_id": identity.account_id, "holder_category": identity.holder_category,
+                          "expiry_yyyymmdd": identity.expiry_yyyymmdd, "name": result["name"],
+                          "fee_fen": result["fee_fen"], "fee_source": result["fee_source"],
+                          "balances": result["balances"], "uid": args.uid.lower()}, ensure_ascii=False))
+        return
+    cli._say(args, "补卡成功：卡号 %d 第 %d 代（旧卡第 %d 代已停用），补卡费 %s 元，主钱包余额 %s 元；请在发卡机上写卡"
+             % (identity.card_number, identity.generation, result["replaced_generation"], _yuan(result["fee_fen"]),
+                _yuan(result["balances"]["main"])),
+             "card reissued: number %d generation %d (generation %d denied), fee %s yuan, main wallet %s yuan; "
+             "write it at the issuing station" % (identity.card_number, identity.generation,
+                                                 result["replaced_generation"], _yuan(result["fee_fen"]),
+                                                 _yuan(result["balances"]["main"])))
+
+
+def cmd_unfreeze(args):
+    cli = _cli()
+    result = cards.unfreeze(cli._open(args), args.account, operator=_operator(args))
+    cli._say(args, "解挂成功：卡号 %(card_number)d（黑名单版本 %(deny_version)d）" % result,
+             "card %(card_number)d unfrozen (deny version %(deny_version)d)" % result)
+
+
+def cmd_set_limits(args):
+    cli = _cli()
+    result = limits.set_limits(cli._open(args), args.account, args.single_fen, args.daily_fen,
+                               operator=_operator(args))
+    cli._say(args, "限额已设置：单笔 %s 元，每日 %s 元" % (_yuan(result["single_limit_fen"]),
+                                                    _yuan(result["daily_limit_fen"])),
+             "limits set: %s yuan per transaction, %s yuan per day" % (_yuan(result["single_limit_fen"]),
+                                                                    _yuan(result["daily_limit_fen"])))
+
+
+def cmd_change_pin(args):
+    cli = _cli()
+    new_pin = sys.stdin.readline().strip() if args.new_pin_stdin else None
+    initial = pin_service.reset_pin(cli._open(args), args.account, _operator(args), new_pin)
+    if initial:
+        cli._say(args, "密码已重置为初始密码（证件号后六位），请持卡人尽快修改",
+                 "PIN reset to the initial one (last six of the ID number); the holder should change it")
+    else:
+        cli._say(args, "密码已重置", "PIN reset")
+
+
+def cmd_electricity(args):
+    cli = _cli()
+    result = electricity.pay(cli._open(args), args.account, args.building, args.floor, args.room, args.amount_fen,
+                             operator=_operator(args))
+    cli._say(args, "电费缴纳成功：%s %d层 %s 房间 %s 元（单号 %s）" % (args.building, args.floor, args.room,
+                                                           _yuan(args.amount_fen), result["payment_id"]),
+             "electricity paid: %s floor %d room %s, %s yuan (payment %s)" % (args.building, args.floor, args.room,
+                                                                         _yuan(args.amount_fen), result["payment_id"]))
+
+
+def cmd_recharge_channel(args):
+    """A whole channel round trip on the local database: order, signed notification, credit."""
+    cli = _cli()
+    conn = cli._open(args)
+    master_key = keys.load_master_key(keys.master_key_path(cli._data_dir(args)))
+    secret = recharge.channel_secret(master_key, args.channel)
+    order = recharge.create_order(conn, args.account, args.amount_fen, args.channel)
+    body, headers = recharge.SimulatedChannel(args.channel, secret).notification(order)
+    outcome, order = recharge.handle_notification(conn, args.channel, body, headers[recharge.SIGNATURE_HEADER],
+                                                  secret)
+    main_fen = statements.balance(conn, args.account)["wallets"]["main"]
+    cli._say(args, "充值成功：订单 %s，%s 元，主钱包余额 %s 元" % (order["order_id"], _yuan(order["amount_fen"]),
+                                                           _yuan(main_fen)),
+             "recharged: order %s, %s yuan, main wallet %s yuan" % (order["order_id"], _yuan(order["amount_fen"]),
+                                                                   _yuan(main_fen)))
+
+
+def register(add):
+    """Add the commands through sync_server/cli.py's `add(name, handler, help)`."""
+    def staff(parser):
+        parser.add_argument("--operator", help="staff user acting (default: login name)")
+        return parser
+
+    p = add("import-people", cmd_import_people, "从人事/学籍导入人员 / import people from a registry CSV")
+    p.add_argument("--file", required=True)
+    p.add_argument("--category", required=True, choices=sorted(people_import.CATEGORIES))
+    p.add_argument("--json", action="store_true")
+    p = staff(add("reissue", cmd_reissue, "补办卡片（收补卡费）/ reissue a card (fee charged)"))
+    p.add_argument("--account", type=int, required=True)
+    p.add_argument("--uid", required=True, help="new card UID, hex")
+    p.add_argument("--fee-cash", action="store_true", help="fee paid in cash instead of from the balance")
+    p.add_argument("--json", action="store_true")
+    p = staff(add("unfreeze", cmd_unfreeze, "解挂（服务大厅）/ unfreeze a lost card at the hall"))
+    p.add_argument("--account", type=int, required=True)
+    p = staff(add("set-limits", cmd_set_limits, "设置消费限额 / set consumption limits"))
+    p.add_argument("--account", type=int, required=True)
+    p.add_argument("--single-fen", type=int, required=True)
+    p.add_argument("--daily-fen", type=int, required=True)
+    p = staff(add("change-pin", cmd_change_pin, "重置交易密码 / reset the card PIN"))
+    p.add_argument("--account", type=int, required=True)
+    p.add_argument("--new-pin-stdin", action="store_true", help="read the new PIN from stdin (default: initial PIN)")
+    p = staff(add("electricity", cmd_electricity, "缴纳电费 / pay dorm electricity"))
+    p.add_argument("--account", type=int, required=True)
+    p.add_argument("--building", required=True)
+    p.add_argument("--floor", type=int, required=True)
+    p.add_argument("--room", required=True)
+    p.add_argument("--amount-fen", type=int, required=True)
+    p = add("recharge-channel", cmd_recharge_channel, "渠道充值（模拟支付）/ recharge through a channel (simulated)")
+    p.add_argument("--account", type=int, required=True)
+    p.add_argument("--amount-fen", type=int, required=True)
+    p.add_argument("--channel", required=True, choices=recharge.ONLINE_CHANNELS)
+
