@@ -60,7 +60,7 @@ demo: $(PY_STAMP)
 	$(BIN)/ykt demo $(DEMO_ARGS)
 
 test: $(PY_STAMP) $(NODE_STAMP) $(PCSC_STAMP) $(CHROMIUM_STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --reader=all $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .hypothesis

@@ -258,6 +258,10 @@ class PcscReader(Reader):
     def poll(self, timeout_ms):
         assert timeout_ms >= 0
         self._pending_value = None
+        if self._card is not None and scard.SCardStatus(self._card)[0] != scard.SCARD_S_SUCCESS:
+            # The card left since this handle was made (SCardStatus says "removed"). pcsc-lite's
+            # SCardReconnect would still succeed on it, and pcscd then misses the next card's removal.
+            self._drop_connection()
         if self._card is not None:
             try:
                 self._reselect()

@@ -15,7 +15,8 @@ Scripted mode (tests, the demo, a cashier keyboard wedge): one JSON object per l
     {"card": "...", "confirm": true}                          cashier confirms a repeat tap
     {"card": "...", "pull_after": 3, "pull_done": false}      the card leaves at its 3rd command
     {"cancel": true} | {"sync": true} | {"sleep_ms": 200}
-Lines without "card" on a real reader wait for a real tap. Output lines carry a "type": "decision"
+Card images go into the terminal's card slot (`card_slot=`, by default the sim: reader's field; test
+rigs pass the PN532 emulator's field or a PC/SC card slot). Lines without "card" wait for a real tap. Output lines carry a "type": "decision"
 (exactly one per scripted tap: seq, accepted, reason, amount_fen, balance_after_fen; an accepted
 one is printed only once the record is committed; reason "no_card" when no card answered), and,
 with display on, "show", "beep", "speak", "sync"; "drained" at the end.
@@ -67,11 +68,15 @@ def sam_from_provisioning(document):
 
 class PosTerminal:
     def __init__(self, provisioning, data_dir, reader, lang="zh", out=None, display=True, sync=True,
-                 server_url=None, cards_dir=None, sync_interval_ms=None, raw_ms=None):
+                 server_url=None, cards_dir=None, sync_interval_ms=None, raw_ms=None, card_slot=None):
         os.makedirs(data_dir, exist_ok=True)
         self.provisioning = provisioning
         self.terminal_id = provisioning["terminal_id"]
         self.reader = reader
+        # Where scripted card images go: anything with VirtualField's place / pull / pull_after /
+        # on_operation. The sim: reader's own field by default; test rigs pass the PN532 emulator's
+        # field or a PC/SC card slot, so the same scripts run on every driver.
+        self.card_slot = card_slot if card_slot is not None else getattr(reader, "field", None)
         self.lang = lang
         self.out = out if out is not None else sys.stdout
         self.display = display
@@ -302,17 +307,22 @@ class PosTerminal:
     def _tap(self, line):
         card = None
         stop_write_through = None
+        cancel_pull = None
+        slot = self.card_slot
         if line.get("card"):
+            if slot is None:
+                raise ValueError("脚本中的卡片映像需要模拟读卡器 / scripted card images need a card slot "
+                                 "(sim: reader or an emulator); %r has none" % (self.reader,))
             from simulators.card_file import write_through      # only scripted sim taps need the model
             from simulators.classic_card import ClassicCard
             path = self._card_path(line["card"])
             card = ClassicCard.load(path)
             # The image is saved after each command that changes the card (tap counter included),
             # like a card's EEPROM: a terminal killed mid-tap never leaves it behind the card.
-            stop_write_through = write_through(self.reader.field, card, path)
-            self.reader.field.place(card)
+            stop_write_through = write_through(slot, card, path)
+            slot.place(card)
             if line.get("pull_after"):
-                self.reader.field.pull_after(int(line["pull_after"]), done=bool(line.get("pull_done", True)))
+                cancel_pull = slot.pull_after(int(line["pull_after"]), done=bool(line.get("pull_done", True)))
         decisions_before = self._decisions
         try:
             if not self.present_card():
@@ -325,7 +335,9 @@ class PosTerminal:
                 self._emit_decision(None, False, self._last_shown, self.machine.amount_fen, None, None)
         finally:
             if card is not None:
-                self.reader.field.pull()
+                if cancel_pull is not None:
+                    cancel_pull()       # a pull this tap never reached must not hit the next one
+                slot.pull()
                 stop_write_through()
 
     def _resolve_prompts(self, line):
