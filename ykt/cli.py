@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-_PARTS = ("sync_server.cli", "firmware.apps.cli", "simulators.cli")
+_PARTS = ("sync_server.cli", "firmware.apps.cli", "simulators.cli", "sync_server.finance.cli")
 
 
 def build_parser():

@@ -1,0 +1,154 @@
+"""`ykt finance ...`: close a business day, import a channel statement, export a closed day.
+
+    ykt finance close --date YYYY-MM-DD [--json]          (default: yesterday, Beijing time)
+    ykt finance import-statement --channel alipay --date D FILE
+    ykt finance export --date D --out DIR                  CSV files and an Excel workbook
+
+All take --data-dir (default $YKT_DATA_DIR or ./data) and --lang. `close --json` prints exactly one
+JSON line (totals, gaps, anomaly counts, balanced); the readable summary goes to stderr then.
+Exit status: 0 done, 2 refused (message says why), 3 closed but not balanced.
+"""
+import json
+import os
+import sys
+
+from sync_server import db as dbmod, hall, messages
+from sync_server.finance import FinanceError, day_number, day_of_ms, day_text
+from sync_server.finance import close as close_module, report as report_module, statements
+
+EXIT_REFUSED = 2
+EXIT_UNBALANCED = 3
+
+
+def _lang(args):
+    return "en" if (getattr(args, "lang", None) or messages.lang_from_env()).startswith("en") else "zh"
+
+
+def _open(args):
+    data_dir = os.path.abspath(args.data_dir or os.environ.get("YKT_DATA_DIR", "./data"))
+    path = dbmod.db_path(data_dir)
+    if not os.path.exists(path):
+        raise FinanceError("数据目录尚未初始化：%s" % data_dir, "data directory not initialised: %s" % data_dir)
+    return dbmod.init_db(path)
+
+
+def _day(args):
+    if args.date:
+        return day_number(args.date)
+    return day_of_ms(dbmod.now_ms()) - 1
+
+
+def readable(report, lang):
+    """A few lines for people at a terminal."""
+    summary = report_module.summary(report)
+    en = lang == "en"
+    yuan = report_module.yuan
+    lines = [("Day close %s" if en else "日结 %s") % report["day"]]
+    lines.append(("  sales %d, gross %s, refunds %s, net %s yuan" if en else "  交易 %d 笔，交易额 %s 元，退款 %s 元，净额 %s 元")
+                 % (summary["sales_count"], yuan(summary["gross_fen"]), yuan(summary["refunds_fen"]),
+                    yuan(summary["net_fen"])))
+    for row in report["merchants"]:
+        lines.append("    %-24s %6d  %12s" % (row["name_en"] if en else row["name_zh"], row["count"], yuan(row["net_fen"])))
+    lines.append(("  late records booked today %d, recharges %s yuan" if en else "  补入往日记录 %d 笔，充值 %s 元")
+                 % (summary["late_records"], yuan(summary["recharges_fen"])))
+    lines.append(("  open gaps %d, silent terminals %d, anomalies %d" if en else "  未补齐缺号段 %d，当日未同步终端 %d，异常 %d")
+                 % (summary["gaps"], summary["terminals_silent"], summary["anomalies"]))
+    for key, zh, english in report_module.ANOMALY_KINDS:
+        if summary["anomaly_counts"][key]:
+            lines.append("    %s: %d" % (english if en else zh, summary["anomaly_counts"][key]))
+    if summary["anomaly_counts"]["statement_mismatches"]:
+        lines.append("    %s: %d" % ("statement mismatches" if en else "渠道对账差异",
+                                      summary["anomaly_counts"]["statement_mismatches"]))
+    lines.append(("  balanced: %s (trial balance %d fen)" if en else "  账实相符：%s（试算差额 %d 分）")
+                 % (("yes" if en else "是") if summary["balanced"] else ("NO" if en else "否"),
+                    summary["trial_balance_fen"]))
+    return "\n".join(lines)
+
+
+def cmd_close(args):
+    lang = _lang(args)
+    conn = _open(args)
+    try:
+        report, newly = close_module.close_day(conn, _day(args))
+    finally:
+        conn.close()
+    if not newly:
+        print(("%s was already closed: the stored figures" if lang == "en" else "%s 已结算，以下为存档数据")
+              % report["day"], file=sys.stderr)
+    print(readable(report, lang), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(report_module.summary(report), ensure_ascii=False, sort_keys=True))
+    return 0 if report["invariants"]["balanced"] else EXIT_UNBALANCED
+
+
+def cmd_import_statement(args):
+    lang = _lang(args)
+    with open(args.file, "rb") as handle:
+        data = handle.read()
+    conn = _open(args)
+    try:
+        summary, newly = statements.import_statement(conn, args.channel, _day(args), data)
+    finally:
+        conn.close()
+    en = lang == "en"
+    text = ("statement of %s: %d lines, %s yuan%s" if en else "%s 对账单：%d 行，%s 元%s") % (
+        summary["day"], summary["lines"], report_module.yuan(summary["total_fen"]),
+        "" if newly else (" (already imported)" if en else "（此前已导入）"))
+    matched = summary["matched"]
+    if matched:
+        text += ("; matched %d, missing ours %d, missing theirs %d, amount mismatch %d" if en else
+                 "；已勾对 %d，我方缺失 %d，对方缺失 %d，金额不符 %d") % (
+            matched["matched"], matched["missing_ours_count"], matched["missing_theirs_count"],
+            matched["amount_mismatch_count"])
+    else:
+        text += "; matched when the day closes" if en else "；该日结算时勾对"
+    print(text)
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False, sort_keys=True))
+
+
+def cmd_export(args):
+    from sync_server.finance import exports
+    lang = _lang(args)
+    conn = _open(args)
+    try:
+        report = close_module.load_report(conn, _day(args))
+    finally:
+        conn.close()
+    if report is None:
+        raise FinanceError("%s 尚未结算" % day_text(_day(args)), "%s is not closed yet" % day_text(_day(args)))
+    paths = exports.write_all(report, args.out, lang)
+    for path in paths:
+        print(path)
+
+
+def _guard(handler):
+    def run(args):
+        try:
+            return handler(args)
+        except (FinanceError, hall.HallError) as error:
+            print(error.text(_lang(args)), file=sys.stderr)
+            return EXIT_REFUSED
+    return run
+
+
+def register(subparsers):
+    import argparse
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", help="data directory (default $YKT_DATA_DIR or ./data)")
+    common.add_argument("--lang", choices=("zh", "en"))
+    common.add_argument("--date", help="business day YYYY-MM-DD, Beijing time (default: yesterday)")
+    finance = subparsers.add_parser("finance", help="财务日结与对账 / finance: day close and reconciliation")
+    commands = finance.add_subparsers(dest="finance_command", metavar="COMMAND")
+    commands.required = True
+    parser = commands.add_parser("close", parents=[common], help="日结 / close a business day")
+    parser.add_argument("--json", action="store_true", help="print one JSON line of results")
+    parser.set_defaults(handler=_guard(cmd_close))
+    parser = commands.add_parser("import-statement", parents=[common], help="导入渠道对账单 / import a channel statement")
+    parser.add_argument("--channel", required=True, help="channel name (alipay, wechat, ccb) or ledger account id")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("file", help="statement CSV")
+    parser.set_defaults(handler=_guard(cmd_import_statement))
+    parser = commands.add_parser("export", parents=[common], help="导出 CSV 与 Excel / export CSV files and a workbook")
+    parser.add_argument("--out", required=True, help="directory to write into")
+    parser.set_defaults(handler=_guard(cmd_export))

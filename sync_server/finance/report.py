@@ -1,0 +1,188 @@
+"""Figures of a closed day shared by every output: the one-line summary, anomaly counts, labels, and
+the report as flat tables (the CSV files, the workbook sheets and the HTML tables are all built from
+`tables()`, so they always say the same thing).
+"""
+from firmware.core import wallets as wallet_rules
+
+ANOMALY_KINDS = (
+    # key in report["anomalies"] (count), Chinese, English
+    ("negative_account_count", "脱机透支（账户已冻结）", "accounts driven negative (blocked)"),
+    ("cloned_card_count", "疑似复制卡（已禁用）", "cloned cards suspected (denied)"),
+    ("revoked_terminal_record_count", "已停用终端的记录", "records from revoked terminals"),
+    ("impossible_time_count", "时间不可能的记录", "records with impossible times"),
+    ("unbooked_record_count", "未入账记录（账户未知）", "records not booked (unknown account)"),
+)
+
+
+def anomaly_counts(report):
+    counts = {key: report["anomalies"][key] for key, _zh, _en in ANOMALY_KINDS}
+    counts["statement_mismatches"] = report["totals"].get("statement_mismatches", 0)
+    return counts
+
+
+def summary(report):
+    """The one JSON line of `ykt finance close --json`: totals, gaps, anomalies, balanced."""
+    totals = report["totals"]
+    counts = anomaly_counts(report)
+    return {
+        "day": report["day"],
+        "balanced": report["invariants"]["balanced"],
+        "records": totals["records"],
+        "sales_count": totals["sales_count"],
+        "gross_fen": totals["gross_fen"],
+        "refunds_fen": totals["refunds_fen"],
+        "net_fen": totals["net_fen"],
+        "late_records": totals["late_records"],
+        "late_fen": totals["late_fen"],
+        "recharges_fen": totals["recharges_fen"],
+        "merchants": {str(row["merchant_id"]): row["net_fen"] for row in report["merchants"]},
+        "gaps": totals["open_gaps"],
+        "missing_seqs": totals["missing_seqs"],
+        "terminals_silent": len(report["terminals_silent"]),
+        "anomalies": sum(counts.values()),
+        "anomaly_counts": counts,
+        "trial_balance_fen": report["invariants"]["trial_balance_fen"],
+        "closed_ms": report["closed_ms"],
+    }
+
+
+def yuan(fen):
+    """'12.34' (negative with a leading minus), exact: fen are integers."""
+    sign = "-" if fen < 0 else ""
+    return "%s%d.%02d" % (sign, abs(fen) // 100, abs(fen) % 100)
+
+
+def _clock(time_ms):
+    if time_ms is None:
+        return ""
+    minute_of_day = (time_ms + 8 * 3600 * 1000) % 86400000 // 60000
+    return "%02d:%02d" % (minute_of_day // 60, minute_of_day % 60)
+
+
+def _duration_s(ms):
+    return "" if ms is None else "%d" % (ms // 1000)
+
+
+def _name(row, lang):
+    return row["name_en"] if lang == "en" else row["name_zh"]
+
+
+def tables(report, lang="zh"):
+    """[(sheet name, header, rows)] of the report; names and headers in the chosen language."""
+    en = lang == "en"
+    t = (lambda zh, english: english if en else zh)
+    result = []
+    totals = report["totals"]
+    invariants = report["invariants"]
+    result.append((t("汇总", "summary"), [t("项目", "item"), t("数值", "value")], [
+        [t("营业日", "business day"), report["day"]],
+        [t("交易笔数", "sales"), totals["sales_count"]],
+        [t("交易额（元）", "gross (yuan)"), yuan(totals["gross_fen"])],
+        [t("退款（元）", "refunds (yuan)"), yuan(totals["refunds_fen"])],
+        [t("净额（元）", "net (yuan)"), yuan(totals["net_fen"])],
+        [t("补入的往日记录", "late records booked today"), totals["late_records"]],
+        [t("充值（元）", "recharges (yuan)"), yuan(totals["recharges_fen"])],
+        [t("未补齐的缺号段", "open sequence gaps"), totals["open_gaps"]],
+        [t("试算平衡（分）", "trial balance (fen)"), invariants["trial_balance_fen"]],
+        [t("账实相符", "balanced"), t("是", "yes") if invariants["balanced"] else t("否", "no")],
+    ] + [[zh if not en else english, report["anomalies"][key]] for key, zh, english in ANOMALY_KINDS]
+      + [[t("渠道对账差异", "statement mismatches"), totals.get("statement_mismatches", 0)]]))
+    result.append((t("商户结算", "merchants"),
+                   [t("商户号", "merchant"), t("商户", "name"), t("类别", "category"), t("笔数", "count"),
+                    t("交易额（元）", "gross (yuan)"), t("退款笔数", "refunds"), t("退款（元）", "refunds (yuan)"),
+                    t("净额（元）", "net (yuan)"), t("往日补入笔数", "late count"), t("往日补入（元）", "late (yuan)")],
+                   [[row["merchant_id"], _name(row, lang), wallet_rules.CATEGORY_NAMES.get(row["category"], ""),
+                     row["count"], yuan(row["gross_fen"]), row["refund_count"], yuan(row["refunds_fen"]),
+                     yuan(row["net_fen"]), row["late_count"], yuan(row["late_fen"])] for row in report["merchants"]]))
+    hour_rows = []
+    for row in report["merchants"]:
+        for hour, (count, fen) in enumerate(row["by_hour"]):
+            if count:
+                hour_rows.append([row["merchant_id"], _name(row, lang), "%02d:00" % hour, count, yuan(fen)])
+    result.append((t("分时段", "by hour"), [t("商户号", "merchant"), t("商户", "name"), t("时段", "hour"),
+                                            t("笔数", "count"), t("金额（元）", "amount (yuan)")], hour_rows))
+    result.append((t("终端", "terminals"),
+                   [t("终端号", "terminal"), t("商户", "merchant"), t("状态", "status"), t("记录数", "records"),
+                    t("起始序号", "first seq"), t("结束序号", "last seq"), t("未补齐缺号段", "open gaps"),
+                    t("缺失序号数", "missing seqs"), t("距上次同步（秒）", "since last sync (s)"),
+                    t("时钟偏差（毫秒）", "clock offset (ms)"), t("脱机记录", "offline records"),
+                    t("脱机时段", "offline periods"), t("当日未同步", "silent")],
+                   [[row["terminal_id"], _name(row, lang), row["status"], row["records"], row["first_seq"],
+                     row["last_seq"], row["open_gap_count"], row["missing_seqs"],
+                     _duration_s(row["since_last_sync_ms"]), row["clock_offset_ms"], row["offline_records"],
+                     " ".join("%s-%s(%d)" % (_clock(p[0]), _clock(p[1]), p[2]) for p in row["offline_periods"]),
+                     t("是", "yes") if row["silent"] else ""] for row in report["terminals"]]))
+    channel_rows = []
+    for row in report["channels"]:
+        statement = row.get("statement")
+        channel_rows.append([row["ledger_account_id"], _name(row, lang), row["kind"], row["count"],
+                             yuan(row["total_fen"]), row["late_count"],
+                             "" if not statement else statement["matched"],
+                             "" if not statement else statement["missing_ours_count"],
+                             "" if not statement else statement["missing_theirs_count"],
+                             "" if not statement else statement["amount_mismatch_count"]])
+    result.append((t("充值渠道", "channels"),
+                   [t("账户", "account"), t("渠道", "channel"), t("类型", "kind"), t("笔数", "count"),
+                    t("金额（元）", "amount (yuan)"), t("往日补入", "late"), t("已勾对", "matched"),
+                    t("我方缺失", "missing ours"), t("对方缺失", "missing theirs"), t("金额不符", "amount mismatch")],
+                   channel_rows))
+    result.append((t("异常", "anomalies"), [t("类型", "kind"), t("详情", "detail")], anomaly_rows(report, lang)))
+    kinds = invariants["kinds"]
+    result.append((t("试算", "invariants"),
+                   [t("账户类型", "account kind"), t("期初（元）", "opening (yuan)"), t("发生额（元）", "movements (yuan)"),
+                    t("期末（元）", "closing (yuan)"), t("相符", "ok")],
+                   [[kind, yuan(row["opening_fen"]), yuan(row["movements_fen"]), yuan(row["closing_fen"]),
+                     t("是", "yes") if row["ok"] else t("否", "no")] for kind, row in sorted(kinds.items())]))
+    return result
+
+
+def anomaly_rows(report, lang="zh"):
+    en = lang == "en"
+    t = (lambda zh, english: english if en else zh)
+    anomalies = report["anomalies"]
+    rows = []
+    for item in anomalies["negative_accounts"]:
+        rows.append([t("脱机透支", "driven negative"), t("账户 %d 余额 %s，%s", "account %d balances %s, %s") % (
+            item["account_id"], ", ".join("%s %s" % (w, yuan(f)) for w, f in sorted(item["wallets_fen"].items())),
+            t("已冻结", "blocked") if item["blocked"] else t("未冻结", "not blocked"))])
+    for item in anomalies["cloned_cards"]:
+        rows.append([t("疑似复制卡", "cloned card"), t("卡号 %d 第 %d 代（%s），%s", "card %d generation %d (%s), %s") % (
+            item["card_number"], item["generation"], ", ".join(item["kinds"]),
+            t("已禁用", "denied") if item["denied"] else t("未禁用", "not denied"))])
+    for item in anomalies["revoked_terminal_records"]:
+        rows.append([t("停用终端记录", "revoked terminal"), t("终端 %d 序号 %d", "terminal %d seq %d")
+                     % (item["terminal_id"], item["seq"])])
+    for item in anomalies["impossible_times"]:
+        rows.append([t("时间不可能", "impossible time"), t("终端 %d 序号 %d", "terminal %d seq %d")
+                     % (item["terminal_id"], item["seq"])])
+    for item in anomalies["unbooked_records"]:
+        rows.append([t("未入账", "not booked"), t("终端 %d 序号 %d（%s）", "terminal %d seq %d (%s)")
+                     % (item["terminal_id"], item["seq"], item["reason"])])
+    for channel in report["channels"]:
+        statement = channel.get("statement")
+        if not statement:
+            continue
+        for item in statement["amount_mismatch"]:
+            rows.append([t("渠道金额不符", "channel amount mismatch"), "%s %s: %s / %s" % (
+                _name(channel, lang), item["order_ref"], yuan(item["ours_fen"]), yuan(item["theirs_fen"]))])
+        for item in statement["missing_ours"]:
+            rows.append([t("我方缺失", "missing ours"), "%s %s %s" % (_name(channel, lang), item["order_ref"],
+                                                                    yuan(item["amount_fen"]))])
+        for item in statement["missing_theirs"]:
+            rows.append([t("对方缺失", "missing theirs"), "%s %s %s" % (_name(channel, lang), item["order_ref"],
+                                                                      yuan(item["amount_fen"]))])
+    for item in anomalies["late_records"]:
+        rows.append([t("往日补入", "late record"), t("终端 %d 序号 %d 属于 %s", "terminal %d seq %d belongs to %s")
+                     % (item["terminal_id"], item["seq"], item["own_day"])])
+    return rows
+
+
+def sales_by_hour(report):
+    """[(hour, count, fen)] over all merchants (own-day records)."""
+    hours = [[0, 0] for _ in range(24)]
+    for row in report["merchants"]:
+        for hour, (count, fen) in enumerate(row["by_hour"]):
+            hours[hour][0] += count
+            hours[hour][1] += fen
+    return [(hour, count, fen) for hour, (count, fen) in enumerate(hours)]
+
