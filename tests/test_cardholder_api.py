@@ -1,0 +1,377 @@
+"""The cardholder JSON API (/api/v1) over HTTP against the real server process (gunicorn).
+
+Every operation and every refusal the manuals and issue 4 name: binding, another person's account,
+recharge through channels (duplicate, out-of-order and forged notifications), the statement query,
+loss and unfreeze with their PIN rules, PIN change and lockout, limits reaching terminals, dorm
+electricity, and a reissue whose old card terminals refuse.
+"""
+import concurrent.futures
+import itertools
+
+import httpx
+import pytest
+
+from firmware.core import card_layout, protocol
+from sync_server import db as dbmod, hall, ledger, pins
+from sync_server.ledger_store import SqliteStore, REASON_LOST, REASON_REPLACED
+from sync_server.services import cards, recharge
+
+_serial = itertools.count(1)
+
+
+class Holder:
+    """A cardholder with an account, a card and a phone app signed in (bearer token)."""
+
+    def __init__(self, server, balance_fen=0, legacy_fen=0, with_card=True):
+        n = next(_serial)
+        self.name = "测试%d号" % n
+        self.staff_number = "T%05d" % n
+        self.id_number = "1101011990010%04dX" % n
+        self.pin = pins.initial_pin(self.id_number, self.staff_number)
+        conn = server.connect()
+        try:
+            self.person_id, self.account_id = hall.add_person(conn, self.name, card_layout.HOLDER_STUDENT,
+                                                              id_number=self.id_number, staff_number=self.staff_number)
+            self.card_number = None
+            if with_card:
+                identity, _ = hall.issue_card_record(conn, self.account_id, bytes([0x10, n >> 8 & 0xFF, n & 0xFF, 1]))
+                self.card_number = identity.card_number
+            if balance_fen:
+                hall.recharge(conn, self.account_id, balance_fen)
+            if legacy_fen:
+                hall.recharge(conn, self.account_id, legacy_fen, wallet=protocol.WALLET_LEGACY,
+                              channel=dbmod.LEDGER_LEGACY_SOURCE)  # old-system balance, as migrated
+        finally:
+            conn.close()
+        self.http = httpx.Client(base_url=server.url, timeout=60)
+        answer = self.http.post("/api/v1/bind", json={"app_user_id": "app-%s" % self.staff_number,
+                                                      "name": self.name, "staff_number": self.staff_number})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["account_id"] == self.account_id
+        self.http.headers["Authorization"] = "Bearer " + answer.json()["token"]
+
+    def url(self, tail, account_id=None):
+        return "/api/v1/accounts/%d/%s" % (account_id or self.account_id, tail)
+
+    def balance(self):
+        answer = self.http.get(self.url("balance"))
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+
+def _card_status(server, card_number):
+    conn = server.connect()
+    try:
+        return [row[0] for row in conn.execute("SELECT status FROM cards WHERE card_number = ? ORDER BY generation",
+                                               (card_number,))]
+    finally:
+        conn.close()
+
+
+def _deny_entries(terminal, card_number, generation=1):
+    answer = terminal.sync([])
+    ref = protocol.card_deny_ref(card_number, generation)
+    return [(entry[2], entry[3]) for entry in answer["deny"]["entries"] if entry[0] == protocol.DENY_CARD
+            and entry[1] == ref]
+
+
+def _channel(server, name):
+    return recharge.SimulatedChannel(name, recharge.channel_secret(server.master_key(), name))
+
+
+def _error(answer, status, code):
+    assert answer.status_code == status, answer.text
+    body = answer.json()
+    assert body["error"] == code and body["message_zh"] and body["message_en"]
+    return body
+
+
+# --- binding and scoping -------------------------------------------------------------------------
+
+def test_binding_needs_the_right_name_and_locks_out_guessing(live_server):
+    holder = Holder(live_server)
+    http = httpx.Client(base_url=live_server.url, timeout=60)
+    wrong = {"app_user_id": "guesser", "name": "别人", "staff_number": holder.staff_number}
+    _error(http.post("/api/v1/bind", json=wrong), 403, "bind_failed")
+    for _ in range(pins.MAX_PIN_FAILURES - 2):
+        http.post("/api/v1/bind", json=wrong)
+    _error(http.post("/api/v1/bind", json=wrong), 423, "bind_locked")
+    right = dict(wrong, name=holder.name)
+    _error(http.post("/api/v1/bind", json=right), 423, "bind_locked")     # locked for a while, even if right now
+    _error(http.get(holder.url("balance")), 401, "bad_token")
+    _error(http.get(holder.url("balance"), headers={"Authorization": "Bearer " + "x" * 43}), 401, "bad_token")
+    me = holder.http.get("/api/v1/me").json()
+    assert me["name"] == holder.name and me["account_id"] == holder.account_id
+
+
+def test_another_persons_account_is_refused_everywhere(live_server):
+    alice, bob = Holder(live_server, balance_fen=5000), Holder(live_server, balance_fen=7000)
+    bob_before = bob.balance()
+    attempts = [
+        ("get", "balance", None), ("get", "transactions", None), ("get", "limits", None),
+        ("post", "recharge-orders", {"amount_fen": 100, "channel": "alipay"}),
+        ("post", "report-loss", {"pin": bob.pin}), ("post", "unfreeze", {"pin": bob.pin}),
+        ("post", "pin", {"old_pin": bob.pin, "new_pin": "135790"}),
+        ("put", "limits", {"pin": bob.pin, "single_limit_fen": 100, "daily_limit_fen": 100}),
+        ("post", "electricity", {"pin": bob.pin, "building": "南1", "floor": 1, "room": "101", "amount_fen": 100}),
+    ]
+    for method, tail, body in attempts:
+        answer = getattr(alice.http, method)(alice.url(tail, bob.account_id), **({"json": body} if body else {}))
+        body = _error(answer, 403, "not_yours")
+        assert bob.name not in answer.text and str(bob_before["total_fen"]) not in answer.text
+    order = bob.http.post(bob.url("recharge-orders"), json={"amount_fen": 100, "channel": "wechat"}).json()
+    _error(alice.http.get(alice.url("recharge-orders/%s" % order["order_id"], bob.account_id)), 403, "not_yours")
+    _error(alice.http.get(alice.url("recharge-orders/%s" % order["order_id"])), 404, "unknown_order")
+    assert bob.balance() == bob_before
+    assert _card_status(live_server, bob.card_number) == ["active"]
+
+
+# --- recharge ------------------------------------------------------------------------------------
+
+def _notify(http, channel, body, headers):
+    return http.post("/api/v1/channels/%s/notify" % channel, content=body, headers=headers)
+
+
+def test_channel_recharge_credits_each_order_once_in_any_order(live_server):
+    holder = Holder(live_server)
+    alipay = _channel(live_server, "alipay")
+    first = holder.http.post(holder.url("recharge-orders"), json={"amount_fen": 5000, "channel": "alipay"})
+    second = holder.http.post(holder.url("recharge-orders"), json={"amount_fen": 2000, "channel": "alipay"})
+    assert first.status_code == second.status_code == 201
+    first, second = first.json(), second.json()
+    assert first["status"] == "pending" and first["order_id"] != second["order_id"]
+
+    # the channel closes the second order, then delivers the first one's payment four times at once
+    answer = _notify(holder.http, "alipay", *alipay.notification(second, "closed"))
+    assert answer.json()["outcome"] == "closed"
+    body, headers = alipay.notification(first, "paid")
+
+    def deliver(_):
+        return httpx.post(live_server.url + "/api/v1/channels/alipay/notify", content=body, headers=headers,
+                          timeout=60).json()["outcome"]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        outcomes = sorted(pool.map(deliver, range(4)))
+    assert outcomes == ["credited", "duplicate", "duplicate", "duplicate"]
+    assert holder.balance()["wallets"]["main"] == 5000
+    # a payment after the close still reaches the cardholder (the channel took the money) - once
+    assert _notify(holder.http, "alipay", *alipay.notification(second, "paid")).json()["outcome"] == "credited"
+    assert _notify(holder.http, "alipay", *alipay.notification(second, "closed")).json()["outcome"] == "ignored"
+    assert holder.balance()["wallets"]["main"] == 7000
+    assert holder.http.get(holder.url("recharge-orders/%s" % second["order_id"])).json()["status"] == "paid"
+
+    conn = live_server.connect()
+    try:
+        transfers = conn.execute("SELECT t.amount_fen, c.name FROM transfers t JOIN recharge_channels c "
+                                 "ON c.ledger_account_id = t.debit_id WHERE t.id IN (?, ?)",
+                                 ("o/" + first["order_id"], "o/" + second["order_id"])).fetchall()
+        assert sorted(transfers) == [(2000, "alipay"), (5000, "alipay")]
+        assert ledger.check_balances(SqliteStore(conn)) == []
+    finally:
+        conn.close()
+
+
+def test_forged_or_wrong_notifications_change_nothing_and_are_logged(live_server):
+    holder = Holder(live_server)
+    order = holder.http.post(holder.url("recharge-orders"), json={"amount_fen": 3000, "channel": "wechat"}).json()
+    wechat = _channel(live_server, "wechat")
+    forger = recharge.SimulatedChannel("wechat", b"\x00" * 32)
+    conn = live_server.connect()
+    try:
+        before = conn.execute("SELECT count(*) FROM transfers").fetchone()[0]
+        _error(_notify(holder.http, "wechat", *forger.notification(order)), 401, "bad_signature")
+        body, headers = wechat.notification(order)
+        _error(_notify(holder.http, "wechat", body, {}), 401, "bad_signature")
+        _error(_notify(holder.http, "alipay", body, headers), 401, "bad_signature")   # other channel's key
+        _error(_notify(holder.http, "wechat", *wechat.notification(order, amount_fen=300000)), 409, "amount_mismatch")
+        _error(_notify(holder.http, "wechat", *wechat.notification(dict(order, order_id="R404"))), 404,
+               "unknown_order")
+        _error(_notify(holder.http, "paypal", body, headers), 404, "unknown_channel")
+        assert conn.execute("SELECT count(*) FROM transfers").fetchone()[0] == before
+        assert holder.balance()["wallets"]["main"] == 0
+        logged = [row[0] for row in conn.execute("SELECT outcome FROM channel_notifications WHERE body LIKE ?",
+                                                 ("%" + order["order_id"] + "%",))]
+        assert logged.count("bad_signature") == 3 and "amount_mismatch" in logged
+        assert "bad_signature" in live_server.log()
+    finally:
+        conn.close()
+    _error(holder.http.post(holder.url("recharge-orders"), json={"amount_fen": 0, "channel": "wechat"}), 400,
+           "bad_amount")
+    _error(holder.http.post(holder.url("recharge-orders"), json={"amount_fen": 100, "channel": "bitcoin"}), 404,
+           "unknown_channel")
+
+
+# --- statements ----------------------------------------------------------------------------------
+
+def test_transaction_query_by_type_date_and_page(live_server):
+    holder = Holder(live_server, balance_fen=10000)
+    terminal = live_server.add_terminal()
+    terminal.sync([terminal.record(holder.account_id, holder.card_number, 450, tap_counter=n) for n in (1, 2, 3)])
+    paid = holder.http.post(holder.url("electricity"), json={"pin": holder.pin, "building": "南2", "floor": 3,
+                                                             "room": "305", "amount_fen": 1200})
+    assert paid.status_code == 200, paid.text
+
+    everything = holder.http.get(holder.url("transactions"), params={"page_size": 2}).json()
+    assert everything["total_rows"] == 5 and everything["total_pages"] == 3 and len(everything["rows"]) == 2
+    newest = everything["rows"][0]
+    assert newest["place_zh"] == "学生公寓电费" and newest["amount_fen"] == -1200
+    assert newest["balance_fen_after"] == 10000 - 3 * 450 - 1200 == holder.balance()["total_fen"]
+    last_page = holder.http.get(holder.url("transactions"), params={"page_size": 2, "page": 3}).json()
+    assert [row["amount_fen"] for row in last_page["rows"]] == [10000]
+    assert last_page["rows"][0]["place_zh"] == "服务大厅现金" and last_page["rows"][0]["balance_fen_after"] == 10000
+
+    consumption = holder.http.get(holder.url("transactions"), params={"type": "consumption"}).json()
+    assert [row["amount_fen"] for row in consumption["rows"]] == [-1200, -450, -450, -450]
+    assert {row["place_en"] for row in consumption["rows"]} == {"dorm electricity", "test window"}
+    assert [row["balance_fen_after"] for row in consumption["rows"]] == [7450, 8650, 9100, 9550]
+    recharges = holder.http.get(holder.url("transactions"), params={"type": "recharge"}).json()
+    assert [row["amount_fen"] for row in recharges["rows"]] == [10000]
+    old = holder.http.get(holder.url("transactions"), params={"from": "2020-01-01", "to": "2020-01-31"}).json()
+    assert old["rows"] == [] and old["total_pages"] == 1
+    _error(holder.http.get(holder.url("transactions"), params={"from": "2020-02-30"}), 400, "bad_date")
+    _error(holder.http.get(holder.url("transactions"), params={"type": "gifts"}), 400, "bad_kind")
+    _error(holder.http.get(holder.url("transactions"), params={"page_size": 1000}), 400, "bad_page")
+
+
+# --- loss, unfreeze, PIN -------------------------------------------------------------------------
+
+def test_report_loss_needs_the_pin_and_terminals_deny_the_card(live_server):
+    holder = Holder(live_server, balance_fen=2000)
+    terminal = live_server.add_terminal()
+    _error(holder.http.post(holder.url("report-loss"), json={"pin": "000000"}), 403, "pin_wrong")
+    _error(holder.http.post(holder.url("report-loss"), json={"pin": "12ab"}), 400, "pin_format")
+    assert _card_status(live_server, holder.card_number) == ["active"]
+    assert _deny_entries(terminal, holder.card_number) == []
+
+    answer = holder.http.post(holder.url("report-loss"), json={"pin": holder.pin})
+    assert answer.status_code == 200 and answer.json()["card_number"] == holder.card_number
+    assert _card_status(live_server, holder.card_number) == ["lost"]
+    assert _deny_entries(terminal, holder.card_number) == [(True, REASON_LOST)]
+    _error(holder.http.post(holder.url("report-loss"), json={"pin": holder.pin}), 409, "already_lost")
+    assert holder.balance()["wallets"]["main"] == 2000     # the money stays with the account
+
+
+def test_unfreeze_only_after_the_pin_was_changed(live_server):
+    holder = Holder(live_server)
+    terminal = live_server.add_terminal()
+    _error(holder.http.post(holder.url("unfreeze"), json={"pin": holder.pin}), 409, "not_lost")
+    assert holder.http.post(holder.url("report-loss"), json={"pin": holder.pin}).status_code == 200
+    body = _error(holder.http.post(holder.url("unfreeze"), json={"pin": holder.pin}), 403, "initial_pin_unfreeze")
+    assert "服务大厅" in body["message_zh"]
+    assert _card_status(live_server, holder.card_number) == ["lost"]
+
+    _error(holder.http.post(holder.url("pin"), json={"old_pin": "999999", "new_pin": "864213"}), 403, "pin_wrong")
+    _error(holder.http.post(holder.url("pin"), json={"old_pin": holder.pin, "new_pin": "8642"}), 400, "pin_format")
+    _error(holder.http.post(holder.url("pin"), json={"old_pin": holder.pin, "new_pin": "864213",
+                                                     "confirm_pin": "864214"}), 400, "pin_mismatch")
+    assert holder.http.post(holder.url("pin"), json={"old_pin": holder.pin, "new_pin": "864213"}).status_code == 200
+    _error(holder.http.post(holder.url("unfreeze"), json={"pin": holder.pin}), 403, "pin_wrong")   # old PIN gone
+    answer = holder.http.post(holder.url("unfreeze"), json={"pin": "864213"})
+    assert answer.status_code == 200, answer.text
+    assert _card_status(live_server, holder.card_number) == ["active"]
+    assert _deny_entries(terminal, holder.card_number)[-1][0] is False     # the deny entry is lifted
+
+
+def test_wrong_pins_lock_the_account_out(live_server):
+    holder = Holder(live_server)
+    for _ in range(pins.MAX_PIN_FAILURES - 1):
+        _error(holder.http.post(holder.url("report-loss"), json={"pin": "000001"}), 403, "pin_wrong")
+    _error(holder.http.post(holder.url("report-loss"), json={"pin": "000001"}), 423, "pin_locked")
+    _error(holder.http.post(holder.url("report-loss"), json={"pin": holder.pin}), 423, "pin_locked")
+    _error(holder.http.post("/api/v1/sign-in", json={"app_user_id": "kiosk-1", "staff_number": holder.staff_number,
+                                                     "pin": holder.pin}), 423, "pin_locked")
+    assert _card_status(live_server, holder.card_number) == ["active"]
+
+
+def test_kiosk_sign_in_with_staff_number_and_pin(live_server):
+    holder = Holder(live_server, balance_fen=1234)
+    http = httpx.Client(base_url=live_server.url, timeout=60)
+    _error(http.post("/api/v1/sign-in", json={"app_user_id": "kiosk-7", "staff_number": "NOBODY", "pin": "123456"}),
+           403, "pin_wrong")
+    answer = http.post("/api/v1/sign-in", json={"app_user_id": "kiosk-7", "staff_number": holder.staff_number,
+                                                "pin": holder.pin})
+    assert answer.status_code == 200
+    http.headers["Authorization"] = "Bearer " + answer.json()["token"]
+    assert http.get(holder.url("balance")).json()["wallets"]["main"] == 1234
+    assert http.post("/api/v1/sign-out").status_code == 200
+    _error(http.get(holder.url("balance")), 401, "bad_token")
+
+
+# --- limits and electricity ----------------------------------------------------------------------
+
+def test_limits_reach_the_terminals(live_server):
+    holder = Holder(live_server)
+    terminal = live_server.add_terminal()
+    version = terminal.sync([])["balances"]["version"]
+    _error(holder.http.put(holder.url("limits"), json={"pin": "000000", "single_limit_fen": 2000,
+                                                       "daily_limit_fen": 9000}), 403, "pin_wrong")
+    _error(holder.http.put(holder.url("limits"), json={"pin": holder.pin, "single_limit_fen": 9000,
+                                                       "daily_limit_fen": 2000}), 400, "bad_limits")
+    answer = holder.http.put(holder.url("limits"), json={"pin": holder.pin, "single_limit_fen": 2000,
+                                                         "daily_limit_fen": 9000})
+    assert answer.json() == {"single_limit_fen": 2000, "daily_limit_fen": 9000}
+    assert holder.http.get(holder.url("limits")).json() == answer.json()
+    rows = terminal.sync([], balance_version=version)["balances"]["rows"]
+    mine = [row for row in rows if row[0] == holder.account_id]
+    assert mine and all(row[4:6] == [2000, 9000] for row in mine)
+
+
+def test_electricity_draws_legacy_first_and_refuses_a_shortfall(live_server):
+    holder = Holder(live_server, balance_fen=5000, legacy_fen=500)
+    request = {"pin": holder.pin, "building": "南1", "floor": 4, "room": "402", "amount_fen": 800}
+    answer = holder.http.post(holder.url("electricity"), json=request)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["parts"] == [["legacy", 500], ["main", 300]]
+    assert holder.balance()["wallets"] == {"main": 4700, "water": 0, "legacy": 0}
+    _error(holder.http.post(holder.url("electricity"), json=dict(request, amount_fen=4701)), 409,
+           "insufficient_funds")
+    _error(holder.http.post(holder.url("electricity"), json=dict(request, room="4'; --")), 400, "bad_room")
+    _error(holder.http.post(holder.url("electricity"), json=dict(request, pin="111111")), 403, "pin_wrong")
+    assert holder.balance()["wallets"]["main"] == 4700
+
+
+# --- reissue -------------------------------------------------------------------------------------
+
+def _fee_income(conn):
+    return conn.execute("SELECT balance_fen FROM balances WHERE ledger_account_id = ?",
+                        (dbmod.LEDGER_FEE_INCOME,)).fetchone()[0]
+
+
+def test_reissue_books_the_fee_and_terminals_refuse_the_old_card(live_server):
+    holder = Holder(live_server, balance_fen=3000)
+    terminal = live_server.add_terminal()
+    conn = live_server.connect()
+    try:
+        fee_income = _fee_income(conn)
+        result = cards.reissue(conn, holder.account_id, b"\x77\x66\x55\x44", operator="hall-1")
+        assert result["identity"].generation == 2 and result["fee_fen"] == 1000
+        assert _fee_income(conn) == fee_income + 1000
+        transfer = conn.execute("SELECT debit_id, credit_id, amount_fen, kind FROM transfers WHERE id = ?",
+                                (result["fee_transfer_id"],)).fetchone()
+        assert transfer[1:] == (dbmod.LEDGER_FEE_INCOME, 1000, "fee")
+        with pytest.raises(cards.ServiceError) as refused:
+            cards.reissue(conn, holder.account_id, b"\x77\x66\x55\x44", operator="hall-1")
+        assert refused.value.code == "uid_in_use"
+    finally:
+        conn.close()
+    assert holder.balance()["wallets"]["main"] == 2000
+    assert _card_status(live_server, holder.card_number) == ["replaced", "active"]
+    assert _deny_entries(terminal, holder.card_number, generation=1) == [(True, REASON_REPLACED)]
+    fee_row = holder.http.get(holder.url("transactions"), params={"type": "consumption"}).json()["rows"][0]
+    assert fee_row["place_zh"] == "补卡费" and fee_row["amount_fen"] == -1000
+    # the old card reported lost from the app now: it is the new card that gets reported
+    answer = holder.http.post(holder.url("report-loss"), json={"pin": holder.pin})
+    assert answer.json()["generation"] == 2
+
+
+def test_reissue_fee_from_an_empty_balance_is_paid_in_cash(live_server):
+    holder = Holder(live_server, balance_fen=300)
+    conn = live_server.connect()
+    try:
+        with pytest.raises(cards.ServiceError) as refused:
+            cards.reissue(conn, holder.account_id, b"\x70\x71\x72\x73", operator="hall-1")
+        assert refused.value.code == "fee_needs_cash" and "现金" in refused.value.zh
+        assert _card_status(live_server, holder.card_number) == ["active"]     # nothing changed
+        result = cards.reissue(conn, holder.account_id, b"\x70\x71\x72\x73", operator="hall-1", fee_source="cash")
+        assert result["balances"]["main"] == 300 and result["fee_source"] == "cash"
+    finally:
+        conn.close()
