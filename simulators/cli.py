@@ -17,6 +17,8 @@ def register(subparsers):
     parser.add_argument("--data-dir", help="keep everything here (default: a fresh temporary directory)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of results")
     parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"))
+    from simulators import anomalies
+    anomalies.add_options(parser)
     parser.set_defaults(handler=run_demo)
 
 

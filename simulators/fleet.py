@@ -28,7 +28,7 @@ import httpx
 from firmware.apps import card_io
 from firmware.core import records, sam as sam_module
 from reader_drivers.sim import SimReader
-from simulators import lunch
+from simulators import anomalies, lunch
 from simulators.classic_card import ClassicCard
 from simulators.netcut import Relay
 from sync_server import db as dbmod, hall, keys, ledger
@@ -349,7 +349,8 @@ class Rush:
 
     def _send(self, tap):
         person = self.population[tap.person_index]
-        line = {"tap_id": tap.tap_id, "amount_fen": tap.amount_fen, "card": person["uid"].hex()}
+        line = {"tap_id": tap.tap_id, "amount_fen": tap.amount_fen,
+                "card": getattr(tap, "card", None) or person["uid"].hex()}   # a cloned card's own image
         if tap.pull_after_ops:
             line["pull_after"] = tap.pull_after_ops
             line["pull_done"] = tap.tap_id % 2 == 0
@@ -546,6 +547,7 @@ def run(args):
                        "demo directory: %s (seed %d)" % (run_dir, args.seed)))
     population, documents = provision(server_dir, cards_dir, args.people, args.terminals, args.seed, progress, lang)
     plan = lunch.make_plan(args.seed, args.people, args.terminals, args.duration_s)
+    injector = anomalies.Injector(args, population, plan, run_dir, cards_dir) if anomalies.wanted(args) else None
     server = ServerProcess(server_dir, os.path.join(run_dir, "server.log"))
     fleet = []
     relays = []
@@ -567,6 +569,8 @@ def run(args):
         for line in rush.outcomes.values():
             line["terminal_id"] = fleet[line["terminal_index"]].terminal_id
         result = reconcile(server_dir, rush.outcomes, rush.sent)
+        if injector is not None:
+            injector.finish(server_dir, result)
     finally:
         for terminal in fleet:
             if terminal.process.poll() is None:
