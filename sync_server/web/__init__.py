@@ -5,8 +5,11 @@ cookie flags, the language switch (Chinese first; `?lang=en` or `?lang=zh` sets 
 later pages follow) and the template helpers. Views are thin: they check who is signed in, read the
 form, call the service functions on a db connection and render. Business rules live in
 `sync_server/hall.py` and `sync_server/services/`, not here.
+
+    YKT_SIMULATED_PAYMENTS=1   shows a "simulated payment" button on pending recharge orders (demo)
 """
 import datetime
+import os
 
 from flask import Blueprint, g, request
 
@@ -73,6 +76,9 @@ def init_app(app):
     app.secret_key = auth.session_secret(master_key)
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
                       SESSION_COOKIE_NAME="ykt_session")
+    # The portal's "simulated payment" button plays the payment channel: for demos and tests only,
+    # never on a real site (it would credit money nobody paid).
+    app.config.setdefault("SIMULATED_PAYMENTS", os.environ.get("YKT_SIMULATED_PAYMENTS") == "1")
     app.before_request(_pick_lang)
     app.after_request(_remember_lang)
     app.after_request(_no_store)

@@ -6,13 +6,15 @@ no page takes an account, person or card id from the URL or the form. Ids that d
 (a recharge order) are looked up together with the session's account, so another person's id finds
 nothing.
 """
-from flask import Blueprint, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, url_for
 
 import datetime
 
 from sync_server import db as dbmod, hall, messages, services
 from sync_server.services import cards, statements
-from sync_server.web import auth, forms, t
+from sync_server.services import electricity as electricity_service, limits as limit_service
+from sync_server.services import pins as pin_service, recharge as recharge_service
+from sync_server.web import auth, forms, t, yuan as forms_yuan
 
 portal = Blueprint("portal", __name__, url_prefix="/portal")
 portal.before_request(auth.check_csrf)
@@ -131,26 +133,15 @@ def unfreeze():
     return redirect(url_for("portal.loss"))
 
 
-def _refused(error):
-    """Show a service refusal (an exception with zh/en texts); anything else is a bug and propagates."""
-    if not hasattr(error, "zh"):
-        raise error
-    flash(_error_text(error), "error")
-
-
 @portal.route("/pin", methods=("GET", "POST"))
 @auth.cardholder_required
 def change_pin():
     if request.method == "POST":
-        from sync_server.web import account_ops
-        new_pin = request.form.get("new_pin", "")
-        if new_pin != request.form.get("new_pin_again", ""):
-            flash(t("两次输入的新密码不一致", "The two new PINs differ"), "error")
-            return redirect(url_for("portal.change_pin"))
         try:
-            account_ops.change_pin(dbmod.get_db(), g.account_id, request.form.get("old_pin", ""), new_pin)
-        except Exception as error:  # noqa: BLE001 - see _refused
-            _refused(error)
+            pin_service.change_pin(dbmod.get_db(), g.account_id, request.form.get("old_pin", ""),
+                                   request.form.get("new_pin", ""), request.form.get("new_pin_again", ""))
+        except services.ServiceError as error:
+            flash(_error_text(error), "error")
         else:
             flash(t("密码已修改", "PIN changed"), "ok")
         return redirect(url_for("portal.change_pin"))
@@ -161,16 +152,15 @@ def change_pin():
 @auth.cardholder_required
 def limits():
     if request.method == "POST":
-        from sync_server.web import account_ops
         single_fen = forms.parse_yuan(request.form.get("single_yuan"))
         daily_fen = forms.parse_yuan(request.form.get("daily_yuan"))
         if single_fen is None or daily_fen is None:
             flash(t("请输入金额（元，最多两位小数）", "Enter amounts in yuan (at most two decimals)"), "error")
             return redirect(url_for("portal.limits"))
         try:
-            account_ops.set_limits(dbmod.get_db(), g.account_id, single_fen, daily_fen, request.form.get("pin", ""))
-        except Exception as error:  # noqa: BLE001 - see _refused
-            _refused(error)
+            limit_service.set_limits(dbmod.get_db(), g.account_id, single_fen, daily_fen, pin=request.form.get("pin", ""))
+        except services.ServiceError as error:
+            flash(_error_text(error), "error")
         else:
             flash(t("消费限额已设置，终端将在下次同步时生效", "Limits set: terminals apply them at their next sync"), "ok")
         return redirect(url_for("portal.limits"))
@@ -182,10 +172,72 @@ def limits():
 @portal.route("/recharge", methods=("GET", "POST"))
 @auth.cardholder_required
 def recharge():
-    return _render("portal/recharge.html", order=None)
+    conn = dbmod.get_db()
+    if request.method == "POST":
+        amount_fen = forms.parse_yuan(request.form.get("amount_yuan"))
+        try:
+            if not amount_fen:
+                raise services.ServiceError("bad_amount", recharge_service.MAX_ORDER_FEN)
+            order = recharge_service.create_order(conn, g.account_id, amount_fen, request.form.get("channel", ""))
+        except services.ServiceError as error:
+            flash(_error_text(error), "error")
+            return redirect(url_for("portal.recharge"))
+        return redirect(url_for("portal.recharge_order", order_id=order["order_id"]))
+    channels = [c for c in recharge_service.channels(conn) if c["online"]]
+    return _render("portal/recharge.html", channels=channels, orders=recharge_service.list_orders(conn, g.account_id, 10))
+
+
+@portal.get("/recharge/<order_id>")
+@auth.cardholder_required
+def recharge_order(order_id):
+    conn = dbmod.get_db()
+    try:
+        order = recharge_service.get_order(conn, order_id, account_id=g.account_id)   # only the holder's own
+    except services.ServiceError:
+        abort(404)
+    return _render("portal/recharge_order.html", order=order,
+                   simulated_payments=current_app.config.get("SIMULATED_PAYMENTS", False))
+
+
+@portal.post("/recharge/<order_id>/simulate-payment")
+@auth.cardholder_required
+def simulate_payment(order_id):
+    """Demo only (SIMULATED_PAYMENTS): play the channel, sending its signed 'paid' notification through
+    the same handler as the real webhook."""
+    if not current_app.config.get("SIMULATED_PAYMENTS", False):
+        abort(404)
+    conn = dbmod.get_db()
+    try:
+        order = recharge_service.get_order(conn, order_id, account_id=g.account_id)
+    except services.ServiceError:
+        abort(404)
+    from sync_server.cardholder_api import channel_secrets
+    secret = channel_secrets(current_app._get_current_object())[order["channel"]]
+    body, headers = recharge_service.SimulatedChannel(order["channel"], secret).notification(order, "paid")
+    try:
+        recharge_service.handle_notification(conn, order["channel"], body,
+                                             headers[recharge_service.SIGNATURE_HEADER], secret)
+    except services.ServiceError as error:
+        flash(_error_text(error), "error")
+    return redirect(url_for("portal.recharge_order", order_id=order_id))
 
 
 @portal.route("/electricity", methods=("GET", "POST"))
 @auth.cardholder_required
 def electricity():
+    if request.method == "POST":
+        amount_fen = forms.parse_yuan(request.form.get("amount_yuan"))
+        floor = forms.parse_int(request.form.get("floor"))
+        try:
+            if not amount_fen:
+                raise services.ServiceError("bad_amount", electricity_service.MAX_PAYMENT_FEN)
+            done = electricity_service.pay(dbmod.get_db(), g.account_id, request.form.get("building", "").strip(),
+                                           floor, request.form.get("room", "").strip(), amount_fen,
+                                           pin=request.form.get("pin", ""))
+        except services.ServiceError as error:
+            flash(_error_text(error), "error")
+        else:
+            flash(t("电费缴纳成功：%s 元（单号 %s）" % (forms_yuan(amount_fen), done["payment_id"]),
+                    "Electricity paid: %s yuan (payment %s)" % (forms_yuan(amount_fen), done["payment_id"])), "ok")
+        return redirect(url_for("portal.electricity"))
     return _render("portal/electricity.html")
