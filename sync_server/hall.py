@@ -146,7 +146,10 @@ def issue_card_record(conn, person_or_account, uid, now_ms=None, expiry_yyyymmdd
                          (card_number,))
             add_deny_entries(conn, [(protocol.DENY_CARD, protocol.card_deny_ref(card_number, row[0]), 1,
                                      REASON_REPLACED) for row in replaced], now_ms)
-        expiry_yyyymmdd = expiry_yyyymmdd or _expiry(category, now_ms)
+        # a registry expiry (temporary cards, sync_server/services/people_import.py) wins over the default
+        expiry_yyyymmdd = expiry_yyyymmdd or conn.execute(
+            "SELECT p.expiry_yyyymmdd FROM persons p JOIN accounts a ON a.person_id = p.id WHERE a.id = ?",
+            (account_id,)).fetchone()[0] or _expiry(category, now_ms)
         conn.execute("INSERT INTO cards (card_number, generation, account_id, uid, status, holder_category, "
                      "expiry_yyyymmdd, issued_ms) VALUES (?, ?, ?, ?, 'active', ?, ?, ?)",
                      (card_number, generation, account_id, uid, category, expiry_yyyymmdd, now_ms))

@@ -1,0 +1,117 @@
+"""`ykt hall` service commands run as staff run them (subprocesses) on a temp data directory: registry
+import (repeatable, all-or-nothing), reissue with its fee, staff unfreeze, limits, PIN reset,
+electricity and a simulated channel recharge."""
+import json
+import os
+import subprocess
+import sys
+
+from sync_server import db as dbmod, hall, pins
+from sync_server.services import statements
+
+HR_CSV = """姓名,工号,身份证号,部门
+王建国,T1001,21020219800101002X,化工学院
+李秀英,T1002,210202198502020031,电信学部
+"""
+TEMPORARY_CSV = """name,staff_number,department,expiry
+赵短期,L2001,后勤处,2027-06-30
+"""
+
+
+def _run(data_dir, *args, stdin=None, lang="zh"):
+    result = subprocess.run([sys.executable, "-m", "sync_server", *args, "--data-dir", str(data_dir)],
+                            capture_output=True, text=True, input=stdin, env=dict(os.environ, YKT_LANG=lang))
+    return result.returncode, result.stdout + result.stderr
+
+
+def _conn(data_dir):
+    return dbmod.connect(dbmod.db_path(str(data_dir)))
+
+
+def test_registry_import_is_repeatable_and_all_or_nothing(tmp_path):
+    data_dir = tmp_path / "data"
+    assert _run(data_dir, "server", "init")[0] == 0
+    hr = tmp_path / "hr.csv"
+    hr.write_text(HR_CSV, encoding="utf-8")
+    code, out = _run(data_dir, "hall", "import-people", "--file", str(hr), "--category", "staff", "--json")
+    assert code == 0 and json.loads(out) == {"created": 2, "updated": 0, "unchanged": 0, "rows": 2}
+    conn = _conn(data_dir)
+    snapshot = list(conn.iterdump())
+    code, out = _run(data_dir, "hall", "import-people", "--file", str(hr), "--category", "staff", "--json")
+    assert code == 0 and json.loads(out) == {"created": 0, "updated": 0, "unchanged": 2, "rows": 2}
+    assert list(conn.iterdump()) == snapshot                  # the second run changed nothing at all
+
+    hr.write_text(HR_CSV.replace("电信学部", "软件学院") + "张新,T1003,,建筑学院\n", encoding="utf-8")
+    code, out = _run(data_dir, "hall", "import-people", "--file", str(hr), "--category", "staff")
+    assert code == 0 and "新建 1，更新 1，未变 1" in out
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text(HR_CSV + "孙错误,T1002,,重复行\n,T1009,,没有姓名\n", encoding="utf-8")
+    snapshot = list(conn.iterdump())
+    code, out = _run(data_dir, "hall", "import-people", "--file", str(bad), "--category", "staff", lang="en")
+    assert code == 2 and "import refused: 2 bad rows" in out and "4: staff/student number repeats line 3" in out
+    assert list(conn.iterdump()) == snapshot
+
+    temporary = tmp_path / "temporary.csv"
+    temporary.write_text(TEMPORARY_CSV, encoding="utf-8")
+    assert _run(data_dir, "hall", "import-people", "--file", str(temporary), "--category", "temporary")[0] == 0
+    temporary.write_text(TEMPORARY_CSV.replace(",2027-06-30", ","), encoding="utf-8")
+    code, out = _run(data_dir, "hall", "import-people", "--file", str(temporary), "--category", "temporary")
+    assert code == 2 and "临时卡需要有效期" in out
+    row = conn.execute("SELECT p.category, p.expiry_yyyymmdd, a.id FROM persons p JOIN accounts a ON a.person_id = p.id "
+                       "WHERE staff_number = 'L2001'").fetchone()
+    assert row[:2] == (4, 20270630)
+    code, out = _run(data_dir, "hall", "card-issue", "--account", str(row[2]), "--uid", "0badcafe", "--json")
+    assert code == 0 and json.loads(out)["expiry_yyyymmdd"] == 20270630   # the card ends with the registration
+    conn.close()
+
+
+def test_hall_service_commands(tmp_path):
+    data_dir = tmp_path / "data"
+    assert _run(data_dir, "server", "init")[0] == 0
+    hr = tmp_path / "hr.csv"
+    hr.write_text(HR_CSV, encoding="utf-8")
+    assert _run(data_dir, "hall", "import-people", "--file", str(hr), "--category", "staff")[0] == 0
+    conn = _conn(data_dir)
+    account_id = conn.execute("SELECT a.id FROM accounts a JOIN persons p ON p.id = a.person_id "
+                              "WHERE staff_number = 'T1001'").fetchone()[0]
+    identity, _ = hall.issue_card_record(conn, account_id, b"\x01\x02\x03\x04")
+
+    code, out = _run(data_dir, "hall", "recharge-channel", "--account", str(account_id), "--amount-fen", "3000",
+                     "--channel", "ccb")
+    assert code == 0 and "充值成功" in out and "30.00" in out
+    code, out = _run(data_dir, "hall", "electricity", "--account", str(account_id), "--building", "西山1",
+                     "--floor", "2", "--room", "201", "--amount-fen", "500")
+    assert code == 0 and "电费缴纳成功" in out
+    code, out = _run(data_dir, "hall", "set-limits", "--account", str(account_id), "--single-fen", "2000",
+                     "--daily-fen", "1000")
+    assert code == 2 and "限额无效" in out
+    assert _run(data_dir, "hall", "set-limits", "--account", str(account_id), "--single-fen", "2000",
+                "--daily-fen", "10000")[0] == 0
+
+    hall.report_loss(conn, identity.card_number)
+    code, out = _run(data_dir, "hall", "unfreeze", "--account", str(account_id), "--operator", "hall-3")
+    assert code == 0 and "解挂成功" in out     # staff unfreeze does not need a changed PIN
+    code, out = _run(data_dir, "hall", "reissue", "--account", str(account_id), "--uid", "a1a2a3a4", "--json",
+                     "--operator", "hall-3")
+    reissued = json.loads(out)
+    assert code == 0 and reissued["generation"] == 2 and reissued["fee_fen"] == 1000
+    assert reissued["balances"]["main"] == 3000 - 500 - 1000
+    assert conn.execute("SELECT operator, fee_source FROM card_reissues").fetchall() == [("hall-3", "balance")]
+
+    code, out = _run(data_dir, "hall", "change-pin", "--account", str(account_id), "--new-pin-stdin",
+                     stdin="246802\n")
+    assert code == 0 and "246802" not in out
+    with dbmod.transaction(conn):
+        assert pins.check_pin(conn, account_id, "246802", dbmod.now_ms()) == "pin_ok"
+    code, out = _run(data_dir, "hall", "change-pin", "--account", str(account_id), "--lang", "en")
+    assert code == 0 and "initial" in out
+    with dbmod.transaction(conn):
+        assert pins.check_pin(conn, account_id, pins.initial_pin("21020219800101002X", None), dbmod.now_ms()) == "pin_ok"
+
+    listing = statements.query(conn, account_id, "2000-01-01", "2000-12-31")
+    assert listing["rows"] == []
+    today = statements.today(dbmod.now_ms())
+    places = [row["place_zh"] for row in statements.query(conn, account_id, today, today)["rows"]]
+    assert places == ["补卡费", "学生公寓电费", "建行龙支付"]
+    conn.close()

@@ -1,0 +1,93 @@
+"""Recharge channel rules as a property, on a real SQLite file: whatever notifications arrive - repeated,
+interleaved across orders, `closed` before or after `paid`, forged ones mixed in - each order paid
+credits its wallet exactly once, nothing else moves money, and the ledger stays balanced."""
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, given, settings
+
+from firmware.core import card_layout
+from sync_server import db as dbmod, hall, ledger
+from sync_server.ledger_store import SqliteStore
+from sync_server.services import recharge
+
+SECRETS = {name: bytes([index + 1]) * 32 for index, name in enumerate(recharge.ONLINE_CHANNELS)}
+
+# (order index, status, forged?) for orders 0..3
+notifications = st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["paid", "closed"]), st.booleans()),
+                         max_size=24)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=notifications, amounts=st.lists(st.integers(1, recharge.MAX_ORDER_FEN), min_size=4, max_size=4),
+       channel_picks=st.lists(st.sampled_from(recharge.ONLINE_CHANNELS), min_size=4, max_size=4))
+def test_each_paid_order_credits_once(tmp_path_factory, events, amounts, channel_picks):
+    conn = dbmod.init_db(str(tmp_path_factory.mktemp("recharge") / "ykt.sqlite3"))
+    try:
+        _, account_id = hall.add_person(conn, "周测试", card_layout.HOLDER_STUDENT, staff_number="P1",
+                                        set_initial_pin=False)
+        orders = [recharge.create_order(conn, account_id, amount, channel, now_ms=1000 + index)
+                  for index, (amount, channel) in enumerate(zip(amounts, channel_picks))]
+        paid = set()
+        for index, status, forged in events:
+            order = orders[index]
+            channel = order["channel"]
+            sender = recharge.SimulatedChannel(channel, b"\xee" * 32 if forged else SECRETS[channel])
+            body, headers = sender.notification(order, status)
+            try:
+                outcome, _ = recharge.handle_notification(conn, channel, body, headers[recharge.SIGNATURE_HEADER],
+                                                          SECRETS[channel], now_ms=5000)
+            except recharge.ChannelRefused as refusal:
+                assert forged and refusal.code == "bad_signature"
+                continue
+            assert not forged
+            if status == "paid":
+                assert outcome == ("duplicate" if index in paid else "credited")
+                paid.add(index)
+        assert hall.balances_of(conn, account_id)["main"] == sum(amounts[index] for index in paid)
+        for index, order in enumerate(orders):
+            stored = recharge.get_order(conn, order["order_id"])
+            assert (stored["status"] == "paid") == (index in paid)
+        per_channel = {}
+        for index in paid:
+            per_channel[channel_picks[index]] = per_channel.get(channel_picks[index], 0) + amounts[index]
+        for channel in recharge.ONLINE_CHANNELS:
+            ledger_id = conn.execute("SELECT ledger_account_id FROM recharge_channels WHERE name = ?",
+                                     (channel,)).fetchone()[0]
+            assert SqliteStore(conn).balances([ledger_id])[ledger_id] == -per_channel.get(channel, 0)
+        assert ledger.check_balances(SqliteStore(conn)) == []
+    finally:
+        conn.close()
+
+
+def test_cash_desk_recharge_is_an_order_paid_at_once(tmp_path):
+    conn = dbmod.init_db(str(tmp_path / "ykt.sqlite3"))
+    _, account_id = hall.add_person(conn, "吴现金", card_layout.HOLDER_STAFF, staff_number="C1", set_initial_pin=False)
+    order = recharge.cash_recharge(conn, account_id, 2550, operator="hall-7")
+    assert order["status"] == "paid" and order["channel"] == "cash" and order["operator"] == "hall-7"
+    assert hall.balances_of(conn, account_id)["main"] == 2550
+    assert SqliteStore(conn).balances([dbmod.LEDGER_CASH_DESK])[dbmod.LEDGER_CASH_DESK] == -2550
+    _, identity_only = hall.add_person(conn, "郑访问", card_layout.HOLDER_IDENTITY_ONLY, staff_number="V1",
+                                       set_initial_pin=False)
+    for attempt in (lambda: recharge.cash_recharge(conn, identity_only, 100, operator="hall-7"),
+                    lambda: recharge.create_order(conn, identity_only, 100, "alipay")):
+        try:
+            attempt()
+        except recharge.ServiceError as refusal:
+            assert refusal.code == "no_wallet"
+        else:
+            raise AssertionError("an identity-only card has no wallet to recharge")
+    assert conn.execute("SELECT count(*) FROM recharge_orders WHERE account_id = ?", (identity_only,)).fetchone()[0] == 0
+
+
+def test_stale_pending_orders_close_and_pending_orders_are_bounded(tmp_path):
+    conn = dbmod.init_db(str(tmp_path / "ykt.sqlite3"))
+    _, account_id = hall.add_person(conn, "钱限量", card_layout.HOLDER_STUDENT, staff_number="B1", set_initial_pin=False)
+    for index in range(recharge.MAX_PENDING_ORDERS_PER_ACCOUNT):
+        recharge.create_order(conn, account_id, 100, "ccb", now_ms=1000 + index)
+    try:
+        recharge.create_order(conn, account_id, 100, "ccb", now_ms=2000)
+    except recharge.ServiceError as refusal:
+        assert refusal.code == "too_many_pending" and refusal.status == 429
+    else:
+        raise AssertionError("pending orders must be bounded")
+    assert recharge.close_stale_orders(conn, now_ms=1000 + recharge.PENDING_ORDER_TTL_MS + 10) == 10
+    recharge.create_order(conn, account_id, 100, "ccb", now_ms=2000 + recharge.PENDING_ORDER_TTL_MS)
