@@ -12,8 +12,9 @@ PCSC_STAMP := $(VENV)/.pcsc-installed
 # compiles against (it builds from source with swig and the pcsc-lite headers).
 PCSC_DEBS := pcscd vsmartcard-vpcd libpcsclite-dev swig
 CHROMIUM_STAMP := $(VENV)/.chromium-installed
-# Web page tests drive Debian's headless Chromium through its chromedriver (selenium, `test` extra).
-CHROMIUM_DEBS := chromium chromium-driver
+# Web page tests drive Debian's headless Chromium through its chromedriver (selenium, `test` extra);
+# a small CJK font makes the pages' screenshots readable.
+CHROMIUM_DEBS := chromium chromium-driver fonts-wqy-microhei
 PYTEST_ARGS ?=
 # apt-get needs root; use sudo when we are not root and it exists.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
