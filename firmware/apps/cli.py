@@ -3,6 +3,8 @@
     ykt terminal --provision F --data-dir D [--reader sim:] [--script taps.jsonl | --script -]
                  [--server-url URL] [--drain-timeout-s S] [--decisions-only] [--no-sync]
 
+`ykt card readers | uid | info | dump` (firmware/apps/card_tool.py) is the technicians' card tool.
+
 Messages are Chinese first; `--lang en` (or YKT_LANG=en) switches them to English.
 """
 import os
@@ -29,6 +31,9 @@ def register(subparsers):
     parser.add_argument("--no-sync", action="store_true", help="never contact the server (bench use)")
     parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"))
     parser.set_defaults(handler=run_terminal)
+
+    from firmware.apps import card_tool      # `ykt card ...`: readers, uid, info, dump for technicians
+    card_tool.register(subparsers)
 
 
 def run_terminal(args):
