@@ -13,8 +13,7 @@ import uuid
 from firmware.core import card_layout, wallets as wallet_rules
 from sync_server import db as dbmod, hall, ledger
 from sync_server.ledger_store import SqliteStore, touch_accounts
-from sync_server.services import (ServiceError, check_amount, now, person_row, register_messages, tx,
-                                  with_pin)
+from sync_server.services import ServiceError, check_amount, now, person_row, register_messages, with_pin
 
 MAX_PAYMENT_FEN = 50000           # ¥500 at a time
 MAX_FLOOR = 60

@@ -7,7 +7,7 @@ new values on its next sync. Over a limit a terminal asks for the PIN, which onl
 accepts (terminal_api /pin-check). Bounds keep a typo from becoming an open purse.
 """
 from sync_server.ledger_store import touch_accounts
-from sync_server.services import ServiceError, now, register_messages, tx, with_pin
+from sync_server.services import ServiceError, now, register_messages, with_pin
 
 MAX_SINGLE_LIMIT_FEN = 100000     # ¥1000 per transaction
 MAX_DAILY_LIMIT_FEN = 500000      # ¥5000 per day
