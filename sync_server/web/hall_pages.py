@@ -191,6 +191,11 @@ ACTION_NAMES = {"recharge": ("现金充值", "cash recharge"), "reissue": ("补�
                 "unfreeze": ("解挂", "unfreeze"), "report_loss": ("挂失", "report loss")}
 
 
+@hall_pages.app_template_filter("action_name")
+def action_name(action):
+    return t(*ACTION_NAMES.get(action, (action, action)))
+
+
 @hall_pages.get("/receipt/<int:action_id>")
 @auth.staff_required("hall")
 def receipt(action_id):
@@ -200,4 +205,4 @@ def receipt(action_id):
         abort(404)
     holder = _person(conn, done["person_id"])
     return render_template("hall/receipt.html", done=done, holder=holder,
-                           action_name=t(*ACTION_NAMES.get(done["action"], (done["action"], done["action"]))))
+                           action_name=action_name(done["action"]))
