@@ -57,4 +57,6 @@ def create_app(test_config=None):
     from sync_server.cardholder_api import cardholder_api
     app.register_blueprint(cardholder_api)   # phone app and kiosks: /api/v1 (JSON, bearer tokens)
     web.init_app(app)   # cardholder portal and service-hall pages (sync_server/web)
+    from sync_server.finance.pages import finance_pages
+    app.register_blueprint(finance_pages)   # day close reports for finance staff (/finance)
     return app

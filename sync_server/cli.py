@@ -81,6 +81,11 @@ def cmd_server(args):
             self.cfg.set("accesslog", None)
             self.cfg.set("errorlog", "-")
             self.cfg.set("loglevel", "warning")
+            if os.environ.get("YKT_FINANCE_CLOSE", "on") != "off":   # the nightly close (sync_server/finance)
+                from sync_server.finance import scheduler
+                when_ready, on_exit = scheduler.hooks(dbmod.db_path(data_dir))
+                self.cfg.set("when_ready", when_ready)
+                self.cfg.set("on_exit", on_exit)
 
         def load(self):
             from sync_server.app import create_app

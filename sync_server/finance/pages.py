@@ -1,0 +1,109 @@
+"""The finance section of the web pages (/finance/...), for signed-in staff with the finance role.
+
+    GET  /finance/                     closed days, newest first; close a day
+    POST /finance/close                close a day (form field `day`, CSRF checked)
+    GET  /finance/<day>                the day's report: tables and SVG charts
+    GET  /finance/<day>/<part>.csv     one table as CSV (parts: exports.PARTS)
+    GET  /finance/<day>.xlsx           the whole report as an Excel workbook
+    GET  /finance/<day>.json           the stored figures
+
+Views only format what close.py / statements.py compute. Who may see them is decided by
+`finance_required`, one swappable decorator (today: the staff sessions of sync_server/web/auth.py
+with the "finance" role).
+"""
+from flask import Blueprint, Response, abort, flash, g, jsonify, redirect, render_template, request, url_for
+from markupsafe import Markup
+
+from sync_server import db as dbmod
+from sync_server.finance import FinanceError, charts, close as close_module, day_number, day_of_ms, day_text
+from sync_server.finance import exports, report as report_module
+from sync_server.web import auth
+
+finance_pages = Blueprint("finance_pages", __name__, url_prefix="/finance", template_folder="templates")
+MAX_DAYS_LISTED = 400
+
+finance_required = auth.staff_required("finance")
+
+
+@finance_pages.after_request
+def _no_store(response):
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Frame-Options"] = "DENY"
+    return response
+
+
+def _lang():
+    return getattr(g, "lang", "zh")
+
+
+def _report_or_404(day):
+    try:
+        number = day_number(day)
+    except FinanceError:
+        abort(404)
+    report = close_module.load_report(dbmod.get_db(), number)
+    if report is None:
+        abort(404)
+    return report
+
+
+@finance_pages.get("/")
+@finance_required
+def index():
+    conn = dbmod.get_db()
+    days = []
+    for number, day, closed_ms in reversed(close_module.closed_days(conn)[-MAX_DAYS_LISTED:]):
+        report = close_module.load_report(conn, number)
+        days.append({"day": day, "closed_ms": closed_ms, "summary": report_module.summary(report)})
+    last = close_module.last_closed_day(conn)
+    today = day_of_ms(dbmod.now_ms())
+    next_day = day_text(today - 1 if last is None else min(last + 1, today))
+    return render_template("finance/index.html", days=days, next_day=next_day)
+
+
+@finance_pages.post("/close")
+@finance_required
+def close_day():
+    auth.check_csrf()
+    day = request.form.get("day", "")
+    try:
+        report, _newly = close_module.close_day(dbmod.get_db(), day_number(day))
+    except FinanceError as error:
+        flash(error.text(_lang()), "error")
+        return redirect(url_for("finance_pages.index"))
+    return redirect(url_for("finance_pages.day", day=report["day"]))
+
+
+@finance_pages.get("/<day>")
+@finance_required
+def day(day):
+    report = _report_or_404(day)
+    lang = _lang()
+    svg = {name: Markup(text) for name, text in charts.day_charts(report, lang).items()}
+    return render_template("finance/day.html", report=report, summary=report_module.summary(report),
+                           tables=report_module.tables(report, lang), parts=exports.PARTS, charts=svg)
+
+
+@finance_pages.get("/<day>/<part>.csv")
+@finance_required
+def day_csv(day, part):
+    if part not in exports.PARTS:
+        abort(404)
+    report = _report_or_404(day)
+    return Response(exports.csv_text(report, part, _lang()), mimetype="text/csv",
+                    headers={"Content-Disposition": "attachment; filename=%s-%s.csv" % (report["day"], part)})
+
+
+@finance_pages.get("/<day>.xlsx")
+@finance_required
+def day_xlsx(day):
+    report = _report_or_404(day)
+    return Response(exports.workbook_bytes(report, _lang()),
+                    mimetype="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                    headers={"Content-Disposition": "attachment; filename=%s.xlsx" % report["day"]})
+
+
+@finance_pages.get("/<day>.json")
+@finance_required
+def day_json(day):
+    return jsonify(_report_or_404(day))

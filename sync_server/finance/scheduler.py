@@ -1,0 +1,76 @@
+"""The nightly close inside `ykt server`: a small process beside the gunicorn master closes yesterday.
+
+Started from gunicorn's `when_ready` hook (and stopped from `on_exit`), so there is exactly one
+scheduler however many workers serve requests. It is a process of its own, not a thread in the
+master: the master forks workers, and a fork while another thread holds a SQLite connection or the
+writer lock is not safe. It exits by itself when the master is gone.
+
+Every `CHECK_INTERVAL_S` it asks close.days_due(): once today's Beijing clock is past the
+`finance_close_after_minutes` setting (default 01:00), every day since the last closed one through
+yesterday is closed, oldest first. Closing is idempotent and days close in order, so a restart, a
+second server on the same file, or a finance officer closing by hand first changes nothing: the
+day is closed once. A failed close is logged and tried again at the next check.
+YKT_FINANCE_CLOSE=off leaves the scheduler out (tests that close days themselves).
+"""
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from sync_server import db as dbmod
+from sync_server.finance import close as close_module
+
+CHECK_INTERVAL_S = 60.0
+MAX_DAYS_PER_CHECK = 31      # a server off for a long time catches up a month per check
+
+log = logging.getLogger(__name__)
+
+
+def run_due(conn, now_ms=None):
+    """Close what is due now; returns the reports closed (tests call this directly)."""
+    now_ms = dbmod.now_ms() if now_ms is None else now_ms
+    after_ms = dbmod.setting(conn, "finance_close_after_minutes") * 60000
+    closed = []
+    for number in close_module.days_due(conn, now_ms, after_ms)[:MAX_DAYS_PER_CHECK]:
+        report, newly = close_module.close_day(conn, number, now_ms)
+        if newly:
+            closed.append(report)
+            log.warning("day %s closed: balanced=%s", report["day"], report["invariants"]["balanced"])
+    return closed
+
+
+def loop(db_path, parent_pid, interval_s=CHECK_INTERVAL_S):
+    """Check every interval until the parent (the gunicorn master) is gone."""
+    while os.getppid() == parent_pid:
+        conn = dbmod.connect(db_path)
+        try:
+            run_due(conn)
+        except Exception:   # keep going: the next check tries again (FinanceError included)
+            log.exception("finance close failed")
+        finally:
+            conn.close()
+        time.sleep(interval_s)
+
+
+def hooks(db_path):
+    """(when_ready, on_exit) gunicorn hooks that start and stop the scheduler process."""
+    started = []
+
+    def when_ready(_server):
+        started.append(subprocess.Popen([sys.executable, "-m", "sync_server.finance.scheduler", db_path,
+                                         str(os.getpid())]))
+
+    def on_exit(_server):
+        for process in started:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    return when_ready, on_exit
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="[finance-close] %(message)s")
+    loop(sys.argv[1], int(sys.argv[2]))
