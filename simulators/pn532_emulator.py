@@ -325,10 +325,13 @@ class Pn532Emulator:
         except _Aborted:
             return
         self._last_response = response
-        done_at = self._transmit(response, answered_at, "response")
+        # Accounted before the answer leaves: a host that reads modelled_s once it holds the answer
+        # must find this exchange in it (_transmit's done_at is the same figure).
+        done_at = answered_at + self._wire_s(len(response))
         modelled = (done_at - started) + self._wire_s(frame_bytes)
         self.modelled_s += modelled
         self.exchanges.append((code, modelled))
+        self._transmit(response, answered_at, "response")
         if code == frames.CMD_POWER_DOWN:
             self._asleep = True
 

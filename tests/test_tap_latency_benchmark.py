@@ -1,0 +1,61 @@
+"""benchmarks/tap_latency.py runs end to end and prints its one JSON line (no time is asserted).
+
+A small run: every tap must be accepted by the real POS shell on the pn532: driver over the
+emulator's pseudo-terminal, or the script exits non-zero; then the same card exchanges go through
+nfcpy's PN532 driver. The floor is a model, not a clock, so it is checked exactly: the wire bytes and
+RF times of the eleven exchanges a canteen tap makes.
+"""
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from firmware.core import pn532_frames as frames
+from simulators import pn532_emulator
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+UID4 = bytes(4)           # the sizes, not the values, decide the floor
+
+
+def exchange_s(command_payload, response_params, rf_s, baud=115200):
+    """Command frame, ACK and response frame at 10 bits a byte, plus the card's RF time."""
+    wire_bytes = (len(frames.encode_command(command_payload)) + len(frames.ACK_FRAME)
+                  + len(frames.encode_response(command_payload[0], response_params)))
+    return wire_bytes * 10 / baud + rf_s
+
+
+def canteen_tap_floor_ms():
+    """poll; authenticate, read 4, 5, 6; authenticate, read 8; authenticate, decrement, transfer, read 8."""
+    def in_data_exchange(mifare_command, answer, rf_s):
+        return exchange_s(frames.build_in_data_exchange(1, mifare_command), b"\x00" + answer, rf_s)
+    authenticate = in_data_exchange(frames.mifare_authenticate(7, "A", bytes(6), UID4), b"",
+                                    pn532_emulator.RF_AUTHENTICATE_S)
+    read = in_data_exchange(frames.mifare_read(4), bytes(16), pn532_emulator.RF_READ_S)
+    select = exchange_s(frames.build_in_list_passive_target(), bytes.fromhex("0101000408") + b"\x04" + UID4,
+                        pn532_emulator.RF_SELECT_S)
+    decrement = in_data_exchange(frames.mifare_decrement(8, 1), b"", pn532_emulator.RF_VALUE_S)
+    transfer = in_data_exchange(frames.mifare_transfer(8), b"", pn532_emulator.RF_TRANSFER_S)
+    return (select + 3 * authenticate + 5 * read + decrement + transfer) * 1000
+
+
+def test_tap_latency_benchmark_prints_one_json_line(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "tap_latency.py"), "--taps", "5", "--cards", "2", "--warmup", "1",
+         "--dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    lines = completed.stdout.strip().splitlines()
+    assert len(lines) == 1, completed.stdout
+    result = json.loads(lines[0])
+    assert result["benchmark"] == "tap_latency" and result["taps"] == 5 and result["baud"] == 115200
+    for field in ("p50_ms", "p95_ms", "floor_p50_ms", "floor_p95_ms", "ratio_p95", "nfcpy_p50_ms", "nfcpy_p95_ms"):
+        assert result[field] > 0, field
+    assert result["p95_ms"] >= result["p50_ms"] and result["nfcpy_p95_ms"] >= result["nfcpy_p50_ms"]
+    assert result["ratio_p95"] == pytest.approx(result["p95_ms"] / result["floor_p95_ms"], rel=0.01)
+    # Exactly the exchanges of a canteen tap, no more and none missing (a resend on a loaded machine
+    # adds an exchange to the tap it hits; it would take three of the five to move the median).
+    assert result["floor_p50_ms"] == pytest.approx(canteen_tap_floor_ms(), abs=0.01)
+    assert list(tmp_path.iterdir()) == [], "the benchmark left files behind"
+
