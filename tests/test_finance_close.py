@@ -1,0 +1,277 @@
+"""The day close against a real server: records uploaded over HTTP by signed terminals, then
+`ykt finance close` as finance runs it. Late records, closed days that stay closed, gaps, clones,
+negative accounts, impossible times, statements, the finance pages and the scheduler.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import httpx
+import openpyxl
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from firmware.core import protocol, records as record_codec
+from server_process import running_server
+from sync_server import db as dbmod, hall
+from sync_server.finance import FinanceError, close, day_of_ms, day_start_ms, day_text, scheduler, statements
+from sync_server.finance import exports
+from sync_server.web import auth
+
+HOUR_MS = 3600 * 1000
+
+
+@pytest.fixture
+def server(tmp_path):
+    # the scheduler stays out: these tests decide when days close
+    with running_server(tmp_path / "server", env={"YKT_FINANCE_CLOSE": "off"}) as handle:
+        yield handle
+
+
+def _person(conn, balance_fen, uid):
+    _person_id, account_id = hall.add_person(conn, "测试", 2, staff_number="T%s" % uid.hex(), set_initial_pin=False)
+    if balance_fen:
+        hall.recharge(conn, account_id, balance_fen)
+    identity, _name = hall.issue_card_record(conn, account_id, uid)
+    return account_id, identity.card_number
+
+
+def _terminal(server, conn):
+    """A terminal registered last week (a tap before its terminal existed is an impossible time)."""
+    terminal = server.add_terminal()
+    conn.execute("UPDATE terminals SET created_ms = ? WHERE id = ?", (day_start_ms(_today() - 7), terminal.terminal_id))
+    return terminal
+
+
+def _close(server, day, *extra):
+    completed = subprocess.run([sys.executable, "-m", "ykt", "finance", "close", "--date", day_text(day), "--json",
+                                "--data-dir", server.data_dir, "--lang", "en"] + list(extra),
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode in (0, 3), completed.stderr
+    lines = completed.stdout.strip().splitlines()
+    assert len(lines) == 1, completed.stdout
+    return json.loads(lines[0]), completed
+
+
+def _today():
+    return day_of_ms(dbmod.now_ms())
+
+
+def test_late_record_lands_in_the_next_day_and_a_closed_day_never_changes(server):
+    conn = server.connect()
+    account_id, card = _person(conn, 50000, b"\x01\x02\x03\x04")
+    terminal = _terminal(server, conn)
+    today = _today()
+    yesterday_noon = day_start_ms(today - 1) + 12 * HOUR_MS
+    terminal.sync([terminal.record(account_id, card, 800, tap_counter=1, time_ms=yesterday_noon),
+                   terminal.record(account_id, card, 1200, tap_counter=2, time_ms=yesterday_noon + HOUR_MS),
+                   terminal.record(account_id, card, 500, tap_counter=3, time_ms=dbmod.now_ms())])
+    first, _ = _close(server, today - 1)
+    assert first["balanced"] is True
+    assert first["sales_count"] == 2 and first["gross_fen"] == 2000 and first["late_records"] == 0
+    assert first["gaps"] == 0 and first["anomalies"] == 0
+
+    # a tap of yesterday that comes in after yesterday closed (an offline terminal, say)
+    terminal.sync([terminal.record(account_id, card, 300, tap_counter=4, time_ms=yesterday_noon + 2 * HOUR_MS,
+                                   flags=record_codec.FLAG_OFFLINE)])
+    again, completed = _close(server, today - 1)
+    assert again == first, "closing twice must give the same figures"
+    assert "already closed" in completed.stderr
+
+    today_close, _ = _close(server, today)
+    assert today_close["balanced"] is True
+    assert today_close["sales_count"] == 2 and today_close["gross_fen"] == 800
+    assert today_close["late_records"] == 1 and today_close["late_fen"] == 300
+    report = close.load_report(conn, today)
+    assert report["anomalies"]["late_records"] == [
+        {"terminal_id": terminal.terminal_id, "seq": 4, "own_day": day_text(today - 1),
+         "merchant_id": terminal.merchant_id, "amount_fen": 300}]
+    merchant = next(row for row in report["merchants"] if row["merchant_id"] == terminal.merchant_id)
+    hours = sum(count for count, _fen in merchant["by_hour"])
+    assert hours == 1, "the late record is not one of today's hours"
+    row = next(row for row in report["terminals"] if row["terminal_id"] == terminal.terminal_id)
+    assert (row["first_seq"], row["last_seq"], row["records"]) == (3, 4, 2)
+    assert row["offline_records"] == 1 and len(row["offline_periods"]) == 1
+    assert close.stored_report(conn, today - 1)["totals"]["gross_fen"] == 2000
+    conn.close()
+
+
+def test_days_close_in_order_never_in_the_future(server):
+    conn = server.connect()
+    today = _today()
+    with pytest.raises(FinanceError):
+        close.close_day(conn, today + 1)
+    close.close_day(conn, today - 3)
+    with pytest.raises(FinanceError) as refused:
+        close.close_day(conn, today - 1)
+    assert day_text(today - 2) in refused.value.text("en")
+    completed = subprocess.run([sys.executable, "-m", "ykt", "finance", "close", "--date", day_text(today - 1),
+                                "--data-dir", server.data_dir], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 2 and "请先结算 %s" % day_text(today - 2) in completed.stderr
+    conn.close()
+
+
+def test_gaps_clones_negative_accounts_and_impossible_times_are_reported(server):
+    conn = server.connect()
+    today = _today()
+    rich, rich_card = _person(conn, 50000, b"\x11\x12\x13\x14")
+    poor, poor_card = _person(conn, 1000, b"\x21\x22\x23\x24")
+    first, second = _terminal(server, conn), _terminal(server, conn)
+    now_ms = dbmod.now_ms()
+    # the same tap counter at two windows: a copy of the card is in use
+    first.sync([first.record(rich, rich_card, 500, tap_counter=7, time_ms=now_ms - 60000)])
+    second.sync([second.record(rich, rich_card, 600, tap_counter=7, time_ms=now_ms - 30000)])
+    # two offline windows each accept 700 from a 1000 balance
+    first.sync([first.record(poor, poor_card, 700, tap_counter=1, time_ms=now_ms - 20000, flags=1)])
+    second.sync([second.record(poor, poor_card, 700, tap_counter=2, time_ms=now_ms - 10000, flags=1)])
+    # seq 5 never arrives; a record stamped an hour after it reached us
+    first.sync([first.record(rich, rich_card, 100, seq=3, tap_counter=8, time_ms=now_ms - 5000),
+                first.record(rich, rich_card, 100, seq=4, tap_counter=9, time_ms=now_ms + HOUR_MS),
+                first.record(rich, rich_card, 100, seq=6, tap_counter=11, time_ms=now_ms - 1000)])
+    summary, _ = _close(server, today)
+    counts = summary["anomaly_counts"]
+    assert counts["cloned_card_count"] == 1
+    assert counts["negative_account_count"] == 1
+    assert counts["impossible_time_count"] == 1
+    assert counts["revoked_terminal_record_count"] == 0 and counts["unbooked_record_count"] == 0
+    assert summary["gaps"] == 1 and summary["missing_seqs"] == 1
+    assert summary["balanced"] is True
+    report = close.load_report(conn, today)
+    assert report["anomalies"]["negative_accounts"][0]["account_id"] == poor
+    assert report["anomalies"]["negative_accounts"][0]["blocked"] is True
+    clone = report["anomalies"]["cloned_cards"][0]
+    assert (clone["card_number"], clone["denied"]) == (rich_card, True)
+    assert conn.execute("SELECT status FROM cards WHERE card_number = ?", (rich_card,)).fetchone()[0] == "frozen"
+    # terminals learn the denial on their next sync
+    answer = first.sync([])
+    assert [protocol.DENY_CARD, protocol.card_deny_ref(rich_card, 1), True, protocol.DENY_REASON_FROZEN] \
+        in answer["deny"]["entries"]
+    row = next(row for row in report["terminals"] if row["terminal_id"] == first.terminal_id)
+    assert row["open_gaps"] == [[5, 5]]
+    conn.close()
+
+
+def test_statement_matched_line_by_line_after_the_close(server, tmp_path):
+    from sync_server.services import recharge
+    conn = server.connect()
+    today = _today()
+    account_id, _card = _person(conn, 0, b"\x31\x32\x33\x34")
+    secret = recharge.channel_secret(server.master_key(), "wechat")
+    channel = recharge.SimulatedChannel("wechat", secret)
+    orders = []
+    for amount_fen in (1000, 2000, 3000):
+        order = recharge.create_order(conn, account_id, amount_fen, "wechat")
+        body, headers = channel.notification(order, "paid")
+        recharge.handle_notification(conn, "wechat", body, headers[recharge.SIGNATURE_HEADER], secret)
+        orders.append(order["order_id"])
+    before, _ = _close(server, today)
+    assert before["anomaly_counts"]["statement_mismatches"] == 0
+    statement = tmp_path / "wechat.csv"
+    # line 2 right, line 3 one yuan off, order 3 missing, one order we never saw
+    statement.write_text("商户订单号,金额(元)\n%s,10.00\n%s,21.00\nX-UNKNOWN,5.00\n" % (orders[0], orders[1]),
+                         encoding="utf-8")
+    completed = subprocess.run([sys.executable, "-m", "ykt", "finance", "import-statement", "--channel", "wechat",
+                                "--date", day_text(today), "--data-dir", server.data_dir, "--lang", "en",
+                                str(statement)], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    assert "matched 1, missing ours 1, missing theirs 1, amount mismatch 1" in completed.stdout
+    after, _ = _close(server, today)
+    assert after["anomaly_counts"]["statement_mismatches"] == 3
+    assert {k: v for k, v in after.items() if k not in ("anomalies", "anomaly_counts")} == \
+        {k: v for k, v in before.items() if k not in ("anomalies", "anomaly_counts")}
+    other = tmp_path / "other.csv"
+    other.write_text("order_id,amount_fen\n%s,1000\n" % orders[0], encoding="utf-8")
+    with pytest.raises(FinanceError):
+        statements.import_statement(conn, "wechat", today, other.read_bytes())
+    conn.close()
+
+
+def test_finance_pages_need_the_finance_role_and_show_charts_and_downloads(server):
+    conn = server.connect()
+    account_id, card = _person(conn, 5000, b"\x41\x42\x43\x44")
+    terminal = server.add_terminal()
+    terminal.sync([terminal.record(account_id, card, 900, tap_counter=1)])
+    auth.add_staff_user(conn, "caiwu", "财务一", ["finance"], "finance-password-1")
+    auth.add_staff_user(conn, "dating", "大厅一", ["hall"], "hall-password-12")
+    today = _today()
+    close.close_day(conn, today)
+    conn.close()
+
+    def signed_in(username, password):
+        client = httpx.Client(base_url=server.url, timeout=30)
+        page = client.get("/hall/sign-in").text
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+        client.post("/hall/sign-in", data={"csrf_token": token, "username": username, "password": password})
+        return client
+
+    anonymous = httpx.Client(base_url=server.url, timeout=30)
+    assert anonymous.get("/finance/%s" % day_text(today)).status_code == 302
+    assert signed_in("dating", "hall-password-12").get("/finance/%s" % day_text(today)).status_code == 403
+    client = signed_in("caiwu", "finance-password-1")
+    page = client.get("/finance/%s?lang=en" % day_text(today))
+    assert page.status_code == 200
+    assert page.text.count("<svg") == 3 and "9.00" in page.text and "Balanced" in page.text
+    workbook = client.get("/finance/%s.xlsx" % day_text(today))
+    book = openpyxl.load_workbook(__import__("io").BytesIO(workbook.content))
+    merchants = book["merchants"]
+    rows = list(merchants.iter_rows(min_row=2, values_only=True))
+    assert [(row[0], float(row[7])) for row in rows if row[3]] == [(terminal.merchant_id, 9.0)]
+    csv_text = client.get("/finance/%s/merchants.csv" % day_text(today)).text
+    assert "9.00" in csv_text
+    assert client.get("/finance/%s" % day_text(today - 5)).status_code == 404
+    assert client.get("/finance/").status_code == 200
+
+
+def test_scheduler_closes_yesterday_once_after_the_configured_time(tmp_path):
+    conn = dbmod.init_db(str(tmp_path / "ykt.sqlite3"))
+    today = _today()
+    just_after_midnight = day_start_ms(today) + 10 * 60000
+    assert scheduler.run_due(conn, just_after_midnight) == []           # before 01:00: nothing
+    later = day_start_ms(today) + 2 * HOUR_MS
+    closed = scheduler.run_due(conn, later)
+    assert [report["day"] for report in closed] == [day_text(today - 1)]
+    assert scheduler.run_due(conn, later + 60000) == []                  # once
+    assert [row[1] for row in close.closed_days(conn)] == [day_text(today - 1)]
+    conn.close()
+
+
+def test_exports_write_every_table_and_a_workbook(tmp_path):
+    conn = dbmod.init_db(str(tmp_path / "ykt.sqlite3"))
+    report, newly = close.close_day(conn, _today())
+    assert newly and report["invariants"]["balanced"]
+    paths = exports.write_all(report, str(tmp_path / "out"), "zh")
+    assert len(paths) == len(exports.PARTS) + 1 and all(os.path.getsize(path) for path in paths)
+    book = openpyxl.load_workbook(paths[-1])
+    assert book.sheetnames[:2] == ["汇总", "商户结算"]
+    conn.close()
+
+
+_ref = st.sampled_from(["R%d" % n for n in range(12)])
+
+
+@settings(max_examples=200, deadline=None)
+@given(ours=st.lists(st.tuples(_ref, st.integers(1, 5000)), max_size=12, unique_by=lambda item: item[0]),
+       theirs=st.lists(st.tuples(_ref, st.integers(1, 5000)), max_size=12, unique_by=lambda item: item[0]))
+def test_statement_match_accounts_for_every_line_once(ours, theirs):
+    result = statements.match_lines([(ref, "o/" + ref, fen, 100) for ref, fen in ours],
+                                    [(n + 2, ref, None, fen, None) for n, (ref, fen) in enumerate(theirs)], 100)
+    both = {ref for ref, _fen in ours} & {ref for ref, _fen in theirs}
+    assert result["matched"] + result["amount_mismatch_count"] == len(both)
+    assert result["missing_ours_count"] == len(theirs) - len(both)
+    assert result["missing_theirs_count"] == len(ours) - len(both)
+    ours_fen, theirs_fen = dict(ours), dict(theirs)
+    assert result["matched"] == sum(1 for ref in both if ours_fen[ref] == theirs_fen[ref])
+
+
+def test_statement_parsing_yuan_fen_and_bad_lines():
+    lines = statements.parse_statement("商户订单号,交易号,金额(元),交易时间\nA1,T1,12.30,08:00\nA2,T2,\"1,000.05\",\n"
+                                       .encode("gb18030"))
+    assert [(line[1], line[3]) for line in lines] == [("A1", 1230), ("A2", 100005)]
+    assert statements.parse_statement(b"order_id,amount_fen\nB1,77\n")[0][3] == 77
+    with pytest.raises(FinanceError) as bad:
+        statements.parse_statement(b"order_id,amount\nC1,1.234\n")
+    assert "line 2" in bad.value.text("en")
+    with pytest.raises(FinanceError):
+        statements.parse_statement(b"who,what\n1,2\n")
