@@ -1,0 +1,88 @@
+"""The proof of issue 5 on the main job: `ykt demo` with the three injected faults, then the day
+closed as finance closes it. Balanced, per-merchant totals equal to the accepted taps the terminals
+showed (decisions.jsonl), no open gaps, exactly the injected anomalies, the same report twice.
+The seed is printed on failure so the run can be replayed.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sync_server import db as dbmod
+from sync_server.finance import close
+
+SEED = int(os.environ.get("YKT_DEMO_SEED", "3"))
+
+
+def _ykt(*args, timeout=600):
+    completed = subprocess.run([sys.executable, "-m", "ykt"] + list(args), capture_output=True, text=True,
+                               timeout=timeout, env=dict(os.environ, YKT_FINANCE_CLOSE="off"))
+    return completed
+
+
+@pytest.fixture(scope="module")
+def closed_demo(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("finance-demo") / "run"
+    demo = _ykt("demo", "--seed", str(SEED), "--people", "300", "--terminals", "3", "--duration-s", "10",
+                "--data-dir", str(run_dir), "--json", "--lang", "en", "--inject-double-spend", "--inject-clone",
+                "--inject-statement-mismatch")
+    assert demo.returncode == 0, "seed %d: %s" % (SEED, demo.stderr[-3000:])
+    injected = json.loads((run_dir / "injected.json").read_text(encoding="utf-8"))
+    server_dir = str(run_dir / "server")
+    imported = _ykt("finance", "import-statement", "--channel", "alipay", "--date", injected["day"],
+                    "--data-dir", server_dir, injected["statement"]["path"])
+    assert imported.returncode == 0, imported.stderr
+    first = _ykt("finance", "close", "--date", injected["day"], "--json", "--data-dir", server_dir)
+    second = _ykt("finance", "close", "--date", injected["day"], "--json", "--data-dir", server_dir)
+    return run_dir, injected, first, second
+
+
+def test_demo_day_closes_balanced_with_no_open_gaps(closed_demo):
+    _run_dir, _injected, first, _second = closed_demo
+    assert first.returncode == 0, "seed %d: %s" % (SEED, first.stderr)
+    summary = json.loads(first.stdout)
+    assert summary["balanced"] is True and summary["trial_balance_fen"] == 0, "seed %d" % SEED
+    assert summary["gaps"] == 0 and summary["missing_seqs"] == 0
+    assert summary["terminals_silent"] == 0
+
+
+def test_per_merchant_totals_equal_the_accepted_taps(closed_demo):
+    run_dir, _injected, first, _second = closed_demo
+    summary = json.loads(first.stdout)
+    conn = dbmod.connect(dbmod.db_path(str(run_dir / "server")))
+    merchant_of_index = [row[0] for row in conn.execute("SELECT merchant_id FROM terminals ORDER BY id")]
+    conn.close()
+    accepted = {}
+    for line in open(run_dir / "decisions.jsonl", encoding="utf-8"):
+        decision = json.loads(line)
+        if decision["accepted"]:
+            merchant = str(merchant_of_index[decision["terminal_index"]])
+            accepted[merchant] = accepted.get(merchant, 0) + decision["amount_fen"]
+    assert accepted and summary["merchants"] == accepted, "seed %d" % SEED
+    assert summary["gross_fen"] == sum(accepted.values())
+
+
+def test_exactly_the_injected_anomalies(closed_demo):
+    run_dir, injected, first, _second = closed_demo
+    summary = json.loads(first.stdout)
+    assert summary["anomaly_counts"] == {
+        "negative_account_count": 1, "cloned_card_count": 1, "statement_mismatches": 1,
+        "revoked_terminal_record_count": 0, "impossible_time_count": 0, "unbooked_record_count": 0}, "seed %d" % SEED
+    conn = dbmod.connect(dbmod.db_path(str(run_dir / "server")))
+    report = close.load_report(conn, injected["day"])
+    conn.close()
+    negative = report["anomalies"]["negative_accounts"][0]
+    assert negative["account_id"] == injected["double_spend"]["account_id"] and negative["blocked"]
+    clone = report["anomalies"]["cloned_cards"][0]
+    assert clone["card_number"] == injected["clone"]["card_number"] and clone["denied"]
+    statement = next(row["statement"] for row in report["channels"] if row["statement"])
+    assert [item["order_ref"] for item in statement["amount_mismatch"]] == [injected["statement"]["mismatched_order"]]
+    assert statement["matched"] == len(injected["statement"]["orders"]) - 1
+
+
+def test_closing_twice_gives_the_same_report(closed_demo):
+    _run_dir, _injected, first, second = closed_demo
+    assert second.returncode == 0
+    assert second.stdout == first.stdout
