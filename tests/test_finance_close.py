@@ -275,3 +275,14 @@ def test_statement_parsing_yuan_fen_and_bad_lines():
     assert "line 2" in bad.value.text("en")
     with pytest.raises(FinanceError):
         statements.parse_statement(b"who,what\n1,2\n")
+
+
+def test_close_day_benchmark_still_runs():
+    """benchmarks/close_day.py on a small day: it generates, closes and agrees with plain SQL."""
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "close_day.py")
+    completed = subprocess.run([sys.executable, script, "--records", "20000", "--terminals", "4", "--people", "500"],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["records"] == 20000 and result["balanced"] is True
+    assert result["close_s"] > 0 and result["sql_aggregate_s"] > 0

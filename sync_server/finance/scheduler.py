@@ -50,7 +50,9 @@ def loop(db_path, parent_pid, interval_s=CHECK_INTERVAL_S):
             log.exception("finance close failed")
         finally:
             conn.close()
-        time.sleep(interval_s)
+        deadline = time.monotonic() + interval_s
+        while time.monotonic() < deadline and os.getppid() == parent_pid:   # gone soon after the master
+            time.sleep(1.0)
 
 
 def hooks(db_path):
