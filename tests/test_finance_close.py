@@ -227,6 +227,8 @@ def test_finance_pages_need_the_finance_role_and_show_charts_and_downloads(serve
 def test_scheduler_closes_yesterday_once_after_the_configured_time(tmp_path):
     conn = dbmod.init_db(str(tmp_path / "ykt.sqlite3"))
     today = _today()
+    assert scheduler.run_due(conn, day_start_ms(today) + 2 * HOUR_MS) == [], "installed today: no day to close"
+    conn.execute("UPDATE _migrations SET applied_ms = ?", (day_start_ms(today - 7),))   # installed last week
     just_after_midnight = day_start_ms(today) + 10 * 60000
     assert scheduler.run_due(conn, just_after_midnight) == []           # before 01:00: nothing
     later = day_start_ms(today) + 2 * HOUR_MS

@@ -91,13 +91,18 @@ def close_day(conn, day, now_ms=None):
 
 
 def days_due(conn, now_ms, close_after_ms):
-    """Days the scheduler should close now: from the day after the last closed one (or yesterday on
-    a fresh server) through yesterday, once `close_after_ms` of today have passed."""
+    """Days the scheduler should close now: from the day after the last closed one through yesterday,
+    once `close_after_ms` of today have passed. With no day closed yet it starts at yesterday, but
+    never before the day the database was created (no business day before the system existed)."""
     today = day_of_ms(now_ms)
     if now_ms - day_start_ms(today) < close_after_ms:
         return []
     last = last_closed_day(conn)
-    first = today - 1 if last is None else last + 1
+    if last is None:
+        created_ms = conn.execute("SELECT min(applied_ms) FROM _migrations").fetchone()[0] or now_ms
+        first = max(today - 1, day_of_ms(created_ms))
+    else:
+        first = last + 1
     return list(range(first, today))
 
 
