@@ -40,6 +40,10 @@ def pytest_addoption(parser):
              "every driver whose rig can start here)")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "readers(*names): run a reader_name test only on these rigs")
+
+
 def selected_reader_rigs(config):
     import reader_rigs
     wanted = config.getoption("--reader")
@@ -57,7 +61,11 @@ def selected_reader_rigs(config):
 
 def pytest_generate_tests(metafunc):
     if "reader_name" in metafunc.fixturenames:
-        metafunc.parametrize("reader_name", selected_reader_rigs(metafunc.config), scope="module")
+        names = selected_reader_rigs(metafunc.config)
+        only = metafunc.definition.get_closest_marker("readers")
+        if only is not None:                 # a test about one kind of reader runs on that rig only
+            names = [name for name in names if name in only.args]
+        metafunc.parametrize("reader_name", names, scope="module")
 
 
 def pytest_report_header(config):

@@ -198,9 +198,8 @@ def test_ykt_card_info_as_a_command_on_the_pn532_emulator(provision_file):
     assert "卡号: 4242" in result.stdout and "刷卡次数: 1" in result.stdout and "身份: 教职工" in result.stdout
 
 
+@pytest.mark.readers("pcsc")
 def test_readers_lists_the_pcsc_readers_pcscd_knows(reader_name, reader_rig, capsys):
-    if reader_name != "pcsc":
-        pytest.skip("lists PC/SC readers: runs with the pcsc rig")
     code, out, _ = run_tool(capsys, ["readers", "--json"])
     assert code == 0
     listed = json.loads(out)
