@@ -15,6 +15,8 @@ CHROMIUM_STAMP := $(VENV)/.chromium-installed
 # Web page tests drive Debian's headless Chromium through its chromedriver (selenium, `test` extra);
 # a small CJK font makes the pages' screenshots readable.
 CHROMIUM_DEBS := chromium chromium-driver fonts-wqy-microhei
+# strace: the durability test watches the terminal's fsync-before-display order at the system-call level.
+TRACE_DEBS := strace
 PYTEST_ARGS ?=
 # apt-get needs root; use sudo when we are not root and it exists.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
@@ -50,9 +52,9 @@ $(PCSC_STAMP): pyproject.toml $(PY_STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,pcsc]'
 	touch $@
 
-# Asks apt only for the browser packages that are missing.
-$(CHROMIUM_STAMP):
-	@missing=$$(for package in $(CHROMIUM_DEBS); do dpkg-query -W -f='$${Status}' $$package 2>/dev/null \
+# Asks apt only for the browser (and strace) packages that are missing.
+$(CHROMIUM_STAMP): Makefile
+	@missing=$$(for package in $(CHROMIUM_DEBS) $(TRACE_DEBS); do dpkg-query -W -f='$${Status}' $$package 2>/dev/null \
 		| grep -q 'install ok installed' || echo $$package; done); \
 	if [ -n "$$missing" ]; then echo "installing $$missing"; $(APT_INSTALL) $$missing; fi
 	@mkdir -p $(VENV) && touch $@
