@@ -4,13 +4,16 @@ own steps), a wrong key, cards pulled mid-tap; nfcpy's errors mapped to the shar
 pn532: driver maps the same status bytes.
 """
 import errno
+import io
+import json
 
 import nfc.clf
 import nfc.clf.pn53x
 import pytest
 
 from firmware.apps import card_io
-from firmware.core import card_layout, mifare, sam as sam_module
+from firmware.apps.pos_terminal import PosTerminal
+from firmware.core import card_layout, mifare, pos, records, sam as sam_module, wallets
 from reader_drivers import nfcpy_driver
 from reader_drivers.base import AuthenticationError, CardGone, CardNak, ReaderError, ReaderTimeout, open_reader
 from simulators.classic_card import ClassicCard
@@ -21,6 +24,7 @@ ISSUER = sam_module.SoftwareSAM(sam_module.site_purpose_keys(MASTER_KEY, include
 TERMINAL = sam_module.SoftwareSAM(sam_module.site_purpose_keys(MASTER_KEY))
 UID4 = bytes.fromhex("c0ffee02")
 UID7 = bytes.fromhex("04b1b2c3d4e5f7")
+TERMINAL_ID = 12
 IDENTITY = card_layout.Identity(20240888, 880888, 1, card_layout.HOLDER_STAFF, 20300630)
 NAME = "李四"
 
@@ -179,6 +183,47 @@ def test_card_pulled_mid_tap_is_card_gone_and_counts_at_most_once(emulator, read
     view = card_io.read_card(reader, TERMINAL, reader.poll(1000))
     assert view.tap_counter == on_card
     assert card_io.count_tap(reader, TERMINAL, reader.poll(1000), on_card) == on_card + 1 == counter_on(card)
+
+
+# --- the POS on nfcpy: -------------------------------------------------------------------------------
+
+def pos_terminal(tmp_path, reader, out):
+    """A canteen terminal deciding offline, with the card's account cached."""
+    keys = sam_module.site_purpose_keys(MASTER_KEY)
+    provisioning = {"terminal_id": TERMINAL_ID, "merchant_id": 5, "category": wallets.CATEGORY_CANTEEN,
+                    "terminal_key": sam_module.terminal_key(MASTER_KEY, TERMINAL_ID).hex(),
+                    "card_key_a": keys[sam_module.CARD_KEY_A].hex(), "card_mac": keys[sam_module.CARD_MAC].hex()}
+    terminal = PosTerminal(provisioning, str(tmp_path / "terminal"), reader, out=out, sync=False)
+    terminal.store.apply_answer({"acked_seq": 0, "balances": {"version": 1, "rows": [
+        [IDENTITY.account_id, "main", 100000, 0, None, None]]}}, today_yyyymmdd=0, terminal_id=TERMINAL_ID)
+    return terminal
+
+
+def decisions(out):
+    return [line for line in map(json.loads, out.getvalue().splitlines()) if line["type"] == "decision"]
+
+
+# Field operations of one tap: read_card 1-6 (authenticate, read 4, 5, 6, authenticate, read 8),
+# count_tap 7-10 (authenticate, decrement, transfer, read 8).
+@pytest.mark.parametrize("operation, done", [(2, False), (7, True), (8, True), (9, False), (9, True), (10, True)])
+def test_a_pos_tap_with_the_card_pulled_asks_again_and_charges_once(emulator, reader, tmp_path, operation, done):
+    card = issued(emulator, reader)
+    out = io.StringIO()
+    terminal = pos_terminal(tmp_path, reader, out)
+    try:
+        terminal.feed(pos.AmountKeyed(750))
+        emulator.field.pull_after(operation, done=done)
+        assert terminal.present_card(1000)
+        assert [(line["accepted"], line["reason"]) for line in decisions(out)] == [(False, "tap_again")]
+        assert terminal.store.journal() == []
+        emulator.field.place(card)              # the cardholder taps again; the amount is still keyed
+        assert terminal.present_card(1000)
+        last = decisions(out)[-1]
+        assert (last["accepted"], last["amount_fen"], last["seq"]) == (True, 750, 1)
+        stored = [records.decode(bytes(raw)) for _, raw, _ in terminal.store.journal()]
+        assert len(stored) == 1 and stored[0]["tap_counter"] == counter_on(card)
+    finally:
+        terminal.close()
 
 
 # --- error mapping -------------------------------------------------------------------------------
