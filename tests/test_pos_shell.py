@@ -233,3 +233,19 @@ def test_ykt_terminal_command_runs_a_script(tmp_path):
     assert [(d["seq"], d["accepted"], d["amount_fen"]) for d in decisions] == \
         [(1, True, 300), (None, False, 0), (2, True, 400)]
     assert decisions[1]["reason"] == "enter_amount"      # the impossible amount was refused at the keypad
+
+
+def test_restart_shows_the_last_committed_tap(rig, tmp_path):
+    """A tap committed just before a power cut was never shown: the restarted terminal shows it."""
+    terminal, card_path, out = rig
+    terminal.run_line({"amount_fen": 1500, "card": card_path})
+    data_dir = os.path.dirname(terminal.store.path) if hasattr(terminal.store, "path") else str(tmp_path / "terminal")
+    terminal.close()
+    again = io.StringIO()
+    restarted = PosTerminal(provisioning(), data_dir, open_reader("sim:"), out=again, sync=False)
+    try:
+        shown = lines(again, "show")
+        assert shown and shown[0]["code"] == "last_tap" and shown[0]["seq"] == 1
+        assert "上笔交易" in shown[0]["text"] and "15.00" in shown[0]["text"] and "1001" in shown[0]["text"]
+    finally:
+        restarted.close()

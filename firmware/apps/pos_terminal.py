@@ -104,6 +104,24 @@ class PosTerminal:
             self.sync_client = SyncClient(self._sync_store, self.sam, self.terminal_id, url, self.clock)
             self.sync_interval_ms = sync_interval_ms or self._server_config().get("sync_interval_ms") \
                 or DEFAULT_SYNC_INTERVAL_MS
+        self._show_last_tap()
+
+    def _show_last_tap(self):
+        """Show the last committed tap at start-up (上笔交易).
+
+        Power can fail between the journal commit and the display: that tap is charged but nobody saw
+        it succeed. Showing it after the restart lets the cashier see it was paid instead of asking
+        the cardholder to tap (and pay) again.
+        """
+        last_seq = self.store.last_seq()
+        rows = self.store.journal(from_seq=last_seq, limit=1) if last_seq else []
+        if not rows:
+            return
+        fields = records.decode(bytes(rows[0][1]))
+        values = {"seq": fields["seq"], "card_number": fields["card_number"], "amount_fen": fields["amount_fen"],
+                  "time": clock_module.clock_text(fields["time_ms"], self.machine.config["utc_offset_min"])}
+        self.emit({"type": "show", "code": messages.LAST_TAP, "seq": fields["seq"],
+                   "text": messages.text(messages.LAST_TAP, self.lang, **values)}, always=False)
 
     # -- configuration -------------------------------------------------------------------------
 

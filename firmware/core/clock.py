@@ -78,3 +78,11 @@ def date_yyyymmdd(time_ms, utc_offset_min=480):
     if m <= 2:
         y += 1
     return y * 10000 + m * 100 + d
+
+
+def clock_text(time_ms, utc_offset_min=480):
+    """'2025-03-01 12:05:09' for a time in ms, in the site's zone (no `time` module needed)."""
+    day = date_yyyymmdd(time_ms, utc_offset_min)
+    seconds = (time_ms // 1000 + utc_offset_min * 60) % 86400
+    return "%04d-%02d-%02d %02d:%02d:%02d" % (day // 10000, day // 100 % 100, day % 100,
+                                              seconds // 3600, seconds // 60 % 60, seconds % 60)

@@ -17,6 +17,7 @@ INSUFFICIENT_BALANCE = "insufficient_balance"
 CARD_LOST = "card_lost"
 UNKNOWN_CARD = "unknown_card"
 ACCOUNT_NOT_SYNCED = "account_not_synced"
+LAST_TAP = "last_tap"
 CARD_EXPIRED = "card_expired"
 CARD_REPLACED = "card_replaced"
 ACCOUNT_BLOCKED = "account_blocked"
@@ -49,6 +50,8 @@ TEXTS = {
     INSUFFICIENT_BALANCE: ("余额不足", "Insufficient balance"),
     CARD_LOST: ("卡片已挂失", "This card has been reported lost"),
     UNKNOWN_CARD: ("未知卡片", "Unknown card"),
+    LAST_TAP: ("上笔交易 %(time)s 卡号%(card_number)s 消费%(amount)s元 流水%(seq)s",
+               "Last tap %(time)s card %(card_number)s paid %(amount)s yuan, seq %(seq)s"),
     ACCOUNT_NOT_SYNCED: ("本机尚无该账户信息，请稍后再刷", "This terminal has no balance for the account yet; try again shortly"),
     CARD_EXPIRED: ("卡片已过期", "This card has expired"),
     CARD_REPLACED: ("卡片已补办，旧卡失效", "This card was replaced; the old card is no longer valid"),
@@ -86,7 +89,7 @@ def text(code, lang="zh", **fields):
     """The display text of `code` in `lang`, with `*_fen` fields also offered in yuan."""
     zh, en = TEXTS[code]
     template = en if lang == "en" else zh
-    values = {"amount": "", "balance": "", "name": ""}
+    values = {"amount": "", "balance": "", "name": "", "time": "", "card_number": "", "seq": ""}
     for name in fields:
         value = fields[name]
         values[name] = value

@@ -1,4 +1,5 @@
 """Terminal clock: never backwards across reboots, corrected by the server (plain asserts)."""
+from firmware.core import clock
 from firmware.core.clock import Clock, date_yyyymmdd
 
 
@@ -60,3 +61,10 @@ def test_calendar_day_in_beijing_time():
     assert date_yyyymmdd(1709222400000) == 20240301
     assert date_yyyymmdd(1709222400000 - 1) == 20240229
     assert date_yyyymmdd(1735660800000) == 20250101    # 2024-12-31 16:00 UTC
+
+
+def test_clock_text_in_china_standard_time():
+    # 2025-03-01 04:05:09 UTC is 12:05:09 in Beijing.
+    assert clock.clock_text(1740801909000) == "2025-03-01 12:05:09"
+    assert clock.clock_text(1740801909000, 0) == "2025-03-01 04:05:09"
+    assert clock.clock_text(0) == "1970-01-01 08:00:00"
