@@ -66,6 +66,7 @@ class Injector:
         if args.inject_clone:
             self._clone(taken, cards_dir)
         self._hand_over_taps(taken - {plan.lost_person_index})
+        self.taken = frozenset(taken)    # cardholders the injections use: nobody else acts for them
 
     # -- plan changes ------------------------------------------------------------------------------
 

@@ -31,7 +31,8 @@ from reader_drivers.sim import SimReader
 from simulators import anomalies, lunch
 from simulators.classic_card import ClassicCard
 from simulators.netcut import Relay
-from sync_server import db as dbmod, hall, keys, ledger
+from simulators.phone import ChannelGateway, PhoneApp
+from sync_server import db as dbmod, hall, keys, ledger, pins
 from sync_server.cli import init_data_dir
 from sync_server.ledger_store import SqliteStore
 
@@ -44,9 +45,13 @@ _CANTEEN_WINDOWS = (
 _PROBE_AMOUNT_FEN = 500
 _PROBE_INTERVAL_S = 0.25
 _SYNC_INTERVAL_MS = 1000
-_MAX_IN_FLIGHT_PER_TERMINAL = 40      # lines written to a terminal and not yet decided
+_MAX_IN_FLIGHT_PER_TERMINAL = 4       # taps handed to a terminal and not yet decided: the queue
+                                      # waits here, so a probe of the lost card is not stuck behind it
 _LOW_BALANCE_SHARE = 0.06             # cardholders who will run out mid-rush
 _DRAIN_TIMEOUT_S = 120.0
+_APP_RECHARGES = 12                   # low-balance cardholders who top up from the app mid-rush
+_APP_RECHARGE_CHANNELS = ("wechat", "ccb")   # (the anomaly injector's statement uses alipay)
+_NOTIFICATIONS_PER_PAYMENT = 2        # gateways retry: every payment is notified twice
 _SERVER_START_TIMEOUT_S = 30.0
 
 
@@ -240,13 +245,70 @@ class TerminalProcess:
         self._stderr.close()
 
 
+# -- the phone app -------------------------------------------------------------------------------------
+
+
+class AppActivity:
+    """What cardholders do on their phones during the rush, over the server's cardholder API:
+    a few who are running out top up through WeChat Pay or CCB (the gateway notifies every payment
+    twice; each must credit once), and the owner of the lost card reports it with the card PIN."""
+
+    def __init__(self, server_url, master_key, population, plan, exclude=()):
+        rng = random.Random(plan.seed ^ 0xA99)
+        self.server_url = server_url
+        self.population = population
+        self.gateway = ChannelGateway(server_url, master_key)
+        low = [index for index, person in enumerate(population)
+               if person.get("opening_fen", 0) < 1500 and index != plan.lost_person_index and index not in exclude]
+        chosen = rng.sample(low, min(_APP_RECHARGES, len(low)))
+        self.pending = sorted((rng.uniform(0.1, 0.7) * plan.duration_s, index, rng.choice(_APP_RECHARGE_CHANNELS),
+                               rng.randrange(20, 101) * 100) for index in chosen)
+        self.outcomes = []           # (channel, amount_fen, [outcome per notification])
+        self.owner = self._phone(plan.lost_person_index)
+
+    def _phone(self, person_index):
+        person = self.population[person_index]
+        phone = PhoneApp(self.server_url, "app-user-%d" % person["person_id"])
+        phone.bind(person["name"], person["staff_number"])
+        return phone
+
+    def run_due(self, now_s):
+        while self.pending and self.pending[0][0] <= now_s:
+            _, index, channel, amount_fen = self.pending.pop(0)
+            phone = self._phone(index)
+            try:
+                order = phone.recharge_order(amount_fen, channel)
+                self.outcomes.append((channel, amount_fen,
+                                      self.gateway.notify_paid(order, times=_NOTIFICATIONS_PER_PAYMENT)))
+                assert phone.order(order["order_id"])["status"] == "paid"
+            finally:
+                phone.close()
+
+    def report_loss(self, person_index):
+        """挂失 from the app: the owner's card PIN is still the initial one (last six of the number)."""
+        person = self.population[person_index]
+        return self.owner.report_loss(pins.initial_pin(None, person["staff_number"]))
+
+    def close(self):
+        self.owner.close()
+        self.gateway.close()
+
+    def summary(self):
+        credited = [amount for _, amount, outcomes in self.outcomes if outcomes.count("credited") == 1]
+        return {"app_recharges": len(credited), "app_recharge_fen": sum(credited),
+                "repeat_notifications": sum(len(outcomes) - 1 for _, _, outcomes in self.outcomes),
+                "notifications_credited_twice": sum(1 for _, _, outcomes in self.outcomes
+                                                    if outcomes.count("credited") > 1)}
+
+
 # -- the rush ------------------------------------------------------------------------------------------
 
 
 class Rush:
     """Feeds the plan to the terminals in real time and keeps the score."""
 
-    def __init__(self, plan, population, fleet, decisions, server_dir, progress, lang):
+    def __init__(self, plan, population, fleet, decisions, server_dir, progress, lang, app):
+        self.app = app
         self.plan = plan
         self.population = population
         self.fleet = fleet
@@ -283,6 +345,7 @@ class Rush:
                 self.online_at_loss = {t.index for t in self.fleet if t.index not in cut}
             if self.loss_reported_s is not None:
                 self._probe(now_s, cut)
+            self.app.run_due(now_s)
             while waiting and self._try_send(waiting[0]):
                 waiting.pop(0)
             while pending and pending[0].at_s <= now_s:
@@ -311,13 +374,8 @@ class Rush:
                 cut.discard(index)
 
     def _report_loss(self, now_s):
-        """The owner reports the card lost at the service hall (the same call as `ykt hall report-loss`)."""
-        card_number = self.population[self.lost_person]["identity"].card_number
-        conn = dbmod.connect(dbmod.db_path(self.server_dir))
-        try:
-            hall.report_loss(conn, card_number)
-        finally:
-            conn.close()
+        """The owner reports the card lost from the phone app (挂失, with the card PIN)."""
+        self.app.report_loss(self.lost_person)
         self.loss_reported_s = now_s
         self._next_probe_s = now_s
 
@@ -332,7 +390,9 @@ class Rush:
         self._probe_cursor += 1
         tap_id = self._next_tap_id
         self._next_tap_id += 1
-        self._send(lunch.Tap(tap_id, now_s, index, self.lost_person, _PROBE_AMOUNT_FEN, probe=True))
+        # A different small purchase each time (the same amount again would be a repeat tap).
+        amount_fen = _PROBE_AMOUNT_FEN + (tap_id % 97) * 10
+        self._send(lunch.Tap(tap_id, now_s, index, self.lost_person, amount_fen, probe=True))
         self._next_probe_s = now_s + _PROBE_INTERVAL_S / max(1, len(candidates))
 
     def _try_send(self, tap):
@@ -522,6 +582,10 @@ def render(summary, lang):
         row("挂失生效用时（秒）", "loss enforced after (s)", summary["deny_enforced_after_s"]),
         row("挂失前被盗刷次数", "lost card used before", summary["lost_card_accepted_before_enforcement"]),
         row("未确认的重复扣款", "repeats charged unconfirmed", summary["repeat_taps_charged_without_confirmation"]),
+        row("手机充值（笔/元）", "app recharges (n / yuan)",
+            "%d / %.2f" % (summary.get("app_recharges", 0), summary.get("app_recharge_fen", 0) / 100.0)),
+        row("重复到账通知（均未重复入账）", "repeated payment notices (none credited twice)",
+            summary.get("repeat_notifications", 0)),
         row("用时（秒）", "elapsed (s)", summary["elapsed_s"]),
         "",
         ("结论：" if zh else "verdict: ") + (("一笔不丢、一笔不重，账本平衡。" if zh else
@@ -559,8 +623,13 @@ def run(args):
             relay = Relay("127.0.0.1", server.port)
             relays.append(relay)
             fleet.append(TerminalProcess(index, document, relay, run_dir, cards_dir, decisions))
-        rush = Rush(plan, population, fleet, decisions, server_dir, progress, lang)
-        rush.run()
+        app = AppActivity(server.url, keys.load_master_key(keys.master_key_path(server_dir)), population, plan,
+                          exclude=injector.taken if injector is not None else ())
+        rush = Rush(plan, population, fleet, decisions, server_dir, progress, lang, app)
+        try:
+            rush.run()
+        finally:
+            app.close()
         progress.step(_say(lang, "高峰结束，等待各终端同步完毕……", "rush over; waiting for every terminal to sync..."))
         for terminal in fleet:
             terminal.finish(_DRAIN_TIMEOUT_S + 30)
@@ -579,6 +648,8 @@ def run(args):
             relay.close()
         server.stop()
     summary = summarize(plan, rush, result, time.monotonic() - started, args.terminals, args.people)
+    summary.update(app.summary())
+    summary["ok"] = summary["ok"] and summary["notifications_credited_twice"] == 0
     print(render(summary, lang), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(summary, ensure_ascii=False, sort_keys=True))

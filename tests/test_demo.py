@@ -68,3 +68,12 @@ def test_same_seed_same_plan():
 def test_quick_repeat_taps_are_not_charged_without_the_cashier(demo):
     _, summary, _ = demo
     assert summary["repeat_taps_charged_without_confirmation"] == 0
+
+
+def test_cardholders_use_the_app_recharges_credit_once(demo):
+    """Top-ups go through the cardholder API and a channel whose notices come twice; the loss report
+    is made from the app too (the deny test above only passes if it took effect)."""
+    _, summary, _ = demo
+    assert summary["app_recharges"] > 0 and summary["app_recharge_fen"] > 0
+    assert summary["repeat_notifications"] >= summary["app_recharges"]
+    assert summary["notifications_credited_twice"] == 0

@@ -1,0 +1,80 @@
+"""A cardholder's phone app and the payment channels behind it, as HTTP clients of a real server.
+
+`PhoneApp` speaks the cardholder API (`/api/v1`) the way the campus app does: bind with name and
+staff/student number (绑卡), then query, report a card lost with the card PIN (挂失), recharge through a
+channel (卡充值). `ChannelGateway` plays Alipay / WeChat Pay / CCB: after the phone pays an order it
+sends the channel's signed asynchronous notification to the server's webhook - like real gateways,
+sometimes more than once. Used by the demo and the tests.
+"""
+import httpx
+
+from sync_server.services import recharge
+
+_TIMEOUT_S = 30.0
+
+
+class PhoneError(Exception):
+    def __init__(self, status, body):
+        Exception.__init__(self, "%d: %s" % (status, body))
+        self.status = status
+        self.body = body
+
+
+class PhoneApp:
+    def __init__(self, server_url, app_user_id):
+        self.app_user_id = app_user_id
+        self.http = httpx.Client(base_url=server_url.rstrip("/") + "/api/v1", timeout=_TIMEOUT_S)
+        self.token = None
+        self.account_id = None
+
+    def close(self):
+        self.http.close()
+
+    def _call(self, method, path, body=None):
+        headers = {"Authorization": "Bearer %s" % self.token} if self.token else {}
+        response = self.http.request(method, path, json=body, headers=headers)
+        if response.status_code >= 400:
+            raise PhoneError(response.status_code, response.text)
+        return response.json()
+
+    def bind(self, name, staff_number):
+        answer = self._call("POST", "/bind", {"app_user_id": self.app_user_id, "name": name,
+                                              "staff_number": staff_number})
+        self.token, self.account_id = answer["token"], answer["account_id"]
+        return answer
+
+    def balance(self):
+        return self._call("GET", "/accounts/%d/balance" % self.account_id)
+
+    def report_loss(self, pin):
+        return self._call("POST", "/accounts/%d/report-loss" % self.account_id, {"pin": pin})
+
+    def recharge_order(self, amount_fen, channel):
+        return self._call("POST", "/accounts/%d/recharge-orders" % self.account_id,
+                          {"amount_fen": amount_fen, "channel": channel})
+
+    def order(self, order_id):
+        return self._call("GET", "/accounts/%d/recharge-orders/%s" % (self.account_id, order_id))
+
+
+class ChannelGateway:
+    """Sends a channel's signed payment notifications to the server (secrets from the site's key)."""
+
+    def __init__(self, server_url, master_key):
+        self.http = httpx.Client(base_url=server_url.rstrip("/") + "/api/v1", timeout=_TIMEOUT_S)
+        self._channels = {name: recharge.SimulatedChannel(name, recharge.channel_secret(master_key, name))
+                          for name in recharge.ONLINE_CHANNELS}
+
+    def close(self):
+        self.http.close()
+
+    def notify_paid(self, order, times=1):
+        """The channel reports the order paid, `times` times (gateways retry); returns the outcomes."""
+        body, headers = self._channels[order["channel"]].notification(order, recharge.NOTIFY_PAID)
+        outcomes = []
+        for _ in range(times):
+            response = self.http.post("/channels/%s/notify" % order["channel"], content=body, headers=headers)
+            if response.status_code >= 400:
+                raise PhoneError(response.status_code, response.text)
+            outcomes.append(response.json()["outcome"])
+        return outcomes
