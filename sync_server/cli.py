@@ -113,21 +113,63 @@ def cmd_person_add(args):
          "person %d created with account %d (initial PIN: last six of the ID number)" % (person_id, account_id))
 
 
+def open_station(args):
+    """The issuing station's card when --reader / --card-file is given (checked blank), else None."""
+    if not (getattr(args, "reader", None) or getattr(args, "card_file", None)):
+        if not args.uid:
+            raise hall.HallError("请给出卡片 UID，或用 --reader / --card-file 在发卡机上读卡",
+                                 "give the card UID, or --reader / --card-file to read it at the issuing station")
+        return None
+    from firmware.apps.issuing import StationCard, StationError
+    try:
+        return StationCard(args.reader, args.card_file, args.uid)
+    except StationError as error:
+        raise hall.HallError(error.zh, error.en)
+
+
+def write_at_station(args, conn, station, identity, name):
+    """Write the new card record onto the station's card; if the write is torn, void the number."""
+    from firmware.apps.issuing import StationError
+    try:
+        station.write(keys.load_master_key(keys.master_key_path(_data_dir(args))), identity, name)
+    except StationError as error:
+        hall.report_loss(conn, identity.card_number)       # a half-written card must never pay
+        raise hall.HallError("%s；卡号 %d 已作废（挂失），请换一张空白卡重新办理" % (error.zh, identity.card_number),
+                             "%s; card %d is void (reported lost): use a new blank card and reissue"
+                             % (error.en, identity.card_number))
+
+
 def cmd_card_issue(args):
     conn = _open(args)
-    uid = bytes.fromhex(args.uid)
-    identity, name = hall.issue_card_record(conn, args.account, uid)
+    station = open_station(args)
+    try:
+        uid = station.uid if station is not None else bytes.fromhex(args.uid)
+        identity, name = hall.issue_card_record(conn, args.account, uid)
+        if station is not None:
+            write_at_station(args, conn, station, identity, name)
+    finally:
+        if station is not None:
+            station.close()
+    written = station is not None
     if args.json:
         print(json.dumps({"card_number": identity.card_number, "account_id": identity.account_id,
                           "generation": identity.generation, "holder_category": identity.holder_category,
-                          "expiry_yyyymmdd": identity.expiry_yyyymmdd, "name": name, "uid": uid.hex()},
-                         ensure_ascii=False))
+                          "expiry_yyyymmdd": identity.expiry_yyyymmdd, "name": name, "uid": uid.hex(),
+                          "written": written}, ensure_ascii=False))
         return
-    _say(args, "制卡信息：卡号 %d 第 %d 代，账户 %d，持卡人 %s，有效期至 %d；请在发卡机上写卡（UID %s）"
-         % (identity.card_number, identity.generation, identity.account_id, name, identity.expiry_yyyymmdd, uid.hex()),
-         "card to write: number %d generation %d, account %d, holder %s, expires %d; write it at the issuing "
-         "station (UID %s)" % (identity.card_number, identity.generation, identity.account_id, name,
-                               identity.expiry_yyyymmdd, uid.hex()))
+    _say(args, "发卡：卡号 %d 第 %d 代，账户 %d，持卡人 %s，有效期至 %d，UID %s；%s"
+         % (identity.card_number, identity.generation, identity.account_id, name, identity.expiry_yyyymmdd, uid.hex(),
+            "卡片已写好" if written else "请在发卡机上写卡"),
+         "card: number %d generation %d, account %d, holder %s, expires %d, UID %s; %s"
+         % (identity.card_number, identity.generation, identity.account_id, name, identity.expiry_yyyymmdd, uid.hex(),
+            "card written" if written else "write it at the issuing station"))
+
+
+def add_station_options(parser):
+    parser.add_argument("--uid", help="card UID, hex (without a station reader); with --card-file: UID of a new image")
+    parser.add_argument("--reader", help="issuing station reader, e.g. pcsc:ACR122 or pn532:/dev/ttyUSB0: reads the "
+                                         "blank card's UID and writes the card")
+    parser.add_argument("--card-file", help="a virtual card image on the sim: reader (created blank if missing)")
 
 
 def cmd_recharge(args):
@@ -242,9 +284,9 @@ def register(subparsers):
     p.add_argument("--staff-number")
     p.add_argument("--category", type=int, default=card_layout.HOLDER_STUDENT,
                    help="1 教工 staff, 2 学生 student, 3 自聘 self-employed, 4 临时 temporary, 5 身份卡 identity")
-    p = add("card-issue", cmd_card_issue, "发卡/补卡 / issue or replace a card")
+    p = add("card-issue", cmd_card_issue, "发卡（在发卡机上写卡）/ issue a card (written at the issuing station)")
     p.add_argument("--account", type=int, required=True)
-    p.add_argument("--uid", required=True, help="card UID, hex")
+    add_station_options(p)
     p.add_argument("--json", action="store_true")
     p = add("recharge", cmd_recharge, "现金充值 / cash recharge")
     p.add_argument("--account", type=int, required=True)

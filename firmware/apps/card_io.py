@@ -40,6 +40,12 @@ def issue_card(reader, sam, target, identity, name):
             reader.write_block(block, data)
 
 
+def require_blank(reader, target):
+    """Refuse (CardNotBlank) a card whose identity or counter sector is not factory-fresh."""
+    for sector in (card_layout.IDENTITY_SECTOR, card_layout.COUNTER_SECTOR):
+        _require_blank_sector(reader, target, sector)
+
+
 def _require_blank_sector(reader, target, sector):
     try:
         reader.authenticate(mifare.trailer_block(sector), mifare.A, mifare.TRANSPORT_KEY)

@@ -49,8 +49,17 @@ def cmd_import_people(args):
 def cmd_reissue(args):
     cli = _cli()
     conn = cli._open(args)
-    result = cards.reissue(conn, args.account, bytes.fromhex(args.uid), _operator(args),
-                           fee_source="cash" if args.fee_cash else "balance")
+    station = cli.open_station(args)
+    try:
+        uid = station.uid if station is not None else bytes.fromhex(args.uid)
+        result = cards.reissue(conn, args.account, uid, _operator(args),
+                               fee_source="cash" if args.fee_cash else "balance")
+        if station is not None:
+            cli.write_at_station(args, conn, station, result["identity"], result["name"])
+    finally:
+        if station is not None:
+            station.close()
+    args.uid = uid.hex()
     identity = result["identity"]
     if args.json:
         print(json.dumps({"card_number": identity.card_number, "generation": identity.generation,
@@ -59,13 +68,13 @@ def cmd_reissue(args):
                           "fee_fen": result["fee_fen"], "fee_source": result["fee_source"],
                           "balances": result["balances"], "uid": args.uid.lower()}, ensure_ascii=False))
         return
-    cli._say(args, "补卡成功：卡号 %d 第 %d 代（旧卡第 %d 代已停用），补卡费 %s 元，主钱包余额 %s 元；请在发卡机上写卡"
+    written = station is not None
+    cli._say(args, "补卡成功：卡号 %d 第 %d 代（旧卡第 %d 代已停用），补卡费 %s 元，主钱包余额 %s 元；%s"
              % (identity.card_number, identity.generation, result["replaced_generation"], _yuan(result["fee_fen"]),
-                _yuan(result["balances"]["main"])),
-             "card reissued: number %d generation %d (generation %d denied), fee %s yuan, main wallet %s yuan; "
-             "write it at the issuing station" % (identity.card_number, identity.generation,
-                                                 result["replaced_generation"], _yuan(result["fee_fen"]),
-                                                 _yuan(result["balances"]["main"])))
+                _yuan(result["balances"]["main"]), "新卡已写好" if written else "请在发卡机上写卡"),
+             "card reissued: number %d generation %d (generation %d denied), fee %s yuan, main wallet %s yuan; %s"
+             % (identity.card_number, identity.generation, result["replaced_generation"], _yuan(result["fee_fen"]),
+                _yuan(result["balances"]["main"]), "new card written" if written else "write it at the issuing station"))
 
 
 def cmd_unfreeze(args):
@@ -135,7 +144,7 @@ def register(add):
     p.add_argument("--json", action="store_true")
     p = staff(add("reissue", cmd_reissue, "补办卡片（收补卡费）/ reissue a card (fee charged)"))
     p.add_argument("--account", type=int, required=True)
-    p.add_argument("--uid", required=True, help="new card UID, hex")
+    _cli().add_station_options(p)
     p.add_argument("--fee-cash", action="store_true", help="fee paid in cash instead of from the balance")
     p.add_argument("--json", action="store_true")
     p = staff(add("unfreeze", cmd_unfreeze, "解挂（服务大厅）/ unfreeze a lost card at the hall"))
