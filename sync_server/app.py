@@ -4,8 +4,9 @@
     YKT_MASTER_KEY_FILE   site master key file (default <data_dir>/master.key), mode 0600
 
 The master key lives in `app.extensions["ykt"]`, never in `app.config` (which tools like to print).
-Blueprints today: `terminal_api` (sync, PIN check) and `health`; cardholder, hall and finance pages
-come with their own issues.
+Blueprints, one per audience: `terminal_api` (sync, PIN check, CBOR), `cardholder_api` (phone app and
+kiosks, JSON under /api/v1), the web pages (`sync_server/web`: cardholder portal /portal, service hall
+/hall), `finance` (/finance day-close reports) and `health`.
 """
 import os
 
