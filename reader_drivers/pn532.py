@@ -9,11 +9,11 @@
     ISO 14443-A poll + select         yes     InListPassiveTarget, one card, 4/7-byte UIDs
     MIFARE Classic 1K                 yes     through InDataExchange (UM0701-02 7.3.8)
     authenticate A / B                yes     failure halts the card: poll again
-    read / write                      yes
+    read / write                      yes     a trailer write is never sent twice (below)
     increment / decrement / restore   yes
     transfer                          yes
     release (HALT)                    yes     InRelease
-    HSU wake-up, ACK/NACK, abort      yes     UM0701-02 6.2; resend on a lost frame
+    HSU wake-up, ACK/NACK, abort      yes     UM0701-02 6.2; resend only what may run twice
     recovery after a reader reset     yes     SAMConfiguration and RF settings run again
     I2C / SPI, baud rate change       no
 
@@ -24,20 +24,45 @@ Reader interface and maps status bytes to the shared errors (reader_drivers/base
     0x01 timeout, 0x02/0x03/0x0B/0x13 RF errors, 0x27 no target, 0x29/0x2A/0x2B   CardGone
     0x14 MIFARE authentication error                                              AuthenticationError
     0x05 framing error (the card's 4-bit NAK)                                      CardNak
+    a card-changing command that may or may not have run                          CommandOutcomeUnknown
+                                                                                  (a CardGone)
     no ACK or answer after every resend                                           ReaderTimeout
 
-Why resending is safe: a command is only sent again when no ACK came back (the chip did not take
-it) or after an abort; a lost answer is asked for again with NACK, which never re-runs the command.
-Even if a MIFARE command did run twice, write, increment, decrement and restore recompute the same
-block or transfer buffer from the card's stored value, and transfer copies the same buffer: the tap
-counter cannot move twice for one tap.
+When a command is sent again (UM0701-02 6.2.2). The chip ACKs a command within 15 ms and then runs
+it, and the manual has the host send the command again when it saw no ACK in those 15 ms. That
+assumes a host that reads the line as the bytes arrive; this process may read the ACK of a command
+the chip already ran far later on a loaded machine, and sending it again then runs it twice. So a
+missing ACK is waited for until ACK_DEADLINE_MS, and a late ACK or answer is taken as the one it
+is. Only when nothing at all came back by then is the command sent again, after an abort and a
+fresh set-up (`_recover`), and only if running it twice does no harm, because the chip may have
+run it with its ACK and answer both lost on the line:
+
+    read, authenticate, configuration, poll    no lasting effect
+    write of a data block                      writes the same 16 bytes again
+    increment, decrement, restore              the card computes the transfer buffer from the
+                                               block's stored value (MF1S50 "Value blocks"), so a
+                                               second run leaves the same buffer: a repeated
+                                               decrement does not count twice, and the block only
+                                               changes on transfer
+    transfer                                   copies the same buffer to the block again
+
+A sector trailer write is the exception: the first run may change the keys and access bits that
+decide whether the second is allowed, so a second run can be refused (a CardNak for a write that
+happened). It is never sent twice; when its fate is unknown the driver aborts, sets the chip up
+again and raises CommandOutcomeUnknown. A card-changing command that the chip ACKed but did not
+answer by RESPONSE_DEADLINE_MS, or whose answer stayed damaged, raises the same: callers treat it as
+CardGone (the card may or may not have changed), e.g. the POS asks for the tap again and charges
+nothing, and the next tap reads the counter back from the card. A damaged answer is asked for again
+with NACK, which makes the chip send its last answer again and never runs the command again.
+Every wait is a deadline in the blocking serial read; the deadlines are long where waiting is
+harmless (only a silent or reset chip ever makes the driver wait them out).
 """
 import time
 import urllib.parse
 
 import serial
 
-from firmware.core import pn532_frames as frames
+from firmware.core import mifare, pn532_frames as frames
 from reader_drivers.base import (AuthenticationError, CardGone, CardNak, Reader, ReaderError, ReaderTimeout, Target,
                                  register_scheme)
 
@@ -48,7 +73,16 @@ DEFAULT_PORT = "/dev/ttyS0"
 DEFAULT_BAUD = 115200
 # UM0701-02 6.2.2 / 7.2.11: a sleeping HSU needs a long preamble to wake up (libnfc sends the same).
 WAKEUP_PREAMBLE = b"\x55\x55" + bytes(14)
-ACK_TIMEOUT_MS = 50               # past the frame's own wire time; the chip ACKs within a few ms
+# Past the frame's own wire time. The chip ACKs within 15 ms (6.2.2); the rest is for a host that is
+# slow to read it (module doc). Only a lost frame, a reset or a dead chip make the driver wait it out.
+ACK_DEADLINE_MS = 1000
+# After the ACK: the chip ends every command with an answer, InDataExchange within the card timeout
+# it was given (NON_DEP_TIMEOUT_INDEX), configuration commands at once. Waiting longer costs nothing
+# unless the chip is gone, and giving up on a card-changing command leaves its outcome unknown.
+RESPONSE_DEADLINE_MS = 1000
+# Bytes of a started answer that stop coming were lost on the line: NACK at once, not at the deadline.
+FRAME_STALL_MS = 100
+# What the chip itself needs; reader_drivers/nfcpy_driver.py waits this long through nfcpy.
 RESPONSE_TIMEOUT_MS = 100         # configuration commands answer at once
 DATA_EXCHANGE_TIMEOUT_MS = 200    # worst MIFARE exchange: 10 ms card timeout + the chip's own timeout
 MIN_POLL_WAIT_MS = 25             # even poll(0) lets the chip try once (selection takes ~2.5-3.5 ms)
@@ -60,6 +94,11 @@ _READ_CHUNK_BYTES = 512
 _CARD_GONE_CODES = frozenset((frames.STATUS_TIMEOUT, frames.STATUS_CRC, frames.STATUS_PARITY, 0x0B,
                               frames.STATUS_FORMAT, frames.STATUS_NOT_ACCEPTABLE, frames.STATUS_RELEASED,
                               frames.STATUS_CARD_EXCHANGED, frames.STATUS_CARD_DISAPPEARED))
+
+
+class CommandOutcomeUnknown(CardGone):
+    """A card-changing command was given up after the chip may have run it: the card may or may not
+    have changed. A CardGone, so callers do what they do for a card pulled mid-command."""
 
 
 class HsuTransport:
@@ -89,19 +128,25 @@ class HsuTransport:
     def holds_partial_frame(self):
         return self._parser.pending_bytes > 0
 
-    def read_frame(self, deadline):
-        """The next frame, or None at the deadline (time.monotonic() seconds); FrameError for a
-        damaged frame. Blocks in the serial read itself: no sleeping, no polling."""
+    def read_frame(self, deadline, stall_s=None):
+        """The next frame, or None at the deadline (time.monotonic() seconds) - with stall_s, also
+        once a started frame got no byte for stall_s; FrameError for a damaged frame. Blocks in the
+        serial read itself: no sleeping, no polling."""
         while True:
             frame = self._parser.next_frame()
             if frame is not None:
                 return frame
             remaining = deadline - time.monotonic()
+            stalling = stall_s is not None and self.holds_partial_frame
+            if stalling:
+                remaining = min(remaining, stall_s)
             if remaining <= 0:
                 return None
             self.port.timeout = remaining
             chunk = self.port.read(1)
             if not chunk:
+                if stalling:
+                    return None
                 continue
             waiting = self.port.in_waiting
             if waiting:
@@ -137,59 +182,93 @@ class Pn532Chip:
             self._initialising = False
 
     def _recover(self):
-        """No ACK: abort whatever runs, wake the HSU, and set the chip up again in case it was reset."""
+        """Abort whatever runs (an ACK frame, 6.2.2), wake the HSU, and set the chip up again in case
+        it was reset. The set-up's own answers come after any late answer to what was aborted (the
+        chip answers in order), so they also clear the line of it."""
         self.recoveries += 1
         self.transport.write_fresh(frames.ACK_FRAME + WAKEUP_PREAMBLE)
         if not self._initialising:
             self.initialise()
 
-    def command(self, payload, response_timeout_ms=RESPONSE_TIMEOUT_MS, abort_on_timeout=False):
-        """Send one command and return its response parameters. With abort_on_timeout, a response
-        that does not come in time aborts the command and returns None; otherwise ReaderTimeout."""
+    def command(self, payload, response_deadline_ms=RESPONSE_DEADLINE_MS, abort_on_timeout=False,
+                repeatable=True, changes_card=False):
+        """Send one command and return its answer's parameters.
+
+        abort_on_timeout: an answer that does not come within response_deadline_ms of the ACK ends
+        the command with an abort and returns None (a poll's search time).
+        repeatable: running the command twice does no harm, so it may be sent again when nothing at
+        all came back by ACK_DEADLINE_MS. changes_card: giving up on it raises CommandOutcomeUnknown
+        rather than ReaderTimeout/ReaderError. A command that is not repeatable must change the card.
+        """
+        assert repeatable or changes_card, "a command with no lasting effect can always run again"
         code = payload[0]
-        frame_bytes = len(frames.encode_command(payload))
+        frame = frames.encode_command(payload)
         for attempt in range(MAX_SENDS):
             if attempt:
                 self._recover()
-            self.transport.write_fresh(frames.encode_command(payload))
-            outcome = self._await_answer(code, frame_bytes, response_timeout_ms)
-            if outcome is not _NO_ACK:
-                if outcome is _TIMED_OUT:
-                    self.transport.write_fresh(frames.ACK_FRAME)      # abort (6.2.1.3)
-                    if abort_on_timeout:
-                        return None
-                    raise ReaderTimeout("读卡器无应答 / the PN532 did not answer command 0x%02X in %d ms"
-                                        % (code, response_timeout_ms))
-                return outcome
-        raise ReaderTimeout("读卡器无响应 / the PN532 did not acknowledge command 0x%02X after %d sends"
-                            % (code, MAX_SENDS))
+            self.transport.write_fresh(frame)
+            outcome = self._await_answer(code, len(frame), response_deadline_ms, changes_card)
+            if outcome is _NO_ACK:
+                if repeatable:
+                    continue
+                raise self._abandon(CommandOutcomeUnknown(
+                    "结果未知，请重新刷卡 / the PN532 did not acknowledge command 0x%02X in %d ms; it may "
+                    "still have run it, so it is not sent again" % (code, ACK_DEADLINE_MS)))
+            if outcome is _UNANSWERED:
+                if abort_on_timeout:
+                    self.transport.write_fresh(frames.ACK_FRAME)      # abort (6.2.2)
+                    return None
+                raise self._abandon(self._lost(
+                    changes_card, ReaderTimeout,
+                    "读卡器无应答 / the PN532 did not answer command 0x%02X in %d ms" % (code, response_deadline_ms)))
+            return outcome
+        raise self._lost(changes_card, ReaderTimeout,
+                         "读卡器无响应 / the PN532 did not acknowledge command 0x%02X after %d sends" % (code, MAX_SENDS))
 
-    def _await_answer(self, code, frame_bytes, response_timeout_ms):
-        started = time.monotonic()
-        deadline = started + (self.transport.wire_ms(frame_bytes + len(frames.ACK_FRAME)) + ACK_TIMEOUT_MS) / 1000.0
+    @staticmethod
+    def _lost(changes_card, error_class, message):
+        if changes_card:
+            return CommandOutcomeUnknown("结果未知，请重新刷卡 / outcome unknown: " + message)
+        return error_class(message)
+
+    def _abandon(self, error):
+        """Abort the command and set the chip up again; returns `error`, the one to raise about it."""
+        try:
+            self._recover()
+        except ReaderError:
+            pass            # still silent: the next command says so; `error` is what the caller must know
+        return error
+
+    def _await_answer(self, code, frame_bytes, response_deadline_ms, changes_card):
+        """-> the answer's parameters, _NO_ACK (nothing came back by ACK_DEADLINE_MS), or _UNANSWERED
+        (ACKed, no answer by response_deadline_ms after the ACK)."""
+        deadline = time.monotonic() + (self.transport.wire_ms(frame_bytes + len(frames.ACK_FRAME))
+                                       + ACK_DEADLINE_MS) / 1000.0
         acknowledged = False
         nacks = 0
         while True:
             try:
-                frame = self.transport.read_frame(deadline)
+                # Only once ACKed is a started frame the answer to this command, worth a NACK.
+                frame = self.transport.read_frame(deadline, FRAME_STALL_MS / 1000.0 if acknowledged else None)
             except frames.FrameError:
                 frame = _DAMAGED
             if frame is None and acknowledged and self.transport.holds_partial_frame:
                 frame = _DAMAGED          # bytes of the answer were lost on the line
             if frame is _DAMAGED:
                 if nacks >= MAX_NACKS:
-                    raise ReaderError("读卡器应答反复出错 / the PN532's answer stayed damaged after %d NACKs" % nacks)
+                    raise self._lost(changes_card, ReaderError, "读卡器应答反复出错 / the PN532's answer to "
+                                     "command 0x%02X stayed damaged after %d NACKs" % (code, nacks))
                 nacks += 1
                 self.transport.forget_partial_frame()
                 self.transport.write(frames.NACK_FRAME)        # send the last answer again (6.2.1.4)
-                deadline = max(deadline, time.monotonic() + (self.transport.wire_ms(frames.MAX_FRAME_DATA_BYTES + 10)
-                                                               + ACK_TIMEOUT_MS) / 1000.0)
+                resent_ms = self.transport.wire_ms(frames.MAX_FRAME_DATA_BYTES + 10) + RESPONSE_DEADLINE_MS
+                deadline = max(deadline, time.monotonic() + resent_ms / 1000.0)
                 continue
             if frame is None:
-                return _TIMED_OUT if acknowledged else _NO_ACK
+                return _UNANSWERED if acknowledged else _NO_ACK
             if frame.kind == frames.ACK and not acknowledged:
                 acknowledged = True
-                deadline = time.monotonic() + response_timeout_ms / 1000.0
+                deadline = time.monotonic() + response_deadline_ms / 1000.0
             elif frame.kind == frames.ERROR:
                 raise ReaderError("读卡器报告命令语法错误 / the PN532 refused command 0x%02X as malformed" % code)
             elif frame.kind == frames.INFO:
@@ -199,7 +278,7 @@ class Pn532Chip:
 
 
 _NO_ACK = object()
-_TIMED_OUT = object()
+_UNANSWERED = object()
 _DAMAGED = object()
 
 
@@ -272,28 +351,36 @@ class Pn532Reader(Reader):
         return data
 
     def write_block(self, block, data):
-        self._exchange(frames.mifare_write(block, bytes(data)), "write %d" % block)
+        # A trailer write may change the very keys and access bits that allow it: never run it twice.
+        self._exchange(frames.mifare_write(block, bytes(data)), "write %d" % block, changes_card=True,
+                       repeatable=not mifare.is_trailer(block))
 
     def increment(self, block, delta):
-        self._exchange(frames.mifare_increment(block, delta), "increment %d" % block)
+        self._exchange(frames.mifare_increment(block, delta), "increment %d" % block, changes_card=True)
 
     def decrement(self, block, delta):
-        self._exchange(frames.mifare_decrement(block, delta), "decrement %d" % block)
+        self._exchange(frames.mifare_decrement(block, delta), "decrement %d" % block, changes_card=True)
 
     def restore(self, block):
-        self._exchange(frames.mifare_restore(block), "restore %d" % block)
+        self._exchange(frames.mifare_restore(block), "restore %d" % block, changes_card=True)
 
     def transfer(self, block):
-        self._exchange(frames.mifare_transfer(block), "transfer %d" % block)
+        self._exchange(frames.mifare_transfer(block), "transfer %d" % block, changes_card=True)
 
     def _selected(self):
         if self._target is None:
             raise CardGone("没有选中的卡片，请重新寻卡 / no card is selected: poll first")
         return self._target
 
-    def _exchange(self, mifare_command, operation):
+    def _exchange(self, mifare_command, operation, changes_card=False, repeatable=True):
+        """changes_card/repeatable: see Pn532Chip.command and the module doc (which commands may run twice)."""
         self._selected()
-        params = self.chip.command(frames.build_in_data_exchange(1, mifare_command), DATA_EXCHANGE_TIMEOUT_MS)
+        try:
+            params = self.chip.command(frames.build_in_data_exchange(1, mifare_command),
+                                       repeatable=repeatable, changes_card=changes_card)
+        except CommandOutcomeUnknown as error:
+            self._target = None           # the chip was set up again: the card needs a new poll
+            raise CommandOutcomeUnknown("%s (%s)" % (error, operation)) from error
         code, data = frames.parse_status(params)
         if code == frames.STATUS_OK:
             return data
