@@ -57,16 +57,14 @@ import nfc.clf.transport
 
 from firmware.core import pn532_frames as frames
 from reader_drivers import pn532 as pn532_driver
-from reader_drivers.base import (AuthenticationError, CardGone, CardNak, Reader, ReaderError, ReaderTimeout, Target,
-                                 register_scheme)
+from reader_drivers.base import CardGone, Reader, ReaderError, ReaderTimeout, Target, register_scheme
+from reader_drivers.pn53x_classic import Pn53xClassic, status_error
 
 SUPPORTS = frozenset(("iso14443a", "mifare_classic_1k", "authenticate", "read", "write", "increment",
                       "decrement", "restore", "transfer", "release"))
 
 DATA_EXCHANGE_TIMEOUT_S = pn532_driver.DATA_EXCHANGE_TIMEOUT_MS / 1000.0
 COMMAND_TIMEOUT_S = pn532_driver.RESPONSE_TIMEOUT_MS / 1000.0
-# Same as the serial driver, so the card's status bytes mean the same thing on both PN532 paths.
-_CARD_GONE_CODES = pn532_driver._CARD_GONE_CODES
 # CIU_RxMode bit 7 (RxCRCEn): nfcpy turns it off after selecting a card that is neither ISO 14443-4
 # nor NFC-DEP, because it reads Type 2 Tags raw through InCommunicateThru. MIFARE Classic answers
 # carry a CRC_A that the chip must check and strip for InDataExchange, so it goes back on.
@@ -128,7 +126,7 @@ def _open_device(kind, where):
     return device
 
 
-class NfcpyReader(Reader):
+class NfcpyReader(Pn53xClassic, Reader):
     supports = SUPPORTS
 
     def __init__(self, url="nfcpy:usb"):
@@ -211,40 +209,10 @@ class NfcpyReader(Reader):
         if code:
             raise ReaderError("释放卡片失败 / InRelease failed: %s" % frames.status_text(code))
 
-    # --- MIFARE Classic ---------------------------------------------------------------------------
+    # --- MIFARE Classic: the commands are in Pn53xClassic; this is how they reach the chip ----------
 
-    def authenticate(self, block, key_type, key):
-        target = self._selected()
-        self._exchange(frames.mifare_authenticate(block, key_type, bytes(key), target.uid), "authenticate %d" % block)
-
-    def read_block(self, block):
-        data = self._exchange(frames.mifare_read(block), "read %d" % block)
-        if len(data) != 16:
-            raise ReaderError("读块应答长度错误 / read of block %d returned %d bytes" % (block, len(data)))
-        return data
-
-    def write_block(self, block, data):
-        self._exchange(frames.mifare_write(block, bytes(data)), "write %d" % block)
-
-    def increment(self, block, delta):
-        self._exchange(frames.mifare_increment(block, delta), "increment %d" % block)
-
-    def decrement(self, block, delta):
-        self._exchange(frames.mifare_decrement(block, delta), "decrement %d" % block)
-
-    def restore(self, block):
-        self._exchange(frames.mifare_restore(block), "restore %d" % block)
-
-    def transfer(self, block):
-        self._exchange(frames.mifare_transfer(block), "transfer %d" % block)
-
-    def _selected(self):
-        if self._target is None:
-            raise CardGone("没有选中的卡片，请重新寻卡 / no card is selected: poll first")
-        return self._target
-
-    def _exchange(self, mifare_command, operation):
-        self._selected()
+    def _data_exchange(self, mifare_command, operation, changes_card, repeatable):
+        """nfcpy has no resend layer, so changes_card/repeatable change nothing here."""
         try:
             data, _more = self.chipset.in_data_exchange(bytearray(mifare_command), DATA_EXCHANGE_TIMEOUT_S)
         except _NFCPY_ERRORS as error:
@@ -252,7 +220,7 @@ class NfcpyReader(Reader):
             # needs a poll.
             self._target = None
             raise _reader_error(error, operation)
-        return bytes(data)
+        return frames.STATUS_OK, bytes(data)
 
     def close(self):
         self._target = None
@@ -269,7 +237,7 @@ def _reader_error(error, operation):
     if isinstance(error, ReaderError):
         return error
     if isinstance(error, nfc.clf.pn53x.Chipset.Error):
-        return _status_error(error.errno, operation)
+        return status_error(error.errno, operation)
     if isinstance(error, nfc.clf.TimeoutError):
         return CardGone("卡片无应答 / the card did not answer: %s (%s)" % (operation, error))
     if isinstance(error, nfc.clf.CommunicationError):
@@ -279,17 +247,6 @@ def _reader_error(error, operation):
             return ReaderTimeout("读卡器无应答 / the reader did not answer in time: %s" % operation)
         return ReaderError("读卡器通信出错 / the reader's answer was missing or damaged: %s (%s)" % (operation, error))
     return ReaderError("读卡器错误 / reader error: %s (%r)" % (operation, error))
-
-
-def _status_error(code, operation):
-    detail = "%s (PN532 status 0x%02X: %s)" % (operation, code, frames.status_text(code))
-    if code == frames.STATUS_MIFARE_AUTHENTICATION:
-        return AuthenticationError("密钥认证失败 / authentication failed: %s" % detail)
-    if code == frames.STATUS_MIFARE_FRAMING:
-        return CardNak("卡片拒绝操作 / card NAK: %s" % detail)
-    if code in _CARD_GONE_CODES:
-        return CardGone("卡片已移开 / the card did not answer: %s" % detail)
-    return ReaderError("读卡器错误 / reader error: %s" % detail)
 
 
 register_scheme("nfcpy", NfcpyReader)

@@ -62,9 +62,9 @@ import urllib.parse
 
 import serial
 
-from firmware.core import mifare, pn532_frames as frames
-from reader_drivers.base import (AuthenticationError, CardGone, CardNak, Reader, ReaderError, ReaderTimeout, Target,
-                                 register_scheme)
+from firmware.core import pn532_frames as frames
+from reader_drivers.base import CardGone, Reader, ReaderError, ReaderTimeout, Target, register_scheme
+from reader_drivers.pn53x_classic import Pn53xClassic
 
 SUPPORTS = frozenset(("iso14443a", "mifare_classic_1k", "authenticate", "read", "write", "increment",
                       "decrement", "restore", "transfer", "release"))
@@ -91,9 +91,6 @@ MAX_SENDS = 3                     # one send and two resends of a command
 MAX_NACKS = 3                     # answers asked for again per command
 _READ_CHUNK_BYTES = 512
 
-_CARD_GONE_CODES = frozenset((frames.STATUS_TIMEOUT, frames.STATUS_CRC, frames.STATUS_PARITY, 0x0B,
-                              frames.STATUS_FORMAT, frames.STATUS_NOT_ACCEPTABLE, frames.STATUS_RELEASED,
-                              frames.STATUS_CARD_EXCHANGED, frames.STATUS_CARD_DISAPPEARED))
 
 
 class CommandOutcomeUnknown(CardGone):
@@ -293,7 +290,7 @@ def parse_url(url):
     return port or DEFAULT_PORT, baud
 
 
-class Pn532Reader(Reader):
+class Pn532Reader(Pn53xClassic, Reader):
     supports = SUPPORTS
 
     def __init__(self, url="pn532:" + DEFAULT_PORT, port=None):
@@ -338,62 +335,17 @@ class Pn532Reader(Reader):
         if code:
             raise ReaderError("释放卡片失败 / InRelease failed: %s" % frames.status_text(code))
 
-    # --- MIFARE Classic ---------------------------------------------------------------------------
+    # --- MIFARE Classic: the commands are in Pn53xClassic; this is how they reach the chip ----------
 
-    def authenticate(self, block, key_type, key):
-        target = self._selected()
-        self._exchange(frames.mifare_authenticate(block, key_type, bytes(key), target.uid), "authenticate %d" % block)
-
-    def read_block(self, block):
-        data = self._exchange(frames.mifare_read(block), "read %d" % block)
-        if len(data) != 16:
-            raise ReaderError("读块应答长度错误 / read of block %d returned %d bytes" % (block, len(data)))
-        return data
-
-    def write_block(self, block, data):
-        # A trailer write may change the very keys and access bits that allow it: never run it twice.
-        self._exchange(frames.mifare_write(block, bytes(data)), "write %d" % block, changes_card=True,
-                       repeatable=not mifare.is_trailer(block))
-
-    def increment(self, block, delta):
-        self._exchange(frames.mifare_increment(block, delta), "increment %d" % block, changes_card=True)
-
-    def decrement(self, block, delta):
-        self._exchange(frames.mifare_decrement(block, delta), "decrement %d" % block, changes_card=True)
-
-    def restore(self, block):
-        self._exchange(frames.mifare_restore(block), "restore %d" % block, changes_card=True)
-
-    def transfer(self, block):
-        self._exchange(frames.mifare_transfer(block), "transfer %d" % block, changes_card=True)
-
-    def _selected(self):
-        if self._target is None:
-            raise CardGone("没有选中的卡片，请重新寻卡 / no card is selected: poll first")
-        return self._target
-
-    def _exchange(self, mifare_command, operation, changes_card=False, repeatable=True):
+    def _data_exchange(self, mifare_command, operation, changes_card, repeatable):
         """changes_card/repeatable: see Pn532Chip.command and the module doc (which commands may run twice)."""
-        self._selected()
         try:
             params = self.chip.command(frames.build_in_data_exchange(1, mifare_command),
                                        repeatable=repeatable, changes_card=changes_card)
         except CommandOutcomeUnknown as error:
             self._target = None           # the chip was set up again: the card needs a new poll
             raise CommandOutcomeUnknown("%s (%s)" % (error, operation)) from error
-        code, data = frames.parse_status(params)
-        if code == frames.STATUS_OK:
-            return data
-        # Every failure below leaves the card halted or gone: the next command needs a poll.
-        self._target = None
-        detail = "%s (PN532 status 0x%02X: %s)" % (operation, code, frames.status_text(code))
-        if code == frames.STATUS_MIFARE_AUTHENTICATION:
-            raise AuthenticationError("密钥认证失败 / authentication failed: %s" % detail)
-        if code == frames.STATUS_MIFARE_FRAMING:
-            raise CardNak("卡片拒绝操作 / card NAK: %s" % detail)
-        if code in _CARD_GONE_CODES:
-            raise CardGone("卡片已移开 / the card did not answer: %s" % detail)
-        raise ReaderError("读卡器错误 / reader error: %s" % detail)
+        return frames.parse_status(params)
 
     def close(self):
         self.chip.transport.close()
