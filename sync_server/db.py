@@ -104,6 +104,17 @@ def transaction(conn):
             fcntl.flock(lock_fd, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def joined_transaction(conn):
+    """Join the caller's open transaction, or open one for this block: for operations that callers
+    may compose into a bigger atomic step (a hall action and its staff log line)."""
+    if conn.in_transaction:
+        yield conn
+    else:
+        with transaction(conn):
+            yield conn
+
+
 def now_ms():
     return int(time.time() * 1000)
 

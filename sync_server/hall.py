@@ -6,7 +6,6 @@ terminal revocation become deny entries that terminals fetch as deltas. Nothing 
 (sync_server/cli.py) formats results. Key material appears only in `provisioning_document`, whose
 result the CLI writes to a 0600 file and never shows.
 """
-import contextlib
 import datetime
 import random
 import uuid
@@ -16,6 +15,7 @@ from firmware.core import wallets as wallet_rules
 from sync_server import db as dbmod, ledger, pins
 from sync_server.ledger_store import (SqliteStore, add_deny_entries, touch_accounts, update_debt_flags,
                                       REASON_LOST, REASON_REPLACED, REASON_REVOKED, REASON_FOUND)
+from sync_server.messages import BilingualError
 
 MAX_POPULATION = 200000
 MAX_TRANSACTIONS_LISTED = 1000
@@ -23,25 +23,11 @@ CARD_VALID_YEARS = {card_layout.HOLDER_STUDENT: 5, card_layout.HOLDER_TEMPORARY:
 DEFAULT_CARD_VALID_YEARS = 10
 
 
-class HallError(Exception):
+class HallError(BilingualError):
     """An operation the hall cannot do: carries a messages-style (zh, en) pair."""
 
-    def __init__(self, zh, en):
-        Exception.__init__(self, "%s / %s" % (zh, en))
-        self.zh = zh
-        self.en = en
 
-    def text(self, lang="zh"):
-        return self.en if lang == "en" else self.zh
-
-
-@contextlib.contextmanager
-def _tx(conn):
-    if conn.in_transaction:
-        yield conn
-    else:
-        with dbmod.transaction(conn):
-            yield conn
+_tx = dbmod.joined_transaction
 
 
 # --- merchants -----------------------------------------------------------------------------------

@@ -5,6 +5,19 @@ picks one with `--lang` (or YKT_LANG).
 """
 import os
 
+
+class BilingualError(Exception):
+    """A refusal a person reads: carries the Chinese and the English text; `text(lang)` picks one."""
+
+    def __init__(self, zh, en):
+        Exception.__init__(self, "%s / %s" % (zh, en))
+        self.zh = zh
+        self.en = en
+
+    def text(self, lang="zh"):
+        return self.en if lang == "en" else self.zh
+
+
 MESSAGES = {
     # sync API errors
     "bad_auth": ("认证头缺失或格式错误", "authentication headers missing or malformed"),

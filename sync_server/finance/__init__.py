@@ -14,6 +14,7 @@ arithmetic on them is plain integer arithmetic. Everything here is a plain funct
 connection; the pages and the CLI only format.
 """
 import datetime
+from sync_server.messages import BilingualError
 
 BEIJING_OFFSET_MS = 8 * 3600 * 1000
 DAY_MS = 86400 * 1000
@@ -21,16 +22,8 @@ HOUR_MS = 3600 * 1000
 _EPOCH = datetime.date(1970, 1, 1)
 
 
-class FinanceError(Exception):
+class FinanceError(BilingualError):
     """A finance operation refused (day not closable, bad statement file...): zh and en texts."""
-
-    def __init__(self, zh, en):
-        Exception.__init__(self, "%s / %s" % (zh, en))
-        self.zh = zh
-        self.en = en
-
-    def text(self, lang="zh"):
-        return self.en if lang == "en" else self.zh
 
 
 def day_of_ms(time_ms):

@@ -18,7 +18,6 @@ nothing, except that a wrong PIN is counted towards the lockout (that is the poi
 Money moves only through `ledger.post` with transfer ids derived from what is being paid for, so a
 retried call books once.
 """
-import contextlib
 
 from sync_server import db as dbmod, hall, messages
 from sync_server import pins as pin_rules  # not `pins`: that name is the submodule services.pins
@@ -59,14 +58,7 @@ def register_messages(table):
         MESSAGES[code] = entry
 
 
-@contextlib.contextmanager
-def tx(conn):
-    """Join the caller's transaction or open one (like hall._tx)."""
-    if conn.in_transaction:
-        yield conn
-    else:
-        with dbmod.transaction(conn):
-            yield conn
+tx = dbmod.joined_transaction
 
 
 def now(now_ms):

@@ -24,6 +24,7 @@ from flask import abort, current_app, g, redirect, request, session, url_for
 
 from firmware.core import crypto
 from sync_server import db as dbmod, pins
+from sync_server.messages import BilingualError
 
 ROLES = ("hall", "finance", "admin")
 MIN_PASSWORD_CHARS = 10
@@ -34,16 +35,8 @@ _DUMMY_SALT = b"\0" * 16
 CSRF_FIELD = "csrf_token"
 
 
-class AuthError(Exception):
+class AuthError(BilingualError):
     """A sign-in or user-management refusal with a Chinese and an English text."""
-
-    def __init__(self, zh, en):
-        Exception.__init__(self, "%s / %s" % (zh, en))
-        self.zh = zh
-        self.en = en
-
-    def text(self, lang="zh"):
-        return self.en if lang == "en" else self.zh
 
 
 def session_secret(master_key):
