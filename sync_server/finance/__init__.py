@@ -14,6 +14,7 @@ arithmetic on them is plain integer arithmetic. Everything here is a plain funct
 connection; the pages and the CLI only format.
 """
 import datetime
+
 from sync_server.messages import BilingualError
 
 BEIJING_OFFSET_MS = 8 * 3600 * 1000
