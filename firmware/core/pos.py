@@ -12,7 +12,8 @@ One tap, the happy path:
     JOURNALING --Journaled--> IDLE       [Show(ACCEPTED), Beep, Speak, Outcome] only now
 
 Side paths: NeedPin -> WAIT_PIN -> CHECKING_PIN (online check) -> COUNTING; the same card for the
-same amount within `double_tap_window_ms` of its last success -> WAIT_CONFIRM until CashierConfirmed;
+same amount within `double_tap_window_ms` of one of its recent successes -> WAIT_CONFIRM until
+CashierConfirmed;
 a card pulled during reading or counting (CardReadFailed/TapCountFailed) -> "请重新刷卡", back to
 WAIT_CARD with the amount kept and nothing charged. The tap counter is counted on the card before
 the journal commit, so a failed count never leaves a record, and a journal row always names a tap
@@ -31,12 +32,12 @@ IDLE = "idle"                  # no amount yet
 WAIT_CARD = "wait_card"        # amount known, waiting for a tap
 READING = "reading"            # ReadCard issued
 WAIT_CONFIRM = "wait_confirm"  # repeat tap, the cashier must confirm
-
-_RECENT_SUCCESSES = 32            # taps remembered for repeat detection (bounded)
 WAIT_PIN = "wait_pin"          # over a limit, waiting for the cardholder's PIN
 CHECKING_PIN = "checking_pin"  # CheckPin issued
 COUNTING = "counting"          # CountTap issued
 JOURNALING = "journaling"      # Journal issued; success is shown only after Journaled
+
+_RECENT_SUCCESSES = 32         # committed taps remembered for repeat detection (bounded)
 
 # Events
 AmountKeyed = namedtuple("AmountKeyed", ("amount_fen",))
