@@ -13,9 +13,8 @@ One tap, the happy path:
 
 Side paths: NeedPin -> WAIT_PIN -> CHECKING_PIN (online check) -> COUNTING; the same card for the
 same amount within `double_tap_window_ms` of one of its recent successes -> WAIT_CONFIRM until
-CashierConfirmed;
-a card pulled during reading or counting (CardReadFailed/TapCountFailed) -> "请重新刷卡", back to
-WAIT_CARD with the amount kept and nothing charged. The tap counter is counted on the card before
+CashierConfirmed; a card pulled during reading or counting (CardReadFailed/TapCountFailed) ->
+"请重新刷卡", back to WAIT_CARD with the amount kept and nothing charged. The tap counter is counted on the card before
 the journal commit, so a failed count never leaves a record, and a journal row always names a tap
 the card really made.
 
