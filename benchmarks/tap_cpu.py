@@ -16,7 +16,6 @@ record into a WAL, synchronous=FULL SQLite file - the cost no tap can avoid. Pri
 Limits: the sim: reader has no RF timing, so this is CPU and disk only; a PN532 adds its serial and
 radio time on top. Numbers from a shared 2-core machine vary by tens of percent between runs.
 """
-import argparse
 import json
 import os
 import sqlite3
@@ -25,91 +24,28 @@ import sys
 import tempfile
 import time
 
-from firmware.apps import card_io
-from firmware.apps.pos_terminal import PosTerminal
-from firmware.core import card_layout, records, sam as sam_module, wallets
-from firmware.core import pos
+from firmware.core import records
 from reader_drivers.base import open_reader
-from simulators.classic_card import ClassicCard
 
-TERMINAL_ID = 9
-MERCHANT_ID = 3
-FIRST_CARD_NUMBER = 700001
-FIRST_ACCOUNT_ID = 80001
-BALANCE_FEN = 50_000_000          # far above anything the run spends
-MAX_TAPS_PER_CARD = 15            # stays under the default offline cap per account at a terminal
-MAX_AMOUNT_FEN = 1000
+import terminal_rig  # benchmarks/: a script's own folder is on sys.path
 
-
-class _Decisions:
-    """The terminal's output stream: keeps the last decision line, drops the rest."""
-
-    def __init__(self):
-        self.last = None
-
-    def write(self, text):
-        if '"decision"' in text:
-            self.last = json.loads(text)
-
-    def flush(self):
-        pass
-
-
-def _percentile(sorted_values, fraction):
-    index = min(len(sorted_values) - 1, int(round(fraction * (len(sorted_values) - 1))))
-    return sorted_values[index]
+NUMBERING = terminal_rig.Numbering(terminal_id=9, merchant_id=3, first_card_number=700001,
+                                   first_account_id=80001, first_uid=0x04000000)
 
 
 def _summary(samples_ns):
     ordered = sorted(samples_ns)
-    return statistics.median(ordered) / 1000.0, _percentile(ordered, 0.99) / 1000.0
-
-
-def _issue_cards(master_key, count):
-    issuer = sam_module.SoftwareSAM(sam_module.site_purpose_keys(master_key, include_issuer=True))
-    reader = open_reader("sim:")
-    cards = []
-    for index in range(count):
-        uid = (0x04000000 + index).to_bytes(4, "big")
-        card = ClassicCard(uid)
-        reader.field.place(card)
-        target = reader.poll(0)
-        identity = card_layout.Identity(FIRST_CARD_NUMBER + index, FIRST_ACCOUNT_ID + index, 1,
-                                        card_layout.HOLDER_STUDENT, 20991231)
-        card_io.issue_card(reader, issuer, target, identity, "测试%d" % index)
-        reader.field.pull()
-        cards.append(card)
-    return cards
-
-
-def _terminal(master_key, data_dir, cards, out):
-    keys = sam_module.site_purpose_keys(master_key)
-    provisioning = {
-        "terminal_id": TERMINAL_ID, "merchant_id": MERCHANT_ID, "category": wallets.CATEGORY_CANTEEN,
-        "terminal_key": sam_module.terminal_key(master_key, TERMINAL_ID).hex(),
-        "card_key_a": keys[sam_module.CARD_KEY_A].hex(), "card_mac": keys[sam_module.CARD_MAC].hex(),
-    }
-    terminal = PosTerminal(provisioning, data_dir, open_reader("sim:"), out=out, display=False, sync=False)
-    rows = [[FIRST_ACCOUNT_ID + index, "main", BALANCE_FEN, 0, None, None] for index in range(len(cards))]
-    terminal.store.apply_answer({"acked_seq": 0, "balances": {"version": 1, "rows": rows}},
-                                today_yyyymmdd=0, terminal_id=TERMINAL_ID)
-    return terminal
+    return statistics.median(ordered) / 1000.0, terminal_rig.percentile(ordered, 0.99) / 1000.0
 
 
 def measure_taps(terminal, cards, taps, warmup, out):
     samples_ns = []
     for index in range(warmup + taps):
-        card = cards[index % len(cards)]
-        # Consecutive taps differ in card and amount: never the "same card, same amount" prompt.
-        terminal.feed(pos.AmountKeyed(1 + index % MAX_AMOUNT_FEN))
-        terminal.reader.field.place(card)
-        out.last = None
+        terminal_rig.key_and_place(terminal, terminal.reader.field, cards, index, out)
         started_ns = time.perf_counter_ns()
         answered = terminal.present_card(0)
         elapsed_ns = time.perf_counter_ns() - started_ns
-        terminal.reader.field.pull()
-        if not answered or out.last is None or not out.last["accepted"]:
-            raise SystemExit("tap %d was not accepted: %r (state %s)" % (index, out.last, terminal.machine.state))
+        terminal_rig.pull_and_require_accepted(terminal, terminal.reader.field, index, answered, out)
         if index >= warmup:
             samples_ns.append(elapsed_ns)
     return samples_ns
@@ -135,22 +71,16 @@ def measure_floor(data_dir, record, count, warmup):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--taps", type=int, default=2000)
-    parser.add_argument("--cards", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--dir", help="where the SQLite files go (default: a temporary folder)")
-    args = parser.parse_args(argv)
-    if not 0 < args.taps <= 1_000_000 or not 0 < args.cards <= 10_000 or args.warmup < 0:
-        parser.error("--taps 1..1000000, --cards 1..10000, --warmup >= 0")
-    if (args.taps + args.warmup) > args.cards * MAX_TAPS_PER_CARD:
-        parser.error("more than %d taps per card would reach the offline cap: raise --cards" % MAX_TAPS_PER_CARD)
+    args = terminal_rig.parse_arguments(__doc__.split("\n\n")[0], argv, taps=2000, cards=200, warmup=50,
+                                        max_taps=1_000_000,
+                                        dir_help="where the SQLite files go (default: a temporary folder)")
 
     master_key = os.urandom(32)      # a throwaway site for this run only
     with tempfile.TemporaryDirectory(prefix="ykt-tap-bench-", dir=args.dir) as data_dir:
-        cards = _issue_cards(master_key, args.cards)
-        out = _Decisions()
-        terminal = _terminal(master_key, os.path.join(data_dir, "terminal"), cards, out)
+        cards = terminal_rig.issue_cards(master_key, args.cards, NUMBERING)
+        out = terminal_rig.Decisions()
+        terminal = terminal_rig.offline_terminal(master_key, os.path.join(data_dir, "terminal"), open_reader("sim:"),
+                                                 len(cards), NUMBERING, out)
         try:
             tap_ns = measure_taps(terminal, cards, args.taps, args.warmup, out)
             record = terminal.store.journal(from_seq=1, limit=1)[0][1]
