@@ -18,6 +18,8 @@ from reader_drivers.base import AuthenticationError, CardGone, CardNak, ReaderEr
 from simulators.classic_card import ClassicCard
 from simulators.pn532_emulator import TO_CHIP, TO_HOST, Pn532Emulator
 
+from field_cards import counter_on, issue_blank_card
+
 MASTER_KEY = bytes(range(7, 39))
 ISSUER = sam_module.SoftwareSAM(sam_module.site_purpose_keys(MASTER_KEY, include_issuer=True))
 TERMINAL = sam_module.SoftwareSAM(sam_module.site_purpose_keys(MASTER_KEY))
@@ -195,16 +197,7 @@ def reader(emulator):
 
 
 def issued(emulator, reader, uid=UID4):
-    card = ClassicCard(uid)
-    emulator.field.place(card)
-    card_io.issue_card(reader, ISSUER, reader.poll(1000), IDENTITY, NAME)
-    return card
-
-
-def counter_on(card):
-    """The tap counter as stored on the card (a test's view, bypassing the reader)."""
-    value, _address = mifare.decode_value_block(card.dump_block(card_layout.COUNTER_BLOCK))
-    return card_layout.tap_counter_from_value(value)
+    return issue_blank_card(emulator.field, reader, ISSUER, IDENTITY, NAME, uid)
 
 
 def test_the_driver_opens_the_pty_by_path_and_sets_the_chip_up(emulator, reader):

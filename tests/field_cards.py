@@ -1,0 +1,23 @@
+"""Cards on a virtual field, for the driver tests: a blank card placed and issued through the reader
+under test with firmware/apps/card_io.py (the issuing station's own steps), and the tap counter read
+straight off a card's image (a test's view, bypassing every reader).
+
+Each test module keeps its own site (issuer, identity, name, UIDs) and passes it in.
+"""
+from firmware.apps import card_io
+from firmware.core import card_layout, mifare
+from simulators.classic_card import ClassicCard
+
+
+def issue_blank_card(field, reader, issuer, identity, name, uid):
+    """A blank card with this UID, placed in `field` and issued through `reader`; -> the card."""
+    card = ClassicCard(uid)
+    field.place(card)
+    card_io.issue_card(reader, issuer, reader.poll(1000), identity, name)
+    return card
+
+
+def counter_on(card):
+    """The tap counter as stored on the card (a test's view, bypassing the reader)."""
+    value, _address = mifare.decode_value_block(card.dump_block(card_layout.COUNTER_BLOCK))
+    return card_layout.tap_counter_from_value(value)
