@@ -18,6 +18,7 @@ import time
 import cbor2
 import httpx
 
+from firmware.apps.sync_client import SyncRefused  # the terminal's own 4xx answer: {"error", "message"}
 from firmware.core import protocol, records, sam as sam_keys
 from firmware.core import wallets as wallet_rules
 from sync_server import db as dbmod, hall, keys
@@ -31,14 +32,6 @@ def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-class SyncRefused(Exception):
-    def __init__(self, status, error, message):
-        Exception.__init__(self, "%d %s: %s" % (status, error, message))
-        self.status = status
-        self.error = error
-        self.message = message
 
 
 class SyncClient:
