@@ -3,23 +3,11 @@
 A small run: every tap must be accepted by the real POS shell on the sim: reader and journaled, or
 the script exits non-zero; the journal floor is measured on the same disk.
 """
-import json
-import pathlib
-import subprocess
-import sys
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from benchmark_script import run_benchmark
 
 
 def test_tap_benchmark_prints_one_json_line(tmp_path):
-    completed = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "tap_cpu.py"), "--taps", "30", "--cards", "5", "--warmup", "2",
-         "--dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    lines = completed.stdout.strip().splitlines()
-    assert len(lines) == 1, completed.stdout
-    result = json.loads(lines[0])
+    result = run_benchmark("tap_cpu.py", ["--taps", "30", "--cards", "5", "--warmup", "2"], tmp_path)
     assert result["benchmark"] == "tap_cpu" and result["taps"] == 30
     assert result["median_us"] > 0 and result["p99_us"] >= result["median_us"]
     assert result["journal_floor_median_us"] > 0

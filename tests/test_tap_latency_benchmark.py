@@ -5,17 +5,13 @@ emulator's pseudo-terminal, or the script exits non-zero; then the same card exc
 nfcpy's PN532 driver. The floor is a model, not a clock, so it is checked exactly: the wire bytes and
 RF times of the eleven exchanges a canteen tap makes.
 """
-import json
-import pathlib
-import subprocess
-import sys
-
 import pytest
 
 from firmware.core import pn532_frames as frames
 from simulators import pn532_emulator
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from benchmark_script import run_benchmark
+
 UID4 = bytes(4)           # the sizes, not the values, decide the floor
 
 
@@ -41,14 +37,7 @@ def canteen_tap_floor_ms():
 
 
 def test_tap_latency_benchmark_prints_one_json_line(tmp_path):
-    completed = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "tap_latency.py"), "--taps", "5", "--cards", "2", "--warmup", "1",
-         "--dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    lines = completed.stdout.strip().splitlines()
-    assert len(lines) == 1, completed.stdout
-    result = json.loads(lines[0])
+    result = run_benchmark("tap_latency.py", ["--taps", "5", "--cards", "2", "--warmup", "1"], tmp_path)
     assert result["benchmark"] == "tap_latency" and result["taps"] == 5 and result["baud"] == 115200
     for field in ("p50_ms", "p95_ms", "floor_p50_ms", "floor_p95_ms", "ratio_p95", "nfcpy_p50_ms", "nfcpy_p95_ms"):
         assert result[field] > 0, field
