@@ -53,6 +53,11 @@ def readable(report, lang):
                  % (summary["late_records"], yuan(summary["recharges_fen"])))
     lines.append(("  open gaps %d, silent terminals %d, anomalies %d" if en else "  未补齐缺号段 %d，当日未同步终端 %d，异常 %d")
                  % (summary["gaps"], summary["terminals_silent"], summary["anomalies"]))
+    gaps = report_module.card_counter_gaps(report)
+    if gaps is not None:
+        lines.append(("  card tap-counter gaps %d: %s" if en else "  卡计数缺口 %d：%s") % (gaps["count"], ", ".join(
+            "%s %d" % (report_module.gap_reason_text(reason, lang), count)
+            for reason, count in sorted(gaps["by_reason"].items()))))
     for key, zh, english in report_module.ANOMALY_KINDS:
         if summary["anomaly_counts"][key]:
             lines.append("    %s: %d" % (english if en else zh, summary["anomaly_counts"][key]))

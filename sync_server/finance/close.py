@@ -21,9 +21,24 @@ then lands in the next day. A million records take a few seconds (benchmarks/clo
 Side effects besides the report: a card whose tap counter repeats or runs backwards is suspected
 cloned and denied (card status frozen, a deny entry terminals fetch on their next sync).
 
+Card tap-counter gaps (DESIGN.md section 3). The ingest notes a gap when a card's counter skips
+(counters expected..seen-1 never seen), and a late note when a lower counter arrives afterwards. A
+gap belongs to the close that settles the record which revealed it; late notes up to the close fill
+it (what they fill is not a gap any more). What stays missing gets a reason from what the server
+knows at the close: when some active terminal may still hold the record (it has an open seq gap,
+had more to send at its last sync, or has not synced since the gap was noticed) it is `pending`;
+otherwise every terminal has sent everything it journaled before the revealing tap, so no record
+exists: the card was counted but the tap never journaled (pulled after the count, the terminal said
+请重新刷卡 and charged nothing), `torn_tap`. The revealing terminal itself has sent everything
+older once its acked_seq reaches the revealing seq. Any active terminal counts as one the card could
+have used (a card works at every window).
+
 Limits: the clone check sees the records of the day being closed plus the repeats the ingest noted;
 two copies of a card used on different days with no repeat noted are not caught here. The ledger
-check derives every balance from every transfer (one SQL pass over all of history).
+check derives every balance from every transfer (one SQL pass over all of history). The ingest notes
+no gap below the first counter it sees of a card, so a torn first tap (or one torn just before a
+record that arrives late below that first counter) is not reported; a sync request in flight for
+longer than the gap took to be noticed may count its terminal as having sent everything.
 """
 import bisect
 import json
@@ -39,6 +54,11 @@ MAX_OFFLINE_PERIODS_LISTED = 20    # per terminal
 MAX_GAP_RANGES_LISTED = 20         # per terminal
 MAX_GAP_SCAN_ROWS = 200000         # bound on the scan for holes above a terminal's acked_seq
 MAX_WATCHED_CARDS = 100000         # cards with counter notes followed through one close
+MAX_GAP_NOTES = 200000             # gap and late counter notes read by one close
+MAX_WAITING_LISTED = 10            # terminals named per pending card-counter gap
+GAP_TORN_TAP = "torn_tap"          # counted on the card, never journaled: nothing charged
+GAP_PENDING = "pending"            # a terminal has not sent everything yet
+GAP_REASONS = (GAP_TORN_TAP, GAP_PENDING)
 _NO_END = 2 ** 62
 _LATE_INSERT_BATCH = 5000
 
@@ -161,6 +181,7 @@ class _Close:
             "terminals_silent": [],
             "channels": transfers["channels"],
             "anomalies": self._anomalies(scan, terminals),
+            "card_counter_gaps": self._card_counter_gaps(terminals, scan["settled"]),
             "invariants": self._invariants(transfers),
         }
         report["terminals_silent"] = [row["terminal_id"] for row in report["terminals"] if row["silent"]]
@@ -179,6 +200,7 @@ class _Close:
             "fees_fen": transfers["fees_fen"],
             "open_gaps": sum(row["open_gap_count"] for row in report["terminals"]),
             "missing_seqs": sum(row["missing_seqs"] for row in report["terminals"]),
+            "card_counter_gaps": report["card_counter_gaps"]["count"],
         }
         self._store(report, scan)
         return report
@@ -188,7 +210,7 @@ class _Close:
     def _terminals(self):
         rows = self.conn.execute(
             "SELECT t.id, t.merchant_id, t.status, t.acked_seq, t.max_seq, t.last_sync_ms, t.clock_offset_ms, "
-            "t.created_ms, m.name_zh, m.name_en FROM terminals t LEFT JOIN merchants m ON m.id = t.merchant_id "
+            "t.created_ms, m.name_zh, m.name_en, t.health FROM terminals t LEFT JOIN merchants m ON m.id = t.merchant_id "
             "ORDER BY t.id").fetchall()
         revoked = {}
         for ref, created_ms in self.conn.execute(
@@ -200,7 +222,8 @@ class _Close:
             result[row[0]] = {"id": row[0], "merchant_id": row[1], "status": row[2], "acked_seq": row[3],
                               "max_seq": row[4], "last_sync_ms": row[5], "clock_offset_ms": row[6],
                               "created_ms": row[7], "name_zh": row[8], "name_en": row[9],
-                              "revoked_ms": revoked.get(row[0]) if row[2] != "active" else None}
+                              "revoked_ms": revoked.get(row[0]) if row[2] != "active" else None,
+                              "journal_last_seq": _journal_last_seq(row[10])}
         return result
 
     def _merchants(self):
@@ -483,6 +506,45 @@ class _Close:
                               "amount_fen": a} for t, s, _d, own, m, a in scan["late"][:MAX_LISTED]],
         }
 
+    def _card_counter_gaps(self, terminals, settled):
+        """Tap counters cards skipped, still missing at this close, each with its reason (module text)."""
+        notes = self.conn.execute(
+            "SELECT card_number, generation, kind, expected, seen, terminal_id, seq, noticed_ms FROM counter_anomalies "
+            "WHERE id > ? AND id <= ? AND kind IN ('gap', 'late') ORDER BY id LIMIT ?",
+            (self.counter_floor, self.watermarks[1], MAX_GAP_NOTES + 1)).fetchall()
+        truncated = len(notes) > MAX_GAP_NOTES
+        filled = {}             # (card, generation) -> counters that arrived late
+        for card, generation, kind, _expected, seen, _terminal_id, _seq, _noticed_ms in notes[:MAX_GAP_NOTES]:
+            if kind == "late":
+                filled.setdefault((card, generation), set()).add(seen)
+        readiness = _readiness(terminals)
+        gaps = []
+        for card, generation, kind, expected, seen, terminal_id, seq, noticed_ms in notes[:MAX_GAP_NOTES]:
+            if kind != "gap" or not _in_ranges(settled.get(terminal_id, ()), seq):
+                continue         # not revealed by a record this close settles: an earlier or later close's
+            runs = _missing_runs(expected, seen - 1, filled.get((card, generation), ()))
+            if not runs:
+                continue
+            waiting = _waiting_terminals(readiness, terminals, terminal_id, seq, noticed_ms)
+            reason = GAP_PENDING if waiting else GAP_TORN_TAP
+            for low, high in runs:
+                gaps.append((card, generation, low, high, terminal_id, seq, noticed_ms, reason, waiting))
+        by_reason = {reason: 0 for reason in GAP_REASONS}
+        for gap in gaps:
+            by_reason[gap[7]] += 1
+        # pending first: those are the ones someone has to chase
+        gaps.sort(key=lambda gap: (gap[7] != GAP_PENDING, gap[0], gap[1], gap[2]))
+        rows = []
+        for card, generation, low, high, terminal_id, seq, noticed_ms, reason, waiting in gaps[:MAX_LISTED]:
+            account = self.conn.execute("SELECT account_id FROM cards WHERE card_number = ? AND generation = ?",
+                                        (card, generation)).fetchone()
+            rows.append({"card_number": card, "generation": generation,
+                         "account_id": account[0] if account else None, "from_counter": low, "to_counter": high,
+                         "missing": high - low + 1, "terminal_id": terminal_id, "seq": seq,
+                         "noticed_ms": noticed_ms, "reason": reason, "waiting_terminals": waiting})
+        return {"count": len(gaps), "missing_taps": sum(gap[3] - gap[2] + 1 for gap in gaps),
+                "by_reason": by_reason, "rows": rows, "notes_truncated": truncated}
+
     def _deny_clone(self, card, generation, finding):
         """Deny a card suspected cloned (once); returns its report row."""
         conn = self.conn
@@ -563,6 +625,62 @@ def _in_ranges(ranges, seq):
     starts = [r[0] for r in ranges]
     index = bisect.bisect_right(starts, seq) - 1
     return index >= 0 and ranges[index][0] <= seq <= ranges[index][1]
+
+
+def _journal_last_seq(health_json):
+    """The journal head a terminal reported in its last sync's health map (None when it did not say)."""
+    try:
+        value = json.loads(health_json).get("last_seq") if health_json else None
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _readiness(terminals):
+    """[(ready_ms, terminal_id)] of the active terminals, ascending: ready_ms is the last sync after
+    which the server held everything the terminal had journaled (no open seq gap, nothing more to
+    send), -1 when that is not so now."""
+    order = []
+    for terminal_id, terminal in terminals.items():
+        if terminal["status"] != "active":
+            continue     # a revoked terminal's uploads are refused: nothing more can come from it
+        behind = terminal["max_seq"] > terminal["acked_seq"] or (
+            terminal["journal_last_seq"] is not None and terminal["journal_last_seq"] > terminal["acked_seq"])
+        last_sync_ms = terminal["last_sync_ms"]
+        order.append((-1 if behind or last_sync_ms is None else last_sync_ms, terminal_id))
+    order.sort()
+    return order
+
+
+def _waiting_terminals(readiness, terminals, revealed_by, revealed_seq, noticed_ms):
+    """Terminals that may still hold a tap made before the one at (revealed_by, revealed_seq),
+    noticed at noticed_ms: ids, at most MAX_WAITING_LISTED (empty: every terminal sent all)."""
+    waiting = []
+    for ready_ms, terminal_id in readiness:
+        if ready_ms > noticed_ms:
+            break        # ascending: every terminal from here on synced fully after the gap was seen
+        terminal = terminals[terminal_id]
+        if terminal_id == revealed_by:
+            if terminal["acked_seq"] >= revealed_seq:
+                continue     # it sent everything older than the revealing record
+        elif terminal["created_ms"] > noticed_ms:
+            continue         # registered after the tap: it cannot hold it
+        waiting.append(terminal_id)
+        if len(waiting) >= MAX_WAITING_LISTED:
+            break
+    return waiting
+
+
+def _missing_runs(low, high, filled):
+    """Contiguous runs of low..high without the counters in `filled` (iterates `filled`, not the range)."""
+    runs = []
+    for counter in sorted(c for c in filled if low <= c <= high):
+        if counter > low:
+            runs.append((low, counter - 1))
+        low = counter + 1
+    if low <= high:
+        runs.append((low, high))
+    return runs
 
 
 def _merge(ranges):

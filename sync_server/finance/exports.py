@@ -15,7 +15,7 @@ from openpyxl.styles import Font
 
 from sync_server.finance import report as report_module
 
-PARTS = ("summary", "merchants", "by_hour", "terminals", "channels", "anomalies", "invariants")
+PARTS = ("summary", "merchants", "by_hour", "terminals", "channels", "anomalies", "card_gaps", "invariants")
 _YUAN = re.compile(r"^-?\d+\.\d{2}$")
 
 

@@ -14,6 +14,23 @@ ANOMALY_KINDS = (
 )
 
 
+GAP_REASON_LABELS = {
+    # card tap-counter gap reasons (close.GAP_REASONS): Chinese, English
+    "torn_tap": ("卡已计数但未记账（刷卡中途拿开，未扣款）", "torn tap, nothing charged"),
+    "pending": ("有终端尚未上传完毕", "a terminal has not sent everything yet"),
+}
+
+
+def card_counter_gaps(report):
+    """The report's card tap-counter gaps, or None for a day closed before they were reported."""
+    return report.get("card_counter_gaps")
+
+
+def gap_reason_text(reason, lang="zh"):
+    zh, en = GAP_REASON_LABELS.get(reason, (reason, reason))
+    return en if lang == "en" else zh
+
+
 def anomaly_counts(report):
     counts = {key: report["anomalies"][key] for key, _zh, _en in ANOMALY_KINDS}
     counts["statement_mismatches"] = report["totals"].get("statement_mismatches", 0)
@@ -24,6 +41,7 @@ def summary(report):
     """The one JSON line of `ykt finance close --json`: totals, gaps, anomalies, balanced."""
     totals = report["totals"]
     counts = anomaly_counts(report)
+    gaps = card_counter_gaps(report)
     return {
         "day": report["day"],
         "balanced": report["invariants"]["balanced"],
@@ -38,6 +56,8 @@ def summary(report):
         "merchants": {str(row["merchant_id"]): row["net_fen"] for row in report["merchants"]},
         "gaps": totals["open_gaps"],
         "missing_seqs": totals["missing_seqs"],
+        "card_counter_gaps": None if gaps is None else gaps["count"],
+        "card_counter_gaps_by_reason": None if gaps is None else gaps["by_reason"],
         "terminals_silent": len(report["terminals_silent"]),
         "anomalies": sum(counts.values()),
         "anomaly_counts": counts,
@@ -83,6 +103,7 @@ def tables(report, lang="zh"):
         [t("补入的往日记录", "late records booked today"), totals["late_records"]],
         [t("充值（元）", "recharges (yuan)"), yuan(totals["recharges_fen"])],
         [t("未补齐的缺号段", "open sequence gaps"), totals["open_gaps"]],
+    ] + _gap_summary_rows(report, lang) + [
         [t("试算平衡（分）", "trial balance (fen)"), invariants["trial_balance_fen"]],
         [t("账实相符", "balanced"), t("是", "yes") if invariants["balanced"] else t("否", "no")],
     ] + [[zh if not en else english, report["anomalies"][key]] for key, zh, english in ANOMALY_KINDS]
@@ -127,6 +148,12 @@ def tables(report, lang="zh"):
                     t("我方缺失", "missing ours"), t("对方缺失", "missing theirs"), t("金额不符", "amount mismatch")],
                    channel_rows))
     result.append((t("异常", "anomalies"), [t("类型", "kind"), t("详情", "detail")], anomaly_rows(report, lang)))
+    result.append((t("卡计数缺口", "card counter gaps"),
+                   [t("卡号", "card"), t("代", "generation"), t("账户", "account"), t("缺失计数起", "missing from"),
+                    t("缺失计数止", "missing to"), t("缺失次数", "missing taps"), t("发现于终端", "seen at terminal"),
+                    t("序号", "seq"), t("发现时间", "noticed"), t("原因", "reason"),
+                    t("待上传终端", "terminals to wait for")],
+                   gap_rows(report, lang)))
     kinds = invariants["kinds"]
     result.append((t("试算", "invariants"),
                    [t("账户类型", "account kind"), t("期初（元）", "opening (yuan)"), t("发生额（元）", "movements (yuan)"),
@@ -134,6 +161,32 @@ def tables(report, lang="zh"):
                    [[kind, yuan(row["opening_fen"]), yuan(row["movements_fen"]), yuan(row["closing_fen"]),
                      t("是", "yes") if row["ok"] else t("否", "no")] for kind, row in sorted(kinds.items())]))
     return result
+
+
+def _gap_summary_rows(report, lang):
+    gaps = card_counter_gaps(report)
+    if gaps is None:
+        return []
+    en = lang == "en"
+    rows = [["card counter gaps" if en else "卡计数缺口", gaps["count"]]]
+    for reason in sorted(gaps["by_reason"]):
+        rows.append([("  " if en else "  其中：") + gap_reason_text(reason, lang), gaps["by_reason"][reason]])
+    return rows
+
+
+def gap_rows(report, lang="zh"):
+    """The listed card tap-counter gaps (at most close.MAX_LISTED; the counts cover them all)."""
+    gaps = card_counter_gaps(report)
+    if gaps is None:
+        return []
+    rows = [[item["card_number"], item["generation"], item["account_id"], item["from_counter"], item["to_counter"],
+             item["missing"], item["terminal_id"], item["seq"], _clock(item["noticed_ms"]),
+             gap_reason_text(item["reason"], lang), " ".join(str(t) for t in item["waiting_terminals"])]
+            for item in gaps["rows"]]
+    if gaps["count"] > len(rows):
+        rows.append([("%d more not listed" if lang == "en" else "另有 %d 条未列出") % (gaps["count"] - len(rows))]
+                    + [""] * 10)
+    return rows
 
 
 def anomaly_rows(report, lang="zh"):
