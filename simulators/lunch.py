@@ -58,7 +58,9 @@ def make_plan(seed, people, terminals, duration_s, taps_per_person=1.1, offline_
         tap = Tap(len(plan_taps) + 1, at_s, terminal, person, amount)
         roll = rng.random()
         if roll < pulled_ratio:
-            tap.pull_after_ops = rng.randrange(1, 6)
+            # Anywhere in the tap: while reading (nothing done yet) or while counting on the card (the
+            # card may be counted with no record: a torn tap the nightly close lists, nothing charged).
+            tap.pull_after_ops = rng.randrange(1, 11)
         plan_taps.append(tap)
         if pulled_ratio <= roll < pulled_ratio + repeat_ratio:
             # The same card again within a second: the cashier is asked; mostly says no.
