@@ -9,20 +9,30 @@ def register(subparsers):
                     "午餐高峰，期间部分终端断网、一张卡中途挂失，最后核对账本。/ Starts a real sync server, provisions "
                     "merchants, terminals and thousands of cardholders, drives a seeded lunch rush through several "
                     "POS terminal processes (some cut off the network for a while, one card reported lost "
-                    "mid-rush), then checks the ledger.")
+                    "mid-rush), then checks the ledger.",
+        epilog="示例 / examples:  ykt demo   |   ykt demo --seed 7 --json   |   "
+               "ykt demo --people 300 --terminals 3 --duration-s 10 --lang en")
     parser.add_argument("--seed", type=int, default=20261121, help="random seed; the same seed replays the same rush")
     parser.add_argument("--people", type=int, default=3000, help="cardholders (default 3000)")
     parser.add_argument("--terminals", type=int, default=6, help="POS terminals, one process each (default 6)")
     parser.add_argument("--duration-s", type=float, default=40.0, help="length of the rush in seconds (default 40)")
     parser.add_argument("--data-dir", help="keep everything here (default: a fresh temporary directory)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of results")
-    parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"))
+    parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"),
+                        help="进度与总结的语言 / language of progress and summary (default zh, or YKT_LANG)")
     from simulators import anomalies
     anomalies.add_options(parser)
-    parser.set_defaults(handler=run_demo)
+    parser.set_defaults(handler=run_demo, parser=parser)
+
+
+_LIMITS = (("people", 20, 200000), ("terminals", 2, 32), ("duration_s", 5, 3600))
 
 
 def run_demo(args):
     from simulators import fleet
 
+    for name, low, high in _LIMITS:
+        if not low <= getattr(args, name) <= high:
+            args.parser.error("--%s 须在 %s 到 %s 之间 / must be between %s and %s"
+                              % (name.replace("_", "-"), low, high, low, high))
     return fleet.run(args)

@@ -78,3 +78,10 @@ def test_cardholders_use_the_app_recharges_credit_once(demo):
     assert summary["app_recharges"] > 0 and summary["app_recharge_fen"] > 0
     assert summary["repeat_notifications"] >= summary["app_recharges"]
     assert summary["notifications_credited_twice"] == 0
+
+
+def test_impossible_options_get_a_clear_error_and_start_nothing(tmp_path):
+    completed = subprocess.run([sys.executable, "-m", "ykt", "demo", "--people", "5", "--data-dir",
+                                str(tmp_path / "run")], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 2 and "--people" in completed.stderr and "20" in completed.stderr
+    assert not (tmp_path / "run").exists()
