@@ -34,8 +34,14 @@ Authentication headers (every request):
     X-Ykt-Counter    request counter (decimal), strictly increasing per terminal: a replay or an
                      old counter is refused; the terminal persists it before sending
     X-Ykt-Mac        hex HMAC-SHA256 over signing_string(...) with the terminal's key
+
+Every answer, refusals included, carries X-Ykt-Answer-Mac: hex HMAC-SHA256 with the same key over
+answer_signing_string(...) - the request's counter, the status and the body - so a terminal applies
+nothing that did not come from the server (a forged acknowledgement would make it prune records).
 """
 import hashlib
+
+from firmware.core import crypto
 
 SYNC_PATH = "/api/terminal/v1/sync"
 CONTENT_TYPE = "application/cbor"
@@ -45,6 +51,7 @@ MAX_BODY_BYTES = 256 * 1024
 HEADER_TERMINAL = "X-Ykt-Terminal"
 HEADER_COUNTER = "X-Ykt-Counter"
 HEADER_MAC = "X-Ykt-Mac"
+HEADER_ANSWER_MAC = "X-Ykt-Answer-Mac"
 
 WALLET_MAIN = "main"
 WALLET_WATER = "water"
@@ -69,6 +76,29 @@ def signing_string(method, path, terminal_id, counter, body):
     """What the request MAC covers: method, path, terminal, counter and a hash of the body."""
     return b"ykt-sync-v1\n" + ("%s\n%s\n%d\n%d\n" % (method, path, terminal_id, counter)).encode() + \
         hashlib.sha256(body).digest()
+
+
+def answer_signing_string(path, terminal_id, counter, status, body):
+    """What the answer MAC covers: the request it answers (path, terminal, counter), the HTTP status
+    and a hash of the body. Bound to the request counter, so an old answer cannot be replayed."""
+    return b"ykt-answer-v1\n" + ("%s\n%d\n%d\n%d\n" % (path, terminal_id, counter, status)).encode() + \
+        hashlib.sha256(body).digest()
+
+
+def answer_is_authentic(sam, path, terminal_id, counter, status, body, mac_hex):
+    """True when the server's answer carries a valid MAC under this terminal's key.
+
+    A terminal applies nothing (acknowledgements, deny list, balances, time, a revocation) from an
+    answer that fails this check: it could come from anything on the path between it and the server.
+    """
+    if not mac_hex or len(mac_hex) != 64:
+        return False
+    try:
+        mac = bytes.fromhex(mac_hex)
+    except ValueError:
+        return False
+    expected = sam.sign_request(answer_signing_string(path, terminal_id, counter, status, body))
+    return crypto.equal(expected, mac)
 
 
 def card_deny_ref(card_number, generation):
