@@ -115,6 +115,21 @@ def joined_transaction(conn):
             yield conn
 
 
+@contextlib.contextmanager
+def read_snapshot(conn):
+    """Several reads that must agree with each other: one deferred transaction, so every statement in
+    the block sees the same committed state (WAL: writers go on meanwhile, unseen). Joins a
+    transaction already open. Takes no writer lock; do not write inside it."""
+    if conn.in_transaction:
+        yield conn
+        return
+    conn.execute("BEGIN")
+    try:
+        yield conn
+    finally:
+        conn.execute("COMMIT")     # a read-only transaction: COMMIT only ends the snapshot
+
+
 def now_ms():
     return int(time.time() * 1000)
 

@@ -178,32 +178,40 @@ def _validate_records(raw_records, terminal):
 
 
 def _deny_delta(conn, since_version):
-    rows = conn.execute("SELECT version, kind, ref, active, reason FROM deny_entries WHERE version > ? "
-                        "ORDER BY version LIMIT ?", (since_version, DENY_PAGE_ENTRIES + 1)).fetchall()
-    more = len(rows) > DENY_PAGE_ENTRIES
-    rows = rows[:DENY_PAGE_ENTRIES]
-    if rows:
-        version = rows[-1][0]
-    else:
-        version = conn.execute("SELECT coalesce(max(version), 0) FROM deny_entries").fetchone()[0]
+    """Deny entries after `since_version`, one page, and the version the terminal then holds.
+
+    The page and the version come from one read snapshot: read apart, a loss committed between them
+    would get a version the terminal is told it already has, and that card would never be denied there.
+    """
+    with dbmod.read_snapshot(conn):
+        rows = conn.execute("SELECT version, kind, ref, active, reason FROM deny_entries WHERE version > ? "
+                            "ORDER BY version LIMIT ?", (since_version, DENY_PAGE_ENTRIES + 1)).fetchall()
+        more = len(rows) > DENY_PAGE_ENTRIES
+        rows = rows[:DENY_PAGE_ENTRIES]
+        if rows:
+            version = rows[-1][0]
+        else:
+            version = conn.execute("SELECT coalesce(max(version), 0) FROM deny_entries").fetchone()[0]
     return {"version": version, "entries": [[r[1], r[2], bool(r[3]), r[4]] for r in rows], "more": more}
 
 
 def _balance_delta(conn, since_version, now_ms):
     """Wallet rows of the accounts changed since `since_version`, oldest change first, one page.
 
-    One query: the page of accounts (one extra row tells whether there is more) joined to their wallets.
+    One query: the page of accounts (one extra row tells whether there is more) joined to their wallets;
+    when it is empty, the version comes from the same read snapshot (see _deny_delta).
     """
     today = ingest.beijing_day(now_ms)
-    rows = conn.execute(
-        "SELECT a.id, la.wallet, coalesce(b.balance_fen, 0), "
-        "CASE WHEN a.spent_day = ? THEN a.spent_today_fen ELSE 0 END, a.single_limit_fen, a.daily_limit_fen, "
-        "a.balance_version FROM (SELECT id, balance_version, single_limit_fen, daily_limit_fen, spent_day, "
-        "spent_today_fen FROM accounts WHERE balance_version > ? ORDER BY balance_version LIMIT ?) a "
-        "JOIN ledger_accounts la ON la.account_id = a.id LEFT JOIN balances b ON b.ledger_account_id = la.id "
-        "ORDER BY a.balance_version, la.id", (today, since_version, BALANCE_PAGE_ACCOUNTS + 1)).fetchall()
-    if not rows:
-        return {"version": dbmod.counter_value(conn, "balance_version"), "rows": [], "more": False}
+    with dbmod.read_snapshot(conn):
+        rows = conn.execute(
+            "SELECT a.id, la.wallet, coalesce(b.balance_fen, 0), "
+            "CASE WHEN a.spent_day = ? THEN a.spent_today_fen ELSE 0 END, a.single_limit_fen, a.daily_limit_fen, "
+            "a.balance_version FROM (SELECT id, balance_version, single_limit_fen, daily_limit_fen, spent_day, "
+            "spent_today_fen FROM accounts WHERE balance_version > ? ORDER BY balance_version LIMIT ?) a "
+            "JOIN ledger_accounts la ON la.account_id = a.id LEFT JOIN balances b ON b.ledger_account_id = la.id "
+            "ORDER BY a.balance_version, la.id", (today, since_version, BALANCE_PAGE_ACCOUNTS + 1)).fetchall()
+        if not rows:
+            return {"version": dbmod.counter_value(conn, "balance_version"), "rows": [], "more": False}
     more = False
     if len({row[0] for row in rows}) > BALANCE_PAGE_ACCOUNTS:   # the extra account: drop its rows
         more = True
@@ -259,15 +267,16 @@ def sync():
     commands = [{"op": "resend", "from_seq": low, "to_seq": high} for low, high in holes]
     if abs(offset_ms) > dbmod.setting(conn, "clock_tolerance_ms"):
         commands.append({"op": "set_time", "server_ms": answer_ms})
-    config = current_config(conn)
-    answer = {
-        "acked_seq": acked_seq,
-        "server_ms": answer_ms,
-        "deny": _deny_delta(conn, deny_version),
-        "balances": _balance_delta(conn, balance_version, answer_ms),
-        "config": config if config_version < config["version"] else None,
-        "commands": commands,
-    }
+    with dbmod.read_snapshot(conn):          # the deltas and versions of one committed state
+        config = current_config(conn)
+        answer = {
+            "acked_seq": acked_seq,
+            "server_ms": answer_ms,
+            "deny": _deny_delta(conn, deny_version),
+            "balances": _balance_delta(conn, balance_version, answer_ms),
+            "config": config if config_version < config["version"] else None,
+            "commands": commands,
+        }
     return _cbor_response(answer)
 
 

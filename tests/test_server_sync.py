@@ -3,11 +3,14 @@ import struct
 import binascii
 
 import cbor2
+import httpx
 import pytest
 
 from firmware.core import protocol, records, sam as sam_keys
-from sync_server import hall
-from server_process import SyncRefused, decode_answer
+from sync_server import db as dbmod, hall
+from sync_server.app import create_app
+from sync_server.cli import init_data_dir
+from server_process import ServerHandle, SyncRefused, decode_answer
 
 
 def _person(conn, balance_fen, staff_number, id_number=None):
@@ -257,3 +260,63 @@ def test_pin_check_initial_pin_wrong_pin_and_lockout(live_server):
     with pytest.raises(SyncRefused) as refused:
         decode_answer(terminal.post(b"\xff\xff"))
     assert refused.value.status == 400
+
+
+class _Interleaving:
+    """The server's connection, with a hook run right after a statement whose text contains a marker:
+    another writer commits there, between the answer's reads (deterministic, in-process)."""
+
+    def __init__(self, conn, hooks):
+        self._conn = conn
+        self._hooks = hooks          # [(marker, function)], each fired once
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+    def execute(self, sql, *parameters):
+        cursor = self._conn.execute(sql, *parameters)
+        for hook in list(self._hooks):
+            if hook[0] in sql:
+                self._hooks.remove(hook)
+                hook[1]()
+        return cursor
+
+
+def test_loss_and_recharge_committed_while_the_answer_is_built_still_reach_the_terminal(tmp_path, monkeypatch):
+    """The deny and balance versions sent back must match the rows sent back: a loss report or a
+    recharge another worker commits in between is fetched at the next sync, never skipped."""
+    data_dir = str(tmp_path / "server")
+    init_data_dir(data_dir)
+    app = create_app({"DATA_DIR": data_dir, "TESTING": True})
+    server = ServerHandle("http://ykt.test", data_dir, None, None)
+    terminal = server.add_terminal()
+    terminal.http = httpx.Client(transport=httpx.WSGITransport(app=app), base_url=server.url)
+    conn = server.connect()
+    account, card = _person(conn, 3000, "RACE-1")
+    versions = {"deny_version": 0, "balance_version": 0}
+    while True:                                            # catch up: nothing new to fetch
+        answer = terminal.sync(**versions)
+        versions = {"deny_version": answer["deny"]["version"], "balance_version": answer["balances"]["version"]}
+        if not answer["deny"]["more"] and not answer["balances"]["more"]:
+            break
+
+    writer = server.connect()
+    hooks = [("FROM deny_entries WHERE version >", lambda: hall.report_loss(writer, card)),
+             ("FROM accounts WHERE balance_version >", lambda: hall.recharge(writer, account, 150))]
+    real_get_db = dbmod.get_db
+    monkeypatch.setattr(dbmod, "get_db", lambda: _Interleaving(real_get_db(), hooks))
+    answer = terminal.sync(**versions)
+    assert hooks == []                                     # both writes landed mid-answer
+    monkeypatch.setattr(dbmod, "get_db", real_get_db)
+
+    versions = {"deny_version": answer["deny"]["version"], "balance_version": answer["balances"]["version"]}
+    deny, balances = list(answer["deny"]["entries"]), list(answer["balances"]["rows"])
+    answer = terminal.sync(**versions)
+    deny += answer["deny"]["entries"]
+    balances += answer["balances"]["rows"]
+    assert [protocol.DENY_CARD, protocol.card_deny_ref(card, 1), True, 1] in deny
+    main_fen = [r[2] for r in balances if r[0] == account and r[1] == "main"]
+    assert main_fen and main_fen[-1] == 3150
+    terminal.close()
+    writer.close()
+    conn.close()
