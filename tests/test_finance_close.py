@@ -80,7 +80,7 @@ def test_late_record_lands_in_the_next_day_and_a_closed_day_never_changes(server
     assert again == first, "closing twice must give the same figures"
     assert "already closed" in completed.stderr
 
-    today_close, _ = _close(server, today)
+    today_close, _ = _close(server, today, "--before-day-end")
     assert today_close["balanced"] is True
     assert today_close["sales_count"] == 2 and today_close["gross_fen"] == 800
     assert today_close["late_records"] == 1 and today_close["late_fen"] == 300
@@ -113,6 +113,36 @@ def test_days_close_in_order_never_in_the_future(server):
     conn.close()
 
 
+def test_a_day_in_progress_closes_only_with_the_override(server):
+    """Closing today would turn every later tap of today into a late record: the CLI, the function
+    and the page refuse it; `--before-day-end` is the operator's explicit way through."""
+    conn = server.connect()
+    today = _today()
+    with pytest.raises(FinanceError) as refused:
+        close.close_day(conn, today)
+    assert "has not ended yet" in refused.value.text("en")
+    completed = subprocess.run([sys.executable, "-m", "ykt", "finance", "close", "--date", day_text(today),
+                                "--data-dir", server.data_dir], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 2 and "尚未结束" in completed.stderr
+    assert close.closed_days(conn) == []
+
+    auth.add_staff_user(conn, "caiwu", "财务一", ["finance"], "finance-password-1")
+    client = _signed_in(server, "caiwu", "finance-password-1")
+    page = client.get("/finance/").text
+    assert 'value="%s"' % day_text(today - 1) in page and day_text(today) not in page
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    client.post("/finance/close", data={"csrf_token": token, "day": day_text(today)})
+    assert close.closed_days(conn) == [], "the page closed a day still in progress"
+    client.post("/finance/close", data={"csrf_token": token, "day": day_text(today - 1)})
+    assert [row[1] for row in close.closed_days(conn)] == [day_text(today - 1)]
+    page = client.get("/finance/").text
+    assert 'id="close-day"' not in page and 'id="nothing-to-close"' in page, "today offered for closing"
+
+    summary, _ = _close(server, today, "--before-day-end")
+    assert summary["day"] == day_text(today)
+    conn.close()
+
+
 def test_gaps_clones_negative_accounts_and_impossible_times_are_reported(server):
     conn = server.connect()
     today = _today()
@@ -130,7 +160,7 @@ def test_gaps_clones_negative_accounts_and_impossible_times_are_reported(server)
     first.sync([first.record(rich, rich_card, 100, seq=3, tap_counter=8, time_ms=now_ms - 5000),
                 first.record(rich, rich_card, 100, seq=4, tap_counter=9, time_ms=now_ms + HOUR_MS),
                 first.record(rich, rich_card, 100, seq=6, tap_counter=11, time_ms=now_ms - 1000)])
-    summary, _ = _close(server, today)
+    summary, _ = _close(server, today, "--before-day-end")
     counts = summary["anomaly_counts"]
     assert counts["cloned_card_count"] == 1
     assert counts["negative_account_count"] == 1
@@ -205,7 +235,7 @@ def test_card_counter_gaps_reported_with_their_reason(server):
     a.sync([a.record(waiting, waiting_card, 100, tap_counter=3, time_ms=now_ms - 30000)])
     b.sync([])
     c.sync([])
-    summary, completed = _close(server, today)
+    summary, completed = _close(server, today, "--before-day-end")
     assert summary["card_counter_gaps_by_reason"] == {"torn_tap": 0, "pending": 1}
     assert "a terminal has not sent everything yet 1" in completed.stderr
     pending = close.load_report(conn, today)["card_counter_gaps"]["rows"]
@@ -214,7 +244,7 @@ def test_card_counter_gaps_reported_with_their_reason(server):
 
     # the record arrives after the close: today's figures stay as they were closed
     c.sync([lost_on_the_way])
-    again, _ = _close(server, today)
+    again, _ = _close(server, today, "--before-day-end")
     assert again == summary
     auth.add_staff_user(conn, "caiwu", "财务一", ["finance"], "finance-password-1")
     page = _signed_in(server, "caiwu", "finance-password-1").get("/finance/%s?lang=en" % day_text(today - 1))
@@ -237,7 +267,7 @@ def test_statement_matched_line_by_line_after_the_close(server, tmp_path):
         body, headers = channel.notification(order, "paid")
         recharge.handle_notification(conn, "wechat", body, headers[recharge.SIGNATURE_HEADER], secret)
         orders.append(order["order_id"])
-    before, _ = _close(server, today)
+    before, _ = _close(server, today, "--before-day-end")
     assert before["anomaly_counts"]["statement_mismatches"] == 0
     statement = tmp_path / "wechat.csv"
     # line 2 right, line 3 one yuan off, order 3 missing, one order we never saw
@@ -248,7 +278,7 @@ def test_statement_matched_line_by_line_after_the_close(server, tmp_path):
                                 str(statement)], capture_output=True, text=True, timeout=60)
     assert completed.returncode == 0, completed.stderr
     assert "matched 1, missing ours 1, missing theirs 1, amount mismatch 1" in completed.stdout
-    after, _ = _close(server, today)
+    after, _ = _close(server, today, "--before-day-end")
     assert after["anomaly_counts"]["statement_mismatches"] == 3
     assert {k: v for k, v in after.items() if k not in ("anomalies", "anomaly_counts")} == \
         {k: v for k, v in before.items() if k not in ("anomalies", "anomaly_counts")}
@@ -267,7 +297,7 @@ def test_finance_pages_need_the_finance_role_and_show_charts_and_downloads(serve
     auth.add_staff_user(conn, "caiwu", "财务一", ["finance"], "finance-password-1")
     auth.add_staff_user(conn, "dating", "大厅一", ["hall"], "hall-password-12")
     today = _today()
-    close.close_day(conn, today)
+    close.close_day(conn, today, before_day_end=True)
     conn.close()
 
     def signed_in(username, password):
@@ -312,7 +342,7 @@ def test_scheduler_closes_yesterday_once_after_the_configured_time(tmp_path):
 
 def test_exports_write_every_table_and_a_workbook(tmp_path):
     conn = dbmod.init_db(str(tmp_path / "ykt.sqlite3"))
-    report, newly = close.close_day(conn, _today())
+    report, newly = close.close_day(conn, _today(), before_day_end=True)
     assert newly and report["invariants"]["balanced"]
     paths = exports.write_all(report, str(tmp_path / "out"), "zh")
     assert len(paths) == len(exports.PARTS) + 1 and all(os.path.getsize(path) for path in paths)

@@ -1,6 +1,6 @@
 """`ykt finance ...`: close a business day, import a channel statement, export a closed day.
 
-    ykt finance close --date YYYY-MM-DD [--json]          (default: yesterday, Beijing time)
+    ykt finance close --date YYYY-MM-DD [--json] [--before-day-end]   (default: yesterday, Beijing time)
     ykt finance import-statement --channel alipay --date D FILE
     ykt finance export --date D --out DIR                  CSV files and an Excel workbook
 
@@ -74,7 +74,7 @@ def cmd_close(args):
     lang = _lang(args)
     conn = _open(args)
     try:
-        report, newly = close_module.close_day(conn, _day(args))
+        report, newly = close_module.close_day(conn, _day(args), before_day_end=args.before_day_end)
     finally:
         conn.close()
     if not newly:
@@ -148,6 +148,9 @@ def register(subparsers):
     commands.required = True
     parser = commands.add_parser("close", parents=[common], help="日结 / close a business day")
     parser.add_argument("--json", action="store_true", help="print one JSON line of results")
+    parser.add_argument("--before-day-end", action="store_true",
+                        help="今日未结束也结算（此后的交易记为次日补入）/ close a day still in progress "
+                             "(later taps of it become late records of the next day)")
     parser.set_defaults(handler=_guard(cmd_close))
     parser = commands.add_parser("import-statement", parents=[common], help="导入渠道对账单 / import a channel statement")
     parser.add_argument("--channel", required=True, help="channel name (alipay, wechat, ccb) or ledger account id")

@@ -94,17 +94,19 @@ def load_report(conn, day):
     return statements.with_matches(conn, report)
 
 
-def close_day(conn, day, now_ms=None):
+def close_day(conn, day, now_ms=None, before_day_end=False):
     """Close `day` (number or 'YYYY-MM-DD'); returns (report, newly_closed).
 
-    FinanceError when the day cannot be closed: in the future, or an earlier day still open.
+    FinanceError when the day cannot be closed: not over yet (Beijing time), or an earlier day still
+    open. A day in progress closes only with `before_day_end` (an operator who must, the demo): every
+    tap of that day made after the close is then booked as a late record into the next day.
     """
     number = day if isinstance(day, int) else day_number(day)
     now_ms = dbmod.now_ms() if now_ms is None else now_ms
     if stored_report(conn, number) is None:
         with dbmod.transaction(conn):
             if stored_report(conn, number) is None:      # another process may have just closed it
-                _check_closable(conn, number, now_ms)
+                _check_closable(conn, number, now_ms, before_day_end)
                 _Close(conn, number, now_ms).run()
                 return load_report(conn, number), True
     return load_report(conn, number), False
@@ -126,11 +128,14 @@ def days_due(conn, now_ms, close_after_ms):
     return list(range(first, today))
 
 
-def _check_closable(conn, number, now_ms):
+def _check_closable(conn, number, now_ms, before_day_end=False):
     today = day_of_ms(now_ms)
     if number > today:
         raise FinanceError("%s 尚未开始，不能结算" % day_text(number), "%s has not begun: it cannot be closed"
                            % day_text(number))
+    if number == today and not before_day_end:
+        raise FinanceError("%s 尚未结束（北京时间），不能结算" % day_text(number),
+                           "%s has not ended yet (Beijing time): it cannot be closed" % day_text(number))
     last = last_closed_day(conn)
     if last is not None and number < last:
         raise FinanceError("%s 早于首个结算日，其记录已并入后续结算日" % day_text(number),

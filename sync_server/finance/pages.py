@@ -1,7 +1,7 @@
 """The finance section of the web pages (/finance/...), for signed-in staff with the finance role.
 
-    GET  /finance/                     closed days, newest first; close a day
-    POST /finance/close                close a day (form field `day`, CSRF checked)
+    GET  /finance/                     closed days, newest first; close the next day that has ended
+    POST /finance/close                close a day (form field `day`, CSRF checked; never today)
     GET  /finance/<day>                the day's report: tables and SVG charts
     GET  /finance/<day>/<part>.csv     one table as CSV (parts: exports.PARTS)
     GET  /finance/<day>.xlsx           the whole report as an Excel workbook
@@ -56,8 +56,9 @@ def index():
         report = close_module.load_report(conn, number)
         days.append({"day": day, "closed_ms": closed_ms, "summary": report_module.summary(report)})
     last = close_module.last_closed_day(conn)
-    today = day_of_ms(dbmod.now_ms())
-    next_day = day_text(today - 1 if last is None else min(last + 1, today))
+    yesterday = day_of_ms(dbmod.now_ms()) - 1
+    # only a day that has ended is offered (and only one can be closed here: no override on the page)
+    next_day = None if last is not None and last >= yesterday else day_text(yesterday if last is None else last + 1)
     return render_template("finance/index.html", days=days, next_day=next_day)
 
 
