@@ -35,9 +35,14 @@ PIN_CHECK_PATH = "/api/terminal/v1/pin-check"
 DENY_PAGE_ENTRIES = 1000
 BALANCE_PAGE_ACCOUNTS = 300          # three wallet rows each
 MAX_HEALTH_BYTES = 4096
+# Record times: the 64-bit field must fit SQLite's signed INTEGER with room for the clock correction.
+MAX_RECORD_TIME_MS = 2 ** 62
+# firmware/core/clock.py stamps records from the clock it reports and never goes backwards, so a record
+# is never later than the batch's clock_ms; a day of slack for anything else, beyond that it is corrupt.
+MAX_RECORD_AHEAD_OF_CLOCK_MS = 86400 * 1000
 
 # record tuple indexes (records.FIELDS)
-_TERMINAL, _SEQ, _CATEGORY, _MERCHANT = 3, 4, 9, 12
+_TERMINAL, _SEQ, _TIME, _CATEGORY, _MERCHANT = 3, 4, 5, 9, 12
 
 
 class ApiError(Exception):
@@ -147,8 +152,12 @@ def _int_field(message, name, default=None, minimum=0):
 
 # --- sync ----------------------------------------------------------------------------------------
 
-def _validate_records(raw_records, terminal):
-    """Decode and check every record; returns {seq: (raw, values)}. Raises ApiError on the first bad one."""
+def _validate_records(raw_records, terminal, clock_ms, offset_ms):
+    """Decode and check every record; returns {seq: (raw, values)}. Raises ApiError on the first bad one.
+
+    A record time must be plausible (see MAX_RECORD_*) before and after the clock correction
+    `offset_ms`: anything else would be corrupt, and would not fit the database.
+    """
     if not isinstance(raw_records, list):
         raise ApiError(400, "bad_request", "records must be a list")
     if len(raw_records) > protocol.MAX_BATCH_RECORDS:
@@ -170,6 +179,13 @@ def _validate_records(raw_records, terminal):
             raise ApiError(422, "wrong_merchant", "record %d" % index)
         if values[_CATEGORY] not in wallet_rules.WALLET_ORDER:
             raise ApiError(422, "bad_record", "record %d: unknown category %d" % (index, values[_CATEGORY]))
+        time_ms = values[_TIME]
+        if time_ms > MAX_RECORD_TIME_MS or time_ms > clock_ms + MAX_RECORD_AHEAD_OF_CLOCK_MS:
+            raise ApiError(422, "bad_record", "record %d: time_ms %d is after the terminal clock %d"
+                           % (index, time_ms, clock_ms))
+        if not 0 <= time_ms + offset_ms <= MAX_RECORD_TIME_MS:
+            raise ApiError(422, "bad_record", "record %d: time_ms %d corrected by %d ms is out of range"
+                           % (index, time_ms, offset_ms))
         earlier = by_seq.get(values[_SEQ])
         if earlier is not None and earlier[0] != raw:
             raise ApiError(422, "conflicting_records", "seq %d" % values[_SEQ])
@@ -248,8 +264,8 @@ def sync():
     if not isinstance(health, dict):
         raise ApiError(400, "bad_request", "health must be a map")
     health_json = json.dumps(health, ensure_ascii=False, default=str)[:MAX_HEALTH_BYTES]
-    by_seq = _validate_records(message.get("records", []), terminal)
     offset_ms = received_ms - clock_ms
+    by_seq = _validate_records(message.get("records", []), terminal, clock_ms, offset_ms)
     merchant_ledger_id = conn.execute("SELECT ledger_account_id FROM merchants WHERE id = ?",
                                       (terminal["merchant_id"],)).fetchone()[0]
     batch = ingest.prepare(conn, terminal_id, merchant_ledger_id, by_seq, offset_ms, received_ms)

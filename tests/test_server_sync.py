@@ -1,6 +1,7 @@
 """The sync endpoint over HTTP against the real gunicorn server: auth, bad input, exactly-once, deltas."""
 import struct
 import binascii
+import time
 
 import cbor2
 import httpx
@@ -79,6 +80,18 @@ def _bad_requests():
                                 records.MAX_AMOUNT_FEN + 1, terminal.merchant_id, bytes(6)))
         return lambda: terminal.post(terminal.body([raw]))
 
+    def huge_time(server, terminal, account, card):        # 64-bit time no SQLite INTEGER holds
+        return lambda: terminal.post(terminal.body([terminal.record(account, card, 100, time_ms=2 ** 64 - 1)]))
+
+    def time_ahead_of_clock(server, terminal, account, card):   # a tap weeks after the terminal's own "now"
+        now_ms = int(time.time() * 1000)
+        raw = terminal.record(account, card, 100, time_ms=now_ms + 30 * 86400 * 1000)
+        return lambda: terminal.post(terminal.body([raw], clock_ms=now_ms))
+
+    def time_before_epoch(server, terminal, account, card):    # corrected by a clock far in the future
+        raw = terminal.record(account, card, 100, time_ms=1000)
+        return lambda: terminal.post(terminal.body([raw], clock_ms=2 ** 62))
+
     def other_terminal(server, terminal, account, card):
         terminal.terminal_id += 1
         try:
@@ -103,7 +116,9 @@ EXPECTED = {
     "revoked_terminal": (403, "terminal_revoked"), "replayed_counter": (409, "replayed_counter"),
     "old_counter": (409, "replayed_counter"), "malformed_cbor": (400, "malformed_cbor"),
     "not_a_map": (400, "bad_request"), "bad_crc": (422, "bad_record"), "zero_amount": (422, "bad_record"),
-    "huge_amount": (422, "bad_record"), "other_terminal": (422, "wrong_terminal"),
+    "huge_amount": (422, "bad_record"), "huge_time": (422, "bad_record"),
+    "time_ahead_of_clock": (422, "bad_record"), "time_before_epoch": (422, "bad_record"),
+    "other_terminal": (422, "wrong_terminal"),
     "oversized_batch": (413, "batch_too_large"), "oversized_body": (413, "body_too_large"),
 }
 
@@ -222,7 +237,6 @@ def test_clock_offset_corrects_record_times_and_sets_terminal_time(live_server):
     conn = live_server.connect()
     account, card = _person(conn, 5000, "CLOCK-1")
     terminal = live_server.add_terminal()
-    import time
     skew_ms = -3600 * 1000                                 # terminal runs an hour behind
     now_ms = int(time.time() * 1000)
     answer = terminal.sync([terminal.record(account, card, 100, time_ms=now_ms + skew_ms - 1000)],
