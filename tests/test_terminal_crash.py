@@ -158,8 +158,9 @@ def read_journal(data_dir):
             return 0, {}, 0      # killed while creating the schema
         row = db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
         rows = {seq: bytes(raw) for seq, raw in db.execute("SELECT seq, record FROM journal")}
-        unacked = db.execute("SELECT count(*) FROM journal WHERE acked = 0").fetchone()[0]
-        return (row[0] if row else 0), rows, unacked
+        acked = db.execute("SELECT value FROM meta WHERE key = 'acked_seq'").fetchone()
+        last_seq = row[0] if row else 0
+        return last_seq, rows, last_seq - (acked[0] if acked else 0)
     finally:
         db.close()
 

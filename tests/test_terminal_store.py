@@ -217,3 +217,40 @@ def test_config_from_server(store):
                        TODAY, TERMINAL_ID)
     assert store.config()["offline_cap_count"] == 5
     assert store.versions()[2] == 4
+
+
+def sqlite_work(store, action):
+    """SQLite VM instructions (in hundreds) that `action` runs on the store's connection."""
+    steps = [0]
+
+    def count():
+        steps[0] += 1
+        return 0
+    store._db.set_progress_handler(count, 100)
+    try:
+        action()
+    finally:
+        store._db.set_progress_handler(None, 100)
+    return steps[0]
+
+
+def test_a_tap_costs_the_same_with_a_long_unacked_backlog(tmp_path):
+    """A terminal cut off all day still commits each tap at once: nothing per tap walks the backlog."""
+    small = TerminalStore(str(tmp_path / "small.db"))
+    for i in range(10):
+        small.append_purchase(fields(tap_counter=i + 1), 1000 + i)
+    big = TerminalStore(str(tmp_path / "big.db"))
+    backlog = 20000
+    raw = records.encode_purchase(seq=1, time_ms=1000, **fields())
+    with big._transaction() as db:      # the backlog as append_purchase leaves it, written in one go
+        db.executemany("INSERT INTO journal (seq, record, account_id, amount_fen, time_ms) VALUES (?, ?, ?, ?, ?)",
+                       [(seq, raw, 9000 + seq % 3000, 1200, 1000 + seq) for seq in range(1, backlog + 1)])
+        db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (backlog,))
+    assert big.unacked_count() == backlog
+    small_work = sqlite_work(small, lambda: small.append_purchase(fields(), 5000))
+    big_work = sqlite_work(big, lambda: big.append_purchase(fields(), 5000))
+    assert big_work <= 2 * small_work + 10, (small_work, big_work)
+    assert sqlite_work(big, big.unacked_count) <= 10
+    assert big.account_view(501, TODAY).unacked_count == 1
+    small.close()
+    big.close()

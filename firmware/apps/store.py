@@ -7,13 +7,17 @@ the last one handed out lives in `meta`, not in the journal (whose old rows get 
 
     table             what                                            bound
     ---------------   ---------------------------------------------   --------------------------
-    journal           seq, record bytes (records.py), acked flag      max_unacked unacked rows;
+    journal           seq, record bytes (records.py)                  max_unacked unacked rows;
                                                                       keep_acked acked rows kept
                                                                       for re-collection (补采)
     deny              active deny entries (kind, ref, reason)         max_deny_entries
     card_generation   newest generation seen per card number          (one row per card number)
     balance           per account+wallet at the server's version      max_balance_rows
     meta              versions, request counter, clock, config        fixed keys
+
+The server acknowledges the highest contiguous seq it holds, so the acknowledged rows are always a
+prefix of the journal: `acked_seq` in meta says which, and last_seq - acked_seq rows wait to be sent
+(no per-row flag to update, nothing per tap that walks the backlog).
 
 One TerminalStore per thread (the POS shell and the sync thread each open their own); SQLite's
 locking serialises writers, `BEGIN IMMEDIATE` makes each read-modify-write atomic.
@@ -38,10 +42,10 @@ CREATE TABLE IF NOT EXISTS journal (
     record BLOB NOT NULL,
     account_id INTEGER NOT NULL,
     amount_fen INTEGER NOT NULL,
-    time_ms INTEGER NOT NULL,
-    acked INTEGER NOT NULL DEFAULT 0
+    time_ms INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS journal_unacked_account ON journal (account_id) WHERE acked = 0;
+DROP INDEX IF EXISTS journal_unacked_account;
+CREATE INDEX IF NOT EXISTS journal_account_seq ON journal (account_id, seq);
 CREATE TABLE IF NOT EXISTS deny (
     kind TEXT NOT NULL,
     ref INTEGER NOT NULL,
@@ -155,7 +159,7 @@ class TerminalStore:
         floor is stored in the same transaction, so the time used can never be handed out again.
         """
         with self._transaction():
-            unacked = self._db.execute("SELECT count(*) FROM journal WHERE acked = 0").fetchone()[0]
+            unacked = self._meta("last_seq") - self._meta("acked_seq")
             if unacked >= self.max_unacked:
                 raise JournalFull("终端存储已满 / journal holds %d unacknowledged records" % unacked)
             seq = self._meta("last_seq") + 1
@@ -175,21 +179,23 @@ class TerminalStore:
         return self._meta("acked_seq")
 
     def unacked_count(self):
-        return self._db.execute("SELECT count(*) FROM journal WHERE acked = 0").fetchone()[0]
+        # Unacknowledged rows are exactly the seqs above acked_seq: never pruned, gap-free.
+        return self._meta("last_seq") - self._meta("acked_seq")
 
     def journal(self, from_seq=1, limit=1000):
-        """Stored records from from_seq on: [(seq, record bytes, acked)]; bounded by limit."""
+        """Stored records from from_seq on: [(seq, record bytes, acked 0/1)]; bounded by limit."""
         assert 0 < limit <= 100000
-        return self._db.execute("SELECT seq, record, acked FROM journal WHERE seq >= ? ORDER BY seq LIMIT ?",
-                                (from_seq, limit)).fetchall()
+        return self._db.execute(
+            "SELECT seq, record, seq <= (SELECT value FROM meta WHERE key = 'acked_seq') FROM journal "
+            "WHERE seq >= ? ORDER BY seq LIMIT ?", (from_seq, limit)).fetchall()
 
     def upload_batch(self, limit=protocol.MAX_BATCH_RECORDS):
         """The records for the next request: any range the server asked for again, then unacked; by seq."""
         assert 0 < limit <= protocol.MAX_BATCH_RECORDS
         resend_from, resend_to = self._meta("resend_from_seq"), self._meta("resend_to_seq")
         rows = self._db.execute(
-            "SELECT seq, record FROM journal WHERE acked = 0 OR seq BETWEEN ? AND ? ORDER BY seq LIMIT ?",
-            (resend_from, resend_to, limit)).fetchall()
+            "SELECT seq, record FROM journal WHERE seq > ? OR seq BETWEEN ? AND ? ORDER BY seq LIMIT ?",
+            (self._meta("acked_seq"), resend_from, resend_to, limit)).fetchall()
         return [(seq, bytes(record)) for seq, record in rows]
 
     # -- what decide() needs -------------------------------------------------------------------
@@ -212,7 +218,8 @@ class TerminalStore:
             "SELECT wallet, balance_fen, spent_today_fen, single_limit_fen, daily_limit_fen, day_yyyymmdd "
             "FROM balance WHERE account_id = ?", (account_id,)).fetchall()
         unacked_fen, unacked_count = self._db.execute(
-            "SELECT coalesce(sum(amount_fen), 0), count(*) FROM journal WHERE account_id = ? AND acked = 0",
+            "SELECT coalesce(sum(amount_fen), 0), count(*) FROM journal "
+            "WHERE account_id = ? AND seq > (SELECT value FROM meta WHERE key = 'acked_seq')",
             (account_id,)).fetchone()
         if not rows:
             return decide.AccountView(False, {}, 0, None, None, unacked_fen, unacked_count)
@@ -270,15 +277,15 @@ class TerminalStore:
             self._set_meta("last_seq", acked_seq)
             self._set_meta("seq_jumped_from", last_seq)
         result.acked_seq = acked_seq
-        cursor = self._db.execute("UPDATE journal SET acked = 1 WHERE seq <= ? AND acked = 0", (acked_seq,))
-        result.newly_acked = cursor.rowcount
-        self._set_meta("acked_seq", max(acked_seq, self._meta("acked_seq")))
+        before = self._meta("acked_seq")
+        acked_seq = max(acked_seq, before)
+        result.newly_acked = max(0, min(acked_seq, last_seq) - before)
+        self._set_meta("acked_seq", acked_seq)
         keep_from = self._db.execute(
-            "SELECT seq FROM journal WHERE acked = 1 ORDER BY seq DESC LIMIT 1 OFFSET ?",
-            (self.keep_acked,)).fetchone()
+            "SELECT seq FROM journal WHERE seq <= ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
+            (acked_seq, self.keep_acked)).fetchone()
         if keep_from is not None:
-            result.pruned = self._db.execute("DELETE FROM journal WHERE acked = 1 AND seq <= ?",
-                                             (keep_from[0],)).rowcount
+            result.pruned = self._db.execute("DELETE FROM journal WHERE seq <= ?", (keep_from[0],)).rowcount
 
     def _apply_deny(self, deny, terminal_id, result):
         for kind, ref, active, reason in deny.get("entries") or ():
