@@ -96,17 +96,24 @@ def with_pin(conn, account_id, pin, operator, now_ms, operation):
     """Run operation() in one transaction after the cardholder's PIN was accepted.
 
     Staff at the service hall (`operator` names them) act on the holder's ID card instead of the PIN,
-    so no PIN is asked then. A wrong PIN is committed (the failure counts towards the lockout) and
-    the operation does not run. The transaction is our own: a caller's would roll the count back.
+    so no PIN is asked then. The PIN is hashed before the transaction (the write lock is not held
+    during scrypt); the transaction then re-checks the lockout and records the outcome. A wrong PIN
+    is committed (the failure counts towards the lockout) and the operation does not run. The
+    transaction is our own: a caller's would roll the count back.
     """
     assert not conn.in_transaction, "PIN-checked operations own their transaction"
+    attempt = None
+    if operator is None:
+        if pin is None or pin == "":
+            raise ServiceError("pin_required")
+        attempt = pin_rules.prepare_pin(conn, account_id, pin, now_ms)
+        if isinstance(attempt, str) and attempt not in PIN_ACCEPTED:
+            raise ServiceError(attempt)     # known without writing anything: format, unknown, locked
     refusal = None
     with dbmod.transaction(conn):
         person_row(conn, account_id)
-        if operator is None:
-            if pin is None or pin == "":
-                raise ServiceError("pin_required")
-            code = pin_rules.check_pin(conn, account_id, pin, now_ms)
+        if attempt is not None:
+            code = pin_rules.record_pin(conn, account_id, attempt, now_ms)
             if code not in PIN_ACCEPTED:
                 refusal = code
         if refusal is None:

@@ -26,8 +26,9 @@ def change_pin(conn, account_id, old_pin, new_pin, confirm_pin=None, now_ms=None
     _check_new(new_pin, confirm_pin)
     if new_pin == old_pin:
         raise ServiceError("pin_same")
+    salted_hash = pins.new_pin_hash(new_pin)        # hashed before the write lock is taken
     return with_pin(conn, account_id, old_pin, None, now(now_ms),
-                    lambda: pins.set_pin(conn, account_id, new_pin))
+                    lambda: pins.store_pin(conn, account_id, salted_hash))
 
 
 def reset_pin(conn, account_id, operator, new_pin=None):
@@ -37,8 +38,10 @@ def reset_pin(conn, account_id, operator, new_pin=None):
     assert operator, "a PIN reset names the staff member"
     if new_pin is not None:
         _check_new(new_pin, None)
+    holder = person_row(conn, account_id)
+    initial = pins.initial_pin(holder["id_number"], holder["staff_number"])
+    salted_hash = pins.new_pin_hash(new_pin or initial)     # hashed before the write lock is taken
     with tx(conn):
-        holder = person_row(conn, account_id)
-        initial = pins.initial_pin(holder["id_number"], holder["staff_number"])
-        pins.set_pin(conn, account_id, new_pin or initial)
+        person_row(conn, account_id)
+        pins.store_pin(conn, account_id, salted_hash)
     return (new_pin or initial) == initial

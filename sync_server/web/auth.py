@@ -130,8 +130,7 @@ def check_cardholder(conn, staff_number, pin, now_ms):
     if row is None or not staff_number:
         pins.hash_pin(pin or "", _DUMMY_SALT)
         return "pin_wrong"
-    with dbmod.transaction(conn):
-        code = pins.check_pin(conn, row[1], pin, now_ms)
+    code = pins.check_pin(conn, row[1], pin, now_ms)     # hashes before taking the write lock
     return (row[0], row[1]) if code in _PIN_ACCEPTED else code
 
 
