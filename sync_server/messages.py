@@ -32,6 +32,7 @@ MESSAGES = {
     "bad_record": ("记录无效", "invalid record"),
     "wrong_terminal": ("记录属于其他终端", "record belongs to another terminal"),
     "wrong_merchant": ("记录的商户与终端不符", "record merchant does not match the terminal"),
+    "wrong_category": ("记录的消费类别与终端商户不符", "record category does not match the terminal's merchant"),
     "conflicting_records": ("同一序号的两条不同记录", "two different records with the same seq"),
     "not_found": ("不存在", "not found"),
     # PIN check

@@ -99,8 +99,11 @@ def authenticate(conn, path, body):
         raise ApiError(401, "bad_auth")
     if not (0 < terminal_id <= 0xFFFFFFFF and 0 <= counter < 2 ** 63):
         raise ApiError(401, "bad_auth")
-    terminal = dbmod.fetch_named(conn, "SELECT id, merchant_id, key_version, status FROM terminals WHERE id = ?",
-                                 (terminal_id,))
+    # the merchant comes along: its category bounds the records, its ledger account takes the money
+    terminal = dbmod.fetch_named(
+        conn, "SELECT t.id, t.merchant_id, t.key_version, t.status, m.category AS merchant_category, "
+        "m.ledger_account_id AS merchant_ledger_id FROM terminals t JOIN merchants m ON m.id = t.merchant_id "
+        "WHERE t.id = ?", (terminal_id,))
     if terminal is None:
         raise ApiError(401, "unknown_terminal")
     signing = protocol.signing_string("POST", path, terminal_id, counter, body)
@@ -164,6 +167,7 @@ def _validate_records(raw_records, terminal, clock_ms, offset_ms):
         raise ApiError(413, "batch_too_large", "limit %d records" % protocol.MAX_BATCH_RECORDS)
     terminal_id = terminal["id"]
     merchant_id = terminal["merchant_id"]
+    category = terminal["merchant_category"]
     decode = record_codec.decode_tuple
     by_seq = {}
     for index, raw in enumerate(raw_records):
@@ -179,6 +183,9 @@ def _validate_records(raw_records, terminal, clock_ms, offset_ms):
             raise ApiError(422, "wrong_merchant", "record %d" % index)
         if values[_CATEGORY] not in wallet_rules.WALLET_ORDER:
             raise ApiError(422, "bad_record", "record %d: unknown category %d" % (index, values[_CATEGORY]))
+        if values[_CATEGORY] != category:     # else a canteen could spend the wallets kept for utilities
+            raise ApiError(422, "wrong_category", "record %d: category %d, the merchant's is %d"
+                           % (index, values[_CATEGORY], category))
         time_ms = values[_TIME]
         if time_ms > MAX_RECORD_TIME_MS or time_ms > clock_ms + MAX_RECORD_AHEAD_OF_CLOCK_MS:
             raise ApiError(422, "bad_record", "record %d: time_ms %d is after the terminal clock %d"
@@ -266,9 +273,7 @@ def sync():
     health_json = json.dumps(health, ensure_ascii=False, default=str)[:MAX_HEALTH_BYTES]
     offset_ms = received_ms - clock_ms
     by_seq = _validate_records(message.get("records", []), terminal, clock_ms, offset_ms)
-    merchant_ledger_id = conn.execute("SELECT ledger_account_id FROM merchants WHERE id = ?",
-                                      (terminal["merchant_id"],)).fetchone()[0]
-    batch = ingest.prepare(conn, terminal_id, merchant_ledger_id, by_seq, offset_ms, received_ms)
+    batch = ingest.prepare(conn, terminal_id, terminal["merchant_ledger_id"], by_seq, offset_ms, received_ms)
 
     with dbmod.transaction(conn):
         _store_counter(conn, terminal_id, counter, received_ms)

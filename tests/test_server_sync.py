@@ -7,7 +7,7 @@ import cbor2
 import httpx
 import pytest
 
-from firmware.core import protocol, records, sam as sam_keys
+from firmware.core import protocol, records, sam as sam_keys, wallets as wallet_rules
 from sync_server import db as dbmod, hall
 from sync_server.app import create_app
 from sync_server.cli import init_data_dir
@@ -92,6 +92,17 @@ def _bad_requests():
         raw = terminal.record(account, card, 100, time_ms=1000)
         return lambda: terminal.post(terminal.body([raw], clock_ms=2 ** 62))
 
+    def other_category(server, terminal, account, card):       # a canteen terminal booking electricity
+        conn = server.connect()
+        hall.recharge(conn, account, 3000, wallet=protocol.WALLET_LEGACY)
+        conn.close()
+        terminal.category = wallet_rules.CATEGORY_ELECTRICITY
+        try:
+            raw = terminal.record(account, card, 100)
+        finally:
+            terminal.category = wallet_rules.CATEGORY_CANTEEN
+        return lambda: terminal.post(terminal.body([raw]))
+
     def other_terminal(server, terminal, account, card):
         terminal.terminal_id += 1
         try:
@@ -118,7 +129,7 @@ EXPECTED = {
     "not_a_map": (400, "bad_request"), "bad_crc": (422, "bad_record"), "zero_amount": (422, "bad_record"),
     "huge_amount": (422, "bad_record"), "huge_time": (422, "bad_record"),
     "time_ahead_of_clock": (422, "bad_record"), "time_before_epoch": (422, "bad_record"),
-    "other_terminal": (422, "wrong_terminal"),
+    "other_terminal": (422, "wrong_terminal"), "other_category": (422, "wrong_category"),
     "oversized_batch": (413, "batch_too_large"), "oversized_body": (413, "body_too_large"),
 }
 
