@@ -356,9 +356,11 @@ class TerminalStore:
     def clock(self):
         return clock_module.Clock(self._meta("clock_floor_ms"), self._meta("clock_offset_ms"))
 
-    def save_clock(self, floor_ms, offset_ms):
+    def save_clock(self, floor_ms, offset_ms, lower_floor=False):
+        """lower_floor: after the server's set_time, the floor may go down (core Clock.set_time)."""
         with self._transaction():
-            self._set_meta("clock_floor_ms", max(floor_ms, self._meta("clock_floor_ms")))
+            stored_ms = self._meta("clock_floor_ms")
+            self._set_meta("clock_floor_ms", floor_ms if lower_floor else max(floor_ms, stored_ms))
             self._set_meta("clock_offset_ms", offset_ms)
 
     def health(self):

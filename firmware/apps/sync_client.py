@@ -55,9 +55,10 @@ class SharedClock:
             time_ms = self._clock.stamp_ms(self._raw_ms())
             return time_ms, self._clock.floor_ms
 
-    def correct(self, server_ms, raw_ms):
+    def correct(self, server_ms, raw_ms, explicit=False):
+        """explicit: the server's set_time command, which may lower the floor (core Clock.set_time)."""
         with self._lock:
-            taken = self._clock.correct(server_ms, raw_ms)
+            taken = (self._clock.set_time if explicit else self._clock.correct)(server_ms, raw_ms)
             return taken, self._clock.state()
 
     def raw_ms(self):
@@ -178,11 +179,12 @@ class SyncClient:
         today = clock_module.date_yyyymmdd(self.clock.peek_ms(), self.utc_offset_min)
         applied = self.store.apply_answer(answer, today, self.terminal_id,
                                           sent_through_seq=batch[-1][0] if batch else 0)
-        server_ms = applied.set_time_ms if applied.set_time_ms is not None else answer.get("server_ms")
+        explicit = applied.set_time_ms is not None
+        server_ms = applied.set_time_ms if explicit else answer.get("server_ms")
         if isinstance(server_ms, int):
-            taken, (floor_ms, offset_ms) = self.clock.correct(server_ms, midpoint_raw_ms)
+            taken, (floor_ms, offset_ms) = self.clock.correct(server_ms, midpoint_raw_ms, explicit)
             if taken:
-                self.store.save_clock(floor_ms, offset_ms)
+                self.store.save_clock(floor_ms, offset_ms, lower_floor=explicit)
         more = applied.more or self.store.unacked_count() > 0 and len(batch) == protocol.MAX_BATCH_RECORDS
         return SyncResult(True, len(batch), applied.acked_seq, more)
 

@@ -68,3 +68,67 @@ def test_clock_text_in_china_standard_time():
     assert clock.clock_text(1740801909000) == "2025-03-01 12:05:09"
     assert clock.clock_text(1740801909000, 0) == "2025-03-01 04:05:09"
     assert clock.clock_text(0) == "1970-01-01 08:00:00"
+
+
+DAY_MS = 24 * 3600 * 1000
+NOW_MS = 1741600000000           # 2025-03-10
+
+
+def _running_clock():
+    """A terminal that has been set and has handed out times: raw clock 1000 ms = NOW_MS."""
+    c = Clock()
+    assert c.correct(NOW_MS, 1000)
+    c.stamp_ms(1000)
+    return c
+
+
+def test_one_answer_far_in_the_future_does_not_freeze_the_clock():
+    c = _running_clock()
+    assert not c.correct(NOW_MS + 20 * 365 * DAY_MS, 2000)     # one corrupt answer: not taken
+    stamped = c.stamp_ms(3000)
+    assert stamped == NOW_MS + 2000
+    assert date_yyyymmdd(c.peek_ms(3000)) == 20250310          # cards keep their real expiry day
+    assert c.correct(NOW_MS + 5000, 4000)                      # the next sane answer is taken
+    assert c.stamp_ms(5000) == NOW_MS + 5000 + 1000
+
+
+def test_a_far_jump_is_taken_once_a_second_answer_agrees():
+    """A terminal switched off over a holiday: the first answer is held back, the next one confirms it."""
+    c = _running_clock()
+    later_ms = NOW_MS + 3 * DAY_MS
+    assert not c.correct(later_ms, 2000)
+    assert c.correct(later_ms + 5000, 7000 + 20)               # 5 s later, a little network noise
+    assert date_yyyymmdd(c.stamp_ms(7020)) == 20250313
+
+
+def test_disagreeing_far_answers_are_never_taken():
+    c = _running_clock()
+    for years in (5, 10, 20):
+        assert not c.correct(NOW_MS + years * 365 * DAY_MS, 2000)
+    assert c.peek_ms(2000) == NOW_MS + 1000
+
+
+def test_a_clock_never_set_takes_its_first_answer():
+    c = Clock()
+    c.stamp_ms(5)                                               # a Pi that booted at 1970
+    assert c.correct(NOW_MS, 10)
+    assert c.peek_ms(10) == NOW_MS
+
+
+def test_set_time_moves_anywhere_and_lowers_a_floor_stuck_in_the_future():
+    future_ms = NOW_MS + 30 * 365 * DAY_MS
+    c = Clock(floor_ms=future_ms, offset_ms=NOW_MS)            # persisted from an earlier bad answer
+    assert date_yyyymmdd(c.peek_ms(0)) > 20500000
+    assert c.correct(NOW_MS, 0)                                 # an ordinary answer cannot lower it
+    assert c.peek_ms(0) == future_ms
+    assert c.set_time(NOW_MS, 0)
+    floor_ms, offset_ms = c.state()
+    assert floor_ms == NOW_MS and offset_ms == NOW_MS
+    assert c.stamp_ms(0) == NOW_MS and c.stamp_ms(0) == NOW_MS + 1
+    assert not c.set_time(0, 0) and not c.set_time(-5, 0)
+
+
+def test_set_time_takes_a_far_jump_at_once():
+    c = _running_clock()
+    assert c.set_time(NOW_MS + 3 * DAY_MS, 2000)
+    assert c.stamp_ms(2000) == NOW_MS + 3 * DAY_MS
