@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from firmware.apps.store import JournalFull, TerminalStore
-from firmware.core import protocol, records
+from firmware.core import decide, protocol, records
 from firmware.core.decide import NOT_DENIED
 
 TERMINAL_ID = 7
@@ -254,3 +254,26 @@ def test_a_tap_costs_the_same_with_a_long_unacked_backlog(tmp_path):
     assert big.account_view(501, TODAY).unacked_count == 1
     small.close()
     big.close()
+
+
+def spendable_fen(store, account_id):
+    view = store.account_view(account_id, TODAY)
+    return decide.spendable_after_unacked(view.balances_fen, 1, view.unacked_fen)["main"]
+
+
+def test_acked_spend_counts_until_the_balance_pages_show_it(store):
+    """The server acks our taps in one answer, but the account's new balance may come pages later:
+    until then the spend must still count, or the terminal would let the card spend the money twice."""
+    first = {"version": 5, "rows": [[501, "main", 1000, 0, None, None]], "more": False}
+    store.apply_answer(answer(0, balances=first), TODAY, TERMINAL_ID)
+    for tap in range(4):            # more than keep_acked=3: pruning must not drop them either
+        store.append_purchase(fields(200, tap_counter=tap + 1), 1000 + tap)
+    assert spendable_fen(store, 501) == 200
+    page = {"version": 300, "rows": [[999, "main", 5, 0, None, None]], "more": True}
+    store.apply_answer(answer(4, balances=page), TODAY, TERMINAL_ID, sent_through_seq=4)
+    assert store.unacked_count() == 0                   # the server holds them: nothing to send
+    assert spendable_fen(store, 501) == 200             # ... but the cache does not show them yet
+    last_page = {"version": 301, "rows": [[501, "main", 200, 800, None, None]], "more": False}
+    store.apply_answer(answer(4, balances=last_page), TODAY, TERMINAL_ID)
+    assert spendable_fen(store, 501) == 200
+    assert store.account_view(501, TODAY).unacked_count == 0

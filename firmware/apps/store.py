@@ -19,6 +19,12 @@ The server acknowledges the highest contiguous seq it holds, so the acknowledged
 prefix of the journal: `acked_seq` in meta says which, and last_seq - acked_seq rows wait to be sent
 (no per-row flag to update, nothing per tap that walks the backlog).
 
+Acknowledged is not yet reflected: the answer that acks our records may carry only the first page of
+balance changes (the server pages them), and the account's new balance can come several answers
+later. `reflected_seq` is the acked_seq of the last answer whose balance pages were complete; the
+balance view counts this terminal's records above it as its own spend the cache does not show yet,
+and pruning keeps them.
+
 One TerminalStore per thread (the POS shell and the sync thread each open their own); SQLite's
 locking serialises writers, `BEGIN IMMEDIATE` makes each read-modify-write atomic.
 """
@@ -75,6 +81,7 @@ CREATE TABLE IF NOT EXISTS meta (
 _META_DEFAULTS = {
     "last_seq": 0,
     "acked_seq": 0,
+    "reflected_seq": 0,
     "deny_version": 0,
     "balance_version": 0,
     "config_version": 0,
@@ -130,6 +137,9 @@ class TerminalStore:
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.executescript(_SCHEMA)     # idempotent; executescript must run outside a transaction
         with self._transaction():
+            # A file from before reflected_seq existed took acked as reflected: start from there.
+            self._db.execute("INSERT OR IGNORE INTO meta (key, value) SELECT 'reflected_seq', value FROM meta "
+                             "WHERE key = 'acked_seq'")
             for key, value in _META_DEFAULTS.items():
                 self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
@@ -217,9 +227,10 @@ class TerminalStore:
         rows = self._db.execute(
             "SELECT wallet, balance_fen, spent_today_fen, single_limit_fen, daily_limit_fen, day_yyyymmdd "
             "FROM balance WHERE account_id = ?", (account_id,)).fetchall()
+        # "Unacked" for decide(): our own spend the cached balances do not show yet (see the top).
         unacked_fen, unacked_count = self._db.execute(
             "SELECT coalesce(sum(amount_fen), 0), count(*) FROM journal "
-            "WHERE account_id = ? AND seq > (SELECT value FROM meta WHERE key = 'acked_seq')",
+            "WHERE account_id = ? AND seq > (SELECT value FROM meta WHERE key = 'reflected_seq')",
             (account_id,)).fetchone()
         if not rows:
             return decide.AccountView(False, {}, 0, None, None, unacked_fen, unacked_count)
@@ -258,7 +269,12 @@ class TerminalStore:
         with self._transaction():
             self._apply_ack(int(answer["acked_seq"]), result)
             self._apply_deny(answer.get("deny") or {}, terminal_id, result)
-            self._apply_balances(answer.get("balances") or {}, today_yyyymmdd, result)
+            balances = answer.get("balances") or {}
+            self._apply_balances(balances, today_yyyymmdd, result)
+            if not balances.get("more"):
+                # Every balance change up to this answer is in the cache now, our acked taps included.
+                self._set_meta("reflected_seq", max(self._meta("acked_seq"), self._meta("reflected_seq")))
+            self._prune(result)
             self._apply_config(answer.get("config"), result)
             resend_to = self._meta("resend_to_seq")
             if resend_to and sent_through_seq >= resend_to:
@@ -281,11 +297,15 @@ class TerminalStore:
         acked_seq = max(acked_seq, before)
         result.newly_acked = max(0, min(acked_seq, last_seq) - before)
         self._set_meta("acked_seq", acked_seq)
+
+    def _prune(self, result):
+        """Drop acknowledged rows beyond the newest keep_acked, never one the balance view still counts."""
         keep_from = self._db.execute(
             "SELECT seq FROM journal WHERE seq <= ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
-            (acked_seq, self.keep_acked)).fetchone()
+            (self._meta("acked_seq"), self.keep_acked)).fetchone()
         if keep_from is not None:
-            result.pruned = self._db.execute("DELETE FROM journal WHERE seq <= ?", (keep_from[0],)).rowcount
+            result.pruned = self._db.execute("DELETE FROM journal WHERE seq <= ?",
+                                             (min(keep_from[0], self._meta("reflected_seq")),)).rowcount
 
     def _apply_deny(self, deny, terminal_id, result):
         for kind, ref, active, reason in deny.get("entries") or ():
