@@ -447,6 +447,19 @@ def _m010_cardholder_services(conn):
     ])
 
 
+def _m011_bind_failures(conn):
+    # Failed phone-app bindings counted per cardholder (the staff/student number asked about), so a
+    # new app user id per guess cannot escape the lockout (sync_server/services/binding.py). One row
+    # per person at most: unknown numbers are not counted, so the table cannot grow without bound.
+    _execute_script(conn, """
+    CREATE TABLE bind_failures (
+        person_id INTEGER PRIMARY KEY,
+        failures INTEGER NOT NULL,
+        locked_until_ms INTEGER NOT NULL
+    )
+    """)
+
+
 def _m020_web_staff_users(conn):
     # Service-hall, finance and admin staff who sign in to the web pages (sync_server/web/auth.py).
     # Passwords are salted scrypt hashes; failures lock the user out for a while like card PINs do.
@@ -564,6 +577,7 @@ def _m030_finance_day_close(conn):
 MIGRATIONS = (
     (1, "initial schema", _m001_initial),
     (10, "cardholder services", _m010_cardholder_services),
+    (11, "binding failures per number", _m011_bind_failures),
     (20, "web staff users", _m020_web_staff_users),
     (21, "staff action log", _m021_staff_actions),
     (30, "finance day close", _m030_finance_day_close),

@@ -14,7 +14,7 @@ import pytest
 from firmware.core import card_layout, protocol
 from sync_server import db as dbmod, hall, ledger, pins
 from sync_server.ledger_store import SqliteStore, REASON_LOST, REASON_REPLACED
-from sync_server.services import cards, recharge
+from sync_server.services import binding, cards, recharge
 
 _serial = itertools.count(1)
 
@@ -102,6 +102,30 @@ def test_binding_needs_the_right_name_and_locks_out_guessing(live_server):
     _error(http.get(holder.url("balance"), headers={"Authorization": "Bearer " + "x" * 43}), 401, "bad_token")
     me = holder.http.get("/api/v1/me").json()
     assert me["name"] == holder.name and me["account_id"] == holder.account_id
+
+
+def test_a_new_app_user_id_per_guess_does_not_escape_the_lockout(live_server):
+    """Failures count per staff/student number too, and a failed binding leaves no app user behind."""
+    holder = Holder(live_server)
+    http = httpx.Client(base_url=live_server.url, timeout=60)
+    conn = live_server.connect()
+    try:
+        app_users_before = conn.execute("SELECT count(*) FROM app_users").fetchone()[0]
+        guesses = [{"app_user_id": "rotating-%d" % index, "name": "猜%d" % index, "staff_number": holder.staff_number}
+                   for index in range(binding.MAX_BIND_FAILURES)]
+        for guess in guesses[:-1]:
+            _error(http.post("/api/v1/bind", json=guess), 403, "bind_failed")
+        _error(http.post("/api/v1/bind", json=guesses[-1]), 423, "bind_locked")
+        right = {"app_user_id": "rotating-fresh", "name": holder.name, "staff_number": holder.staff_number}
+        _error(http.post("/api/v1/bind", json=right), 423, "bind_locked")    # the number is locked, whoever asks
+        for index in range(20):                                               # unknown numbers: no rows either
+            _error(http.post("/api/v1/bind", json={"app_user_id": "walker-%d" % index, "name": "某人",
+                                                   "staff_number": "NO%06d" % index}), 403, "bind_failed")
+        assert conn.execute("SELECT count(*) FROM app_users").fetchone()[0] == app_users_before
+    finally:
+        conn.close()
+    assert holder.http.get("/api/v1/me").json()["account_id"] == holder.account_id   # bound apps keep working
+    Holder(live_server)                                  # another number binds as before
 
 
 def test_another_persons_account_is_refused_everywhere(live_server):

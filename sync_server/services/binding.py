@@ -7,8 +7,12 @@
 
 A phone account (the app's own user id, from its WeChat / QQ / Alipay / phone sign-in) binds to a
 cardholder with name + staff/student number, as the new system's app does (manual: 输入姓名和学工号).
-Wrong pairs are counted per app user and lock it out for a while, so the app cannot be used to walk
-through the registry. Money-moving operations still ask for the card PIN.
+Wrong pairs are counted per staff/student number (table bind_failures, one row per person) and lock
+that number for a while, whichever app user id asks, so choosing a new id per guess gains nothing;
+an app user that already exists is counted and locked as well. An unknown number gets the same
+answer as a wrong name and is counted nowhere, so the table cannot be grown by made-up numbers.
+An app user row is created only when a binding or sign-in succeeds. Money-moving operations still
+ask for the card PIN.
 
 Tokens are 32 random bytes (URL-safe text); only their SHA-256 is stored, so a copy of the database
 cannot be replayed as tokens. They expire, each app user keeps a bounded number, and binding the app
@@ -69,27 +73,47 @@ def _issue_token(conn, app_user_id, person_id, now_ms):
             "expires_ms": expires_ms}
 
 
+def _count_failure(conn, table, key_column, key, failures, now_ms):
+    """One more wrong pair on this row; returns True when it now locks."""
+    failures += 1
+    locked = failures >= MAX_BIND_FAILURES
+    conn.execute("UPDATE %s SET failures = ?, locked_until_ms = ? WHERE %s = ?" % (table, key_column),
+                 (0 if locked else failures, now_ms + BIND_LOCKOUT_MS if locked else 0, key))
+    return locked
+
+
 def bind(conn, app_user_id, name, staff_number, now_ms=None):
-    """绑卡 with name + staff/student number; returns a token. Wrong pairs count towards a lockout."""
+    """绑卡 with name + staff/student number; returns a token. Wrong pairs count towards a lockout of
+    the number asked about (and of the app user, when it exists)."""
     _check_app_user(app_user_id)
     now_ms = now(now_ms)
+    staff_number, name = str(staff_number or "").strip(), str(name or "").strip()
     refusal = None
     assert not conn.in_transaction, "binding commits its failure count"
     with tx(conn):
-        _, failures, locked_until_ms = _ensure_app_user(conn, app_user_id, now_ms)
-        if locked_until_ms > now_ms:
+        app_user = conn.execute("SELECT failures, locked_until_ms FROM app_users WHERE app_user_id = ?",
+                                (app_user_id,)).fetchone()
+        person = conn.execute("SELECT id, name FROM persons WHERE staff_number = ?", (staff_number,)).fetchone() \
+            if staff_number else None
+        number = None
+        if person is not None:
+            conn.execute("INSERT INTO bind_failures (person_id, failures, locked_until_ms) VALUES (?, 0, 0) "
+                         "ON CONFLICT (person_id) DO NOTHING", (person[0],))
+            number = conn.execute("SELECT failures, locked_until_ms FROM bind_failures WHERE person_id = ?",
+                                  (person[0],)).fetchone()
+        if (app_user is not None and app_user[1] > now_ms) or (number is not None and number[1] > now_ms):
             refusal = "bind_locked"
+        elif person is None or person[1] != name:
+            locked = False
+            if app_user is not None:
+                locked |= _count_failure(conn, "app_users", "app_user_id", app_user_id, app_user[0], now_ms)
+            if number is not None:
+                locked |= _count_failure(conn, "bind_failures", "person_id", person[0], number[0], now_ms)
+            refusal = "bind_locked" if locked else "bind_failed"
         else:
-            person = conn.execute("SELECT id, name FROM persons WHERE staff_number = ?",
-                                  (str(staff_number or "").strip(),)).fetchone()
-            if person is None or person[1] != str(name or "").strip():
-                failures += 1
-                locked = failures >= MAX_BIND_FAILURES
-                conn.execute("UPDATE app_users SET failures = ?, locked_until_ms = ? WHERE app_user_id = ?",
-                             (0 if locked else failures, now_ms + BIND_LOCKOUT_MS if locked else 0, app_user_id))
-                refusal = "bind_locked" if locked else "bind_failed"
-            else:
-                return _issue_token(conn, app_user_id, person[0], now_ms)
+            conn.execute("DELETE FROM bind_failures WHERE person_id = ?", (person[0],))
+            _ensure_app_user(conn, app_user_id, now_ms)
+            return _issue_token(conn, app_user_id, person[0], now_ms)
     raise ServiceError(refusal)
 
 
