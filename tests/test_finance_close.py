@@ -16,7 +16,8 @@ from hypothesis import given, settings, strategies as st
 from firmware.core import protocol, records as record_codec
 from server_process import running_server
 from sync_server import db as dbmod, hall
-from sync_server.finance import FinanceError, close, day_of_ms, day_start_ms, day_text, scheduler, statements
+from sync_server.finance import (FinanceError, close, day_of_ms, day_start_ms, day_text, hour_of_ms, scheduler,
+                                 statements)
 from sync_server.finance import exports
 from sync_server.web import auth
 
@@ -337,6 +338,66 @@ def test_scheduler_closes_yesterday_once_after_the_configured_time(tmp_path):
     assert [report["day"] for report in closed] == [day_text(today - 1)]
     assert scheduler.run_due(conn, later + 60000) == []                  # once
     assert [row[1] for row in close.closed_days(conn)] == [day_text(today - 1)]
+    conn.close()
+
+
+def _merchant_row(report, merchant_id):
+    return next((row for row in report["merchants"] if row["merchant_id"] == merchant_id), None)
+
+
+def _merchant_check(report, merchant_id):
+    return next(row for row in report["invariants"]["merchants"] if row["merchant_id"] == merchant_id)
+
+
+def test_electricity_paid_without_a_terminal_is_settled_to_its_merchant(tmp_path):
+    """A ¥25 dorm electricity payment (no terminal record: paid at the hall, drawn on the legacy and
+    main wallets) is a sale of the electricity merchant, counted once, in its hour; a close before
+    its day carries it as pending and stays balanced."""
+    from sync_server.services import electricity
+    conn = dbmod.init_db(str(tmp_path / "ykt.sqlite3"))
+    account_id, _card = _person(conn, 5000, b"\x91\x92\x93\x94")
+    hall.recharge(conn, account_id, 1000, wallet=protocol.WALLET_LEGACY, channel=dbmod.LEDGER_LEGACY_SOURCE)
+    paid_ms = dbmod.now_ms()
+    payment = electricity.pay(conn, account_id, "7号楼", 3, "301", 2500, operator="hall-1", now_ms=paid_ms)
+    assert len(payment["parts"]) == 2, "drawn on two wallets: two transfers, one sale"
+    merchant_id = dbmod.setting(conn, "electricity_merchant_id")
+    today = day_of_ms(paid_ms)
+
+    yesterday, _newly = close.close_day(conn, today - 1)
+    assert yesterday["invariants"]["balanced"] is True
+    assert (_merchant_row(yesterday, merchant_id) or {}).get("gross_fen", 0) == 0, "paid today, not yesterday"
+    assert _merchant_check(yesterday, merchant_id) == {
+        "merchant_id": merchant_id, "opening_pending_fen": 0, "movement_fen": 2500, "net_fen": 0,
+        "closing_pending_fen": 2500, "ok": True}
+
+    report, _newly = close.close_day(conn, today, before_day_end=True)
+    row = _merchant_row(report, merchant_id)
+    assert (row["count"], row["gross_fen"], row["net_fen"]) == (1, 2500, 2500)
+    assert row["by_hour"][hour_of_ms(paid_ms)] == [1, 2500]
+    assert report["totals"]["sales_count"] == 1 and report["totals"]["gross_fen"] == 2500
+    assert report["invariants"]["balanced"] is True
+    assert _merchant_check(report, merchant_id)["ok"] is True
+    conn.close()
+
+
+def test_money_on_a_merchant_account_the_settlement_misses_unbalances_the_day(tmp_path):
+    """Per merchant, what its ledger account moved must be what the settlement pays: a movement no
+    settlement line explains makes the day unbalanced even though every balance adds up."""
+    from sync_server import ledger
+    from sync_server.ledger_store import SqliteStore
+    conn = dbmod.init_db(str(tmp_path / "ykt.sqlite3"))
+    merchant_id = hall.add_merchant(conn, "一食堂", "canteen 1", 1)
+    merchant_ledger_id = conn.execute("SELECT ledger_account_id FROM merchants WHERE id = ?",
+                                      (merchant_id,)).fetchone()[0]
+    with dbmod.transaction(conn):
+        ledger.post(SqliteStore(conn), [ledger.Transfer("x/1", dbmod.LEDGER_CASH_DESK, merchant_ledger_id, 2500,
+                                                        ledger.KIND_CORRECTION, None, dbmod.now_ms())])
+    report, _newly = close.close_day(conn, _today(), before_day_end=True)
+    assert report["invariants"]["trial_balance_fen"] == 0 and report["invariants"]["balance_mismatch_count"] == 0
+    check = _merchant_check(report, merchant_id)
+    assert (check["movement_fen"], check["net_fen"], check["ok"]) == (2500, 0, False)
+    assert report["invariants"]["merchant_mismatch_count"] == 1
+    assert report["invariants"]["balanced"] is False
     conn.close()
 
 

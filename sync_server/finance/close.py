@@ -11,8 +11,14 @@ the earlier days are closed, an earlier record is a late one: it is booked into 
 reference to its own day (finance_late_records). Records of days after D (taps after midnight,
 before the close ran) stay for their own close. What is settled is kept per terminal as a
 contiguous seq prefix plus ranges above holes, so a close reads only new rows, through the primary
-key. Recharges follow the same rule by their transfer's time, found through the transfer rowid
-window since the last close (transfers are append-only, so rowids only grow).
+key. Recharges, and sales with no terminal record (dorm electricity paid in the app or at the hall:
+purchase transfers not named after a record), follow the same rule by their transfer's time, found
+through the transfer rowid window since the last close (transfers are append-only, so rowids only
+grow); those of a later day wait in finance_deferred_transfers.
+
+Merchant check: per merchant, the movement of its ledger account over the transfer window equals
+the net the settlement pays plus the change in money booked but left for a later close (records and
+sales of a day not closed yet), so a sale the settlement misses makes the day unbalanced.
 
 The close holds the write lock (BEGIN IMMEDIATE) from its first read to its commit: the records,
 transfers and balances it sees are one consistent cut, and a sync that arrives meanwhile waits and
@@ -44,9 +50,9 @@ import bisect
 import json
 
 from firmware.core import protocol, records as record_codec
-from sync_server import db as dbmod
+from sync_server import db as dbmod, ledger
 from sync_server.finance import (BEIJING_OFFSET_MS, DAY_MS, HOUR_MS, FinanceError, day_number, day_of_ms,
-                                 day_start_ms, day_text)
+                                 day_start_ms, day_text, hour_of_ms)
 from sync_server.ledger_store import add_deny_entries
 
 MAX_LISTED = 200                   # rows listed per anomaly kind; counts stay exact
@@ -60,6 +66,10 @@ GAP_TORN_TAP = "torn_tap"          # counted on the card, never journaled: nothi
 GAP_PENDING = "pending"            # a terminal has not sent everything yet
 GAP_REASONS = (GAP_TORN_TAP, GAP_PENDING)
 _NO_END = 2 ** 62
+# a terminal record's purchase transfers are named "p/<terminal>/<seq>/<part>" (ledger.purchase_transfer_id);
+# any other purchase transfer (dorm electricity, sync_server/services/electricity.py) has no record
+TERMINAL_PURCHASE_PREFIX = "p/"
+assert ledger.purchase_transfer_id(1, 2, 0).startswith(TERMINAL_PURCHASE_PREFIX)
 _LATE_INSERT_BATCH = 5000
 
 SELECT_RECORDS_SQL = (
@@ -187,8 +197,8 @@ class _Close:
             "channels": transfers["channels"],
             "anomalies": self._anomalies(scan, terminals),
             "card_counter_gaps": self._card_counter_gaps(terminals, scan["settled"]),
-            "invariants": self._invariants(transfers),
         }
+        report["invariants"] = self._invariants(transfers, merchants, report["merchants"], scan)
         report["terminals_silent"] = [row["terminal_id"] for row in report["terminals"] if row["silent"]]
         merchant_rows = report["merchants"]
         report["totals"] = {
@@ -264,6 +274,7 @@ class _Close:
         watched, repeats = self._watched_cards()
         offline_flag = record_codec.FLAG_OFFLINE
         by_merchant = {}       # merchant_id -> [count, gross, late_count, late_fen, hour counts, hour fen]
+        pending = {}           # merchant_id -> fen of booked records left for a later close
         per_terminal = {}
         late_rows, unbooked, impossible, revoked_records, watched_taps = [], [], [], [], {}
         settled = {}           # terminal_id -> [[from, to], ...] settled by this close
@@ -291,6 +302,8 @@ class _Close:
                     else:
                         own = (time_ms + BEIJING_OFFSET_MS) // DAY_MS
                     if own > day:
+                        if booked:
+                            pending[merchant_id] = pending.get(merchant_id, 0) + amount_fen
                         continue
                     if ranges and ranges[-1][1] == seq - 1:
                         ranges[-1][1] = seq
@@ -341,7 +354,7 @@ class _Close:
         clones = self._clones(watched_taps, repeats, settled)
         return {"records": total, "by_merchant": by_merchant, "per_terminal": per_terminal, "late": late_rows,
                 "unbooked": unbooked, "impossible": impossible, "revoked": revoked_records, "clones": clones,
-                "settled": settled, "marks": marks, "old_ranges": old_ranges}
+                "settled": settled, "marks": marks, "old_ranges": old_ranges, "pending": pending}
 
     def _clones(self, watched_taps, repeats, settled):
         """Cards whose tap counter repeats or runs backwards in time: {(card, generation): finding}."""
@@ -368,7 +381,9 @@ class _Close:
     # -- transfers --------------------------------------------------------------------------------
 
     def _transfers(self, merchants):
-        """Recharges per channel, refunds per merchant, fees, and the window's movements per kind."""
+        """Recharges per channel, refunds per merchant, sales without a terminal record (dorm electricity
+        paid in the app or at the hall) per merchant, fees, and the window's movements per kind and
+        per ledger account."""
         conn, day = self.conn, self.day
         low, high = self.previous[0], self.watermarks[0]
         kinds = {}
@@ -380,13 +395,16 @@ class _Close:
         merchant_of_ledger = {m["ledger_account_id"]: merchant_id for merchant_id, m in merchants.items()}
         deferred = conn.execute("SELECT transfer_rowid FROM finance_deferred_transfers WHERE own_day_number <= ?",
                                 (day,)).fetchall()
+        # terminal purchases are settled from their records (_scan_records); every other transfer here
         rows = conn.execute("SELECT rowid, id, debit_id, credit_id, amount_fen, kind, reference, time_ms FROM transfers "
-                            "WHERE rowid > ? AND rowid <= ? AND kind != 'purchase'", (low, high)).fetchall()
+                            "WHERE rowid > ? AND rowid <= ? AND (kind != 'purchase' OR substr(id, 1, ?) != ?)",
+                            (low, high, len(TERMINAL_PURCHASE_PREFIX), TERMINAL_PURCHASE_PREFIX)).fetchall()
         for (rowid,) in deferred:
             rows.extend(conn.execute("SELECT rowid, id, debit_id, credit_id, amount_fen, kind, reference, time_ms "
                                      "FROM transfers WHERE rowid = ?", (rowid,)))
         conn.execute("DELETE FROM finance_deferred_transfers WHERE own_day_number <= ?", (day,))
         channels, refunds, lines, newly_deferred = {}, {}, [], []
+        sales, sale_ids = {}, set()     # merchant_id -> [count, gross, late_count, late_fen, hour counts, hour fen]
         fees_fen = 0
         for rowid, transfer_id, debit_id, credit_id, amount_fen, kind, reference, time_ms in rows:
             own = day_of_ms(time_ms)
@@ -407,6 +425,26 @@ class _Close:
                     channel["late_fen"] += amount_fen
                 if channel["kind"] == "channel":
                     lines.append([day, debit_id, reference or transfer_id, transfer_id, amount_fen, time_ms, own])
+            elif kind == "purchase" and credit_id in merchant_of_ledger:
+                if own > day:
+                    newly_deferred.append((rowid, own))
+                    continue
+                totals = sales.get(merchant_of_ledger[credit_id])
+                if totals is None:
+                    totals = sales[merchant_of_ledger[credit_id]] = [0, 0, 0, 0, [0] * 24, [0] * 24]
+                # one sale, one transfer per wallet drawn on: "<prefix>/<sale>/<part>" counts once
+                sale_id = transfer_id.rsplit("/", 1)[0]
+                first_part = sale_id not in sale_ids
+                sale_ids.add(sale_id)
+                if own < day:
+                    totals[2] += first_part
+                    totals[3] += amount_fen
+                else:
+                    totals[0] += first_part
+                    totals[1] += amount_fen
+                    hour = hour_of_ms(time_ms)
+                    totals[4][hour] += first_part
+                    totals[5][hour] += amount_fen
             elif kind == "correction" and debit_id in merchant_of_ledger:
                 refund = refunds.setdefault(merchant_of_ledger[debit_id], [0, 0])
                 refund[0] += 1
@@ -415,28 +453,36 @@ class _Close:
                 fees_fen += amount_fen
         conn.executemany("INSERT INTO finance_deferred_transfers (transfer_rowid, own_day_number) VALUES (?, ?)",
                          newly_deferred)
+        deferred_sales = {}         # merchant_id -> fen of sales without a record left for a later close
+        for credit_id, amount_fen in conn.execute(
+                "SELECT t.credit_id, sum(t.amount_fen) FROM finance_deferred_transfers d JOIN transfers t "
+                "ON t.rowid = d.transfer_rowid WHERE t.kind = 'purchase' GROUP BY t.credit_id"):
+            if credit_id in merchant_of_ledger:
+                deferred_sales[merchant_of_ledger[credit_id]] = amount_fen
         orders = _order_refs(conn, [line[3] for line in lines])
         for line in lines:
             line[2] = orders.get(line[3], line[2])
         conn.executemany("INSERT OR IGNORE INTO finance_recharge_lines (day_number, ledger_account_id, order_ref, "
                          "transfer_id, amount_fen, time_ms, own_day_number) VALUES (?, ?, ?, ?, ?, ?, ?)", lines)
-        movements = {}
+        movements, changes = {}, {}
         for column, sign in (("debit_id", -1), ("credit_id", 1)):
             for ledger_id, amount_fen in conn.execute(
                     "SELECT %s, sum(amount_fen) FROM transfers WHERE rowid > ? AND rowid <= ? GROUP BY %s"
                     % (column, column), (low, high)):
                 kind = kinds.get(ledger_id, "wallet")
                 movements[kind] = movements.get(kind, 0) + sign * amount_fen
+                changes[ledger_id] = changes.get(ledger_id, 0) + sign * amount_fen
         return {"channels": [channels[key] for key in sorted(channels)], "refunds": refunds, "fees_fen": fees_fen,
-                "movements": movements}
+                "sales": sales, "deferred_sales": deferred_sales, "movements": movements, "changes": changes}
 
     # -- report sections --------------------------------------------------------------------------
 
     def _merchant_rows(self, merchants, scan, transfers):
         rows = []
-        for merchant_id in sorted(set(merchants) | set(scan["by_merchant"]) | set(transfers["refunds"])):
-            count, gross, late_count, late_fen, hour_counts, hour_fen = scan["by_merchant"].get(
-                merchant_id, (0, 0, 0, 0, [0] * 24, [0] * 24))
+        for merchant_id in sorted(set(merchants) | set(scan["by_merchant"]) | set(transfers["refunds"])
+                                  | set(transfers["sales"])):
+            count, gross, late_count, late_fen, hour_counts, hour_fen = _add_sales(
+                scan["by_merchant"].get(merchant_id), transfers["sales"].get(merchant_id))
             refund_count, refunds_fen = transfers["refunds"].get(merchant_id, (0, 0))
             info = merchants.get(merchant_id, {"name_zh": "未知商户 %d" % merchant_id,
                                                "name_en": "unknown merchant %d" % merchant_id, "category": 0})
@@ -566,7 +612,7 @@ class _Close:
                 "kinds": sorted(finding["kinds"]), "taps": finding["taps"], "denied": status != "active" or denied_now,
                 "card_status_before": status}
 
-    def _invariants(self, transfers):
+    def _invariants(self, transfers, merchants, merchant_rows, scan):
         conn = self.conn
         closing = {}
         for kind, balance_fen in conn.execute(
@@ -591,13 +637,47 @@ class _Close:
             "ON cr.id = la.id LEFT JOIN (SELECT debit_id AS id, sum(amount_fen) AS fen FROM transfers GROUP BY debit_id) "
             "dr ON dr.id = la.id WHERE coalesce(b.balance_fen, 0) != coalesce(cr.fen, 0) - coalesce(dr.fen, 0)").fetchall()
         trial_fen = _max(conn, "SELECT sum(balance_fen) FROM balances")
-        balanced = trial_fen == 0 and not mismatches and all(row["ok"] for row in kinds.values())
+        merchant_checks = self._merchant_checks(transfers, merchants, merchant_rows, scan, previous_report)
+        merchant_mismatches = sum(1 for row in merchant_checks if row["ok"] is False)
+        balanced = (trial_fen == 0 and not mismatches and all(row["ok"] for row in kinds.values())
+                    and not merchant_mismatches)
         return {"trial_balance_fen": trial_fen,
                 "balance_mismatch_count": len(mismatches),
                 "wallet_mismatch_count": sum(1 for row in mismatches if row[1] == "wallet"),
                 "balance_mismatches": [{"ledger_account_id": r[0], "kind": r[1], "cached_fen": r[2], "derived_fen": r[3]}
                                        for r in mismatches[:MAX_LISTED]],
-                "kinds": kinds, "balanced": balanced}
+                "kinds": kinds, "merchants": merchant_checks, "merchant_mismatch_count": merchant_mismatches,
+                "balanced": balanced}
+
+    def _merchant_checks(self, transfers, merchants, merchant_rows, scan, previous_report):
+        """Per merchant: what its ledger account moved in this close's transfer window equals what the
+        settlement pays out, once the money booked but left for a later close (records and sales of
+        a day not closed yet) is carried from one close to the next:
+
+            opening pending + ledger movement == net settled + closing pending
+
+        so money on a merchant's account that no settlement line accounts for makes the day
+        unbalanced. ok is None when the previous close predates this check (its pending unknown)."""
+        if previous_report is None:
+            opening = {}
+        elif "merchants" in previous_report["invariants"]:
+            opening = {row["merchant_id"]: row["closing_pending_fen"]
+                       for row in previous_report["invariants"]["merchants"]}
+        else:
+            opening = None
+        net = {row["merchant_id"]: row["net_fen"] for row in merchant_rows}
+        rows = []
+        for merchant_id, merchant in sorted(merchants.items()):
+            row = {"merchant_id": merchant_id,
+                   "opening_pending_fen": None if opening is None else opening.get(merchant_id, 0),
+                   "movement_fen": transfers["changes"].get(merchant["ledger_account_id"], 0),
+                   "net_fen": net.get(merchant_id, 0),
+                   "closing_pending_fen": scan["pending"].get(merchant_id, 0)
+                   + transfers["deferred_sales"].get(merchant_id, 0)}
+            row["ok"] = None if opening is None else (
+                row["opening_pending_fen"] + row["movement_fen"] == row["net_fen"] + row["closing_pending_fen"])
+            rows.append(row)
+        return rows
 
     # -- storing ----------------------------------------------------------------------------------
 
@@ -624,6 +704,15 @@ class _Close:
                      + (json.dumps(report, ensure_ascii=False, sort_keys=True),))
         from sync_server.finance import statements
         statements.match_pending(conn, self.day)
+
+
+def _add_sales(records, sales):
+    """Per-merchant figures of the terminal records plus those of the sales without a record."""
+    parts = [part for part in (records, sales) if part is not None]
+    if not parts:
+        return 0, 0, 0, 0, [0] * 24, [0] * 24
+    return (sum(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts), sum(p[3] for p in parts),
+            [sum(p[4][h] for p in parts) for h in range(24)], [sum(p[5][h] for p in parts) for h in range(24)])
 
 
 def _in_ranges(ranges, seq):

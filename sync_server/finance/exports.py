@@ -15,7 +15,8 @@ from openpyxl.styles import Font
 
 from sync_server.finance import report as report_module
 
-PARTS = ("summary", "merchants", "by_hour", "terminals", "channels", "anomalies", "card_gaps", "invariants")
+PARTS = ("summary", "merchants", "by_hour", "terminals", "channels", "anomalies", "card_gaps", "invariants",
+         "merchant_checks")
 _YUAN = re.compile(r"^-?\d+\.\d{2}$")
 
 

@@ -160,6 +160,16 @@ def tables(report, lang="zh"):
                     t("期末（元）", "closing (yuan)"), t("相符", "ok")],
                    [[kind, yuan(row["opening_fen"]), yuan(row["movements_fen"]), yuan(row["closing_fen"]),
                      t("是", "yes") if row["ok"] else t("否", "no")] for kind, row in sorted(kinds.items())]))
+    names = {row["merchant_id"]: _name(row, lang) for row in report["merchants"]}
+    result.append((t("商户核对", "merchant checks"),
+                   [t("商户号", "merchant"), t("商户", "name"), t("期初待结（元）", "opening pending (yuan)"),
+                    t("账户发生额（元）", "ledger movement (yuan)"), t("结算净额（元）", "settled net (yuan)"),
+                    t("期末待结（元）", "closing pending (yuan)"), t("相符", "ok")],
+                   [[row["merchant_id"], names.get(row["merchant_id"], ""),
+                     "" if row["opening_pending_fen"] is None else yuan(row["opening_pending_fen"]),
+                     yuan(row["movement_fen"]), yuan(row["net_fen"]), yuan(row["closing_pending_fen"]),
+                     "" if row["ok"] is None else (t("是", "yes") if row["ok"] else t("否", "no"))]
+                    for row in invariants.get("merchants", ())]))
     return result
 
 
