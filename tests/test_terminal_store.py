@@ -277,3 +277,31 @@ def test_acked_spend_counts_until_the_balance_pages_show_it(store):
     store.apply_answer(answer(4, balances=last_page), TODAY, TERMINAL_ID)
     assert spendable_fen(store, 501) == 200
     assert store.account_view(501, TODAY).unacked_count == 0
+
+
+def test_tap_facts_are_one_moment_while_a_sync_commits(tmp_path):
+    """The POS reads balances and its own spend while the sync thread may commit an answer: the
+    tap must see both before that answer or both after it, never the cache from before and the
+    spend from after (that showed 1000 fen spendable where 200 was true)."""
+    path = str(tmp_path / "terminal.db")
+    pos_store, sync_store = TerminalStore(path), TerminalStore(path)
+    sync_store.apply_answer(answer(0, balances={"version": 5, "rows": [[501, "main", 1000, 0, None, None]],
+                                                "more": False}), TODAY, TERMINAL_ID)
+    pos_store.append_purchase(fields(800), 1000)
+    reads = []
+
+    def sync_commits_between_reads(statement):
+        if "FROM balance" in statement or "FROM journal" in statement:
+            reads.append(statement)
+            if len(reads) == 2:
+                booked = {"version": 6, "rows": [[501, "main", 200, 800, None, None]], "more": False}
+                sync_store.apply_answer(answer(1, balances=booked), TODAY, TERMINAL_ID, sent_through_seq=1)
+    pos_store._db.set_trace_callback(sync_commits_between_reads)
+    deny, account = pos_store.tap_facts(1001, 1, 501, TERMINAL_ID, TODAY)
+    pos_store._db.set_trace_callback(None)
+    assert len(reads) >= 2 and deny == NOT_DENIED
+    assert decide.spendable_after_unacked(account.balances_fen, 1, account.unacked_fen)["main"] == 200
+    after = pos_store.account_view(501, TODAY)          # and the next tap sees the answer
+    assert (after.balances_fen, after.unacked_fen) == ({"main": 200}, 0)
+    pos_store.close()
+    sync_store.close()

@@ -265,9 +265,8 @@ class PosTerminal:
             return pos.CardReadFailed(pos.READ_FAILURE_READER)
         identity = view.identity
         today = clock_module.date_yyyymmdd(self.clock.peek_ms(), self.machine.config["utc_offset_min"])
-        facts = pos.TapFacts(
-            self.store.deny_view(identity.card_number, identity.generation, identity.account_id, self.terminal_id),
-            self.store.account_view(identity.account_id, today))
+        facts = pos.TapFacts(*self.store.tap_facts(identity.card_number, identity.generation, identity.account_id,
+                                                    self.terminal_id, today))
         return pos.CardRead(view, facts)
 
     def _count_tap(self, expected):

@@ -223,6 +223,20 @@ class TerminalStore:
                                reason(protocol.DENY_CARD_NUMBER, card_number),
                                reason(protocol.DENY_ACCOUNT, account_id), newest[0] if newest else 0)
 
+    def tap_facts(self, card_number, generation, account_id, terminal_id, today_yyyymmdd):
+        """(DenyView, AccountView) for one tap, read as of one moment.
+
+        The sync thread commits answers at any time; one read transaction (WAL: a snapshot from its
+        first read on) keeps the cached balances and our own unreflected spend from two moments
+        apart, where an answer that moved spend into the balances would be counted by neither.
+        """
+        self._db.execute("BEGIN")
+        try:
+            return (self.deny_view(card_number, generation, account_id, terminal_id),
+                    self.account_view(account_id, today_yyyymmdd))
+        finally:
+            self._db.execute("COMMIT")      # read only: this just ends the snapshot
+
     def account_view(self, account_id, today_yyyymmdd):
         rows = self._db.execute(
             "SELECT wallet, balance_fen, spent_today_fen, single_limit_fen, daily_limit_fen, day_yyyymmdd "
