@@ -16,6 +16,11 @@ is enough for the debt flag: a purchase only lowers balances, so it can set an a
 the wallets it debits went negative) but never lift one (that takes money coming in, see
 ledger_store.update_debt_flags), and a wallet it does not debit keeps the balance, and the flag, it had.
 
+A seq already stored must come again with the very bytes stored, else the batch is refused with
+JournalMismatch: a terminal reflashed under the same id starts again at seq 1, and its new records
+would otherwise be acked as already held, and lost. The comparison costs a query only when a batch
+holds stored seqs (a resend after a lost answer, or over an out-of-order upload).
+
 A record whose account is unknown at prepare time is stored unbooked with a record anomaly: a card
 can only be tapped after its account committed, so an account missing then is missing for good.
 
@@ -50,6 +55,14 @@ UPSERT_CARD_COUNTERS_SQL = (
 INSERT_COUNTER_ANOMALIES_SQL = ("INSERT INTO counter_anomalies (card_number, generation, kind, expected, seen, "
                                 "terminal_id, seq, noticed_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 INSERT_RECORD_ANOMALIES_SQL = "INSERT INTO record_anomalies (terminal_id, seq, reason, noticed_ms) VALUES (?, ?, ?, ?)"
+
+
+class JournalMismatch(Exception):
+    """A record's seq is stored with other bytes: the terminal's journal is not the one the server holds."""
+
+    def __init__(self, seq):
+        Exception.__init__(self, "seq %d differs from the stored record" % seq)
+        self.seq = seq
 
 
 def beijing_day(time_ms):
@@ -123,17 +136,33 @@ def store(conn, batch, acked_seq, max_seq):
     return acked_seq, max_seq, holes
 
 
-def _new_seqs(conn, terminal_id, acked_seq, max_seq, seqs):
-    """Which of `seqs` are not stored yet. Anything <= acked_seq is stored; above it, ask only when
-    an earlier out-of-order upload left rows there (max_seq > acked_seq)."""
-    candidates = [seq for seq in seqs if seq > acked_seq]
+def _new_seqs(conn, terminal_id, acked_seq, max_seq, rows):
+    """Which seqs of `rows` {seq: row} are not stored yet; raises JournalMismatch when a stored one
+    comes with other bytes (module text). Anything <= acked_seq is stored; above it, ask only when an
+    earlier out-of-order upload left rows there (max_seq > acked_seq)."""
+    held = [seq for seq in rows if seq <= acked_seq]
+    for chunk in _chunks(held):
+        _check_same(rows, conn.execute("SELECT seq, raw FROM terminal_records WHERE terminal_id = ? AND seq IN (%s)"
+                                       % _marks(chunk), [terminal_id] + chunk))
+    candidates = [seq for seq in rows if seq > acked_seq]
     if not candidates or max_seq <= acked_seq:
         return candidates
     low, high = min(candidates), max(candidates)
-    stored = {row[0] for row in conn.execute(
-        "SELECT seq FROM terminal_records WHERE terminal_id = ? AND seq BETWEEN ? AND ?",
-        (terminal_id, low, high))}
+    stored = _check_same(rows, conn.execute(
+        "SELECT seq, raw FROM terminal_records WHERE terminal_id = ? AND seq BETWEEN ? AND ?",
+        (terminal_id, low, high)))
     return [seq for seq in candidates if seq not in stored]
+
+
+def _check_same(rows, stored_rows):
+    """The seqs of `stored_rows` [(seq, raw)]; raises JournalMismatch when one is in `rows` with other bytes."""
+    seqs = set()
+    for seq, raw in stored_rows:
+        row = rows.get(seq)
+        if row is not None and row[2] != raw:
+            raise JournalMismatch(seq)
+        seqs.add(seq)
+    return seqs
 
 
 def _advance_acked(conn, terminal_id, acked_seq, max_seq):

@@ -34,6 +34,8 @@ MESSAGES = {
     "wrong_merchant": ("记录的商户与终端不符", "record merchant does not match the terminal"),
     "wrong_category": ("记录的消费类别与终端商户不符", "record category does not match the terminal's merchant"),
     "conflicting_records": ("同一序号的两条不同记录", "two different records with the same seq"),
+    "journal_mismatch": ("终端流水与服务器已存记录不符，请重新登记（初始化）该终端",
+                         "terminal journal does not match the server: re-provision the terminal"),
     "not_found": ("不存在", "not found"),
     # PIN check
     "pin_ok": ("密码正确", "PIN correct"),

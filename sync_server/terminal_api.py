@@ -10,7 +10,8 @@ of DESIGN.md section 3-4:
   `BEGIN IMMEDIATE` transaction stores the counter, the new records, their transfers, balances,
   account flags and tap-counter notes. A refused request leaves the database byte-for-byte unchanged.
 - Each (terminal, seq) is stored at most once; `acked_seq` is the highest contiguous seq held and a
-  hole above it becomes a `resend` command (bounded number of ranges).
+  hole above it becomes a `resend` command (bounded number of ranges). A stored seq sent again with
+  other bytes refuses the batch (409 journal_mismatch: the terminal must be provisioned again).
 - The answer carries deny and balance deltas since the versions the terminal sent (bounded pages with
   `more`), configuration when the terminal's is older, and `set_time` when its clock is off.
 
@@ -281,7 +282,10 @@ def sync():
                              (terminal_id,)).fetchone()
         if state[2] != "active":
             raise ApiError(403, "terminal_revoked")
-        acked_seq, max_seq, holes = ingest.store(conn, batch, state[0], state[1])
+        try:
+            acked_seq, max_seq, holes = ingest.store(conn, batch, state[0], state[1])
+        except ingest.JournalMismatch as mismatch:   # rolls back: nothing of the batch is kept
+            raise ApiError(409, "journal_mismatch", "seq %d" % mismatch.seq)
         conn.execute(UPDATE_TERMINAL_SQL, (acked_seq, max_seq, received_ms, offset_ms, health_json, terminal_id))
 
     answer_ms = dbmod.now_ms()

@@ -103,6 +103,16 @@ def _bad_requests():
             terminal.category = wallet_rules.CATEGORY_CANTEEN
         return lambda: terminal.post(terminal.body([raw]))
 
+    def reflashed_journal(server, terminal, account, card):    # same id, journal restarted at seq 1
+        decode_answer(terminal.post(terminal.body([terminal.record(account, card, 100, seq=seq, tap_counter=seq)
+                                                   for seq in (1, 2)])))
+        return lambda: terminal.post(terminal.body([terminal.record(account, card, 250, seq=1, tap_counter=3)]))
+
+    def rewritten_above_ack(server, terminal, account, card):  # a stored seq beyond a hole, other bytes
+        decode_answer(terminal.post(terminal.body([terminal.record(account, card, 100, seq=5)])))
+        return lambda: terminal.post(terminal.body([terminal.record(account, card, 250, seq=seq, tap_counter=seq)
+                                                    for seq in (1, 5)]))
+
     def other_terminal(server, terminal, account, card):
         terminal.terminal_id += 1
         try:
@@ -129,6 +139,7 @@ EXPECTED = {
     "not_a_map": (400, "bad_request"), "bad_crc": (422, "bad_record"), "zero_amount": (422, "bad_record"),
     "huge_amount": (422, "bad_record"), "huge_time": (422, "bad_record"),
     "time_ahead_of_clock": (422, "bad_record"), "time_before_epoch": (422, "bad_record"),
+    "reflashed_journal": (409, "journal_mismatch"), "rewritten_above_ack": (409, "journal_mismatch"),
     "other_terminal": (422, "wrong_terminal"), "other_category": (422, "wrong_category"),
     "oversized_batch": (413, "batch_too_large"), "oversized_body": (413, "body_too_large"),
 }
