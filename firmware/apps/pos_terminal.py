@@ -222,6 +222,9 @@ class PosTerminal:
             for action in self.machine.handle(queue.pop(0)):
                 follow = self._execute(action)
                 if follow is not None:
+                    # A card read or a PIN check takes time: the machine times what follows (the
+                    # PIN prompt's timeout, the repeat window) from when the result came back.
+                    queue.append(pos.Tick(self.clock.peek_ms()))
                     queue.append(follow)
 
     def _execute(self, action):

@@ -52,7 +52,7 @@ JournalFailed = namedtuple("JournalFailed", ("reason",))
 PinEntered = namedtuple("PinEntered", ("pin",))
 PinChecked = namedtuple("PinChecked", ("ok",))                # True, False, or None (no network)
 CashierConfirmed = namedtuple("CashierConfirmed", ())
-Tick = namedtuple("Tick", ("now_ms",))
+Tick = namedtuple("Tick", ("now_ms",))    # the shell feeds one before each event, results included
 SyncAnswered = namedtuple("SyncAnswered", ("online",))
 
 # What the shell looked up for the card just read (deny view and account view, see decide.py).
@@ -335,6 +335,9 @@ def _table():
         (WAIT_CARD, DishChosen, _H._choose_dish, (WAIT_CARD,)),
         (WAIT_CARD, Cancel, _H._cancel, (IDLE,)),
         (WAIT_CARD, CardPresented, _H._present, (READING,)),
+        # The PIN prompt timed out (a Tick) just before the cardholder's PIN arrived: the timeout
+        # was shown, the late PIN is dropped. (WAIT_CONFIRM has no timeout, so no late confirm.)
+        (WAIT_CARD, PinEntered, _H._ignore, (WAIT_CARD,)),
         (READING, CardRead, _H._card_read, (WAIT_CARD, WAIT_CONFIRM, WAIT_PIN, COUNTING)),
         (READING, CardReadFailed, _H._read_failed, (WAIT_CARD,)),
         (READING, Cancel, _H._ignore, (READING,)),              # the read finishes first

@@ -276,6 +276,27 @@ def test_pin_times_out():
     assert m.state == pos.WAIT_CARD
 
 
+def test_a_pin_typed_after_the_timeout_is_dropped():
+    m = machine(pin_timeout_ms=30000)
+    tap_to_counting(m, 3000, card_facts=facts(single=2000))
+    # The shell feeds a Tick before the PIN: the timeout wins, the late PIN changes nothing.
+    actions = m.handle(pos.Tick(NOW_MS + 31000))
+    assert shown(actions) == [messages.PIN_TIMEOUT] and outcome(actions).accepted is False
+    assert m.handle(pos.PinEntered("123456")) == []
+    assert m.state == pos.WAIT_CARD and m.amount_fen == 3000
+    m.handle(pos.CardPresented(UID))                  # the cardholder taps again for the same amount
+    assert shown(m.handle(pos.CardRead(view(), facts(single=2000)))) == [messages.OVER_SINGLE_LIMIT_PIN]
+
+
+def test_pin_timeout_runs_from_the_prompt():
+    m = machine(pin_timeout_ms=30000)
+    m.handle(pos.AmountKeyed(3000))
+    m.handle(pos.CardPresented(UID))
+    m.handle(pos.Tick(NOW_MS + 20000))                # a slow read: the prompt shows 20 s after the tap
+    m.handle(pos.CardRead(view(), facts(single=2000)))
+    assert m.handle(pos.Tick(NOW_MS + 45000)) == [] and m.state == pos.WAIT_PIN
+
+
 def test_card_pulled_after_pin_then_tap_again_needs_no_second_pin():
     m = machine()
     tap_to_counting(m, 3000, card_facts=facts(single=2000))

@@ -1,0 +1,73 @@
+"""The POS shell when things go wrong around a tap: a PIN typed after its prompt timed out, a reader that
+fails. The terminal must show what happened and take the next tap; it must never crash or hang in the
+middle of a tap. Real card images on the sim: reader, the real journal, a fake raw clock (no sleeps)."""
+import io
+import json
+
+import pytest
+
+from firmware.apps.pos_terminal import PosTerminal
+from firmware.core import messages, pos
+from reader_drivers.base import open_reader
+
+from test_pos_shell import issue_card_image, journal, lines, provisioning, seed_cache
+
+START_MS = 1741600000000
+
+
+class RawClock:
+    """The board's clock, moved by the test."""
+
+    def __init__(self):
+        self.now_ms = START_MS
+
+    def __call__(self):
+        return self.now_ms
+
+
+@pytest.fixture
+def shell(tmp_path):
+    data_dir = tmp_path / "terminal"
+    data_dir.mkdir()
+    card_path = issue_card_image(tmp_path)
+    seed_cache(data_dir, single_fen=2000)             # 30.00 yuan needs the PIN
+    out = io.StringIO()
+    raw = RawClock()
+    reader = open_reader("sim:")
+    terminal = PosTerminal(provisioning(), str(data_dir), reader, out=out, sync=False, raw_ms=raw)
+    yield terminal, reader, card_path, out, raw
+    terminal.close()
+
+
+def _prompt_for_pin(terminal, reader, card_path, slow_read_ms=0, raw=None):
+    """Key 30.00 yuan, tap the card with the terminal online: it asks for the PIN."""
+    from simulators.classic_card import ClassicCard
+    terminal.feed(pos.AmountKeyed(3000))
+    terminal.machine.handle(pos.SyncAnswered(True))   # the PIN prompt needs the terminal online
+    reader.field.place(ClassicCard.load(card_path))
+    if slow_read_ms:
+        def slow(field, number, name, phase):
+            if phase == "after" and name == "read":
+                raw.now_ms += slow_read_ms // 4       # four reads in read_card
+        reader.field.on_operation(slow)
+    assert terminal.present_card()
+    assert terminal.machine.state == pos.WAIT_PIN
+
+
+def test_a_pin_typed_after_the_timeout_shows_the_timeout_and_the_terminal_goes_on(shell):
+    terminal, reader, card_path, out, raw = shell
+    _prompt_for_pin(terminal, reader, card_path)
+    raw.now_ms += 31000
+    terminal.feed(pos.PinEntered("123456"))           # typed after the 30 s prompt ran out
+    assert lines(out, "show")[-1]["code"] == messages.PIN_TIMEOUT
+    assert [(d["accepted"], d["reason"]) for d in lines(out, "decision")] == [(False, messages.PIN_TIMEOUT)]
+    assert terminal.machine.state == pos.WAIT_CARD and journal(terminal) == []
+
+
+def test_the_pin_timeout_counts_from_the_prompt_not_from_the_tap(shell):
+    terminal, reader, card_path, out, raw = shell
+    _prompt_for_pin(terminal, reader, card_path, slow_read_ms=20000, raw=raw)
+    raw.now_ms += 15000                               # 35 s after the tap, 15 s after the prompt
+    terminal.feed(pos.PinEntered("123456"))
+    # Not timed out: the PIN goes to the server, which this terminal cannot reach.
+    assert [(d["accepted"], d["reason"]) for d in lines(out, "decision")] == [(False, messages.PIN_NEEDS_NETWORK)]
