@@ -305,3 +305,24 @@ def test_tap_facts_are_one_moment_while_a_sync_commits(tmp_path):
     assert (after.balances_fen, after.unacked_fen) == ({"main": 200}, 0)
     pos_store.close()
     sync_store.close()
+
+
+def test_resend_wider_than_a_batch_moves_on_and_new_taps_still_go(tmp_path):
+    """The server asks for more again than one request carries: each batch continues where the
+    last one ended, so the range is served once and the taps made meanwhile are sent too."""
+    s = TerminalStore(str(tmp_path / "t.db"))
+    for i in range(10):
+        s.append_purchase(fields(tap_counter=i + 1), 1000 + i)
+    s.apply_answer(answer(10), TODAY, TERMINAL_ID, sent_through_seq=10)
+    s.apply_answer(answer(10, commands=[{"op": "resend", "from_seq": 1, "to_seq": 10}]), TODAY, TERMINAL_ID)
+    s.append_purchase(fields(tap_counter=11), 2000)                # a new tap while the resend runs
+    sent = []
+    for _ in range(5):
+        batch = s.upload_batch(limit=4)
+        if not batch:
+            break
+        sent.append([seq for seq, _ in batch])
+        s.apply_answer(answer(11 if 11 in sent[-1] else 10), TODAY, TERMINAL_ID, sent_through_seq=batch[-1][0])
+    assert sent == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11]]
+    assert s.unacked_count() == 0
+    s.close()

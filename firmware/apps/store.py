@@ -294,6 +294,10 @@ class TerminalStore:
             if resend_to and sent_through_seq >= resend_to:
                 self._set_meta("resend_from_seq", 0)
                 self._set_meta("resend_to_seq", 0)
+            elif resend_to and sent_through_seq >= self._meta("resend_from_seq"):
+                # A range wider than one batch: the next batch goes on from here, or the batch
+                # would restart at the range's start forever and nothing new would ever be sent.
+                self._set_meta("resend_from_seq", sent_through_seq + 1)
             for command in answer.get("commands") or ():
                 self._apply_command(command, result)
         return result
