@@ -36,6 +36,13 @@ PIN_CHECK_PATH = "/api/terminal/v1/pin-check"
 DENY_PAGE_ENTRIES = 1000
 BALANCE_PAGE_ACCOUNTS = 300          # three wallet rows each
 MAX_HEALTH_BYTES = 4096
+# What a terminal reports in its health map (firmware/apps/store.py health(), sync_client.py): only
+# these keys are kept, each bounded, so the stored JSON is always whole and small; the rest is dropped
+# (health is advisory, it never refuses a sync).
+HEALTH_COUNT_KEYS = ("journal_unacked", "journal_depth", "last_seq", "acked_seq", "seq_jumped_from",
+                     "deny_entries", "balance_rows", "uptime_s")
+HEALTH_TEXT_KEYS = ("firmware",)
+MAX_HEALTH_TEXT_CHARS = 64
 # Record times: the 64-bit field must fit SQLite's signed INTEGER with room for the clock correction.
 MAX_RECORD_TIME_MS = 2 ** 62
 # firmware/core/clock.py stamps records from the clock it reports and never goes backwards, so a record
@@ -156,6 +163,22 @@ def _int_field(message, name, default=None, minimum=0):
 
 # --- sync ----------------------------------------------------------------------------------------
 
+def _health_json(health):
+    """The known keys of a health map with plausible values, as JSON (see HEALTH_COUNT_KEYS)."""
+    kept = {}
+    for key in HEALTH_COUNT_KEYS:
+        value = health.get(key)
+        if type(value) is int and 0 <= value < 2 ** 63:
+            kept[key] = value
+    for key in HEALTH_TEXT_KEYS:
+        value = health.get(key)
+        if isinstance(value, str):
+            kept[key] = value[:MAX_HEALTH_TEXT_CHARS]
+    result = json.dumps(kept, ensure_ascii=False, sort_keys=True)
+    assert len(result) <= MAX_HEALTH_BYTES
+    return result
+
+
 def _validate_records(raw_records, terminal, clock_ms, offset_ms):
     """Decode and check every record; returns {seq: (raw, values)}. Raises ApiError on the first bad one.
 
@@ -271,7 +294,7 @@ def sync():
     health = message.get("health") or {}
     if not isinstance(health, dict):
         raise ApiError(400, "bad_request", "health must be a map")
-    health_json = json.dumps(health, ensure_ascii=False, default=str)[:MAX_HEALTH_BYTES]
+    health_json = _health_json(health)
     offset_ms = received_ms - clock_ms
     by_seq = _validate_records(message.get("records", []), terminal, clock_ms, offset_ms)
     batch = ingest.prepare(conn, terminal_id, terminal["merchant_ledger_id"], by_seq, offset_ms, received_ms)

@@ -1,6 +1,7 @@
 """The sync endpoint over HTTP against the real gunicorn server: auth, bad input, exactly-once, deltas."""
 import struct
 import binascii
+import json
 import time
 
 import cbor2
@@ -356,3 +357,18 @@ def test_loss_and_recharge_committed_while_the_answer_is_built_still_reach_the_t
     terminal.close()
     writer.close()
     conn.close()
+
+
+def test_terminal_health_is_stored_whole_with_known_keys_only(live_server):
+    """However much a terminal puts in its health map, what the server keeps parses as JSON and still
+    says what the nightly close reads from it (the journal head)."""
+    conn = live_server.connect()
+    terminal = live_server.add_terminal()
+    health = {"last_seq": 7, "acked_seq": 5, "journal_unacked": 2, "firmware": "ykt-pos/0.1" + "+" * 500,
+              "uptime_s": 2 ** 70, "deny_entries": True, "crash_log": ["栈" * 100] * 40}
+    terminal.sync(health=health)
+    stored = json.loads(conn.execute("SELECT health FROM terminals WHERE id = ?",
+                                     (terminal.terminal_id,)).fetchone()[0])
+    assert stored["last_seq"] == 7 and stored["acked_seq"] == 5 and stored["journal_unacked"] == 2
+    assert stored["firmware"].startswith("ykt-pos/0.1") and len(stored["firmware"]) < 100
+    assert "crash_log" not in stored and "uptime_s" not in stored and "deny_entries" not in stored
