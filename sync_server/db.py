@@ -499,6 +499,15 @@ def _m021_staff_actions(conn):
     """)
 
 
+def _m022_cardholder_session_generation(conn):
+    # Portal sessions are signed cookies; each carries its account's session generation, and a page
+    # opens only while it is still the account's current one (sync_server/web/auth.py). Signing out
+    # and every PIN change or reset bump it, which ends every session of that account at once.
+    _execute_script(conn, """
+    ALTER TABLE accounts ADD COLUMN session_generation INTEGER NOT NULL DEFAULT 0
+    """)
+
+
 def _m030_finance_day_close(conn):
     # Nightly reconciliation (sync_server/finance/close.py). A closed day keeps its figures as JSON; which
     # terminal records it settled is kept per terminal as a contiguous prefix plus ranges above holes,
@@ -580,6 +589,7 @@ MIGRATIONS = (
     (11, "binding failures per number", _m011_bind_failures),
     (20, "web staff users", _m020_web_staff_users),
     (21, "staff action log", _m021_staff_actions),
+    (22, "cardholder session generation", _m022_cardholder_session_generation),
     (30, "finance day close", _m030_finance_day_close),
 )
 

@@ -58,9 +58,10 @@ def new_pin_hash(pin):
 
 
 def store_pin(conn, account_id, salted_hash):
+    """Set the PIN; this also ends every web session of the account (a new session generation)."""
     salt, pin_hash = salted_hash
-    conn.execute("UPDATE accounts SET pin_hash = ?, pin_salt = ?, pin_failures = 0, pin_locked_until_ms = 0 "
-                 "WHERE id = ?", (pin_hash, salt, account_id))
+    conn.execute("UPDATE accounts SET pin_hash = ?, pin_salt = ?, pin_failures = 0, pin_locked_until_ms = 0, "
+                 "session_generation = session_generation + 1 WHERE id = ?", (pin_hash, salt, account_id))
 
 
 def set_pin(conn, account_id, pin):

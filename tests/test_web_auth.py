@@ -14,6 +14,7 @@ from conftest import database_snapshot
 from sync_server import db as dbmod, hall
 from sync_server.app import create_app
 from sync_server.cli import init_data_dir
+from sync_server.services import pins as pin_service
 from sync_server.web import auth
 
 PASSWORD = "correct horse battery"
@@ -176,3 +177,34 @@ def test_staff_add_command_keeps_the_password_out_of_sight(site):
                             "--username", "desk3", "--role", "hall", "--password-stdin", "--lang", "en"],
                            input="short\n", capture_output=True, text=True, timeout=60)
     assert short.returncode == 2 and "at least" in short.stderr
+
+
+def _copy_session(source, target):
+    """A second browser holding the same session cookie (a copied or stolen cookie)."""
+    target.set_cookie("ykt_session", source.get_cookie("ykt_session").value)
+
+
+def test_sign_out_ends_the_session_everywhere_even_a_copied_cookie(site):
+    client, copy = site["app"].test_client(), site["app"].test_client()
+    sign_in_cardholder(client)
+    _copy_session(client, copy)
+    assert copy.get("/portal/").status_code == 200
+    token = token_of(client.get("/portal/"))
+    assert client.post("/portal/sign-out", data={"csrf_token": token}).status_code == 302
+    assert copy.get("/portal/").status_code == 302            # the old cookie no longer opens a page
+    assert client.get("/portal/").status_code == 302
+    assert sign_in_cardholder(client).status_code == 302 and client.get("/portal/").status_code == 200
+
+
+def test_a_pin_change_ends_the_other_sessions(site):
+    client, other = site["app"].test_client(), site["app"].test_client()
+    sign_in_cardholder(client)
+    sign_in_cardholder(other)
+    token = token_of(client.get("/portal/pin"))
+    client.post("/portal/pin", data={"old_pin": "190001", "new_pin": "246813", "new_pin_again": "246813",
+                                     "csrf_token": token})
+    assert client.get("/portal/").status_code == 200          # who changed it stays signed in
+    assert other.get("/portal/").status_code == 302
+    assert sign_in_cardholder(other, pin="246813").status_code == 302
+    pin_service.reset_pin(site["conn"], site["account_id"], "clerk")      # staff reset at the hall
+    assert client.get("/portal/").status_code == 302 and other.get("/portal/").status_code == 302

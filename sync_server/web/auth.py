@@ -3,7 +3,10 @@
 Sessions are Flask's signed cookie (HttpOnly, SameSite=Lax) under a secret derived from the site master
 key, so restarting the server keeps people signed in and no extra secret has to be stored. A session
 is one of two kinds:
-    cardholder  {"kind": "cardholder", "account_id", "person_id"} after staff/student number + card PIN
+    cardholder  {"kind": "cardholder", "account_id", "person_id", "generation"} after staff/student
+                number + card PIN; valid only while `generation` is the account's session_generation,
+                which signing out and every PIN change or reset bump (migration 22), so a cookie
+                can be ended on the server: all sessions of the account end together.
     staff       {"kind": "staff", "staff_id"} after username + password; roles are read from the
                 database on every request, so disabling a user or removing a role acts at once.
 Every POST of the web blueprints carries the session's CSRF token (`csrf_token` form field); a
@@ -151,6 +154,33 @@ def end_session():
         session["lang"] = lang
 
 
+def _session_generation(conn, account_id):
+    row = conn.execute("SELECT session_generation FROM accounts WHERE id = ?", (account_id,)).fetchone()
+    return None if row is None else row[0]
+
+
+def start_cardholder_session(conn, person_id, account_id):
+    """A fresh cardholder session, valid until the account's session generation moves on."""
+    start_session("cardholder", person_id=person_id, account_id=account_id,
+                  generation=_session_generation(conn, account_id))
+
+
+def renew_cardholder_session(conn):
+    """Keep this browser signed in after its own PIN change ended the account's other sessions."""
+    if session.get("kind") == "cardholder":
+        session["generation"] = _session_generation(conn, session["account_id"])
+
+
+def end_cardholder_sessions(conn):
+    """Sign out: end this session and every other session of the same account (other browsers, a
+    copied cookie). A cookie that is no longer current ends only itself."""
+    if session.get("kind") == "cardholder":
+        with dbmod.transaction(conn):
+            conn.execute("UPDATE accounts SET session_generation = session_generation + 1 "
+                         "WHERE id = ? AND session_generation = ?", (session["account_id"], session.get("generation")))
+    end_session()
+
+
 def csrf_token():
     """The session's CSRF token, created on first use (the sign-in forms need one too)."""
     token = session.get(CSRF_FIELD)
@@ -176,6 +206,10 @@ def cardholder_required(view):
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
         if session.get("kind") != "cardholder":
+            return redirect(url_for("portal.sign_in", next=request.path))
+        current = _session_generation(dbmod.get_db(), session["account_id"])
+        if current is None or session.get("generation") != current:     # signed out, or the PIN changed
+            end_session()
             return redirect(url_for("portal.sign_in", next=request.path))
         g.account_id = session["account_id"]
         g.person_id = session["person_id"]

@@ -56,7 +56,7 @@ def sign_in():
         result = auth.check_cardholder(conn, request.form.get("staff_number", ""), request.form.get("pin", ""),
                                        dbmod.now_ms())
         if isinstance(result, tuple):
-            auth.start_session("cardholder", person_id=result[0], account_id=result[1])
+            auth.start_cardholder_session(conn, person_id=result[0], account_id=result[1])
             return redirect(url_for("portal.home"))
         flash(messages.text(result, g.lang), "error")
         return render_template("portal/sign_in.html", staff_number=request.form.get("staff_number", "")), 401
@@ -65,7 +65,7 @@ def sign_in():
 
 @portal.post("/sign-out")
 def sign_out():
-    auth.end_session()
+    auth.end_cardholder_sessions(dbmod.get_db())
     return redirect(url_for("portal.sign_in"))
 
 
@@ -143,6 +143,7 @@ def change_pin():
         except services.ServiceError as error:
             flash(_error_text(error), "error")
         else:
+            auth.renew_cardholder_session(dbmod.get_db())    # the change ended every other session
             flash(t("密码已修改", "PIN changed"), "ok")
         return redirect(url_for("portal.change_pin"))
     return _render("portal/pin.html")
