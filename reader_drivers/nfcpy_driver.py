@@ -58,7 +58,7 @@ import nfc.clf.transport
 from firmware.core import pn532_frames as frames
 from reader_drivers import pn532 as pn532_driver
 from reader_drivers.base import CardGone, Reader, ReaderError, ReaderTimeout, Target, register_scheme
-from reader_drivers.pn53x_classic import Pn53xClassic, status_error
+from reader_drivers.pn53x_classic import Pn53xClassic, parse_answer, status_error
 
 SUPPORTS = frozenset(("iso14443a", "mifare_classic_1k", "authenticate", "read", "write", "increment",
                       "decrement", "restore", "transfer", "release"))
@@ -205,7 +205,7 @@ class NfcpyReader(Pn53xClassic, Reader):
                                           COMMAND_TIMEOUT_S)
         except _NFCPY_ERRORS as error:
             raise _reader_error(error, "release")
-        code, _data = frames.parse_status(bytes(params))
+        code, _data = parse_answer(frames.parse_status, bytes(params), "release")
         if code:
             raise ReaderError("释放卡片失败 / InRelease failed: %s" % frames.status_text(code))
 

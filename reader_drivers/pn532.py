@@ -27,6 +27,9 @@ Reader interface and maps status bytes to the shared errors (reader_drivers/base
     a card-changing command that may or may not have run                          CommandOutcomeUnknown
                                                                                   (a CardGone)
     no ACK or answer after every resend                                           ReaderTimeout
+    an answer of the wrong shape (no status byte, a bad target list)              ReaderError
+                                                                                  (CommandOutcomeUnknown
+                                                                                  for a card-changing one)
 
 When a command is sent again (UM0701-02 6.2.2). The chip ACKs a command within 15 ms and then runs
 it, and the manual has the host send the command again when it saw no ACK in those 15 ms. That
@@ -64,7 +67,7 @@ import serial
 
 from firmware.core import pn532_frames as frames
 from reader_drivers.base import CardGone, Reader, ReaderError, ReaderTimeout, Target, register_scheme
-from reader_drivers.pn53x_classic import Pn53xClassic
+from reader_drivers.pn53x_classic import Pn53xClassic, parse_answer
 
 SUPPORTS = frozenset(("iso14443a", "mifare_classic_1k", "authenticate", "read", "write", "increment",
                       "decrement", "restore", "transfer", "release"))
@@ -174,7 +177,8 @@ class Pn532Chip:
             # Retry activation for ever: poll() ends a search by aborting it at its deadline.
             self.command(frames.build_rf_max_retries(0xFF, 0x01, frames.RETRY_FOREVER))
             self.command(frames.build_rf_timings(0x0B, NON_DEP_TIMEOUT_INDEX))
-            return frames.parse_firmware_version(self.command(frames.build_get_firmware_version()))
+            return parse_answer(frames.parse_firmware_version, self.command(frames.build_get_firmware_version()),
+                                "GetFirmwareVersion")
         finally:
             self._initialising = False
 
@@ -323,7 +327,7 @@ class Pn532Reader(Pn53xClassic, Reader):
                                    abort_on_timeout=True)
         if params is None:
             return None
-        found = frames.parse_in_list_passive_target(params)
+        found = parse_answer(frames.parse_in_list_passive_target, params, "poll")
         if not found:
             return None
         self._target = Target(found[0].uid, found[0].atqa, found[0].sak)
@@ -331,7 +335,7 @@ class Pn532Reader(Pn53xClassic, Reader):
 
     def release(self):
         self._target = None
-        code, _data = frames.parse_status(self.chip.command(frames.build_in_release(0)))
+        code, _data = parse_answer(frames.parse_status, self.chip.command(frames.build_in_release(0)), "release")
         if code:
             raise ReaderError("释放卡片失败 / InRelease failed: %s" % frames.status_text(code))
 
@@ -345,7 +349,15 @@ class Pn532Reader(Pn53xClassic, Reader):
         except CommandOutcomeUnknown as error:
             self._target = None           # the chip was set up again: the card needs a new poll
             raise CommandOutcomeUnknown("%s (%s)" % (error, operation)) from error
-        return frames.parse_status(params)
+        try:
+            return parse_answer(frames.parse_status, params, operation)
+        except ReaderError as error:
+            # An answer without a status byte says nothing about the card: select it again first,
+            # and a card-changing command may or may not have run.
+            self._target = None
+            if changes_card:
+                raise CommandOutcomeUnknown("结果未知，请重新刷卡 / outcome unknown: %s" % error) from error
+            raise
 
     def close(self):
         self.chip.transport.close()

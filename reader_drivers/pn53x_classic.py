@@ -19,6 +19,15 @@ CARD_GONE_STATUS = frozenset((frames.STATUS_TIMEOUT, frames.STATUS_CRC, frames.S
                               frames.STATUS_CARD_EXCHANGED, frames.STATUS_CARD_DISAPPEARED))
 
 
+def parse_answer(parse, params, operation):
+    """parse(params) from firmware.core.pn532_frames, with a malformed answer (its CommandError, which
+    the sans-IO core cannot make a reader error) raised as the shared ReaderError."""
+    try:
+        return parse(params)
+    except frames.CommandError as error:
+        raise ReaderError("读卡器应答格式错误 / the PN532's answer to %s is malformed: %s" % (operation, error))
+
+
 def status_error(code, operation):
     """The shared reader exception for a non-zero PN53x status byte during `operation`."""
     detail = "%s (PN532 status 0x%02X: %s)" % (operation, code, frames.status_text(code))

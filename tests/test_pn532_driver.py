@@ -156,6 +156,24 @@ def test_a_syntax_error_frame_is_a_reader_error():
         reader.read_block(4)
 
 
+def test_a_malformed_answer_is_a_reader_error_and_the_card_needs_a_poll():
+    reader, port = scripted_reader(b"")                  # InDataExchange answered without a status byte
+    reader.poll(0)
+    with pytest.raises(ReaderError, match="malformed"):
+        reader.read_block(4)
+    with pytest.raises(CardGone, match="poll"):
+        reader.read_block(4)
+    reader.poll(0)
+    with pytest.raises(pn532.CommandOutcomeUnknown):      # a card-changing command may have run
+        reader.transfer(9)
+    port.answers[frames.CMD_IN_RELEASE] = b""
+    with pytest.raises(ReaderError, match="malformed"):
+        reader.release()
+    port.answers[frames.CMD_IN_LIST_PASSIVE_TARGET] = b"\x05"   # five targets from a one-card poll
+    with pytest.raises(ReaderError, match="malformed"):
+        reader.poll(0)
+
+
 def test_a_silent_chip_is_a_reader_timeout_after_bounded_resends(monkeypatch):
     # The count of sends is the point here, not how long each wait for an ACK is.
     monkeypatch.setattr(pn532, "ACK_DEADLINE_MS", 100)

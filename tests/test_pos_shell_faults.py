@@ -1,5 +1,5 @@
 """The POS shell when things go wrong around a tap: a PIN typed after its prompt timed out, a reader that
-fails. The terminal must show what happened and take the next tap; it must never crash or hang in the
+fails or raises what it should not. The terminal must show what happened and take the next tap; it must never crash or hang in the
 middle of a tap. Real card images on the sim: reader, the real journal, a fake raw clock (no sleeps)."""
 import io
 import json
@@ -7,8 +7,9 @@ import json
 import pytest
 
 from firmware.apps.pos_terminal import PosTerminal
-from firmware.core import messages, pos
-from reader_drivers.base import open_reader
+from firmware.core import messages, pn532_frames as frames, pos
+from reader_drivers.base import ReaderTimeout, open_reader
+from reader_drivers.sim import SimReader
 
 from test_pos_shell import issue_card_image, journal, lines, provisioning, seed_cache
 
@@ -71,3 +72,59 @@ def test_the_pin_timeout_counts_from_the_prompt_not_from_the_tap(shell):
     terminal.feed(pos.PinEntered("123456"))
     # Not timed out: the PIN goes to the server, which this terminal cannot reach.
     assert [(d["accepted"], d["reason"]) for d in lines(out, "decision")] == [(False, messages.PIN_NEEDS_NETWORK)]
+
+
+class FailingReader(SimReader):
+    """The sim: reader with one failure planted: `fail[name]` is raised by the next call of `name`."""
+
+    def __init__(self):
+        SimReader.__init__(self)
+        self.fail = {}
+
+    def _maybe_fail(self, name):
+        error = self.fail.pop(name, None)
+        if error is not None:
+            raise error
+
+    def poll(self, timeout_ms):
+        self._maybe_fail("poll")
+        return SimReader.poll(self, timeout_ms)
+
+    def decrement(self, block, delta):
+        self._maybe_fail("decrement")
+        SimReader.decrement(self, block, delta)
+
+
+@pytest.fixture
+def failing(tmp_path):
+    data_dir = tmp_path / "terminal"
+    data_dir.mkdir()
+    card_path = issue_card_image(tmp_path)
+    seed_cache(data_dir)
+    out = io.StringIO()
+    reader = FailingReader()
+    terminal = PosTerminal(provisioning(), str(data_dir), reader, out=out, sync=False)
+    yield terminal, reader, card_path, out
+    terminal.close()
+
+
+def test_a_reader_that_fails_to_poll_shows_reader_error_and_keeps_the_amount(failing):
+    terminal, reader, card_path, out = failing
+    reader.fail["poll"] = ReaderTimeout("the PN532 did not answer")     # PC/SC without a UID says ReaderError
+    terminal.run_line({"amount_fen": 500, "card": card_path})
+    assert lines(out, "show")[-1]["code"] == messages.READER_ERROR
+    assert [(d["accepted"], d["reason"]) for d in lines(out, "decision")] == [(False, messages.READER_ERROR)]
+    assert terminal.machine.state == pos.WAIT_CARD and journal(terminal) == []
+    terminal.run_line({"card": card_path})                             # the same payment, tapped again
+    assert lines(out, "decision")[-1]["accepted"] and len(journal(terminal)) == 1
+
+
+def test_an_exception_outside_the_reader_interface_never_leaves_the_tap_stuck(failing, capsys):
+    terminal, reader, card_path, out = failing
+    reader.fail["decrement"] = frames.CommandError("answer has no status byte")
+    terminal.run_line({"amount_fen": 500, "card": card_path})
+    assert [(d["accepted"], d["reason"]) for d in lines(out, "decision")] == [(False, messages.TAP_AGAIN)]
+    assert terminal.machine.state == pos.WAIT_CARD and journal(terminal) == []
+    assert "CommandError" in capsys.readouterr().err                   # the service log has the traceback
+    terminal.run_line({"card": card_path})
+    assert lines(out, "decision")[-1]["accepted"] and len(journal(terminal)) == 1

@@ -27,6 +27,7 @@ import sqlite3
 import sys
 import threading
 import time
+import traceback
 
 from firmware.apps import card_io
 from firmware.apps.store import StoreError, TerminalStore
@@ -266,6 +267,9 @@ class PosTerminal:
             return pos.CardReadFailed(pos.READ_FAILURE_AUTH)
         except ReaderError:
             return pos.CardReadFailed(pos.READ_FAILURE_READER)
+        except Exception:               # a driver bug must not leave the tap stuck half-way
+            self._log_fault("read_card")
+            return pos.CardReadFailed(pos.READ_FAILURE_READER)
         identity = view.identity
         today = clock_module.date_yyyymmdd(self.clock.peek_ms(), self.machine.config["utc_offset_min"])
         facts = pos.TapFacts(*self.store.tap_facts(identity.card_number, identity.generation, identity.account_id,
@@ -281,6 +285,15 @@ class PosTerminal:
             return pos.TapCountFailed(pos.READ_FAILURE_FORMAT)
         except ReaderError:
             return pos.TapCountFailed(pos.READ_FAILURE_READER)
+        except Exception:               # as in _read_card: never stuck counting; nothing is journaled
+            self._log_fault("count_tap")
+            return pos.TapCountFailed(pos.READ_FAILURE_READER)
+
+    def _log_fault(self, step):
+        """An exception the reader interface does not promise: the traceback goes to stderr (the
+        service log) while the cashier sees READER_ERROR."""
+        print("读卡器异常 / unexpected reader failure during %s:" % step, file=sys.stderr)
+        traceback.print_exc(file=sys.stderr)
 
     def _journal(self, record_fields):
         time_ms, floor_ms = self.clock.stamp_ms()
@@ -295,8 +308,14 @@ class PosTerminal:
 
     def present_card(self, timeout_ms=TAP_TIMEOUT_MS):
         """Poll the reader; feed CardPresented when a card answers. Returns True when one did."""
-        target = self.reader.poll(timeout_ms)
+        try:
+            target = self.reader.poll(timeout_ms)
+        except ReaderError:
+            # No Target to go on (a silent chip, a reader that gave no UID): say so, state unchanged.
+            self._execute(pos.Show(messages.READER_ERROR, {}))
+            return False
         if target is None:
+            self._last_shown = "no_card"
             return False
         self._target = target
         self.feed(pos.CardPresented(target.uid))
@@ -345,8 +364,7 @@ class PosTerminal:
                 cancel_pull = slot.pull_after(int(line["pull_after"]), done=bool(line.get("pull_done", True)))
         decisions_before = self._decisions
         try:
-            if not self.present_card():
-                self._last_shown = "no_card"
+            self.present_card()
             self._resolve_prompts(line)
             if self._decisions == decisions_before:
                 # A scripted tap always gets one decision line, even when the machine refused it
