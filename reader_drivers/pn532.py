@@ -206,7 +206,16 @@ class Pn532Chip:
         frame = frames.encode_command(payload)
         for attempt in range(MAX_SENDS):
             if attempt:
-                self._recover()
+                try:
+                    self._recover()
+                except ReaderError as error:
+                    # The chip stays silent. The first send may still have run: for a card-changing
+                    # command that is CommandOutcomeUnknown, as for every other way of giving up.
+                    if changes_card:
+                        raise CommandOutcomeUnknown("结果未知，请重新刷卡 / outcome unknown: command 0x%02X was "
+                                                    "sent and the PN532 then stopped answering (%s)"
+                                                    % (code, error)) from error
+                    raise
             self.transport.write_fresh(frame)
             outcome = self._await_answer(code, len(frame), response_deadline_ms, changes_card)
             if outcome is _NO_ACK:
@@ -349,6 +358,9 @@ class Pn532Reader(Pn53xClassic, Reader):
         except CommandOutcomeUnknown as error:
             self._target = None           # the chip was set up again: the card needs a new poll
             raise CommandOutcomeUnknown("%s (%s)" % (error, operation)) from error
+        except ReaderError:
+            self._target = None           # a silent or reset chip holds no selected card
+            raise
         try:
             return parse_answer(frames.parse_status, params, operation)
         except ReaderError as error:

@@ -190,6 +190,18 @@ def test_a_silent_chip_is_a_reader_timeout_after_bounded_resends(monkeypatch):
     assert sent[1:] == [frames.CMD_SAM_CONFIGURATION] * pn532.MAX_SENDS
 
 
+def test_a_chip_that_goes_silent_during_a_decrement_leaves_its_outcome_unknown(monkeypatch):
+    monkeypatch.setattr(pn532, "ACK_DEADLINE_MS", 100)
+    reader, port = scripted_reader()
+    reader.poll(0)
+    port.write = lambda data: port.writes.append(bytes(data))     # the chip stopped answering
+    # The decrement went out once and may have run: the caller must treat it as a pulled card.
+    with pytest.raises(pn532.CommandOutcomeUnknown):
+        reader.decrement(9, 1)
+    with pytest.raises(CardGone, match="poll"):                   # nothing more without a new poll
+        reader.transfer(9)
+
+
 def test_url_names_port_and_baud():
     assert pn532.parse_url("pn532:/dev/ttyUSB0?baud=115200") == ("/dev/ttyUSB0", 115200)
     assert pn532.parse_url("pn532:") == ("/dev/ttyS0", 115200)
