@@ -9,7 +9,7 @@
 nfcpy's tag layer cannot authenticate MIFARE Classic (it has no Crypto-1 and no Classic commands), so
 this driver uses nfcpy for what it does well - finding the device, initialising the chip, sensing a
 type A card - and sends the MIFARE commands itself through the chip's InDataExchange (PN532 User Manual
-UM0701-02, 7.3.8), with the same command bytes and status table (section 7.1) as the pn: serial driver
+UM0701-02, 7.3.8), with the same command bytes and status table (section 7.1) as the pn532: serial driver
 (`firmware.core.pn532_frames`).
 
     feature                           nfcpy:  notes
@@ -40,7 +40,7 @@ Errors, mapped like reader_drivers/pn532.py does:
     any other IOError, syntax error frame, other status bytes       ReaderError
 
 Limits: one reader per process at a time as nfcpy drives it (its methods are not thread-safe); no
-second target; the card's own timeout is set like the pn: driver's (12.8 ms) so a pulled card costs
+second target; the card's own timeout is set like the pn532: driver's (12.8 ms) so a pulled card costs
 the same on both.
 """
 import errno
@@ -146,7 +146,7 @@ class NfcpyReader(Pn53xClassic, Reader):
                     and device.chipset.transport.baudrate != baud:
                 device.chipset.set_serial_baudrate(baud)      # 7.2.8: the chip switches after our ACK
                 device.chipset.transport.baudrate = baud
-            # Item 2: the card's answer timeout, as in the pn: driver (7.3.1).
+            # Item 2: the card's answer timeout, as in the pn532: driver (7.3.1).
             device.chipset.rf_configuration(frames.RF_ITEM_TIMINGS,
                                             bytearray((0x00, 0x0B, pn532_driver.NON_DEP_TIMEOUT_INDEX)))
         except _NFCPY_ERRORS as error:

@@ -27,10 +27,11 @@ the reader interface of `reader_drivers.base` (device).
     release (HALT)                    yes    disconnect with reset: the next poll selects it anew
     several cards, 4K sector keys     no
 
-Status words (ACR122U API): 63 00 after General Authenticate -> AuthenticationError; 63 00 after any
-card command -> CardNak; 69 81 / 69 82 / 69 86 -> CardNak; 6A 81 -> UnsupportedOperation; anything
-else -> ReaderError. pcscd's "card removed" / "not transacted" / "no card", and an answer without a
-status word -> CardGone, after which the connection is dropped and the next poll starts over.
+Status words (ACR122U API): 63 00, 69 81, 69 82 or 69 86 after General Authenticate ->
+AuthenticationError, after any other card command -> CardNak; 6A 81 -> UnsupportedOperation; anything
+else -> ReaderError (also any refusal of Load Keys). pcscd's "card removed" / "not transacted" / "no
+card", and an answer without a status word -> CardGone, after which the connection is dropped and
+the next poll starts over.
 
 Semantics follow the other drivers: after AuthenticationError or CardNak the card answers nothing until
 polled again; a card that left during a command raises CardGone and its outcome is unknown. The
