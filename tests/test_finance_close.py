@@ -401,6 +401,60 @@ def test_money_on_a_merchant_account_the_settlement_misses_unbalances_the_day(tm
     conn.close()
 
 
+def _reads_of_transfers(statements):
+    return [sql for sql in statements if re.search(r"\b(FROM|JOIN)\s+transfers\b", sql)]
+
+
+def test_the_close_checks_its_window_under_the_lock_and_the_whole_ledger_after(tmp_path):
+    """Syncs wait while a close holds the write lock, so nothing under it may read all of history:
+    it checks the accounts its transfer window touched; the full check_balances runs after the
+    commit and is reported beside the day (the CLI exits 3 when it finds a problem)."""
+    conn = dbmod.init_db(str(tmp_path / dbmod.DB_FILE_NAME))
+    a, _card = _person(conn, 5000, b"\xa1\xa2\xa3\xa4")
+    b, _card = _person(conn, 5000, b"\xb1\xb2\xb3\xb4")
+    c, _card = _person(conn, 5000, b"\xc1\xc2\xc3\xc4")
+    wallet = {account: hall.wallet_ledger_id(conn, account, protocol.WALLET_MAIN) for account in (a, b, c)}
+    today = _today()
+    statements = []
+    conn.set_trace_callback(statements.append)
+    first, _newly = close.close_day(conn, today - 2)
+    conn.set_trace_callback(None)
+    begin = statements.index("BEGIN IMMEDIATE")
+    commit = statements.index("COMMIT", begin)
+    locked = _reads_of_transfers(statements[begin:commit])
+    assert locked and all("rowid" in sql for sql in locked), "read all transfers under the lock: %s" % locked
+    assert [sql for sql in _reads_of_transfers(statements[commit:]) if "rowid" not in sql], \
+        "the full ledger check did not run after the commit"
+    assert first["invariants"]["balanced"] is True and first["ledger_check"]["ok"] is True
+
+    # two cached balances changed without a transfer, offsetting, on accounts the next window leaves alone
+    conn.execute("UPDATE balances SET balance_fen = balance_fen + 100 WHERE ledger_account_id = ?", (wallet[b],))
+    conn.execute("UPDATE balances SET balance_fen = balance_fen - 100 WHERE ledger_account_id = ?", (wallet[c],))
+    hall.recharge(conn, a, 700)
+    completed = subprocess.run([sys.executable, "-m", "ykt", "finance", "close", "--date", day_text(today - 1),
+                                "--json", "--data-dir", str(tmp_path), "--lang", "en"],
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 3, completed.stderr
+    summary = json.loads(completed.stdout)
+    assert summary["ledger_check"] == {"ok": False, "problem_count": 2}
+    assert summary["balanced"] is True, "invisible under the lock: untouched accounts, kind sums unchanged"
+    assert "full ledger check: 2 problems" in completed.stderr
+    assert "ledger account %d" % wallet[b] in completed.stderr
+
+    # a cached balance the window touched is caught under the lock
+    conn.execute("UPDATE balances SET balance_fen = balance_fen + 100 WHERE ledger_account_id = ?", (wallet[a],))
+    hall.recharge(conn, a, 300)
+    report, _newly = close.close_day(conn, today, before_day_end=True)
+    invariants = report["invariants"]
+    assert invariants["balanced"] is False and invariants["wallet_mismatch_count"] == 1
+    assert invariants["balance_mismatches"] == [{"ledger_account_id": wallet[a], "kind": "wallet",
+                                                 "cached_fen": 5000 + 700 + 300 + 100,
+                                                 "derived_fen": 5000 + 700 + 300}]
+    assert invariants["trial_balance_fen"] == 100
+    assert report["ledger_check"]["problem_count"] == 4, "three accounts and a sum that is not zero"
+    conn.close()
+
+
 def test_exports_write_every_table_and_a_workbook(tmp_path):
     conn = dbmod.init_db(str(tmp_path / "ykt.sqlite3"))
     report, newly = close.close_day(conn, _today(), before_day_end=True)
@@ -448,7 +502,7 @@ def test_close_day_benchmark_still_runs():
                                capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     result = json.loads(completed.stdout.strip().splitlines()[-1])
-    assert result["records"] == 20000 and result["balanced"] is True
+    assert result["records"] == 20000 and result["balanced"] is True and result["ledger_check_ok"] is True
     assert result["close_s"] > 0 and result["sql_aggregate_s"] > 0
 
 

@@ -5,8 +5,10 @@
     ykt finance export --date D --out DIR                  CSV files and an Excel workbook
 
 All take --data-dir (default $YKT_DATA_DIR or ./data) and --lang. `close --json` prints exactly one
-JSON line (totals, gaps, anomaly counts, balanced); the readable summary goes to stderr then.
-Exit status: 0 done, 2 refused (message says why), 3 closed but not balanced.
+JSON line (totals, gaps, anomaly counts, balanced, ledger_check); the readable summary goes to stderr
+then. `balanced` is decided under the close's lock; `ledger_check` is the full ledger check run right
+after it. Exit status: 0 done, 2 refused (message says why), 3 closed but not balanced or the full
+ledger check found problems.
 """
 import json
 import os
@@ -18,6 +20,7 @@ from sync_server.finance import close as close_module, report as report_module, 
 
 EXIT_REFUSED = 2
 EXIT_UNBALANCED = 3
+MAX_PROBLEMS_PRINTED = 20
 
 
 def _lang(args):
@@ -67,6 +70,9 @@ def readable(report, lang):
     lines.append(("  balanced: %s (trial balance %d fen)" if en else "  账实相符：%s（试算差额 %d 分）")
                  % (("yes" if en else "是") if summary["balanced"] else ("NO" if en else "否"),
                     summary["trial_balance_fen"]))
+    lines.append(("  full ledger check: %s" if en else "  全账核对：%s") % report_module.ledger_check_text(report, lang))
+    for problem in (report.get("ledger_check") or {}).get("problems", [])[:MAX_PROBLEMS_PRINTED]:
+        lines.append("    " + problem)
     return "\n".join(lines)
 
 
@@ -83,7 +89,8 @@ def cmd_close(args):
     print(readable(report, lang), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(report_module.summary(report), ensure_ascii=False, sort_keys=True))
-    return 0 if report["invariants"]["balanced"] else EXIT_UNBALANCED
+    check = report.get("ledger_check")
+    return 0 if report["invariants"]["balanced"] and (check is None or check["ok"]) else EXIT_UNBALANCED
 
 
 def cmd_import_statement(args):

@@ -23,6 +23,11 @@ sales of a day not closed yet), so a sale the settlement misses makes the day un
 The close holds the write lock (BEGIN IMMEDIATE) from its first read to its commit: the records,
 transfers and balances it sees are one consistent cut, and a sync that arrives meanwhile waits and
 then lands in the next day. A million records take a few seconds (benchmarks/close_day.py).
+Nothing under the lock reads all of history: `balanced` checks the accounts the close's transfer
+window touched (cached balance == the balance derived at the previous close + the window's sums),
+the per-kind sums of every cached balance, the trial balance and the merchant check. The full
+ledger.check_balances runs after the commit on a read snapshot (verify_ledger) and is stored beside
+the day as `ledger_check`, so the closed figures never change.
 
 Side effects besides the report: a card whose tap counter repeats or runs backwards is suspected
 cloned and denied (card status frozen, a deny entry terminals fetch on their next sync).
@@ -40,8 +45,9 @@ older once its acked_seq reaches the revealing seq. Any active terminal counts a
 have used (a card works at every window).
 
 Limits: the clone check sees the records of the day being closed plus the repeats the ingest noted;
-two copies of a card used on different days with no repeat noted are not caught here. The ledger
-check derives every balance from every transfer (one SQL pass over all of history). The ingest notes
+two copies of a card used on different days with no repeat noted are not caught here. A cached
+balance changed without a transfer on an account the window did not touch, offset by another of the
+same kind, shows only in `ledger_check`, after the commit. The ingest notes
 no gap below the first counter it sees of a card, so a torn first tap (or one torn just before a
 record that arrives late below that first counter) is not reported; a sync request in flight for
 longer than the gap took to be noticed may count its terminal as having sent everything.
@@ -53,7 +59,7 @@ from firmware.core import protocol, records as record_codec
 from sync_server import db as dbmod, ledger
 from sync_server.finance import (BEIJING_OFFSET_MS, DAY_MS, HOUR_MS, FinanceError, day_number, day_of_ms,
                                  day_start_ms, day_text, hour_of_ms)
-from sync_server.ledger_store import add_deny_entries
+from sync_server.ledger_store import SqliteStore, add_deny_entries
 
 MAX_LISTED = 200                   # rows listed per anomaly kind; counts stay exact
 MAX_OFFLINE_PERIODS_LISTED = 20    # per terminal
@@ -71,6 +77,8 @@ _NO_END = 2 ** 62
 TERMINAL_PURCHASE_PREFIX = "p/"
 assert ledger.purchase_transfer_id(1, 2, 0).startswith(TERMINAL_PURCHASE_PREFIX)
 _LATE_INSERT_BATCH = 5000
+_IN_CHUNK = 900                    # keep IN (...) lists under SQLite's bound on variables
+MAX_LEDGER_PROBLEMS_STORED = 200
 
 SELECT_RECORDS_SQL = (
     "SELECT seq, corrected_time_ms, received_ms, merchant_id, amount_fen, flags, card_number, card_generation, "
@@ -96,30 +104,71 @@ def stored_report(conn, day):
 
 def load_report(conn, day):
     """The report of a closed day: the stored figures plus the channel statements matched so far
-    (a statement may be imported after the close; both sides are then frozen). None when open."""
+    (a statement may be imported after the close; both sides are then frozen) and the full ledger
+    check run after the close (`ledger_check`, None until it has run). None when open."""
     from sync_server.finance import statements
     report = stored_report(conn, day)
     if report is None:
         return None
-    return statements.with_matches(conn, report)
+    report = statements.with_matches(conn, report)
+    report["ledger_check"] = stored_ledger_check(conn, day)
+    return report
 
 
-def close_day(conn, day, now_ms=None, before_day_end=False):
+def close_day(conn, day, now_ms=None, before_day_end=False, check_ledger=True):
     """Close `day` (number or 'YYYY-MM-DD'); returns (report, newly_closed).
 
     FinanceError when the day cannot be closed: not over yet (Beijing time), or an earlier day still
     open. A day in progress closes only with `before_day_end` (an operator who must, the demo): every
     tap of that day made after the close is then booked as a late record into the next day.
+    With `check_ledger`, the full ledger check runs after the commit when the day has none stored yet
+    (verify_ledger); the report then carries it as `ledger_check`.
     """
     number = day if isinstance(day, int) else day_number(day)
     now_ms = dbmod.now_ms() if now_ms is None else now_ms
+    newly = False
     if stored_report(conn, number) is None:
         with dbmod.transaction(conn):
             if stored_report(conn, number) is None:      # another process may have just closed it
                 _check_closable(conn, number, now_ms, before_day_end)
                 _Close(conn, number, now_ms).run()
-                return load_report(conn, number), True
-    return load_report(conn, number), False
+                newly = True
+    if check_ledger and stored_ledger_check(conn, number) is None:
+        verify_ledger(conn, number)
+    return load_report(conn, number), newly
+
+
+def verify_ledger(conn, day, now_ms=None):
+    """The full ledger check of a closed day, outside the write lock: ledger.check_balances (every
+    balance derived from every transfer, sum zero) on one read snapshot taken after the close
+    committed, so syncs go on meanwhile. Stored once per day beside the day's figures, which stay as
+    they were closed; returns the stored check."""
+    number = day if isinstance(day, int) else day_number(day)
+    assert not conn.in_transaction, "the full check must not run under the close's write lock"
+    with dbmod.read_snapshot(conn):
+        if stored_report(conn, number) is None:
+            raise FinanceError("%s 尚未结算" % day_text(number), "%s is not closed yet" % day_text(number))
+        watermark = _max(conn, "SELECT max(rowid) FROM transfers")
+        problems = ledger.check_balances(SqliteStore(conn))
+    now_ms = dbmod.now_ms() if now_ms is None else now_ms
+    with dbmod.transaction(conn):
+        conn.execute("INSERT OR IGNORE INTO finance_ledger_checks (day_number, checked_ms, transfer_watermark, "
+                     "problem_count, problems) VALUES (?, ?, ?, ?, ?)",
+                     (number, now_ms, watermark, len(problems),
+                      json.dumps(problems[:MAX_LEDGER_PROBLEMS_STORED], ensure_ascii=False)))
+    return stored_ledger_check(conn, number)
+
+
+def stored_ledger_check(conn, day):
+    """The full ledger check run after `day` closed: {checked_ms, transfer_watermark, problem_count,
+    problems, ok}, or None when it has not run (yet)."""
+    number = day if isinstance(day, int) else day_number(day)
+    row = conn.execute("SELECT checked_ms, transfer_watermark, problem_count, problems FROM finance_ledger_checks "
+                       "WHERE day_number = ?", (number,)).fetchone()
+    if row is None:
+        return None
+    return {"checked_ms": row[0], "transfer_watermark": row[1], "problem_count": row[2],
+            "problems": json.loads(row[3]), "ok": row[2] == 0}
 
 
 def days_due(conn, now_ms, close_after_ms):
@@ -630,12 +679,7 @@ class _Close:
                    "closing_fen": closing.get(kind, 0)}
             row["ok"] = row["opening_fen"] + row["movements_fen"] == row["closing_fen"]
             kinds[kind] = row
-        mismatches = conn.execute(
-            "SELECT la.id, la.kind, coalesce(b.balance_fen, 0), coalesce(cr.fen, 0) - coalesce(dr.fen, 0) "
-            "FROM ledger_accounts la LEFT JOIN balances b ON b.ledger_account_id = la.id "
-            "LEFT JOIN (SELECT credit_id AS id, sum(amount_fen) AS fen FROM transfers GROUP BY credit_id) cr "
-            "ON cr.id = la.id LEFT JOIN (SELECT debit_id AS id, sum(amount_fen) AS fen FROM transfers GROUP BY debit_id) "
-            "dr ON dr.id = la.id WHERE coalesce(b.balance_fen, 0) != coalesce(cr.fen, 0) - coalesce(dr.fen, 0)").fetchall()
+        mismatches = self._window_balance_check(transfers["changes"])
         trial_fen = _max(conn, "SELECT sum(balance_fen) FROM balances")
         merchant_checks = self._merchant_checks(transfers, merchants, merchant_rows, scan, previous_report)
         merchant_mismatches = sum(1 for row in merchant_checks if row["ok"] is False)
@@ -646,8 +690,39 @@ class _Close:
                 "wallet_mismatch_count": sum(1 for row in mismatches if row[1] == "wallet"),
                 "balance_mismatches": [{"ledger_account_id": r[0], "kind": r[1], "cached_fen": r[2], "derived_fen": r[3]}
                                        for r in mismatches[:MAX_LISTED]],
+                "balance_check": "window", "accounts_checked": len(transfers["changes"]),
                 "kinds": kinds, "merchants": merchant_checks, "merchant_mismatch_count": merchant_mismatches,
                 "balanced": balanced}
+
+    def _window_balance_check(self, changes):
+        """The accounts this close's transfer window touched (`changes` {ledger_id: signed fen}): the
+        cached balance must be the balance derived at the previous close (finance_ledger_baseline,
+        built from transfers only) plus the window's sums. Costs what the window touched, not all of
+        history; every other cached balance is covered by the per-kind sums here and by the full
+        check after the commit (verify_ledger). Moves the baseline on to this close's watermark.
+        Returns [(ledger_id, kind, cached_fen, derived_fen)] of the accounts that disagree."""
+        conn = self.conn
+        touched = sorted(changes)
+        baseline, cached = {}, {}
+        for start in range(0, len(touched), _IN_CHUNK):
+            chunk = touched[start:start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            baseline.update(conn.execute("SELECT ledger_account_id, balance_fen FROM finance_ledger_baseline "
+                                         "WHERE ledger_account_id IN (%s)" % marks, chunk))
+            cached.update(conn.execute("SELECT ledger_account_id, balance_fen FROM balances "
+                                       "WHERE ledger_account_id IN (%s)" % marks, chunk))
+        derived = {ledger_id: baseline.get(ledger_id, 0) + changes[ledger_id] for ledger_id in touched}
+        conn.executemany("INSERT INTO finance_ledger_baseline (ledger_account_id, balance_fen) VALUES (?, ?) "
+                         "ON CONFLICT (ledger_account_id) DO UPDATE SET balance_fen = excluded.balance_fen",
+                         derived.items())
+        wrong = [ledger_id for ledger_id in touched if cached.get(ledger_id, 0) != derived[ledger_id]]
+        kinds = {}
+        for start in range(0, len(wrong), _IN_CHUNK):
+            chunk = wrong[start:start + _IN_CHUNK]
+            kinds.update(conn.execute("SELECT id, kind FROM ledger_accounts WHERE id IN (%s)"
+                                      % ",".join("?" * len(chunk)), chunk))
+        return [(ledger_id, kinds.get(ledger_id, "?"), cached.get(ledger_id, 0), derived[ledger_id])
+                for ledger_id in wrong]
 
     def _merchant_checks(self, transfers, merchants, merchant_rows, scan, previous_report):
         """Per merchant: what its ledger account moved in this close's transfer window equals what the

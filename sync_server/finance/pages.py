@@ -82,6 +82,7 @@ def day(day):
     lang = _lang()
     svg = {name: Markup(text) for name, text in charts.day_charts(report, lang).items()}
     return render_template("finance/day.html", report=report, summary=report_module.summary(report),
+                           ledger_check_text=report_module.ledger_check_text(report, lang),
                            tables=report_module.tables(report, lang), parts=exports.PARTS, charts=svg)
 
 

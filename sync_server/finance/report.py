@@ -62,8 +62,25 @@ def summary(report):
         "anomalies": sum(counts.values()),
         "anomaly_counts": counts,
         "trial_balance_fen": report["invariants"]["trial_balance_fen"],
+        "ledger_check": ledger_check_summary(report),
         "closed_ms": report["closed_ms"],
     }
+
+
+def ledger_check_summary(report):
+    """{ok, problem_count} of the full ledger check run after the close, None before it ran."""
+    check = report.get("ledger_check")
+    return None if check is None else {"ok": check["ok"], "problem_count": check["problem_count"]}
+
+
+def ledger_check_text(report, lang="zh"):
+    check = report.get("ledger_check")
+    en = lang == "en"
+    if check is None:
+        return "not run yet" if en else "尚未进行"
+    if check["ok"]:
+        return "every balance equals its transfers" if en else "各账户余额与流水一致"
+    return ("%d problems" if en else "%d 处不符") % check["problem_count"]
 
 
 def yuan(fen):
@@ -106,6 +123,7 @@ def tables(report, lang="zh"):
     ] + _gap_summary_rows(report, lang) + [
         [t("试算平衡（分）", "trial balance (fen)"), invariants["trial_balance_fen"]],
         [t("账实相符", "balanced"), t("是", "yes") if invariants["balanced"] else t("否", "no")],
+        [t("全账核对（结算后）", "full ledger check (after the close)"), ledger_check_text(report, lang)],
     ] + [[zh if not en else english, report["anomalies"][key]] for key, zh, english in ANOMALY_KINDS]
       + [[t("渠道对账差异", "statement mismatches"), totals.get("statement_mismatches", 0)]]))
     result.append((t("商户结算", "merchants"),
