@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from firmware.apps.store import JournalFull, TerminalStore
+from firmware.apps.store import JournalFull, StoreError, TerminalStore
 from firmware.core import decide, protocol, records
 from firmware.core.decide import NOT_DENIED
 
@@ -326,3 +326,23 @@ def test_resend_wider_than_a_batch_moves_on_and_new_taps_still_go(tmp_path):
     assert sent == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11]]
     assert s.unacked_count() == 0
     s.close()
+
+
+@pytest.mark.parametrize("broken", [
+    {"deny": [["card", 1, True, 1]]},                          # a list where a map belongs
+    {"deny": {"version": 2, "entries": [["card", "1", True, 1]]}},
+    {"balances": {"version": 2, "rows": [[501, "main", "100", 0, None, None]]}},
+    {"balances": {"version": 2, "rows": [[501, "main", 100, 0, None]]}},
+    {"config": [1]},
+    {"commands": [5]},
+    {"commands": [{"op": "resend", "from_seq": "1", "to_seq": 2}]},
+    {"acked_seq": None},
+    {"acked_seq": True},
+])
+def test_malformed_answer_is_refused_whole(store, broken):
+    store.append_purchase(fields(), 1000)
+    good = answer(1, balances={"version": 3, "rows": [[501, "main", 100, 0, None, None]], "more": False})
+    with pytest.raises(StoreError):
+        store.apply_answer(dict(good, **broken), TODAY, TERMINAL_ID)
+    assert store.unacked_count() == 1 and store.versions() == (0, 0, 0)
+    assert not store.account_view(501, TODAY).known

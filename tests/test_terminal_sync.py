@@ -6,11 +6,17 @@ once, whether it was made online or offline, whatever answers got lost on the wa
 import io
 import json
 import sqlite3
+import threading
+import time
 
+import cbor2
+import httpx
 import pytest
 
 from firmware.apps import card_io
 from firmware.apps.pos_terminal import PosTerminal
+from firmware.apps.store import TerminalStore
+from firmware.apps.sync_client import SharedClock, SyncClient
 from firmware.core import card_layout, sam
 from reader_drivers.base import open_reader
 from simulators.classic_card import ClassicCard
@@ -216,3 +222,72 @@ def test_revoked_terminal_refuses_every_tap(campus):
     terminal.run_line({"amount_fen": 100, "card": alice_card})
     assert [(d["accepted"], d["reason"]) for d in decisions(out)] == [(False, "terminal_revoked")]
     assert terminal.store.last_seq() == 0
+
+
+WAIT_DEADLINE_S = 60      # how long to wait for the sync thread to get somewhere; never a performance bound
+
+
+class AnswerMangler(httpx.BaseTransport):
+    """Real HTTP to the real server; while `mangle` is set, each 200 answer is changed by it on the
+    way back (a broken proxy, a server bug)."""
+
+    def __init__(self):
+        self._inner = httpx.HTTPTransport()
+        self.mangle = None
+        self.answers = 0
+
+    def handle_request(self, request):
+        response = self._inner.handle_request(request)
+        response.read()
+        self.answers += 1
+        if self.mangle is None or response.status_code != 200:
+            return response
+        answer = cbor2.loads(response.content)
+        self.mangle(answer)
+        return httpx.Response(200, content=cbor2.dumps(answer), headers={"Content-Type": "application/cbor"})
+
+    def close(self):
+        self._inner.close()
+
+
+def wait_until(condition, what):
+    deadline = time.monotonic() + WAIT_DEADLINE_S
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_malformed_answers_never_stop_the_sync_thread(tmp_path):
+    """However broken an answer, the sync thread keeps trying, the terminal counts as offline while
+    answers cannot be applied, and it is back online once they can."""
+    with running_server(tmp_path / "server") as server:
+        terminal = server.add_terminal()
+        terminal.close()
+        store = TerminalStore(str(tmp_path / "terminal.db"))
+        transport = AnswerMangler()
+        client = SyncClient(store, terminal.sam, terminal.terminal_id, server.url, SharedClock(store),
+                            transport=transport)
+        stop = threading.Event()
+        thread = threading.Thread(target=client.run, args=(stop, 50))
+        try:
+            assert client.sync_once().online
+            thread.start()
+            for mangle in (lambda answer: answer.update(deny=[["card", 1, True, 1]]),
+                           lambda answer: answer.update(commands=[5]),
+                           lambda answer: answer.update(config=[1]),
+                           lambda answer: answer["balances"].update(rows=7)):
+                transport.mangle = mangle
+                seen = transport.answers
+                wait_until(lambda: transport.answers >= seen + 2 and not client.online,
+                           "the sync thread stopped trying after a malformed answer")
+                assert "malformed" in client.last_error
+                transport.mangle = None
+                wait_until(lambda: client.online, "terminal did not come back online")
+            assert thread.is_alive()
+        finally:
+            stop.set()
+            if thread.is_alive():
+                thread.join(timeout=30)
+            client.close()
+            transport.close()
+            store.close()

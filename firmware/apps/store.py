@@ -104,6 +104,10 @@ class JournalFull(StoreError):
     pass
 
 
+class MalformedAnswer(StoreError, ValueError):
+    """A sync answer without the shapes protocol.py gives; refused before anything is applied."""
+
+
 class ApplyResult:
     __slots__ = ("acked_seq", "newly_acked", "pruned", "deny_changes", "balance_rows", "config_changed",
                  "set_time_ms", "more")
@@ -279,9 +283,10 @@ class TerminalStore:
     def apply_answer(self, answer, today_yyyymmdd, terminal_id, sent_through_seq=0):
         """Apply one sync answer (protocol.py) in ONE transaction: ack, prune, deny, balances, config,
         commands. sent_through_seq is the highest seq the request carried (clears a served resend)."""
+        check_answer(answer)
         result = ApplyResult()
         with self._transaction():
-            self._apply_ack(int(answer["acked_seq"]), result)
+            self._apply_ack(answer["acked_seq"], result)
             self._apply_deny(answer.get("deny") or {}, terminal_id, result)
             balances = answer.get("balances") or {}
             self._apply_balances(balances, today_yyyymmdd, result)
@@ -406,6 +411,65 @@ class TerminalStore:
                 "acked_seq": self.acked_seq(), "seq_jumped_from": self._meta("seq_jumped_from"),
                 "deny_entries": self._db.execute("SELECT count(*) FROM deny").fetchone()[0],
                 "balance_rows": self._db.execute("SELECT count(*) FROM balance").fetchone()[0]}
+
+
+def _is_int(value):
+    return type(value) is int          # not bool, which is an int too
+
+
+def _is_int_or_none(value):
+    return value is None or type(value) is int
+
+
+def _check_list(value, what, check_item):
+    _require(value is None or isinstance(value, list), what)
+    for item in value or ():
+        _require(check_item(item), "%s item %r" % (what, item))
+
+
+def _require(ok, what):
+    if not ok:
+        raise MalformedAnswer("同步应答格式错误 / malformed sync answer: %s" % what)
+
+
+def _deny_entry_ok(entry):
+    return isinstance(entry, list) and len(entry) == 4 and isinstance(entry[0], str) and _is_int(entry[1]) \
+        and isinstance(entry[2], bool) and (entry[3] is None or isinstance(entry[3], (int, str)))
+
+
+def _balance_row_ok(row):
+    return isinstance(row, list) and len(row) == 6 and _is_int(row[0]) and isinstance(row[1], str) \
+        and _is_int(row[2]) and _is_int(row[3]) and _is_int_or_none(row[4]) and _is_int_or_none(row[5])
+
+
+def _command_ok(command):
+    if not isinstance(command, dict) or not isinstance(command.get("op"), str):
+        return False
+    if command["op"] == "resend":
+        return _is_int(command.get("from_seq")) and _is_int(command.get("to_seq"))
+    if command["op"] == "set_time":
+        return _is_int(command.get("server_ms"))
+    return True                        # an op this firmware does not know yet: ignored
+
+
+def check_answer(answer):
+    """Raise MalformedAnswer unless `answer` has protocol.py's answer shapes (types, not values).
+
+    Checked before the transaction starts, so a broken answer (a proxy's page, a server bug) is
+    one failed sync, never a half-applied one or a crash of the sync thread.
+    """
+    _require(isinstance(answer, dict), "not a map")
+    _require(_is_int(answer.get("acked_seq")) and answer["acked_seq"] >= 0, "acked_seq")
+    _require(_is_int_or_none(answer.get("server_ms")), "server_ms")
+    for name, check_item in (("deny", _deny_entry_ok), ("balances", _balance_row_ok)):
+        part = answer.get(name)
+        _require(part is None or isinstance(part, dict), name)
+        part = part or {}
+        _require(_is_int_or_none(part.get("version")), "%s version" % name)
+        _require(part.get("more") is None or isinstance(part.get("more"), bool), "%s more" % name)
+        _check_list(part.get("entries" if name == "deny" else "rows"), name, check_item)
+    _require(answer.get("config") is None or isinstance(answer["config"], dict), "config")
+    _check_list(answer.get("commands"), "commands", _command_ok)
 
 
 def _json_default(value):

@@ -13,14 +13,12 @@ backoff. A 4xx is the server refusing this request; `terminal_revoked` is rememb
 Every HTTP call (sync and PIN check) holds one lock: the server requires strictly increasing counters,
 so two requests of one terminal must never race each other.
 """
-import sqlite3
 import threading
 import time
 
 import cbor2
 import httpx
 
-from firmware.apps.store import StoreError
 from firmware.core import clock as clock_module
 from firmware.core import protocol
 
@@ -149,12 +147,15 @@ class SyncClient:
                 self.failures += 1
                 self.last_error = "%s: %s" % (refused.error, refused.message)
                 return SyncResult(False, error=self.last_error)
-            except (sqlite3.Error, StoreError, KeyError, TypeError, ValueError) as error:
-                # A malformed answer or a local store failure: nothing was applied (one transaction),
-                # the records stay unacknowledged and go again next time; the server stores them once.
+            except Exception as error:    # the sync thread must outlive any one answer
+                # A malformed answer (refused whole by the store's shape check) or a local store
+                # failure: nothing was applied (one transaction), the records stay unacknowledged and
+                # go again next time; the server stores them once. Not knowing what the server holds,
+                # the terminal decides as if offline (offline caps apply) until an answer applies.
+                self.online = False
                 self.failures += 1
-                self.last_error = "answer not applied: %s" % error
-                return SyncResult(self.online, error=self.last_error)
+                self.last_error = "answer not applied: %s: %s" % (type(error).__name__, error)
+                return SyncResult(False, error=self.last_error)
             self.online = True
             self.failures = 0
             self.last_error = None
@@ -222,9 +223,14 @@ class SyncClient:
     def run(self, stop_event, interval_ms, on_result=None, wake_event=None):
         """Sync until stop_event is set. wake_event (optional) triggers an early sync (a new record)."""
         while not stop_event.is_set():
-            result = self.sync_until_settled()
-            if on_result is not None:
-                on_result(result)
+            try:
+                result = self.sync_until_settled()
+                if on_result is not None:
+                    on_result(result)
+            except Exception as error:    # a dead sync thread would leave taps unsent for good
+                self.online = False
+                self.failures += 1
+                self.last_error = "sync failed: %s: %s" % (type(error).__name__, error)
             wait_s = self.backoff_ms(interval_ms) / 1000.0
             if wake_event is not None and self.failures == 0:
                 if wake_event.wait(wait_s):
