@@ -10,9 +10,16 @@ kiosks, JSON under /api/v1), the web pages (`sync_server/web`: cardholder portal
 """
 import os
 
-from flask import Blueprint, Flask, jsonify
+import cbor2
+from flask import Blueprint, Flask, Response, jsonify, request
 
-from sync_server import db, keys, web
+from firmware.core import protocol
+from sync_server import db, keys, messages, web
+
+# Cap on any request body (Flask MAX_CONTENT_LENGTH): forms and JSON are parsed in memory, and no
+# audience needs more (the terminal API has its own, lower protocol.MAX_BODY_BYTES).
+MAX_REQUEST_BYTES = 1024 * 1024
+assert protocol.MAX_BODY_BYTES <= MAX_REQUEST_BYTES
 
 health = Blueprint("health", __name__)
 
@@ -22,6 +29,18 @@ def health_check():
     conn = db.get_db()
     conn.execute("SELECT 1").fetchone()
     return jsonify({"status": "ok"})
+
+
+def request_too_large(_error):
+    """413 for a request over MAX_REQUEST_BYTES, in the shape its audience reads."""
+    code = "body_too_large"
+    zh, en = messages.MESSAGES[code]
+    text = "%s / %s (limit %d bytes)" % (zh, en, MAX_REQUEST_BYTES)
+    if request.path.startswith("/api/terminal/"):
+        return Response(cbor2.dumps({"error": code, "message": text}), 413, mimetype=protocol.CONTENT_TYPE)
+    if request.path.startswith("/api/"):
+        return jsonify({"error": code, "message": text, "message_zh": zh, "message_en": en}), 413
+    return Response(text, 413, mimetype="text/plain")
 
 
 class ServerState:
@@ -45,6 +64,7 @@ def create_app(test_config=None):
         DATA_DIR=data_dir,
         DATABASE=db.db_path(data_dir),
         MASTER_KEY_FILE=keys.master_key_path(data_dir),
+        MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
     )
     if test_config:
         app.config.update({k: v for k, v in test_config.items() if k != "DATA_DIR"})
@@ -54,6 +74,7 @@ def create_app(test_config=None):
 
     from sync_server.terminal_api import terminal_api
     app.register_blueprint(health)
+    app.register_error_handler(413, request_too_large)
     app.register_blueprint(terminal_api)
     from sync_server.cardholder_api import cardholder_api
     app.register_blueprint(cardholder_api)   # phone app and kiosks: /api/v1 (JSON, bearer tokens)

@@ -10,7 +10,7 @@ import pytest
 
 from firmware.core import protocol, records, sam as sam_keys, wallets as wallet_rules
 from sync_server import db as dbmod, hall
-from sync_server.app import create_app
+from sync_server.app import MAX_REQUEST_BYTES, create_app
 from sync_server.cli import init_data_dir
 from server_process import ServerHandle, SyncRefused, decode_answer
 
@@ -372,3 +372,14 @@ def test_terminal_health_is_stored_whole_with_known_keys_only(live_server):
     assert stored["last_seq"] == 7 and stored["acked_seq"] == 5 and stored["journal_unacked"] == 2
     assert stored["firmware"].startswith("ykt-pos/0.1") and len(stored["firmware"]) < 100
     assert "crash_log" not in stored and "uptime_s" not in stored and "deny_entries" not in stored
+
+
+@pytest.mark.parametrize("path", ["/hall/sign-in", "/portal/sign-in", "/api/v1/sign-in"])
+def test_oversize_request_to_any_page_is_refused_with_a_clear_413(live_server, path):
+    """The whole server caps a request at app.MAX_REQUEST_BYTES, before any form or JSON is parsed."""
+    with httpx.Client(base_url=live_server.url, timeout=60) as client:
+        response = client.post(path, data={"staff_number": "x" * (MAX_REQUEST_BYTES + 1), "pin": "123456"})
+    assert response.status_code == 413
+    text = response.json()["message"] if path.startswith("/api/") else response.text
+    assert "请求体过大 / request body too large" in text
+
