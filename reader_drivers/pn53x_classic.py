@@ -11,7 +11,7 @@ and provides `_target` (the selected Target or None) and
 sector-trailer write never: it may change the very keys that allowed it).
 """
 from firmware.core import mifare, pn532_frames as frames
-from reader_drivers.base import AuthenticationError, CardGone, CardNak, ReaderError
+from reader_drivers.base import AuthenticationError, CardGone, CardNak, ReaderError, UnsupportedOperation
 
 # Status bytes that mean the card did not (or no longer) answer: treated as "the card left".
 CARD_GONE_STATUS = frozenset((frames.STATUS_TIMEOUT, frames.STATUS_CRC, frames.STATUS_PARITY, 0x0B,
@@ -47,6 +47,11 @@ class Pn53xClassic:
 
     def authenticate(self, block, key_type, key):
         target = self._selected()
+        if len(target.uid) not in (4, 7):
+            # Authentication binds to a 4-byte NUID or a 7-byte UID (AN10927); a 10-byte UID card
+            # is no MIFARE Classic, whatever its SAK claims.
+            raise UnsupportedOperation("不支持此卡 / MIFARE Classic authentication needs a 4- or 7-byte UID, "
+                                       "not %d bytes" % len(target.uid))
         self._exchange(frames.mifare_authenticate(block, key_type, bytes(key), target.uid), "authenticate %d" % block)
 
     def read_block(self, block):

@@ -98,3 +98,20 @@ def test_no_card_on_the_station_is_a_clear_error(tmp_path):
     with pytest.raises(StationError) as refused:
         StationCard("sim:", None, None, timeout_ms=50)
     assert "没有卡片" in refused.value.zh and "no card" in refused.value.en
+
+
+@pytest.mark.parametrize("swap", [False, True], ids=["card-left", "card-swapped"])
+def test_a_card_that_leaves_or_is_swapped_after_the_blank_check_is_not_written(tmp_path, monkeypatch, swap):
+    from firmware.apps import issuing
+    checked = issuing.card_io.require_blank
+
+    def check_then_lose_the_card(reader, target):
+        checked(reader, target)
+        if swap:
+            reader.field.place(ClassicCard(bytes.fromhex("04ffeedd")))   # another card, never checked
+        else:
+            reader.field.pull()
+    monkeypatch.setattr(issuing.card_io, "require_blank", check_then_lose_the_card)
+    with pytest.raises(StationError) as refused:
+        StationCard(card_file=str(tmp_path / "blank.card"), uid_hex="04a1b2c3", timeout_ms=50)
+    assert "空白卡" in refused.value.zh and "put it back" in refused.value.en

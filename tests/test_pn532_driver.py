@@ -11,10 +11,11 @@ import time
 
 import pytest
 
-from firmware.apps import card_io
+from firmware.apps import card_io, card_tool
 from firmware.core import card_layout, mifare, pn532_frames as frames, sam as sam_module
 from reader_drivers import pn532
-from reader_drivers.base import AuthenticationError, CardGone, CardNak, ReaderError, ReaderTimeout, open_reader
+from reader_drivers.base import (AuthenticationError, CardGone, CardNak, ReaderError, ReaderTimeout,
+                                 UnsupportedOperation, open_reader)
 from simulators.classic_card import ClassicCard
 from simulators.pn532_emulator import TO_CHIP, TO_HOST, Pn532Emulator
 
@@ -172,6 +173,21 @@ def test_a_malformed_answer_is_a_reader_error_and_the_card_needs_a_poll():
     port.answers[frames.CMD_IN_LIST_PASSIVE_TARGET] = b"\x05"   # five targets from a one-card poll
     with pytest.raises(ReaderError, match="malformed"):
         reader.poll(0)
+
+
+def test_a_card_with_a_10_byte_uid_is_refused_as_not_ours_not_an_assertion():
+    reader, port = scripted_reader()
+    uid10 = bytes(range(0x80, 0x8A))
+    port.answers[frames.CMD_IN_LIST_PASSIVE_TARGET] = bytes.fromhex("0101000408") + b"\x0a" + uid10
+    target = reader.poll(0)
+    assert target.uid == uid10
+    with pytest.raises(UnsupportedOperation):
+        reader.authenticate(7, "A", b"\xff" * 6)
+    with pytest.raises(card_layout.CardFormatError):              # the POS: "unknown card"
+        card_io.read_card(reader, TERMINAL, reader.poll(0))
+    with pytest.raises(card_tool.ToolError) as refused:           # `ykt card dump`: exit 3, nothing tried
+        card_tool.dump_card(reader, None, reader.poll(0))
+    assert refused.value.exit_code == card_tool.EXIT_NOT_OUR_CARD
 
 
 def test_a_silent_chip_is_a_reader_timeout_after_bounded_resends(monkeypatch):

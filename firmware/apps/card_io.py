@@ -61,8 +61,9 @@ def _require_blank_sector(reader, target, sector):
 
 def read_card(reader, sam, target):
     """Read and check a new-system card -> CardView(uid, identity, name, tap_counter)."""
-    if not target.is_mifare_classic_1k:
-        raise card_layout.CardFormatError("不是本系统卡片 / not a MIFARE Classic 1K card (SAK %02x)" % target.sak)
+    if not target.is_mifare_classic_1k or len(target.uid) not in (4, 7):
+        raise card_layout.CardFormatError("不是本系统卡片 / not a MIFARE Classic 1K card (SAK %02x, %d-byte UID)"
+                                          % (target.sak, len(target.uid)))
     uid = target.uid
     _authenticate_or_explain(reader, target, card_layout.IDENTITY_SECTOR,
                              sam.card_sector_key(uid, card_layout.IDENTITY_SECTOR, mifare.A))

@@ -189,6 +189,10 @@ def _read_sector(reader, uid, sector, key_type, key):
 
 def dump_card(reader, key_holder, target):
     """Every sector some known key opens: [{"sector", "key" (a label, never bytes), "blocks"}]."""
+    if not target.is_mifare_classic_1k or len(target.uid) not in (4, 7):
+        shown = (target.sak, len(target.uid))
+        raise ToolError(EXIT_NOT_OUR_CARD, "不是 MIFARE Classic 1K 卡片（SAK %02x，UID %d 字节），无法导出" % shown,
+                        "not a MIFARE Classic 1K card (SAK %02x, %d-byte UID): nothing to dump" % shown)
     uid = target.uid
     sectors = []
     for sector in range(mifare.SECTORS):

@@ -47,6 +47,7 @@ class StationCard:
             raise StationError("发卡机上没有卡片", "no card on the issuing reader")
         try:
             card_io.require_blank(self.reader, self.target)
+            checked_uid = self.target.uid
             self.target = self.reader.poll(timeout_ms)     # the blank check authenticated: select afresh
         except card_io.CardNotBlank:
             self.close()
@@ -54,6 +55,11 @@ class StationCard:
         except ReaderError as error:
             self.close()
             raise StationError("读卡失败，请放稳卡片重试：%s" % error, "card read failed, hold it still: %s" % error)
+        if self.target is None or self.target.uid != checked_uid:
+            # Only the card just checked blank may be written: not none, not one put there since.
+            self.close()
+            raise StationError("卡片已移开或被更换，请放回刚检查的空白卡", "the card checked blank left the issuing "
+                               "reader or was swapped: put it back")
 
     @property
     def uid(self):
