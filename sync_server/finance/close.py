@@ -876,13 +876,11 @@ def _holes(conn, terminal_id, acked_seq, max_seq):
 
 
 def _order_refs(conn, transfer_ids):
-    """{transfer_id: order id (商户订单号)} of the channel orders behind these transfers, when the
-    recharge tables exist (sync_server/services/recharge.py)."""
-    if not transfer_ids or not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'recharge_orders'").fetchone():
-        return {}
+    """{transfer_id: order id (商户订单号)} of the channel orders behind these transfers
+    (sync_server/services/recharge.py)."""
     found = {}
-    for start in range(0, len(transfer_ids), 900):
-        chunk = transfer_ids[start:start + 900]
+    for start in range(0, len(transfer_ids), _IN_CHUNK):
+        chunk = transfer_ids[start:start + _IN_CHUNK]
         found.update(conn.execute("SELECT transfer_id, order_id FROM recharge_orders WHERE transfer_id IN (%s)"
                                   % ",".join("?" * len(chunk)), chunk))
     return found

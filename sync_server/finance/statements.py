@@ -99,11 +99,9 @@ def channel_ledger_id(conn, channel):
     channel = str(channel).strip()
     if channel.isdigit():
         row = conn.execute("SELECT id FROM ledger_accounts WHERE id = ? AND kind = 'channel'", (int(channel),)).fetchone()
-    elif conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'recharge_channels'").fetchone():
+    else:
         row = conn.execute("SELECT c.ledger_account_id FROM recharge_channels c JOIN ledger_accounts la "
                            "ON la.id = c.ledger_account_id WHERE c.name = ? AND la.kind = 'channel'", (channel,)).fetchone()
-    else:
-        row = None
     if row is None:
         raise FinanceError("未知的充值渠道：%s" % channel, "unknown recharge channel: %s" % channel)
     return row[0]
