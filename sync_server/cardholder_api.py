@@ -14,13 +14,17 @@
     POST /api/v1/accounts/<id>/pin            {old_pin, new_pin, confirm_pin?}
     GET  /api/v1/accounts/<id>/limits
     PUT  /api/v1/accounts/<id>/limits         {pin, single_limit_fen, daily_limit_fen}
-    POST /api/v1/accounts/<id>/electricity    {pin, building, floor, room, amount_fen}
+    POST /api/v1/accounts/<id>/electricity    {pin, building, floor, room, amount_fen, idempotency_key?}
     POST /api/v1/channels/<channel>/notify    the channel's signed notification (no bearer token)
 
 Every account endpoint needs `Authorization: Bearer <token>` (from bind or sign-in) and answers only
 for the cardholder the token is bound to: another account id is 403, whatever else is asked. Errors
 are JSON {"error": code, "message": "中文 / English", "message_zh", "message_en"} with a 4xx status.
 The views only translate HTTP to the functions of sync_server/services/.
+
+A payment the app may send twice (a retry after a lost answer, a double tap) carries an
+`idempotency_key` (8-100 of A-Z a-z 0-9 - _, new for each payment the holder means to make): every
+copy books once and gets the first one's answer; the same key with other details is a 409.
 
 Channel secrets: `CHANNEL_SECRETS_FILE` (default <data_dir>/channel_secrets.json, mode 0600, JSON
 {"alipay": "<hex>", ...}) holds the secrets channels gave us; a channel without one uses the key
@@ -247,5 +251,6 @@ def pay_electricity(account_id):
     _own(conn, account_id)
     message = _body()
     result = electricity.pay(conn, account_id, _str(message, "building"), _int(message, "floor"),
-                             _str(message, "room"), _int(message, "amount_fen"), pin=_str(message, "pin"))
+                             _str(message, "room"), _int(message, "amount_fen"), pin=_str(message, "pin"),
+                             idempotency_key=message.get("idempotency_key"))
     return jsonify(dict(result, parts=[list(part) for part in result["parts"]]))

@@ -353,6 +353,35 @@ def test_electricity_draws_legacy_first_and_refuses_a_shortfall(live_server):
     assert holder.balance()["wallets"]["main"] == 4700
 
 
+def test_a_double_submitted_electricity_payment_is_booked_once(live_server):
+    """The app sends the same idempotency key with a retried or double-tapped payment: one payment,
+    the same receipt for every copy, even when the copies arrive at the same time."""
+    holder = Holder(live_server, balance_fen=5000)
+    request = {"pin": holder.pin, "building": "北3", "floor": 2, "room": "215", "amount_fen": 1200,
+               "idempotency_key": "tap-0b7c2f9e4d1a"}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: holder.http.post(holder.url("electricity"), json=request), range(2)))
+    assert [answer.status_code for answer in answers] == [200, 200], answers[0].text
+    assert answers[0].json()["payment_id"] == answers[1].json()["payment_id"]
+    assert answers[0].json()["parts"] == answers[1].json()["parts"] == [["main", 1200]]
+    again = holder.http.post(holder.url("electricity"), json=request)
+    assert again.json()["payment_id"] == answers[0].json()["payment_id"]
+    assert holder.balance()["wallets"]["main"] == 3800
+    _error(holder.http.post(holder.url("electricity"), json=dict(request, amount_fen=1300)), 409,
+           "idempotency_conflict")                           # one key, one payment
+    _error(holder.http.post(holder.url("electricity"), json=dict(request, idempotency_key="x")), 400,
+           "bad_idempotency_key")
+    fresh = holder.http.post(holder.url("electricity"), json=dict(request, idempotency_key="tap-5e6f7a8b9c0d"))
+    assert fresh.status_code == 200 and fresh.json()["payment_id"] != answers[0].json()["payment_id"]
+    assert holder.balance()["wallets"]["main"] == 2600
+    conn = live_server.connect()
+    try:
+        assert conn.execute("SELECT count(*) FROM electricity_payments WHERE account_id = ?",
+                            (holder.account_id,)).fetchone()[0] == 2
+    finally:
+        conn.close()
+
+
 # --- reissue -------------------------------------------------------------------------------------
 
 def _fee_income(conn):

@@ -116,8 +116,10 @@ def test_hall_pages_need_the_hall_role(site):
 def test_staff_action_is_logged_with_who_did_it_and_has_a_receipt(site):
     client = site["app"].test_client()
     sign_in_staff(client)
-    token = token_of(client.get("/hall/person/%d" % site["person_id"]))
-    response = client.post("/hall/person/%d/recharge" % site["person_id"], data={"amount_yuan": "12.30", "csrf_token": token})
+    page = client.get("/hall/person/%d" % site["person_id"])
+    response = client.post("/hall/person/%d/recharge" % site["person_id"],
+                           data={"amount_yuan": "12.30", "csrf_token": token_of(page),
+                                 "form_key": form_key_of(page, "recharge-form")})
     assert response.status_code == 302 and "/hall/receipt/" in response.location
     receipt = client.get(response.location).get_data(as_text=True)
     assert "12.30" in receipt and "clerk" in receipt and "张三" in receipt
@@ -208,3 +210,45 @@ def test_a_pin_change_ends_the_other_sessions(site):
     assert sign_in_cardholder(other, pin="246813").status_code == 302
     pin_service.reset_pin(site["conn"], site["account_id"], "clerk")      # staff reset at the hall
     assert client.get("/portal/").status_code == 302 and other.get("/portal/").status_code == 302
+
+
+def form_key_of(response, form_id):
+    page = response.get_data(as_text=True)
+    form = page[page.index('id="%s"' % form_id):]
+    form = form[:form.index("</form>")]
+    return re.search(r'name="form_key" value="([^"]+)"', form).group(1)
+
+
+def test_a_double_clicked_cash_recharge_books_once_and_shows_one_receipt(site):
+    client = site["app"].test_client()
+    sign_in_staff(client)
+    page = client.get("/hall/person/%d" % site["person_id"])
+    form = {"amount_yuan": "50", "csrf_token": token_of(page), "form_key": form_key_of(page, "recharge-form")}
+    first = client.post("/hall/person/%d/recharge" % site["person_id"], data=form)
+    second = client.post("/hall/person/%d/recharge" % site["person_id"], data=form)
+    assert first.status_code == second.status_code == 302
+    assert "/hall/receipt/" in first.location and second.location == first.location
+    assert hall.balances_of(site["conn"], site["account_id"])["main"] == 6955 + 5000
+    assert site["conn"].execute("SELECT count(*) FROM recharge_orders").fetchone()[0] == 1
+    assert site["conn"].execute("SELECT count(*) FROM staff_actions").fetchone()[0] == 1
+    page = client.get("/hall/person/%d" % site["person_id"])     # the next form is a new submission
+    client.post("/hall/person/%d/recharge" % site["person_id"],
+                data=dict(form, form_key=form_key_of(page, "recharge-form")))
+    assert hall.balances_of(site["conn"], site["account_id"])["main"] == 6955 + 10000
+    forged = client.post("/hall/person/%d/recharge" % site["person_id"], data=dict(form, form_key="made-up-key"))
+    assert forged.status_code == 302 and "/hall/receipt/" not in forged.location
+    assert hall.balances_of(site["conn"], site["account_id"])["main"] == 6955 + 10000
+
+
+def test_a_double_clicked_electricity_payment_is_charged_once(site):
+    client = site["app"].test_client()
+    sign_in_cardholder(client)
+    page = client.get("/portal/electricity")
+    form = {"building": "西1", "floor": "3", "room": "305", "amount_yuan": "20", "pin": "190001",
+            "csrf_token": token_of(page), "form_key": form_key_of(page, "electricity-form")}
+    first = client.post("/portal/electricity", data=form, follow_redirects=True).get_data(as_text=True)
+    second = client.post("/portal/electricity", data=form, follow_redirects=True).get_data(as_text=True)
+    receipt = re.search(r"单号 (E[0-9a-f]+)", first).group(1)
+    assert receipt in second                                  # the same receipt, shown again
+    assert hall.balances_of(site["conn"], site["account_id"])["main"] == 6955 - 2000
+    assert site["conn"].execute("SELECT count(*) FROM electricity_payments").fetchone()[0] == 1

@@ -15,9 +15,14 @@ The phone/kiosk JSON API (sync_server/cardholder_api.py), the web pages (sync_se
 A refused operation raises `ServiceError` (a `hall.HallError`, so one `except` serves both) with a
 stable `code`, an HTTP `status` for the API, and the message in Chinese and English; it changes
 nothing, except that a wrong PIN is counted towards the lockout (that is the point of the lockout).
-Money moves only through `ledger.post` with transfer ids derived from what is being paid for, so a
-retried call books once.
+Money moves only through `ledger.post` with transfer ids derived from the order or payment id, so a
+retried call books once when it carries the same id. Order and payment ids are random unless the
+caller passes an idempotency key (the web forms' one-time key, or the app's `idempotency_key`): then
+the id is derived from the account and the key, and a repeat of the same submission books nothing
+and returns the first one's receipt; the same key with different details is refused.
 """
+import hashlib
+import re
 
 from sync_server import db as dbmod, hall, messages
 from sync_server import pins as pin_rules  # not `pins`: that name is the submodule services.pins
@@ -35,7 +40,11 @@ MESSAGES = {
     "bad_amount": (400, "金额无效（应为 1 至 %d 分）", "invalid amount (1 to %d fen)"),
     "insufficient_funds": (409, "余额不足", "insufficient balance"),
     "bad_request": (400, "请求格式错误：%s", "malformed request: %s"),
+    "bad_idempotency_key": (400, "提交标识无效（应为 8 至 100 个字母、数字、- 或 _）",
+                            "invalid idempotency key (8 to 100 letters, digits, - or _)"),
+    "idempotency_conflict": (409, "该提交标识已用于另一笔不同的业务", "this idempotency key was used for a different request"),
 }
+_IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_-]{8,100}$")
 
 
 class ServiceError(hall.HallError):
@@ -85,6 +94,14 @@ def account_of_person(conn, person_id):
 
 # A correct PIN: check_pin also reports a blocked or indebted account after the hash matched.
 PIN_ACCEPTED = ("pin_ok", "account_blocked", "account_in_debt")
+
+
+def idempotent_id(prefix, account_id, key):
+    """The order / payment id for a caller's idempotency key: derived from the account and the key, so
+    one account's key never names another account's order, and the id shows nothing of the key."""
+    if not isinstance(key, str) or not _IDEMPOTENCY_KEY.match(key):
+        raise ServiceError("bad_idempotency_key")
+    return prefix + hashlib.sha256(("%d/%s" % (account_id, key)).encode()).hexdigest()[:24]
 
 
 def check_amount(amount_fen, maximum_fen):

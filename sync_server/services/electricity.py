@@ -10,10 +10,11 @@ Unlike a terminal tap, nothing here may go negative: a shortfall is refused.
 import re
 import uuid
 
-from firmware.core import card_layout, wallets as wallet_rules
+from firmware.core import card_layout, protocol, wallets as wallet_rules
 from sync_server import db as dbmod, hall, ledger
 from sync_server.ledger_store import SqliteStore, touch_accounts
-from sync_server.services import ServiceError, check_amount, now, person_row, register_messages, with_pin
+from sync_server.services import (ServiceError, check_amount, idempotent_id, now, person_row, register_messages,
+                                  with_pin)
 
 MAX_PAYMENT_FEN = 50000           # ¥500 at a time
 MAX_FLOOR = 60
@@ -43,13 +44,36 @@ def _check_room(building, floor, room):
         raise ServiceError("bad_room")
 
 
-def pay(conn, account_id, building, floor, room, amount_fen, pin=None, operator=None, now_ms=None):
-    """Pay `amount_fen` for a room. Returns {payment_id, parts: [(wallet, fen)], balances}."""
+def _parts(conn, payment_id):
+    """[(wallet, fen)] of a booked payment, in the order they were drawn."""
+    ids = ["e/%s/%d" % (payment_id, index) for index in range(len(protocol.WALLETS))]
+    rows = conn.execute("SELECT t.id, la.wallet, t.amount_fen FROM transfers t JOIN ledger_accounts la "
+                        "ON la.id = t.debit_id WHERE t.id IN (%s)" % ", ".join("?" * len(ids)), ids).fetchall()
+    return [(wallet, fen) for _, wallet, fen in sorted(rows, key=lambda row: ids.index(row[0]))]
+
+
+def pay(conn, account_id, building, floor, room, amount_fen, pin=None, operator=None, now_ms=None,
+        idempotency_key=None):
+    """Pay `amount_fen` for a room. Returns {payment_id, parts: [(wallet, fen)], balances, repeated}.
+
+    With an `idempotency_key` the payment id is derived from it: a repeat of the same submission (a
+    double click, a retry) books nothing and returns the first payment (repeated True); the same key
+    for another room or amount is refused (idempotency_conflict)."""
     _check_room(building, floor, room)
     check_amount(amount_fen, MAX_PAYMENT_FEN)
     now_ms = now(now_ms)
+    payment_id = "E%d%s" % (now_ms, uuid.uuid4().hex[:12]) if idempotency_key is None else \
+        idempotent_id("E", account_id, idempotency_key)
 
     def operation():
+        if idempotency_key is not None:
+            done = conn.execute("SELECT account_id, building, floor, room, amount_fen FROM electricity_payments "
+                                "WHERE payment_id = ?", (payment_id,)).fetchone()
+            if done is not None:
+                if tuple(done) != (account_id, building, floor, room, amount_fen):
+                    raise ServiceError("idempotency_conflict")
+                return {"payment_id": payment_id, "parts": _parts(conn, payment_id),
+                        "balances": hall.balances_of(conn, account_id), "repeated": True}
         holder = person_row(conn, account_id)
         if holder["category"] == card_layout.HOLDER_IDENTITY_ONLY:
             raise ServiceError("no_wallet")
@@ -65,7 +89,6 @@ def pay(conn, account_id, building, floor, room, amount_fen, pin=None, operator=
                                          wallet_rules.CATEGORY_ELECTRICITY, amount_fen)
         if parts is None:
             raise ServiceError("insufficient_funds")
-        payment_id = "E%d%s" % (now_ms, uuid.uuid4().hex[:12])
         reference = "%s %d-%s" % (building, floor, room)
         ledger.post(store, [ledger.Transfer("e/%s/%d" % (payment_id, index), wallet_ids[wallet], merchant_ledger_id,
                                             fen, ledger.KIND_PURCHASE, reference, now_ms)
@@ -74,5 +97,6 @@ def pay(conn, account_id, building, floor, room, amount_fen, pin=None, operator=
                      "operator, time_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                      (payment_id, account_id, building, floor, room, amount_fen, operator, now_ms))
         touch_accounts(conn, [account_id])
-        return {"payment_id": payment_id, "parts": parts, "balances": hall.balances_of(conn, account_id)}
+        return {"payment_id": payment_id, "parts": parts, "balances": hall.balances_of(conn, account_id),
+                "repeated": False}
     return with_pin(conn, account_id, pin, operator, now_ms, operation)

@@ -2,7 +2,8 @@
 
     create_order(conn, account_id, amount_fen, channel)      -> order dict, status pending
     handle_notification(conn, channel, body, signature_hex, secret) -> (outcome, order or None)
-    cash_recharge(conn, account_id, amount_fen, operator)    -> paid order dict (service-hall cash desk)
+    cash_recharge(conn, account_id, amount_fen, operator, idempotency_key=None)
+                                                             -> paid order dict (service-hall cash desk)
     close_stale_orders(conn, older_than_ms)                  -> orders closed
 
 Online channels (Alipay, WeChat Pay, CCB 龙支付) answer asynchronously: the cardholder pays in the
@@ -33,7 +34,8 @@ import uuid
 from firmware.core import card_layout, crypto, protocol
 from sync_server import db as dbmod, hall, ledger
 from sync_server.ledger_store import SqliteStore, touch_accounts, update_debt_flags
-from sync_server.services import ServiceError, check_amount, now, person_row, register_messages, tx
+from sync_server.services import (ServiceError, check_amount, idempotent_id, now, person_row, register_messages,
+                                  tx)
 
 log = logging.getLogger(__name__)
 
@@ -166,22 +168,33 @@ def _credit(conn, order, channel_ledger_id, now_ms):
     return transfer_id, posted
 
 
-def cash_recharge(conn, account_id, amount_fen, operator, wallet=protocol.WALLET_MAIN, now_ms=None):
+def cash_recharge(conn, account_id, amount_fen, operator, wallet=protocol.WALLET_MAIN, now_ms=None,
+                  idempotency_key=None):
     """Cash paid at the service-hall desk: an order paid at once, credited from the cash desk account.
-    Returns the order (its id is the receipt number)."""
+    Returns the order (its id is the receipt number) with `repeated`: True when `idempotency_key`
+    named an order already booked (nothing booked again; the same amount and wallet are required)."""
     check_amount(amount_fen, ledger.MAX_TRANSFER_FEN)
     assert operator, "a cash recharge names the staff member who took the money"
     now_ms = now(now_ms)
     with tx(conn):
+        if idempotency_key is None:
+            order_id = "C%d%s" % (now_ms, uuid.uuid4().hex[:12])
+        else:
+            order_id = idempotent_id("C", account_id, idempotency_key)
+            existing = _order(conn, order_id)
+            if existing is not None:
+                if (existing["account_id"], existing["channel"], existing["amount_fen"], existing["wallet"]) != \
+                        (account_id, CASH_CHANNEL, amount_fen, wallet):
+                    raise ServiceError("idempotency_conflict")
+                return dict(existing, repeated=True)
         _check_rechargeable(conn, account_id, wallet)
-        order_id = "C%d%s" % (now_ms, uuid.uuid4().hex[:12])
         conn.execute("INSERT INTO recharge_orders (order_id, account_id, wallet, amount_fen, channel, status, "
                      "operator, created_ms, paid_ms) VALUES (?, ?, ?, ?, 'cash', 'paid', ?, ?, ?)",
                      (order_id, account_id, wallet, amount_fen, operator, now_ms, now_ms))
         order = _order(conn, order_id)
         transfer_id, _ = _credit(conn, order, _channel_ledger_id(conn, CASH_CHANNEL), now_ms)
         conn.execute("UPDATE recharge_orders SET transfer_id = ? WHERE order_id = ?", (transfer_id, order_id))
-        return _order(conn, order_id)
+        return dict(_order(conn, order_id), repeated=False)
 
 
 def close_stale_orders(conn, now_ms=None, ttl_ms=PENDING_ORDER_TTL_MS, limit=1000):

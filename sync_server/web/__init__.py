@@ -82,7 +82,8 @@ def init_app(app):
     app.before_request(_pick_lang)
     app.after_request(_remember_lang)
     app.after_request(_no_store)
-    app.jinja_env.globals.update(t=t, csrf_token=auth.csrf_token, csrf_field=auth.CSRF_FIELD)
+    app.jinja_env.globals.update(t=t, csrf_token=auth.csrf_token, csrf_field=auth.CSRF_FIELD,
+                                 form_key=auth.form_key, form_key_field=auth.FORM_KEY_FIELD)
     app.jinja_env.filters.update(yuan=yuan, signed_yuan=signed_yuan, beijing_time=beijing_time,
                                  expiry_date=expiry_date)
 

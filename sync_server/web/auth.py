@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 
+import itsdangerous
 from flask import abort, current_app, g, redirect, request, session, url_for
 
 from firmware.core import crypto
@@ -36,6 +37,8 @@ MAX_LOG_ROWS_SHOWN = 200
 _SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dklen": 32}
 _DUMMY_SALT = b"\0" * 16
 CSRF_FIELD = "csrf_token"
+FORM_KEY_FIELD = "form_key"
+FORM_KEY_MAX_AGE_S = 24 * 3600
 
 
 class AuthError(BilingualError):
@@ -187,6 +190,26 @@ def csrf_token():
     if not token:
         token = session[CSRF_FIELD] = secrets.token_urlsafe(32)
     return token
+
+
+def form_key():
+    """A one-time key for a form that books money, issued with the page (template global). The
+    service derives the order / payment id from it, so submitting the same form twice (a double
+    click, a resent POST) books once and shows the first receipt. Signed, so only keys we issued
+    count, and they expire."""
+    return _form_key_signer().dumps(secrets.token_urlsafe(16))
+
+
+def submitted_form_key():
+    """The form's one-time key, or None when it is missing, forged or expired (the page is stale)."""
+    try:
+        return _form_key_signer().loads(request.form.get(FORM_KEY_FIELD, ""), max_age=FORM_KEY_MAX_AGE_S)
+    except itsdangerous.BadData:
+        return None
+
+
+def _form_key_signer():
+    return itsdangerous.URLSafeTimedSerializer(current_app.secret_key, salt="ykt-form-key")
 
 
 def check_csrf():

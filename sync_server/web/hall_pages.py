@@ -3,7 +3,8 @@ balances, cash recharge, report loss, unfreeze, reissue, and print a receipt.
 
 Each action runs in one transaction together with its line in the staff action log (who, what, to
 whom, when), so there is never a change without its log line or a log line without its change. The
-log line's id is the receipt number.
+log line's id is the receipt number. The cash recharge form carries a one-time key (auth.form_key):
+the same form submitted twice books once and both submissions land on the first receipt.
 """
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 
@@ -123,9 +124,10 @@ def _act(person_id, action, operation, own_transaction=False, **log_fields):
         with dbmod.transaction(conn):
             if not own_transaction:
                 detail = operation(conn, holder) or {}
-            action_id = auth.log_action(conn, g.staff, action, person_id=person_id,
-                                        account_id=holder["account_id"], detail=detail,
-                                        card_number=detail.get("card_number"), **log_fields)
+            # a repeated submission names the receipt of the first one and is not logged again
+            action_id = detail.pop("receipt_of", None) or auth.log_action(
+                conn, g.staff, action, person_id=person_id, account_id=holder["account_id"], detail=detail,
+                card_number=detail.get("card_number"), **log_fields)
     except hall.HallError as error:
         flash(_error_text(error), "error")
         return redirect(url_for("hall_pages.person", person_id=person_id))
@@ -140,11 +142,27 @@ def recharge(person_id):
         flash(t("请输入充值金额（元，最多两位小数）", "Enter the amount in yuan (at most two decimals)"), "error")
         return redirect(url_for("hall_pages.person", person_id=person_id))
 
+    form_key = auth.submitted_form_key()
+    if form_key is None:
+        flash(t("页面已过期，请刷新后重新提交", "The page expired: reload it and submit again"), "error")
+        return redirect(url_for("hall_pages.person", person_id=person_id))
+
     def operation(conn, holder):
-        order = recharge_service.cash_recharge(conn, holder["account_id"], amount_fen, g.staff["username"])
+        order = recharge_service.cash_recharge(conn, holder["account_id"], amount_fen, g.staff["username"],
+                                               idempotency_key=form_key)
+        if order["repeated"]:       # the same form again (a double click): the first receipt
+            first = _receipt_of_order(conn, person_id, order["order_id"])
+            if first is not None:
+                return {"receipt_of": first}
         return {"order_id": order["order_id"], "wallet": order["wallet"],
                 "balance_fen_after": hall.balances_of(conn, holder["account_id"])[order["wallet"]]}
     return _act(person_id, "recharge", operation, amount_fen=amount_fen)
+
+
+def _receipt_of_order(conn, person_id, order_id):
+    row = conn.execute("SELECT id FROM staff_actions WHERE person_id = ? AND action = 'recharge' "
+                       "AND json_extract(detail, '$.order_id') = ? ORDER BY id LIMIT 1", (person_id, order_id)).fetchone()
+    return None if row is None else row[0]
 
 
 @hall_pages.post("/person/<int:person_id>/report-loss")

@@ -229,12 +229,17 @@ def electricity():
     if request.method == "POST":
         amount_fen = forms.parse_yuan(request.form.get("amount_yuan"))
         floor = forms.parse_int(request.form.get("floor"))
+        form_key = auth.submitted_form_key()
+        if form_key is None:
+            flash(t("页面已过期，请刷新后重新提交", "The page expired: reload it and submit again"), "error")
+            return redirect(url_for("portal.electricity"))
         try:
             if not amount_fen:
                 raise services.ServiceError("bad_amount", electricity_service.MAX_PAYMENT_FEN)
+            # the form's one-time key: the same form submitted twice pays once and shows that receipt
             done = electricity_service.pay(dbmod.get_db(), g.account_id, request.form.get("building", "").strip(),
                                            floor, request.form.get("room", "").strip(), amount_fen,
-                                           pin=request.form.get("pin", ""))
+                                           pin=request.form.get("pin", ""), idempotency_key=form_key)
         except services.ServiceError as error:
             flash(_error_text(error), "error")
         else:
