@@ -8,6 +8,7 @@
 Output is Chinese unless `--lang en` (or YKT_LANG=en). Keys are never printed: terminal provisioning
 goes to a file created with mode 0600.
 """
+import getpass
 import json
 import os
 import sys
@@ -140,11 +141,15 @@ def write_at_station(args, conn, station, identity, name):
 
 
 def cmd_card_issue(args):
+    """The account's first card. An account that has a card gets a reissue (`ykt hall reissue`), which
+    books the fee and its record; the checks (UID not in use, no card yet) are services.cards'."""
+    from sync_server.services import cards      # imported late: services import this module's neighbours
     conn = _open(args)
     station = open_station(args)
     try:
         uid = station.uid if station is not None else bytes.fromhex(args.uid)
-        identity, name = hall.issue_card_record(conn, args.account, uid)
+        issued = cards.issue_card(conn, args.account, uid, operator=args.operator or getpass.getuser())
+        identity, name = issued["identity"], issued["name"]
         if station is not None:
             write_at_station(args, conn, station, identity, name)
     finally:
@@ -284,8 +289,10 @@ def register(subparsers):
     p.add_argument("--staff-number")
     p.add_argument("--category", type=int, default=card_layout.HOLDER_STUDENT,
                    help="1 教工 staff, 2 学生 student, 3 自聘 self-employed, 4 临时 temporary, 5 身份卡 identity")
-    p = add("card-issue", cmd_card_issue, "发卡（在发卡机上写卡）/ issue a card (written at the issuing station)")
+    p = add("card-issue", cmd_card_issue, "发卡（在发卡机上写卡；已有卡请补办）/ issue the first card (written at "
+                                          "the issuing station; an account with a card gets a reissue)")
     p.add_argument("--account", type=int, required=True)
+    p.add_argument("--operator", help="staff user acting (default: login name)")
     add_station_options(p)
     p.add_argument("--json", action="store_true")
     p = add("recharge", cmd_recharge, "现金充值 / cash recharge")

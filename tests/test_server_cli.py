@@ -1,6 +1,7 @@
 """The service-hall command line, run as users run it (a subprocess), on a temp data directory."""
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -41,3 +42,28 @@ def test_hall_flow_and_keys_stay_out_of_output(tmp_path):
     assert code == 0 and "挂失成功" in out
     code, out = _run(data_dir, "hall", "report-loss", "--card", "100001", "--lang", "en")
     assert code == 2 and "no active card" in out      # clear refusal, not a traceback
+
+
+def test_card_issue_refuses_an_account_that_has_a_card_and_a_uid_in_use(tmp_path):
+    """A second card-issue would replace the card for free, without a reissue record: refused, pointing
+    to reissue, which books the fee. A UID already on someone's card is refused too."""
+    data_dir = tmp_path / "data"
+    assert _run(data_dir, "server", "init")[0] == 0
+    assert _run(data_dir, "hall", "person-add", "--name", "张小明", "--id-number", "110101200001011234")[0] == 0
+    assert _run(data_dir, "hall", "person-add", "--name", "李小红", "--id-number", "110101200002022345")[0] == 0
+    assert _run(data_dir, "hall", "recharge", "--account", "1", "--amount-fen", "5000")[0] == 0
+    assert _run(data_dir, "hall", "card-issue", "--account", "1", "--uid", "0a0b0c0d")[0] == 0
+    code, out = _run(data_dir, "hall", "card-issue", "--account", "1", "--uid", "01020304")
+    assert code == 2 and "补卡" in out
+    code, out = _run(data_dir, "hall", "card-issue", "--account", "1", "--uid", "01020304", "--lang", "en")
+    assert code == 2 and "reissue" in out
+    code, out = _run(data_dir, "hall", "card-issue", "--account", "2", "--uid", "0a0b0c0d", "--lang", "en")
+    assert code == 2 and "UID is already in use" in out
+    conn = sqlite3.connect(str(data_dir / "ykt.sqlite3"))
+    try:
+        assert conn.execute("SELECT account_id, generation, status FROM cards").fetchall() == [(1, 1, "active")]
+        assert conn.execute("SELECT count(*) FROM card_reissues").fetchone()[0] == 0
+    finally:
+        conn.close()
+    code, out = _run(data_dir, "hall", "reissue", "--account", "1", "--uid", "01020304", "--json")
+    assert code == 0 and json.loads(out)["fee_fen"] == 1000 and json.loads(out)["generation"] == 2
