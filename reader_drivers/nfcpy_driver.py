@@ -63,8 +63,11 @@ from reader_drivers.pn53x_classic import Pn53xClassic, parse_answer, status_erro
 SUPPORTS = frozenset(("iso14443a", "mifare_classic_1k", "authenticate", "read", "write", "increment",
                       "decrement", "restore", "transfer", "release"))
 
-DATA_EXCHANGE_TIMEOUT_S = pn532_driver.DATA_EXCHANGE_TIMEOUT_MS / 1000.0
-COMMAND_TIMEOUT_S = pn532_driver.RESPONSE_TIMEOUT_MS / 1000.0
+# What the chip itself needs (nfcpy has no resend layer, so these are all the waiting there is).
+COMMAND_TIMEOUT_MS = 100          # configuration commands answer at once
+DATA_EXCHANGE_TIMEOUT_MS = 200    # worst MIFARE exchange: 10 ms card timeout + the chip's own timeout
+DATA_EXCHANGE_TIMEOUT_S = DATA_EXCHANGE_TIMEOUT_MS / 1000.0
+COMMAND_TIMEOUT_S = COMMAND_TIMEOUT_MS / 1000.0
 # CIU_RxMode bit 7 (RxCRCEn): nfcpy turns it off after selecting a card that is neither ISO 14443-4
 # nor NFC-DEP, because it reads Type 2 Tags raw through InCommunicateThru. MIFARE Classic answers
 # carry a CRC_A that the chip must check and strip for InDataExchange, so it goes back on.

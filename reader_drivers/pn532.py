@@ -85,9 +85,6 @@ ACK_DEADLINE_MS = 1000
 RESPONSE_DEADLINE_MS = 1000
 # Bytes of a started answer that stop coming were lost on the line: NACK at once, not at the deadline.
 FRAME_STALL_MS = 100
-# What the chip itself needs; reader_drivers/nfcpy_driver.py waits this long through nfcpy.
-RESPONSE_TIMEOUT_MS = 100         # configuration commands answer at once
-DATA_EXCHANGE_TIMEOUT_MS = 200    # worst MIFARE exchange: 10 ms card timeout + the chip's own timeout
 MIN_POLL_WAIT_MS = 25             # even poll(0) lets the chip try once (selection takes ~2.5-3.5 ms)
 NON_DEP_TIMEOUT_INDEX = 0x08      # 12.8 ms: above the card's 10 ms write/transfer time-out (MF1S50)
 MAX_SENDS = 3                     # one send and two resends of a command

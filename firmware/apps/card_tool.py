@@ -22,7 +22,7 @@ import json
 import os
 import sys
 
-from firmware.apps import card_io
+from firmware.apps import card_io, provisioning
 from firmware.core import card_layout, mifare, sam as sam_module
 from reader_drivers.base import AuthenticationError, CardGone, CardNak, ReaderError, open_reader
 
@@ -63,17 +63,11 @@ class ToolError(Exception):
 
 def card_keys_from_provisioning(document):
     """A key holder with the card purpose keys the provisioning file carries (never the terminal key:
-    reading cards does not need it). Same key names as firmware/apps/pos_terminal.py reads."""
-    hex_keys = dict(document.get("sam_keys") or {})
-    for flat, purpose in (("card_key_a", sam_module.CARD_KEY_A), ("card_key_b", sam_module.CARD_KEY_B),
-                          ("card_mac", sam_module.CARD_MAC)):
-        if flat in document:
-            hex_keys.setdefault(purpose, document[flat])
-    wanted = (sam_module.CARD_KEY_A, sam_module.CARD_KEY_B, sam_module.CARD_MAC)
+    reading cards does not need it)."""
     try:
-        return sam_module.SoftwareSAM({purpose: bytes.fromhex(hex_keys[purpose])
-                                       for purpose in wanted if purpose in hex_keys})
-    except (TypeError, ValueError):
+        return sam_module.SoftwareSAM(provisioning.purpose_keys(
+            document, (sam_module.CARD_KEY_A, sam_module.CARD_KEY_B, sam_module.CARD_MAC)))
+    except ValueError:
         raise ToolError(EXIT_UNUSABLE, "终端配置文件中的密钥格式错误", "the provisioning file's keys are not hex")
 
 

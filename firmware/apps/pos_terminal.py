@@ -29,7 +29,7 @@ import threading
 import time
 import traceback
 
-from firmware.apps import card_io
+from firmware.apps import card_io, provisioning
 from firmware.apps.store import StoreError, TerminalStore
 from firmware.apps.sync_client import SharedClock, SyncClient
 from firmware.core import card_layout, clock as clock_module, messages, pos, records, sam as sam_module
@@ -55,16 +55,12 @@ def load_provisioning(path):
 
 def sam_from_provisioning(document):
     """Only the purpose keys a POS needs; key bytes never leave the key holder afterwards."""
-    hex_keys = dict(document.get("sam_keys") or {})
-    for flat, purpose in (("terminal_key", sam_module.TERMINAL), ("card_key_a", sam_module.CARD_KEY_A),
-                          ("card_mac", sam_module.CARD_MAC)):
-        if flat in document:
-            hex_keys.setdefault(purpose, document[flat])
     wanted = (sam_module.TERMINAL, sam_module.CARD_KEY_A, sam_module.CARD_MAC)
-    missing = [purpose for purpose in wanted if purpose not in hex_keys]
+    keys = provisioning.purpose_keys(document, wanted)
+    missing = [purpose for purpose in wanted if purpose not in keys]
     if missing:
         raise ValueError("provisioning file lacks keys: %s" % ", ".join(missing))
-    return sam_module.SoftwareSAM({purpose: bytes.fromhex(hex_keys[purpose]) for purpose in wanted})
+    return sam_module.SoftwareSAM(keys)
 
 
 class PosTerminal:

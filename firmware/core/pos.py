@@ -35,6 +35,7 @@ WAIT_PIN = "wait_pin"          # over a limit, waiting for the cardholder's PIN
 CHECKING_PIN = "checking_pin"  # CheckPin issued
 COUNTING = "counting"          # CountTap issued
 JOURNALING = "journaling"      # Journal issued; success is shown only after Journaled
+STATES = (IDLE, WAIT_CARD, READING, WAIT_CONFIRM, WAIT_PIN, CHECKING_PIN, COUNTING, JOURNALING)
 
 _RECENT_SUCCESSES = 32         # committed taps remembered for repeat detection (bounded)
 
@@ -104,15 +105,13 @@ class PosError(Exception):
 
 class _Pending:
     """The tap in progress: the card read, its facts, and what was decided."""
-    __slots__ = ("view", "facts", "flags", "balance_after_fen", "new_counter", "pin_attempts",
-                 "pin_since_ms")
+    __slots__ = ("view", "facts", "flags", "balance_after_fen", "pin_attempts", "pin_since_ms")
 
     def __init__(self, view, facts):
         self.view = view
         self.facts = facts
         self.flags = 0
         self.balance_after_fen = 0
-        self.new_counter = 0
         self.pin_attempts = 0
         self.pin_since_ms = 0
 
@@ -277,7 +276,6 @@ class CanteenPos:
     def _counted(self, event):
         pending = self.pending
         assert event.new_counter == pending.view.tap_counter + 1, "tap counter moved by more than one"
-        pending.new_counter = event.new_counter
         identity = pending.view.identity
         fields = {
             "terminal_id": self._config("terminal_id"),
@@ -362,7 +360,7 @@ def _table():
     table = {}
     for state, event_type, handler, allowed in rows:
         table[(state, event_type)] = (handler, allowed)
-    for state in (IDLE, WAIT_CARD, READING, WAIT_CONFIRM, WAIT_PIN, CHECKING_PIN, COUNTING, JOURNALING):
+    for state in STATES:
         for event_type, handler in _ALWAYS:
             allowed = (state, WAIT_CARD) if state == WAIT_PIN else (state,)
             table[(state, event_type)] = (handler, allowed)
@@ -371,4 +369,3 @@ def _table():
 
 # (state, event type) -> (handler, states it may lead to). The one place transitions live.
 TRANSITIONS = _table()
-STATES = (IDLE, WAIT_CARD, READING, WAIT_CONFIRM, WAIT_PIN, CHECKING_PIN, COUNTING, JOURNALING)
