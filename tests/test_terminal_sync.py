@@ -17,7 +17,7 @@ from firmware.apps import card_io
 from firmware.apps.pos_terminal import PosTerminal
 from firmware.apps.store import TerminalStore
 from firmware.apps.sync_client import SharedClock, SyncClient
-from firmware.core import card_layout, sam
+from firmware.core import card_layout, mifare, sam
 from reader_drivers.base import open_reader
 from simulators.classic_card import ClassicCard
 from simulators.netcut import Relay
@@ -290,4 +290,60 @@ def test_malformed_answers_never_stop_the_sync_thread(tmp_path):
                 thread.join(timeout=30)
             client.close()
             transport.close()
+            store.close()
+
+
+def card_tap_counter(card_path):
+    value, _address = mifare.decode_value_block(ClassicCard.load(card_path).dump_block(card_layout.COUNTER_BLOCK))
+    return card_layout.tap_counter_from_value(value)
+
+
+def test_replaced_terminal_storage_waits_for_its_first_sync_then_numbers_after_the_server(campus, tmp_path):
+    """A terminal whose storage was replaced (new SD card, same provisioning) must not number its
+    taps from 1 again: the server holds those seqs and would drop the new taps as copies."""
+    server, conn, relay, terminal, people, out = campus
+    (alice, alice_card), _ = people
+    assert terminal.sync_now().online
+    for amount_fen in (300, 400):
+        terminal.run_line({"amount_fen": amount_fen, "card": alice_card})
+    assert terminal.drain(60) == 0
+    relay.cut()
+    replaced_out = io.StringIO()
+    replaced = PosTerminal(terminal.provisioning, str(tmp_path / "replaced"), open_reader("sim:"), out=replaced_out)
+    try:
+        assert not replaced.sync_now().online
+        counted_before = card_tap_counter(alice_card)
+        replaced.run_line({"amount_fen": 500, "card": alice_card})
+        assert [(d["accepted"], d["reason"]) for d in decisions(replaced_out)] == [(False, "terminal_not_synced")]
+        shown = [json.loads(line) for line in replaced_out.getvalue().splitlines()]
+        assert "终端未完成首次同步" in [line.get("text") for line in shown if line["type"] == "show"]
+        assert replaced.store.last_seq() == 0 and card_tap_counter(alice_card) == counted_before
+        relay.restore()
+        assert replaced.sync_now().online            # its request counter starts above the old store's
+        replaced.run_line({"amount_fen": 500, "card": alice_card})
+        last = decisions(replaced_out)[-1]
+        assert last["accepted"] and last["seq"] == 3
+        assert replaced.drain(60) == 0
+        assert server_records(conn, terminal.terminal_id) == [(1, 300, alice.account_id), (2, 400, alice.account_id),
+                                                             (3, 500, alice.account_id)]
+        assert main_balance(conn, alice.account_id) == 20000 - 1200
+    finally:
+        replaced.close()
+
+
+def test_new_store_on_a_board_clock_in_1970_catches_up_with_the_servers_counter(tmp_path):
+    with running_server(tmp_path / "server") as server:
+        old = server.add_terminal()
+        for _ in range(3):
+            old.sync()                                  # the old store's requests, counters 1..3
+        old.close()
+        store = TerminalStore(str(tmp_path / "terminal.db"))
+        client = SyncClient(store, old.sam, old.terminal_id, server.url, SharedClock(store, raw_ms=lambda: 0))
+        try:
+            first = client.sync_once()
+            assert not first.online and "replayed_counter" in first.error
+            assert client.sync_once().online
+            assert not store.needs_first_sync()
+        finally:
+            client.close()
             store.close()

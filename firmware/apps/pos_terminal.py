@@ -89,6 +89,7 @@ class PosTerminal:
         self._decisions = 0            # decision lines printed so far
         self._tap_id = None            # the script's own id for the tap under way, echoed back
         self._last_shown = None
+        self._first_sync_seen = False  # once True it stays: a store never needs its first sync again
         self._out_lock = threading.Lock()
         self.sync_client = None
         self._sync_thread = None
@@ -304,6 +305,13 @@ class PosTerminal:
 
     def present_card(self, timeout_ms=TAP_TIMEOUT_MS):
         """Poll the reader; feed CardPresented when a card answers. Returns True when one did."""
+        if not self._first_sync_seen:
+            self._first_sync_seen = not self.store.needs_first_sync()
+            if not self._first_sync_seen:
+                # A new or replaced journal would number from seq 1, which the server may hold for
+                # this terminal already: no card is read (or counted) before one answer applied.
+                self._execute(pos.Show(messages.TERMINAL_NOT_SYNCED, {}))
+                return False
         try:
             target = self.reader.poll(timeout_ms)
         except ReaderError:

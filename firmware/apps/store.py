@@ -86,6 +86,7 @@ _META_DEFAULTS = {
     "balance_version": 0,
     "config_version": 0,
     "request_counter": 0,
+    "first_sync_done": 0,
     "clock_floor_ms": 0,
     "clock_offset_ms": 0,
     "resend_from_seq": 0,
@@ -266,12 +267,30 @@ class TerminalStore:
 
     # -- sync ------------------------------------------------------------------------------------
 
-    def next_request_counter(self):
-        """The counter for the next request, committed before it is used (a replay is never ours)."""
+    def next_request_counter(self, now_ms=0):
+        """The counter for the next request, committed before it is used (a replay is never ours).
+
+        At least the terminal clock (ms): the server only needs it to increase, and a new or replaced
+        store that started again at 1 would be refused as a replay for good (protocol.py headers).
+        """
         with self._transaction():
-            counter = self._meta("request_counter") + 1
+            counter = max(self._meta("request_counter") + 1, now_ms)
             self._set_meta("request_counter", counter)
         return counter
+
+    def counter_at_least(self, counter):
+        """The server has seen `counter` (a refused replay said so): the next one goes above it."""
+        with self._transaction():
+            self._set_meta("request_counter", max(counter, self._meta("request_counter")))
+
+    def needs_first_sync(self):
+        """True for a journal that never wrote a record and never applied an answer.
+
+        Such a store numbers from seq 1, which the server may already hold for this terminal (the
+        store was replaced or lost): the first answer's acked_seq moves the numbering past the
+        server's, so nothing may be journaled before one answer applied.
+        """
+        return not self._meta("first_sync_done") and self._meta("last_seq") == 0
 
     def versions(self):
         return self._meta("deny_version"), self._meta("balance_version"), self._meta("config_version")
@@ -287,6 +306,7 @@ class TerminalStore:
         result = ApplyResult()
         with self._transaction():
             self._apply_ack(answer["acked_seq"], result)
+            self._set_meta("first_sync_done", 1)
             self._apply_deny(answer.get("deny") or {}, terminal_id, result)
             balances = answer.get("balances") or {}
             self._apply_balances(balances, today_yyyymmdd, result)

@@ -2,7 +2,9 @@
 
 One `sync_once()`:
   1. takes the next request counter from the store (committed BEFORE sending, so a crash can never
-     make us reuse a counter the server has seen),
+     make us reuse a counter the server has seen; at least the clock in ms, so a new or replaced
+     store starts above what the server saw, and a replay refusal naming the server's last counter
+     moves it above that),
   2. builds the request from the store: a bounded batch of unacked records (plus any range the server
      asked for again), the cache versions and health; signs it with the terminal key (SAM),
   3. applies the answer in ONE local transaction (ack, prune, deny and balance deltas, config,
@@ -13,6 +15,7 @@ backoff. A 4xx is the server refusing this request; `terminal_revoked` is rememb
 Every HTTP call (sync and PIN check) holds one lock: the server requires strictly increasing counters,
 so two requests of one terminal must never race each other.
 """
+import re
 import threading
 import time
 
@@ -28,6 +31,8 @@ MIN_BACKOFF_MS = 500
 MAX_BACKOFF_MS = 30000
 BACKOFF_CAP_INTERVALS = 3
 MAX_FOLLOW_UPS = 50          # immediate re-syncs while the server says "more" or records wait
+MAX_ADOPTED_COUNTER = 2 ** 53    # ~285,000 years of milliseconds; far below the server's 2^63 bound
+_LAST_COUNTER = re.compile(r"last (\d+)\s*$")
 
 
 def raw_clock_ms():
@@ -110,7 +115,7 @@ class SyncClient:
     def _post(self, path, message):
         """Sign and send one request (counter committed first); returns (answer map, raw send/recv ms)."""
         body = cbor2.dumps(message)
-        counter = self.store.next_request_counter()
+        counter = self.store.next_request_counter(self.clock.peek_ms())
         headers = protocol.auth_headers(self.sam, "POST", path, self.terminal_id, counter, body)
         headers["Content-Type"] = protocol.CONTENT_TYPE
         sent_raw_ms = self.clock.raw_ms()
@@ -143,6 +148,8 @@ class SyncClient:
             except SyncRefused as refused:
                 if refused.error == "terminal_revoked":
                     self.store.mark_revoked()
+                elif refused.error == "replayed_counter":
+                    self._counter_above_servers(refused.message)
                 self.online = False
                 self.failures += 1
                 self.last_error = "%s: %s" % (refused.error, refused.message)
@@ -160,6 +167,18 @@ class SyncClient:
             self.failures = 0
             self.last_error = None
             return result
+
+    def _counter_above_servers(self, message):
+        """A replay refusal names the server's last counter ("... last N"): continue above it.
+
+        The counter starts from the clock, but a board that booted without network may read 1970;
+        this lets a new or replaced store catch up anyway. The refusal is not authenticated, so a
+        named counter is taken only below MAX_ADOPTED_COUNTER: a forged one can never use up the
+        counter space.
+        """
+        match = _LAST_COUNTER.search(message or "")
+        if match and int(match.group(1)) < MAX_ADOPTED_COUNTER:
+            self.store.counter_at_least(int(match.group(1)))
 
     def _sync_locked(self):
         batch = self.store.upload_batch()

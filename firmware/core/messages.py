@@ -33,6 +33,7 @@ OFFLINE_CAP_REACHED = "offline_cap_reached"
 TAP_AGAIN = "tap_again"
 REPEAT_TAP = "repeat_tap"
 TERMINAL_REVOKED = "terminal_revoked"
+TERMINAL_NOT_SYNCED = "terminal_not_synced"
 INVALID_AMOUNT = "invalid_amount"
 UNKNOWN_DISH = "unknown_dish"
 CANCELLED = "cancelled"
@@ -68,6 +69,7 @@ TEXTS = {
     TAP_AGAIN: ("请重新刷卡", "Card removed too early: please tap again"),
     REPEAT_TAP: ("重复刷卡，请收银员确认", "Repeated tap: cashier, please confirm"),
     TERMINAL_REVOKED: ("终端已停用", "This terminal has been revoked"),
+    TERMINAL_NOT_SYNCED: ("终端未完成首次同步", "This terminal has not completed its first sync"),
     INVALID_AMOUNT: ("金额无效", "Invalid amount"),
     UNKNOWN_DISH: ("菜品不存在", "Unknown dish"),
     CANCELLED: ("交易已取消", "Cancelled"),
