@@ -24,7 +24,7 @@ import hmac
 import json
 
 import cbor2
-from flask import Blueprint, current_app, request, Response
+from flask import Blueprint, Response, current_app, g, request
 
 from firmware.core import protocol, records as record_codec, sam as sam_keys
 from firmware.core import wallets as wallet_rules
@@ -67,6 +67,19 @@ def _api_error(error):
     if error.detail:
         message = "%s: %s" % (message, error.detail)
     return _cbor_response({"error": error.code, "message": message}, error.status)
+
+
+@terminal_api.after_request
+def _sign_answer(response):
+    """X-Ykt-Answer-Mac: the terminal applies nothing from an answer it cannot authenticate."""
+    signing = g.get("answer_signing")
+    if signing is not None:
+        path, terminal_id, key_version, counter = signing
+        message = protocol.answer_signing_string(path, terminal_id, counter, response.status_code,
+                                                 response.get_data())
+        mac = hmac.new(_terminal_key(terminal_id, key_version), message, hashlib.sha256).hexdigest()
+        response.headers[protocol.HEADER_ANSWER_MAC] = mac
+    return response
 
 
 def _cbor_response(obj, status=200):
@@ -114,6 +127,8 @@ def authenticate(conn, path, body):
         "WHERE t.id = ?", (terminal_id,))
     if terminal is None:
         raise ApiError(401, "unknown_terminal")
+    # From here on every answer, refusals included, is signed for this terminal (see _sign_answer).
+    g.answer_signing = (path, terminal_id, terminal["key_version"], counter)
     signing = protocol.signing_string("POST", path, terminal_id, counter, body)
     expected = hmac.new(_terminal_key(terminal_id, terminal["key_version"]), signing, hashlib.sha256).digest()
     if not hmac.compare_digest(expected, mac):

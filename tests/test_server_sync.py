@@ -383,3 +383,22 @@ def test_oversize_request_to_any_page_is_refused_with_a_clear_413(live_server, p
     text = response.json()["message"] if path.startswith("/api/") else response.text
     assert "请求体过大 / request body too large" in text
 
+
+
+def test_every_answer_to_a_known_terminal_is_signed_for_it(live_server):
+    """Answers and refusals carry a MAC the terminal checks before applying anything."""
+    from firmware.core import protocol
+    terminal = live_server.add_terminal()
+    body = terminal.body([terminal.record(1, 100001, 100)])
+    response = terminal.post(body)
+    assert response.status_code in (200, 422)
+    counter = terminal.counter
+    mac = response.headers[protocol.HEADER_ANSWER_MAC]
+    assert protocol.answer_is_authentic(terminal.sam, protocol.SYNC_PATH, terminal.terminal_id, counter,
+                                        response.status_code, response.content, mac)
+    assert not protocol.answer_is_authentic(terminal.sam, protocol.SYNC_PATH, terminal.terminal_id, counter + 1,
+                                            response.status_code, response.content, mac)
+    replay = terminal.post(body, counter=counter)          # refused (replayed counter) - and signed too
+    assert replay.status_code == 409
+    assert protocol.answer_is_authentic(terminal.sam, protocol.SYNC_PATH, terminal.terminal_id, counter,
+                                        409, replay.content, replay.headers[protocol.HEADER_ANSWER_MAC])
