@@ -347,3 +347,26 @@ def test_new_store_on_a_board_clock_in_1970_catches_up_with_the_servers_counter(
         finally:
             client.close()
             store.close()
+
+
+def test_a_record_the_server_refuses_does_not_stop_the_deny_list(campus):
+    """One record the server will not take (here: another merchant's) must not cut the terminal off
+    from loss reports: the deny list keeps coming, the record stays, the refusal is reported."""
+    server, conn, relay, terminal, people, out = campus
+    (alice, alice_card), _ = people
+    assert terminal.sync_now().online
+    bad = {"terminal_id": terminal.terminal_id, "card_number": alice.card_number, "account_id": alice.account_id,
+           "card_generation": 1, "category": 1, "tap_counter": 99, "amount_fen": 100,
+           "merchant_id": terminal.provisioning["merchant_id"] + 1000, "flags": 0}
+    terminal.store.append_purchase(bad, terminal.clock.peek_ms())
+    refused = terminal.sync_now()
+    assert not refused.online and "wrong_merchant" in refused.error
+    hall.report_loss(conn, alice.card_number)
+    terminal.sync_now()
+    terminal.run_line({"amount_fen": 200, "card": alice_card})
+    assert [(d["accepted"], d["reason"]) for d in decisions(out)] == [(False, "card_lost")]
+    assert terminal.store.unacked_count() == 1                      # the refused record is kept
+    assert server_records(conn, terminal.terminal_id) == []
+    assert "wrong_merchant" in terminal.sync_client.upload_refused       # sent in health, logged
+    shown = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert any("wrong_merchant" in (line.get("error") or "") for line in shown if line["type"] == "sync")

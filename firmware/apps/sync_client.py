@@ -12,9 +12,13 @@ One `sync_once()`:
 
 A network failure or a 5xx marks the terminal offline; `run()` retries with capped exponential
 backoff. A 4xx is the server refusing this request; `terminal_revoked` is remembered in the store.
+An upload refused for its records (a record the server cannot take) is followed at once by the same
+request without records, so the deny list and balances keep coming; the records stay in the journal,
+the refusal goes into health and the log, and the terminal decides as if offline meanwhile.
 Every HTTP call (sync and PIN check) holds one lock: the server requires strictly increasing counters,
 so two requests of one terminal must never race each other.
 """
+import logging
 import re
 import threading
 import time
@@ -33,6 +37,9 @@ BACKOFF_CAP_INTERVALS = 3
 MAX_FOLLOW_UPS = 50          # immediate re-syncs while the server says "more" or records wait
 MAX_ADOPTED_COUNTER = 2 ** 53    # ~285,000 years of milliseconds; far below the server's 2^63 bound
 _LAST_COUNTER = re.compile(r"last (\d+)\s*$")
+MAX_REFUSAL_TEXT = 300
+
+_log = logging.getLogger("ykt.sync")
 
 
 def raw_clock_ms():
@@ -105,6 +112,7 @@ class SyncClient:
         self.online = False
         self.last_error = None
         self.failures = 0
+        self.upload_refused = None     # the server's refusal of our last upload, until one is taken
         self._lock = threading.Lock()
         self._started_raw_ms = clock.raw_ms()
         self._http = httpx.Client(base_url=server_url, timeout=timeout_s, transport=transport)
@@ -163,8 +171,14 @@ class SyncClient:
                 self.failures += 1
                 self.last_error = "answer not applied: %s: %s" % (type(error).__name__, error)
                 return SyncResult(False, error=self.last_error)
-            self.online = True
             self.failures = 0
+            if self.upload_refused:
+                # Answers still apply (deny list, balances, clock), but our records do not reach the
+                # server: decide as if offline (offline caps apply), without backing off.
+                self.online = False
+                self.last_error = result.error
+                return result
+            self.online = True
             self.last_error = None
             return result
 
@@ -182,10 +196,32 @@ class SyncClient:
 
     def _sync_locked(self):
         batch = self.store.upload_batch()
+        try:
+            result = self._exchange(batch)
+        except SyncRefused as refused:
+            if not batch or refused.status in (401, 403) or refused.error == "replayed_counter":
+                raise
+            # The server refuses what we uploaded (a record it cannot take). The records stay in
+            # the journal (they are money and evidence: never deleted here), but the deny list and
+            # balances must keep coming: the same request again without records.
+            text = ("%s: %s" % (refused.error, refused.message))[:MAX_REFUSAL_TEXT]
+            if text != self.upload_refused:
+                _log.warning("上传被服务器拒绝，记录保留在终端 / upload refused, records kept: %s", text)
+            self.upload_refused = text
+            result = self._exchange([])
+            result.online = False
+            result.error = "upload refused: %s" % text
+            return result
+        self.upload_refused = None
+        return result
+
+    def _exchange(self, batch):
         deny_version, balance_version, config_version = self.store.versions()
         health = self.store.health()
         health["firmware"] = self.firmware_version
         health["uptime_s"] = max(0, (self.clock.raw_ms() - self._started_raw_ms) // 1000)
+        if self.upload_refused:
+            health["upload_refused"] = self.upload_refused
         message = {
             "terminal_id": self.terminal_id,
             "clock_ms": self.clock.peek_ms(),
@@ -212,7 +248,7 @@ class SyncClient:
         """Sync, and again at once while the server has more for us or a full batch waits (bounded)."""
         result = self.sync_once()
         follow_ups = 0
-        while result.online and result.more and follow_ups < MAX_FOLLOW_UPS:
+        while result.more and follow_ups < MAX_FOLLOW_UPS:      # more: an answer applied and said so
             result = self.sync_once()
             follow_ups += 1
         return result
