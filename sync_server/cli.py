@@ -2,8 +2,10 @@
 
     ykt server [--data-dir D] [--host 127.0.0.1] [--port 8080] [--workers N]
     ykt server init [--data-dir D]
-    ykt hall merchant-add | person-add | card-issue | recharge | report-loss | cancel-loss |
-             transactions | terminal-register | terminal-revoke | staff-add   [--data-dir D] [--lang en]
+    ykt hall merchant-add | person-add | card-issue | recharge | report-loss | transactions |
+             terminal-register | terminal-revoke | staff-add   [--data-dir D] [--lang en]
+    (and the cardholder-service commands of sync_server/services/hall_cli.py: reissue, unfreeze
+    alias cancel-loss, ...)
 
 Output is Chinese unless `--lang en` (or YKT_LANG=en). Keys are never printed: terminal provisioning
 goes to a file created with mode 0600.
@@ -12,7 +14,6 @@ import getpass
 import json
 import os
 import sys
-import time
 
 from firmware.core import card_layout, wallets as wallet_rules
 from sync_server import db as dbmod, hall, keys, messages
@@ -178,10 +179,17 @@ def add_station_options(parser):
 
 
 def cmd_recharge(args):
+    """Cash at the desk: a paid cash order with the staff member on it (services.recharge), as the
+    hall page books it; the order id is the receipt number."""
+    from sync_server.services import recharge as recharge_service
     conn = _open(args)
-    after = hall.recharge(conn, args.account, args.amount_fen, wallet=args.wallet)
-    _say(args, "充值成功：%.2f 元，%s 钱包余额 %.2f 元" % (args.amount_fen / 100, args.wallet, after / 100),
-         "recharged %.2f yuan; %s wallet balance %.2f yuan" % (args.amount_fen / 100, args.wallet, after / 100))
+    order = recharge_service.cash_recharge(conn, args.account, args.amount_fen, args.operator or getpass.getuser(),
+                                           wallet=args.wallet)
+    after = hall.balances_of(conn, args.account)[args.wallet]
+    _say(args, "充值成功：%.2f 元，%s 钱包余额 %.2f 元（单号 %s）" % (args.amount_fen / 100, args.wallet, after / 100,
+                                                            order["order_id"]),
+         "recharged %.2f yuan; %s wallet balance %.2f yuan (receipt %s)" % (args.amount_fen / 100, args.wallet,
+                                                                          after / 100, order["order_id"]))
 
 
 def cmd_report_loss(args):
@@ -191,25 +199,28 @@ def cmd_report_loss(args):
          "card %d reported lost (deny version %d)" % (args.card, version))
 
 
-def cmd_cancel_loss(args):
-    conn = _open(args)
-    version = hall.cancel_loss(conn, args.card)
-    _say(args, "解挂成功：卡号 %d（黑名单版本 %d）" % (args.card, version),
-         "card %d un-reported (deny version %d)" % (args.card, version))
-
-
 def cmd_transactions(args):
+    """One page of the statement, newest first: the same query as the portal and the app."""
+    from sync_server.services import statements
     conn = _open(args)
-    rows = hall.transactions(conn, args.account, args.limit)
+    if args.date_from or args.date_to:
+        latest = statements.recent(conn, args.account, page_size=1)     # its from_date / to_date are the defaults
+        result = statements.query(conn, args.account, args.date_from or latest["from_date"],
+                                  args.date_to or latest["to_date"], args.type, args.page, args.limit)
+    else:
+        result = statements.recent(conn, args.account, args.type, args.page, args.limit)
     en = _lang(args) == "en"
     print("%-19s  %-20s  %10s  %10s" % (("time", "place", "amount", "balance") if en else
                                         ("时间", "地点", "金额(元)", "余额(元)")))
-    for row in rows:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["time_ms"] / 1000))
+    for row in result["rows"]:
         place = row["place_en"] if en else row["place_zh"]
-        print("%-19s  %-20s  %10.2f  %10.2f" % (when, place, row["amount_fen"] / 100, row["balance_fen_after"] / 100))
-    if not rows:
+        print("%-19s  %-20s  %10.2f  %10.2f" % (row["time"], place, row["amount_fen"] / 100,
+                                                row["balance_fen_after"] / 100))
+    if not result["rows"]:
         _say(args, "（无交易）", "(no transactions)")
+    elif result["total_pages"] > 1:
+        _say(args, "第 %d / %d 页，共 %d 条" % (result["page"], result["total_pages"], result["total_rows"]),
+             "page %d of %d, %d rows" % (result["page"], result["total_pages"], result["total_rows"]))
 
 
 def cmd_terminal_register(args):
@@ -273,8 +284,8 @@ def register(subparsers):
     commands = hall_parser.add_subparsers(dest="hall_command", metavar="COMMAND")
     commands.required = True
 
-    def add(name, handler, help_text):
-        parser = commands.add_parser(name, parents=[common], help=help_text)
+    def add(name, handler, help_text, aliases=()):
+        parser = commands.add_parser(name, parents=[common], help=help_text, aliases=list(aliases))
         parser.set_defaults(handler=_guard(handler))
         return parser
 
@@ -299,13 +310,16 @@ def register(subparsers):
     p.add_argument("--account", type=int, required=True)
     p.add_argument("--amount-fen", type=int, required=True)
     p.add_argument("--wallet", default="main", choices=("main", "water", "legacy"))
+    p.add_argument("--operator", help="staff user who took the cash (default: login name)")
     p = add("report-loss", cmd_report_loss, "挂失 / report a card lost")
     p.add_argument("--card", type=int, required=True)
-    p = add("cancel-loss", cmd_cancel_loss, "解挂 / a lost card was found")
-    p.add_argument("--card", type=int, required=True)
-    p = add("transactions", cmd_transactions, "流水查询 / list an account's transactions")
+    p = add("transactions", cmd_transactions, "流水查询（最新在前）/ an account's statement, newest first")
     p.add_argument("--account", type=int, required=True)
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--from", dest="date_from", help="first day, YYYY-MM-DD (default: a year ago)")
+    p.add_argument("--to", dest="date_to", help="last day, YYYY-MM-DD (default: today)")
+    p.add_argument("--type", default="all", choices=("all", "consumption", "recharge"))
+    p.add_argument("--page", type=int, default=1)
+    p.add_argument("--limit", type=int, default=50, help="rows per page (at most 100)")
     p = add("terminal-register", cmd_terminal_register, "登记终端 / register a terminal")
     p.add_argument("--merchant", type=int, required=True)
     p.add_argument("--out", required=True, help="provisioning file to write (mode 0600)")

@@ -18,7 +18,6 @@ from sync_server.ledger_store import (SqliteStore, add_deny_entries, touch_accou
 from sync_server.messages import BilingualError
 
 MAX_POPULATION = 200000
-MAX_TRANSACTIONS_LISTED = 1000
 CARD_VALID_YEARS = {card_layout.HOLDER_STUDENT: 5, card_layout.HOLDER_TEMPORARY: 1}
 DEFAULT_CARD_VALID_YEARS = 10
 
@@ -216,37 +215,6 @@ def cancel_loss(conn, card_number, now_ms=None):
         add_deny_entries(conn, [(protocol.DENY_CARD, protocol.card_deny_ref(card_number, row[0]), 0, REASON_FOUND)],
                          now_ms)
         return conn.execute("SELECT max(version) FROM deny_entries").fetchone()[0]
-
-
-# --- statements ----------------------------------------------------------------------------------
-
-def transactions(conn, account_id, limit=50):
-    """The account's latest movements, oldest first: dicts with time_ms, place_zh, place_en, wallet,
-    kind, amount_fen (signed: + in, - out) and balance_fen_after (all wallets together)."""
-    limit = max(1, min(limit, MAX_TRANSACTIONS_LISTED))
-    wallet_of = {row[0]: row[1] for row in conn.execute(
-        "SELECT id, wallet FROM ledger_accounts WHERE account_id = ?", (account_id,))}
-    if not wallet_of:
-        raise HallError("账户不存在", "unknown account")
-    marks = ",".join("?" * len(wallet_of))
-    ids = list(wallet_of)
-    rows = conn.execute(
-        "SELECT t.debit_id, t.credit_id, t.amount_fen, t.kind, t.time_ms, d.name_zh, d.name_en, c.name_zh, c.name_en "
-        "FROM transfers t JOIN ledger_accounts d ON d.id = t.debit_id JOIN ledger_accounts c ON c.id = t.credit_id "
-        "WHERE t.debit_id IN (%s) OR t.credit_id IN (%s) ORDER BY t.rowid" % (marks, marks), ids + ids)
-    total_fen = 0
-    listing = []
-    for debit_id, credit_id, amount_fen, kind, time_ms, debit_zh, debit_en, credit_zh, credit_en in rows:
-        if debit_id in wallet_of and credit_id in wallet_of:
-            continue  # between two wallets of the same account: no change in total
-        if credit_id in wallet_of:
-            signed, wallet, place_zh, place_en = amount_fen, wallet_of[credit_id], debit_zh, debit_en
-        else:
-            signed, wallet, place_zh, place_en = -amount_fen, wallet_of[debit_id], credit_zh, credit_en
-        total_fen += signed
-        listing.append({"time_ms": time_ms, "place_zh": place_zh or "", "place_en": place_en or "",
-                        "wallet": wallet, "kind": kind, "amount_fen": signed, "balance_fen_after": total_fen})
-    return listing[-limit:]
 
 
 # --- terminals -----------------------------------------------------------------------------------

@@ -67,3 +67,39 @@ def test_card_issue_refuses_an_account_that_has_a_card_and_a_uid_in_use(tmp_path
         conn.close()
     code, out = _run(data_dir, "hall", "reissue", "--account", "1", "--uid", "01020304", "--json")
     assert code == 0 and json.loads(out)["fee_fen"] == 1000 and json.loads(out)["generation"] == 2
+
+
+def test_hall_recharge_unfreeze_and_statement_go_through_the_services(tmp_path):
+    """The hall commands book and show what the pages and the app do: a cash recharge is an order with
+    the staff member on it, cancel-loss is unfreeze under its old name, the statement is the portal's."""
+    data_dir = tmp_path / "data"
+    assert _run(data_dir, "server", "init")[0] == 0
+    assert _run(data_dir, "hall", "person-add", "--name", "张小明", "--id-number", "110101200001011234")[0] == 0
+    code, out = _run(data_dir, "hall", "recharge", "--account", "1", "--amount-fen", "2550", "--operator", "desk1")
+    assert code == 0 and "25.50" in out
+    conn = sqlite3.connect(str(data_dir / "ykt.sqlite3"))
+    try:
+        order = conn.execute("SELECT order_id, channel, status, amount_fen, operator FROM recharge_orders").fetchall()
+        assert [row[1:] for row in order] == [("cash", "paid", 2550, "desk1")]
+        assert order[0][0] in out                               # the receipt number is shown
+    finally:
+        conn.close()
+
+    assert _run(data_dir, "hall", "card-issue", "--account", "1", "--uid", "0a0b0c0d")[0] == 0
+    assert _run(data_dir, "hall", "report-loss", "--card", "100001")[0] == 0
+    code, by_old_name = _run(data_dir, "hall", "cancel-loss", "--card", "100001")
+    assert code == 0 and "解挂成功" in by_old_name
+    assert _run(data_dir, "hall", "report-loss", "--card", "100001")[0] == 0
+    code, by_new_name = _run(data_dir, "hall", "unfreeze", "--card", "100001")
+    assert code == 0 and by_new_name.split("（")[0] == by_old_name.split("（")[0] == "解挂成功：卡号 100001"
+    code, out = _run(data_dir, "hall", "cancel-loss", "--account", "1", "--lang", "en")
+    assert code == 2 and "not reported lost" in out
+
+    assert _run(data_dir, "hall", "reissue", "--account", "1", "--uid", "01020304")[0] == 0
+    code, out = _run(data_dir, "hall", "transactions", "--account", "1", "--lang", "en")
+    lines = out.splitlines()
+    assert code == 0 and "card reissue fee" in lines[1] and "service hall cash desk" in lines[2]   # newest first
+    code, out = _run(data_dir, "hall", "transactions", "--account", "1", "--type", "recharge", "--lang", "en")
+    assert code == 0 and "reissue" not in out and "25.50" in out
+    code, out = _run(data_dir, "hall", "transactions", "--account", "1", "--from", "2001-01-01", "--to", "2001-02-01")
+    assert code == 0 and "无交易" in out

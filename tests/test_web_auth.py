@@ -14,7 +14,7 @@ from conftest import database_snapshot
 from sync_server import db as dbmod, hall
 from sync_server.app import create_app
 from sync_server.cli import init_data_dir
-from sync_server.services import pins as pin_service
+from sync_server.services import cards, pins as pin_service
 from sync_server.web import auth
 
 PASSWORD = "correct horse battery"
@@ -252,3 +252,14 @@ def test_a_double_clicked_electricity_payment_is_charged_once(site):
     assert receipt in second                                  # the same receipt, shown again
     assert hall.balances_of(site["conn"], site["account_id"])["main"] == 6955 - 2000
     assert site["conn"].execute("SELECT count(*) FROM electricity_payments").fetchone()[0] == 1
+
+
+def test_the_hall_page_shows_the_statement_as_the_portal_does(site):
+    """Recent rows come from the statement query: a reissue fee shows as 补卡费, newest first."""
+    cards.reissue(site["conn"], site["account_id"], b"\x0a\x0b\x0c\x0d", "clerk")
+    client = site["app"].test_client()
+    sign_in_staff(client)
+    page = client.get("/hall/person/%d" % site["person_id"]).get_data(as_text=True)
+    recent = page[page.index('id="recent"'):]
+    recent = recent[:recent.index("</table>")]
+    assert recent.index("补卡费") < recent.index("服务大厅现金") and "-10.00" in recent

@@ -2,7 +2,7 @@
 
     import-people --file F --category staff|student|self_employed|temporary|identity [--json]
     reissue --account A --uid HEX [--fee-cash] [--json]     补办: next generation, fee booked
-    unfreeze --account A                                    解挂 by staff (no PIN rule)
+    unfreeze --account A | --card N                         解挂 by staff (no PIN rule); alias cancel-loss
     set-limits --account A --single-fen N --daily-fen N     消费限额
     change-pin --account A [--new-pin-stdin]                staff reset (to the initial PIN by default)
     electricity --account A --building B --floor N --room R --amount-fen N
@@ -15,7 +15,7 @@ import getpass
 import json
 import sys
 
-from sync_server import keys
+from sync_server import hall, keys
 from sync_server.services import (cards, electricity, limits, people_import, pins as pin_service, recharge,
                                   statements)
 
@@ -79,7 +79,14 @@ def cmd_reissue(args):
 
 def cmd_unfreeze(args):
     cli = _cli()
-    result = cards.unfreeze(cli._open(args), args.account, operator=_operator(args))
+    conn = cli._open(args)
+    account_id = args.account
+    if account_id is None:
+        row = conn.execute("SELECT account_id FROM cards WHERE card_number = ? LIMIT 1", (args.card,)).fetchone()
+        if row is None:
+            raise hall.HallError("卡号 %d 不存在" % args.card, "card %d does not exist" % args.card)
+        account_id = row[0]
+    result = cards.unfreeze(conn, account_id, operator=_operator(args))
     cli._say(args, "解挂成功：卡号 %(card_number)d（黑名单版本 %(deny_version)d）" % result,
              "card %(card_number)d unfrozen (deny version %(deny_version)d)" % result)
 
@@ -147,8 +154,11 @@ def register(add):
     _cli().add_station_options(p)
     p.add_argument("--fee-cash", action="store_true", help="fee paid in cash instead of from the balance")
     p.add_argument("--json", action="store_true")
-    p = staff(add("unfreeze", cmd_unfreeze, "解挂（服务大厅）/ unfreeze a lost card at the hall"))
-    p.add_argument("--account", type=int, required=True)
+    p = staff(add("unfreeze", cmd_unfreeze, "解挂（服务大厅）/ unfreeze a lost card at the hall",
+                  aliases=("cancel-loss",)))
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--account", type=int)
+    which.add_argument("--card", type=int, help="the card number instead of the account")
     p = staff(add("set-limits", cmd_set_limits, "设置消费限额 / set consumption limits"))
     p.add_argument("--account", type=int, required=True)
     p.add_argument("--single-fen", type=int, required=True)

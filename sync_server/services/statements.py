@@ -3,6 +3,8 @@
     balance(conn, account_id)                        -> {wallets: {wallet: fen}, total_fen, cards: [...], ...}
     query(conn, account_id, from_date, to_date, kind="all", page=1, page_size=10)
         -> {rows, page, page_size, total_rows, total_pages, from_date, to_date, kind}
+    recent(conn, account_id, kind="all", page=1, page_size=10)   -> the same over the longest range
+                                                                     allowed, ending today
 
 Dates are Beijing calendar dates ("YYYY-MM-DD", both ends included). `kind` is consumption (purchases
 and fees), recharge (channel and cash recharges, old-card balances moved in) or all. Rows are newest
@@ -16,7 +18,7 @@ running sums but are not listed (they change nothing for the holder).
 """
 import datetime
 
-from sync_server import ledger
+from sync_server import db as dbmod, ledger
 from sync_server.services import ServiceError, person_row, register_messages
 
 KIND_ALL, KIND_CONSUMPTION, KIND_RECHARGE = "all", "consumption", "recharge"
@@ -125,6 +127,13 @@ def query(conn, account_id, from_date, to_date, kind=KIND_ALL, page=1, page_size
         })
     return {"rows": listing, "page": page, "page_size": page_size, "total_rows": total_rows,
             "total_pages": total_pages, "from_date": from_date, "to_date": to_date, "kind": kind}
+
+
+def recent(conn, account_id, kind=KIND_ALL, page=1, page_size=10, now_ms=None):
+    """The newest movements (query over the last MAX_RANGE_DAYS days up to today): the hall's views."""
+    now_ms = dbmod.now_ms() if now_ms is None else now_ms
+    return query(conn, account_id, today(now_ms - (MAX_RANGE_DAYS - 1) * 86400000), today(now_ms), kind, page,
+                 page_size)
 
 
 FEE_PLACES = {"reissue": ("补卡费", "card reissue fee")}

@@ -10,7 +10,7 @@ from flask import Blueprint, abort, flash, g, redirect, render_template, request
 
 from firmware.core import card_layout
 from sync_server import db as dbmod, hall
-from sync_server.services import cards, recharge as recharge_service
+from sync_server.services import cards, recharge as recharge_service, statements
 from sync_server.web import auth, forms, t
 
 hall_pages = Blueprint("hall_pages", __name__, url_prefix="/hall")
@@ -103,7 +103,7 @@ def person(person_id):
                          "WHERE account_id = ? ORDER BY generation DESC", (holder["account_id"],)).fetchall()
     cards = [dict(zip(("card_number", "generation", "status", "expiry_yyyymmdd", "issued_ms"), row)) for row in cards]
     balances = hall.balances_of(conn, holder["account_id"])
-    recent = list(reversed(hall.transactions(conn, holder["account_id"], RECENT_TRANSACTIONS)))
+    recent = statements.recent(conn, holder["account_id"], page_size=RECENT_TRANSACTIONS)["rows"]
     return render_template("hall/person.html", holder=holder, cards=cards, balances=balances,
                            total_fen=sum(balances.values()), recent=recent,
                            actions=auth.actions_for_person(conn, person_id, 20))
