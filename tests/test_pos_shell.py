@@ -249,3 +249,16 @@ def test_restart_shows_the_last_committed_tap(rig, tmp_path):
         assert "上笔交易" in shown[0]["text"] and "15.00" in shown[0]["text"] and "1001" in shown[0]["text"]
     finally:
         restarted.close()
+
+
+def test_script_lines_do_not_reread_the_configuration(rig, monkeypatch):
+    """The configuration changes only when a sync brings a new one; a busy till must not parse it
+    again for every line it is fed."""
+    terminal, card_path, out = rig
+    reads = []
+    real_config = terminal.store.config
+    monkeypatch.setattr(terminal.store, "config", lambda: reads.append(1) or real_config())
+    for amount_fen in (100, 200, 300):
+        terminal.run_line({"amount_fen": amount_fen, "card": card_path})
+    assert [d["accepted"] for d in lines(out, "decision")] == [True, True, True]
+    assert reads == []

@@ -370,3 +370,29 @@ def test_a_record_the_server_refuses_does_not_stop_the_deny_list(campus):
     assert "wrong_merchant" in terminal.sync_client.upload_refused       # sent in health, logged
     shown = [json.loads(line) for line in out.getvalue().splitlines()]
     assert any("wrong_merchant" in (line.get("error") or "") for line in shown if line["type"] == "sync")
+
+
+def test_new_server_configuration_reaches_the_till_through_the_sync_thread(tmp_path):
+    with running_server(tmp_path / "server") as server:
+        conn = server.connect()
+        terminal = None
+        try:
+            merchant_id = hall.add_merchant(conn, "第四食堂", "Canteen 4", 1)
+            terminal_id = hall.register_terminal(conn, merchant_id)
+            document = hall.provisioning_document(conn, server.master_key(), terminal_id, server.url)
+            terminal = PosTerminal(document, str(tmp_path / "terminal"), open_reader("sim:"), out=io.StringIO(),
+                                   sync_interval_ms=100)
+            assert terminal.sync_now().online
+            cap_count = terminal.machine.config["offline_cap_count"]
+            with conn:
+                conn.execute("UPDATE settings SET value = ? WHERE name = 'offline_cap_count'", (cap_count + 7,))
+                conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'config_version'")
+            terminal.start_sync()
+            wait_until(lambda: terminal.store.config().get("offline_cap_count") == cap_count + 7,
+                       "the sync thread did not bring the new configuration")
+            terminal.run_line({"cancel": True})
+            assert terminal.machine.config["offline_cap_count"] == cap_count + 7
+        finally:
+            if terminal is not None:
+                terminal.close()
+            conn.close()

@@ -82,7 +82,6 @@ class PosTerminal:
         db_path = os.path.join(data_dir, DB_FILE)
         self.store = TerminalStore(db_path)
         self.clock = SharedClock(self.store, raw_ms) if raw_ms else SharedClock(self.store)
-        self._config_json = None
         self.machine = pos.CanteenPos(self._machine_config())
         self._target = None
         self._online_seen = None
@@ -131,15 +130,15 @@ class PosTerminal:
                   "category": self.provisioning["category"], "lang": self.lang,
                   "dishes": self.provisioning.get("dishes") or {}}
         server = self._server_config()
-        self._config_json = json.dumps(server, sort_keys=True)
         for key in SERVER_CONFIG_KEYS:
             if server.get(key) is not None:
                 config[key] = server[key]
         return config
 
     def _refresh_config(self):
-        server = self._server_config()
-        if json.dumps(server, sort_keys=True) != self._config_json:
+        """Take over the server's configuration once a sync (either thread) brought a new one."""
+        if self.sync_client is not None and self.sync_client.config_changed.is_set():
+            self.sync_client.config_changed.clear()     # before reading: a newer one sets it again
             self.machine.config.update(self._machine_config())
 
     # -- background sync -----------------------------------------------------------------------

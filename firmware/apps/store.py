@@ -110,15 +110,11 @@ class MalformedAnswer(StoreError, ValueError):
 
 
 class ApplyResult:
-    __slots__ = ("acked_seq", "newly_acked", "pruned", "deny_changes", "balance_rows", "config_changed",
-                 "set_time_ms", "more")
+    """What the sync client needs from an applied answer."""
+    __slots__ = ("acked_seq", "config_changed", "set_time_ms", "more")
 
     def __init__(self):
         self.acked_seq = 0
-        self.newly_acked = 0
-        self.pruned = 0
-        self.deny_changes = 0
-        self.balance_rows = 0
         self.config_changed = False
         self.set_time_ms = None
         self.more = False
@@ -313,7 +309,7 @@ class TerminalStore:
             if not balances.get("more"):
                 # Every balance change up to this answer is in the cache now, our acked taps included.
                 self._set_meta("reflected_seq", max(self._meta("acked_seq"), self._meta("reflected_seq")))
-            self._prune(result)
+            self._prune()
             self._apply_config(answer.get("config"), result)
             resend_to = self._meta("resend_to_seq")
             if resend_to and sent_through_seq >= resend_to:
@@ -336,22 +332,19 @@ class TerminalStore:
             self._set_meta("last_seq", acked_seq)
             self._set_meta("seq_jumped_from", last_seq)
         result.acked_seq = acked_seq
-        before = self._meta("acked_seq")
-        acked_seq = max(acked_seq, before)
-        result.newly_acked = max(0, min(acked_seq, last_seq) - before)
-        self._set_meta("acked_seq", acked_seq)
+        self._set_meta("acked_seq", max(acked_seq, self._meta("acked_seq")))
 
-    def _prune(self, result):
+    def _prune(self):
         """Drop acknowledged rows beyond the newest keep_acked, never one the balance view still counts."""
         keep_from = self._db.execute(
             "SELECT seq FROM journal WHERE seq <= ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
             (self._meta("acked_seq"), self.keep_acked)).fetchone()
         if keep_from is not None:
-            result.pruned = self._db.execute("DELETE FROM journal WHERE seq <= ?",
-                                             (min(keep_from[0], self._meta("reflected_seq")),)).rowcount
+            self._db.execute("DELETE FROM journal WHERE seq <= ?", (min(keep_from[0], self._meta("reflected_seq")),))
 
     def _apply_deny(self, deny, terminal_id, result):
-        for kind, ref, active, reason in deny.get("entries") or ():
+        entries = deny.get("entries") or ()
+        for kind, ref, active, reason in entries:
             if kind == protocol.DENY_CARD:
                 card_number, generation = divmod(ref, 256)
                 self._db.execute(
@@ -363,8 +356,7 @@ class TerminalStore:
                                  (kind, ref, reason))
             else:
                 self._db.execute("DELETE FROM deny WHERE kind = ? AND ref = ?", (kind, ref))
-            result.deny_changes += 1
-        if result.deny_changes:
+        if entries:
             count = self._db.execute("SELECT count(*) FROM deny").fetchone()[0]
             if count > self.max_deny_entries:
                 raise StoreError("deny list would hold %d entries (bound %d)" % (count, self.max_deny_entries))
@@ -380,7 +372,6 @@ class TerminalStore:
                 "single_limit_fen, daily_limit_fen, day_yyyymmdd) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (account_id, wallet, balance_fen, spent_today_fen, single_limit_fen, daily_limit_fen,
                  today_yyyymmdd))
-        result.balance_rows = len(rows)
         if rows:
             count = self._db.execute("SELECT count(*) FROM balance").fetchone()[0]
             if count > self.max_balance_rows:

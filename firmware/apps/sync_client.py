@@ -113,6 +113,7 @@ class SyncClient:
         self.last_error = None
         self.failures = 0
         self.upload_refused = None     # the server's refusal of our last upload, until one is taken
+        self.config_changed = threading.Event()    # set when an answer brought new configuration
         self._lock = threading.Lock()
         self._started_raw_ms = clock.raw_ms()
         self._http = httpx.Client(base_url=server_url, timeout=timeout_s, transport=transport)
@@ -235,6 +236,8 @@ class SyncClient:
         today = clock_module.date_yyyymmdd(self.clock.peek_ms(), self.utc_offset_min)
         applied = self.store.apply_answer(answer, today, self.terminal_id,
                                           sent_through_seq=batch[-1][0] if batch else 0)
+        if applied.config_changed:
+            self.config_changed.set()
         explicit = applied.set_time_ms is not None
         server_ms = applied.set_time_ms if explicit else answer.get("server_ms")
         if isinstance(server_ms, int):
