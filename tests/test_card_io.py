@@ -94,6 +94,20 @@ def test_count_tap_increments_the_counter_each_tap():
     assert read(reader).tap_counter == 3
 
 
+def test_count_tap_goes_on_from_read_card_without_a_second_authentication():
+    card = issued_card()
+    reader, target = place(card)
+    view = card_io.read_card(reader, TERMINAL, target)
+    sent = []
+    reader.field.on_operation(lambda _field, _number, name, phase: sent.append(name) if phase == "before" else None)
+    assert card_io.count_tap(reader, TERMINAL, target, view.tap_counter, authenticated=True) == 1
+    assert sent == ["decrement", "transfer", "read"]
+    # Selected anew, the card has forgotten the authentication: it refuses, and nothing is counted.
+    with pytest.raises(CardNak):
+        card_io.count_tap(reader, TERMINAL, reader.poll(0), 1, authenticated=True)
+    assert tap_counter_on(card) == 1
+
+
 def test_count_tap_refuses_a_wrong_expectation_after_counting():
     card = issued_card()
     reader, target = place(card)

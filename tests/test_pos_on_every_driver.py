@@ -20,8 +20,9 @@ import pytest
 from firmware.apps import card_io
 from firmware.apps.pos_terminal import PosTerminal
 from firmware.apps.store import TerminalStore
-from firmware.core import card_layout, mifare, protocol, records, sam
+from firmware.core import card_layout, mifare, pos, protocol, records, sam
 from reader_drivers.base import open_reader
+from simulators.card_file import write_through
 from simulators.classic_card import ClassicCard
 
 MASTER_KEY = bytes(range(100, 132))
@@ -164,11 +165,13 @@ def test_repeat_tap_needs_the_cashier(counter_factory):
 
 
 # Card commands of one tap (firmware/apps/card_io.py): read_card = 1 authenticate sector 1, 2-4 read
-# identity, MAC and name, 5 authenticate sector 2, 6 read the counter; count_tap = 7 authenticate,
-# 8 decrement, 9 transfer, 10 read back. "done" means the command took effect and its answer was lost.
-# Every tap through pcscd waits for its poll of the reader (~0.4 s in, ~0.4 s out), so the points are
-# a chosen few: before anything, during the read, and around each step of the count.
-PULL_POINTS = [(1, False), (2, True), (6, False), (8, True), (9, False), (9, True), (10, False)]
+# identity, MAC and name, 5 authenticate sector 2, 6 read the counter; count_tap goes on in the sector
+# read_card left authenticated: 7 decrement, 8 transfer, 9 read back. "done" means the command took
+# effect and its answer was lost. Every tap through pcscd waits for its poll of the reader (~0.4 s in,
+# ~0.4 s out), so the points are a chosen few: before anything, during the read, and around each step
+# of the count.
+TAP_COMMANDS = ["authenticate", "read", "read", "read", "authenticate", "read", "decrement", "transfer", "read"]
+PULL_POINTS = [(1, False), (2, True), (6, False), (7, True), (8, False), (8, True), (9, False)]
 
 
 @pytest.mark.parametrize("command, done", PULL_POINTS,
@@ -180,9 +183,70 @@ def test_card_pulled_mid_tap_charges_once_after_tapping_again(counter_factory, c
     assert counter.lines("show")[-1]["text"] == "请重新刷卡"    # the cardholder is told, in Chinese first
     assert counter.journal() == []
     # The counter moved only if the transfer reached the card; either way nothing was charged.
-    assert counter.card_tap_counter() == (1 if command == 9 and done or command == 10 else 0)
+    assert counter.card_tap_counter() == (1 if command == 8 and done or command == 9 else 0)
     again = counter.tap()                                     # the same payment, tapped again
     assert (again["accepted"], again["amount_fen"], again["balance_after_fen"]) == (True, 500, 9500)
     stored = counter.journal()
     assert [(r["seq"], r["amount_fen"]) for r in stored] == [(1, 500)]
     assert stored[0]["tap_counter"] == counter.card_tap_counter()
+
+
+def test_a_tap_authenticates_the_counter_sector_once(counter_factory):
+    counter = counter_factory()
+    sent = []
+    stop = counter.terminal.card_slot.on_operation(
+        lambda _field, _number, name, phase: sent.append(name) if phase == "before" else None)
+    try:
+        assert counter.tap(amount_fen=500)["accepted"]
+    finally:
+        stop()
+    assert sent == TAP_COMMANDS
+
+
+def _place(counter):
+    """The counter's card in the rig's slot, saved back to its image as it changes -> undo()."""
+    card = ClassicCard.load(counter.card_path)
+    slot = counter.terminal.card_slot
+    stop_write_through = write_through(slot, card, counter.card_path)
+    slot.place(card)
+
+    def undo():
+        slot.pull()
+        stop_write_through()
+    return undo
+
+
+def test_a_card_selected_again_while_the_cashier_decides_is_authenticated_again(counter_factory):
+    counter = counter_factory()
+    assert counter.tap(amount_fen=800)["accepted"]
+    undo = _place(counter)
+    try:
+        terminal = counter.terminal
+        terminal.feed(pos.AmountKeyed(800))
+        assert terminal.present_card() and terminal.machine.state == pos.WAIT_CONFIRM
+        assert terminal.present_card()            # the reader polls again meanwhile: a new selection
+        terminal.feed(pos.CashierConfirmed())
+    finally:
+        undo()
+    assert counter.decisions()[-1]["accepted"] and len(counter.journal()) == 2
+    assert counter.card_tap_counter() == 2
+
+
+def test_a_card_pulled_and_put_back_while_the_cashier_decides_is_tapped_again(counter_factory):
+    counter = counter_factory()
+    assert counter.tap(amount_fen=800)["accepted"]
+    undo = _place(counter)
+    try:
+        terminal = counter.terminal
+        terminal.feed(pos.AmountKeyed(800))
+        assert terminal.present_card() and terminal.machine.state == pos.WAIT_CONFIRM
+        slot = terminal.card_slot
+        slot.place(slot.pull())                   # out and back in: the card lost its authentication
+        terminal.feed(pos.CashierConfirmed())
+    finally:
+        undo()
+    refused = counter.decisions()[-1]
+    assert (refused["accepted"], refused["reason"]) == (False, "tap_again")
+    assert len(counter.journal()) == 1 and counter.card_tap_counter() == 1
+    again = counter.tap(confirm=True)             # tapped again (a repeat: the cashier confirms)
+    assert (again["accepted"], again["amount_fen"]) == (True, 800) and counter.card_tap_counter() == 2

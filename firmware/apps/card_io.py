@@ -60,7 +60,10 @@ def _require_blank_sector(reader, target, sector):
 
 
 def read_card(reader, sam, target):
-    """Read and check a new-system card -> CardView(uid, identity, name, tap_counter)."""
+    """Read and check a new-system card -> CardView(uid, identity, name, tap_counter).
+
+    It ends with the counter sector authenticated (key A), which count_tap can go on from.
+    """
     if not target.is_mifare_classic_1k or len(target.uid) not in (4, 7):
         raise card_layout.CardFormatError("不是本系统卡片 / not a MIFARE Classic 1K card (SAK %02x, %d-byte UID)"
                                           % (target.sak, len(target.uid)))
@@ -105,14 +108,21 @@ def _read_tap_counter(reader):
     return card_layout.tap_counter_from_value(value)
 
 
-def count_tap(reader, sam, target, expected_tap_counter):
+def count_tap(reader, sam, target, expected_tap_counter, authenticated=False):
     """Count one tap on the card -> the new tap counter (expected_tap_counter + 1).
+
+    authenticated: read_card on this very selection of the card was the last thing sent to the reader
+    (no poll, no other command since), so the counter sector is still authenticated - the card and
+    the reader keep that until another authentication, a halt, a re-selection or the card leaving -
+    and one authentication round trip is saved. When in doubt pass False: a card that lost the
+    state while this is True answers the decrement with a NAK or not at all, and the tap fails.
 
     CardGone means the card left and the outcome is unknown: the counter may or may not have moved.
     The caller asks the cardholder to tap again and charges nothing for this attempt.
     """
-    reader.authenticate(card_layout.COUNTER_BLOCK, mifare.A,
-                        sam.card_sector_key(target.uid, card_layout.COUNTER_SECTOR, mifare.A))
+    if not authenticated:
+        reader.authenticate(card_layout.COUNTER_BLOCK, mifare.A,
+                            sam.card_sector_key(target.uid, card_layout.COUNTER_SECTOR, mifare.A))
     # The value block counts down (access 001 allows only decrement), see card_layout.
     reader.decrement(card_layout.COUNTER_BLOCK, 1)
     reader.transfer(card_layout.COUNTER_BLOCK)

@@ -84,6 +84,8 @@ class PosTerminal:
         self.clock = SharedClock(self.store, raw_ms) if raw_ms else SharedClock(self.store)
         self.machine = pos.CanteenPos(self._machine_config())
         self._target = None
+        # The selection read_card last read in full: its counter sector is still authenticated.
+        self._read_target = None
         self._online_seen = None
         self._decisions = 0            # decision lines printed so far
         self._tap_id = None            # the script's own id for the tap under way, echoed back
@@ -266,6 +268,7 @@ class PosTerminal:
         except Exception:               # a driver bug must not leave the tap stuck half-way
             self._log_fault("read_card")
             return pos.CardReadFailed(pos.READ_FAILURE_READER)
+        self._read_target = self._target
         identity = view.identity
         today = clock_module.date_yyyymmdd(self.clock.peek_ms(), self.machine.config["utc_offset_min"])
         facts = pos.TapFacts(*self.store.tap_facts(identity.card_number, identity.generation, identity.account_id,
@@ -273,8 +276,11 @@ class PosTerminal:
         return pos.CardRead(view, facts)
 
     def _count_tap(self, expected):
+        # Straight on from read_card with no poll in between (a PIN check or the cashier's
+        # confirmation sends nothing to the reader): the counter sector needs no new authentication.
+        authenticated, self._read_target = self._read_target is self._target, None
         try:
-            return pos.TapCounted(card_io.count_tap(self.reader, self.sam, self._target, expected))
+            return pos.TapCounted(card_io.count_tap(self.reader, self.sam, self._target, expected, authenticated))
         except CardGone:
             return pos.TapCountFailed(pos.READ_FAILURE_GONE)
         except card_layout.CardFormatError:
@@ -304,6 +310,7 @@ class PosTerminal:
 
     def present_card(self, timeout_ms=TAP_TIMEOUT_MS):
         """Poll the reader; feed CardPresented when a card answers. Returns True when one did."""
+        self._read_target = None        # a poll selects the card anew: its authentication is gone
         if not self._first_sync_seen:
             self._first_sync_seen = not self.store.needs_first_sync()
             if not self._first_sync_seen:
