@@ -355,7 +355,8 @@ def pin_check():
     pin = message.get("pin")
     if not isinstance(pin, str):
         raise ApiError(400, "bad_request", "pin must be a string")
+    attempt = pins.prepare_pin(conn, account_id, pin, now_ms)    # scrypt, outside the write lock
     with dbmod.transaction(conn):
         _store_counter(conn, terminal["id"], counter, now_ms)
-        code = pins.check_pin(conn, account_id, pin, now_ms)
+        code = pins.record_pin(conn, account_id, attempt, now_ms)
     return _cbor_response({"ok": code == "pin_ok", "code": code, "message": messages.both(code)})
