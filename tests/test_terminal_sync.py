@@ -396,3 +396,62 @@ def test_new_server_configuration_reaches_the_till_through_the_sync_thread(tmp_p
             if terminal is not None:
                 terminal.close()
             conn.close()
+
+
+class _Impostor:
+    """Something on the path that answers like a sync server but holds no terminal key."""
+
+    def __init__(self, status, answer):
+        import http.server
+        body = cbor2.dumps(answer)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_response(status)
+                self.send_header("Content-Type", "application/cbor")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("X-Ykt-Answer-Mac", "00" * 32)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.mark.parametrize("status, answer", [
+    (200, {"acked_seq": 2, "server_ms": 0, "commands": [{"op": "set_time", "server_ms": 4102444800000}],
+           "deny": {"version": 99, "entries": [], "more": False},
+           "balances": {"version": 99, "rows": [[1, "main", 10 ** 9, 0, 10 ** 6, 10 ** 7]], "more": False},
+           "config": None}),
+    (403, {"error": "terminal_revoked", "message": "revoked"}),
+])
+def test_answers_without_the_servers_mac_change_nothing(campus, status, answer):
+    """A forged acknowledgement would prune unsent taps, a forged 403 would disable the terminal."""
+    server, conn, relay, terminal, people, out = campus
+    (alice, alice_card), _ = people
+    terminal.sync_now()
+    relay.cut()
+    terminal.run_line({"amount_fen": 300, "card": alice_card})
+    terminal.run_line({"amount_fen": 400, "card": alice_card})
+    store = terminal.sync_client.store
+    before = (store.unacked_count(), store.versions(), store.clock().state(), store._meta("terminal_revoked"))
+    impostor = _Impostor(status, answer)
+    forged = SyncClient(store, terminal.sync_client.sam, terminal.terminal_id, impostor.url, terminal.clock)
+    try:
+        result = forged.sync_once()
+    finally:
+        forged.close()
+        impostor.close()
+    assert not result.online and "not authenticated" in result.error
+    assert (store.unacked_count(), store.versions(), store.clock().state(), store._meta("terminal_revoked")) == before
+    relay.restore()
+    assert terminal.drain(60) == 0                          # the real server still takes both taps
+    assert len(server_records(conn, terminal.terminal_id)) == 2

@@ -133,6 +133,11 @@ class SyncClient:
         if response.status_code >= 500:
             raise httpx.HTTPStatusError("server error %d" % response.status_code, request=response.request,
                                         response=response)
+        if not protocol.answer_is_authentic(self.sam, path, self.terminal_id, counter, response.status_code,
+                                            response.content, response.headers.get(protocol.HEADER_ANSWER_MAC)):
+            # Not from our server (or altered on the way): apply nothing - no acknowledgement that
+            # would prune records, no deny list or balances, no time, no revocation.
+            raise httpx.DecodingError("answer not authenticated (status %d)" % response.status_code)
         try:
             answer = cbor2.loads(response.content) if response.content else {}
         except Exception as error:  # cbor2 raises several types for broken input
@@ -187,9 +192,9 @@ class SyncClient:
         """A replay refusal names the server's last counter ("... last N"): continue above it.
 
         The counter starts from the clock, but a board that booted without network may read 1970;
-        this lets a new or replaced store catch up anyway. The refusal is not authenticated, so a
-        named counter is taken only below MAX_ADOPTED_COUNTER: a forged one can never use up the
-        counter space.
+        this lets a new or replaced store catch up anyway. The refusal is authenticated like every
+        answer, and a named counter is still taken only below MAX_ADOPTED_COUNTER, so even a server
+        bug can never use up the counter space.
         """
         match = _LAST_COUNTER.search(message or "")
         if match and int(match.group(1)) < MAX_ADOPTED_COUNTER:
