@@ -78,7 +78,7 @@ def measure_nfcpy_taps(emulator, reader, cards, sam, taps, warmup):
         if target is None:
             raise SystemExit("nfcpy tap %d: the card was not found" % index)
         view = card_io.read_card(reader, sam, target)
-        card_io.count_tap(reader, sam, target, view.tap_counter)
+        card_io.count_tap(reader, sam, target, view.tap_counter, authenticated=True)   # as the POS does
         elapsed = time.perf_counter() - started
         emulator.field.pull()
         if index >= warmup:
