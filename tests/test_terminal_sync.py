@@ -17,7 +17,7 @@ from firmware.apps import card_io
 from firmware.apps.pos_terminal import PosTerminal
 from firmware.apps.store import TerminalStore
 from firmware.apps.sync_client import SharedClock, SyncClient
-from firmware.core import card_layout, mifare, sam
+from firmware.core import card_layout, mifare, protocol, sam
 from reader_drivers.base import open_reader
 from simulators.classic_card import ClassicCard
 from simulators.netcut import Relay
@@ -228,11 +228,12 @@ WAIT_DEADLINE_S = 60      # how long to wait for the sync thread to get somewher
 
 
 class AnswerMangler(httpx.BaseTransport):
-    """Real HTTP to the real server; while `mangle` is set, each 200 answer is changed by it on the
-    way back (a broken proxy, a server bug)."""
+    """Real HTTP to the real server; while `mangle` is set, each 200 answer is changed by it and
+    signed again with the terminal's key - a server bug, which the answer MAC cannot catch."""
 
-    def __init__(self):
+    def __init__(self, sam):
         self._inner = httpx.HTTPTransport()
+        self._sam = sam
         self.mangle = None
         self.answers = 0
 
@@ -244,7 +245,11 @@ class AnswerMangler(httpx.BaseTransport):
             return response
         answer = cbor2.loads(response.content)
         self.mangle(answer)
-        return httpx.Response(200, content=cbor2.dumps(answer), headers={"Content-Type": "application/cbor"})
+        body = cbor2.dumps(answer)
+        signing = protocol.answer_signing_string(request.url.path, int(request.headers[protocol.HEADER_TERMINAL]),
+                                                 int(request.headers[protocol.HEADER_COUNTER]), 200, body)
+        return httpx.Response(200, content=body, headers={"Content-Type": "application/cbor",
+                                                          protocol.HEADER_ANSWER_MAC: self._sam.sign_request(signing).hex()})
 
     def close(self):
         self._inner.close()
@@ -264,7 +269,7 @@ def test_malformed_answers_never_stop_the_sync_thread(tmp_path):
         terminal = server.add_terminal()
         terminal.close()
         store = TerminalStore(str(tmp_path / "terminal.db"))
-        transport = AnswerMangler()
+        transport = AnswerMangler(terminal.sam)
         client = SyncClient(store, terminal.sam, terminal.terminal_id, server.url, SharedClock(store),
                             transport=transport)
         stop = threading.Event()
