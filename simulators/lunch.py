@@ -60,7 +60,7 @@ def make_plan(seed, people, terminals, duration_s, taps_per_person=1.1, offline_
         if roll < pulled_ratio:
             # Anywhere in the tap: while reading (nothing done yet) or while counting on the card (the
             # card may be counted with no record: a torn tap the nightly close lists, nothing charged).
-            tap.pull_after_ops = rng.randrange(1, 11)
+            tap.pull_after_ops = rng.randrange(1, 10)   # a tap is 9 card commands (poll included)
         plan_taps.append(tap)
         if pulled_ratio <= roll < pulled_ratio + repeat_ratio:
             # The same card again within a second: the cashier is asked; mostly says no.

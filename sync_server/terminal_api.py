@@ -41,8 +41,8 @@ MAX_HEALTH_BYTES = 4096
 # (health is advisory, it never refuses a sync).
 HEALTH_COUNT_KEYS = ("journal_unacked", "journal_depth", "last_seq", "acked_seq", "seq_jumped_from",
                      "deny_entries", "balance_rows", "uptime_s")
-HEALTH_TEXT_KEYS = ("firmware",)
-MAX_HEALTH_TEXT_CHARS = 64
+HEALTH_TEXT_KEYS = ("firmware", "upload_refused")   # upload_refused: why our last records were refused
+MAX_HEALTH_TEXT_CHARS = 200
 # Record times: the 64-bit field must fit SQLite's signed INTEGER with room for the clock correction.
 MAX_RECORD_TIME_MS = 2 ** 62
 # firmware/core/clock.py stamps records from the clock it reports and never goes backwards, so a record
