@@ -370,7 +370,7 @@ def test_terminal_health_is_stored_whole_with_known_keys_only(live_server):
     stored = json.loads(conn.execute("SELECT health FROM terminals WHERE id = ?",
                                      (terminal.terminal_id,)).fetchone()[0])
     assert stored["last_seq"] == 7 and stored["acked_seq"] == 5 and stored["journal_unacked"] == 2
-    assert stored["firmware"].startswith("ykt-pos/0.1") and len(stored["firmware"]) < 100
+    assert stored["firmware"].startswith("ykt-pos/0.1") and len(stored["firmware"]) <= 200
     assert "crash_log" not in stored and "uptime_s" not in stored and "deny_entries" not in stored
 
 
