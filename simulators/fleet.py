@@ -369,6 +369,9 @@ class Rush:
             if start_s <= now_s < end_s and index not in cut:
                 relay.cut()
                 cut.add(index)
+                if self.loss_reported_s is not None and index not in self.first_refusal_s:
+                    # Cut off before it learnt of the loss: not an online terminal for the measure.
+                    self.online_at_loss.discard(index)
             elif now_s >= end_s and index in cut:
                 relay.restore()
                 cut.discard(index)
@@ -519,6 +522,8 @@ def summarize(plan, rush, result, elapsed_s, terminals, people):
             accepted += 1
         else:
             declined[line["reason"]] = declined.get(line["reason"], 0) + 1
+    # Terminals online from the loss report until they refused the card (offline ones are bounded by
+    # their offline caps instead: lost_card_accepted_before_enforcement counts those uses).
     enforced = [rush.first_refusal_s[i] for i in rush.online_at_loss if i in rush.first_refusal_s]
     summary = {
         "seed": plan.seed,
