@@ -307,12 +307,11 @@ class AppActivity:
 class Rush:
     """Feeds the plan to the terminals in real time and keeps the score."""
 
-    def __init__(self, plan, population, fleet, decisions, server_dir, progress, lang, app):
+    def __init__(self, plan, population, fleet, decisions, log_path, progress, lang, app):
         self.app = app
         self.plan = plan
         self.population = population
         self.fleet = fleet
-        self.server_dir = server_dir
         self.progress = progress
         self.lang = lang
         self.decisions = decisions
@@ -329,7 +328,7 @@ class Rush:
         self.online_at_loss = set()
         self.unconfirmed_repeats = set()   # quick repeat taps the cashier does not confirm
         self._t0 = None
-        self.log = open(os.path.join(os.path.dirname(server_dir), "decisions.jsonl"), "w", encoding="utf-8")
+        self.log = open(log_path, "w", encoding="utf-8")
 
     def run(self):
         pending = list(self.plan.taps)
@@ -426,6 +425,11 @@ class Rush:
         self.card_busy[tap.person_index] = tap.tap_id
         self.fleet[tap.terminal_index].send(line)
 
+    def finish(self):
+        """After every terminal has drained and exited: take the last decisions, close the log."""
+        self._collect()
+        self.log.close()
+
     def _collect(self):
         while True:
             try:
@@ -435,6 +439,7 @@ class Rush:
             tap_id = line.get("tap_id")
             assert tap_id in self.sent and tap_id not in self.outcomes, "decision for an unknown tap %r" % tap_id
             line["terminal_index"] = index
+            line["terminal_id"] = self.fleet[index].terminal_id
             line["kind"] = self.sent[tap_id][0]
             self.outcomes[tap_id] = line
             self.log.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
@@ -466,7 +471,7 @@ class Rush:
 # -- the reckoning -------------------------------------------------------------------------------------
 
 
-def reconcile(server_dir, outcomes, sent):
+def reconcile(server_dir, outcomes):
     """Compare what terminals showed with what the server holds, and check the ledger."""
     conn = dbmod.connect(dbmod.db_path(server_dir))
     try:
@@ -631,7 +636,8 @@ def run(args):
             fleet.append(TerminalProcess(index, document, relay, run_dir, cards_dir, decisions))
         app = AppActivity(server.url, keys.load_master_key(keys.master_key_path(server_dir)), population, plan,
                           exclude=injector.taken if injector is not None else ())
-        rush = Rush(plan, population, fleet, decisions, server_dir, progress, lang, app)
+        rush = Rush(plan, population, fleet, decisions, os.path.join(run_dir, "decisions.jsonl"), progress, lang,
+                    app)
         try:
             rush.run()
         finally:
@@ -639,11 +645,8 @@ def run(args):
         progress.step(_say(lang, "高峰结束，等待各终端同步完毕……", "rush over; waiting for every terminal to sync..."))
         for terminal in fleet:
             terminal.finish(_DRAIN_TIMEOUT_S + 30)
-        rush._collect()
-        rush.log.close()
-        for line in rush.outcomes.values():
-            line["terminal_id"] = fleet[line["terminal_index"]].terminal_id
-        result = reconcile(server_dir, rush.outcomes, rush.sent)
+        rush.finish()
+        result = reconcile(server_dir, rush.outcomes)
         if injector is not None:
             injector.finish(server_dir, result)
     finally:
