@@ -29,13 +29,12 @@ straight through sqlite3.
 """
 from firmware.core import protocol, wallets as wallet_rules
 from sync_server import db as dbmod, ledger
-from sync_server.ledger_store import SqliteStore, add_deny_entries, REASON_NEGATIVE
+from sync_server.ledger_store import SqliteStore, add_deny_entries, REASON_NEGATIVE, chunks as _chunks
 
 MAX_RESEND_RANGES = 4
 MAX_GAP_SCAN_ROWS = 20000            # bound on the scan for holes above acked_seq
 BEIJING_OFFSET_MS = 8 * 3600 * 1000
 DAY_MS = 86400 * 1000
-_IN_CHUNK = 900                      # keep IN (...) lists well under SQLite's bound on variables
 
 # record tuple indexes (records.FIELDS)
 _KIND, _FLAGS, _TERMINAL, _SEQ, _TIME, _CARD, _ACCOUNT, _GENERATION, _CATEGORY, _COUNTER, _AMOUNT, \
@@ -67,12 +66,6 @@ class JournalMismatch(Exception):
 
 def beijing_day(time_ms):
     return (time_ms + BEIJING_OFFSET_MS) // DAY_MS
-
-
-def _chunks(values):
-    values = list(values)
-    for start in range(0, len(values), _IN_CHUNK):
-        yield values[start:start + _IN_CHUNK]
 
 
 def _marks(chunk):

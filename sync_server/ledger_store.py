@@ -27,7 +27,8 @@ REASON_REVOKED = 5
 REASON_FOUND = 6       # lifting entry: card found again / account unblocked
 
 
-def _chunks(values):
+def chunks(values):
+    """`values` in lists short enough for one IN (...) list each."""
     values = list(values)
     for start in range(0, len(values), _IN_CHUNK):
         yield values[start:start + _IN_CHUNK]
@@ -39,7 +40,7 @@ class SqliteStore:
 
     def existing_ids(self, ids):
         found = {}
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             rows = self.conn.execute(
                 "SELECT id, debit_id, credit_id, amount_fen, kind, reference, time_ms FROM transfers "
                 "WHERE id IN (%s)" % ",".join("?" * len(chunk)), chunk)
@@ -53,7 +54,7 @@ class SqliteStore:
 
     def balances(self, ledger_ids):
         result = {ledger_id: 0 for ledger_id in ledger_ids}
-        for chunk in _chunks(ledger_ids):
+        for chunk in chunks(ledger_ids):
             rows = self.conn.execute(
                 "SELECT ledger_account_id, balance_fen FROM balances WHERE ledger_account_id IN (%s)"
                 % ",".join("?" * len(chunk)), chunk)
@@ -79,7 +80,7 @@ class SqliteStore:
         if wallets is not None:
             assert wallets and all(wallet in protocol.WALLETS for wallet in wallets)
             wallet_filter = " AND wallet IN (%s)" % ",".join("'%s'" % wallet for wallet in sorted(wallets))
-        for chunk in _chunks(account_ids):
+        for chunk in chunks(account_ids):
             rows = self.conn.execute(
                 "SELECT account_id, wallet, id FROM ledger_accounts WHERE account_id IN (%s)%s"
                 % (",".join("?" * len(chunk)), wallet_filter), chunk)
@@ -125,7 +126,7 @@ def update_debt_flags(conn, in_debt, clear, now_ms):
     Only changes of state write anything: an account already flagged stays as it is.
     """
     changed = []
-    for chunk in _chunks(sorted(in_debt | clear)):
+    for chunk in chunks(sorted(in_debt | clear)):
         rows = conn.execute("SELECT id, in_debt FROM accounts WHERE id IN (%s)" % ",".join("?" * len(chunk)),
                             chunk)
         for account_id, flagged in rows:

@@ -19,7 +19,10 @@ from sync_server import db as dbmod
 PIN_DIGITS = 6
 MAX_PIN_FAILURES = 5
 PIN_LOCKOUT_MS = 30 * 60 * 1000
-_SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dklen": 32}
+SCRYPT_PARAMS = {"n": 2 ** 14, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dklen": 32}  # PINs and staff passwords
+# check_pin codes that prove the PIN was right (it reports a blocked or indebted account only after the
+# hash matched): such an account may still sign in to see its balance and recharge.
+PIN_ACCEPTED = ("pin_ok", "account_blocked", "account_in_debt")
 
 
 class PinAttempt:
@@ -43,7 +46,7 @@ def initial_pin(id_number, staff_number):
 
 
 def hash_pin(pin, salt):
-    return hashlib.scrypt(pin.encode(), salt=salt, **_SCRYPT)
+    return hashlib.scrypt(pin.encode(), salt=salt, **SCRYPT_PARAMS)
 
 
 def valid_pin_format(pin):

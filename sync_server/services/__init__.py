@@ -92,10 +92,6 @@ def account_of_person(conn, person_id):
     return row[0]
 
 
-# A correct PIN: check_pin also reports a blocked or indebted account after the hash matched.
-PIN_ACCEPTED = ("pin_ok", "account_blocked", "account_in_debt")
-
-
 def idempotent_id(prefix, account_id, key):
     """The order / payment id for a caller's idempotency key: derived from the account and the key, so
     one account's key never names another account's order, and the id shows nothing of the key."""
@@ -124,14 +120,14 @@ def with_pin(conn, account_id, pin, operator, now_ms, operation):
         if pin is None or pin == "":
             raise ServiceError("pin_required")
         attempt = pin_rules.prepare_pin(conn, account_id, pin, now_ms)
-        if isinstance(attempt, str) and attempt not in PIN_ACCEPTED:
+        if isinstance(attempt, str) and attempt not in pin_rules.PIN_ACCEPTED:
             raise ServiceError(attempt)     # known without writing anything: format, unknown, locked
     refusal = None
     with dbmod.transaction(conn):
         person_row(conn, account_id)
         if attempt is not None:
             code = pin_rules.record_pin(conn, account_id, attempt, now_ms)
-            if code not in PIN_ACCEPTED:
+            if code not in pin_rules.PIN_ACCEPTED:
                 refusal = code
         if refusal is None:
             return operation()

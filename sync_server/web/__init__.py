@@ -59,6 +59,12 @@ def signed_yuan(fen):
     return ("+" if fen > 0 else "") + yuan(fen)
 
 
+def error_text(error):
+    """A refusal's text in the page language (BilingualError), else the exception's own text."""
+    text = getattr(error, "text", None)
+    return text(g.lang) if callable(text) else str(error)
+
+
 def beijing_time(time_ms):
     return datetime.datetime.fromtimestamp(time_ms / 1000, BEIJING).strftime("%Y-%m-%d %H:%M:%S")
 

@@ -34,7 +34,6 @@ ROLES = ("hall", "finance", "admin")
 MIN_PASSWORD_CHARS = 10
 MAX_USERNAME_CHARS = 64
 MAX_LOG_ROWS_SHOWN = 200
-_SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dklen": 32}
 _DUMMY_SALT = b"\0" * 16
 CSRF_FIELD = "csrf_token"
 FORM_KEY_FIELD = "form_key"
@@ -53,7 +52,7 @@ def session_secret(master_key):
 # --- staff users ---------------------------------------------------------------------------------
 
 def _hash_password(password, salt):
-    return hashlib.scrypt(password.encode("utf-8"), salt=salt, **_SCRYPT)
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, **pins.SCRYPT_PARAMS)
 
 
 def add_staff_user(conn, username, display_name, roles, password, now_ms=None):
@@ -122,11 +121,6 @@ def staff_user(conn, staff_id):
 
 # --- cardholders ---------------------------------------------------------------------------------
 
-# check_pin codes that prove the PIN was right: a frozen or indebted account may still sign in to
-# see its balance and recharge.
-_PIN_ACCEPTED = ("pin_ok", "account_blocked", "account_in_debt")
-
-
 def check_cardholder(conn, staff_number, pin, now_ms):
     """(person_id, account_id) when the staff/student number and card PIN match; a messages code
     string otherwise (pin_wrong for an unknown number too, so numbers cannot be probed)."""
@@ -137,7 +131,7 @@ def check_cardholder(conn, staff_number, pin, now_ms):
         pins.hash_pin(pin or "", _DUMMY_SALT)
         return "pin_wrong"
     code = pins.check_pin(conn, row[1], pin, now_ms)     # hashes before taking the write lock
-    return (row[0], row[1]) if code in _PIN_ACCEPTED else code
+    return (row[0], row[1]) if code in pins.PIN_ACCEPTED else code
 
 
 # --- the session ---------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from flask import Blueprint, abort, flash, g, redirect, render_template, request
 from firmware.core import card_layout
 from sync_server import db as dbmod, hall
 from sync_server.services import cards, recharge as recharge_service, statements
-from sync_server.web import auth, forms, t
+from sync_server.web import auth, error_text as _error_text, forms, t
 
 hall_pages = Blueprint("hall_pages", __name__, url_prefix="/hall")
 hall_pages.before_request(auth.check_csrf)
@@ -22,11 +22,6 @@ HOLDER_NAMES = {card_layout.HOLDER_STAFF: ("教工", "staff"), card_layout.HOLDE
                 card_layout.HOLDER_SELF_EMPLOYED: ("自聘", "self-employed"),
                 card_layout.HOLDER_TEMPORARY: ("临时", "temporary"),
                 card_layout.HOLDER_IDENTITY_ONLY: ("身份卡", "identity only")}
-
-
-def _error_text(error):
-    text = getattr(error, "text", None)
-    return text(g.lang) if callable(text) else str(error)
 
 
 @hall_pages.app_template_filter("holder_category")

@@ -14,7 +14,7 @@ from sync_server import db as dbmod, hall, messages, services
 from sync_server.services import cards, statements
 from sync_server.services import electricity as electricity_service, limits as limit_service
 from sync_server.services import pins as pin_service, recharge as recharge_service
-from sync_server.web import auth, forms, t, yuan as forms_yuan
+from sync_server.web import auth, error_text as _error_text, forms, t, yuan as forms_yuan
 
 portal = Blueprint("portal", __name__, url_prefix="/portal")
 portal.before_request(auth.check_csrf)
@@ -22,11 +22,6 @@ portal.before_request(auth.check_csrf)
 PAGE_ROWS = 10                  # rows per page, as on the manual's page
 DEFAULT_RANGE_DAYS = 30         # the statement opens on the last month
 QUERY_TYPES = (statements.KIND_CONSUMPTION, statements.KIND_RECHARGE, statements.KIND_ALL)
-
-
-def _error_text(error):
-    text = getattr(error, "text", None)
-    return text(g.lang) if callable(text) else str(error)
 
 
 def _holder(conn, account_id):
