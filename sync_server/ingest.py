@@ -74,12 +74,11 @@ def _marks(chunk):
 
 class Batch:
     """One request's records, made ready for store() (see the module text)."""
-    __slots__ = ("terminal_id", "received_ms", "offset_ms", "rows", "purchases", "fixed", "wallet_ids", "values")
+    __slots__ = ("terminal_id", "received_ms", "rows", "purchases", "fixed", "wallet_ids", "values")
 
-    def __init__(self, terminal_id, received_ms, offset_ms):
+    def __init__(self, terminal_id, received_ms):
         self.terminal_id = terminal_id
         self.received_ms = received_ms
-        self.offset_ms = offset_ms
         self.rows = {}          # seq -> terminal_records row (booked = 1)
         self.values = {}        # seq -> decoded record tuple
         self.purchases = {}     # seq -> ledger.Purchase (records of known accounts only)
@@ -89,7 +88,7 @@ class Batch:
 
 def prepare(conn, terminal_id, merchant_ledger_id, by_seq, offset_ms, received_ms):
     """Everything about `by_seq` {seq: (raw, values)} that needs no write lock (see the module text)."""
-    batch = Batch(terminal_id, received_ms, offset_ms)
+    batch = Batch(terminal_id, received_ms)
     wallets = set()
     for category in {v[_CATEGORY] for _raw, v in by_seq.values()}:
         wallets.update(wallet_rules.WALLET_ORDER[category])
