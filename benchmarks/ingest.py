@@ -182,9 +182,8 @@ def same_writes_rate(args, batches, terminal_ids):
         refs = {}
         for row in rows:
             ref = row[7] * 256 + row[9]
-            state = card_state.setdefault(ref, [0, 0])
-            state[0], state[1] = max(state[0], row[11]), state[1] + 1
-            refs[ref] = (ref, state[0], state[1])
+            card_state[ref] = max(card_state.get(ref, 0), row[11])
+            refs[ref] = (ref, card_state[ref])
         seq_high = rows[-1][1]
         prepared.append(((terminal_id, counters[terminal_id], received_ms), rows, transfers, balance_rows,
                          len(account_ids), account_rows, list(refs.values()),

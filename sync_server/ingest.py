@@ -48,9 +48,10 @@ _BOOKED_COLUMN = 15
 # spent_today_fen counts purchases dated on the server's day; a new day starts from this batch's sum
 UPDATE_ACCOUNTS_SQL = ("UPDATE accounts SET spent_today_fen = CASE WHEN spent_day = ? THEN spent_today_fen + ? "
                        "ELSE ? END, spent_day = ?, balance_version = ? WHERE id = ?")
+# taps_seen is no longer counted (nothing read it); the NOT NULL column of migration 1 gets 0 on insert
 UPSERT_CARD_COUNTERS_SQL = (
-    "INSERT INTO card_counters (card_ref, max_tap_counter, taps_seen) VALUES (?, ?, ?) "
-    "ON CONFLICT (card_ref) DO UPDATE SET max_tap_counter = excluded.max_tap_counter, taps_seen = excluded.taps_seen")
+    "INSERT INTO card_counters (card_ref, max_tap_counter, taps_seen) VALUES (?, ?, 0) "
+    "ON CONFLICT (card_ref) DO UPDATE SET max_tap_counter = excluded.max_tap_counter")
 INSERT_COUNTER_ANOMALIES_SQL = ("INSERT INTO counter_anomalies (card_number, generation, kind, expected, seen, "
                                 "terminal_id, seq, noticed_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 INSERT_RECORD_ANOMALIES_SQL = "INSERT INTO record_anomalies (terminal_id, seq, reason, noticed_ms) VALUES (?, ?, ?, ?)"
@@ -245,33 +246,31 @@ def _note_tap_counters(conn, new_rows, now_ms):
         refs.setdefault(values[_CARD] * 256 + values[_GENERATION], []).append(values)
     known = {}
     for chunk in _chunks(refs):
-        for ref, max_counter, seen in conn.execute(
-                "SELECT card_ref, max_tap_counter, taps_seen FROM card_counters WHERE card_ref IN (%s)"
-                % _marks(chunk), chunk):
-            known[ref] = [max_counter, seen]
+        known.update(conn.execute("SELECT card_ref, max_tap_counter FROM card_counters WHERE card_ref IN (%s)"
+                                  % _marks(chunk), chunk))
     anomalies = []
     for ref, taps in refs.items():
-        state = known.get(ref)
+        highest = known.get(ref)
         for values in taps:
             counter = values[_COUNTER]
-            if state is None:
-                state = known[ref] = [counter, 1]
+            if highest is None:
+                highest = counter
                 continue
-            expected = state[0] + 1
-            if counter == state[0]:
+            expected = highest + 1
+            if counter == highest:
                 kind = "repeat"
             elif counter > expected:
                 kind = "gap"
-            elif counter < state[0]:
+            elif counter < highest:
                 kind = "late"
             else:
                 kind = None
             if kind is not None:
                 anomalies.append((values[_CARD], values[_GENERATION], kind, expected, counter,
                                   values[_TERMINAL], values[_SEQ], now_ms))
-            if counter > state[0]:
-                state[0] = counter
-            state[1] += 1
-    conn.executemany(UPSERT_CARD_COUNTERS_SQL, [(ref, known[ref][0], known[ref][1]) for ref in refs])
+            if counter > highest:
+                highest = counter
+        known[ref] = highest
+    conn.executemany(UPSERT_CARD_COUNTERS_SQL, [(ref, known[ref]) for ref in refs])
     if anomalies:
         conn.executemany(INSERT_COUNTER_ANOMALIES_SQL, anomalies)
