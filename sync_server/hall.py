@@ -114,8 +114,7 @@ def issue_card_record(conn, person_or_account, uid, now_ms=None, expiry_yyyymmdd
     now_ms = dbmod.now_ms() if now_ms is None else now_ms
     with _tx(conn):
         account_id, name, category = _resolve_account(conn, person_or_account)
-        if category == card_layout.HOLDER_IDENTITY_ONLY:
-            pass  # identity-only cards still carry an account id; they simply have no money
+        # identity-only cards are issued the same way: they carry an account id, just no money
         previous = conn.execute("SELECT card_number, max(generation) FROM cards WHERE account_id = ?",
                                 (account_id,)).fetchone()
         if previous[0] is None:
