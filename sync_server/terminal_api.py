@@ -351,6 +351,8 @@ def pin_check():
     terminal, counter = authenticate(conn, PIN_CHECK_PATH, body)
     message = _decode_map(body)
     account_id = _int_field(message, "account_id", minimum=1)
+    # Part of the pin-check message; validated so a malformed request is refused, though the PIN
+    # check itself does not depend on the amount.
     _int_field(message, "amount_fen", minimum=1)
     pin = message.get("pin")
     if not isinstance(pin, str):
