@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from firmware.core import protocol, records  # noqa: E402
 from sync_server import db as dbmod, hall, ingest, ledger, terminal_api  # noqa: E402
+from sync_server.finance import day_of_ms  # noqa: E402
 from sync_server.ledger_store import ADD_TO_BALANCES_SQL, INSERT_TRANSFERS_SQL, SqliteStore  # noqa: E402
 from server_process import running_server  # noqa: E402
 
@@ -160,7 +161,7 @@ def same_writes_rate(args, batches, terminal_ids):
     balances = store.all_balances()
     version = dbmod.counter_value(conn, "balance_version")
     received_ms = dbmod.now_ms()
-    today = ingest.beijing_day(received_ms)
+    today = day_of_ms(received_ms)
     counters = {}
     card_state = {}
     prepared = []
@@ -174,7 +175,7 @@ def same_writes_rate(args, batches, terminal_ids):
         account_ids = sorted({p.account_id for p in purchases})
         spent = {}
         for purchase in purchases:
-            if ingest.beijing_day(purchase.time_ms) == today:
+            if day_of_ms(purchase.time_ms) == today:
                 spent[purchase.account_id] = spent.get(purchase.account_id, 0) + purchase.amount_fen
         account_rows = [(today, spent.get(a, 0), spent.get(a, 0), today, version + 1 + i, a)
                         for i, a in enumerate(account_ids)]

@@ -29,12 +29,11 @@ straight through sqlite3.
 """
 from firmware.core import protocol, wallets as wallet_rules
 from sync_server import db as dbmod, ledger
+from sync_server.finance import day_of_ms
 from sync_server.ledger_store import SqliteStore, add_deny_entries, REASON_NEGATIVE, chunks as _chunks
 
 MAX_RESEND_RANGES = 4
 MAX_GAP_SCAN_ROWS = 20000            # bound on the scan for holes above acked_seq
-BEIJING_OFFSET_MS = 8 * 3600 * 1000
-DAY_MS = 86400 * 1000
 
 # record tuple indexes (records.FIELDS)
 _KIND, _FLAGS, _TERMINAL, _SEQ, _TIME, _CARD, _ACCOUNT, _GENERATION, _CATEGORY, _COUNTER, _AMOUNT, \
@@ -63,10 +62,6 @@ class JournalMismatch(Exception):
     def __init__(self, seq):
         Exception.__init__(self, "seq %d differs from the stored record" % seq)
         self.seq = seq
-
-
-def beijing_day(time_ms):
-    return (time_ms + BEIJING_OFFSET_MS) // DAY_MS
 
 
 def _marks(chunk):
@@ -206,11 +201,11 @@ def _book(conn, batch, new):
         store.insert_transfers(transfers)
         store.set_balances({ledger_id: balances[ledger_id] for ledger_id in ledger.touched_ids(transfers)})
 
-    today = beijing_day(now_ms)
+    today = day_of_ms(now_ms)
     spent_today = {}
     for purchase in purchases:
         spent = spent_today.get(purchase.account_id, 0)
-        spent_today[purchase.account_id] = spent + purchase.amount_fen if beijing_day(purchase.time_ms) == today \
+        spent_today[purchase.account_id] = spent + purchase.amount_fen if day_of_ms(purchase.time_ms) == today \
             else spent
     account_ids = sorted(spent_today)
     first_version = dbmod.next_counter(conn, "balance_version", len(account_ids))

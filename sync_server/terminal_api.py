@@ -29,6 +29,7 @@ from flask import Blueprint, Response, current_app, g, request
 from firmware.core import protocol, records as record_codec, sam as sam_keys
 from firmware.core import wallets as wallet_rules
 from sync_server import db as dbmod, ingest, messages, pins
+from sync_server.finance import day_of_ms
 
 terminal_api = Blueprint("terminal_api", __name__, url_prefix="/api/terminal/v1")
 
@@ -263,7 +264,7 @@ def _balance_delta(conn, since_version, now_ms):
     One query: the page of accounts (one extra row tells whether there is more) joined to their wallets;
     when it is empty, the version comes from the same read snapshot (see _deny_delta).
     """
-    today = ingest.beijing_day(now_ms)
+    today = day_of_ms(now_ms)
     with dbmod.read_snapshot(conn):
         rows = conn.execute(
             "SELECT a.id, la.wallet, coalesce(b.balance_fen, 0), "
