@@ -155,17 +155,23 @@ def _check_same(rows, stored_rows):
 
 def _advance_acked(conn, terminal_id, acked_seq, max_seq):
     """Highest contiguous seq and the holes above it (at most MAX_RESEND_RANGES ranges)."""
+    return scan_holes(conn, terminal_id, acked_seq, max_seq, MAX_GAP_SCAN_ROWS, MAX_RESEND_RANGES)
+
+
+def scan_holes(conn, terminal_id, acked_seq, max_seq, max_rows, max_ranges):
+    """(highest contiguous seq, [(low, high)] missing seq ranges above it) from the terminal's stored
+    records above `acked_seq`: at most `max_rows` rows read and `max_ranges` ranges kept (None: all)."""
     if max_seq <= acked_seq:
         return acked_seq, []
     rows = conn.execute("SELECT seq FROM terminal_records WHERE terminal_id = ? AND seq > ? ORDER BY seq "
-                        "LIMIT ?", (terminal_id, acked_seq, MAX_GAP_SCAN_ROWS))
+                        "LIMIT ?", (terminal_id, acked_seq, max_rows))
     expected = acked_seq + 1
     contiguous = True
     holes = []
     for (seq,) in rows:
         if seq != expected:
             contiguous = False
-            if len(holes) < MAX_RESEND_RANGES:
+            if max_ranges is None or len(holes) < max_ranges:
                 holes.append((expected, seq - 1))
         if contiguous:
             acked_seq = seq

@@ -56,7 +56,7 @@ import bisect
 import json
 
 from firmware.core import protocol, records as record_codec
-from sync_server import db as dbmod, ledger
+from sync_server import db as dbmod, ingest, ledger
 from sync_server.finance import (BEIJING_OFFSET_MS, DAY_MS, HOUR_MS, FinanceError, day_number, day_of_ms,
                                  day_start_ms, day_text, hour_of_ms)
 from sync_server.ledger_store import SqliteStore, add_deny_entries
@@ -864,15 +864,8 @@ def _merge(ranges):
 
 def _holes(conn, terminal_id, acked_seq, max_seq):
     """Seq ranges still missing between the terminal's acked_seq and max_seq (asked for at every sync)."""
-    if max_seq <= acked_seq:
-        return []
-    holes, expected = [], acked_seq + 1
-    for (seq,) in conn.execute("SELECT seq FROM terminal_records WHERE terminal_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                               (terminal_id, acked_seq, MAX_GAP_SCAN_ROWS)):
-        if seq != expected:
-            holes.append([expected, seq - 1])
-        expected = seq + 1
-    return holes
+    _contiguous, holes = ingest.scan_holes(conn, terminal_id, acked_seq, max_seq, MAX_GAP_SCAN_ROWS, None)
+    return [[low, high] for low, high in holes]
 
 
 def _order_refs(conn, transfer_ids):
