@@ -1,6 +1,6 @@
 """Cards on a virtual field, for the driver tests: a blank card placed and issued through the reader
 under test with firmware/apps/card_io.py (the issuing station's own steps), and the tap counter read
-straight off a card's image (a test's view, bypassing every reader).
+straight off a card or a saved card image file (a test's view, bypassing every reader).
 
 Each test module keeps its own site (issuer, identity, name, UIDs) and passes it in.
 """
@@ -21,3 +21,8 @@ def counter_on(card):
     """The tap counter as stored on the card (a test's view, bypassing the reader)."""
     value, _address = mifare.decode_value_block(card.dump_block(card_layout.COUNTER_BLOCK))
     return card_layout.tap_counter_from_value(value)
+
+
+def counter_on_image(path):
+    """The tap counter stored on the card saved at `path` (a ClassicCard image file)."""
+    return counter_on(ClassicCard.load(path))

@@ -11,10 +11,12 @@ import sys
 
 import pytest
 
-from firmware.core import card_layout, mifare
+from firmware.core import card_layout
 from simulators.classic_card import ClassicCard
 from sync_server import db as dbmod
 from sync_server.finance import close
+
+from field_cards import counter_on
 
 SEED = int(os.environ.get("YKT_DEMO_SEED", "3"))
 
@@ -98,9 +100,8 @@ def _counted_on_cards(run_dir):
     for path in glob.glob(str(run_dir / "cards" / "*.card")) + glob.glob(str(run_dir / "clones" / "*.card")):
         card = ClassicCard.load(path)
         identity = card_layout.decode_identity(card.dump_block(card_layout.IDENTITY_BLOCK))
-        value, _address = mifare.decode_value_block(card.dump_block(card_layout.COUNTER_BLOCK))
         key = (identity.card_number, identity.generation)
-        counted[key] = max(counted.get(key, 0), card_layout.tap_counter_from_value(value))
+        counted[key] = max(counted.get(key, 0), counter_on(card))
     return counted
 
 

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from firmware.apps import card_io
 from firmware.core import card_layout, mifare, sam as sam_module
+from field_cards import counter_on
 from pcscd_service import running_pcscd, wait_for_card
 from reader_drivers import pcsc
 from reader_drivers.base import (AuthenticationError, CardGone, CardNak, ReaderError, UnsupportedOperation,
@@ -64,11 +65,6 @@ def issued(slot, reader, uid=UID):
     return card, reader.poll(0)
 
 
-def tap_counter_stored_on(card):
-    value, _address = mifare.decode_value_block(card.dump_block(card_layout.COUNTER_BLOCK))
-    return card_layout.tap_counter_from_value(value)
-
-
 # --- readers and selection -----------------------------------------------------------------------
 
 def test_pcscd_lists_the_vpcd_readers_and_the_url_picks_one_by_name(pcscd):
@@ -108,7 +104,7 @@ def test_issue_read_back_and_count_taps_through_pcscd(slot, reader):
     assert card_io.count_tap(reader, TERMINAL, reader.poll(0), 0) == 1
     assert card_io.count_tap(reader, TERMINAL, reader.poll(0), 1) == 2
     assert card_io.read_card(reader, TERMINAL, reader.poll(0)).tap_counter == 2
-    assert tap_counter_stored_on(card) == 2   # the card itself, not just what the reader said
+    assert counter_on(card) == 2   # the card itself, not just what the reader said
 
 
 def test_a_second_issue_is_refused_through_pcscd(slot, reader):
@@ -158,14 +154,14 @@ def test_a_card_pulled_mid_tap_is_card_gone_and_charged_at_most_once(pcscd, slot
     with pytest.raises(CardGone):
         card_io.count_tap(reader, TERMINAL, target, 0)
     assert slot.card is None
-    assert tap_counter_stored_on(card) == (1 if counted else 0)
+    assert counter_on(card) == (1 if counted else 0)
     # The cardholder taps again: the terminal reads the counter afresh and counts exactly one more.
     assert wait_for_card(pcscd.readers[0], present=False)
     target = insert_and_poll(slot, reader, card)
     view = card_io.read_card(reader, TERMINAL, target)
     assert view.tap_counter == (1 if counted else 0)
     assert card_io.count_tap(reader, TERMINAL, reader.poll(0), view.tap_counter) == view.tap_counter + 1
-    assert tap_counter_stored_on(card) == view.tap_counter + 1
+    assert counter_on(card) == view.tap_counter + 1
 
 
 def test_a_command_after_the_card_left_is_card_gone_and_poll_finds_nothing(pcscd, slot, reader):

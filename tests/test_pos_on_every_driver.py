@@ -11,6 +11,7 @@ is shown and counts once on the card; a lost card and a short balance are refuse
 record; a repeat tap needs the cashier; a card pulled at any point of the tap charges nothing
 twice, tells the cardholder to tap again, and the tap again settles it exactly once.
 """
+import contextlib
 import io
 import json
 import os
@@ -20,10 +21,12 @@ import pytest
 from firmware.apps import card_io
 from firmware.apps.pos_terminal import PosTerminal
 from firmware.apps.store import TerminalStore
-from firmware.core import card_layout, mifare, pos, protocol, records, sam
+from firmware.core import card_layout, pos, protocol, records, sam
 from reader_drivers.base import open_reader
 from simulators.card_file import write_through
 from simulators.classic_card import ClassicCard
+
+from field_cards import counter_on_image
 
 MASTER_KEY = bytes(range(100, 132))
 TERMINAL_ID = 21
@@ -97,9 +100,7 @@ class Counter:
 
     def card_tap_counter(self):
         """The tap counter the card itself holds now (its image is written through on every write)."""
-        card = ClassicCard.load(self.card_path)
-        value, _ = mifare.decode_value_block(card.dump_block(card_layout.COUNTER_BLOCK))
-        return card_layout.tap_counter_from_value(value)
+        return counter_on_image(self.card_path)
 
     def close(self):
         self.terminal.close()
@@ -203,31 +204,30 @@ def test_a_tap_authenticates_the_counter_sector_once(counter_factory):
     assert sent == TAP_COMMANDS
 
 
-def _place(counter):
-    """The counter's card in the rig's slot, saved back to its image as it changes -> undo()."""
+@contextlib.contextmanager
+def _waiting_for_the_cashier(counter, amount_fen):
+    """The counter's card in the rig's slot (saved back to its image as it changes), `amount_fen`
+    keyed and the card read: yields the terminal waiting for the cashier; the card is pulled after."""
     card = ClassicCard.load(counter.card_path)
     slot = counter.terminal.card_slot
     stop_write_through = write_through(slot, card, counter.card_path)
     slot.place(card)
-
-    def undo():
+    try:
+        terminal = counter.terminal
+        terminal.feed(pos.AmountKeyed(amount_fen))
+        assert terminal.present_card() and terminal.machine.state == pos.WAIT_CONFIRM
+        yield terminal
+    finally:
         slot.pull()
         stop_write_through()
-    return undo
 
 
 def test_a_card_selected_again_while_the_cashier_decides_is_authenticated_again(counter_factory):
     counter = counter_factory()
     assert counter.tap(amount_fen=800)["accepted"]
-    undo = _place(counter)
-    try:
-        terminal = counter.terminal
-        terminal.feed(pos.AmountKeyed(800))
-        assert terminal.present_card() and terminal.machine.state == pos.WAIT_CONFIRM
+    with _waiting_for_the_cashier(counter, 800) as terminal:
         assert terminal.present_card()            # the reader polls again meanwhile: a new selection
         terminal.feed(pos.CashierConfirmed())
-    finally:
-        undo()
     assert counter.decisions()[-1]["accepted"] and len(counter.journal()) == 2
     assert counter.card_tap_counter() == 2
 
@@ -235,16 +235,10 @@ def test_a_card_selected_again_while_the_cashier_decides_is_authenticated_again(
 def test_a_card_pulled_and_put_back_while_the_cashier_decides_is_tapped_again(counter_factory):
     counter = counter_factory()
     assert counter.tap(amount_fen=800)["accepted"]
-    undo = _place(counter)
-    try:
-        terminal = counter.terminal
-        terminal.feed(pos.AmountKeyed(800))
-        assert terminal.present_card() and terminal.machine.state == pos.WAIT_CONFIRM
+    with _waiting_for_the_cashier(counter, 800) as terminal:
         slot = terminal.card_slot
         slot.place(slot.pull())                   # out and back in: the card lost its authentication
         terminal.feed(pos.CashierConfirmed())
-    finally:
-        undo()
     refused = counter.decisions()[-1]
     assert (refused["accepted"], refused["reason"]) == (False, "tap_again")
     assert len(counter.journal()) == 1 and counter.card_tap_counter() == 1

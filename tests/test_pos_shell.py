@@ -18,6 +18,8 @@ from firmware.core import card_layout, protocol, records, sam
 from reader_drivers.base import open_reader
 from simulators.classic_card import ClassicCard
 
+from field_cards import counter_on_image
+
 MASTER_KEY = bytes(range(32))
 TERMINAL_ID = 11
 UID = bytes.fromhex("04a1b2c3")
@@ -57,14 +59,21 @@ def seed_cache(data_dir, main_fen=10000, single_fen=5000, daily_fen=30000, deny_
     store.close()
 
 
-@pytest.fixture
-def rig(tmp_path):
+def shell_on(tmp_path, reader, cache=None, **terminal_options):
+    """A POS shell on `reader` without sync, its data under tmp_path/terminal, the card image issued and
+    the cache seeded (`cache`: seed_cache keywords) -> (terminal, card_path, out); the caller closes it."""
     data_dir = tmp_path / "terminal"
     data_dir.mkdir()
     card_path = issue_card_image(tmp_path)
-    seed_cache(data_dir)
+    seed_cache(data_dir, **(cache or {}))
     out = io.StringIO()
-    terminal = PosTerminal(provisioning(), str(data_dir), open_reader("sim:"), out=out, sync=False)
+    terminal = PosTerminal(provisioning(), str(data_dir), reader, out=out, sync=False, **terminal_options)
+    return terminal, card_path, out
+
+
+@pytest.fixture
+def rig(tmp_path):
+    terminal, card_path, out = shell_on(tmp_path, open_reader("sim:"))
     yield terminal, card_path, out
     terminal.close()
 
@@ -76,13 +85,6 @@ def lines(out, kind=None):
 
 def journal(terminal):
     return [records.decode(bytes(raw)) for _, raw, _ in terminal.store.journal()]
-
-
-def tap_counter(card_path):
-    card = ClassicCard.load(card_path)
-    value, _ = __import__("firmware.core.mifare", fromlist=["x"]).decode_value_block(
-        card.dump_block(card_layout.COUNTER_BLOCK))
-    return card_layout.tap_counter_from_value(value)
 
 
 def test_accepted_tap_is_journaled_then_printed(rig):
@@ -98,7 +100,7 @@ def test_accepted_tap_is_journaled_then_printed(rig):
     assert (stored[0]["seq"], stored[0]["amount_fen"], stored[0]["account_id"], stored[0]["tap_counter"]) == \
         (1, 1200, 501, 1)
     assert stored[0]["terminal_id"] == TERMINAL_ID and stored[0]["merchant_id"] == 3
-    assert tap_counter(card_path) == 1          # the card image keeps the counted tap
+    assert counter_on_image(card_path) == 1          # the card image keeps the counted tap
     # Order on stdout: the decision line comes after the success display, both after the commit.
     kinds = [line["type"] for line in lines(out)]
     assert kinds.index("decision") > kinds.index("show")
@@ -145,7 +147,7 @@ def test_card_pulled_at_any_command_charges_only_with_a_record(rig, operation, d
     terminal.run_line({"card": card_path} if not decisions[0]["accepted"] else {"amount_fen": 600, "card": card_path})
     stored = journal(terminal)
     assert lines(out, "decision")[-1]["accepted"]
-    assert stored[-1]["tap_counter"] == tap_counter(card_path)
+    assert stored[-1]["tap_counter"] == counter_on_image(card_path)
 
 
 def test_lost_card_is_refused_and_not_journaled(tmp_path):
@@ -160,7 +162,7 @@ def test_lost_card_is_refused_and_not_journaled(tmp_path):
         terminal.run_line({"amount_fen": 500, "card": card_path})
         assert [(d["accepted"], d["reason"]) for d in lines(out, "decision")] == [(False, "card_lost")]
         assert journal(terminal) == []
-        assert tap_counter(card_path) == 0
+        assert counter_on_image(card_path) == 0
     finally:
         terminal.close()
 

@@ -1,17 +1,13 @@
 """The POS shell when things go wrong around a tap: a PIN typed after its prompt timed out, a reader that
 fails or raises what it should not. The terminal must show what happened and take the next tap; it must never crash or hang in the
 middle of a tap. Real card images on the sim: reader, the real journal, a fake raw clock (no sleeps)."""
-import io
-import json
-
 import pytest
 
-from firmware.apps.pos_terminal import PosTerminal
 from firmware.core import messages, pn532_frames as frames, pos
 from reader_drivers.base import ReaderTimeout, open_reader
 from reader_drivers.sim import SimReader
 
-from test_pos_shell import issue_card_image, journal, lines, provisioning, seed_cache
+from test_pos_shell import journal, lines, shell_on
 
 START_MS = 1741600000000
 
@@ -28,14 +24,10 @@ class RawClock:
 
 @pytest.fixture
 def shell(tmp_path):
-    data_dir = tmp_path / "terminal"
-    data_dir.mkdir()
-    card_path = issue_card_image(tmp_path)
-    seed_cache(data_dir, single_fen=2000)             # 30.00 yuan needs the PIN
-    out = io.StringIO()
     raw = RawClock()
     reader = open_reader("sim:")
-    terminal = PosTerminal(provisioning(), str(data_dir), reader, out=out, sync=False, raw_ms=raw)
+    cache = {"single_fen": 2000}                      # 30.00 yuan needs the PIN
+    terminal, card_path, out = shell_on(tmp_path, reader, cache=cache, raw_ms=raw)
     yield terminal, reader, card_path, out, raw
     terminal.close()
 
@@ -97,13 +89,8 @@ class FailingReader(SimReader):
 
 @pytest.fixture
 def failing(tmp_path):
-    data_dir = tmp_path / "terminal"
-    data_dir.mkdir()
-    card_path = issue_card_image(tmp_path)
-    seed_cache(data_dir)
-    out = io.StringIO()
     reader = FailingReader()
-    terminal = PosTerminal(provisioning(), str(data_dir), reader, out=out, sync=False)
+    terminal, card_path, out = shell_on(tmp_path, reader)
     yield terminal, reader, card_path, out
     terminal.close()
 

@@ -28,13 +28,14 @@ import threading
 import time
 
 from firmware.apps import card_io
-from firmware.core import card_layout, mifare, sam
+from firmware.core import sam
 from reader_drivers.base import open_reader
 from simulators.classic_card import ClassicCard
 from simulators.netcut import Relay
 from sync_server import hall
 from sync_server.ledger import check_balances
 from sync_server.ledger_store import SqliteStore
+from field_cards import counter_on_image
 from server_process import running_server
 
 DEFAULT_ROUNDS = 10
@@ -137,12 +138,6 @@ def issue_cards(server, conn, cards_dir, seed):
         reader.field.pull()
         card.save(os.path.join(cards_dir, "%s.card" % person["uid"].hex()))
     return people
-
-
-def card_tap_counter(cards_dir, uid):
-    card = ClassicCard.load(os.path.join(cards_dir, "%s.card" % uid.hex()))
-    value, _address = mifare.decode_value_block(card.dump_block(card_layout.COUNTER_BLOCK))
-    return card_layout.tap_counter_from_value(value)
 
 
 def read_journal(data_dir):
@@ -300,7 +295,7 @@ def check_against_server(conn, terminal_id, people, cards_dir, taps, decisions, 
     for card_number, person in by_card_number.items():
         counters = [counter for number, counter in pairs if number == card_number]
         if counters:
-            assert card_tap_counter(cards_dir, person["uid"]) >= max(counters), card_number
+            assert counter_on_image(os.path.join(cards_dir, "%s.card" % person["uid"].hex())) >= max(counters), card_number
 
     # Money: the ledger balances, and each cardholder paid exactly what was stored for them.
     assert check_balances(SqliteStore(conn)) == []

@@ -17,11 +17,12 @@ from firmware.apps import card_io
 from firmware.apps.pos_terminal import PosTerminal
 from firmware.apps.store import TerminalStore
 from firmware.apps.sync_client import SharedClock, SyncClient
-from firmware.core import card_layout, mifare, protocol, sam
+from firmware.core import card_layout, protocol, sam
 from reader_drivers.base import open_reader
 from simulators.classic_card import ClassicCard
 from simulators.netcut import Relay
 from sync_server import db as dbmod, hall
+from field_cards import counter_on_image
 from server_process import running_server
 
 UIDS = (bytes.fromhex("04a1b2c3"), bytes.fromhex("04d4e5f6"))
@@ -298,11 +299,6 @@ def test_malformed_answers_never_stop_the_sync_thread(tmp_path):
             store.close()
 
 
-def card_tap_counter(card_path):
-    value, _address = mifare.decode_value_block(ClassicCard.load(card_path).dump_block(card_layout.COUNTER_BLOCK))
-    return card_layout.tap_counter_from_value(value)
-
-
 def test_replaced_terminal_storage_waits_for_its_first_sync_then_numbers_after_the_server(campus, tmp_path):
     """A terminal whose storage was replaced (new SD card, same provisioning) must not number its
     taps from 1 again: the server holds those seqs and would drop the new taps as copies."""
@@ -317,12 +313,12 @@ def test_replaced_terminal_storage_waits_for_its_first_sync_then_numbers_after_t
     replaced = PosTerminal(terminal.provisioning, str(tmp_path / "replaced"), open_reader("sim:"), out=replaced_out)
     try:
         assert not replaced.sync_now().online
-        counted_before = card_tap_counter(alice_card)
+        counted_before = counter_on_image(alice_card)
         replaced.run_line({"amount_fen": 500, "card": alice_card})
         assert [(d["accepted"], d["reason"]) for d in decisions(replaced_out)] == [(False, "terminal_not_synced")]
         shown = [json.loads(line) for line in replaced_out.getvalue().splitlines()]
         assert "终端未完成首次同步" in [line.get("text") for line in shown if line["type"] == "show"]
-        assert replaced.store.last_seq() == 0 and card_tap_counter(alice_card) == counted_before
+        assert replaced.store.last_seq() == 0 and counter_on_image(alice_card) == counted_before
         relay.restore()
         assert replaced.sync_now().online            # its request counter starts above the old store's
         replaced.run_line({"amount_fen": 500, "card": alice_card})
