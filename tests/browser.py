@@ -67,21 +67,23 @@ def set_date(driver, element_id, iso_date):
 
 
 def click(driver, element_id):
-    """Click a button or link and wait until the next page has loaded."""
+    """Click a button or link and wait until the next page has loaded.
+
+    The old page is marked with a script variable; the next document does not have it. (Waiting for
+    an old element to go stale races the navigation: chromedriver may then answer with an inspector
+    error instead of a stale-element one.)"""
     from selenium.webdriver.support.ui import WebDriverWait
-    old_page = driver.find_element("tag name", "html")
+    driver.execute_script("window.__yktOldPage = true")
     by_id(driver, element_id).click()
-    WebDriverWait(driver, PAGE_DEADLINE_S).until(lambda d: _stale(old_page))
-    WebDriverWait(driver, PAGE_DEADLINE_S).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    WebDriverWait(driver, PAGE_DEADLINE_S).until(_new_page_loaded)
 
 
-def _stale(element):
-    from selenium.common.exceptions import StaleElementReferenceException
+def _new_page_loaded(driver):
+    from selenium.common.exceptions import WebDriverException
     try:
-        element.is_enabled()
+        return driver.execute_script("return !window.__yktOldPage && document.readyState === 'complete'")
+    except WebDriverException:      # the navigation is under way: ask again
         return False
-    except StaleElementReferenceException:
-        return True
 
 
 def text(driver):
