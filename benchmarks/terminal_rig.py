@@ -14,7 +14,7 @@ from firmware.apps import card_io
 from firmware.apps.pos_terminal import PosTerminal
 from firmware.core import card_layout, pos, sam as sam_module, wallets
 from reader_drivers.base import open_reader
-from simulators.classic_card import ClassicCard
+from reader_drivers.sim.classic_card import ClassicCard
 
 BALANCE_FEN = 50_000_000          # far above anything the run spends
 MAX_TAPS_PER_CARD = 15            # stays under the default offline cap per account at a terminal

@@ -1,6 +1,6 @@
 """Reader drivers behind one interface, picked by a URL-like name (like pyserial's serial_for_url).
 
-    open_reader("sim:")                          in-process virtual RF field (simulators.field)
+    open_reader("sim:")                          in-process virtual RF field and card model (sim/)
     open_reader("pn532:/dev/ttyS0?baud=115200")  PN532 over a serial line, pyserial (pn532.py)
     open_reader("pcsc:ACR122")                   PC/SC reader through pcscd, pyscard (pcsc.py)
     open_reader("nfcpy:usb")                     a PN53x found and driven by nfcpy (nfcpy_driver.py)

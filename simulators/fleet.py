@@ -29,7 +29,7 @@ from firmware.apps import card_io
 from firmware.core import records, sam as sam_module
 from reader_drivers.sim import SimReader
 from simulators import anomalies, lunch
-from simulators.classic_card import ClassicCard
+from reader_drivers.sim.classic_card import ClassicCard
 from simulators.netcut import Relay
 from simulators.phone import ChannelGateway, PhoneApp
 from sync_server import db as dbmod, hall, keys, ledger, pins

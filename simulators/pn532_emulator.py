@@ -16,7 +16,7 @@ What it serves (PN532 User Manual UM0701-02; section numbers below are that manu
               SAMConfiguration, PowerDown, RFConfiguration (items 1, 2, 4, 5, 0x0A-0x0D),
               InListPassiveTarget (106 kbps type A, one card), InDataExchange (MIFARE Classic
               authenticate A/B, read, write, increment, decrement, restore, transfer), InRelease
-  RF field    simulators.field.VirtualField with simulators.classic_card.ClassicCard; cards are
+  RF field    the sim: reader's VirtualField with its ClassicCard (reader_drivers/sim/); cards are
               placed and pulled from any thread at any moment, hooks pull them mid-command
   power       starts asleep (PN532 C106 powers up in LowVbat mode, AN10609 "Low battery mode"):
               the first bytes after sleep only wake the HSU and are lost (see HSU_WAKEUP_S), hence
@@ -51,8 +51,8 @@ import tty
 
 from firmware.core import mifare, pn532_frames as frames
 from reader_drivers.base import AuthenticationError, CardGone, CardNak
-from simulators.classic_card import ClassicCard
-from simulators.field import VirtualField
+from reader_drivers.sim.classic_card import ClassicCard
+from reader_drivers.sim.field import VirtualField
 
 DEFAULT_BAUD = 115200
 BITS_PER_BYTE = 10

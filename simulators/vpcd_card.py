@@ -12,7 +12,7 @@ command APDU, answered by one response APDU.
 
 `Acr122Firmware.answer(apdu)` is the sans-IO part: the pseudo-APDUs of PC/SC Part 3 section 3.2.2.1
 that the ACR122U implements (ACR122U API v2.04 sections 4-5), over a
-`simulators.classic_card.ClassicCard`:
+`reader_drivers.sim.classic_card.ClassicCard`:
 
     FF CA 00 00 Le             Get Data: the UID (Part 3 3.2.2.1.3)
     FF 82 00 nn 06 key         Load Keys into volatile slot nn = 0 or 1 (Part 3 3.2.2.1.4)
@@ -307,8 +307,8 @@ class VpcdCard:
     def close(self):
         self.remove()
 
-    # The names simulators.field.VirtualField uses, so a test can put and take cards the same way on
-    # the sim: reader and on this one.
+    # The names the sim: reader's VirtualField uses, so a test can put and take cards the same way
+    # on the sim: reader and on this one.
     def place(self, card):
         self.insert(card)
 
@@ -440,7 +440,7 @@ def _hang_up(connection):
 def main(argv=None):
     """Serve one card image file on vpcd until interrupted (for trying a PC/SC tool by hand)."""
     import argparse
-    from simulators.classic_card import ClassicCard, random_nuid
+    from reader_drivers.sim.classic_card import ClassicCard, random_nuid
     import random
 
     parser = argparse.ArgumentParser(description="虚拟非接触卡（vpcd）/ a virtual MIFARE Classic card on vpcd")

@@ -6,7 +6,7 @@ Each test module keeps its own site (issuer, identity, name, UIDs) and passes it
 """
 from firmware.apps import card_io
 from firmware.core import card_layout, mifare
-from simulators.classic_card import ClassicCard
+from reader_drivers.sim.classic_card import ClassicCard
 
 
 def issue_blank_card(field, reader, issuer, identity, name, uid):

@@ -25,7 +25,7 @@ import contextlib
 import os
 
 from reader_drivers.base import open_reader
-from simulators.field import VirtualField
+from reader_drivers.sim.field import VirtualField
 
 RIG_NAMES = ("sim", "pn532", "pcsc", "nfcpy")
 # Waiting for pcscd to notice a card come or go: a deadline to give up, not a speed claim.

@@ -1,4 +1,4 @@
-"""Write-through card images (simulators/card_file.py): the file follows the card after every
+"""Write-through card images (reader_drivers/sim/card_file.py): the file follows the card after every
 memory-changing command, so a terminal that dies mid-tap never leaves the image behind the card."""
 import os
 
@@ -7,8 +7,8 @@ import pytest
 from firmware.apps import card_io
 from firmware.core import card_layout, sam as sam_module
 from reader_drivers.base import CardGone, open_reader
-from simulators.card_file import write_through
-from simulators.classic_card import ClassicCard
+from reader_drivers.sim.card_file import write_through
+from reader_drivers.sim.classic_card import ClassicCard
 
 MASTER_KEY = bytes(range(7, 39))
 ISSUER = sam_module.SoftwareSAM(sam_module.site_purpose_keys(MASTER_KEY, include_issuer=True))

@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 from firmware.apps import card_io
 from firmware.core import card_layout, mifare, sam as sam_module
 from reader_drivers.base import AuthenticationError, CardGone, CardNak, open_reader
-from simulators.classic_card import ClassicCard
+from reader_drivers.sim.classic_card import ClassicCard
 
 MASTER_KEY = bytes(range(100, 132))
 ISSUER = sam_module.SoftwareSAM(sam_module.site_purpose_keys(MASTER_KEY, include_issuer=True))

@@ -12,7 +12,7 @@ import pytest
 from firmware.apps import card_io, card_tool
 from firmware.core import card_layout, mifare, sam
 from reader_drivers.base import open_reader
-from simulators.classic_card import ClassicCard
+from reader_drivers.sim.classic_card import ClassicCard
 from ykt import cli
 
 MASTER_KEY = bytes(range(150, 182))

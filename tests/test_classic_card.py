@@ -9,7 +9,7 @@ import pytest
 
 from firmware.core import mifare
 from reader_drivers.base import AuthenticationError, CardGone
-from simulators.classic_card import CardHalted, CardNak, ClassicCard, blank_memory, random_nuid
+from reader_drivers.sim.classic_card import CardHalted, CardNak, ClassicCard, blank_memory, random_nuid
 
 UID = bytes.fromhex("a1b2c3d4")
 KEY_A = bytes.fromhex("a0a1a2a3a4a5")

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from firmware.core import card_layout
-from simulators.classic_card import ClassicCard
+from reader_drivers.sim.classic_card import ClassicCard
 from sync_server import db as dbmod
 from sync_server.finance import close
 

@@ -15,7 +15,7 @@ from firmware.apps import card_io
 from firmware.apps.issuing import StationCard, StationError
 from firmware.core import sam as sam_module
 from reader_drivers.base import open_reader
-from simulators.classic_card import ClassicCard
+from reader_drivers.sim.classic_card import ClassicCard
 from sync_server import cli, db as dbmod, hall, keys
 
 

@@ -16,7 +16,7 @@ from firmware.apps.pos_terminal import PosTerminal
 from firmware.core import card_layout, mifare, pos, records, sam as sam_module, wallets
 from reader_drivers import nfcpy_driver
 from reader_drivers.base import AuthenticationError, CardGone, CardNak, ReaderError, ReaderTimeout, open_reader
-from simulators.classic_card import ClassicCard
+from reader_drivers.sim.classic_card import ClassicCard
 from simulators.pn532_emulator import Pn532Emulator
 
 from field_cards import counter_on, issue_blank_card

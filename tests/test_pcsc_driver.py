@@ -18,7 +18,7 @@ from reader_drivers import pcsc
 from reader_drivers.base import (AuthenticationError, CardGone, CardNak, ReaderError, UnsupportedOperation,
                                  open_reader)
 from simulators import vpcd_card
-from simulators.classic_card import ClassicCard
+from reader_drivers.sim.classic_card import ClassicCard
 
 MASTER_KEY = bytes(range(60, 92))
 ISSUER = sam_module.SoftwareSAM(sam_module.site_purpose_keys(MASTER_KEY, include_issuer=True))

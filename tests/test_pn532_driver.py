@@ -16,7 +16,7 @@ from firmware.core import card_layout, mifare, pn532_frames as frames, sam as sa
 from reader_drivers import pn532
 from reader_drivers.base import (AuthenticationError, CardGone, CardNak, ReaderError, ReaderTimeout,
                                  UnsupportedOperation, open_reader)
-from simulators.classic_card import ClassicCard
+from reader_drivers.sim.classic_card import ClassicCard
 from simulators.pn532_emulator import TO_CHIP, TO_HOST, Pn532Emulator
 
 from field_cards import counter_on, issue_blank_card

@@ -15,7 +15,7 @@ import pytest
 
 from firmware.core import mifare
 from reader_drivers.base import open_reader
-from simulators.classic_card import ClassicCard
+from reader_drivers.sim.classic_card import ClassicCard
 from simulators.pn532_emulator import Pn532Emulator
 
 UID4 = bytes.fromhex("c0ffee01")

@@ -23,8 +23,8 @@ from firmware.apps.pos_terminal import PosTerminal
 from firmware.apps.store import TerminalStore
 from firmware.core import card_layout, pos, protocol, records, sam
 from reader_drivers.base import open_reader
-from simulators.card_file import write_through
-from simulators.classic_card import ClassicCard
+from reader_drivers.sim.card_file import write_through
+from reader_drivers.sim.classic_card import ClassicCard
 
 from field_cards import counter_on_image
 

@@ -16,7 +16,7 @@ from firmware.apps.pos_terminal import PosTerminal
 from firmware.apps.store import TerminalStore
 from firmware.core import card_layout, protocol, records, sam
 from reader_drivers.base import open_reader
-from simulators.classic_card import ClassicCard
+from reader_drivers.sim.classic_card import ClassicCard
 
 from field_cards import counter_on_image
 

@@ -34,7 +34,7 @@ def shell(tmp_path):
 
 def _prompt_for_pin(terminal, reader, card_path, slow_read_ms=0, raw=None):
     """Key 30.00 yuan, tap the card with the terminal online: it asks for the PIN."""
-    from simulators.classic_card import ClassicCard
+    from reader_drivers.sim.classic_card import ClassicCard
     terminal.feed(pos.AmountKeyed(3000))
     terminal.machine.handle(pos.SyncAnswered(True))   # the PIN prompt needs the terminal online
     reader.field.place(ClassicCard.load(card_path))

@@ -5,8 +5,8 @@ import pytest
 
 from firmware.core import mifare
 from reader_drivers.base import AuthenticationError, CardGone, Reader, open_reader
-from simulators.classic_card import CardHalted, ClassicCard
-from simulators.field import AFTER, BEFORE, VirtualField
+from reader_drivers.sim.classic_card import CardHalted, ClassicCard
+from reader_drivers.sim.field import AFTER, BEFORE, VirtualField
 
 UID = bytes.fromhex("0a0b0c0d")
 DATA = bytes(range(16))

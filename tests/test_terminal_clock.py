@@ -11,7 +11,7 @@ from firmware.apps.pos_terminal import PosTerminal
 from firmware.apps.store import TerminalStore
 from firmware.core import card_layout, sam
 from reader_drivers.base import open_reader
-from simulators.classic_card import ClassicCard
+from reader_drivers.sim.classic_card import ClassicCard
 from sync_server import hall
 from server_process import running_server
 

@@ -30,7 +30,7 @@ import time
 from firmware.apps import card_io
 from firmware.core import sam
 from reader_drivers.base import open_reader
-from simulators.classic_card import ClassicCard
+from reader_drivers.sim.classic_card import ClassicCard
 from simulators.netcut import Relay
 from sync_server import hall
 from sync_server.ledger import check_balances

@@ -19,7 +19,7 @@ from firmware.apps.store import TerminalStore
 from firmware.apps.sync_client import SharedClock, SyncClient
 from firmware.core import card_layout, protocol, sam
 from reader_drivers.base import open_reader
-from simulators.classic_card import ClassicCard
+from reader_drivers.sim.classic_card import ClassicCard
 from simulators.netcut import Relay
 from sync_server import db as dbmod, hall
 from field_cards import counter_on_image

@@ -276,7 +276,7 @@ def _open(args):
         if field is None:
             reader.close()
             raise ToolError(EXIT_UNUSABLE, "--card-file 只用于模拟读卡器 sim:", "--card-file works with the sim: reader only")
-        from simulators.classic_card import ClassicCard
+        from reader_drivers.sim.classic_card import ClassicCard
         try:
             field.place(ClassicCard.load(args.card_file))
         except (OSError, ValueError) as error:

@@ -67,7 +67,7 @@ class StationCard:
 
     @staticmethod
     def _load_or_create(path, uid_hex):
-        from simulators.classic_card import ClassicCard, random_nuid
+        from reader_drivers.sim.classic_card import ClassicCard, random_nuid
         if os.path.exists(path):
             return ClassicCard.load(path)
         uid = bytes.fromhex(uid_hex) if uid_hex else random_nuid(random.SystemRandom())

@@ -362,8 +362,8 @@ class PosTerminal:
             if slot is None:
                 raise ValueError("脚本中的卡片映像需要模拟读卡器 / scripted card images need a card slot "
                                  "(sim: reader or an emulator); %r has none" % (self.reader,))
-            from simulators.card_file import write_through      # only scripted sim taps need the model
-            from simulators.classic_card import ClassicCard
+            from reader_drivers.sim.card_file import write_through  # only scripted sim taps need the model
+            from reader_drivers.sim.classic_card import ClassicCard
             path = self._card_path(line["card"])
             card = ClassicCard.load(path)
             # The image is saved after each command that changes the card (tap counter included),

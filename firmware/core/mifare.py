@@ -1,8 +1,8 @@
 """MIFARE Classic 1K data formats: sector trailers, access bits, value blocks.
 
 Follows the MIFARE Classic EV1 1K datasheet (NXP MF1S50yyX/V1), section 8.6 (value blocks),
-8.7 (sector trailer) and tables 7-9 (access conditions). Pure functions over bytes; the card model in
-simulators/ enforces them and the terminal uses them to build and read cards.
+8.7 (sector trailer) and tables 7-9 (access conditions). Pure functions over bytes; the card model of
+the sim: reader (reader_drivers/sim/) enforces them and the terminal uses them to build and read cards.
 """
 import struct
 

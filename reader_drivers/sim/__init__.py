@@ -1,4 +1,8 @@
-"""`sim:` - the reader interface on an in-process virtual RF field (simulators.field).
+"""`sim:` - the reader interface on an in-process virtual RF field, and the model behind it.
+
+    field.py         the virtual RF field: cards placed and pulled at any command (VirtualField)
+    classic_card.py  the MIFARE Classic 1K card model, saved as image files (ClassicCard)
+    card_file.py     write-through card images: the file follows every write and transfer
 
     open_reader("sim:")                      a fresh VirtualField, reachable as reader.field
     open_reader("sim:", field=shared_field)  several readers (or a test) share one field
@@ -6,7 +10,7 @@
     feature                           sim:   notes
     --------------------------------  -----  ------------------------------------------------
     ISO 14443-A poll + select         yes    one card at a time, no anticollision
-    MIFARE Classic 1K (4/7-byte UID)  yes    simulators.classic_card.ClassicCard
+    MIFARE Classic 1K (4/7-byte UID)  yes    classic_card.ClassicCard
     authenticate A / B                yes    no Crypto-1; failure halts the card (poll again)
     read / write                      yes    access conditions enforced (datasheet tables 7, 8)
     increment / decrement / restore   yes    through the card's transfer buffer
@@ -19,7 +23,7 @@ authentication or a NAK the card answers nothing until polled again; a card that
 raises CardGone, whose outcome is unknown when it left during a command.
 """
 from reader_drivers.base import Reader, register_scheme
-from simulators.field import VirtualField
+from reader_drivers.sim.field import VirtualField
 
 SUPPORTS = frozenset(("iso14443a", "mifare_classic_1k", "authenticate", "read", "write", "increment",
                       "decrement", "restore", "transfer", "release"))

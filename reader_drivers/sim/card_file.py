@@ -11,7 +11,7 @@ which a real card can also show (power lost before the EEPROM write). The save i
 (temp file + rename, `ClassicCard.save`) but not fsynced: it survives a killed process, not a
 power cut of the test machine.
 """
-from simulators.field import AFTER
+from reader_drivers.sim.field import AFTER
 
 # Commands that change card memory (MIFARE Classic datasheet, section 8.6 and 8.7): the value
 # commands only fill the volatile transfer buffer; TRANSFER writes it to the block.
