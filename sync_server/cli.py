@@ -122,19 +122,29 @@ def open_station(args):
             raise hall.HallError("请给出卡片 UID，或用 --reader / --card-file 在发卡机上读卡",
                                  "give the card UID, or --reader / --card-file to read it at the issuing station")
         return None
-    from firmware.apps.issuing import StationCard, StationError
+    station = issuing_station(args)
     try:
-        return StationCard(args.reader, args.card_file, args.uid)
-    except StationError as error:
+        return station.StationCard(args.reader, args.card_file, args.uid)
+    except station.StationError as error:
         raise hall.HallError(error.zh, error.en)
+
+
+def issuing_station(args):
+    """firmware/apps/issuing.py, handed in as `args.issuing_station` by the `ykt` command line: the
+    server imports only the core (DESIGN.md section 6), and `python -m sync_server` runs on machines
+    that carry no terminal code."""
+    if getattr(args, "issuing_station", None) is None:
+        raise hall.HallError("此命令行不带发卡机：请用 ykt hall 读写卡片，或只给出 --uid",
+                             "this command line has no issuing station: use `ykt hall`, or give --uid alone")
+    return args.issuing_station()
 
 
 def write_at_station(args, conn, station, identity, name):
     """Write the new card record onto the station's card; if the write is torn, void the number."""
-    from firmware.apps.issuing import StationError
+    station_error = issuing_station(args).StationError
     try:
         station.write(keys.load_master_key(keys.master_key_path(_data_dir(args))), identity, name)
-    except StationError as error:
+    except station_error as error:
         hall.report_loss(conn, identity.card_number)       # a half-written card must never pay
         raise hall.HallError("%s；卡号 %d 已作废（挂失），请换一张空白卡重新办理" % (error.zh, identity.card_number),
                              "%s; card %d is void (reported lost): use a new blank card and reissue"

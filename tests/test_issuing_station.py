@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from firmware.apps import card_io
+from firmware.apps import card_io, issuing
 from firmware.apps.issuing import StationCard, StationError
 from firmware.core import sam as sam_module
 from reader_drivers.base import open_reader
@@ -83,7 +83,7 @@ def test_a_torn_write_voids_the_card_number(hall_dir, tmp_path):
     try:
         identity, name = hall.issue_card_record(conn, 1, station.uid)
         station.reader.field.pull_after(3)              # the cardholder takes the card mid-write
-        args = argparse.Namespace(data_dir=str(hall_dir), lang="zh")
+        args = argparse.Namespace(data_dir=str(hall_dir), lang="zh", issuing_station=lambda: issuing)
         with pytest.raises(hall.HallError):
             cli.write_at_station(args, conn, station, identity, name)
         status = conn.execute("SELECT status FROM cards WHERE card_number = ? AND generation = ?",
@@ -102,7 +102,6 @@ def test_no_card_on_the_station_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("swap", [False, True], ids=["card-left", "card-swapped"])
 def test_a_card_that_leaves_or_is_swapped_after_the_blank_check_is_not_written(tmp_path, monkeypatch, swap):
-    from firmware.apps import issuing
     checked = issuing.card_io.require_blank
 
     def check_then_lose_the_card(reader, target):
@@ -115,3 +114,25 @@ def test_a_card_that_leaves_or_is_swapped_after_the_blank_check_is_not_written(t
     with pytest.raises(StationError) as refused:
         StationCard(card_file=str(tmp_path / "blank.card"), uid_hex="04a1b2c3", timeout_ms=50)
     assert "空白卡" in refused.value.zh and "put it back" in refused.value.en
+
+
+def test_the_server_only_command_line_refuses_the_station_and_changes_nothing(hall_dir, tmp_path):
+    # `python -m sync_server` carries no terminal code: it cannot drive a reader, says so, and
+    # allocates no card number; recording a UID alone still works there.
+    card = tmp_path / "new.card"
+    completed = subprocess.run([sys.executable, "-m", "sync_server", "hall", "card-issue", "--account", "1",
+                                "--card-file", str(card), "--data-dir", str(hall_dir)],
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2, completed.stderr
+    assert "不带发卡机" in completed.stderr
+    assert not card.exists()
+    conn = dbmod.connect(dbmod.db_path(str(hall_dir)))
+    try:
+        assert conn.execute("SELECT count(*) FROM cards").fetchone()[0] == 0
+    finally:
+        conn.close()
+    completed = subprocess.run([sys.executable, "-m", "sync_server", "hall", "card-issue", "--account", "1",
+                                "--uid", "04a1b2c3", "--data-dir", str(hall_dir), "--json"],
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert not json.loads(completed.stdout)["written"]

@@ -19,7 +19,15 @@ def build_parser():
     subparsers.required = True
     for name in _PARTS:
         importlib.import_module(name).register(subparsers)
+    parser.set_defaults(issuing_station=_issuing_station)
     return parser
+
+
+def _issuing_station():
+    """The issuing station for `ykt hall card-issue / reissue --reader | --card-file`: it drives a
+    reader (firmware/apps), which the server's own modules never import (DESIGN.md section 6)."""
+    from firmware.apps import issuing
+    return issuing
 
 
 def main(argv=None):
