@@ -29,10 +29,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from firmware.core import records as record_codec  # noqa: E402
-from sync_server import db as dbmod, ingest  # noqa: E402
-from sync_server.finance import close, day_of_ms, day_start_ms  # noqa: E402
-from sync_server.ledger_store import INSERT_TRANSFERS_SQL  # noqa: E402
+from firmware.core import records as record_codec
+from sync_server import db as dbmod, ingest
+from sync_server.finance import close, day_of_ms, day_start_ms
+from sync_server.ledger_store import INSERT_TRANSFERS_SQL
 
 MAX_RECORDS = 20000000
 CHUNK = 50000

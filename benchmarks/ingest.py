@@ -29,11 +29,11 @@ import httpx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from firmware.core import protocol, records  # noqa: E402
-from sync_server import db as dbmod, hall, ingest, ledger, terminal_api  # noqa: E402
-from sync_server.finance import day_of_ms  # noqa: E402
-from sync_server.ledger_store import ADD_TO_BALANCES_SQL, INSERT_TRANSFERS_SQL, SqliteStore  # noqa: E402
-from server_process import running_server  # noqa: E402
+from firmware.core import protocol, records
+from sync_server import db as dbmod, hall, ingest, ledger, terminal_api
+from sync_server.finance import day_of_ms
+from sync_server.ledger_store import ADD_TO_BALANCES_SQL, INSERT_TRANSFERS_SQL, SqliteStore
+from server_process import running_server
 
 BATCH_RECORDS = 500
 MIN_RECORDS = 100000

@@ -498,7 +498,7 @@ def reconcile(server_dir, outcomes):
         duplicates += card_tap in taps_on_card     # one physical tap booked twice under two seqs
         taps_on_card[card_tap] = key
     journaled = {}
-    for tap_id, line in outcomes.items():
+    for line in outcomes.values():
         if line["accepted"]:
             journaled[(line["terminal_id"], line["seq"])] = line
     on_server = sum(1 for key, line in journaled.items()

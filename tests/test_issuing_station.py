@@ -5,7 +5,6 @@ refused before any card number is allocated, and a write torn by a pulled card v
 """
 import argparse
 import json
-import os
 import subprocess
 import sys
 

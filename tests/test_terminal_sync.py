@@ -284,7 +284,7 @@ def test_malformed_answers_never_stop_the_sync_thread(tmp_path):
                            lambda answer: answer["balances"].update(rows=7)):
                 transport.mangle = mangle
                 seen = transport.answers
-                wait_until(lambda: transport.answers >= seen + 2 and not client.online,
+                wait_until(lambda seen=seen: transport.answers >= seen + 2 and not client.online,
                            "the sync thread stopped trying after a malformed answer")
                 assert "malformed" in client.last_error
                 transport.mangle = None

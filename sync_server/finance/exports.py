@@ -41,7 +41,7 @@ def workbook_bytes(report, lang="zh"):
     """The whole report as an .xlsx file, one sheet per table."""
     book = openpyxl.Workbook()
     book.remove(book.active)
-    for part, (name, header, rows) in _tables(report, lang).items():
+    for name, header, rows in _tables(report, lang).values():
         sheet = book.create_sheet(title=name[:31])
         sheet.append(header)
         for cell in sheet[1]:

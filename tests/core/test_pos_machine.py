@@ -331,7 +331,7 @@ def test_unexpected_events_are_errors():
         except pos.PosError:
             pass
         else:
-            assert False, "accepted %r in idle" % (event,)
+            raise AssertionError("accepted %r in idle" % (event,))
     m.handle(pos.AmountKeyed(100))
     m.handle(pos.CardPresented(UID))
     try:
@@ -339,7 +339,7 @@ def test_unexpected_events_are_errors():
     except pos.PosError:
         pass
     else:
-        assert False
+        raise AssertionError("the amount changed under a card being read")
 
 
 def test_counter_must_move_by_exactly_one():
@@ -350,11 +350,11 @@ def test_counter_must_move_by_exactly_one():
     except AssertionError:
         pass
     else:
-        assert False
+        raise AssertionError("a tap counter that moved by two was accepted")
 
 
 def test_every_table_entry_names_known_states():
-    for (state, event_type), (handler, allowed) in pos.TRANSITIONS.items():
+    for (state, _event_type), (_handler, allowed) in pos.TRANSITIONS.items():
         assert state in pos.STATES
         for target in allowed:
             assert target in pos.STATES
