@@ -1,5 +1,5 @@
-# Two commands do everything on a fresh machine: `make demo` and `make test`.
-# Each installs what it needs first (Debian packages when missing, virtual environment, Python
+# Two commands do everything on a fresh machine: `make demo` and `make test`; `make check` is the
+# fast loop beside `make test`. Each installs what it needs first (Debian packages when missing, virtual environment, Python
 # packages, npm packages); later runs skip the installs until pyproject.toml or package*.json change.
 
 PYTHON ?= python3
@@ -18,11 +18,15 @@ CHROMIUM_DEBS := chromium chromium-driver fonts-wqy-microhei
 # strace: the durability test watches the terminal's fsync-before-display order at the system-call level.
 TRACE_DEBS := strace
 PYTEST_ARGS ?=
+# `make check`, seconds rather than minutes: the linter, the core's unit tests under CPython and under
+# MicroPython, the core's static checks and the import layers, the sim: reader's tests and the POS on it.
+CHECK_TESTS := tests/core tests/test_core_imports.py tests/test_import_layers.py tests/test_sim_reader.py \
+	tests/test_card_io.py tests/test_card_file.py tests/test_classic_card.py tests/test_pos_on_every_driver.py
 # apt-get needs root; use sudo when we are not root and it exists.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 APT_INSTALL := $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
 
-.PHONY: demo test setup clean
+.PHONY: demo test check lint setup clean
 
 setup: $(PY_STAMP) $(NODE_STAMP)
 
@@ -62,8 +66,16 @@ $(CHROMIUM_STAMP): Makefile
 demo: $(PY_STAMP)
 	$(BIN)/ykt demo $(DEMO_ARGS)
 
-test: $(PY_STAMP) $(NODE_STAMP) $(PCSC_STAMP) $(CHROMIUM_STAMP)
+test: lint $(NODE_STAMP) $(PCSC_STAMP) $(CHROMIUM_STAMP)
 	$(BIN)/python -m pytest --reader=all $(PYTEST_ARGS)
 
+check: lint $(NODE_STAMP)
+	node tools/mp_test_runner.mjs --import-core tests/core/test_*.py
+	$(BIN)/python -m pytest -q --reader=sim $(CHECK_TESTS)
+
+# ruff, pinned in the `test` extra and set up in pyproject.toml: mistakes only, no reformatting.
+lint: $(PY_STAMP)
+	$(BIN)/ruff check .
+
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .hypothesis
+	rm -rf $(VENV) node_modules .pytest_cache .hypothesis .ruff_cache
