@@ -51,6 +51,7 @@ import tty
 
 from firmware.core import mifare, pn532_frames as frames
 from reader_drivers.base import AuthenticationError, CardGone, CardNak
+from reader_drivers.sim.card_file import write_through
 from reader_drivers.sim.classic_card import ClassicCard
 from reader_drivers.sim.field import VirtualField
 
@@ -550,14 +551,18 @@ def main(argv=None):
     parser.add_argument("--baud", type=int, default=DEFAULT_BAUD, choices=frames.SERIAL_BAUD_RATES)
     card = parser.add_mutually_exclusive_group()
     card.add_argument("--uid", help="place a blank MIFARE Classic 1K card with this UID (hex, 4 or 7 bytes)")
-    card.add_argument("--card-file", help="place the card image in this file (uid + 1024 bytes)")
+    card.add_argument("--card-file", help="place the card image in this file (uid + 1024 bytes); every write "
+                      "and transfer is saved back to it")
     parser.add_argument("--no-timing", action="store_true", help="answer at once, without wire and RF times")
     options = parser.parse_args(argv)
     emulator = Pn532Emulator(baud=options.baud, timing=not options.no_timing)
     if options.uid:
         emulator.field.place(ClassicCard(bytes.fromhex(options.uid)))
     elif options.card_file:
-        emulator.field.place(ClassicCard.load(options.card_file))
+        # The image follows every write and transfer, as the card's EEPROM would (card_file.py).
+        card = ClassicCard.load(options.card_file)
+        write_through(emulator.field, card, options.card_file)
+        emulator.field.place(card)
     with emulator:
         print(emulator.path, flush=True)
         print("PN532 模拟器已就绪 / PN532 emulator ready on %s (Ctrl-C to stop)" % emulator.path,

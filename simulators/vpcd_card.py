@@ -104,6 +104,9 @@ class Acr122Firmware:
     def __init__(self, card=None):
         self.card = card
         self.key_slots = [None] * KEY_SLOTS   # volatile: kept while the reader is plugged in
+        # Called with the card after every command that changed its memory (write, transfer), before
+        # the answer leaves: a card image file kept by it never lags the card (card_file.py).
+        self.on_memory_change = None
 
     # --- control messages ---------------------------------------------------------------------
 
@@ -183,7 +186,7 @@ class Acr122Firmware:
             return SW_WRONG_PARAMETERS
         if len(body) != 1 + mifare.BLOCK_SIZE or body[0] != mifare.BLOCK_SIZE:
             return SW_WRONG_LENGTH
-        return self._on_card(lambda card: card.write(block, body[1:]))
+        return self._on_card(lambda card: card.write(block, body[1:]), changes_memory=True)
 
     def _value(self, p1, block, body):
         if p1 != 0x00:
@@ -194,13 +197,14 @@ class Acr122Firmware:
             def restore_and_transfer(card):
                 card.restore(block)
                 card.transfer(target_block)
-            return self._on_card(restore_and_transfer)
+            return self._on_card(restore_and_transfer, changes_memory=True)
         if len(body) != 6 or body[0] != 5:
             return SW_WRONG_LENGTH
         operation = body[1]
         value = struct.unpack(">i", body[2:6])[0]
         if operation == VALUE_STORE:
-            return self._on_card(lambda card: card.write(block, mifare.encode_value_block(value, block)))
+            return self._on_card(lambda card: card.write(block, mifare.encode_value_block(value, block)),
+                                 changes_memory=True)
         if operation not in (VALUE_INCREMENT, VALUE_DECREMENT):
             return SW_WRONG_PARAMETERS
         if value < 0:
@@ -212,7 +216,7 @@ class Acr122Firmware:
             else:
                 card.decrement(block, value)
             card.transfer(block)
-        return self._on_card(change_and_transfer)
+        return self._on_card(change_and_transfer, changes_memory=True)
 
     def _read_value(self, p1, block, body):
         if p1 != 0x00:
@@ -229,7 +233,7 @@ class Acr122Firmware:
             return struct.pack(">i", value)
         return self._on_card(read_value)
 
-    def _on_card(self, operation):
+    def _on_card(self, operation, changes_memory=False):
         """Run one card operation; every refusal of the card is 63 00 on an ACR122U."""
         if self.card is None:
             return SW_FAILED
@@ -238,6 +242,8 @@ class Acr122Firmware:
         except (AuthenticationError, CardNak, CardGone, ValueError):
             # CardGone here is CardHalted: the card is in the field but not selected.
             return SW_FAILED
+        if changes_memory and self.on_memory_change is not None:
+            self.on_memory_change(self.card)
         return (data or b"") + SW_OK
 
     _HANDLERS = {
@@ -445,10 +451,14 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(description="虚拟非接触卡（vpcd）/ a virtual MIFARE Classic card on vpcd")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--card", help="card image (UID + 1024 bytes); a blank card when left out")
+    parser.add_argument("--card", help="card image (UID + 1024 bytes), saved back after every write and transfer; "
+                        "a blank card when left out")
     arguments = parser.parse_args(argv)
     card = ClassicCard.load(arguments.card) if arguments.card else ClassicCard(random_nuid(random.Random()))
     slot = VpcdCard(arguments.port)
+    if arguments.card:
+        # The image follows every write and transfer, as the card's EEPROM would (card_file.py).
+        slot.firmware.on_memory_change = lambda changed: changed.save(arguments.card)
     slot.insert(card)
     print("卡片已放上读卡器 / card %s inserted on vpcd port %d; Ctrl-C removes it" % (card.uid.hex(), arguments.port))
     try:

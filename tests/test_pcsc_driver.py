@@ -5,6 +5,8 @@ simulators.vpcd_card, and the card steps are the ones the POS and the service ha
 (firmware.apps.card_io). These tests are never skipped: without pcscd they fail and say what to
 install (`make test` installs it).
 """
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -222,6 +224,28 @@ def test_value_operations_restore_and_what_the_acr122u_cannot_do(slot, reader):
     with pytest.raises(CardNak):   # the card refuses: block 6 is not a value block
         reader.transfer(6)
     assert mifare.decode_value_block(card.dump_block(4))[0] == 120
+
+
+def test_the_vpcd_card_command_writes_every_change_through_to_its_card_file(pcscd, reader, tmp_path):
+    path = str(tmp_path / "card.bin")
+    ClassicCard(UID).save(path)
+    process = subprocess.Popen([sys.executable, "-m", "simulators.vpcd_card", "--port", str(pcscd.port),
+                                "--card", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert reader.poll(POLL_MS) is not None, "pcscd did not report the card of simulators.vpcd_card"
+        reader.authenticate(4, mifare.A, mifare.TRANSPORT_KEY)
+        reader.write_block(4, b"written via vpcd")
+        reader.write_block(5, mifare.encode_value_block(50, 5))
+        reader.decrement(5, 8)
+        reader.transfer(5)
+        # The card is still on the reader: the file already holds what the card holds.
+        image = ClassicCard.load(path)
+        assert image.dump_block(4) == b"written via vpcd"
+        assert mifare.decode_value_block(image.dump_block(5)) == (42, 5)
+    finally:
+        process.terminate()
+        process.wait(10)
+    assert wait_for_card(pcscd.readers[0], present=False), "pcscd still sees a card after the test"
 
 
 # --- the virtual reader firmware on its own (exact bytes) -------------------------------------------

@@ -439,6 +439,28 @@ def test_the_emulator_command_prints_a_pty_path_a_driver_opens(tmp_path):
     assert "PN532" in process.stderr.read()
 
 
+def test_the_emulator_command_writes_every_change_through_to_its_card_file(tmp_path):
+    path = str(tmp_path / "card.bin")
+    ClassicCard(UID4).save(path)
+    process = subprocess.Popen([sys.executable, "-m", "simulators.pn532_emulator", "--card-file", path],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        with open_reader("pn532:" + process.stdout.readline().strip()) as reader:
+            reader.poll(1000)
+            reader.authenticate(4, mifare.A, mifare.TRANSPORT_KEY)
+            reader.write_block(4, b"written via pty!")
+            reader.write_block(5, mifare.encode_value_block(50, 5))
+            reader.decrement(5, 8)
+            reader.transfer(5)
+            # The emulator still runs: the file already holds what the card holds.
+            image = ClassicCard.load(path)
+            assert image.dump_block(4) == b"written via pty!"
+            assert mifare.decode_value_block(image.dump_block(5)) == (42, 5)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 # --- a late ACK is not a lost one ---------------------------------------------------------------------
 
 class LateLine:
