@@ -12,7 +12,8 @@ What it serves (PN532 User Manual UM0701-02; section numbers below are that manu
               command is ACKed before it runs; a host ACK aborts a running command, a host NACK asks
               for the last answer again (6.2.1.3, 6.2.1.4); damaged frames are ignored (no ACK)
   commands    Diagnose (line test), GetFirmwareVersion (PN532 v1.6), GetGeneralStatus, Read/
-              WriteRegister (a plain register file), SetSerialBaudRate, SetParameters,
+              WriteRegister (the CIU registers of simulators/pn532_ciu.py: CRC on/off, bit framing
+              and MFCrypto1On change what the card hears), SetSerialBaudRate, SetParameters,
               SAMConfiguration, PowerDown, RFConfiguration (items 1, 2, 4, 5, 0x0A-0x0D),
               InListPassiveTarget (106 kbps type A, one card), InDataExchange (MIFARE Classic
               authenticate A/B, read, write, increment, decrement, restore, transfer), InRelease
@@ -54,6 +55,7 @@ from reader_drivers.base import AuthenticationError, CardGone, CardNak
 from reader_drivers.sim.card_file import write_through
 from reader_drivers.sim.classic_card import ClassicCard
 from reader_drivers.sim.field import VirtualField
+from simulators.pn532_ciu import CiuRegisters
 
 DEFAULT_BAUD = 115200
 BITS_PER_BYTE = 10
@@ -75,8 +77,6 @@ HSU_WAKEUP_S = 0.0005
 FIRMWARE_VERSION = b"\x32\x01\x06\x07"       # PN532, firmware 1.6, ISO 14443A/B and 18092 (7.2.2)
 DEFAULT_NON_DEP_TIMEOUT_INDEX = 0x0A         # 51.2 ms (7.3.1 item 2 default)
 _RF_ITEM_LENGTHS = {0x01: 1, 0x02: 3, 0x04: 1, 0x05: 3, 0x0A: 11, 0x0B: 8, 0x0C: 3, 0x0D: 9}
-_DEFAULT_REGISTERS = {0x6302: 0x80, 0x6303: 0x80, 0x6304: 0x80, 0x6305: 0x00, 0x6339: 0x00, 0x633A: 0x00}
-_CIU_FIFO_DATA = 0x6339
 _REQA = 0x26
 _MAX_PENDING_FRAMES = 8
 _READ_CHUNK_BYTES = 4096
@@ -197,7 +197,8 @@ class Pn532Emulator:
         self._rf_on = False
         self._retries = [0xFF, 0x01, frames.RETRY_FOREVER]     # 7.3.1 item 5 defaults
         self._non_dep_timeout_index = DEFAULT_NON_DEP_TIMEOUT_INDEX
-        self._registers = dict(_DEFAULT_REGISTERS)
+        self.ciu = CiuRegisters()
+        self._card_crypto1 = False     # the selected card expects Crypto1-enciphered frames
         self._last_response = None
         self._pending_baud = None
         self._parser = frames.FrameParser()
@@ -374,13 +375,13 @@ class Pn532Emulator:
         if not params or len(params) % 2:
             raise _SyntaxError()
         addresses = [params[i] * 256 + params[i + 1] for i in range(0, len(params), 2)]
-        return bytes(self._registers.get(address, 0) for address in addresses), at
+        return bytes(self.ciu.read(address) for address in addresses), at
 
     def _write_register(self, params, at):
         if not params or len(params) % 3:
             raise _SyntaxError()
         for i in range(0, len(params), 3):
-            self._registers[params[i] * 256 + params[i + 1]] = params[i + 2]
+            self.ciu.write(params[i] * 256 + params[i + 1], params[i + 2])
         return b"", at
 
     def _set_serial_baud_rate(self, params, at):
@@ -426,6 +427,13 @@ class Pn532Emulator:
         if self._target_uid is not None:
             self.field.halt()
         self._target_uid = None
+        self._end_crypto1()
+
+    def _end_crypto1(self):
+        """The card left its authenticated state (halted, NAK, new selection): the CIU's Crypto1
+        unit goes off with it."""
+        self._card_crypto1 = False
+        self.ciu.set_crypto1(False)
 
     def _in_list_passive_target(self, params, at):
         if len(params) < 2 or params[0] not in (1, 2):
@@ -448,7 +456,7 @@ class Pn532Emulator:
                     done = at + RF_SELECT_S + (RF_SELECT_DOUBLE_UID_EXTRA_S if len(target.uid) > 4 else 0)
                     self._sleep_until(done)
                     self._target_uid = target.uid
-                    self._registers[_CIU_FIFO_DATA] = 0x00
+                    self.ciu.set_fifo(0x00)
                     answer = bytes((1, 1)) + struct.pack(">H", target.atqa) + bytes((target.sak, len(target.uid)))
                     return answer + target.uid, done
             at += RF_EMPTY_ACTIVATION_S
@@ -457,7 +465,7 @@ class Pn532Emulator:
                 if attempts_left <= 0:
                     self._sleep_until(at)
                     # nfcpy reads the FIFO afterwards: REQA still there means nobody answered.
-                    self._registers[_CIU_FIFO_DATA] = _REQA
+                    self.ciu.set_fifo(_REQA)
                     return b"\x00", at
             self._wait_for_host(at)
 
@@ -477,25 +485,54 @@ class Pn532Emulator:
         target_number, data = params[0] & 0x0F, bytes(params[1:])
         if self._target_uid is None or target_number != 1:
             return bytes((frames.STATUS_NOT_ACCEPTABLE,)), at
-        operation, rf_s, arguments = self._mifare_operation(data)
+        command = self.ciu.card_receives(data)
+        if command is None:
+            # No CRC_A (TxCRCEn off and none appended by the host) or a short frame: the card does
+            # not take it for a command and stays silent (pn532_ciu module doc).
+            return self._silence(at + RF_READ_S)
+        operation, rf_s, arguments = self._mifare_operation(command)
         done = at + rf_s
         self._sleep_until(done)      # the exchange happens on the air; the card acts at its end
+        if self._card_crypto1 and not self.ciu.crypto1_on:
+            # The host switched MFCrypto1On off: the command reaches the card in plain where it
+            # expects cipher text, which it cannot decode; it goes back to idle without answering.
+            self._halt_card()
+            return self._silence(done)
         try:
             if operation == "authenticate_uid":
                 self.field.operate("halt")        # wrong UID bytes: the cipher never agrees
+                self._end_crypto1()
                 return bytes((frames.STATUS_MIFARE_AUTHENTICATION,)), done
             if operation is None:
                 raise CardGone("unknown MIFARE command: the card stays silent")
             answer = self.field.operate(operation, *arguments)
         except AuthenticationError:
+            self._end_crypto1()
             return bytes((frames.STATUS_MIFARE_AUTHENTICATION,)), done
         except (CardNak, ValueError):
+            self._end_crypto1()
             return bytes((frames.STATUS_MIFARE_FRAMING,)), done
         except CardGone:
-            done += frames.timeout_index_us(self._non_dep_timeout_index) / 1e6
-            self._sleep_until(done)
-            return bytes((frames.STATUS_TIMEOUT,)), done
-        return b"\x00" + (answer if operation == "read" else b""), done
+            self._end_crypto1()
+            return self._silence(done)
+        if operation == "authenticate":
+            self._card_crypto1 = True
+            self.ciu.set_crypto1(True)
+        return b"\x00" + (self.ciu.host_receives(answer) if operation == "read" else b""), done
+
+    def _silence(self, at):
+        """Nobody answered: the chip waits out its timeout (RFConfiguration item 2, non-DEP) and
+        reports status 0x01 (7.1 error table)."""
+        done = at + frames.timeout_index_us(self._non_dep_timeout_index) / 1e6
+        self._sleep_until(done)
+        return bytes((frames.STATUS_TIMEOUT,)), done
+
+    def _halt_card(self):
+        try:
+            self.field.operate("halt")
+        except CardGone:
+            pass
+        self._end_crypto1()
 
     def _mifare_operation(self, data):
         """-> (VirtualField operation name, RF seconds, arguments); _SyntaxError on a wrong length."""

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+import nfc.clf.device
 import pytest
 
 from firmware.apps import card_io, card_tool
@@ -404,6 +405,65 @@ def test_reset_while_polling_an_empty_field(emulator, reader):
     emulator.field.place(ClassicCard(UID4))
     assert reader.poll(1000).uid == UID4
     assert emulator.sam_configured
+
+
+# --- CIU registers: what WriteRegister changes on the air (simulators/pn532_ciu.py) ---------------------
+
+def read_registers(reader, *addresses):
+    payload = bytes((frames.CMD_READ_REGISTER,)) + b"".join(address.to_bytes(2, "big") for address in addresses)
+    return reader.chip.command(payload)
+
+
+def write_register(reader, address, value):
+    assert reader.chip.command(bytes((frames.CMD_WRITE_REGISTER,)) + address.to_bytes(2, "big") + bytes((value,))) == b""
+
+
+def test_registers_read_back_what_was_written_and_mfcrypto1on_is_only_ever_cleared(emulator, reader):
+    assert read_registers(reader, 0x6302, 0x6303, 0x6338) == b"\x80\x80\x00"    # CRC on, no Crypto1
+    write_register(reader, 0x6303, 0x00)
+    write_register(reader, 0x6338, 0x08)                    # a host cannot switch Crypto1 on
+    assert read_registers(reader, 0x6303, 0x6338) == b"\x00\x00"
+    write_register(reader, 0x6303, 0x80)
+    emulator.field.place(ClassicCard(UID4))
+    reader.poll(1000)
+    reader.authenticate(4, "A", mifare.TRANSPORT_KEY)
+    assert read_registers(reader, 0x6338) == b"\x08"         # set by the authentication itself
+
+
+def test_a_driver_that_leaves_tx_crc_off_gets_no_answer_from_the_card(emulator, reader):
+    card = ClassicCard(UID4)
+    emulator.field.place(card)
+    reader.poll(1000)
+    write_register(reader, 0x6302, 0x00)                    # CIU_TxMode: TxCRCEn off
+    with pytest.raises(CardGone):                           # status 0x01: the card ignored the frame
+        reader.authenticate(4, "A", mifare.TRANSPORT_KEY)
+    # A host that appends the CRC_A itself is understood (nfcpy's CRC_A, ISO/IEC 14443-3 annex B).
+    authenticate = frames.mifare_authenticate(4, "A", mifare.TRANSPORT_KEY, UID4)
+    crc = bytes(nfc.clf.device.Device.add_crc_a(bytearray(authenticate)))[-2:]
+    assert reader.chip.command(frames.build_in_data_exchange(1, authenticate + crc)) == b"\x00"
+
+
+def test_a_driver_that_leaves_rx_crc_off_gets_the_crc_with_the_data(emulator, reader):
+    emulator.field.place(ClassicCard(UID4))
+    reader.poll(1000)
+    reader.authenticate(4, "A", mifare.TRANSPORT_KEY)
+    write_register(reader, 0x6303, 0x00)                    # CIU_RxMode: RxCRCEn off
+    with pytest.raises(ReaderError, match="18 bytes"):
+        reader.read_block(4)
+    answer = reader.chip.command(frames.build_in_data_exchange(1, frames.mifare_read(4)))
+    assert answer[0] == 0 and answer[1:] == bytes(nfc.clf.device.Device.add_crc_a(bytearray(16)))
+
+
+def test_clearing_mfcrypto1on_sends_the_next_command_in_plain_and_the_card_goes_quiet(emulator, reader):
+    emulator.field.place(ClassicCard(UID4))
+    reader.poll(1000)
+    reader.authenticate(4, "A", mifare.TRANSPORT_KEY)
+    write_register(reader, 0x6338, 0x00)
+    with pytest.raises(CardGone):
+        reader.read_block(4)
+    reader.poll(1000)                                       # selected and authenticated again, all is well
+    reader.authenticate(4, "A", mifare.TRANSPORT_KEY)
+    assert reader.read_block(4) == bytes(16)
 
 
 def test_the_emulator_accounts_the_protocol_floor(emulator, reader):

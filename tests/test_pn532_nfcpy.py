@@ -9,6 +9,7 @@ nfc.clf.transport.TTY on the device file and nfc.clf.pn532.init on it.
 """
 import nfc
 import nfc.clf
+import nfc.clf.device
 import nfc.clf.pn532
 import nfc.clf.transport
 import pytest
@@ -69,6 +70,11 @@ def test_mifare_commands_through_nfcpys_chipset(emulator):
         chipset = frontend.device.chipset
         chipset.in_data_exchange(bytearray(b"\x60\x04" + mifare.TRANSPORT_KEY + UID7[-4:]), 0.5)
         chipset.in_data_exchange(bytearray(b"\xa0\x05" + b"written by nfcpy"), 0.5)
+        data, _more = chipset.in_data_exchange(bytearray(b"\x30\x05"), 0.5)
+        # nfcpy's sense_tta switched CIU_RxMode's RxCRCEn off (it reads Type 2 Tags raw), so the block
+        # arrives with the CRC_A it carried on the air, as from a real PN532.
+        assert bytes(data) == bytes(nfc.clf.device.Device.add_crc_a(bytearray(b"written by nfcpy")))
+        chipset.write_register("CIU_RxMode", chipset.read_register("CIU_RxMode") | 0x80)
         data, _more = chipset.in_data_exchange(bytearray(b"\x30\x05"), 0.5)
         assert bytes(data) == b"written by nfcpy" == card.dump_block(5)
         with pytest.raises(nfc.clf.pn532.Chipset.Error) as refused:
