@@ -15,8 +15,10 @@ What it serves (PN532 User Manual UM0701-02; section numbers below are that manu
               WriteRegister (the CIU registers of simulators/pn532_ciu.py: CRC on/off, bit framing
               and MFCrypto1On change what the card hears), SetSerialBaudRate, SetParameters,
               SAMConfiguration, PowerDown, RFConfiguration (items 1, 2, 4, 5, 0x0A-0x0D),
-              InListPassiveTarget (106 kbps type A, one card), InDataExchange (MIFARE Classic
-              authenticate A/B, read, write, increment, decrement, restore, transfer), InRelease
+              InListPassiveTarget (106 kbps type A, one card), InAutoPoll (types 0x00 and 0x10
+              find the card), InDataExchange (MIFARE Classic authenticate A/B, read, write,
+              increment, decrement, restore, transfer), InCommunicateThru (raw frames: what a
+              Classic card answers before and after authentication), InDeselect, InRelease
   RF field    the sim: reader's VirtualField with its ClassicCard (reader_drivers/sim/); cards are
               placed and pulled from any thread at any moment, hooks pull them mid-command
   power       starts asleep (PN532 C106 powers up in LowVbat mode, AN10609 "Low battery mode"):
@@ -78,6 +80,13 @@ FIRMWARE_VERSION = b"\x32\x01\x06\x07"       # PN532, firmware 1.6, ISO 14443A/B
 DEFAULT_NON_DEP_TIMEOUT_INDEX = 0x0A         # 51.2 ms (7.3.1 item 2 default)
 _RF_ITEM_LENGTHS = {0x01: 1, 0x02: 3, 0x04: 1, 0x05: 3, 0x0A: 11, 0x0B: 8, 0x0C: 3, 0x0D: 9}
 _REQA = 0x26
+_HLTA = b"\x50\x00"
+_MIFARE_ACK = 0x0A                    # MF1S50yyX/V1 table 10: 4-bit ACK
+_MIFARE_NAK_INVALID_OPERATION = 0x04  # table 10: invalid operation, transfer buffer not valid
+_MIFARE_MEMORY_COMMANDS = frozenset((frames.MIFARE_READ, frames.MIFARE_WRITE, frames.MIFARE_INCREMENT,
+                                     frames.MIFARE_DECREMENT, frames.MIFARE_RESTORE, frames.MIFARE_TRANSFER))
+AUTO_POLL_PERIOD_UNIT_S = 0.150       # 7.3.13: Period counts 150 ms
+_AUTO_POLL_CLASSIC_TYPES = (0x00, 0x10)   # generic passive 106 kbps, MIFARE card
 _MAX_PENDING_FRAMES = 8
 _READ_CHUNK_BYTES = 4096
 
@@ -199,6 +208,7 @@ class Pn532Emulator:
         self._non_dep_timeout_index = DEFAULT_NON_DEP_TIMEOUT_INDEX
         self.ciu = CiuRegisters()
         self._card_crypto1 = False     # the selected card expects Crypto1-enciphered frames
+        self._raw_write_block = None   # InCommunicateThru: the card ACKed part 1 of a WRITE to it
         self._last_response = None
         self._pending_baud = None
         self._parser = frames.FrameParser()
@@ -433,6 +443,7 @@ class Pn532Emulator:
         """The card left its authenticated state (halted, NAK, new selection): the CIU's Crypto1
         unit goes off with it."""
         self._card_crypto1 = False
+        self._raw_write_block = None
         self.ciu.set_crypto1(False)
 
     def _in_list_passive_target(self, params, at):
@@ -449,16 +460,10 @@ class Pn532Emulator:
         retries = self._retries[2]
         attempts_left = None if retries == frames.RETRY_FOREVER else retries + 1
         while True:
-            card = self.field.card
-            if params[1] == frames.BRTY_106A and card is not None and wanted_uid in (None, card.uid):
-                target = self.field.poll(0)      # WUPA + anticollision + SELECT
-                if target is not None:
-                    done = at + RF_SELECT_S + (RF_SELECT_DOUBLE_UID_EXTRA_S if len(target.uid) > 4 else 0)
-                    self._sleep_until(done)
-                    self._target_uid = target.uid
-                    self.ciu.set_fifo(0x00)
-                    answer = bytes((1, 1)) + struct.pack(">H", target.atqa) + bytes((target.sak, len(target.uid)))
-                    return answer + target.uid, done
+            selected = self._select_type_a(at, wanted_uid) if params[1] == frames.BRTY_106A else None
+            if selected is not None:
+                target_data, done = selected
+                return b"\x01" + target_data, done
             at += RF_EMPTY_ACTIVATION_S
             if attempts_left is not None:
                 attempts_left -= 1
@@ -468,6 +473,63 @@ class Pn532Emulator:
                     self.ciu.set_fifo(_REQA)
                     return b"\x00", at
             self._wait_for_host(at)
+
+    def _select_type_a(self, at, wanted_uid=None):
+        """WUPA + anticollision + SELECT of the card in the field -> (target data as InListPassiveTarget
+        lists it: Tg, SENS_RES, SEL_RES, NFCIDLength, NFCID1 (7.3.5)), done) or None."""
+        card = self.field.card
+        if card is None or wanted_uid not in (None, card.uid):
+            return None
+        target = self.field.poll(0)
+        if target is None:
+            return None
+        done = at + RF_SELECT_S + (RF_SELECT_DOUBLE_UID_EXTRA_S if len(target.uid) > 4 else 0)
+        self._sleep_until(done)
+        self._target_uid = target.uid
+        self.ciu.set_fifo(0x00)
+        target_data = b"\x01" + struct.pack(">H", target.atqa) + bytes((target.sak, len(target.uid))) + target.uid
+        return target_data, done
+
+    def _in_auto_poll(self, params, at):
+        """7.3.13 InAutoPoll: PollNr (0x01-0xFE rounds, 0xFF for ever), Period (0x01-0x0F, units of
+        150 ms between rounds), Type1..TypeN (N <= 15). Answer: NbTg, then per target its Type, the
+        length of its data and the data (for type A: Tg, SENS_RES, SEL_RES, NFCIDLength, NFCID1, as
+        libnfc's pn53x_InAutoPoll decodes it). A MIFARE Classic card answers the generic 106 kbps
+        passive type (0x00) and the MIFARE type (0x10); nothing found after PollNr rounds: NbTg 0.
+        There is no status byte; the host ends an endless poll with an ACK (6.2.1.3)."""
+        if not 3 <= len(params) <= 17 or params[0] == 0x00 or not 0x01 <= params[1] <= 0x0F:
+            raise _SyntaxError()
+        poll_count, period_s, target_types = params[0], params[1] * AUTO_POLL_PERIOD_UNIT_S, params[2:]
+        self._release_target()
+        self._rf_on = True
+        rounds_left = None if poll_count == 0xFF else poll_count
+        while True:
+            for target_type in target_types:
+                selected = self._select_type_a(at) if target_type in _AUTO_POLL_CLASSIC_TYPES else None
+                if selected is not None:
+                    target_data, done = selected
+                    return bytes((1, target_type, len(target_data))) + target_data, done
+                at += RF_EMPTY_ACTIVATION_S
+            if rounds_left is not None:
+                rounds_left -= 1
+                if rounds_left <= 0:
+                    self._sleep_until(at)
+                    return b"\x00", at
+            at += period_s
+            self._wait_for_host(at)
+
+    def _in_deselect(self, params, at):
+        """7.3.10 InDeselect Tg (0: every target) -> Status. The chip keeps the target's data (InSelect
+        could select it again; not emulated); a MIFARE Classic card has no ISO/IEC 14443-4 DESELECT, so
+        it is halted (HLTA) and answers nothing until selected again. Not a listed target: 0x27."""
+        if len(params) != 1:
+            raise _SyntaxError()
+        if self._target_uid is None or params[0] not in (0, 1):
+            return bytes((frames.STATUS_NOT_ACCEPTABLE,)), at
+        done = at + RF_HALT_S
+        self._sleep_until(done)
+        self._halt_card()
+        return b"\x00", done
 
     def _in_release(self, params, at):
         if len(params) != 1 or params[0] > 2:
@@ -520,6 +582,118 @@ class Pn532Emulator:
             self.ciu.set_crypto1(True)
         return b"\x00" + (self.ciu.host_receives(answer) if operation == "read" else b""), done
 
+    def _in_communicate_thru(self, params, at):
+        """7.3.9 InCommunicateThru DataOut -> Status, DataIn: the bytes go to the card as they are,
+        framed by the CIU registers (CRC_A, bit framing, Crypto1: pn532_ciu.py), and the card's raw
+        answer comes back; nobody answering is status 0x01 after the RFConfiguration item 2 (non-DEP)
+        timeout. What a MIFARE Classic card answers (MF1S50yyX/V1 sections 9.3 and 10-11):
+
+            HLTA 50 00                      nothing (halted): 0x01, which hosts take as done
+            before authentication:
+              AUTH 60/61 block              its nonce nT, 4 bytes in plain without CRC_A (part 1 of
+                                            the three-pass authentication); there is no Crypto1 here,
+                                            so the card never accepts part 2 and is halted
+              READ, WRITE, value commands   a 4-bit NAK 4h (table 10: invalid operation, transfer
+                                            buffer not valid) and the card halts
+            after InDataExchange authenticated it, with MFCrypto1On still set (the CIU ciphers):
+              READ 30 block                 the 16 bytes (+ CRC_A when RxCRCEn is off)
+              WRITE A0 block, then 16 bytes a 4-bit ACK Ah for each part; refused: NAK 4h
+            anything else                   silence: the card goes back to idle (nfcpy senses again
+                                            for exactly this reason, nfc/tag/tt2.py)
+
+        A 4-bit answer reaches the host as one byte with CIU_Control RxLastBits = 4 when RxCRCEn is
+        off; with it on the CIU finds no CRC in it and the status is 0x02 (nfcpy, nfc/clf/pn53x.py
+        _tt2_send_cmd_recv_rsp). The emulator always NAKs with 4h; raw value commands after
+        authentication are not emulated (the card stays silent)."""
+        if not params:
+            raise _SyntaxError()
+        self.ciu.set_rx_last_bits(0)
+        command = self.ciu.card_receives(bytes(params))
+        card = self.field.card          # read once: another thread may pull it meanwhile
+        if command is None or card is None or not card.selected:
+            return self._silence(at + RF_READ_S)
+        if self._card_crypto1 and not self.ciu.crypto1_on:
+            self._halt_card()
+            return self._silence(at + RF_READ_S)
+        if command == _HLTA:
+            self._halt_card()
+            return self._silence(at + RF_HALT_S)
+        if self._raw_write_block is not None:
+            return self._raw_write_data(command, at)
+        if not self._card_crypto1:
+            return self._raw_before_authentication(command, at)
+        return self._raw_after_authentication(command, at)
+
+    def _raw_before_authentication(self, command, at):
+        if command[0] in (frames.MIFARE_AUTH_A, frames.MIFARE_AUTH_B) and len(command) == 2:
+            done = at + RF_AUTHENTICATE_S / 2
+            self._sleep_until(done)
+            self._halt_card()        # part 2 can never be right without Crypto1
+            return self._raw_answer(os.urandom(4), done, with_crc=False)
+        if command[0] in _MIFARE_MEMORY_COMMANDS and len(command) == 2:
+            return self._raw_nak(at + RF_READ_S)
+        self._halt_card()
+        return self._silence(at + RF_READ_S)
+
+    def _raw_after_authentication(self, command, at):
+        if command[0] == frames.MIFARE_READ and len(command) == 2:
+            done = at + RF_READ_S
+            self._sleep_until(done)
+            try:
+                return self._raw_answer(self.field.operate("read", command[1]), done, with_crc=True)
+            except (CardNak, ValueError):
+                return self._raw_nak(done, halted=True)
+            except CardGone:
+                self._end_crypto1()
+                return self._silence(done)
+        if command[0] == frames.MIFARE_WRITE and len(command) == 2:
+            self._raw_write_block = command[1]
+            return self._raw_ack(at + RF_READ_S)
+        self._halt_card()
+        return self._silence(at + RF_READ_S)
+
+    def _raw_write_data(self, command, at):
+        block, self._raw_write_block = self._raw_write_block, None
+        if len(command) != mifare.BLOCK_SIZE:
+            self._halt_card()
+            return self._silence(at + RF_READ_S)
+        done = at + RF_WRITE_S
+        self._sleep_until(done)
+        try:
+            self.field.operate("write", block, command)
+        except (CardNak, ValueError):
+            return self._raw_nak(done, halted=True)
+        except CardGone:
+            self._end_crypto1()
+            return self._silence(done)
+        return self._raw_ack(done)
+
+    def _raw_answer(self, answer, done, with_crc):
+        """A full-byte answer of the card; with_crc: it carries a CRC_A on the air."""
+        if with_crc:
+            return b"\x00" + self.ciu.host_receives(answer), done
+        if self.ciu.rx_crc:
+            return bytes((frames.STATUS_CRC,)), done
+        return b"\x00" + bytes(answer), done
+
+    def _raw_four_bits(self, nibble, done):
+        if self.ciu.rx_crc:
+            return bytes((frames.STATUS_CRC,)), done
+        self.ciu.set_rx_last_bits(4)
+        return bytes((0x00, nibble)), done
+
+    def _raw_ack(self, done):
+        self._sleep_until(done)
+        return self._raw_four_bits(_MIFARE_ACK, done)
+
+    def _raw_nak(self, done, halted=False):
+        self._sleep_until(done)
+        if not halted:
+            self._halt_card()    # every NAK sends the card to HALT (classic_card.py)
+        else:
+            self._end_crypto1()
+        return self._raw_four_bits(_MIFARE_NAK_INVALID_OPERATION, done)
+
     def _silence(self, at):
         """Nobody answered: the chip waits out its timeout (RFConfiguration item 2, non-DEP) and
         reports status 0x01 (7.1 error table)."""
@@ -563,7 +737,8 @@ class Pn532Emulator:
 
 
 _NEEDS_CONFIGURATION = frozenset((frames.CMD_RF_CONFIGURATION, frames.CMD_IN_LIST_PASSIVE_TARGET,
-                                 frames.CMD_IN_DATA_EXCHANGE, frames.CMD_IN_RELEASE))
+                                 frames.CMD_IN_DATA_EXCHANGE, frames.CMD_IN_COMMUNICATE_THRU,
+                                 frames.CMD_IN_DESELECT, frames.CMD_IN_RELEASE, frames.CMD_IN_AUTO_POLL))
 
 _COMMANDS = {
     frames.CMD_DIAGNOSE: Pn532Emulator._diagnose,
@@ -578,7 +753,10 @@ _COMMANDS = {
     frames.CMD_RF_CONFIGURATION: Pn532Emulator._rf_configuration,
     frames.CMD_IN_LIST_PASSIVE_TARGET: Pn532Emulator._in_list_passive_target,
     frames.CMD_IN_DATA_EXCHANGE: Pn532Emulator._in_data_exchange,
+    frames.CMD_IN_COMMUNICATE_THRU: Pn532Emulator._in_communicate_thru,
+    frames.CMD_IN_DESELECT: Pn532Emulator._in_deselect,
     frames.CMD_IN_RELEASE: Pn532Emulator._in_release,
+    frames.CMD_IN_AUTO_POLL: Pn532Emulator._in_auto_poll,
 }
 
 

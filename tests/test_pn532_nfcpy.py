@@ -12,6 +12,9 @@ import nfc.clf
 import nfc.clf.device
 import nfc.clf.pn532
 import nfc.clf.transport
+import nfc.tag
+import nfc.tag.tt2
+import nfc.tag.tt2_nxp
 import pytest
 
 from firmware.core import mifare
@@ -80,6 +83,24 @@ def test_mifare_commands_through_nfcpys_chipset(emulator):
         with pytest.raises(nfc.clf.pn532.Chipset.Error) as refused:
             chipset.in_data_exchange(bytearray(b"\x60\x08" + b"\x01" * 6 + UID7[-4:]), 0.5)
         assert refused.value.errno == 0x14                        # MIFARE authentication error
+    finally:
+        frontend.close()
+
+
+def test_nfcpys_card_probe_gets_the_timeouts_and_naks_of_a_real_chip(emulator):
+    emulator.field.place(ClassicCard(UID7))
+    frontend = open_nfcpy(emulator)
+    try:
+        target = frontend.sense(nfc.clf.RemoteTarget("106A"))
+        # nfc/tag/tt2_nxp.py probes an NXP UID with AUTHENTICATE (1A 00) and GET_VERSION (60) through
+        # InCommunicateThru; a Classic card answers neither (timeouts, each followed by a new sense),
+        # so nfcpy ends at its Ultralight guess, as with a real PN532.
+        tag = nfc.tag.activate(frontend, target)
+        assert isinstance(tag, nfc.tag.tt2_nxp.MifareUltralight)
+        with pytest.raises(nfc.tag.tt2.Type2TagCommandError, match="invalid page"):
+            tag.read(0)                                   # READ before authentication: a 4-bit NAK
+        with pytest.raises(nfc.clf.TimeoutError):
+            frontend.exchange(b"\x1a\x00", 0.01)         # and the NAK halted the card
     finally:
         frontend.close()
 
