@@ -151,6 +151,31 @@ class Pn532Emulator:
             os.close(fd)
         self._thread = None
 
+    @classmethod
+    def behind_reader_firmware(cls, field):
+        """The PN532 inside a reader whose own firmware drives it (an ACR122U): never started on a
+        pty, already configured, untimed, one activation attempt per InListPassiveTarget. Commands
+        reach it through `answer`."""
+        chip = cls(field=field, timing=False)
+        chip.sam_configured = True
+        chip._asleep = False
+        chip._retries = [0xFF, 0x01, 0x00]
+        return chip
+
+    def answer(self, code, params):
+        """Run one command without the serial line -> its answer's parameters, or None where the chip
+        sends the syntax error frame. Only for a chip that is not started (behind_reader_firmware):
+        a command that would wait for the host (an endless search) must not be sent this way."""
+        assert self._thread is None, "a started emulator takes its commands from the pty"
+        handler = _COMMANDS.get(code)
+        if handler is None:
+            return None
+        try:
+            params, _done = handler(self, bytes(params), time.perf_counter())
+        except _SyntaxError:
+            return None
+        return params
+
     def __enter__(self):
         return self.start()
 

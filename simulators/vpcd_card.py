@@ -24,21 +24,37 @@ that the ACR122U implements (ACR122U API v2.04 sections 4-5), over a
                                transfer to the same block, as the reader firmware does
     FF D7 00 src 02 03 dst     ACR122U restore value block: restore src, transfer to dst
     FF B1 00 blk 04            ACR122U read value block
+    FF 88 00 blk t nn          ACR122U authentication, the obsolete form (API 5.2): t = 60 / 61, slot nn
+    FF 00 48 00 00             get the reader's firmware version: 10 ASCII bytes, no status word
+                               ("ACR122U203"; API 6.3, and what libnfc's acr122_pcsc.c reads)
+    FF 00 40 P2 04 T1 T2 n b   bi-colour LED and buzzer (API 6.2): P2 bit 0/1 final red/green, bit 2/3
+                               their masks; T1, T2 blink times (100 ms), n repetitions, b buzzer link.
+                               Answer 90 and the LED state (bit 0 red, bit 1 green); blinking ends in
+                               the final state, which is all that is kept
+    FF 00 00 00 Lc D4 cc ...   direct transmit to the reader's PN532 (API 6.1, libnfc's acr122_pcsc_send):
+                               D5 cc+1 ... 90 00. The PN532 is the emulator's (`Pn532Emulator.
+                               behind_reader_firmware`) on the same card: GetFirmwareVersion,
+                               GetGeneralStatus, Read/WriteRegister, InListPassiveTarget,
+                               InDataExchange, InCommunicateThru, InDeselect, InRelease; any other
+                               command (one that could wait for ever, like InAutoPoll) 63 00
 
 Status words (ACR122U API): 90 00 done; 63 00 the operation failed (wrong key, card NAK, card not
 selected); 6A 81 function not supported; 6C xx wrong Le (xx is the right one); 62 82 UID shorter than
 Le; 67 00 wrong length; 6B 00 block or parameter out of range; 6E 00 class not supported.
 
 Limits: one card per reader; no RF timing; the ATR is the Part 3 one for a Classic 1K
-(`ATR_CLASSIC_1K`), whatever the UID length.
+(`ATR_CLASSIC_1K`), whatever the UID length; the buzzer is a counter of beeps.
 """
 import socket
 import struct
 import threading
 import time
 
-from firmware.core import mifare
+from firmware.core import mifare, pn532_frames as frames
 from reader_drivers.base import AuthenticationError, CardGone, CardNak
+from reader_drivers.sim.card_file import MEMORY_CHANGING_COMMANDS
+from reader_drivers.sim.field import AFTER, VirtualField
+from simulators.pn532_emulator import Pn532Emulator
 
 DEFAULT_PORT = 35963   # 0x8C7B, CHANNELID of /etc/reader.conf.d/vpcd
 
@@ -55,6 +71,21 @@ INS_READ_BINARY = 0xB0
 INS_UPDATE_BINARY = 0xD6
 INS_VALUE = 0xD7
 INS_READ_VALUE = 0xB1
+INS_AUTHENTICATE_OBSOLETE = 0x88
+INS_READER = 0x00              # FF 00 P1 ...: the ACR122U's own commands, told apart by P1
+READER_DIRECT_TRANSMIT = 0x00
+READER_LED_BUZZER = 0x40
+READER_FIRMWARE_VERSION = 0x48
+
+FIRMWARE_VERSION_TEXT = b"ACR122U203"
+SW1_LED_STATE = 0x90
+LED_RED = 0x01
+LED_GREEN = 0x02
+# The PN532 commands the direct transmit passes on: none of them waits for the host.
+_DIRECT_TRANSMIT_COMMANDS = frozenset((
+    frames.CMD_GET_FIRMWARE_VERSION, frames.CMD_GET_GENERAL_STATUS, frames.CMD_READ_REGISTER,
+    frames.CMD_WRITE_REGISTER, frames.CMD_IN_LIST_PASSIVE_TARGET, frames.CMD_IN_DATA_EXCHANGE,
+    frames.CMD_IN_COMMUNICATE_THRU, frames.CMD_IN_DESELECT, frames.CMD_IN_RELEASE))
 
 SW_OK = b"\x90\x00"
 SW_FAILED = b"\x63\x00"
@@ -102,20 +133,44 @@ class Acr122Firmware:
     """What an ACR122U answers to Part 3 pseudo-APDUs, over one ClassicCard (or none)."""
 
     def __init__(self, card=None):
+        # The card sits in a field so that the reader's PN532 (direct transmit) reaches the same card
+        # the pseudo-APDUs do.
+        self.field = VirtualField()
+        self.field.on_operation(self._after_pn532_card_command)
+        self.pn532 = Pn532Emulator.behind_reader_firmware(self.field)
         self.card = card
         self.key_slots = [None] * KEY_SLOTS   # volatile: kept while the reader is plugged in
+        self.led_state = 0
+        self.buzzer_beeps = 0
         # Called with the card after every command that changed its memory (write, transfer), before
         # the answer leaves: a card image file kept by it never lags the card (card_file.py).
         self.on_memory_change = None
 
+    @property
+    def card(self):
+        return self.field.card
+
+    @card.setter
+    def card(self, card):
+        if card is None:
+            self.field.pull()
+        else:
+            self.field.place(card)
+
+    def _after_pn532_card_command(self, field, _number, name, phase):
+        if phase == AFTER and name in MEMORY_CHANGING_COMMANDS and self.on_memory_change is not None:
+            self.on_memory_change(field.card)
+
     # --- control messages ---------------------------------------------------------------------
 
     def power_on(self):
-        """Power on / reset: the reader activates (selects) the card; a halted card wakes up (WUPA)."""
+        """Power on / reset: the reader's PN532 lists (selects) the card as target 1, as the ACR122U
+        firmware does; a halted card wakes up (WUPA)."""
         if self.card is not None:
-            self.card.select()
+            self.pn532.answer(frames.CMD_IN_LIST_PASSIVE_TARGET, bytes((1, frames.BRTY_106A)))
 
     def power_off(self):
+        self.pn532.answer(frames.CMD_IN_RELEASE, b"\x00")
         if self.card is not None:
             self.card.power_off()
 
@@ -171,6 +226,44 @@ class Acr122Firmware:
             return SW_FAILED
         return self._on_card(lambda card: card.authenticate(
             block, mifare.A if key_type == KEY_TYPE_A else mifare.B, key))
+
+    def _authenticate_obsolete(self, p1, block, body):
+        """FF 88 00 block keytype keynumber (API 5.2, kept by the ACR122U for older software)."""
+        if p1 != 0x00:
+            return SW_WRONG_PARAMETERS
+        if len(body) != 2:
+            return SW_WRONG_LENGTH
+        return self._general_authenticate(0x00, 0x00, bytes((5, 0x01, 0x00, block)) + bytes(body))
+
+    def _reader_command(self, p1, p2, body):
+        if p1 == READER_FIRMWARE_VERSION and p2 == 0x00 and len(body) == 1:
+            return FIRMWARE_VERSION_TEXT
+        if p1 == READER_LED_BUZZER:
+            return self._led_and_buzzer(p2, body)
+        if p1 == READER_DIRECT_TRANSMIT and p2 == 0x00:
+            return self._direct_transmit(body)
+        return SW_NOT_SUPPORTED
+
+    def _led_and_buzzer(self, control, body):
+        if len(body) != 5 or body[0] != 4:
+            return SW_WRONG_LENGTH
+        _t1, _t2, repetitions, buzzer_link = body[1:5]
+        for led, final_bit, mask_bit in ((LED_RED, 0x01, 0x04), (LED_GREEN, 0x02, 0x08)):
+            if control & mask_bit:
+                self.led_state = (self.led_state & ~led) | (led if control & final_bit else 0)
+        if buzzer_link & 0x03:
+            self.buzzer_beeps += repetitions * (2 if buzzer_link & 0x03 == 0x03 else 1)
+        return bytes((SW1_LED_STATE, self.led_state))
+
+    def _direct_transmit(self, body):
+        if not body or body[0] != len(body) - 1 or len(body) < 3:
+            return SW_WRONG_LENGTH
+        if body[1] != frames.TFI_HOST or body[2] not in _DIRECT_TRANSMIT_COMMANDS:
+            return SW_FAILED
+        params = self.pn532.answer(body[2], body[3:])
+        if params is None:
+            return SW_FAILED
+        return bytes((frames.TFI_CHIP, body[2] + 1)) + params + SW_OK
 
     def _read_binary(self, p1, block, body):
         if p1 != 0x00:
@@ -247,6 +340,8 @@ class Acr122Firmware:
         return (data or b"") + SW_OK
 
     _HANDLERS = {
+        INS_READER: _reader_command,
+        INS_AUTHENTICATE_OBSOLETE: _authenticate_obsolete,
         INS_GET_DATA: _get_data,
         INS_LOAD_KEYS: _load_keys,
         INS_GENERAL_AUTHENTICATE: _general_authenticate,

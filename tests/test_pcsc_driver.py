@@ -248,6 +248,60 @@ def test_the_vpcd_card_command_writes_every_change_through_to_its_card_file(pcsc
     assert wait_for_card(pcscd.readers[0], present=False), "pcscd still sees a card after the test"
 
 
+# --- the ACR122U's own commands, as PC/SC tools (libnfc's acr122_pcsc driver among them) send them ----
+
+def raw_connection(reader_name):
+    """A plain pyscard connection: APDUs as a tool writes them, answers byte for byte."""
+    from smartcard.System import readers
+    connection = next(found for found in readers() if str(found) == reader_name).createConnection()
+    connection.connect()
+    return connection
+
+
+def transmit(connection, apdu_hex):
+    data, sw1, sw2 = connection.transmit(list(bytes.fromhex(apdu_hex)))
+    return bytes(data + [sw1, sw2])
+
+
+def test_firmware_version_leds_buzzer_and_the_obsolete_authenticate_through_pcscd(pcscd, slot):
+    slot.insert(ClassicCard(UID))
+    assert wait_for_card(pcscd.readers[0], present=True)
+    connection = raw_connection(pcscd.readers[0])
+    try:
+        assert transmit(connection, "ff00480000") == b"ACR122U203"        # ASCII, no status word
+        assert transmit(connection, "ff00400f0401010201") == b"\x90\x03"  # red and green on, 2 beeps in T1
+        assert transmit(connection, "ff0040040400000000") == b"\x90\x02"  # red off (masked), green kept
+        assert slot.firmware.buzzer_beeps == 2
+        assert transmit(connection, "ff82000006" + mifare.TRANSPORT_KEY.hex()) == b"\x90\x00"
+        assert transmit(connection, "ff88000460" "00") == b"\x90\x00"    # FF 88 00 block keytype slot
+        assert transmit(connection, "ffb0000410") == bytes(16) + b"\x90\x00"
+        assert transmit(connection, "ff88000860" "01") == b"\x63\x00"    # no key in slot 1
+    finally:
+        connection.disconnect()
+
+
+def test_pn532_commands_pass_through_the_direct_transmit_to_the_same_card(pcscd, slot, tmp_path):
+    card = ClassicCard(UID)
+    slot.insert(card)
+    image = str(tmp_path / "card.bin")
+    slot.firmware.on_memory_change = lambda changed: changed.save(image)
+    assert wait_for_card(pcscd.readers[0], present=True)
+    connection = raw_connection(pcscd.readers[0])
+    uid = UID.hex()
+    try:
+        assert transmit(connection, "ff00000002d402") == bytes.fromhex("d503320106079000")
+        assert transmit(connection, "ff00000004d44a0100") == bytes.fromhex("d54b01010004080" "4" + uid + "9000")
+        assert transmit(connection, "ff0000000fd440016004ffffffffffff" + uid) == bytes.fromhex("d5410090" "00")
+        written = b"via D4 40 direct"
+        assert transmit(connection, "ff00000015d44001a005" + written.hex()) == bytes.fromhex("d54100" "9000")
+        assert card.dump_block(5) == written == ClassicCard.load(image).dump_block(5)
+        assert transmit(connection, "ff00000004d4423005") == b"\xd5\x43\x00" + written + b"\x90\x00"
+        assert transmit(connection, "ff00000005d440013004") == b"\xd5\x41\x00" + bytes(16) + b"\x90\x00"
+        assert transmit(connection, "ff00000005d46001" "0110") == b"\x63\x00"   # InAutoPoll: not passed on
+    finally:
+        connection.disconnect()
+
+
 # --- the virtual reader firmware on its own (exact bytes) -------------------------------------------
 
 def test_the_virtual_reader_answers_with_the_acr122u_status_words():
