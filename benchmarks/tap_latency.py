@@ -10,14 +10,16 @@ are spread so no offline cap or repeat-tap prompt is hit, and every timed tap mu
 
 The protocol floor of each tap is what the emulator's timing model charges for the same exchanges
 (`Pn532Emulator.modelled_s`): every byte of command, ACK and answer at 10 bits per byte at the baud
-rate, plus the MIFARE Classic datasheet's RF times. The comparison runs the same card exchanges
+rate, the PN532 firmware's 1.7 ms per command before its ACK (`pn532_emulator.PROCESSING_S`, measured
+on a real chip: nfcpy issue #131), plus the MIFARE Classic datasheet's RF times. The emulator spends
+the same times, so the ratio is against what a real PN532 at this baud rate could at best do. The comparison runs the same card exchanges
 (card_io.read_card, card_io.count_tap) through nfcpy's own PN532 driver (the `nfcpy:` reader) on the
 same emulator at the same baud rate; it has no decision and no journal, so it is the cheaper span.
 
     .venv/bin/python benchmarks/tap_latency.py [--taps 200] [--cards 20] [--warmup 5]
 
-Prints one JSON line on stdout, progress on stderr. Limits: the emulator does not model the PN532
-firmware's own processing time or a USB-serial adapter's latency, so a real reader adds a few ms;
+Prints one JSON line on stdout, progress on stderr. Limits: the emulator does not model a USB-serial
+adapter's latency or firmware time that differs between commands, so a real reader may add a few ms;
 numbers from a shared 2-core machine vary between runs.
 """
 import json

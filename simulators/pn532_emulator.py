@@ -33,9 +33,10 @@ MIFARE Classic EV1 1K datasheet (MF1S50yyX/V1 rev. 3.0, figure 4 "MIFARE Classic
 diagram"): identification and selection 2.5 ms (+1 ms for a 7-byte UID), authentication 2 ms, read
 2.5 ms, write 5.5 ms, increment/decrement/restore 2.5 ms, transfer 4.5 ms. A card that does not
 answer costs the chip's own timeout, RFConfiguration item 2 (100 us * 2^(n-1), default n=0x0A).
-Not modelled: the PN532 firmware's own processing time, RF collisions, several cards.
-`modelled_s` adds up the modelled wire and RF time of every exchange: the protocol floor a driver is
-measured against.
+Before its ACK the firmware spends PROCESSING_S on every command (measured on a real chip, see there).
+Not modelled: RF collisions, several cards, firmware time that differs between commands.
+`modelled_s` adds up the modelled wire, firmware and RF time of every exchange: the protocol floor a
+driver is measured against.
 
 Card answers map to status bytes (7.1 error table): no answer (card gone, halted, pulled mid-command)
 -> 0x01 timeout; failed authentication -> 0x14 (the card halts); a MIFARE NAK (access denied, not a
@@ -75,6 +76,16 @@ RF_TRANSFER_S = 0.0045
 RF_HALT_S = 0.0005
 RF_EMPTY_ACTIVATION_S = 0.001
 HSU_WAKEUP_S = 0.0005
+# The PN532 firmware's own time per command, between the last byte of the command frame and the
+# first byte of its ACK. Source: nfcpy issue #131 (github.com/nfcpy/nfcpy/issues/131, 2019-06-07), a
+# `tagtool.py --reltime` debug log of a PN532 v1.6 on a Raspberry Pi 3 UART at 115200 baud:
+# GetFirmwareVersion written at 626 ms, its ACK read at 630 ms; SAMConfiguration 631 -> 635 ms;
+# SetSerialBaudRate 651 -> 655 ms. Take away the wire time of the 19-, 22- and 20-byte frames (wake-up
+# preamble included) and of the 6-byte ACK at 10 bits a byte: 1.83, 1.57 and 1.74 ms are left, 1.7 ms
+# on average. The log counts whole milliseconds, so one constant time fits all three only between 0.8
+# and 2.6 ms; it may hold some of that host's read latency too, so a real chip can be a little
+# quicker. No published log separates an RF command's extra firmware time: every command gets this.
+PROCESSING_S = 0.0017
 
 FIRMWARE_VERSION = b"\x32\x01\x06\x07"       # PN532, firmware 1.6, ISO 14443A/B and 18092 (7.2.2)
 DEFAULT_NON_DEP_TIMEOUT_INDEX = 0x0A         # 51.2 ms (7.3.1 item 2 default)
@@ -350,7 +361,7 @@ class Pn532Emulator:
             # sleep instead of running RF commands; the host sees no ACK.
             self._asleep = True
             return
-        after_ack = self._transmit(frames.ACK_FRAME, started, "ack")
+        after_ack = self._transmit(frames.ACK_FRAME, started + PROCESSING_S, "ack")
         handler = _COMMANDS.get(code) if frame.tfi == frames.TFI_HOST else None
         try:
             if handler is None:

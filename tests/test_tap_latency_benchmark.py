@@ -2,8 +2,8 @@
 
 A small run: every tap must be accepted by the real POS shell on the pn532: driver over the
 emulator's pseudo-terminal, or the script exits non-zero; then the same card exchanges go through
-nfcpy's PN532 driver. The floor is a model, not a clock, so it is checked exactly: the wire bytes and
-RF times of the ten exchanges a canteen tap makes.
+nfcpy's PN532 driver. The floor is a model, not a clock, so it is checked exactly: the wire bytes,
+firmware and RF times of the ten exchanges a canteen tap makes.
 """
 import pytest
 
@@ -16,10 +16,12 @@ UID4 = bytes(4)           # the sizes, not the values, decide the floor
 
 
 def exchange_s(command_payload, response_params, rf_s, baud=115200):
-    """Command frame, ACK and response frame at 10 bits a byte, plus the card's RF time."""
+    """Command frame, ACK and response frame at 10 bits a byte, the PN532 firmware's time before its
+    ACK (measured on a real chip: nfcpy issue #131, see pn532_emulator.PROCESSING_S), and the card's
+    RF time."""
     wire_bytes = (len(frames.encode_command(command_payload)) + len(frames.ACK_FRAME)
                   + len(frames.encode_response(command_payload[0], response_params)))
-    return wire_bytes * 10 / baud + rf_s
+    return wire_bytes * 10 / baud + 0.0017 + rf_s
 
 
 def canteen_tap_floor_ms():
