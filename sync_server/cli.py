@@ -3,7 +3,8 @@
     ykt server [--data-dir D] [--host 127.0.0.1] [--port 8080] [--workers N]
     ykt server init [--data-dir D]
     ykt hall merchant-add | person-add | card-issue | recharge | report-loss | transactions |
-             terminal-register | terminal-revoke | staff-add   [--data-dir D] [--lang en]
+             terminal-register | terminal-revoke | staff-add | staff-password | staff-disable
+             [--data-dir D] [--lang en]
     (and the cardholder-service commands of sync_server/services/hall_cli.py: reissue, unfreeze
     alias cancel-loss, ...)
 
@@ -249,18 +250,47 @@ def cmd_terminal_revoke(args):
     _say(args, "终端 %d 已停用" % args.terminal, "terminal %d revoked" % args.terminal)
 
 
+def _read_password(args):
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    import getpass
+    password = getpass.getpass("密码 / password: ")
+    if password != getpass.getpass("再次输入 / again: "):
+        raise hall.HallError("两次输入的密码不一致", "the passwords differ")
+    return password
+
+
+def cmd_staff_password(args):
+    """Change or reset a staff user's password (stdin or prompt, as staff-add); every web session of
+    that user ends at once."""
+    from sync_server.web import auth
+    conn = _open(args)
+    try:
+        auth.set_staff_password(conn, args.username, _read_password(args))
+    except auth.AuthError as error:
+        raise hall.HallError(error.zh, error.en)
+    _say(args, "密码已更改，%s 的所有网页会话已结束" % args.username,
+         "password changed; every web session of %s has ended" % args.username)
+
+
+def cmd_staff_disable(args):
+    """Disable a staff user (or enable again with --enable); every web session of that user ends."""
+    from sync_server.web import auth
+    conn = _open(args)
+    try:
+        auth.set_staff_disabled(conn, args.username, disabled=not args.enable)
+    except auth.AuthError as error:
+        raise hall.HallError(error.zh, error.en)
+    _say(args, "%s 已%s，其所有网页会话已结束" % (args.username, "启用" if args.enable else "停用"),
+         "%s %s; every web session of that user has ended" % (args.username, "enabled" if args.enable else "disabled"))
+
+
 def cmd_staff_add(args):
     """Create a web staff user; the password comes from stdin or a prompt, never from the command line
     (argv is visible to every user of the machine) and is never printed."""
     from sync_server.web import auth
     conn = _open(args)
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        import getpass
-        password = getpass.getpass("密码 / password: ")
-        if password != getpass.getpass("再次输入 / again: "):
-            raise hall.HallError("两次输入的密码不一致", "the passwords differ")
+    password = _read_password(args)
     try:
         staff_id = auth.add_staff_user(conn, args.username, args.name or args.username, args.role, password)
     except auth.AuthError as error:
@@ -341,6 +371,12 @@ def register(subparsers):
     p.add_argument("--name", help="display name")
     p.add_argument("--role", action="append", required=True, choices=("hall", "finance", "admin"))
     p.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    p = add("staff-password", cmd_staff_password, "更改或重置网页工作人员密码 / change or reset a staff password")
+    p.add_argument("--username", required=True)
+    p.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    p = add("staff-disable", cmd_staff_disable, "停用网页工作人员 / disable a web staff user")
+    p.add_argument("--username", required=True)
+    p.add_argument("--enable", action="store_true", help="enable the user again instead")
     from sync_server.services import hall_cli   # cardholder services: import-people, reissue, unfreeze, ...
     hall_cli.register(add)
 

@@ -612,6 +612,15 @@ def _m031_finance_ledger_check(conn):
     """)
 
 
+def _m032_staff_session_generation(conn):
+    # Staff sessions end on the server like cardholder ones (migration 22): each staff cookie carries
+    # its user's session generation, and signing out, a password change or reset and disabling the
+    # user bump it, which ends every session of that user at once (sync_server/web/auth.py).
+    _execute_script(conn, """
+    ALTER TABLE web_staff_users ADD COLUMN session_generation INTEGER NOT NULL DEFAULT 0
+    """)
+
+
 MIGRATIONS = (
     (1, "initial schema", _m001_initial),
     (10, "cardholder services", _m010_cardholder_services),
@@ -621,6 +630,7 @@ MIGRATIONS = (
     (22, "cardholder session generation", _m022_cardholder_session_generation),
     (30, "finance day close", _m030_finance_day_close),
     (31, "finance ledger check", _m031_finance_ledger_check),
+    (32, "staff session generation", _m032_staff_session_generation),
 )
 
 

@@ -20,18 +20,33 @@ from sync_server.web import auth
 PASSWORD = "correct horse battery"
 
 
+class Clock:
+    """The app's session clock: the real time plus however far a test has moved it."""
+
+    def __init__(self):
+        self.offset_ms = 0
+
+    def __call__(self):
+        return dbmod.now_ms() + self.offset_ms
+
+    def advance(self, seconds):
+        self.offset_ms += seconds * 1000
+
+
 @pytest.fixture
 def site(tmp_path):
     data_dir = str(tmp_path / "data")
     init_data_dir(data_dir)
-    app = create_app({"DATA_DIR": data_dir, "TESTING": True})
+    clock = Clock()
+    app = create_app({"DATA_DIR": data_dir, "TESTING": True, "NOW_MS": clock})
     conn = dbmod.connect(dbmod.db_path(data_dir))
     person_id, account_id = hall.add_person(conn, "张三", 2, staff_number="S20190001")
     hall.issue_card_record(conn, account_id, b"\x01\x02\x03\x04")
     hall.recharge(conn, account_id, 6955)
     auth.add_staff_user(conn, "clerk", "王老师", ["hall"], PASSWORD)
     auth.add_staff_user(conn, "auditor", "财务", ["finance"], PASSWORD)
-    yield {"app": app, "conn": conn, "person_id": person_id, "account_id": account_id, "data_dir": data_dir}
+    yield {"app": app, "conn": conn, "person_id": person_id, "account_id": account_id, "data_dir": data_dir,
+           "clock": clock}
     conn.close()
 
 
@@ -263,3 +278,94 @@ def test_the_hall_page_shows_the_statement_as_the_portal_does(site):
     recent = page[page.index('id="recent"'):]
     recent = recent[:recent.index("</table>")]
     assert recent.index("补卡费") < recent.index("服务大厅现金") and "-10.00" in recent
+
+
+# --- staff sessions end on the server; idle and absolute limits -----------------------------------
+
+def _hall_sign_out(client):
+    token = token_of(client.get("/hall/"))
+    return client.post("/hall/sign-out", data={"csrf_token": token})
+
+
+def test_staff_sign_out_ends_a_copied_cookie_too(site):
+    client, copy = site["app"].test_client(), site["app"].test_client()
+    sign_in_staff(client)
+    _copy_session(client, copy)
+    assert copy.get("/hall/").status_code == 200
+    assert _hall_sign_out(client).status_code == 302
+    assert copy.get("/hall/").status_code == 302             # the copy made before sign-out is refused
+    assert copy.get("/hall/person/%d" % site["person_id"]).status_code == 302
+    assert sign_in_staff(client).status_code == 302 and client.get("/hall/").status_code == 200
+    assert copy.get("/hall/").status_code == 302             # and stays refused after a new sign-in
+
+
+def test_a_staff_password_change_ends_every_session_of_that_user(site):
+    client, other_user = site["app"].test_client(), site["app"].test_client()
+    sign_in_staff(client)
+    auth.add_staff_user(site["conn"], "desk2", "李老师", ["hall"], PASSWORD)
+    sign_in_staff(other_user, "desk2")
+    result = subprocess.run([sys.executable, "-m", "sync_server", "hall", "staff-password", "--data-dir",
+                             site["data_dir"], "--username", "clerk", "--password-stdin"],
+                            input="a brand new password\n", capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert client.get("/hall/").status_code == 302
+    assert other_user.get("/hall/").status_code == 200       # another user's sessions are left alone
+    assert sign_in_staff(client).status_code == 401
+    assert sign_in_staff(client, password="a brand new password").status_code == 302
+
+
+def test_disabling_a_staff_user_ends_sessions_for_good(site):
+    client = site["app"].test_client()
+    sign_in_staff(client)
+    auth.set_staff_disabled(site["conn"], "clerk")
+    assert client.get("/hall/").status_code == 302
+    auth.set_staff_disabled(site["conn"], "clerk", disabled=False)
+    assert client.get("/hall/").status_code == 302           # enabling again does not revive the old cookie
+    assert sign_in_staff(client).status_code == 302 and client.get("/hall/").status_code == 200
+
+
+def test_an_idle_staff_session_is_refused_after_the_timeout(site):
+    client = site["app"].test_client()
+    sign_in_staff(client)
+    for _ in range(3):                                       # used every 29 minutes: stays signed in
+        site["clock"].advance(29 * 60)
+        assert client.get("/hall/").status_code == 200
+    site["clock"].advance(31 * 60)
+    assert client.get("/hall/").status_code == 302
+    site["clock"].advance(-31 * 60)                          # and the session is gone, not just asleep
+    assert client.get("/hall/").status_code == 302
+
+
+def test_a_staff_session_ends_after_its_absolute_lifetime_however_busy(site):
+    client = site["app"].test_client()
+    sign_in_staff(client)
+    for _ in range(12 * 60 // 20 - 1):                       # 11 h 40 min, a page every 20 minutes
+        site["clock"].advance(20 * 60)
+        assert client.get("/hall/").status_code == 200
+    site["clock"].advance(19 * 60)
+    assert client.get("/hall/").status_code == 200
+    site["clock"].advance(2 * 60)                            # 12 h 1 min after sign-in, idle 2 minutes
+    assert client.get("/hall/").status_code == 302
+
+
+def test_an_idle_portal_session_is_refused_and_the_timeouts_are_configurable(site, monkeypatch):
+    client = site["app"].test_client()
+    sign_in_cardholder(client)
+    site["clock"].advance(14 * 60)
+    assert client.get("/portal/").status_code == 200
+    site["clock"].advance(16 * 60)
+    assert client.get("/portal/").status_code == 302
+    monkeypatch.setenv("YKT_STAFF_SESSION_IDLE_S", "120")
+    app = create_app({"DATA_DIR": site["data_dir"], "TESTING": True, "NOW_MS": site["clock"]})
+    assert app.config["STAFF_SESSION_IDLE_S"] == 120
+    staff = app.test_client()
+    token = token_of(staff.get("/hall/sign-in"))
+    staff.post("/hall/sign-in", data={"username": "clerk", "password": PASSWORD, "csrf_token": token})
+    site["clock"].advance(100)
+    assert staff.get("/hall/").status_code == 200
+    site["clock"].advance(121)
+    assert staff.get("/hall/").status_code == 302
+    monkeypatch.setenv("YKT_STAFF_SESSION_IDLE_S", "soon")
+    with pytest.raises(ValueError, match="YKT_STAFF_SESSION_IDLE_S"):
+        create_app({"DATA_DIR": site["data_dir"], "TESTING": True})
+

@@ -7,6 +7,7 @@ form, call the service functions on a db connection and render. Business rules l
 `sync_server/hall.py` and `sync_server/services/`, not here.
 
     YKT_SIMULATED_PAYMENTS=1   shows a "simulated payment" button on pending recharge orders (demo)
+Session timeouts: see sync_server/web/auth.py.
 """
 import datetime
 import os
@@ -82,6 +83,7 @@ def init_app(app):
     app.secret_key = auth.session_secret(master_key)
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
                       SESSION_COOKIE_NAME="ykt_session")
+    auth.configure_session_timeouts(app)
     # The portal's "simulated payment" button plays the payment channel: for demos and tests only,
     # never on a real site (it would credit money nobody paid).
     app.config.setdefault("SIMULATED_PAYMENTS", os.environ.get("YKT_SIMULATED_PAYMENTS") == "1")

@@ -1,14 +1,27 @@
 """Who is signed in to the web pages, what they may do, and the staff action log.
 
-Sessions are Flask's signed cookie (HttpOnly, SameSite=Lax) under a secret derived from the site master
-key, so restarting the server keeps people signed in and no extra secret has to be stored. A session
-is one of two kinds:
+Sessions are Flask's signed cookie (HttpOnly, SameSite=Lax, Secure when the site says so) under a
+secret derived from the site master key, so restarting the server keeps people signed in and no extra
+secret has to be stored. A session is one of two kinds:
     cardholder  {"kind": "cardholder", "account_id", "person_id", "generation"} after staff/student
                 number + card PIN; valid only while `generation` is the account's session_generation,
-                which signing out and every PIN change or reset bump (migration 22), so a cookie
-                can be ended on the server: all sessions of the account end together.
-    staff       {"kind": "staff", "staff_id"} after username + password; roles are read from the
-                database on every request, so disabling a user or removing a role acts at once.
+                which signing out and every PIN change or reset bump (migration 22).
+    staff       {"kind": "staff", "staff_id", "generation"} after username + password; valid only
+                while `generation` is the user's session_generation, which signing out, a password
+                change or reset and disabling the user bump (migration 32). Roles are read from the
+                database on every request, so removing a role acts at once.
+So a copied cookie can be ended on the server: all sessions of the account or user end together.
+Both kinds also carry when they started and when they were last used (`started_ms`, `seen_ms`, the
+app clock `now_ms()`): a session idle for longer than its kind's idle timeout, or older than its
+absolute lifetime, is refused (settings below; `seen_ms` is refreshed at most once a minute, so a
+busy page does not rewrite the cookie on every request).
+
+    STAFF_SESSION_IDLE_S    (YKT_STAFF_SESSION_IDLE_S)    default 1800: 30 minutes without a page
+    STAFF_SESSION_MAX_S     (YKT_STAFF_SESSION_MAX_S)     default 43200: 12 hours after sign-in
+    PORTAL_SESSION_IDLE_S   (YKT_PORTAL_SESSION_IDLE_S)   default 900: the portal shows money and is
+                                                          often opened on shared computers
+    PORTAL_SESSION_MAX_S    (YKT_PORTAL_SESSION_MAX_S)    default 43200
+
 Every POST of the web blueprints carries the session's CSRF token (`csrf_token` form field); a
 missing or wrong token is a 400 and the view never runs. Sign-in replaces the whole session (a
 token or identity planted before sign-in does not survive it).
@@ -38,6 +51,14 @@ _DUMMY_SALT = b"\0" * 16
 CSRF_FIELD = "csrf_token"
 FORM_KEY_FIELD = "form_key"
 FORM_KEY_MAX_AGE_S = 24 * 3600
+# (config key, environment variable, default seconds) of the session timeouts, per session kind
+SESSION_TIMEOUTS_S = {
+    "staff": (("STAFF_SESSION_IDLE_S", "YKT_STAFF_SESSION_IDLE_S", 30 * 60),
+              ("STAFF_SESSION_MAX_S", "YKT_STAFF_SESSION_MAX_S", 12 * 3600)),
+    "cardholder": (("PORTAL_SESSION_IDLE_S", "YKT_PORTAL_SESSION_IDLE_S", 15 * 60),
+                   ("PORTAL_SESSION_MAX_S", "YKT_PORTAL_SESSION_MAX_S", 12 * 3600)),
+}
+SEEN_REFRESH_MS = 60 * 1000
 
 
 class AuthError(BilingualError):
@@ -110,13 +131,39 @@ def _check_staff_password(conn, username, password, now_ms):
     return staff_id
 
 
+def set_staff_password(conn, username, password):
+    """Change or reset a staff user's password; ends every session of that user and clears a lockout."""
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise AuthError("密码至少 %d 个字符" % MIN_PASSWORD_CHARS,
+                        "the password needs at least %d characters" % MIN_PASSWORD_CHARS)
+    salt = os.urandom(16)
+    password_hash = _hash_password(password, salt)
+    with dbmod.transaction(conn):
+        changed = conn.execute(
+            "UPDATE web_staff_users SET password_hash = ?, password_salt = ?, failures = 0, locked_until_ms = 0, "
+            "session_generation = session_generation + 1 WHERE username = ?", (password_hash, salt, username)).rowcount
+    if not changed:
+        raise AuthError("没有用户 %s" % username, "no user %s" % username)
+
+
+def set_staff_disabled(conn, username, disabled=True):
+    """Disable (or enable again) a staff user; either way every session of that user ends, so a cookie
+    from before the user was disabled never comes back to life."""
+    with dbmod.transaction(conn):
+        changed = conn.execute("UPDATE web_staff_users SET disabled = ?, session_generation = session_generation + 1 "
+                               "WHERE username = ?", (1 if disabled else 0, username)).rowcount
+    if not changed:
+        raise AuthError("没有用户 %s" % username, "no user %s" % username)
+
+
 def staff_user(conn, staff_id):
     """{id, username, display_name, roles} of an enabled staff user, or None."""
-    row = conn.execute("SELECT id, username, display_name, roles FROM web_staff_users WHERE id = ? AND disabled = 0",
-                       (staff_id,)).fetchone()
+    row = conn.execute("SELECT id, username, display_name, roles, session_generation FROM web_staff_users "
+                       "WHERE id = ? AND disabled = 0", (staff_id,)).fetchone()
     if row is None:
         return None
-    return {"id": row[0], "username": row[1], "display_name": row[2], "roles": set(row[3].split())}
+    return {"id": row[0], "username": row[1], "display_name": row[2], "roles": set(row[3].split()),
+            "session_generation": row[4]}
 
 
 # --- cardholders ---------------------------------------------------------------------------------
@@ -136,11 +183,38 @@ def check_cardholder(conn, staff_number, pin, now_ms):
 
 # --- the session ---------------------------------------------------------------------------------
 
+def now_ms():
+    """The app's clock for sessions: `NOW_MS` in the app config (a function) when set, else the
+    system clock. Tests move time with it instead of sleeping."""
+    clock = current_app.config.get("NOW_MS")
+    return clock() if clock is not None else dbmod.now_ms()
+
+
+def session_timeouts_ms(app, kind):
+    """(idle, absolute) limits of a session kind in ms, from the app config or its defaults."""
+    return tuple(int(app.config.get(key, default)) * 1000 for key, _, default in SESSION_TIMEOUTS_S[kind])
+
+
+def configure_session_timeouts(app):
+    """Fill the timeout settings from the environment (YKT_...), unless the config already has them."""
+    for settings in SESSION_TIMEOUTS_S.values():
+        for key, variable, default in settings:
+            value = app.config.get(key, os.environ.get(variable, default))
+            try:
+                value = int(value)
+            except (TypeError, ValueError):
+                value = -1
+            if value <= 0:
+                raise ValueError("会话时限 %s 应为正整数秒 / %s must be a positive number of seconds" % (variable, variable))
+            app.config[key] = value
+
+
 def start_session(kind, **identity):
     """Replace the session with a fresh one for this identity (new CSRF token)."""
     session.clear()
     session["kind"] = kind
     session.update(identity)
+    session["started_ms"] = session["seen_ms"] = now_ms()
     session[CSRF_FIELD] = secrets.token_urlsafe(32)
 
 
@@ -149,6 +223,23 @@ def end_session():
     session.clear()
     if lang:
         session["lang"] = lang
+
+
+def _session_current(kind, generation):
+    """True when the session of this kind is still its account's / user's current generation and is
+    neither idle too long nor too old; refreshes `seen_ms`."""
+    if session.get("kind") != kind or generation is None or session.get("generation") != generation:
+        return False
+    idle_ms, max_ms = session_timeouts_ms(current_app, kind)
+    now = now_ms()
+    started_ms, seen_ms = session.get("started_ms"), session.get("seen_ms")
+    if type(started_ms) is not int or type(seen_ms) is not int:
+        return False
+    if now - seen_ms > idle_ms or now - started_ms > max_ms:
+        return False
+    if now - seen_ms >= SEEN_REFRESH_MS:
+        session["seen_ms"] = now
+    return True
 
 
 def _session_generation(conn, account_id):
@@ -175,6 +266,23 @@ def end_cardholder_sessions(conn):
         with dbmod.transaction(conn):
             conn.execute("UPDATE accounts SET session_generation = session_generation + 1 "
                          "WHERE id = ? AND session_generation = ?", (session["account_id"], session.get("generation")))
+    end_session()
+
+
+def start_staff_session(conn, staff_id):
+    """A fresh staff session, valid until the user's session generation moves on."""
+    row = conn.execute("SELECT session_generation FROM web_staff_users WHERE id = ?", (staff_id,)).fetchone()
+    assert row is not None, "a staff user that just signed in exists"
+    start_session("staff", staff_id=staff_id, generation=row[0])
+
+
+def end_staff_sessions(conn):
+    """Sign out: end this session and every other session of the same staff user (a copied cookie
+    included). A cookie that is no longer current ends only itself."""
+    if session.get("kind") == "staff":
+        with dbmod.transaction(conn):
+            conn.execute("UPDATE web_staff_users SET session_generation = session_generation + 1 "
+                         "WHERE id = ? AND session_generation = ?", (session.get("staff_id"), session.get("generation")))
     end_session()
 
 
@@ -225,7 +333,7 @@ def cardholder_required(view):
         if session.get("kind") != "cardholder":
             return redirect(url_for("portal.sign_in", next=request.path))
         current = _session_generation(dbmod.get_db(), session["account_id"])
-        if current is None or session.get("generation") != current:     # signed out, or the PIN changed
+        if not _session_current("cardholder", current):    # signed out, PIN changed, idle or too old
             end_session()
             return redirect(url_for("portal.sign_in", next=request.path))
         g.account_id = session["account_id"]
@@ -244,8 +352,8 @@ def staff_required(role):
             if session.get("kind") != "staff":
                 return redirect(url_for("hall_pages.sign_in", next=request.path))
             user = staff_user(dbmod.get_db(), session.get("staff_id"))
-            if user is None:
-                end_session()
+            if user is None or not _session_current("staff", user["session_generation"]):
+                end_session()     # disabled, signed out, password changed, idle or too old
                 return redirect(url_for("hall_pages.sign_in"))
             if role not in user["roles"]:
                 abort(403)

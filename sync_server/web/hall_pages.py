@@ -41,14 +41,14 @@ def sign_in():
         except auth.AuthError as error:
             flash(error.text(g.lang), "error")
             return render_template("hall/sign_in.html", username=username), 401
-        auth.start_session("staff", staff_id=staff_id)
+        auth.start_staff_session(conn, staff_id)
         return redirect(url_for("hall_pages.search"))
     return render_template("hall/sign_in.html", username="")
 
 
 @hall_pages.post("/sign-out")
 def sign_out():
-    auth.end_session()
+    auth.end_staff_sessions(dbmod.get_db())    # a copied cookie of this user ends too
     return redirect(url_for("hall_pages.sign_in"))
 
 
