@@ -369,3 +369,34 @@ def test_an_idle_portal_session_is_refused_and_the_timeouts_are_configurable(sit
     with pytest.raises(ValueError, match="YKT_STAFF_SESSION_IDLE_S"):
         create_app({"DATA_DIR": site["data_dir"], "TESTING": True})
 
+
+# --- Secure cookies ------------------------------------------------------------------------------
+
+def _set_cookies(response):
+    return {header.split("=", 1)[0]: header for header in response.headers.getlist("Set-Cookie")}
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_every_cookie_is_secure_exactly_when_the_site_says_so(site, monkeypatch, secure):
+    monkeypatch.setenv("YKT_COOKIE_SECURE", "1" if secure else "0")
+    app = create_app({"DATA_DIR": site["data_dir"], "TESTING": True})
+    client = app.test_client()
+    token = token_of(client.get("/portal/sign-in"))
+    signed_in = client.post("/portal/sign-in?lang=en",
+                            data={"staff_number": "S20190001", "pin": "190001", "csrf_token": token})
+    cookies = _set_cookies(signed_in)
+    staff = app.test_client()
+    token = token_of(staff.get("/hall/sign-in"))
+    cookies_staff = _set_cookies(staff.post("/hall/sign-in", data={"username": "clerk", "password": PASSWORD,
+                                                                   "csrf_token": token}))
+    assert set(cookies) == {"ykt_session", "lang"} and set(cookies_staff) == {"ykt_session"}
+    for header in list(cookies.values()) + list(cookies_staff.values()):
+        attributes = [part.strip() for part in header.split(";")]
+        assert "HttpOnly" in attributes and "SameSite=Lax" in attributes, header
+        assert ("Secure" in attributes) == secure, header
+
+
+def test_a_mistyped_cookie_secure_setting_stops_the_start(site, monkeypatch):
+    monkeypatch.setenv("YKT_COOKIE_SECURE", "yes please")
+    with pytest.raises(ValueError, match="YKT_COOKIE_SECURE"):
+        create_app({"DATA_DIR": site["data_dir"], "TESTING": True})

@@ -7,12 +7,15 @@ form, call the service functions on a db connection and render. Business rules l
 `sync_server/hall.py` and `sync_server/services/`, not here.
 
     YKT_SIMULATED_PAYMENTS=1   shows a "simulated payment" button on pending recharge orders (demo)
+    YKT_COOKIE_SECURE=1        (config COOKIE_SECURE) marks every cookie the server sets Secure, for a
+                               site served over HTTPS (also behind a TLS-terminating proxy); off by
+                               default so plain-HTTP test and demo sites keep working
 Session timeouts: see sync_server/web/auth.py.
 """
 import datetime
 import os
 
-from flask import Blueprint, g, request
+from flask import Blueprint, current_app, g, request
 
 from sync_server.web import auth
 
@@ -31,7 +34,8 @@ def _pick_lang():
 
 def _remember_lang(response):
     if getattr(g, "set_lang_cookie", False):
-        response.set_cookie(LANG_COOKIE, g.lang, max_age=LANG_COOKIE_MAX_AGE_S, httponly=True, samesite="Lax")
+        response.set_cookie(LANG_COOKIE, g.lang, max_age=LANG_COOKIE_MAX_AGE_S, httponly=True, samesite="Lax",
+                            secure=current_app.config["SESSION_COOKIE_SECURE"])
     return response
 
 
@@ -78,11 +82,23 @@ def expiry_date(yyyymmdd):
         ("%d年%d月%d日" % (year, month, day))
 
 
+def _flag(variable):
+    """An on/off environment setting; anything unrecognised stops the start rather than guessing
+    (a mistyped YKT_COOKIE_SECURE must not quietly leave cookies without Secure)."""
+    value = os.environ.get(variable, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError("%s 应为 1 或 0 / %s must be 1 or 0, not %r" % (variable, variable, value))
+
+
 def init_app(app):
     master_key = app.extensions["ykt"].master_key
     app.secret_key = auth.session_secret(master_key)
+    app.config.setdefault("COOKIE_SECURE", _flag("YKT_COOKIE_SECURE"))
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
-                      SESSION_COOKIE_NAME="ykt_session")
+                      SESSION_COOKIE_NAME="ykt_session", SESSION_COOKIE_SECURE=bool(app.config["COOKIE_SECURE"]))
     auth.configure_session_timeouts(app)
     # The portal's "simulated payment" button plays the payment channel: for demos and tests only,
     # never on a real site (it would credit money nobody paid).
