@@ -269,7 +269,8 @@ class AppActivity:
     def _phone(self, person_index):
         person = self.population[person_index]
         phone = PhoneApp(self.server_url, "app-user-%d" % person["person_id"])
-        phone.bind(person["name"], person["staff_number"])
+        # the demo's cardholders still have the initial PIN (last six of the number), as at report_loss
+        phone.bind(person["name"], person["staff_number"], pins.initial_pin(None, person["staff_number"]))
         return phone
 
     def run_due(self, now_s):

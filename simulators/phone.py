@@ -1,7 +1,7 @@
 """A cardholder's phone app and the payment channels behind it, as HTTP clients of a real server.
 
-`PhoneApp` speaks the cardholder API (`/api/v1`) the way the campus app does: bind with name and
-staff/student number (绑卡), then query, report a card lost with the card PIN (挂失), recharge through a
+`PhoneApp` speaks the cardholder API (`/api/v1`) the way the campus app does: bind with name,
+staff/student number and card PIN (绑卡), then query, report a card lost with the card PIN (挂失), recharge through a
 channel (卡充值). `ChannelGateway` plays Alipay / WeChat Pay / CCB: after the phone pays an order it
 sends the channel's signed asynchronous notification to the server's webhook - like real gateways,
 sometimes more than once. Used by the demo and the tests.
@@ -37,9 +37,9 @@ class PhoneApp:
             raise PhoneError(response.status_code, response.text)
         return response.json()
 
-    def bind(self, name, staff_number):
+    def bind(self, name, staff_number, pin):
         answer = self._call("POST", "/bind", {"app_user_id": self.app_user_id, "name": name,
-                                              "staff_number": staff_number})
+                                              "staff_number": staff_number, "pin": pin})
         self.token, self.account_id = answer["token"], answer["account_id"]
         return answer
 

@@ -1,6 +1,6 @@
 """Cardholder JSON API for the phone app and kiosks: `/api/v1/...`.
 
-    POST /api/v1/bind                         {app_user_id, name, staff_number}  -> {token, account_id, ...}
+    POST /api/v1/bind                         {app_user_id, name, staff_number, pin} -> {token, account_id, ...}
     POST /api/v1/sign-in                      {app_user_id, staff_number, pin}   -> {token, ...}
     POST /api/v1/sign-out
     GET  /api/v1/me
@@ -102,7 +102,7 @@ def _str(message, name):
 def bind():
     message = _body()
     result = binding.bind(dbmod.get_db(), _str(message, "app_user_id"), _str(message, "name"),
-                          _str(message, "staff_number"))
+                          _str(message, "staff_number"), message.get("pin"), client_address=request.remote_addr)
     return jsonify(result)
 
 

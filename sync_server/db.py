@@ -621,6 +621,22 @@ def _m032_staff_session_generation(conn):
     """)
 
 
+def _m033_bind_guessers(conn):
+    # Binding a phone needs the card PIN, and wrong name / number guesses throttle the guesser (its
+    # app user id and its client address), never the cardholder asked about: bind_failures goes,
+    # bind_guessers comes (sync_server/services/binding.py).
+    _execute_script(conn, """
+    DROP TABLE bind_failures;
+    CREATE TABLE bind_guessers (
+        guesser TEXT PRIMARY KEY,           -- "app:<app user id>" or "address:<client address>"
+        failures INTEGER NOT NULL,
+        locked_until_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE INDEX bind_guessers_updated ON bind_guessers(updated_ms)
+    """)
+
+
 MIGRATIONS = (
     (1, "initial schema", _m001_initial),
     (10, "cardholder services", _m010_cardholder_services),
@@ -631,6 +647,7 @@ MIGRATIONS = (
     (30, "finance day close", _m030_finance_day_close),
     (31, "finance ledger check", _m031_finance_ledger_check),
     (32, "staff session generation", _m032_staff_session_generation),
+    (33, "binding guesses per guesser", _m033_bind_guessers),
 )
 
 

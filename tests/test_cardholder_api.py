@@ -44,11 +44,15 @@ class Holder:
         finally:
             conn.close()
         self.http = httpx.Client(base_url=server.url, timeout=60)
-        answer = self.http.post("/api/v1/bind", json={"app_user_id": "app-%s" % self.staff_number,
-                                                      "name": self.name, "staff_number": self.staff_number})
+        self.app_user_id = "app-%s" % self.staff_number
+        answer = self.http.post("/api/v1/bind", json=self.bind_request())
         assert answer.status_code == 200, answer.text
         assert answer.json()["account_id"] == self.account_id
         self.http.headers["Authorization"] = "Bearer " + answer.json()["token"]
+
+    def bind_request(self, **changes):
+        return dict({"app_user_id": self.app_user_id, "name": self.name, "staff_number": self.staff_number,
+                     "pin": self.pin}, **changes)
 
     def url(self, tail, account_id=None):
         return "/api/v1/accounts/%d/%s" % (account_id or self.account_id, tail)
@@ -88,44 +92,88 @@ def _error(answer, status, code):
 
 # --- binding and scoping -------------------------------------------------------------------------
 
-def test_binding_needs_the_right_name_and_locks_out_guessing(live_server):
-    holder = Holder(live_server)
-    http = httpx.Client(base_url=live_server.url, timeout=60)
-    wrong = {"app_user_id": "guesser", "name": "别人", "staff_number": holder.staff_number}
-    _error(http.post("/api/v1/bind", json=wrong), 403, "bind_failed")
-    for _ in range(pins.MAX_PIN_FAILURES - 2):
-        http.post("/api/v1/bind", json=wrong)
-    _error(http.post("/api/v1/bind", json=wrong), 423, "bind_locked")
-    right = dict(wrong, name=holder.name)
-    _error(http.post("/api/v1/bind", json=right), 423, "bind_locked")     # locked for a while, even if right now
-    _error(http.get(holder.url("balance")), 401, "bad_token")
-    _error(http.get(holder.url("balance"), headers={"Authorization": "Bearer " + "x" * 43}), 401, "bad_token")
-    me = holder.http.get("/api/v1/me").json()
-    assert me["name"] == holder.name and me["account_id"] == holder.account_id
+def _client_from(server, address):
+    """An HTTP client whose connections come from another loopback address (another guesser)."""
+    return httpx.Client(base_url=server.url, timeout=60, transport=httpx.HTTPTransport(local_address=address))
 
 
-def test_a_new_app_user_id_per_guess_does_not_escape_the_lockout(live_server):
-    """Failures count per staff/student number too, and a failed binding leaves no app user behind."""
+def _pin_failures(server, account_id):
+    conn = server.connect()
+    try:
+        return conn.execute("SELECT pin_failures, pin_locked_until_ms > 0 FROM accounts WHERE id = ?",
+                            (account_id,)).fetchone()
+    finally:
+        conn.close()
+
+
+def test_binding_without_the_card_pin_is_refused(live_server):
     holder = Holder(live_server)
     http = httpx.Client(base_url=live_server.url, timeout=60)
     conn = live_server.connect()
     try:
         app_users_before = conn.execute("SELECT count(*) FROM app_users").fetchone()[0]
-        guesses = [{"app_user_id": "rotating-%d" % index, "name": "猜%d" % index, "staff_number": holder.staff_number}
-                   for index in range(binding.MAX_BIND_FAILURES)]
-        for guess in guesses[:-1]:
-            _error(http.post("/api/v1/bind", json=guess), 403, "bind_failed")
-        _error(http.post("/api/v1/bind", json=guesses[-1]), 423, "bind_locked")
-        right = {"app_user_id": "rotating-fresh", "name": holder.name, "staff_number": holder.staff_number}
-        _error(http.post("/api/v1/bind", json=right), 423, "bind_locked")    # the number is locked, whoever asks
-        for index in range(20):                                               # unknown numbers: no rows either
-            _error(http.post("/api/v1/bind", json={"app_user_id": "walker-%d" % index, "name": "某人",
-                                                   "staff_number": "NO%06d" % index}), 403, "bind_failed")
+    finally:
+        conn.close()
+    no_pin = holder.bind_request(app_user_id="no-pin-phone")
+    del no_pin["pin"]
+    for request in (no_pin, holder.bind_request(app_user_id="no-pin-phone", pin=""),
+                    holder.bind_request(app_user_id="no-pin-phone", pin=None)):
+        _error(http.post("/api/v1/bind", json=request), 400, "pin_required")
+    conn = live_server.connect()
+    try:
         assert conn.execute("SELECT count(*) FROM app_users").fetchone()[0] == app_users_before
     finally:
         conn.close()
+    _error(http.get(holder.url("balance")), 401, "bad_token")
+
+
+def test_a_wrong_pin_at_binding_counts_towards_the_cards_lockout(live_server):
+    holder = Holder(live_server)
+    http = _client_from(live_server, "127.0.0.3")
+    wrong = holder.bind_request(app_user_id="pin-guesser", pin="000000")
+    for attempt in range(1, pins.MAX_PIN_FAILURES):
+        _error(http.post("/api/v1/bind", json=wrong), 403, "pin_wrong")
+        assert _pin_failures(live_server, holder.account_id) == (attempt, 0)
+    _error(http.post("/api/v1/bind", json=wrong), 423, "pin_locked")
+    assert _pin_failures(live_server, holder.account_id)[1] == 1
+    # the card's one lockout: the right PIN is refused for binding and for signing in alike
+    _error(http.post("/api/v1/bind", json=holder.bind_request(app_user_id="pin-guesser")), 423, "pin_locked")
+    _error(holder.http.post("/api/v1/sign-in", json={"app_user_id": "kiosk", "staff_number": holder.staff_number,
+                                                     "pin": holder.pin}), 423, "pin_locked")
+
+
+def test_a_strangers_guesses_throttle_the_stranger_not_the_holder(live_server):
+    holder = Holder(live_server)
+    stranger = _client_from(live_server, "127.0.0.2")
+    conn = live_server.connect()
+    try:
+        app_users_before = conn.execute("SELECT count(*) FROM app_users").fetchone()[0]
+        wrong = holder.bind_request(app_user_id="stranger", name="别人")
+        for _ in range(binding.MAX_BIND_FAILURES - 1):
+            _error(stranger.post("/api/v1/bind", json=wrong), 403, "bind_failed")
+        _error(stranger.post("/api/v1/bind", json=wrong), 423, "bind_locked")
+        # a new app user id per guess: the stranger's address is counted too
+        guesses = itertools.count()
+        while True:
+            index = next(guesses)
+            assert index < binding.MAX_BIND_FAILURES_PER_ADDRESS, "the address is never throttled"
+            guess = holder.bind_request(app_user_id="rotating-%d" % index, name="猜%d" % index) if index % 2 else \
+                {"app_user_id": "rotating-%d" % index, "name": "某人", "staff_number": "NO%06d" % index, "pin": "123456"}
+            answer = stranger.post("/api/v1/bind", json=guess)
+            if answer.status_code == 423:
+                break
+            _error(answer, 403, "bind_failed")
+        _error(stranger.post("/api/v1/bind", json=holder.bind_request(app_user_id="stranger-right")), 423, "bind_locked")
+        assert conn.execute("SELECT count(*) FROM app_users").fetchone()[0] == app_users_before
+        assert _pin_failures(live_server, holder.account_id) == (0, 0)     # no PIN was tried for a wrong pair
+    finally:
+        conn.close()
+    # the holder, from their own phone, binds at once with the right name, number and PIN
+    answer = httpx.post(live_server.url + "/api/v1/bind", json=holder.bind_request(app_user_id="holders-new-phone"),
+                        timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["account_id"] == holder.account_id
     assert holder.http.get("/api/v1/me").json()["account_id"] == holder.account_id   # bound apps keep working
-    Holder(live_server)                                  # another number binds as before
 
 
 def test_another_persons_account_is_refused_everywhere(live_server):

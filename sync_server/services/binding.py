@@ -1,18 +1,22 @@
 """Phone-app binding (绑卡) and the bearer tokens of the JSON API.
 
-    bind(conn, app_user_id, name, staff_number)       -> {token, person_id, account_id, expires_ms}
+    bind(conn, app_user_id, name, staff_number, pin, client_address) -> {token, person_id, account_id,
+                                                                         expires_ms}
     sign_in(conn, app_user_id, staff_number, pin)     -> the same (kiosks and re-installed apps)
     authenticate(conn, token)                         -> {app_user_id, person_id, account_id}
     sign_out(conn, token)
 
 A phone account (the app's own user id, from its WeChat / QQ / Alipay / phone sign-in) binds to a
-cardholder with name + staff/student number, as the new system's app does (manual: 输入姓名和学工号).
-Wrong pairs are counted per staff/student number (table bind_failures, one row per person) and lock
-that number for a while, whichever app user id asks, so choosing a new id per guess gains nothing;
-an app user that already exists is counted and locked as well. An unknown number gets the same
-answer as a wrong name and is counted nowhere, so the table cannot be grown by made-up numbers.
-An app user row is created only when a binding or sign-in succeeds. Money-moving operations still
-ask for the card PIN.
+cardholder with name + staff/student number, as the new system's app does (manual: 输入姓名和学工号),
+and the card PIN: a name and a number are known to classmates and colleagues, the PIN is not. The
+PIN goes through the same check and lockout as everywhere else (services.with_pin), so a wrong PIN
+counts towards the card's lockout. Wrong name / number pairs are counted against the guesser - its app
+user id and its client address (table bind_guessers) - never against the cardholder asked about, so
+a stranger's guesses cannot lock the real holder out; a throttled guesser is refused before its PIN
+is looked at. An unknown number gets the same answer (and the same scrypt work) as a wrong name.
+Rows of guessers that stopped guessing are deleted and the table is capped, so it cannot be grown
+without bound. Limit: behind a reverse proxy every client has the proxy's address, so the address
+counter is shared by all of them (MAX_BIND_FAILURES_PER_ADDRESS is set higher for that reason).
 
 Tokens are 32 random bytes (URL-safe text); only their SHA-256 is stored, so a copy of the database
 cannot be replayed as tokens. They expire, each app user keeps a bounded number, and binding the app
@@ -26,9 +30,12 @@ from sync_server.services import (ServiceError, account_of_person, now, register
 
 TOKEN_TTL_MS = 30 * 24 * 3600 * 1000
 MAX_TOKENS_PER_APP_USER = 5
-MAX_BIND_FAILURES = 5
-BIND_LOCKOUT_MS = 30 * 60 * 1000
+MAX_BIND_FAILURES = 5                 # wrong name / number pairs per app user id before it waits
+MAX_BIND_FAILURES_PER_ADDRESS = 20    # per client address (several people may share one)
+BIND_LOCKOUT_MS = 30 * 60 * 1000      # the wait, and how long failures are remembered
+MAX_GUESSER_ROWS = 10000
 MAX_APP_USER_ID_CHARS = 64
+_DUMMY_SALT = b"\0" * 16
 
 register_messages({
     "bind_failed": (403, "绑卡失败：姓名与学工号不符；如确认无误，请持本人证件到服务大厅处理",
@@ -53,8 +60,6 @@ def _check_app_user(app_user_id):
 def _ensure_app_user(conn, app_user_id, now_ms):
     conn.execute("INSERT INTO app_users (app_user_id, created_ms) VALUES (?, ?) ON CONFLICT (app_user_id) DO NOTHING",
                  (app_user_id, now_ms))
-    return conn.execute("SELECT person_id, failures, locked_until_ms FROM app_users WHERE app_user_id = ?",
-                        (app_user_id,)).fetchone()
 
 
 def _issue_token(conn, app_user_id, person_id, now_ms):
@@ -63,8 +68,8 @@ def _issue_token(conn, app_user_id, person_id, now_ms):
                  (app_user_id, person_id, now_ms))
     conn.execute("DELETE FROM app_tokens WHERE token_hash IN (SELECT token_hash FROM app_tokens WHERE app_user_id = ? "
                  "ORDER BY created_ms DESC LIMIT -1 OFFSET ?)", (app_user_id, MAX_TOKENS_PER_APP_USER - 1))
-    conn.execute("UPDATE app_users SET person_id = ?, bound_ms = coalesce(CASE WHEN person_id = ? THEN bound_ms END, ?), "
-                 "failures = 0, locked_until_ms = 0 WHERE app_user_id = ?", (person_id, person_id, now_ms, app_user_id))
+    conn.execute("UPDATE app_users SET person_id = ?, bound_ms = coalesce(CASE WHEN person_id = ? THEN bound_ms END, ?) "
+                 "WHERE app_user_id = ?", (person_id, person_id, now_ms, app_user_id))
     token = secrets.token_urlsafe(32)
     expires_ms = now_ms + TOKEN_TTL_MS
     conn.execute("INSERT INTO app_tokens (token_hash, app_user_id, person_id, created_ms, expires_ms) "
@@ -73,48 +78,66 @@ def _issue_token(conn, app_user_id, person_id, now_ms):
             "expires_ms": expires_ms}
 
 
-def _count_failure(conn, table, key_column, key, failures, now_ms):
-    """One more wrong pair on this row; returns True when it now locks."""
-    failures += 1
-    locked = failures >= MAX_BIND_FAILURES
-    conn.execute("UPDATE %s SET failures = ?, locked_until_ms = ? WHERE %s = ?" % (table, key_column),
-                 (0 if locked else failures, now_ms + BIND_LOCKOUT_MS if locked else 0, key))
+def _guessers(app_user_id, client_address):
+    """(guesser key, allowed failures) of whoever is binding."""
+    keys = [("app:" + app_user_id, MAX_BIND_FAILURES)]
+    if client_address:
+        keys.append(("address:" + str(client_address)[:100], MAX_BIND_FAILURES_PER_ADDRESS))
+    return keys
+
+
+def _guesser_locked(conn, guessers, now_ms):
+    marks = ",".join("?" * len(guessers))
+    return conn.execute("SELECT 1 FROM bind_guessers WHERE guesser IN (%s) AND locked_until_ms > ?" % marks,
+                        [key for key, _ in guessers] + [now_ms]).fetchone() is not None
+
+
+def _count_guess(conn, guessers, now_ms):
+    """One more wrong name / number pair for each guesser key; True when one of them is now locked."""
+    locked = False
+    with tx(conn):
+        conn.execute("DELETE FROM bind_guessers WHERE updated_ms < ? AND locked_until_ms <= ?",
+                     (now_ms - BIND_LOCKOUT_MS, now_ms))
+        for key, allowed in guessers:
+            failures = conn.execute(
+                "INSERT INTO bind_guessers (guesser, failures, locked_until_ms, updated_ms) VALUES (?, 1, 0, ?) "
+                "ON CONFLICT (guesser) DO UPDATE SET failures = failures + 1, updated_ms = excluded.updated_ms "
+                "RETURNING failures", (key, now_ms)).fetchone()[0]
+            if failures >= allowed:
+                conn.execute("UPDATE bind_guessers SET failures = 0, locked_until_ms = ? WHERE guesser = ?",
+                             (now_ms + BIND_LOCKOUT_MS, key))
+                locked = True
+        # the cap keeps locked guessers and the most recent ones
+        conn.execute("DELETE FROM bind_guessers WHERE guesser IN (SELECT guesser FROM bind_guessers "
+                     "ORDER BY locked_until_ms > ? DESC, updated_ms DESC LIMIT -1 OFFSET ?)", (now_ms, MAX_GUESSER_ROWS))
     return locked
 
 
-def bind(conn, app_user_id, name, staff_number, now_ms=None):
-    """绑卡 with name + staff/student number; returns a token. Wrong pairs count towards a lockout of
-    the number asked about (and of the app user, when it exists)."""
+def bind(conn, app_user_id, name, staff_number, pin, client_address=None, now_ms=None):
+    """绑卡 with name + staff/student number + card PIN; returns a token. A wrong pair counts against
+    the guesser, a wrong PIN against the card's PIN lockout."""
     _check_app_user(app_user_id)
+    if not isinstance(pin, str) or not pin:
+        raise ServiceError("pin_required")
     now_ms = now(now_ms)
     staff_number, name = str(staff_number or "").strip(), str(name or "").strip()
-    refusal = None
     assert not conn.in_transaction, "binding commits its failure count"
-    with tx(conn):
-        app_user = conn.execute("SELECT failures, locked_until_ms FROM app_users WHERE app_user_id = ?",
-                                (app_user_id,)).fetchone()
-        person = conn.execute("SELECT id, name FROM persons WHERE staff_number = ?", (staff_number,)).fetchone() \
-            if staff_number else None
-        number = None
-        if person is not None:
-            conn.execute("INSERT INTO bind_failures (person_id, failures, locked_until_ms) VALUES (?, 0, 0) "
-                         "ON CONFLICT (person_id) DO NOTHING", (person[0],))
-            number = conn.execute("SELECT failures, locked_until_ms FROM bind_failures WHERE person_id = ?",
-                                  (person[0],)).fetchone()
-        if (app_user is not None and app_user[1] > now_ms) or (number is not None and number[1] > now_ms):
-            refusal = "bind_locked"
-        elif person is None or person[1] != name:
-            locked = False
-            if app_user is not None:
-                locked |= _count_failure(conn, "app_users", "app_user_id", app_user_id, app_user[0], now_ms)
-            if number is not None:
-                locked |= _count_failure(conn, "bind_failures", "person_id", person[0], number[0], now_ms)
-            refusal = "bind_locked" if locked else "bind_failed"
-        else:
-            conn.execute("DELETE FROM bind_failures WHERE person_id = ?", (person[0],))
-            _ensure_app_user(conn, app_user_id, now_ms)
-            return _issue_token(conn, app_user_id, person[0], now_ms)
-    raise ServiceError(refusal)
+    guessers = _guessers(app_user_id, client_address)
+    if _guesser_locked(conn, guessers, now_ms):
+        raise ServiceError("bind_locked")
+    person = conn.execute("SELECT p.id, p.name, a.id FROM persons p JOIN accounts a ON a.person_id = p.id "
+                          "WHERE p.staff_number = ? ORDER BY a.id LIMIT 1", (staff_number,)).fetchone() \
+        if staff_number else None
+    if person is None or person[1] != name:
+        pins.hash_pin(pin, _DUMMY_SALT)     # the same work as a PIN check: wrong pairs are not told apart by time
+        raise ServiceError("bind_locked" if _count_guess(conn, guessers, now_ms) else "bind_failed")
+    person_id, _, account_id = person
+
+    def operation():
+        conn.execute("DELETE FROM bind_guessers WHERE guesser = ?", (guessers[0][0],))
+        _ensure_app_user(conn, app_user_id, now_ms)
+        return _issue_token(conn, app_user_id, person_id, now_ms)
+    return with_pin(conn, account_id, pin, None, now_ms, operation)
 
 
 def sign_in(conn, app_user_id, staff_number, pin, now_ms=None):
