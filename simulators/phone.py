@@ -1,7 +1,7 @@
 """A cardholder's phone app and the payment channels behind it, as HTTP clients of a real server.
 
 `PhoneApp` speaks the cardholder API (`/api/v1`) the way the campus app does: bind with name,
-staff/student number and card PIN (绑卡), then query, report a card lost with the card PIN (挂失), recharge through a
+staff/student number and card PIN (绑卡), list and remove the holder's bound phones, then query, report a card lost with the card PIN (挂失), recharge through a
 channel (卡充值). `ChannelGateway` plays Alipay / WeChat Pay / CCB: after the phone pays an order it
 sends the channel's signed asynchronous notification to the server's webhook - like real gateways,
 sometimes more than once. Used by the demo and the tests.
@@ -42,6 +42,12 @@ class PhoneApp:
                                               "staff_number": staff_number, "pin": pin})
         self.token, self.account_id = answer["token"], answer["account_id"]
         return answer
+
+    def phones(self):
+        return self._call("GET", "/phones")["phones"]
+
+    def remove_phone(self, phone_id):
+        return self._call("DELETE", "/phones/%s" % phone_id)
 
     def balance(self):
         return self._call("GET", "/accounts/%d/balance" % self.account_id)

@@ -1,9 +1,14 @@
 """Cardholder JSON API for the phone app and kiosks: `/api/v1/...`.
 
-    POST /api/v1/bind                         {app_user_id, name, staff_number, pin} -> {token, account_id, ...}
+    POST /api/v1/bind                         {app_user_id, name, staff_number, pin} -> {token, account_id,
+                                                                                          phone_id, ...}
     POST /api/v1/sign-in                      {app_user_id, staff_number, pin}   -> {token, ...}
     POST /api/v1/sign-out
     GET  /api/v1/me
+    GET  /api/v1/phones                       the bearer's own bound phones -> {phones: [{phone_id, app_user,
+                                              bound_ms, last_used_ms, this_phone}]}
+    DELETE /api/v1/phones/<phone_id>          unbind one of them (its tokens stop at once); another
+                                              holder's phone id is 404, like an unknown one
     GET  /api/v1/accounts/<id>/balance
     GET  /api/v1/accounts/<id>/transactions   ?from=YYYY-MM-DD&to=YYYY-MM-DD&type=all|consumption|recharge
                                               &page=1&page_size=10
@@ -127,6 +132,21 @@ def me():
     conn = dbmod.get_db()
     identity = _identity(conn)
     return jsonify(dict(identity, **statements.balance(conn, identity["account_id"])))
+
+
+@cardholder_api.get("/phones")
+def list_phones():
+    conn = dbmod.get_db()
+    identity = _identity(conn)
+    return jsonify({"phones": binding.phones(conn, identity["person_id"], identity["app_user_id"])})
+
+
+@cardholder_api.delete("/phones/<phone_id>")
+def remove_phone(phone_id):
+    conn = dbmod.get_db()
+    identity = _identity(conn)
+    binding.remove_phone(conn, identity["person_id"], phone_id)
+    return jsonify({"ok": True})
 
 
 # --- queries -------------------------------------------------------------------------------------

@@ -637,6 +637,17 @@ def _m033_bind_guessers(conn):
     """)
 
 
+def _m034_phone_binding_ids(conn):
+    # Each binding gets a random public id, so the holder can list and remove bound phones without
+    # app user ids showing up in URLs; last_used_ms shows when each was last used.
+    _execute_script(conn, """
+    ALTER TABLE app_users ADD COLUMN binding_id TEXT;
+    ALTER TABLE app_users ADD COLUMN last_used_ms INTEGER;
+    UPDATE app_users SET binding_id = lower(hex(randomblob(12))) WHERE person_id IS NOT NULL;
+    CREATE UNIQUE INDEX app_users_binding ON app_users(binding_id)
+    """)
+
+
 MIGRATIONS = (
     (1, "initial schema", _m001_initial),
     (10, "cardholder services", _m010_cardholder_services),
@@ -648,6 +659,7 @@ MIGRATIONS = (
     (31, "finance ledger check", _m031_finance_ledger_check),
     (32, "staff session generation", _m032_staff_session_generation),
     (33, "binding guesses per guesser", _m033_bind_guessers),
+    (34, "phone binding ids", _m034_phone_binding_ids),
 )
 
 

@@ -6,11 +6,13 @@ loss and unfreeze with their PIN rules, PIN change and lockout, limits reaching 
 electricity, and a reissue whose old card terminals refuse.
 """
 import concurrent.futures
+import functools
 import itertools
 
 import httpx
 import pytest
 
+from conftest import database_snapshot
 from firmware.core import card_layout, protocol
 from sync_server import db as dbmod, hall, ledger, pins
 from sync_server.ledger_store import SqliteStore, REASON_LOST, REASON_REPLACED
@@ -48,6 +50,7 @@ class Holder:
         answer = self.http.post("/api/v1/bind", json=self.bind_request())
         assert answer.status_code == 200, answer.text
         assert answer.json()["account_id"] == self.account_id
+        self.phone_id = answer.json()["phone_id"]
         self.http.headers["Authorization"] = "Bearer " + answer.json()["token"]
 
     def bind_request(self, **changes):
@@ -174,6 +177,53 @@ def test_a_strangers_guesses_throttle_the_stranger_not_the_holder(live_server):
     assert answer.status_code == 200, answer.text
     assert answer.json()["account_id"] == holder.account_id
     assert holder.http.get("/api/v1/me").json()["account_id"] == holder.account_id   # bound apps keep working
+
+
+def _phones(holder):
+    answer = holder.http.get("/api/v1/phones")
+    assert answer.status_code == 200, answer.text
+    return answer.json()["phones"]
+
+
+def test_the_holder_lists_and_removes_their_own_phones_only(live_server):
+    alice, bob = Holder(live_server), Holder(live_server)
+    second = httpx.post(live_server.url + "/api/v1/bind", json=alice.bind_request(app_user_id="alice-tablet"),
+                        timeout=60).json()
+    listed = _phones(alice)
+    assert sorted(phone["phone_id"] for phone in listed) == sorted([alice.phone_id, second["phone_id"]])
+    assert [phone["this_phone"] for phone in listed if phone["phone_id"] == alice.phone_id] == [True]
+    assert all(phone["bound_ms"] and phone["last_used_ms"] for phone in listed)
+    assert "alice-tablet" not in str(listed) and bob.phone_id not in str(listed)
+    assert [phone["phone_id"] for phone in _phones(bob)] == [bob.phone_id]
+
+    tablet = httpx.Client(base_url=live_server.url, timeout=60,
+                          headers={"Authorization": "Bearer " + second["token"]})
+    assert tablet.get("/api/v1/me").status_code == 200
+    assert alice.http.delete("/api/v1/phones/" + second["phone_id"]).json() == {"ok": True}
+    _error(tablet.get("/api/v1/me"), 401, "bad_token")                     # the removed phone's token ends at once
+    _error(tablet.get(alice.url("balance")), 401, "bad_token")
+    assert [phone["phone_id"] for phone in _phones(alice)] == [alice.phone_id]
+    _error(alice.http.delete("/api/v1/phones/" + second["phone_id"]), 404, "phone_unknown")   # gone already
+
+
+def test_another_holders_phone_cannot_be_removed_and_looks_unknown(live_server):
+    alice, bob = Holder(live_server), Holder(live_server)
+    conn = live_server.connect()
+    try:
+        before = database_snapshot(conn)
+    finally:
+        conn.close()
+    bobs = _error(alice.http.delete("/api/v1/phones/" + bob.phone_id), 404, "phone_unknown")
+    made_up = _error(alice.http.delete("/api/v1/phones/" + "x" * 16), 404, "phone_unknown")
+    assert bobs == made_up                                                  # nothing tells the two apart
+    _error(httpx.delete(live_server.url + "/api/v1/phones/" + bob.phone_id, timeout=60), 401, "bad_token")
+    conn = live_server.connect()
+    try:
+        assert database_snapshot(conn) == before
+    finally:
+        conn.close()
+    assert bob.http.get("/api/v1/me").status_code == 200
+    assert [phone["phone_id"] for phone in _phones(bob)] == [bob.phone_id]
 
 
 def test_another_persons_account_is_refused_everywhere(live_server):
@@ -476,3 +526,15 @@ def test_reissue_fee_from_an_empty_balance_is_paid_in_cash(live_server):
         assert result["balances"]["main"] == 300 and result["fee_source"] == "cash"
     finally:
         conn.close()
+
+
+def test_a_holder_binds_a_bounded_number_of_phones(live_server):
+    holder = Holder(live_server)
+    bind = functools.partial(httpx.post, live_server.url + "/api/v1/bind", timeout=60)
+    extra = [bind(json=holder.bind_request(app_user_id="spare-%d" % index)).json()
+             for index in range(binding.MAX_PHONES_PER_PERSON - 1)]
+    assert len(_phones(holder)) == binding.MAX_PHONES_PER_PERSON
+    _error(bind(json=holder.bind_request(app_user_id="one-too-many")), 409, "too_many_phones")
+    assert holder.http.delete("/api/v1/phones/" + extra[0]["phone_id"]).status_code == 200
+    assert bind(json=holder.bind_request(app_user_id="one-too-many")).status_code == 200
+    assert bind(json=holder.bind_request(app_user_id="spare-1")).status_code == 200     # a bound phone binds again

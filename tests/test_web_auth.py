@@ -11,10 +11,10 @@ import sys
 import pytest
 
 from conftest import database_snapshot
-from sync_server import db as dbmod, hall
+from sync_server import db as dbmod, hall, services
 from sync_server.app import create_app
 from sync_server.cli import init_data_dir
-from sync_server.services import cards, pins as pin_service
+from sync_server.services import binding, cards, pins as pin_service
 from sync_server.web import auth
 
 PASSWORD = "correct horse battery"
@@ -400,3 +400,37 @@ def test_a_mistyped_cookie_secure_setting_stops_the_start(site, monkeypatch):
     monkeypatch.setenv("YKT_COOKIE_SECURE", "yes please")
     with pytest.raises(ValueError, match="YKT_COOKIE_SECURE"):
         create_app({"DATA_DIR": site["data_dir"], "TESTING": True})
+
+
+# --- bound phones on the portal ------------------------------------------------------------------
+
+def test_the_portal_lists_bound_phones_and_removes_one_with_the_form_token(site):
+    conn = site["conn"]
+    phone = binding.bind(conn, "wechat-oA1b2c3d4", "张三", "S20190001", "190001")
+    tablet = binding.bind(conn, "alipay-20880042", "张三", "S20190001", "190001")
+    other_person, _ = hall.add_person(conn, "李四", 2, staff_number="S20190002")
+    others = binding.bind(conn, "qq-77777777", "李四", "S20190002", "190002")
+    client = site["app"].test_client()
+    sign_in_cardholder(client)
+    page = client.get("/portal/phones").get_data(as_text=True)
+    assert phone["phone_id"] in page and tablet["phone_id"] in page and others["phone_id"] not in page
+    assert "…c3d4" in page and "wechat-oA1b2c3d4" not in page
+
+    before = database_snapshot(conn)
+    assert client.post("/portal/phones/%s/remove" % tablet["phone_id"]).status_code == 400        # no form token
+    assert client.post("/portal/phones/%s/remove" % tablet["phone_id"],
+                       data={"csrf_token": "forged"}).status_code == 400
+    token = token_of(client.get("/portal/phones"))
+    assert client.post("/portal/phones/%s/remove" % others["phone_id"],
+                       data={"csrf_token": token}).status_code == 404                     # not 403: ids do not leak
+    assert database_snapshot(conn) == before
+    assert binding.authenticate(conn, others["token"])["person_id"] == other_person
+
+    response = client.post("/portal/phones/%s/remove" % tablet["phone_id"], data={"csrf_token": token})
+    assert response.status_code == 302
+    with pytest.raises(services.ServiceError) as refused:
+        binding.authenticate(conn, tablet["token"])                                      # its token ends at once
+    assert refused.value.code == "bad_token"
+    page = client.get("/portal/phones").get_data(as_text=True)
+    assert tablet["phone_id"] not in page and phone["phone_id"] in page
+    assert binding.authenticate(conn, phone["token"])["person_id"] == site["person_id"]

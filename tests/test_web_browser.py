@@ -8,6 +8,7 @@ their data shows. Screenshots of the portal and the hall page go to the test's t
 """
 import datetime
 
+import httpx
 import pytest
 
 from browser import by_id, chromium, click, fill, set_date, text
@@ -201,7 +202,7 @@ def test_a_cardholder_never_sees_another_persons_data(fresh, site):
             assert secret not in shown, "%s shows %r of another person" % (where, secret)
 
     pages = ["/portal/", "/portal/transactions", "/portal/loss", "/portal/pin", "/portal/limits", "/portal/recharge",
-             "/portal/electricity"]
+             "/portal/electricity", "/portal/phones"]
     for page in pages:
         for address in (page, page + "?" + query, page + "/%d" % b["account_id"], page + "/%d" % b["person_id"]):
             driver.get(url + address)
@@ -241,3 +242,28 @@ def test_a_cardholder_never_sees_another_persons_data(fresh, site):
              conn.execute("SELECT count(*) FROM recharge_orders WHERE account_id = ?", (b["account_id"],)).fetchone())
     conn.close()
     assert after == b_before
+
+
+def test_the_holder_sees_bound_phones_and_removes_one(fresh, site):
+    driver, a, b = fresh, site["a"], site["b"]
+    url = site["server"].url
+
+    def bind(who, app_user_id):
+        answer = httpx.post(url + "/api/v1/bind", json={"app_user_id": app_user_id, "name": who["name"],
+                                                        "staff_number": who["number"], "pin": who["pin"]}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+    phone, tablet, bs_phone = bind(a, "wechat-a-phone"), bind(a, "alipay-a-tablet"), bind(b, "wechat-b-phone")
+    sign_in_portal(driver, site, a)
+    click(driver, "nav-phones")
+    shown = [row.get_attribute("data-phone-id") for row in driver.find_elements("css selector", "#phones tr.phone")]
+    assert sorted(shown) == sorted([phone["phone_id"], tablet["phone_id"]])
+    assert bs_phone["phone_id"] not in driver.page_source
+    click(driver, "remove-phone-" + tablet["phone_id"])
+    assert "已解除绑定" in text(driver)
+    shown = [row.get_attribute("data-phone-id") for row in driver.find_elements("css selector", "#phones tr.phone")]
+    assert shown == [phone["phone_id"]]
+    headers = {"Authorization": "Bearer " + tablet["token"]}
+    assert httpx.get(url + "/api/v1/me", headers=headers, timeout=60).status_code == 401
+    headers = {"Authorization": "Bearer " + bs_phone["token"]}
+    assert httpx.get(url + "/api/v1/me", headers=headers, timeout=60).status_code == 200

@@ -1,9 +1,11 @@
-"""Phone-app binding (绑卡) and the bearer tokens of the JSON API.
+"""Phone-app binding (绑卡), the holder's list of bound phones, and the bearer tokens of the JSON API.
 
     bind(conn, app_user_id, name, staff_number, pin, client_address) -> {token, person_id, account_id,
-                                                                         expires_ms}
+                                                                         expires_ms, phone_id}
     sign_in(conn, app_user_id, staff_number, pin)     -> the same (kiosks and re-installed apps)
-    authenticate(conn, token)                         -> {app_user_id, person_id, account_id}
+    authenticate(conn, token)                         -> {app_user_id, person_id, account_id, phone_id}
+    phones(conn, person_id, this_app_user_id)         -> the holder's bound phones
+    remove_phone(conn, person_id, phone_id)           -> unbinds it; its tokens stop working at once
     sign_out(conn, token)
 
 A phone account (the app's own user id, from its WeChat / QQ / Alipay / phone sign-in) binds to a
@@ -17,6 +19,10 @@ is looked at. An unknown number gets the same answer (and the same scrypt work) 
 Rows of guessers that stopped guessing are deleted and the table is capped, so it cannot be grown
 without bound. Limit: behind a reverse proxy every client has the proxy's address, so the address
 counter is shared by all of them (MAX_BIND_FAILURES_PER_ADDRESS is set higher for that reason).
+
+Every binding gets a random public id (`phone_id`); the holder lists bound phones with when each
+was bound and last used (refreshed at most once a minute) and removes any of them, which deletes
+its tokens. A holder may bind at most MAX_PHONES_PER_PERSON phones.
 
 Tokens are 32 random bytes (URL-safe text); only their SHA-256 is stored, so a copy of the database
 cannot be replayed as tokens. They expire, each app user keeps a bounded number, and binding the app
@@ -34,7 +40,10 @@ MAX_BIND_FAILURES = 5                 # wrong name / number pairs per app user i
 MAX_BIND_FAILURES_PER_ADDRESS = 20    # per client address (several people may share one)
 BIND_LOCKOUT_MS = 30 * 60 * 1000      # the wait, and how long failures are remembered
 MAX_GUESSER_ROWS = 10000
+MAX_PHONES_PER_PERSON = 10
 MAX_APP_USER_ID_CHARS = 64
+MAX_PHONE_ID_CHARS = 64
+LAST_USED_REFRESH_MS = 60 * 1000
 _DUMMY_SALT = b"\0" * 16
 
 register_messages({
@@ -42,6 +51,8 @@ register_messages({
                     "binding failed: name and staff/student number do not match; if they are right, visit the "
                     "service hall with your ID"),
     "bind_locked": (423, "绑卡失败次数过多，请稍后再试", "too many failed bindings: try again later"),
+    "too_many_phones": (409, "已绑定 %d 部手机，请先解除不用的绑定", "%d phones are bound already: remove one first"),
+    "phone_unknown": (404, "没有这部已绑定的手机", "no such bound phone"),
     "bad_app_user": (400, "应用用户标识无效", "invalid app user id"),
     "bad_token": (401, "未登录或登录已过期", "not signed in, or the sign-in expired"),
     "not_bound": (403, "尚未绑定校园卡", "no campus card bound yet"),
@@ -64,18 +75,26 @@ def _ensure_app_user(conn, app_user_id, now_ms):
 
 def _issue_token(conn, app_user_id, person_id, now_ms):
     """Bind (revoking tokens for another person) and return a fresh token."""
+    others = conn.execute("SELECT count(*) FROM app_users WHERE person_id = ? AND app_user_id != ?",
+                          (person_id, app_user_id)).fetchone()[0]
+    if others >= MAX_PHONES_PER_PERSON:
+        raise ServiceError("too_many_phones", MAX_PHONES_PER_PERSON)
     conn.execute("DELETE FROM app_tokens WHERE app_user_id = ? AND (person_id != ? OR expires_ms <= ?)",
                  (app_user_id, person_id, now_ms))
     conn.execute("DELETE FROM app_tokens WHERE token_hash IN (SELECT token_hash FROM app_tokens WHERE app_user_id = ? "
                  "ORDER BY created_ms DESC LIMIT -1 OFFSET ?)", (app_user_id, MAX_TOKENS_PER_APP_USER - 1))
-    conn.execute("UPDATE app_users SET person_id = ?, bound_ms = coalesce(CASE WHEN person_id = ? THEN bound_ms END, ?) "
-                 "WHERE app_user_id = ?", (person_id, person_id, now_ms, app_user_id))
+    # SET expressions see the old row: an app user bound to this person already keeps its id and time
+    conn.execute("UPDATE app_users SET bound_ms = coalesce(CASE WHEN person_id = ? THEN bound_ms END, ?), "
+                 "binding_id = coalesce(CASE WHEN person_id = ? THEN binding_id END, ?), person_id = ?, "
+                 "last_used_ms = ? WHERE app_user_id = ?",
+                 (person_id, now_ms, person_id, secrets.token_urlsafe(12), person_id, now_ms, app_user_id))
     token = secrets.token_urlsafe(32)
     expires_ms = now_ms + TOKEN_TTL_MS
     conn.execute("INSERT INTO app_tokens (token_hash, app_user_id, person_id, created_ms, expires_ms) "
                  "VALUES (?, ?, ?, ?, ?)", (_hash(token), app_user_id, person_id, now_ms, expires_ms))
+    phone_id = conn.execute("SELECT binding_id FROM app_users WHERE app_user_id = ?", (app_user_id,)).fetchone()[0]
     return {"token": token, "person_id": person_id, "account_id": account_of_person(conn, person_id),
-            "expires_ms": expires_ms}
+            "expires_ms": expires_ms, "phone_id": phone_id}
 
 
 def _guessers(app_user_id, client_address):
@@ -161,12 +180,46 @@ def authenticate(conn, token, now_ms=None):
     """The app user and the cardholder a bearer token speaks for, or ServiceError bad_token."""
     if not isinstance(token, str) or not 20 <= len(token) <= 100:
         raise ServiceError("bad_token")
-    row = conn.execute("SELECT t.app_user_id, t.person_id, t.expires_ms, u.person_id FROM app_tokens t "
-                       "JOIN app_users u ON u.app_user_id = t.app_user_id WHERE t.token_hash = ?",
+    now_ms = now(now_ms)
+    row = conn.execute("SELECT t.app_user_id, t.person_id, t.expires_ms, u.person_id, u.binding_id, u.last_used_ms "
+                       "FROM app_tokens t JOIN app_users u ON u.app_user_id = t.app_user_id WHERE t.token_hash = ?",
                        (_hash(token),)).fetchone()
-    if row is None or row[2] <= now(now_ms) or row[1] != row[3]:
+    if row is None or row[2] <= now_ms or row[1] != row[3]:
         raise ServiceError("bad_token")
-    return {"app_user_id": row[0], "person_id": row[1], "account_id": account_of_person(conn, row[1])}
+    if (row[5] or 0) < now_ms - LAST_USED_REFRESH_MS:
+        with tx(conn):
+            conn.execute("UPDATE app_users SET last_used_ms = ? WHERE app_user_id = ?", (now_ms, row[0]))
+    return {"app_user_id": row[0], "person_id": row[1], "account_id": account_of_person(conn, row[1]),
+            "phone_id": row[4]}
+
+
+def _masked(app_user_id):
+    """Enough of the app user id for the holder to tell phones apart, not enough to copy it."""
+    return ("…" + app_user_id[-4:]) if len(app_user_id) > 6 else app_user_id[:2] + "…"
+
+
+def phones(conn, person_id, this_app_user_id=None):
+    """The holder's bound phones, first bound first: [{phone_id, app_user, bound_ms, last_used_ms,
+    this_phone}] (at most MAX_PHONES_PER_PERSON)."""
+    rows = conn.execute("SELECT binding_id, app_user_id, bound_ms, last_used_ms FROM app_users WHERE person_id = ? "
+                        "ORDER BY bound_ms, binding_id LIMIT ?", (person_id, MAX_PHONES_PER_PERSON)).fetchall()
+    return [{"phone_id": row[0], "app_user": _masked(row[1]), "bound_ms": row[2], "last_used_ms": row[3],
+             "this_phone": row[1] == this_app_user_id} for row in rows]
+
+
+def remove_phone(conn, person_id, phone_id):
+    """Unbind one of the holder's phones and delete its tokens (they stop working at once). Another
+    holder's phone id is phone_unknown like a made-up one, so ids do not leak."""
+    if not isinstance(phone_id, str) or not 0 < len(phone_id) <= MAX_PHONE_ID_CHARS:
+        raise ServiceError("phone_unknown")
+    with tx(conn):
+        row = conn.execute("SELECT app_user_id FROM app_users WHERE binding_id = ? AND person_id = ?",
+                           (phone_id, person_id)).fetchone()
+        if row is None:
+            raise ServiceError("phone_unknown")
+        conn.execute("DELETE FROM app_tokens WHERE app_user_id = ?", (row[0],))
+        conn.execute("UPDATE app_users SET person_id = NULL, bound_ms = NULL, binding_id = NULL, last_used_ms = NULL "
+                     "WHERE app_user_id = ?", (row[0],))
 
 
 def sign_out(conn, token):

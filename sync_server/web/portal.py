@@ -11,7 +11,7 @@ from flask import Blueprint, abort, current_app, flash, g, redirect, render_temp
 import datetime
 
 from sync_server import db as dbmod, hall, messages, services
-from sync_server.services import cards, statements
+from sync_server.services import binding, cards, statements
 from sync_server.services import electricity as electricity_service, limits as limit_service
 from sync_server.services import pins as pin_service, recharge as recharge_service
 from sync_server.web import auth, error_text as _error_text, forms, t, yuan as forms_yuan
@@ -114,6 +114,26 @@ def report_loss():
         flash(t("挂失成功：卡号 %d 已停用，各终端将在数秒内拒绝此卡" % done["card_number"],
                 "Card %d reported lost: every terminal refuses it within seconds" % done["card_number"]), "ok")
     return redirect(url_for("portal.loss"))
+
+
+@portal.get("/phones")
+@auth.cardholder_required
+def phones():
+    """The phones bound to this cardholder (绑定的手机), with a remove button each."""
+    return _render("portal/phones.html", phones=binding.phones(dbmod.get_db(), g.person_id))
+
+
+@portal.post("/phones/<phone_id>/remove")
+@auth.cardholder_required
+def remove_phone(phone_id):
+    try:
+        binding.remove_phone(dbmod.get_db(), g.person_id, phone_id)
+    except services.ServiceError as error:
+        if error.code == "phone_unknown":
+            abort(404)       # another holder's phone id looks like a made-up one
+        raise
+    flash(t("已解除绑定：该手机须重新绑卡才能使用", "Phone removed: it has to bind again before it can be used"), "ok")
+    return redirect(url_for("portal.phones"))
 
 
 @portal.post("/loss/unfreeze")
