@@ -2,6 +2,10 @@
 
     YKT_DATA_DIR          data directory (default ./data): holds ykt.sqlite3 and master.key
     YKT_MASTER_KEY_FILE   site master key file (default <data_dir>/master.key), mode 0600
+    YKT_PROXY_HOPS        (config PROXY_HOPS) how many reverse proxies stand in front of the server
+                          (default 0): their X-Forwarded-For / -Proto are then believed, so the
+                          client's own address is what binding throttles by, not the proxy's. With
+                          0 those headers are ignored, so a client cannot pick its address.
 
 The master key lives in `app.extensions["ykt"]`, never in `app.config` (which tools like to print).
 Blueprints, one per audience: `terminal_api` (sync, PIN check, CBOR), `cardholder_api` (phone app and
@@ -12,6 +16,7 @@ import os
 
 import cbor2
 from flask import Blueprint, Flask, Response, jsonify, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from firmware.core import protocol
 from sync_server import db, keys, messages, web
@@ -55,6 +60,19 @@ class ServerState:
         return "ServerState(<master key hidden>)"
 
 
+def _trust_proxies(app):
+    hops = app.config.get("PROXY_HOPS", os.environ.get("YKT_PROXY_HOPS", "0"))
+    try:
+        hops = int(hops)
+    except (TypeError, ValueError):
+        hops = -1
+    if hops < 0:
+        raise ValueError("YKT_PROXY_HOPS 应为 0 或正整数 / YKT_PROXY_HOPS must be 0 or a positive number")
+    app.config["PROXY_HOPS"] = hops
+    if hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
+
+
 def create_app(test_config=None):
     app = Flask(__name__)
     data_dir = os.path.abspath(os.environ.get("YKT_DATA_DIR", "./data"))
@@ -68,6 +86,7 @@ def create_app(test_config=None):
     )
     if test_config:
         app.config.update({k: v for k, v in test_config.items() if k != "DATA_DIR"})
+    _trust_proxies(app)
     os.makedirs(data_dir, exist_ok=True)
     db.init_db(app.config["DATABASE"]).close()
     app.extensions["ykt"] = ServerState(keys.load_master_key(app.config["MASTER_KEY_FILE"]))

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from conftest import database_snapshot
+from server_process import running_server
 from firmware.core import card_layout, protocol
 from sync_server import db as dbmod, hall, ledger, pins
 from sync_server.ledger_store import SqliteStore, REASON_LOST, REASON_REPLACED
@@ -538,3 +539,34 @@ def test_a_holder_binds_a_bounded_number_of_phones(live_server):
     assert holder.http.delete("/api/v1/phones/" + extra[0]["phone_id"]).status_code == 200
     assert bind(json=holder.bind_request(app_user_id="one-too-many")).status_code == 200
     assert bind(json=holder.bind_request(app_user_id="spare-1")).status_code == 200     # a bound phone binds again
+
+
+def _guess_from(server, holder, forwarded_for, index):
+    guess = holder.bind_request(app_user_id="proxied-%s-%d" % (forwarded_for, index), name="猜%d" % index)
+    return httpx.post(server.url + "/api/v1/bind", json=guess, headers={"X-Forwarded-For": forwarded_for},
+                      timeout=60)
+
+
+def test_behind_a_proxy_guesses_are_counted_per_forwarded_client(tmp_path):
+    """With YKT_PROXY_HOPS=1 the proxy's X-Forwarded-For names the guesser, so one client's guesses
+    do not throttle everyone else behind the same proxy."""
+    with running_server(tmp_path / "server", workers=1, env={"YKT_PROXY_HOPS": "1"}) as server:
+        holder = Holder(server)
+        for index in range(binding.MAX_BIND_FAILURES_PER_ADDRESS - 1):
+            _error(_guess_from(server, holder, "203.0.113.7", index), 403, "bind_failed")
+        _error(_guess_from(server, holder, "203.0.113.7", 99), 423, "bind_locked")
+        answer = httpx.post(server.url + "/api/v1/bind", headers={"X-Forwarded-For": "198.51.100.20"}, timeout=60,
+                            json=holder.bind_request(app_user_id="holder-behind-proxy"))
+        assert answer.status_code == 200, answer.text
+
+
+def test_without_trusted_proxies_a_forwarded_header_does_not_escape_the_throttle(live_server):
+    holder = Holder(live_server)
+    stranger = _client_from(live_server, "127.0.0.4")
+    for index in range(binding.MAX_BIND_FAILURES_PER_ADDRESS + 1):
+        guess = holder.bind_request(app_user_id="spoofer-%d" % index, name="猜%d" % index)
+        answer = stranger.post("/api/v1/bind", json=guess, headers={"X-Forwarded-For": "192.0.2.%d" % index})
+        if answer.status_code == 423:
+            break
+        _error(answer, 403, "bind_failed")
+    _error(answer, 423, "bind_locked")

@@ -17,8 +17,8 @@ user id and its client address (table bind_guessers) - never against the cardhol
 a stranger's guesses cannot lock the real holder out; a throttled guesser is refused before its PIN
 is looked at. An unknown number gets the same answer (and the same scrypt work) as a wrong name.
 Rows of guessers that stopped guessing are deleted and the table is capped, so it cannot be grown
-without bound. Limit: behind a reverse proxy every client has the proxy's address, so the address
-counter is shared by all of them (MAX_BIND_FAILURES_PER_ADDRESS is set higher for that reason).
+without bound. Behind a reverse proxy, set YKT_PROXY_HOPS (sync_server/app.py) so the address is
+the client's own; several people may still share one address (a NAT), so its limit is higher.
 
 Every binding gets a random public id (`phone_id`); the holder lists bound phones with when each
 was bound and last used (refreshed at most once a minute) and removes any of them, which deletes
