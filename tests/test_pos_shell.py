@@ -106,6 +106,30 @@ def test_accepted_tap_is_journaled_then_printed(rig):
     assert kinds.index("decision") > kinds.index("show")
 
 
+def test_a_refused_amount_is_not_charged_by_the_next_tap(rig):
+    """Seen at a canteen till: ¥15.00 keyed, then 999999 fen refused (金额无效, no amount on the screen),
+    then a tap. It must ask for an amount and charge nothing, not the earlier ¥15.00."""
+    terminal, card_path, out = rig
+    terminal.run_line({"amount_fen": 1500})
+    terminal.run_line({"amount_fen": 999999})
+    assert lines(out, "show")[-1]["text"] == "金额无效"
+    terminal.run_line({"card": card_path})
+    assert [(d["seq"], d["accepted"], d["reason"], d["amount_fen"]) for d in lines(out, "decision")] == \
+        [(None, False, "enter_amount", 0)]
+    assert journal(terminal) == [] and counter_on_image(card_path) == 0
+    terminal.run_line({"amount_fen": 1200, "card": card_path})       # a new amount goes through
+    assert [(row["seq"], row["amount_fen"]) for row in journal(terminal)] == [(1, 1200)]
+
+
+def test_a_refusal_shows_the_amount_still_due(rig):
+    terminal, card_path, out = rig
+    terminal.run_line({"amount_fen": 4000, "card": card_path})
+    terminal.run_line({"amount_fen": 3000, "card": card_path})
+    terminal.run_line({"amount_fen": 3500, "card": card_path})        # 3000 left in the cache view
+    assert lines(out, "show")[-1]["text"] == "余额不足（应付35.00元）"
+    assert terminal.machine.amount_fen == 3500 and len(journal(terminal)) == 2
+
+
 def test_balance_view_includes_own_unacked_taps(rig):
     terminal, card_path, out = rig
     terminal.run_line({"amount_fen": 4000, "card": card_path})

@@ -316,13 +316,13 @@ class PosTerminal:
             if not self._first_sync_seen:
                 # A new or replaced journal would number from seq 1, which the server may hold for
                 # this terminal already: no card is read (or counted) before one answer applied.
-                self._execute(pos.Show(messages.TERMINAL_NOT_SYNCED, {}))
+                self._execute(pos.Show(messages.TERMINAL_NOT_SYNCED, self.machine.due_fields()))
                 return False
         try:
             target = self.reader.poll(timeout_ms)
         except ReaderError:
             # No Target to go on (a silent chip, a reader that gave no UID): say so, state unchanged.
-            self._execute(pos.Show(messages.READER_ERROR, {}))
+            self._execute(pos.Show(messages.READER_ERROR, self.machine.due_fields()))
             return False
         if target is None:
             self._last_shown = "no_card"

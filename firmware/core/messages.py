@@ -3,7 +3,8 @@
 The core only ever emits codes (`Show(code, fields)`); the shell turns them into text for the
 display, the speaker or a log line. Chinese is the default, English is available for visiting
 staff and for logs. Fields are filled with `%(name)s`; money fields are given in fen and shown in
-yuan with two decimals (`amount_fen` -> `amount`, `balance_fen` -> `balance`).
+yuan with two decimals (`amount_fen` -> `amount`, `balance_fen` -> `balance`). A message given an
+`amount_fen` it does not name (a refusal while the amount is still due) ends with "（应付…元）".
 
 Limits: no plural rules, no locale other than zh/en; an unknown language falls back to Chinese.
 """
@@ -79,6 +80,9 @@ TEXTS = {
 
 LANGUAGES = ("zh", "en")
 
+# Added to a message that does not name the amount itself when an amount is still due.
+DUE_SUFFIX = ("（应付%(amount)s元）", " (%(amount)s yuan due)")
+
 
 def yuan(amount_fen):
     """12345 -> '123.45'; negative balances keep their sign."""
@@ -91,6 +95,8 @@ def text(code, lang="zh", **fields):
     """The display text of `code` in `lang`, with `*_fen` fields also offered in yuan."""
     zh, en = TEXTS[code]
     template = en if lang == "en" else zh
+    if "amount_fen" in fields and "%(amount)s" not in template:
+        template += DUE_SUFFIX[1 if lang == "en" else 0]
     values = {"amount": "", "balance": "", "name": "", "time": "", "card_number": "", "seq": ""}
     for name in fields:
         value = fields[name]

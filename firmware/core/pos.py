@@ -14,9 +14,13 @@ One tap, the happy path:
 Side paths: NeedPin -> WAIT_PIN -> CHECKING_PIN (online check) -> COUNTING; the same card for the
 same amount within `double_tap_window_ms` of one of its recent successes -> WAIT_CONFIRM until
 CashierConfirmed; a card pulled during reading or counting (CardReadFailed/TapCountFailed) ->
-"请重新刷卡", back to WAIT_CARD with the amount kept and nothing charged. The tap counter is counted on the card before
+"请重新刷卡", back to WAIT_CARD with the amount kept, shown and nothing charged. The tap counter is counted on the card before
 the journal commit, so a failed count never leaves a record, and a journal row always names a tap
 the card really made.
+
+What a tap charges is always the amount on the screen when the card was presented: every Show at
+WAIT_CARD (prompts and refusals alike) carries the amount due, and a refused or cancelled amount or
+dish clears it (back to IDLE), so a tap with nothing shown charges nothing.
 
 Every (state, event) pair the machine accepts is in `TRANSITIONS`, with the states it may lead to;
 any other pair raises PosError (a shell bug, never silently ignored). Pairs that are deliberately
@@ -163,8 +167,20 @@ class CanteenPos:
         return clock.date_yyyymmdd(self.now_ms, self._config("utc_offset_min"))
 
     def _refuse(self, code, state, card_number=0):
-        return state, [Show(code, {}), Beep(BEEP_ERROR),
+        # Back at WAIT_CARD the amount is still due, so the refusal shows it too: what a tap charges
+        # is always on the screen (messages.text adds "应付…元" to a refusal given amount_fen).
+        fields = {"amount_fen": self.amount_fen} if state == WAIT_CARD else {}
+        return state, [Show(code, fields), Beep(BEEP_ERROR),
                        Outcome(False, code, None, self.amount_fen, None, card_number)]
+
+    def _refuse_entry(self, code):
+        # A refused amount or dish clears what was due: the screen shows no amount, so no tap may
+        # charge one (IDLE clears it in handle()).
+        return IDLE, [Show(code, {}), Beep(BEEP_ERROR)]
+
+    def due_fields(self):
+        """The amount due as Show fields, for a message the shell shows on its own (reader errors)."""
+        return {"amount_fen": self.amount_fen} if self.state == WAIT_CARD else {}
 
     def _wait_card(self):
         return WAIT_CARD, [Show(messages.AMOUNT_DUE, {"amount_fen": self.amount_fen})]
@@ -172,20 +188,21 @@ class CanteenPos:
     # -- handlers: one per table entry -----------------------------------------------------------
 
     def _key_amount(self, event):
-        if not isinstance(event.amount_fen, int) or not 0 < event.amount_fen <= self._config("max_amount_fen"):
-            return self.state, [Show(messages.INVALID_AMOUNT, {}), Beep(BEEP_ERROR)]
-        self.amount_fen = event.amount_fen
+        amount_fen = event.amount_fen
+        if type(amount_fen) is not int or not 0 < amount_fen <= self._config("max_amount_fen"):
+            return self._refuse_entry(messages.INVALID_AMOUNT)
+        self.amount_fen = amount_fen
         self.dish_count = 0
         return self._wait_card()
 
     def _choose_dish(self, event):
         dish = self._config("dishes").get(event.dish_id)
         if dish is None:
-            return self.state, [Show(messages.UNKNOWN_DISH, {}), Beep(BEEP_ERROR)]
+            return self._refuse_entry(messages.UNKNOWN_DISH)
         price_fen = dish[1]
         total_fen = self.amount_fen + price_fen
         if self.dish_count >= self._config("max_dishes") or not 0 < total_fen <= self._config("max_amount_fen"):
-            return self.state, [Show(messages.INVALID_AMOUNT, {}), Beep(BEEP_ERROR)]
+            return self._refuse_entry(messages.INVALID_AMOUNT)
         self.amount_fen = total_fen
         self.dish_count += 1
         return self._wait_card()
@@ -329,8 +346,8 @@ def _table():
         (IDLE, DishChosen, _H._choose_dish, (IDLE, WAIT_CARD)),
         (IDLE, Cancel, _H._cancel, (IDLE,)),
         (IDLE, CardPresented, _H._tap_without_amount, (IDLE,)),
-        (WAIT_CARD, AmountKeyed, _H._key_amount, (WAIT_CARD,)),
-        (WAIT_CARD, DishChosen, _H._choose_dish, (WAIT_CARD,)),
+        (WAIT_CARD, AmountKeyed, _H._key_amount, (WAIT_CARD, IDLE)),    # a refused amount clears the due
+        (WAIT_CARD, DishChosen, _H._choose_dish, (WAIT_CARD, IDLE)),
         (WAIT_CARD, Cancel, _H._cancel, (IDLE,)),
         (WAIT_CARD, CardPresented, _H._present, (READING,)),
         # The PIN prompt timed out (a Tick) just before the cardholder's PIN arrived: the timeout

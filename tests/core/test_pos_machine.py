@@ -94,9 +94,42 @@ def test_unknown_dish_and_invalid_amount_change_nothing():
     assert shown(m.handle(pos.AmountKeyed(0))) == [messages.INVALID_AMOUNT]
     assert shown(m.handle(pos.AmountKeyed(100001))) == [messages.INVALID_AMOUNT]
     assert m.state == pos.IDLE
-    m.handle(pos.AmountKeyed(500))
-    assert shown(m.handle(pos.AmountKeyed(-1))) == [messages.INVALID_AMOUNT]
-    assert m.amount_fen == 500 and m.state == pos.WAIT_CARD
+
+
+def test_a_refused_amount_clears_what_was_due():
+    """The cashier keys ¥15.00, then 999999 fen (refused): the screen shows no amount, so the next
+    tap must charge nothing, not the earlier ¥15.00."""
+    for refused in (pos.AmountKeyed(999999), pos.AmountKeyed(-1), pos.AmountKeyed(True), pos.DishChosen("caviar")):
+        m = machine()
+        m.handle(pos.AmountKeyed(1500))
+        actions = m.handle(refused)
+        assert actions[0].fields == {} and pos.Beep(pos.BEEP_ERROR) in actions
+        assert m.state == pos.IDLE and m.amount_fen == 0
+        actions = m.handle(pos.CardPresented(UID))
+        assert shown(actions) == [messages.ENTER_AMOUNT]
+        assert not any(isinstance(a, (pos.ReadCard, pos.CountTap, pos.Journal)) for a in actions)
+
+
+def test_a_dish_over_the_limit_clears_the_order():
+    m = machine(max_amount_fen=1000)
+    m.handle(pos.DishChosen("pork"))
+    assert shown(m.handle(pos.DishChosen("pork"))) == [messages.INVALID_AMOUNT]
+    assert m.state == pos.IDLE and m.amount_fen == 0
+
+
+def test_a_refusal_that_keeps_the_amount_shows_it():
+    """Back at WAIT_CARD after a refusal the amount is still due, so the refusal's screen says so."""
+    m = machine()
+    actions = tap_to_counting(m, amount=1200, card_facts=facts(main=100))
+    assert actions[0] == pos.Show(messages.INSUFFICIENT_BALANCE, {"amount_fen": 1200})
+    assert m.state == pos.WAIT_CARD and m.amount_fen == 1200
+    m = machine()
+    m.handle(pos.AmountKeyed(1200))
+    m.handle(pos.CardPresented(UID))
+    actions = m.handle(pos.CardReadFailed(pos.READ_FAILURE_GONE))
+    assert actions[0] == pos.Show(messages.TAP_AGAIN, {"amount_fen": 1200})
+    assert messages.text(messages.TAP_AGAIN, "zh", **actions[0].fields) == "请重新刷卡（应付12.00元）"
+    assert m.due_fields() == {"amount_fen": 1200}
 
 
 def test_tap_without_amount_asks_for_amount():
