@@ -17,21 +17,12 @@ import os
 import sys
 
 from firmware.core import card_layout, wallets as wallet_rules
-from sync_server import db as dbmod, hall, keys, messages
+from sync_server import db as dbmod, hall, keys
+from sync_server.cli_common import (add_station_options, data_dir_of, lang_of, open_database, open_station, say,
+                                    write_at_station)
+from sync_server.services import cards, hall_cli, recharge as recharge_service, statements
 
 DEFAULT_PORT = 8080
-
-
-def _data_dir(args):
-    return os.path.abspath(args.data_dir or os.environ.get("YKT_DATA_DIR", "./data"))
-
-
-def _lang(args):
-    return "en" if (getattr(args, "lang", None) or messages.lang_from_env()).startswith("en") else "zh"
-
-
-def _say(args, zh, en):
-    print(en if _lang(args) == "en" else zh)
 
 
 def init_data_dir(data_dir):
@@ -49,28 +40,19 @@ def init_data_dir(data_dir):
     return created
 
 
-def _open(args):
-    data_dir = _data_dir(args)
-    path = dbmod.db_path(data_dir)
-    if not os.path.exists(path):
-        raise hall.HallError("数据目录尚未初始化，请先运行 ykt server init",
-                             "data directory not initialised: run ykt server init")
-    return dbmod.init_db(path)
-
-
 # --- server ---------------------------------------------------------------------------------------
 
 def cmd_server_init(args):
-    data_dir = _data_dir(args)
+    data_dir = data_dir_of(args)
     created = init_data_dir(data_dir)
-    _say(args, "数据目录已就绪：%s（新建 %d 个文件）" % (data_dir, len(created)),
-         "data directory ready: %s (%d files created)" % (data_dir, len(created)))
+    say(args, "数据目录已就绪：%s（新建 %d 个文件）" % (data_dir, len(created)),
+        "data directory ready: %s (%d files created)" % (data_dir, len(created)))
 
 
 def cmd_server(args):
     if getattr(args, "server_command", None) == "init":
         return cmd_server_init(args)
-    data_dir = _data_dir(args)
+    data_dir = data_dir_of(args)
     init_data_dir(data_dir)
     os.environ["YKT_DATA_DIR"] = data_dir
     from gunicorn.app.base import BaseApplication
@@ -94,8 +76,8 @@ def cmd_server(args):
             from sync_server.app import create_app
             return create_app()
 
-    _say(args, "同步服务器启动：http://%s:%d（数据目录 %s）" % (args.host, args.port, data_dir),
-         "sync server on http://%s:%d (data directory %s)" % (args.host, args.port, data_dir))
+    say(args, "同步服务器启动：http://%s:%d（数据目录 %s）" % (args.host, args.port, data_dir),
+        "sync server on http://%s:%d (data directory %s)" % (args.host, args.port, data_dir))
     sys.stdout.flush()
     _Server().run()
 
@@ -103,60 +85,23 @@ def cmd_server(args):
 # --- hall -----------------------------------------------------------------------------------------
 
 def cmd_merchant_add(args):
-    conn = _open(args)
+    conn = open_database(args)
     merchant_id = hall.add_merchant(conn, args.name_zh, args.name_en or args.name_zh, args.category)
-    _say(args, "商户已添加：编号 %d" % merchant_id, "merchant added: id %d" % merchant_id)
+    say(args, "商户已添加：编号 %d" % merchant_id, "merchant added: id %d" % merchant_id)
 
 
 def cmd_person_add(args):
-    conn = _open(args)
+    conn = open_database(args)
     person_id, account_id = hall.add_person(conn, args.name, args.category, id_number=args.id_number,
                                             staff_number=args.staff_number)
-    _say(args, "已建档：人员 %d，账户 %d（初始密码为证件号后六位）" % (person_id, account_id),
-         "person %d created with account %d (initial PIN: last six of the ID number)" % (person_id, account_id))
-
-
-def open_station(args):
-    """The issuing station's card when --reader / --card-file is given (checked blank), else None."""
-    if not (getattr(args, "reader", None) or getattr(args, "card_file", None)):
-        if not args.uid:
-            raise hall.HallError("请给出卡片 UID，或用 --reader / --card-file 在发卡机上读卡",
-                                 "give the card UID, or --reader / --card-file to read it at the issuing station")
-        return None
-    station = issuing_station(args)
-    try:
-        return station.StationCard(args.reader, args.card_file, args.uid)
-    except station.StationError as error:
-        raise hall.HallError(error.zh, error.en)
-
-
-def issuing_station(args):
-    """firmware/apps/issuing.py, handed in as `args.issuing_station` by the `ykt` command line: the
-    server imports only the core (DESIGN.md section 6), and `python -m sync_server` runs on machines
-    that carry no terminal code."""
-    if getattr(args, "issuing_station", None) is None:
-        raise hall.HallError("此命令行不带发卡机：请用 ykt hall 读写卡片，或只给出 --uid",
-                             "this command line has no issuing station: use `ykt hall`, or give --uid alone")
-    return args.issuing_station()
-
-
-def write_at_station(args, conn, station, identity, name):
-    """Write the new card record onto the station's card; if the write is torn, void the number."""
-    station_error = issuing_station(args).StationError
-    try:
-        station.write(keys.load_master_key(keys.master_key_path(_data_dir(args))), identity, name)
-    except station_error as error:
-        hall.report_loss(conn, identity.card_number)       # a half-written card must never pay
-        raise hall.HallError("%s；卡号 %d 已作废（挂失），请换一张空白卡重新办理" % (error.zh, identity.card_number),
-                             "%s; card %d is void (reported lost): use a new blank card and reissue"
-                             % (error.en, identity.card_number))
+    say(args, "已建档：人员 %d，账户 %d（初始密码为证件号后六位）" % (person_id, account_id),
+        "person %d created with account %d (initial PIN: last six of the ID number)" % (person_id, account_id))
 
 
 def cmd_card_issue(args):
     """The account's first card. An account that has a card gets a reissue (`ykt hall reissue`), which
     books the fee and its record; the checks (UID not in use, no card yet) are services.cards'."""
-    from sync_server.services import cards      # imported late: services import this module's neighbours
-    conn = _open(args)
+    conn = open_database(args)
     station = open_station(args)
     try:
         uid = station.uid if station is not None else bytes.fromhex(args.uid)
@@ -174,53 +119,44 @@ def cmd_card_issue(args):
                           "expiry_yyyymmdd": identity.expiry_yyyymmdd, "name": name, "uid": uid.hex(),
                           "written": written}, ensure_ascii=False))
         return
-    _say(args, "发卡：卡号 %d 第 %d 代，账户 %d，持卡人 %s，有效期至 %d，UID %s；%s"
-         % (identity.card_number, identity.generation, identity.account_id, name, identity.expiry_yyyymmdd, uid.hex(),
-            "卡片已写好" if written else "请在发卡机上写卡"),
-         "card: number %d generation %d, account %d, holder %s, expires %d, UID %s; %s"
-         % (identity.card_number, identity.generation, identity.account_id, name, identity.expiry_yyyymmdd, uid.hex(),
-            "card written" if written else "write it at the issuing station"))
-
-
-def add_station_options(parser):
-    parser.add_argument("--uid", help="card UID, hex (without a station reader); with --card-file: UID of a new image")
-    parser.add_argument("--reader", help="issuing station reader, e.g. pcsc:ACR122 or pn532:/dev/ttyUSB0: reads the "
-                                         "blank card's UID and writes the card")
-    parser.add_argument("--card-file", help="a virtual card image on the sim: reader (created blank if missing)")
+    say(args, "发卡：卡号 %d 第 %d 代，账户 %d，持卡人 %s，有效期至 %d，UID %s；%s"
+        % (identity.card_number, identity.generation, identity.account_id, name, identity.expiry_yyyymmdd, uid.hex(),
+           "卡片已写好" if written else "请在发卡机上写卡"),
+        "card: number %d generation %d, account %d, holder %s, expires %d, UID %s; %s"
+        % (identity.card_number, identity.generation, identity.account_id, name, identity.expiry_yyyymmdd, uid.hex(),
+           "card written" if written else "write it at the issuing station"))
 
 
 def cmd_recharge(args):
     """Cash at the desk: a paid cash order with the staff member on it (services.recharge), as the
     hall page books it; the order id is the receipt number."""
-    from sync_server.services import recharge as recharge_service
-    conn = _open(args)
+    conn = open_database(args)
     order = recharge_service.cash_recharge(conn, args.account, args.amount_fen, args.operator or getpass.getuser(),
                                            wallet=args.wallet)
     after = hall.balances_of(conn, args.account)[args.wallet]
-    _say(args, "充值成功：%.2f 元，%s 钱包余额 %.2f 元（单号 %s）" % (args.amount_fen / 100, args.wallet, after / 100,
-                                                            order["order_id"]),
-         "recharged %.2f yuan; %s wallet balance %.2f yuan (receipt %s)" % (args.amount_fen / 100, args.wallet,
-                                                                          after / 100, order["order_id"]))
+    say(args, "充值成功：%.2f 元，%s 钱包余额 %.2f 元（单号 %s）" % (args.amount_fen / 100, args.wallet, after / 100,
+                                                           order["order_id"]),
+        "recharged %.2f yuan; %s wallet balance %.2f yuan (receipt %s)" % (args.amount_fen / 100, args.wallet,
+                                                                         after / 100, order["order_id"]))
 
 
 def cmd_report_loss(args):
-    conn = _open(args)
+    conn = open_database(args)
     version = hall.report_loss(conn, args.card)
-    _say(args, "挂失成功：卡号 %d（黑名单版本 %d）" % (args.card, version),
-         "card %d reported lost (deny version %d)" % (args.card, version))
+    say(args, "挂失成功：卡号 %d（黑名单版本 %d）" % (args.card, version),
+        "card %d reported lost (deny version %d)" % (args.card, version))
 
 
 def cmd_transactions(args):
     """One page of the statement, newest first: the same query as the portal and the app."""
-    from sync_server.services import statements
-    conn = _open(args)
+    conn = open_database(args)
     if args.date_from or args.date_to:
         latest = statements.recent(conn, args.account, page_size=1)     # its from_date / to_date are the defaults
         result = statements.query(conn, args.account, args.date_from or latest["from_date"],
                                   args.date_to or latest["to_date"], args.type, args.page, args.limit)
     else:
         result = statements.recent(conn, args.account, args.type, args.page, args.limit)
-    en = _lang(args) == "en"
+    en = lang_of(args) == "en"
     print("%-19s  %-20s  %10s  %10s" % (("time", "place", "amount", "balance") if en else
                                         ("时间", "地点", "金额(元)", "余额(元)")))
     for row in result["rows"]:
@@ -228,26 +164,26 @@ def cmd_transactions(args):
         print("%-19s  %-20s  %10.2f  %10.2f" % (row["time"], place, row["amount_fen"] / 100,
                                                 row["balance_fen_after"] / 100))
     if not result["rows"]:
-        _say(args, "（无交易）", "(no transactions)")
+        say(args, "（无交易）", "(no transactions)")
     elif result["total_pages"] > 1:
-        _say(args, "第 %d / %d 页，共 %d 条" % (result["page"], result["total_pages"], result["total_rows"]),
-             "page %d of %d, %d rows" % (result["page"], result["total_pages"], result["total_rows"]))
+        say(args, "第 %d / %d 页，共 %d 条" % (result["page"], result["total_pages"], result["total_rows"]),
+            "page %d of %d, %d rows" % (result["page"], result["total_pages"], result["total_rows"]))
 
 
 def cmd_terminal_register(args):
-    conn = _open(args)
-    master_key = keys.load_master_key(keys.master_key_path(_data_dir(args)))
+    conn = open_database(args)
+    master_key = keys.load_master_key(keys.master_key_path(data_dir_of(args)))
     terminal_id = hall.register_terminal(conn, args.merchant)
     document = hall.provisioning_document(conn, master_key, terminal_id, args.server_url)
     keys.write_private_file(args.out, json.dumps(document, indent=2).encode())
-    _say(args, "终端已登记：编号 %d；配置文件（含密钥，权限 0600）已写入 %s" % (terminal_id, args.out),
-         "terminal %d registered; provisioning file (holds keys, mode 0600) written to %s" % (terminal_id, args.out))
+    say(args, "终端已登记：编号 %d；配置文件（含密钥，权限 0600）已写入 %s" % (terminal_id, args.out),
+        "terminal %d registered; provisioning file (holds keys, mode 0600) written to %s" % (terminal_id, args.out))
 
 
 def cmd_terminal_revoke(args):
-    conn = _open(args)
+    conn = open_database(args)
     hall.revoke_terminal(conn, args.terminal)
-    _say(args, "终端 %d 已停用" % args.terminal, "terminal %d revoked" % args.terminal)
+    say(args, "终端 %d 已停用" % args.terminal, "terminal %d revoked" % args.terminal)
 
 
 def _read_password(args):
@@ -263,40 +199,40 @@ def _read_password(args):
 def cmd_staff_password(args):
     """Change or reset a staff user's password (stdin or prompt, as staff-add); every web session of
     that user ends at once."""
-    from sync_server.web import auth
-    conn = _open(args)
+    from sync_server.web import auth     # Flask: imported only by the commands that need it
+    conn = open_database(args)
     try:
         auth.set_staff_password(conn, args.username, _read_password(args))
     except auth.AuthError as error:
         raise hall.HallError(error.zh, error.en)
-    _say(args, "密码已更改，%s 的所有网页会话已结束" % args.username,
-         "password changed; every web session of %s has ended" % args.username)
+    say(args, "密码已更改，%s 的所有网页会话已结束" % args.username,
+        "password changed; every web session of %s has ended" % args.username)
 
 
 def cmd_staff_disable(args):
     """Disable a staff user (or enable again with --enable); every web session of that user ends."""
-    from sync_server.web import auth
-    conn = _open(args)
+    from sync_server.web import auth     # Flask: imported only by the commands that need it
+    conn = open_database(args)
     try:
         auth.set_staff_disabled(conn, args.username, disabled=not args.enable)
     except auth.AuthError as error:
         raise hall.HallError(error.zh, error.en)
-    _say(args, "%s 已%s，其所有网页会话已结束" % (args.username, "启用" if args.enable else "停用"),
-         "%s %s; every web session of that user has ended" % (args.username, "enabled" if args.enable else "disabled"))
+    say(args, "%s 已%s，其所有网页会话已结束" % (args.username, "启用" if args.enable else "停用"),
+        "%s %s; every web session of that user has ended" % (args.username, "enabled" if args.enable else "disabled"))
 
 
 def cmd_staff_add(args):
     """Create a web staff user; the password comes from stdin or a prompt, never from the command line
     (argv is visible to every user of the machine) and is never printed."""
-    from sync_server.web import auth
-    conn = _open(args)
+    from sync_server.web import auth     # Flask: imported only by the commands that need it
+    conn = open_database(args)
     password = _read_password(args)
     try:
         staff_id = auth.add_staff_user(conn, args.username, args.name or args.username, args.role, password)
     except auth.AuthError as error:
         raise hall.HallError(error.zh, error.en)
-    _say(args, "工作人员已添加：%s（编号 %d，角色 %s）" % (args.username, staff_id, " ".join(sorted(set(args.role)))),
-         "staff user added: %s (id %d, roles %s)" % (args.username, staff_id, " ".join(sorted(set(args.role)))))
+    say(args, "工作人员已添加：%s（编号 %d，角色 %s）" % (args.username, staff_id, " ".join(sorted(set(args.role)))),
+        "staff user added: %s (id %d, roles %s)" % (args.username, staff_id, " ".join(sorted(set(args.role)))))
 
 
 def _guard(handler):
@@ -304,7 +240,7 @@ def _guard(handler):
         try:
             return handler(args)
         except hall.HallError as error:
-            print(error.text(_lang(args)), file=sys.stderr)
+            print(error.text(lang_of(args)), file=sys.stderr)
             return 2
     return run
 
@@ -377,8 +313,7 @@ def register(subparsers):
     p = add("staff-disable", cmd_staff_disable, "停用网页工作人员 / disable a web staff user")
     p.add_argument("--username", required=True)
     p.add_argument("--enable", action="store_true", help="enable the user again instead")
-    from sync_server.services import hall_cli   # cardholder services: import-people, reissue, unfreeze, ...
-    hall_cli.register(add)
+    hall_cli.register(add)     # cardholder services: import-people, reissue, unfreeze, ...
 
 
 def _common_parser(suppress=False):

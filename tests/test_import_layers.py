@@ -43,9 +43,7 @@ LAYER_FOLDERS = {"firmware.core": ("firmware/__init__.py", "firmware/core"), "re
                  "firmware.apps": ("firmware/apps",), "sync_server": ("sync_server",), "ykt": ("ykt",)}
 
 # Cycles known today and being taken apart; drop an entry once its cycle is gone.
-KNOWN_CYCLES = {
-    frozenset({"sync_server.cli", "sync_server.services.hall_cli"}),   # hall_cli reaches back for cli's helpers
-}
+KNOWN_CYCLES = set()
 
 Import = collections.namedtuple("Import", "path line importer target")
 

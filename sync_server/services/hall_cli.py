@@ -16,13 +16,9 @@ import json
 import sys
 
 from sync_server import hall, keys
+from sync_server.cli_common import add_station_options, data_dir_of, open_database, open_station, say, write_at_station
 from sync_server.services import (cards, electricity, limits, people_import, pins as pin_service, recharge,
                                   statements)
-
-
-def _cli():
-    from sync_server import cli     # the shared helpers (data dir, language); imported late: cli imports us
-    return cli
 
 
 def _operator(args):
@@ -34,28 +30,26 @@ def _yuan(fen):
 
 
 def cmd_import_people(args):
-    cli = _cli()
-    conn = cli._open(args)
+    conn = open_database(args)
     with open(args.file, encoding="utf-8-sig") as handle:
         text = handle.read(people_import.MAX_CSV_BYTES + 1)
     report = people_import.import_people(conn, text, args.category)
     if args.json:
         print(json.dumps(report))
         return
-    cli._say(args, "导入完成：新建 %(created)d，更新 %(updated)d，未变 %(unchanged)d（共 %(rows)d 行）" % report,
-             "import done: %(created)d created, %(updated)d updated, %(unchanged)d unchanged (%(rows)d rows)" % report)
+    say(args, "导入完成：新建 %(created)d，更新 %(updated)d，未变 %(unchanged)d（共 %(rows)d 行）" % report,
+        "import done: %(created)d created, %(updated)d updated, %(unchanged)d unchanged (%(rows)d rows)" % report)
 
 
 def cmd_reissue(args):
-    cli = _cli()
-    conn = cli._open(args)
-    station = cli.open_station(args)
+    conn = open_database(args)
+    station = open_station(args)
     try:
         uid = station.uid if station is not None else bytes.fromhex(args.uid)
         result = cards.reissue(conn, args.account, uid, _operator(args),
                                fee_source="cash" if args.fee_cash else "balance")
         if station is not None:
-            cli.write_at_station(args, conn, station, result["identity"], result["name"])
+            write_at_station(args, conn, station, result["identity"], result["name"])
     finally:
         if station is not None:
             station.close()
@@ -69,17 +63,16 @@ def cmd_reissue(args):
                           "balances": result["balances"], "uid": args.uid.lower()}, ensure_ascii=False))
         return
     written = station is not None
-    cli._say(args, "补卡成功：卡号 %d 第 %d 代（旧卡第 %d 代已停用），补卡费 %s 元，主钱包余额 %s 元；%s"
-             % (identity.card_number, identity.generation, result["replaced_generation"], _yuan(result["fee_fen"]),
-                _yuan(result["balances"]["main"]), "新卡已写好" if written else "请在发卡机上写卡"),
-             "card reissued: number %d generation %d (generation %d denied), fee %s yuan, main wallet %s yuan; %s"
-             % (identity.card_number, identity.generation, result["replaced_generation"], _yuan(result["fee_fen"]),
-                _yuan(result["balances"]["main"]), "new card written" if written else "write it at the issuing station"))
+    say(args, "补卡成功：卡号 %d 第 %d 代（旧卡第 %d 代已停用），补卡费 %s 元，主钱包余额 %s 元；%s"
+        % (identity.card_number, identity.generation, result["replaced_generation"], _yuan(result["fee_fen"]),
+           _yuan(result["balances"]["main"]), "新卡已写好" if written else "请在发卡机上写卡"),
+        "card reissued: number %d generation %d (generation %d denied), fee %s yuan, main wallet %s yuan; %s"
+        % (identity.card_number, identity.generation, result["replaced_generation"], _yuan(result["fee_fen"]),
+           _yuan(result["balances"]["main"]), "new card written" if written else "write it at the issuing station"))
 
 
 def cmd_unfreeze(args):
-    cli = _cli()
-    conn = cli._open(args)
+    conn = open_database(args)
     account_id = args.account
     if account_id is None:
         row = conn.execute("SELECT account_id FROM cards WHERE card_number = ? LIMIT 1", (args.card,)).fetchone()
@@ -87,56 +80,52 @@ def cmd_unfreeze(args):
             raise hall.HallError("卡号 %d 不存在" % args.card, "card %d does not exist" % args.card)
         account_id = row[0]
     result = cards.unfreeze(conn, account_id, operator=_operator(args))
-    cli._say(args, "解挂成功：卡号 %(card_number)d（黑名单版本 %(deny_version)d）" % result,
-             "card %(card_number)d unfrozen (deny version %(deny_version)d)" % result)
+    say(args, "解挂成功：卡号 %(card_number)d（黑名单版本 %(deny_version)d）" % result,
+        "card %(card_number)d unfrozen (deny version %(deny_version)d)" % result)
 
 
 def cmd_set_limits(args):
-    cli = _cli()
-    result = limits.set_limits(cli._open(args), args.account, args.single_fen, args.daily_fen,
+    result = limits.set_limits(open_database(args), args.account, args.single_fen, args.daily_fen,
                                operator=_operator(args))
-    cli._say(args, "限额已设置：单笔 %s 元，每日 %s 元" % (_yuan(result["single_limit_fen"]),
-                                                    _yuan(result["daily_limit_fen"])),
-             "limits set: %s yuan per transaction, %s yuan per day" % (_yuan(result["single_limit_fen"]),
-                                                                    _yuan(result["daily_limit_fen"])))
+    say(args, "限额已设置：单笔 %s 元，每日 %s 元" % (_yuan(result["single_limit_fen"]),
+                                               _yuan(result["daily_limit_fen"])),
+        "limits set: %s yuan per transaction, %s yuan per day" % (_yuan(result["single_limit_fen"]),
+                                                               _yuan(result["daily_limit_fen"])))
 
 
 def cmd_change_pin(args):
-    cli = _cli()
     new_pin = sys.stdin.readline().strip() if args.new_pin_stdin else None
-    initial = pin_service.reset_pin(cli._open(args), args.account, _operator(args), new_pin)
+    initial = pin_service.reset_pin(open_database(args), args.account, _operator(args), new_pin)
     if initial:
-        cli._say(args, "密码已重置为初始密码（证件号后六位），请持卡人尽快修改",
-                 "PIN reset to the initial one (last six of the ID number); the holder should change it")
+        say(args, "密码已重置为初始密码（证件号后六位），请持卡人尽快修改",
+            "PIN reset to the initial one (last six of the ID number); the holder should change it")
     else:
-        cli._say(args, "密码已重置", "PIN reset")
+        say(args, "密码已重置", "PIN reset")
 
 
 def cmd_electricity(args):
-    cli = _cli()
-    result = electricity.pay(cli._open(args), args.account, args.building, args.floor, args.room, args.amount_fen,
-                             operator=_operator(args))
-    cli._say(args, "电费缴纳成功：%s %d层 %s 房间 %s 元（单号 %s）" % (args.building, args.floor, args.room,
-                                                           _yuan(args.amount_fen), result["payment_id"]),
-             "electricity paid: %s floor %d room %s, %s yuan (payment %s)" % (args.building, args.floor, args.room,
-                                                                         _yuan(args.amount_fen), result["payment_id"]))
+    result = electricity.pay(open_database(args), args.account, args.building, args.floor, args.room,
+                             args.amount_fen, operator=_operator(args))
+    say(args, "电费缴纳成功：%s %d层 %s 房间 %s 元（单号 %s）" % (args.building, args.floor, args.room,
+                                                      _yuan(args.amount_fen), result["payment_id"]),
+        "electricity paid: %s floor %d room %s, %s yuan (payment %s)" % (args.building, args.floor, args.room,
+                                                                    _yuan(args.amount_fen), result["payment_id"]))
 
 
 def cmd_recharge_channel(args):
     """A whole channel round trip on the local database: order, signed notification, credit."""
-    cli = _cli()
-    conn = cli._open(args)
-    master_key = keys.load_master_key(keys.master_key_path(cli._data_dir(args)))
+    conn = open_database(args)
+    master_key = keys.load_master_key(keys.master_key_path(data_dir_of(args)))
     secret = recharge.channel_secret(master_key, args.channel)
     order = recharge.create_order(conn, args.account, args.amount_fen, args.channel)
     body, headers = recharge.SimulatedChannel(args.channel, secret).notification(order)
     outcome, order = recharge.handle_notification(conn, args.channel, body, headers[recharge.SIGNATURE_HEADER],
                                                   secret)
     main_fen = statements.balance(conn, args.account)["wallets"]["main"]
-    cli._say(args, "充值成功：订单 %s，%s 元，主钱包余额 %s 元" % (order["order_id"], _yuan(order["amount_fen"]),
-                                                           _yuan(main_fen)),
-             "recharged: order %s, %s yuan, main wallet %s yuan" % (order["order_id"], _yuan(order["amount_fen"]),
-                                                                   _yuan(main_fen)))
+    say(args, "充值成功：订单 %s，%s 元，主钱包余额 %s 元" % (order["order_id"], _yuan(order["amount_fen"]),
+                                                      _yuan(main_fen)),
+        "recharged: order %s, %s yuan, main wallet %s yuan" % (order["order_id"], _yuan(order["amount_fen"]),
+                                                              _yuan(main_fen)))
 
 
 def register(add):
@@ -151,7 +140,7 @@ def register(add):
     p.add_argument("--json", action="store_true")
     p = staff(add("reissue", cmd_reissue, "补办卡片（收补卡费）/ reissue a card (fee charged)"))
     p.add_argument("--account", type=int, required=True)
-    _cli().add_station_options(p)
+    add_station_options(p)
     p.add_argument("--fee-cash", action="store_true", help="fee paid in cash instead of from the balance")
     p.add_argument("--json", action="store_true")
     p = staff(add("unfreeze", cmd_unfreeze, "解挂（服务大厅）/ unfreeze a lost card at the hall",
