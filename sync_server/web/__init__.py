@@ -1,10 +1,9 @@
 """Web pages for people: the cardholder portal (`/portal/...`) and the service-hall pages (`/hall/...`).
 
 `init_app(app)` wires them into the app factory: the session secret (derived from the master key),
-cookie flags, the language switch (Chinese first; `?lang=en` or `?lang=zh` sets a `lang` cookie that
-later pages follow) and the template helpers. Views are thin: they check who is signed in, read the
-form, call the service functions on a db connection and render. Business rules live in
-`sync_server/hall.py` and `sync_server/services/`, not here.
+cookie flags, the language switch and the template helpers (sync_server/web/page_text.py). Views
+are thin: they check who is signed in, read the form, call the service functions on a db connection
+and render. Business rules live in `sync_server/hall.py` and `sync_server/services/`, not here.
 
     YKT_SIMULATED_PAYMENTS=1   shows a "simulated payment" button on pending recharge orders (demo)
     YKT_COOKIE_SECURE=1        (config COOKIE_SECURE) marks every cookie the server sets Secure, for a
@@ -12,31 +11,15 @@ form, call the service functions on a db connection and render. Business rules l
                                default so plain-HTTP test and demo sites keep working
 Session timeouts: see sync_server/web/auth.py.
 """
-import datetime
 import os
 
-from flask import Blueprint, current_app, g, request
+from flask import Blueprint, request
 
 from sync_server.web import auth
-
-LANG_COOKIE = "lang"
-LANG_COOKIE_MAX_AGE_S = 365 * 24 * 3600
-BEIJING = datetime.timezone(datetime.timedelta(hours=8))
-
-
-def _pick_lang():
-    asked = request.args.get("lang")
-    if asked in ("zh", "en"):
-        g.lang, g.set_lang_cookie = asked, True
-    else:
-        g.lang, g.set_lang_cookie = ("en" if request.cookies.get(LANG_COOKIE) == "en" else "zh"), False
-
-
-def _remember_lang(response):
-    if getattr(g, "set_lang_cookie", False):
-        response.set_cookie(LANG_COOKIE, g.lang, max_age=LANG_COOKIE_MAX_AGE_S, httponly=True, samesite="Lax",
-                            secure=current_app.config["SESSION_COOKIE_SECURE"])
-    return response
+from sync_server.web.hall_pages import hall_pages
+from sync_server.web.page_text import (beijing_time, expiry_date, pick_lang, remember_lang, signed_yuan, t,
+                                       yuan)
+from sync_server.web.portal import portal
 
 
 def _no_store(response):
@@ -45,41 +28,6 @@ def _no_store(response):
         response.headers["Cache-Control"] = "no-store"
         response.headers["X-Frame-Options"] = "DENY"
     return response
-
-
-def t(zh, en):
-    """The text in the page's language (templates call it as t("余额", "Balance"))."""
-    return en if getattr(g, "lang", "zh") == "en" else zh
-
-
-def yuan(fen):
-    """Fen as yuan with two decimals, from integers only (no float rounding on money)."""
-    if fen is None:
-        return ""
-    sign = "-" if fen < 0 else ""
-    return "%s%d.%02d" % (sign, abs(fen) // 100, abs(fen) % 100)
-
-
-def signed_yuan(fen):
-    return ("+" if fen > 0 else "") + yuan(fen)
-
-
-def error_text(error):
-    """A refusal's text in the page language (BilingualError), else the exception's own text."""
-    text = getattr(error, "text", None)
-    return text(g.lang) if callable(text) else str(error)
-
-
-def beijing_time(time_ms):
-    return datetime.datetime.fromtimestamp(time_ms / 1000, BEIJING).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def expiry_date(yyyymmdd):
-    if not yyyymmdd:
-        return ""
-    year, month, day = yyyymmdd // 10000, yyyymmdd // 100 % 100, yyyymmdd % 100
-    return ("%d-%02d-%02d" % (year, month, day)) if getattr(g, "lang", "zh") == "en" else \
-        ("%d年%d月%d日" % (year, month, day))
 
 
 def _flag(variable):
@@ -103,16 +51,14 @@ def init_app(app):
     # The portal's "simulated payment" button plays the payment channel: for demos and tests only,
     # never on a real site (it would credit money nobody paid).
     app.config.setdefault("SIMULATED_PAYMENTS", os.environ.get("YKT_SIMULATED_PAYMENTS") == "1")
-    app.before_request(_pick_lang)
-    app.after_request(_remember_lang)
+    app.before_request(pick_lang)
+    app.after_request(remember_lang)
     app.after_request(_no_store)
     app.jinja_env.globals.update(t=t, csrf_token=auth.csrf_token, csrf_field=auth.CSRF_FIELD,
                                  form_key=auth.form_key, form_key_field=auth.FORM_KEY_FIELD)
     app.jinja_env.filters.update(yuan=yuan, signed_yuan=signed_yuan, beijing_time=beijing_time,
                                  expiry_date=expiry_date)
 
-    from sync_server.web.hall_pages import hall_pages
-    from sync_server.web.portal import portal
     app.register_blueprint(Blueprint("web", __name__, template_folder="templates", static_folder="static",
                                      static_url_path="/web/static"))
     app.register_blueprint(portal)

@@ -11,7 +11,8 @@ from flask import Blueprint, abort, flash, g, redirect, render_template, request
 from firmware.core import card_layout
 from sync_server import db as dbmod, hall
 from sync_server.services import cards, recharge as recharge_service, statements
-from sync_server.web import auth, error_text as _error_text, forms, t
+from sync_server.web import auth, forms
+from sync_server.web.page_text import error_text as _error_text, t
 
 hall_pages = Blueprint("hall_pages", __name__, url_prefix="/hall")
 hall_pages.before_request(auth.check_csrf)

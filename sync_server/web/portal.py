@@ -14,7 +14,8 @@ from sync_server import db as dbmod, hall, messages, services
 from sync_server.services import binding, cards, statements
 from sync_server.services import electricity as electricity_service, limits as limit_service
 from sync_server.services import pins as pin_service, recharge as recharge_service
-from sync_server.web import auth, error_text as _error_text, forms, t, yuan as forms_yuan
+from sync_server.web import auth, forms
+from sync_server.web.page_text import error_text as _error_text, t, yuan as forms_yuan
 
 portal = Blueprint("portal", __name__, url_prefix="/portal")
 portal.before_request(auth.check_csrf)
