@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from firmware.core import protocol, records
 from sync_server import db as dbmod, hall, ingest, ledger, terminal_api
-from sync_server.finance import day_of_ms
+from sync_server.business_day import day_of_ms
 from sync_server.ledger_store import ADD_TO_BALANCES_SQL, INSERT_TRANSFERS_SQL, SqliteStore
 from server_process import running_server
 

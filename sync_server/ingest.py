@@ -29,7 +29,7 @@ straight through sqlite3.
 """
 from firmware.core import protocol, wallets as wallet_rules
 from sync_server import db as dbmod, ledger
-from sync_server.finance import day_of_ms
+from sync_server.business_day import day_of_ms
 from sync_server.ledger_store import SqliteStore, add_deny_entries, REASON_NEGATIVE, chunks as _chunks
 
 MAX_RESEND_RANGES = 4

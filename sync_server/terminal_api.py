@@ -29,7 +29,7 @@ from flask import Blueprint, Response, current_app, g, request
 from firmware.core import protocol, records as record_codec, sam as sam_keys
 from firmware.core import wallets as wallet_rules
 from sync_server import db as dbmod, ingest, messages, pins
-from sync_server.finance import day_of_ms
+from sync_server.business_day import day_of_ms
 
 terminal_api = Blueprint("terminal_api", __name__, url_prefix="/api/terminal/v1")
 

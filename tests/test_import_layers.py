@@ -42,6 +42,11 @@ ALLOWED_LAYERS = {
 LAYER_FOLDERS = {"firmware.core": ("firmware/__init__.py", "firmware/core"), "reader_drivers": ("reader_drivers",),
                  "firmware.apps": ("firmware/apps",), "sync_server": ("sync_server",), "ykt": ("ykt",)}
 
+# Inside the server, finance/ is the top: only the app factory and the command line reach into it, so
+# the day close and its reports build on everything below without anything below depending on them.
+FINANCE = "sync_server.finance"
+FINANCE_IMPORTERS = {"sync_server.app", "sync_server.cli"}
+
 # Cycles known today and being taken apart; drop an entry once its cycle is gone.
 KNOWN_CYCLES = set()
 
@@ -124,6 +129,16 @@ def layer_violations(imports):
             problems.append("%s:%d: imports %s (%s); %s may import only %s" % (
                 item.path, item.line, item.target, target_layer, importer_layer, ", ".join(sorted(allowed))))
     return problems
+
+
+def finance_imported_from_below(imports):
+    """'file:line: ...' for each import of sync_server/finance/ by a server module other than the top."""
+    def in_finance(module):
+        return module == FINANCE or module.startswith(FINANCE + ".")
+    return ["%s:%d: imports %s; only %s may import %s" % (item.path, item.line, item.target,
+                                                          " and ".join(sorted(FINANCE_IMPORTERS)), FINANCE)
+            for item in imports if in_finance(item.target) and not in_finance(item.importer)
+            and layer_of(item.importer) == "sync_server" and item.importer not in FINANCE_IMPORTERS]
 
 
 def _node(target, modules):
@@ -224,6 +239,11 @@ def test_layer_imports_point_one_way(layer):
     assert not problems, "imports against DESIGN.md section 6:\n" + "\n".join(problems)
 
 
+def test_only_the_top_of_the_server_imports_finance():
+    problems = finance_imported_from_below(scan(ROOT, LAYER_FOLDERS["sync_server"], MODULES))
+    assert not problems, "finance/ is the top of the server:\n" + "\n".join(problems)
+
+
 def test_our_modules_import_each_other_without_cycles():
     assert len(MODULES) > 50, "too few modules found: %s" % sorted(MODULES)
     cycles = import_cycles(scan(ROOT, GRAPH_PACKAGES, MODULES), MODULES)
@@ -304,6 +324,15 @@ def test_checker_names_an_upward_import(tmp_path, name, source, expected):
     problems, _ = _check(_tree(tmp_path, {**_CLEAN_TREE, name: source}))
     assert any(problem.startswith(expected) for problem in problems), problems
     assert len(problems) == 1, problems
+
+
+def test_checker_names_an_import_of_finance_from_below(tmp_path):
+    tree = _tree(tmp_path, {**_CLEAN_TREE, "sync_server/finance/__init__.py": "def day_of_ms(t):\n    return t\n",
+                            "sync_server/app.py": "from sync_server.finance import day_of_ms\n",
+                            "sync_server/ingest.py": "def book():\n    from sync_server.finance import day_of_ms\n"})
+    problems = finance_imported_from_below(scan(tree, LAYER_FOLDERS["sync_server"], known_modules(tree)))
+    assert problems == ["sync_server/ingest.py:2: imports sync_server.finance; only sync_server.app and "
+                        "sync_server.cli may import sync_server.finance"]
 
 
 def test_checker_finds_a_cycle_through_a_function_level_import(tmp_path):

@@ -9,45 +9,25 @@
     scheduler.py   the close run from inside `ykt server`, once a day
     cli.py         `ykt finance close | import-statement | export`
 
-Days are Beijing calendar days (UTC+8, no daylight saving), numbered as days since 1970-01-01 so
-arithmetic on them is plain integer arithmetic. Everything here is a plain function on a database
-connection; the pages and the CLI only format.
+Days are Beijing calendar days numbered from 1970-01-01 (sync_server/business_day.py, which the
+rest of the server uses too). Everything here is a plain function on a database connection; the
+pages and the CLI only format.
 """
 import datetime
 
+# the day helpers, also under finance's name (finance modules, tests and simulators use them from here)
+from sync_server.business_day import (BEIJING_OFFSET_MS, DAY_MS, EPOCH_DATE, HOUR_MS, day_of_ms,  # noqa: F401
+                                      day_start_ms, day_text, hour_of_ms)
 from sync_server.messages import BilingualError
-
-BEIJING_OFFSET_MS = 8 * 3600 * 1000
-DAY_MS = 86400 * 1000
-HOUR_MS = 3600 * 1000
-_EPOCH = datetime.date(1970, 1, 1)
 
 
 class FinanceError(BilingualError):
     """A finance operation refused (day not closable, bad statement file...): zh and en texts."""
 
 
-def day_of_ms(time_ms):
-    """The Beijing day number a moment falls in."""
-    return (time_ms + BEIJING_OFFSET_MS) // DAY_MS
-
-
-def hour_of_ms(time_ms):
-    """The Beijing hour of the day (0-23) of a moment."""
-    return (time_ms + BEIJING_OFFSET_MS) % DAY_MS // HOUR_MS
-
-
-def day_start_ms(day_number):
-    return day_number * DAY_MS - BEIJING_OFFSET_MS
-
-
-def day_text(day_number):
-    return (_EPOCH + datetime.timedelta(days=day_number)).isoformat()
-
-
 def day_number(text):
     """'YYYY-MM-DD' -> day number; FinanceError when it is not a date."""
     try:
-        return (datetime.date.fromisoformat(str(text).strip()) - _EPOCH).days
+        return (datetime.date.fromisoformat(str(text).strip()) - EPOCH_DATE).days
     except ValueError:
         raise FinanceError("日期格式错误（应为 YYYY-MM-DD）：%s" % text, "dates are YYYY-MM-DD: %s" % text)
