@@ -30,7 +30,7 @@ import httpx
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 from firmware.core import protocol, records
-from sync_server import db as dbmod, hall, ingest, ledger, terminal_api
+from sync_server import db as dbmod, ingest, ledger, registry, terminal_api
 from sync_server.business_day import day_of_ms
 from sync_server.ledger_store import ADD_TO_BALANCES_SQL, INSERT_TRANSFERS_SQL, SqliteStore
 from server_process import running_server
@@ -48,8 +48,8 @@ def log(message):
 
 def provision(conn, people_count, seed):
     """Cardholders and one canteen merchant, identically in every database of the run."""
-    people = hall.provision_population(conn, people_count, seed, initial_balance_fen=10 ** 7)
-    merchant_id = hall.add_merchant(conn, MERCHANT_NAMES[0], MERCHANT_NAMES[1], 1)
+    people = registry.provision_population(conn, people_count, seed, initial_balance_fen=10 ** 7)
+    merchant_id = registry.add_merchant(conn, MERCHANT_NAMES[0], MERCHANT_NAMES[1], 1)
     return people, merchant_id
 
 
@@ -125,7 +125,7 @@ def measure_http(args, work_dir):
 def fresh_database(args, directory, terminal_ids):
     conn = dbmod.init_db(dbmod.db_path(directory))
     _people, merchant_id = provision(conn, args.people, args.seed)
-    ids = [hall.register_terminal(conn, merchant_id) for _ in terminal_ids]
+    ids = [registry.register_terminal(conn, merchant_id) for _ in terminal_ids]
     assert ids == terminal_ids, "fresh database must number terminals like the server's"
     merchant_ledger_id = conn.execute("SELECT ledger_account_id FROM merchants WHERE id = ?",
                                       (merchant_id,)).fetchone()[0]

@@ -32,7 +32,7 @@ from simulators import anomalies, lunch
 from reader_drivers.sim.classic_card import ClassicCard
 from simulators.netcut import Relay
 from simulators.phone import ChannelGateway, PhoneApp
-from sync_server import db as dbmod, hall, keys, ledger, pins
+from sync_server import db as dbmod, keys, ledger, pins, registry
 from sync_server.cli import init_data_dir
 from sync_server.ledger_store import SqliteStore
 
@@ -107,12 +107,12 @@ def provision(server_dir, cards_dir, people, terminals, seed, progress, lang):
             name_zh, name_en = _CANTEEN_WINDOWS[index % len(_CANTEEN_WINDOWS)]
             if index >= len(_CANTEEN_WINDOWS):
                 name_zh, name_en = "%s %d" % (name_zh, index), "%s %d" % (name_en, index)
-            merchant_id = hall.add_merchant(conn, name_zh, name_en, 1)
-            terminal_ids.append(hall.register_terminal(conn, merchant_id))
+            merchant_id = registry.add_merchant(conn, name_zh, name_en, 1)
+            terminal_ids.append(registry.register_terminal(conn, merchant_id))
         progress.step(_say(lang, "开通 %d 名持卡人……" % people, "provisioning %d cardholders..." % people))
-        population = hall.provision_population(conn, people, seed, initial_balance_fen=0)
+        population = registry.provision_population(conn, people, seed, initial_balance_fen=0)
         _opening_balances(conn, population, seed)
-        documents = [hall.provisioning_document(conn, master_key, tid, "") for tid in terminal_ids]
+        documents = [registry.provisioning_document(conn, master_key, tid, "") for tid in terminal_ids]
     finally:
         conn.close()
     progress.step(_say(lang, "发卡：写入 %d 张 MIFARE 卡……" % people, "issuing %d MIFARE cards..." % people))
@@ -148,7 +148,7 @@ def _opening_balances(conn, population, seed):
     with dbmod.transaction(conn):
         for start in range(0, len(transfers), ledger.MAX_TRANSFERS_PER_POST):
             ledger.post(store, transfers[start:start + ledger.MAX_TRANSFERS_PER_POST])
-        hall.touch_accounts(conn, [p["account_id"] for p in population])
+        registry.touch_accounts(conn, [p["account_id"] for p in population])
 
 
 class ServerProcess:

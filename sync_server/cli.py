@@ -17,7 +17,7 @@ import os
 import sys
 
 from firmware.core import card_layout, wallets as wallet_rules
-from sync_server import db as dbmod, hall, keys
+from sync_server import db as dbmod, keys, registry
 from sync_server.cli_common import (add_station_options, data_dir_of, lang_of, open_database, open_station, say,
                                     write_at_station)
 from sync_server.services import cards, hall_cli, recharge as recharge_service, statements
@@ -86,14 +86,14 @@ def cmd_server(args):
 
 def cmd_merchant_add(args):
     conn = open_database(args)
-    merchant_id = hall.add_merchant(conn, args.name_zh, args.name_en or args.name_zh, args.category)
+    merchant_id = registry.add_merchant(conn, args.name_zh, args.name_en or args.name_zh, args.category)
     say(args, "商户已添加：编号 %d" % merchant_id, "merchant added: id %d" % merchant_id)
 
 
 def cmd_person_add(args):
     conn = open_database(args)
-    person_id, account_id = hall.add_person(conn, args.name, args.category, id_number=args.id_number,
-                                            staff_number=args.staff_number)
+    person_id, account_id = registry.add_person(conn, args.name, args.category, id_number=args.id_number,
+                                                staff_number=args.staff_number)
     say(args, "已建档：人员 %d，账户 %d（初始密码为证件号后六位）" % (person_id, account_id),
         "person %d created with account %d (initial PIN: last six of the ID number)" % (person_id, account_id))
 
@@ -133,7 +133,7 @@ def cmd_recharge(args):
     conn = open_database(args)
     order = recharge_service.cash_recharge(conn, args.account, args.amount_fen, args.operator or getpass.getuser(),
                                            wallet=args.wallet)
-    after = hall.balances_of(conn, args.account)[args.wallet]
+    after = registry.balances_of(conn, args.account)[args.wallet]
     say(args, "充值成功：%.2f 元，%s 钱包余额 %.2f 元（单号 %s）" % (args.amount_fen / 100, args.wallet, after / 100,
                                                            order["order_id"]),
         "recharged %.2f yuan; %s wallet balance %.2f yuan (receipt %s)" % (args.amount_fen / 100, args.wallet,
@@ -142,7 +142,7 @@ def cmd_recharge(args):
 
 def cmd_report_loss(args):
     conn = open_database(args)
-    version = hall.report_loss(conn, args.card)
+    version = registry.report_loss(conn, args.card)
     say(args, "挂失成功：卡号 %d（黑名单版本 %d）" % (args.card, version),
         "card %d reported lost (deny version %d)" % (args.card, version))
 
@@ -173,8 +173,8 @@ def cmd_transactions(args):
 def cmd_terminal_register(args):
     conn = open_database(args)
     master_key = keys.load_master_key(keys.master_key_path(data_dir_of(args)))
-    terminal_id = hall.register_terminal(conn, args.merchant)
-    document = hall.provisioning_document(conn, master_key, terminal_id, args.server_url)
+    terminal_id = registry.register_terminal(conn, args.merchant)
+    document = registry.provisioning_document(conn, master_key, terminal_id, args.server_url)
     keys.write_private_file(args.out, json.dumps(document, indent=2).encode())
     say(args, "终端已登记：编号 %d；配置文件（含密钥，权限 0600）已写入 %s" % (terminal_id, args.out),
         "terminal %d registered; provisioning file (holds keys, mode 0600) written to %s" % (terminal_id, args.out))
@@ -182,7 +182,7 @@ def cmd_terminal_register(args):
 
 def cmd_terminal_revoke(args):
     conn = open_database(args)
-    hall.revoke_terminal(conn, args.terminal)
+    registry.revoke_terminal(conn, args.terminal)
     say(args, "终端 %d 已停用" % args.terminal, "terminal %d revoked" % args.terminal)
 
 
@@ -192,7 +192,7 @@ def _read_password(args):
     import getpass
     password = getpass.getpass("密码 / password: ")
     if password != getpass.getpass("再次输入 / again: "):
-        raise hall.HallError("两次输入的密码不一致", "the passwords differ")
+        raise registry.HallError("两次输入的密码不一致", "the passwords differ")
     return password
 
 
@@ -204,7 +204,7 @@ def cmd_staff_password(args):
     try:
         auth.set_staff_password(conn, args.username, _read_password(args))
     except auth.AuthError as error:
-        raise hall.HallError(error.zh, error.en)
+        raise registry.HallError(error.zh, error.en)
     say(args, "密码已更改，%s 的所有网页会话已结束" % args.username,
         "password changed; every web session of %s has ended" % args.username)
 
@@ -216,7 +216,7 @@ def cmd_staff_disable(args):
     try:
         auth.set_staff_disabled(conn, args.username, disabled=not args.enable)
     except auth.AuthError as error:
-        raise hall.HallError(error.zh, error.en)
+        raise registry.HallError(error.zh, error.en)
     say(args, "%s 已%s，其所有网页会话已结束" % (args.username, "启用" if args.enable else "停用"),
         "%s %s; every web session of that user has ended" % (args.username, "enabled" if args.enable else "disabled"))
 
@@ -230,7 +230,7 @@ def cmd_staff_add(args):
     try:
         staff_id = auth.add_staff_user(conn, args.username, args.name or args.username, args.role, password)
     except auth.AuthError as error:
-        raise hall.HallError(error.zh, error.en)
+        raise registry.HallError(error.zh, error.en)
     say(args, "工作人员已添加：%s（编号 %d，角色 %s）" % (args.username, staff_id, " ".join(sorted(set(args.role)))),
         "staff user added: %s (id %d, roles %s)" % (args.username, staff_id, " ".join(sorted(set(args.role)))))
 
@@ -239,7 +239,7 @@ def _guard(handler):
     def run(args):
         try:
             return handler(args)
-        except hall.HallError as error:
+        except registry.HallError as error:
             print(error.text(lang_of(args)), file=sys.stderr)
             return 2
     return run

@@ -6,7 +6,7 @@ cardholder-service commands) both build on these; neither imports the other's he
 """
 import os
 
-from sync_server import db as dbmod, hall, keys, messages
+from sync_server import db as dbmod, keys, messages, registry
 
 
 def data_dir_of(args):
@@ -25,8 +25,8 @@ def open_database(args):
     """The data directory's database, upgraded; HallError when `ykt server init` has not run."""
     path = dbmod.db_path(data_dir_of(args))
     if not os.path.exists(path):
-        raise hall.HallError("数据目录尚未初始化，请先运行 ykt server init",
-                             "data directory not initialised: run ykt server init")
+        raise registry.HallError("数据目录尚未初始化，请先运行 ykt server init",
+                                 "data directory not initialised: run ykt server init")
     return dbmod.init_db(path)
 
 
@@ -34,14 +34,14 @@ def open_station(args):
     """The issuing station's card when --reader / --card-file is given (checked blank), else None."""
     if not (getattr(args, "reader", None) or getattr(args, "card_file", None)):
         if not args.uid:
-            raise hall.HallError("请给出卡片 UID，或用 --reader / --card-file 在发卡机上读卡",
-                                 "give the card UID, or --reader / --card-file to read it at the issuing station")
+            raise registry.HallError("请给出卡片 UID，或用 --reader / --card-file 在发卡机上读卡",
+                                     "give the card UID, or --reader / --card-file to read it at the issuing station")
         return None
     station = issuing_station(args)
     try:
         return station.StationCard(args.reader, args.card_file, args.uid)
     except station.StationError as error:
-        raise hall.HallError(error.zh, error.en)
+        raise registry.HallError(error.zh, error.en)
 
 
 def issuing_station(args):
@@ -49,8 +49,8 @@ def issuing_station(args):
     server imports only the core (DESIGN.md section 6), and `python -m sync_server` runs on machines
     that carry no terminal code."""
     if getattr(args, "issuing_station", None) is None:
-        raise hall.HallError("此命令行不带发卡机：请用 ykt hall 读写卡片，或只给出 --uid",
-                             "this command line has no issuing station: use `ykt hall`, or give --uid alone")
+        raise registry.HallError("此命令行不带发卡机：请用 ykt hall 读写卡片，或只给出 --uid",
+                                 "this command line has no issuing station: use `ykt hall`, or give --uid alone")
     return args.issuing_station()
 
 
@@ -60,10 +60,10 @@ def write_at_station(args, conn, station, identity, name):
     try:
         station.write(keys.load_master_key(keys.master_key_path(data_dir_of(args))), identity, name)
     except station_error as error:
-        hall.report_loss(conn, identity.card_number)       # a half-written card must never pay
-        raise hall.HallError("%s；卡号 %d 已作废（挂失），请换一张空白卡重新办理" % (error.zh, identity.card_number),
-                             "%s; card %d is void (reported lost): use a new blank card and reissue"
-                             % (error.en, identity.card_number))
+        registry.report_loss(conn, identity.card_number)       # a half-written card must never pay
+        raise registry.HallError("%s；卡号 %d 已作废（挂失），请换一张空白卡重新办理" % (error.zh, identity.card_number),
+                                 "%s; card %d is void (reported lost): use a new blank card and reissue"
+                                 % (error.en, identity.card_number))
 
 
 def add_station_options(parser):

@@ -21,7 +21,7 @@ import httpx
 from firmware.apps.sync_client import SyncRefused  # the terminal's own 4xx answer: {"error", "message"}
 from firmware.core import protocol, records, sam as sam_keys
 from firmware.core import wallets as wallet_rules
-from sync_server import db as dbmod, hall, keys
+from sync_server import db as dbmod, keys, registry
 from sync_server.cli import init_data_dir
 
 STARTUP_DEADLINE_S = 60   # a deadline to give up waiting, not a performance assertion
@@ -115,9 +115,9 @@ class ServerHandle:
         conn = self.connect()
         try:
             if merchant_id is None:
-                merchant_id = hall.add_merchant(conn, "测试窗口", "test window", category)
-            terminal_id = hall.register_terminal(conn, merchant_id)
-            document = hall.provisioning_document(conn, self.master_key(), terminal_id, self.url)
+                merchant_id = registry.add_merchant(conn, "测试窗口", "test window", category)
+            terminal_id = registry.register_terminal(conn, merchant_id)
+            document = registry.provisioning_document(conn, self.master_key(), terminal_id, self.url)
         finally:
             conn.close()
         sam = sam_keys.SoftwareSAM({purpose: bytes.fromhex(key) for purpose, key in document["sam_keys"].items()})

@@ -15,7 +15,7 @@ import pytest
 from conftest import database_snapshot
 from server_process import running_server
 from firmware.core import card_layout, protocol
-from sync_server import db as dbmod, hall, ledger, pins
+from sync_server import db as dbmod, ledger, pins, registry
 from sync_server.ledger_store import SqliteStore, REASON_LOST, REASON_REPLACED
 from sync_server.services import binding, cards, recharge
 
@@ -33,17 +33,19 @@ class Holder:
         self.pin = pins.initial_pin(self.id_number, self.staff_number)
         conn = server.connect()
         try:
-            self.person_id, self.account_id = hall.add_person(conn, self.name, card_layout.HOLDER_STUDENT,
-                                                              id_number=self.id_number, staff_number=self.staff_number)
+            self.person_id, self.account_id = registry.add_person(conn, self.name, card_layout.HOLDER_STUDENT,
+                                                                  id_number=self.id_number,
+                                                                  staff_number=self.staff_number)
             self.card_number = None
             if with_card:
-                identity, _ = hall.issue_card_record(conn, self.account_id, bytes([0x10, n >> 8 & 0xFF, n & 0xFF, 1]))
+                identity, _ = registry.issue_card_record(conn, self.account_id,
+                                                         bytes([0x10, n >> 8 & 0xFF, n & 0xFF, 1]))
                 self.card_number = identity.card_number
             if balance_fen:
-                hall.recharge(conn, self.account_id, balance_fen)
+                registry.recharge(conn, self.account_id, balance_fen)
             if legacy_fen:
-                hall.recharge(conn, self.account_id, legacy_fen, wallet=protocol.WALLET_LEGACY,
-                              channel=dbmod.LEDGER_LEGACY_SOURCE)  # old-system balance, as migrated
+                registry.recharge(conn, self.account_id, legacy_fen, wallet=protocol.WALLET_LEGACY,
+                                  channel=dbmod.LEDGER_LEGACY_SOURCE)  # old-system balance, as migrated
         finally:
             conn.close()
         self.http = httpx.Client(base_url=server.url, timeout=60)

@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 
 from firmware.core import protocol, records as record_codec
 from server_process import running_server
-from sync_server import db as dbmod, hall
+from sync_server import db as dbmod, registry
 from sync_server.finance import (FinanceError, close, day_of_ms, day_start_ms, day_text, hour_of_ms, scheduler,
                                  statements)
 from sync_server.finance import exports
@@ -32,10 +32,10 @@ def server(tmp_path):
 
 
 def _person(conn, balance_fen, uid):
-    _person_id, account_id = hall.add_person(conn, "测试", 2, staff_number="T%s" % uid.hex(), set_initial_pin=False)
+    _person_id, account_id = registry.add_person(conn, "测试", 2, staff_number="T%s" % uid.hex(), set_initial_pin=False)
     if balance_fen:
-        hall.recharge(conn, account_id, balance_fen)
-    identity, _name = hall.issue_card_record(conn, account_id, uid)
+        registry.recharge(conn, account_id, balance_fen)
+    identity, _name = registry.issue_card_record(conn, account_id, uid)
     return account_id, identity.card_number
 
 
@@ -356,7 +356,7 @@ def test_electricity_paid_without_a_terminal_is_settled_to_its_merchant(tmp_path
     from sync_server.services import electricity
     conn = dbmod.init_db(str(tmp_path / "ykt.sqlite3"))
     account_id, _card = _person(conn, 5000, b"\x91\x92\x93\x94")
-    hall.recharge(conn, account_id, 1000, wallet=protocol.WALLET_LEGACY, channel=dbmod.LEDGER_LEGACY_SOURCE)
+    registry.recharge(conn, account_id, 1000, wallet=protocol.WALLET_LEGACY, channel=dbmod.LEDGER_LEGACY_SOURCE)
     paid_ms = dbmod.now_ms()
     payment = electricity.pay(conn, account_id, "7号楼", 3, "301", 2500, operator="hall-1", now_ms=paid_ms)
     assert len(payment["parts"]) == 2, "drawn on two wallets: two transfers, one sale"
@@ -386,7 +386,7 @@ def test_money_on_a_merchant_account_the_settlement_misses_unbalances_the_day(tm
     from sync_server import ledger
     from sync_server.ledger_store import SqliteStore
     conn = dbmod.init_db(str(tmp_path / "ykt.sqlite3"))
-    merchant_id = hall.add_merchant(conn, "一食堂", "canteen 1", 1)
+    merchant_id = registry.add_merchant(conn, "一食堂", "canteen 1", 1)
     merchant_ledger_id = conn.execute("SELECT ledger_account_id FROM merchants WHERE id = ?",
                                       (merchant_id,)).fetchone()[0]
     with dbmod.transaction(conn):
@@ -413,7 +413,7 @@ def test_the_close_checks_its_window_under_the_lock_and_the_whole_ledger_after(t
     a, _card = _person(conn, 5000, b"\xa1\xa2\xa3\xa4")
     b, _card = _person(conn, 5000, b"\xb1\xb2\xb3\xb4")
     c, _card = _person(conn, 5000, b"\xc1\xc2\xc3\xc4")
-    wallet = {account: hall.wallet_ledger_id(conn, account, protocol.WALLET_MAIN) for account in (a, b, c)}
+    wallet = {account: registry.wallet_ledger_id(conn, account, protocol.WALLET_MAIN) for account in (a, b, c)}
     today = _today()
     statements = []
     conn.set_trace_callback(statements.append)
@@ -430,7 +430,7 @@ def test_the_close_checks_its_window_under_the_lock_and_the_whole_ledger_after(t
     # two cached balances changed without a transfer, offsetting, on accounts the next window leaves alone
     conn.execute("UPDATE balances SET balance_fen = balance_fen + 100 WHERE ledger_account_id = ?", (wallet[b],))
     conn.execute("UPDATE balances SET balance_fen = balance_fen - 100 WHERE ledger_account_id = ?", (wallet[c],))
-    hall.recharge(conn, a, 700)
+    registry.recharge(conn, a, 700)
     completed = subprocess.run([sys.executable, "-m", "ykt", "finance", "close", "--date", day_text(today - 1),
                                 "--json", "--data-dir", str(tmp_path), "--lang", "en"],
                                capture_output=True, text=True, timeout=120)
@@ -443,7 +443,7 @@ def test_the_close_checks_its_window_under_the_lock_and_the_whole_ledger_after(t
 
     # a cached balance the window touched is caught under the lock
     conn.execute("UPDATE balances SET balance_fen = balance_fen + 100 WHERE ledger_account_id = ?", (wallet[a],))
-    hall.recharge(conn, a, 300)
+    registry.recharge(conn, a, 300)
     report, _newly = close.close_day(conn, today, before_day_end=True)
     invariants = report["invariants"]
     assert invariants["balanced"] is False and invariants["wallet_mismatch_count"] == 1

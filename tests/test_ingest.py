@@ -3,22 +3,22 @@
 import threading
 
 from firmware.core import protocol, wallets as wallet_rules
-from sync_server import hall, ledger
+from sync_server import ledger, registry
 from sync_server.ledger_store import SqliteStore
 
 
 def _person(conn, staff_number):
-    _person_id, account_id = hall.add_person(conn, "周七", 2, staff_number=staff_number, set_initial_pin=False)
-    identity, _name = hall.issue_card_record(conn, account_id, staff_number.encode()[-4:].rjust(4, b"\x02"))
+    _person_id, account_id = registry.add_person(conn, "周七", 2, staff_number=staff_number, set_initial_pin=False)
+    identity, _name = registry.issue_card_record(conn, account_id, staff_number.encode()[-4:].rjust(4, b"\x02"))
     return account_id, identity.card_number
 
 
 def test_water_batch_splits_over_water_legacy_main_and_blocks_the_overdrawn(live_server):
     conn = live_server.connect()
     account, card = _person(conn, "ING-W1")
-    hall.recharge(conn, account, 100, wallet="water")
-    hall.recharge(conn, account, 50, wallet="legacy")
-    hall.recharge(conn, account, 1000)
+    registry.recharge(conn, account, 100, wallet="water")
+    registry.recharge(conn, account, 50, wallet="legacy")
+    registry.recharge(conn, account, 1000)
     canteen = live_server.add_terminal()
     water = live_server.add_terminal(category=wallet_rules.CATEGORY_WATER)
     # one canteen tap first, then water taps: the split sees the balances each earlier tap left
@@ -26,7 +26,7 @@ def test_water_batch_splits_over_water_legacy_main_and_blocks_the_overdrawn(live
     answer = water.sync([water.record(account, card, 120, tap_counter=2),
                          water.record(account, card, 700, tap_counter=3),
                          water.record(account, card, 150, tap_counter=4)])
-    assert hall.balances_of(conn, account) == {"main": -20, "water": 0, "legacy": 0}
+    assert registry.balances_of(conn, account) == {"main": -20, "water": 0, "legacy": 0}
     assert answer["acked_seq"] == 3
     assert [e for e in answer["deny"]["entries"] if e[1] == account] == [[protocol.DENY_ACCOUNT, account, True, 4]]
     parts = conn.execute("SELECT t.id, la.wallet, t.amount_fen FROM transfers t JOIN ledger_accounts la "
@@ -40,7 +40,7 @@ def test_water_batch_splits_over_water_legacy_main_and_blocks_the_overdrawn(live
 def test_unknown_account_is_stored_unbooked_and_reported(live_server):
     conn = live_server.connect()
     account, card = _person(conn, "ING-U1")
-    hall.recharge(conn, account, 500)
+    registry.recharge(conn, account, 500)
     terminal = live_server.add_terminal()
     answer = terminal.sync([terminal.record(account, card, 100, tap_counter=1),
                             terminal.record(999999, 999999, 100, tap_counter=1)])
@@ -49,15 +49,15 @@ def test_unknown_account_is_stored_unbooked_and_reported(live_server):
                         (terminal.terminal_id,)).fetchall() == [(1, 1), (2, 0)]
     assert conn.execute("SELECT seq, reason FROM record_anomalies WHERE terminal_id = ?",
                         (terminal.terminal_id,)).fetchall() == [(2, "unknown_account")]
-    assert hall.balances_of(conn, account)["main"] == 400
+    assert registry.balances_of(conn, account)["main"] == 400
 
 
 def test_many_terminals_at_once_store_every_record_once_and_the_ledger_balances(live_server):
     conn = live_server.connect()
     people = [_person(conn, "ING-C%d" % i) for i in range(40)]
     for account, _card in people:
-        hall.recharge(conn, account, 100000)
-    before = {account: hall.balances_of(conn, account)["main"] for account, _card in people}
+        registry.recharge(conn, account, 100000)
+    before = {account: registry.balances_of(conn, account)["main"] for account, _card in people}
     terminals = [live_server.add_terminal() for _ in range(4)]
     taps = {}
     failures = []
@@ -85,6 +85,6 @@ def test_many_terminals_at_once_store_every_record_once_and_the_ledger_balances(
         seqs = [row[0] for row in conn.execute("SELECT seq FROM terminal_records WHERE terminal_id = ? ORDER BY seq",
                                                (terminal.terminal_id,))]
         assert seqs == list(range(1, 301))
-    spent = sum(before.values()) - sum(hall.balances_of(conn, a)["main"] for a, _card in people)
+    spent = sum(before.values()) - sum(registry.balances_of(conn, a)["main"] for a, _card in people)
     assert spent == 4 * 5 * sum(range(1, 61))
     assert ledger.check_balances(SqliteStore(conn)) == []

@@ -15,7 +15,7 @@ from firmware.apps.issuing import StationCard, StationError
 from firmware.core import sam as sam_module
 from reader_drivers.base import open_reader
 from reader_drivers.sim.classic_card import ClassicCard
-from sync_server import cli, db as dbmod, hall, keys
+from sync_server import cli, db as dbmod, keys, registry
 
 
 def ykt(data_dir, *words):
@@ -80,10 +80,10 @@ def test_a_torn_write_voids_the_card_number(hall_dir, tmp_path):
     station = StationCard("sim:", str(tmp_path / "torn.card"), "0a0b0c0d")
     conn = dbmod.connect(dbmod.db_path(str(hall_dir)))
     try:
-        identity, name = hall.issue_card_record(conn, 1, station.uid)
+        identity, name = registry.issue_card_record(conn, 1, station.uid)
         station.reader.field.pull_after(3)              # the cardholder takes the card mid-write
         args = argparse.Namespace(data_dir=str(hall_dir), lang="zh", issuing_station=lambda: issuing)
-        with pytest.raises(hall.HallError):
+        with pytest.raises(registry.HallError):
             cli.write_at_station(args, conn, station, identity, name)
         status = conn.execute("SELECT status FROM cards WHERE card_number = ? AND generation = ?",
                               (identity.card_number, identity.generation)).fetchone()[0]

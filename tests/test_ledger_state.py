@@ -7,7 +7,7 @@ from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from firmware.core import wallets as wallet_rules
-from sync_server import db as dbmod, hall, ledger
+from sync_server import db as dbmod, ledger, registry
 from sync_server.ledger_store import SqliteStore
 
 ACCOUNTS = 4
@@ -21,10 +21,10 @@ class LedgerMachine(RuleBasedStateMachine):
         self.conn = dbmod.init_db(dbmod.db_path(self.directory))
         self.merchant_ledger = []
         for category in (wallet_rules.CATEGORY_CANTEEN, wallet_rules.CATEGORY_WATER):
-            merchant_id = hall.add_merchant(self.conn, "窗口", "window", category)
+            merchant_id = registry.add_merchant(self.conn, "窗口", "window", category)
             self.merchant_ledger.append((category, self.conn.execute(
                 "SELECT ledger_account_id FROM merchants WHERE id = ?", (merchant_id,)).fetchone()[0]))
-        self.accounts = [hall.add_person(self.conn, "王五", 2, staff_number="L%d" % i, set_initial_pin=False)[1]
+        self.accounts = [registry.add_person(self.conn, "王五", 2, staff_number="L%d" % i, set_initial_pin=False)[1]
                          for i in range(ACCOUNTS)]
         self.wallets = SqliteStore(self.conn).wallet_ids(self.accounts)
         self.posted = {}          # the model: id -> Transfer
@@ -117,11 +117,11 @@ TestLedgerMachine.settings = settings(max_examples=25, stateful_step_count=15, d
 
 def test_check_balances_notices_a_tampered_cache(tmp_path):
     conn = dbmod.init_db(dbmod.db_path(str(tmp_path)))
-    _person, account = hall.add_person(conn, "赵六", 2, staff_number="T1", set_initial_pin=False)
-    hall.recharge(conn, account, 500)
+    _person, account = registry.add_person(conn, "赵六", 2, staff_number="T1", set_initial_pin=False)
+    registry.recharge(conn, account, 500)
     assert ledger.check_balances(SqliteStore(conn)) == []
     conn.execute("UPDATE balances SET balance_fen = balance_fen + 1 WHERE ledger_account_id = ?",
-                 (hall.wallet_ledger_id(conn, account, "main"),))
+                 (registry.wallet_ledger_id(conn, account, "main"),))
     problems = ledger.check_balances(SqliteStore(conn))
     assert len(problems) == 2 and "not 0" in problems[1]
 

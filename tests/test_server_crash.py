@@ -18,7 +18,7 @@ import httpx
 
 from firmware.core import records, sam as sam_keys
 from server_process import SyncClient, SyncRefused, free_port
-from sync_server import db as dbmod, hall, keys, ledger
+from sync_server import db as dbmod, keys, ledger, registry
 from sync_server.cli import init_data_dir
 from sync_server.ledger_store import SqliteStore
 
@@ -92,13 +92,13 @@ def test_server_killed_mid_upload_keeps_every_acknowledged_record_once(tmp_path)
     init_data_dir(data_dir)
     conn = dbmod.connect(dbmod.db_path(data_dir))
     master = keys.load_master_key(keys.master_key_path(data_dir))
-    people = hall.provision_population(conn, PEOPLE, SEED % 1000, initial_balance_fen=OPENING_FEN)
+    people = registry.provision_population(conn, PEOPLE, SEED % 1000, initial_balance_fen=OPENING_FEN)
     clients = []
     port = free_port()
     for _ in range(TERMINALS):
-        merchant_id = hall.add_merchant(conn, "测试窗口", "test window", 1)
-        terminal_id = hall.register_terminal(conn, merchant_id)
-        document = hall.provisioning_document(conn, master, terminal_id, "")
+        merchant_id = registry.add_merchant(conn, "测试窗口", "test window", 1)
+        terminal_id = registry.register_terminal(conn, merchant_id)
+        document = registry.provisioning_document(conn, master, terminal_id, "")
         sam = sam_keys.SoftwareSAM({purpose: bytes.fromhex(key) for purpose, key in document["sam_keys"].items()})
         clients.append(SyncClient("http://127.0.0.1:%d" % port, terminal_id, sam, merchant_id))
     conn.close()
@@ -148,7 +148,7 @@ def check_server(data_dir, uploaders, people):
                 fields = records.decode(raw)
                 spent[fields["account_id"]] = spent.get(fields["account_id"], 0) + fields["amount_fen"]
         for person in people:
-            balance = hall.balances_of(conn, person["account_id"])["main"]
+            balance = registry.balances_of(conn, person["account_id"])["main"]
             assert balance == OPENING_FEN - spent.get(person["account_id"], 0), "seed %d" % SEED
     finally:
         conn.close()

@@ -9,18 +9,18 @@ import httpx
 import pytest
 
 from firmware.core import protocol, records, sam as sam_keys, wallets as wallet_rules
-from sync_server import db as dbmod, hall
+from sync_server import db as dbmod, registry
 from sync_server.app import MAX_REQUEST_BYTES, create_app
 from sync_server.cli import init_data_dir
 from server_process import ServerHandle, SyncRefused, decode_answer
 
 
 def _person(conn, balance_fen, staff_number, id_number=None):
-    _person_id, account_id = hall.add_person(conn, "李四", 2, staff_number=staff_number, id_number=id_number,
-                                             set_initial_pin=False)
-    identity, _name = hall.issue_card_record(conn, account_id, staff_number.encode()[-4:].rjust(4, b"\x01"))
+    _person_id, account_id = registry.add_person(conn, "李四", 2, staff_number=staff_number, id_number=id_number,
+                                                 set_initial_pin=False)
+    identity, _name = registry.issue_card_record(conn, account_id, staff_number.encode()[-4:].rjust(4, b"\x01"))
     if balance_fen:
-        hall.recharge(conn, account_id, balance_fen)
+        registry.recharge(conn, account_id, balance_fen)
     return account_id, identity.card_number
 
 
@@ -47,7 +47,7 @@ def _bad_requests():
 
     def revoked_terminal(server, terminal, account, card):
         conn = server.connect()
-        hall.revoke_terminal(conn, terminal.terminal_id)
+        registry.revoke_terminal(conn, terminal.terminal_id)
         conn.close()
         return lambda: terminal.post(terminal.body([terminal.record(account, card, 100)]))
 
@@ -95,7 +95,7 @@ def _bad_requests():
 
     def other_category(server, terminal, account, card):       # a canteen terminal booking electricity
         conn = server.connect()
-        hall.recharge(conn, account, 3000, wallet=protocol.WALLET_LEGACY)
+        registry.recharge(conn, account, 3000, wallet=protocol.WALLET_LEGACY)
         conn.close()
         terminal.category = wallet_rules.CATEGORY_ELECTRICITY
         try:
@@ -153,7 +153,7 @@ def test_bad_request_is_refused_clearly_and_changes_nothing(live_server, snapsho
     terminal = live_server.add_terminal()
     send = BAD[case](live_server, terminal, account, card)
     before = snapshot(conn)
-    balance_before = hall.balances_of(conn, account)
+    balance_before = registry.balances_of(conn, account)
     response = send()
     status, error = EXPECTED[case]
     assert response.status_code == status, response.content
@@ -161,7 +161,7 @@ def test_bad_request_is_refused_clearly_and_changes_nothing(live_server, snapsho
     assert answer["error"] == error
     assert " / " in answer["message"]          # Chinese first, then English
     assert snapshot(conn) == before
-    assert hall.balances_of(conn, account) == balance_before
+    assert registry.balances_of(conn, account) == balance_before
 
 
 def test_duplicate_reordered_partial_and_replayed_uploads_store_each_record_once(live_server):
@@ -187,7 +187,7 @@ def test_duplicate_reordered_partial_and_replayed_uploads_store_each_record_once
 
     assert _stored(conn, terminal.terminal_id) == list(range(1, 21))
     spent = sum(100 + seq for seq in range(1, 21))
-    assert hall.balances_of(conn, account)["main"] == 100000 - spent
+    assert registry.balances_of(conn, account)["main"] == 100000 - spent
     purchases = conn.execute("SELECT count(*) FROM transfers WHERE kind = 'purchase' AND reference LIKE ?",
                              ("%d/%%" % terminal.terminal_id,)).fetchone()[0]
     assert purchases == 20
@@ -198,21 +198,21 @@ def test_recharge_then_purchase_and_negative_account_blocked_until_topped_up(liv
     account, card = _person(conn, 0, "NEG-1")
     first = live_server.add_terminal()
     second = live_server.add_terminal()
-    hall.recharge(conn, account, 1000)
+    registry.recharge(conn, account, 1000)
     answer = first.sync([first.record(account, card, 700, tap_counter=1)])
     row = [r for r in answer["balances"]["rows"] if r[0] == account and r[1] == "main"]
     assert row and row[0][2] == 300 and row[0][3] == 700
 
     # the same card spent offline at another terminal: the account goes negative and is denied
     answer = second.sync([second.record(account, card, 500, tap_counter=2)], deny_version=0)
-    assert hall.balances_of(conn, account)["main"] == -200
+    assert registry.balances_of(conn, account)["main"] == -200
     assert [protocol.DENY_ACCOUNT, account, True, 4] in answer["deny"]["entries"]
     deny_version = answer["deny"]["version"]
 
-    hall.recharge(conn, account, 200)
+    registry.recharge(conn, account, 200)
     answer = first.sync([], deny_version=deny_version)
     assert answer["deny"]["entries"] == [[protocol.DENY_ACCOUNT, account, False, 6]]
-    assert hall.balances_of(conn, account)["main"] == 0
+    assert registry.balances_of(conn, account)["main"] == 0
 
 
 def test_deny_and_balance_deltas_carry_only_what_changed(live_server):
@@ -229,8 +229,8 @@ def test_deny_and_balance_deltas_carry_only_what_changed(live_server):
     answer = terminal.sync(**versions)
     assert answer["deny"]["entries"] == [] and answer["balances"]["rows"] == []
 
-    hall.report_loss(conn, card)
-    hall.recharge(conn, other, 150)
+    registry.report_loss(conn, card)
+    registry.recharge(conn, other, 150)
     answer = terminal.sync(**versions)
     assert answer["deny"]["entries"] == [[protocol.DENY_CARD, protocol.card_deny_ref(card, 1), True, 1]]
     rows = answer["balances"]["rows"]
@@ -240,7 +240,7 @@ def test_deny_and_balance_deltas_carry_only_what_changed(live_server):
 
 def test_balance_pages_cover_every_account(live_server):
     conn = live_server.connect()
-    people = hall.provision_population(conn, 700, seed=7, initial_balance_fen=1234)
+    people = registry.provision_population(conn, 700, seed=7, initial_balance_fen=1234)
     terminal = live_server.add_terminal()
     seen, version, pages = {}, 0, 0
     while True:
@@ -338,8 +338,8 @@ def test_loss_and_recharge_committed_while_the_answer_is_built_still_reach_the_t
             break
 
     writer = server.connect()
-    hooks = [("FROM deny_entries WHERE version >", lambda: hall.report_loss(writer, card)),
-             ("FROM accounts WHERE balance_version >", lambda: hall.recharge(writer, account, 150))]
+    hooks = [("FROM deny_entries WHERE version >", lambda: registry.report_loss(writer, card)),
+             ("FROM accounts WHERE balance_version >", lambda: registry.recharge(writer, account, 150))]
     real_get_db = dbmod.get_db
     monkeypatch.setattr(dbmod, "get_db", lambda: _Interleaving(real_get_db(), hooks))
     answer = terminal.sync(**versions)

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from sync_server import db as dbmod, hall, pins
+from sync_server import db as dbmod, pins, registry
 from sync_server.services import statements
 
 HR_CSV = """姓名,工号,身份证号,部门
@@ -75,7 +75,7 @@ def test_hall_service_commands(tmp_path):
     conn = _conn(data_dir)
     account_id = conn.execute("SELECT a.id FROM accounts a JOIN persons p ON p.id = a.person_id "
                               "WHERE staff_number = 'T1001'").fetchone()[0]
-    identity, _ = hall.issue_card_record(conn, account_id, b"\x01\x02\x03\x04")
+    identity, _ = registry.issue_card_record(conn, account_id, b"\x01\x02\x03\x04")
 
     code, out = _run(data_dir, "hall", "recharge-channel", "--account", str(account_id), "--amount-fen", "3000",
                      "--channel", "ccb")
@@ -89,7 +89,7 @@ def test_hall_service_commands(tmp_path):
     assert _run(data_dir, "hall", "set-limits", "--account", str(account_id), "--single-fen", "2000",
                 "--daily-fen", "10000")[0] == 0
 
-    hall.report_loss(conn, identity.card_number)
+    registry.report_loss(conn, identity.card_number)
     code, out = _run(data_dir, "hall", "unfreeze", "--account", str(account_id), "--operator", "hall-3")
     assert code == 0 and "解挂成功" in out     # staff unfreeze does not need a changed PIN
     code, out = _run(data_dir, "hall", "reissue", "--account", str(account_id), "--uid", "a1a2a3a4", "--json",

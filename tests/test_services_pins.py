@@ -12,7 +12,7 @@ import sqlite3
 import pytest
 
 from firmware.core import card_layout
-from sync_server import db as dbmod, hall, pins, services
+from sync_server import db as dbmod, pins, registry, services
 from sync_server.services import binding, electricity, pins as pin_service
 from sync_server.web import auth
 
@@ -23,9 +23,9 @@ PIN = pins.initial_pin("110101199001011234", None)
 def site(tmp_path, monkeypatch):
     path = str(tmp_path / "ykt.sqlite3")
     conn = dbmod.init_db(path)
-    _, account_id = hall.add_person(conn, "钱测试", card_layout.HOLDER_STUDENT, id_number="110101199001011234",
-                                    staff_number="P0001", set_initial_pin=False)
-    hall.recharge(conn, account_id, 5000)
+    _, account_id = registry.add_person(conn, "钱测试", card_layout.HOLDER_STUDENT, id_number="110101199001011234",
+                                        staff_number="P0001", set_initial_pin=False)
+    registry.recharge(conn, account_id, 5000)
     writer_blocked = []
     real_hash = pins.hash_pin
 

@@ -5,7 +5,7 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
 
 from firmware.core import card_layout
-from sync_server import db as dbmod, hall, ledger
+from sync_server import db as dbmod, ledger, registry
 from sync_server.ledger_store import SqliteStore
 from sync_server.services import recharge
 
@@ -22,8 +22,8 @@ notifications = st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["paid", "
 def test_each_paid_order_credits_once(tmp_path_factory, events, amounts, channel_picks):
     conn = dbmod.init_db(str(tmp_path_factory.mktemp("recharge") / "ykt.sqlite3"))
     try:
-        _, account_id = hall.add_person(conn, "周测试", card_layout.HOLDER_STUDENT, staff_number="P1",
-                                        set_initial_pin=False)
+        _, account_id = registry.add_person(conn, "周测试", card_layout.HOLDER_STUDENT, staff_number="P1",
+                                            set_initial_pin=False)
         orders = [recharge.create_order(conn, account_id, amount, channel, now_ms=1000 + index)
                   for index, (amount, channel) in enumerate(zip(amounts, channel_picks))]
         paid = set()
@@ -42,7 +42,7 @@ def test_each_paid_order_credits_once(tmp_path_factory, events, amounts, channel
             if status == "paid":
                 assert outcome == ("duplicate" if index in paid else "credited")
                 paid.add(index)
-        assert hall.balances_of(conn, account_id)["main"] == sum(amounts[index] for index in paid)
+        assert registry.balances_of(conn, account_id)["main"] == sum(amounts[index] for index in paid)
         for index, order in enumerate(orders):
             stored = recharge.get_order(conn, order["order_id"])
             assert (stored["status"] == "paid") == (index in paid)
@@ -60,13 +60,13 @@ def test_each_paid_order_credits_once(tmp_path_factory, events, amounts, channel
 
 def test_cash_desk_recharge_is_an_order_paid_at_once(tmp_path):
     conn = dbmod.init_db(str(tmp_path / "ykt.sqlite3"))
-    _, account_id = hall.add_person(conn, "吴现金", card_layout.HOLDER_STAFF, staff_number="C1", set_initial_pin=False)
+    _, account_id = registry.add_person(conn, "吴现金", card_layout.HOLDER_STAFF, staff_number="C1", set_initial_pin=False)
     order = recharge.cash_recharge(conn, account_id, 2550, operator="hall-7")
     assert order["status"] == "paid" and order["channel"] == "cash" and order["operator"] == "hall-7"
-    assert hall.balances_of(conn, account_id)["main"] == 2550
+    assert registry.balances_of(conn, account_id)["main"] == 2550
     assert SqliteStore(conn).balances([dbmod.LEDGER_CASH_DESK])[dbmod.LEDGER_CASH_DESK] == -2550
-    _, identity_only = hall.add_person(conn, "郑访问", card_layout.HOLDER_IDENTITY_ONLY, staff_number="V1",
-                                       set_initial_pin=False)
+    _, identity_only = registry.add_person(conn, "郑访问", card_layout.HOLDER_IDENTITY_ONLY, staff_number="V1",
+                                           set_initial_pin=False)
     for attempt in (lambda: recharge.cash_recharge(conn, identity_only, 100, operator="hall-7"),
                     lambda: recharge.create_order(conn, identity_only, 100, "alipay")):
         try:
@@ -80,7 +80,8 @@ def test_cash_desk_recharge_is_an_order_paid_at_once(tmp_path):
 
 def test_stale_pending_orders_close_and_pending_orders_are_bounded(tmp_path):
     conn = dbmod.init_db(str(tmp_path / "ykt.sqlite3"))
-    _, account_id = hall.add_person(conn, "钱限量", card_layout.HOLDER_STUDENT, staff_number="B1", set_initial_pin=False)
+    _, account_id = registry.add_person(conn, "钱限量", card_layout.HOLDER_STUDENT, staff_number="B1",
+                                        set_initial_pin=False)
     for index in range(recharge.MAX_PENDING_ORDERS_PER_ACCOUNT):
         recharge.create_order(conn, account_id, 100, "ccb", now_ms=1000 + index)
     try:

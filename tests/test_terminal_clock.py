@@ -12,7 +12,7 @@ from firmware.apps.store import TerminalStore
 from firmware.core import card_layout, sam
 from reader_drivers.base import open_reader
 from reader_drivers.sim.classic_card import ClassicCard
-from sync_server import hall
+from sync_server import registry
 from server_process import running_server
 
 UID = bytes.fromhex("04a1b2c9")
@@ -20,9 +20,9 @@ YEAR_MS = 365 * 24 * 3600 * 1000
 
 
 def issue_card(server, conn, directory):
-    _person, account_id = hall.add_person(conn, "王小明", card_layout.HOLDER_STUDENT, staff_number="20240009")
-    identity, holder = hall.issue_card_record(conn, account_id, UID)
-    hall.recharge(conn, account_id, 20000)
+    _person, account_id = registry.add_person(conn, "王小明", card_layout.HOLDER_STUDENT, staff_number="20240009")
+    identity, holder = registry.issue_card_record(conn, account_id, UID)
+    registry.recharge(conn, account_id, 20000)
     issuer = sam.SoftwareSAM(sam.site_purpose_keys(server.master_key(), include_issuer=True))
     reader = open_reader("sim:")
     card = ClassicCard(UID)
@@ -41,8 +41,8 @@ def decisions(out):
 def test_set_time_brings_a_clock_stuck_in_the_future_back(tmp_path):
     with running_server(tmp_path / "server") as server:
         conn = server.connect()
-        terminal_id = hall.register_terminal(conn, hall.add_merchant(conn, "第一食堂", "Canteen 1", 1))
-        document = hall.provisioning_document(conn, server.master_key(), terminal_id, server.url)
+        terminal_id = registry.register_terminal(conn, registry.add_merchant(conn, "第一食堂", "Canteen 1", 1))
+        document = registry.provisioning_document(conn, server.master_key(), terminal_id, server.url)
         card_path = issue_card(server, conn, tmp_path)
         data_dir = tmp_path / "terminal"
         os.makedirs(str(data_dir))

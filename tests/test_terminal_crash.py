@@ -32,7 +32,7 @@ from firmware.core import sam
 from reader_drivers.base import open_reader
 from reader_drivers.sim.classic_card import ClassicCard
 from simulators.netcut import Relay
-from sync_server import hall
+from sync_server import registry
 from sync_server.ledger import check_balances
 from sync_server.ledger_store import SqliteStore
 from field_cards import counter_on_image
@@ -128,7 +128,7 @@ class TerminalProcess:
 
 def issue_cards(server, conn, cards_dir, seed):
     """Cardholders with opening balances (service hall) and their issued sim card images."""
-    people = hall.provision_population(conn, CARDHOLDERS, seed, initial_balance_fen=opening_balance_fen())
+    people = registry.provision_population(conn, CARDHOLDERS, seed, initial_balance_fen=opening_balance_fen())
     issuer = sam.SoftwareSAM(sam.site_purpose_keys(server.master_key(), include_issuer=True))
     reader = open_reader("sim:")
     for person in people:
@@ -187,13 +187,13 @@ def test_sigkilled_terminal_loses_no_shown_tap_and_charges_nothing_twice(tmp_pat
     with running_server(tmp_path / "server") as server:
         conn = server.connect()
         try:
-            merchant_id = hall.add_merchant(conn, "第三食堂", "Canteen 3", 1)
-            terminal_id = hall.register_terminal(conn, merchant_id)
+            merchant_id = registry.add_merchant(conn, "第三食堂", "Canteen 3", 1)
+            terminal_id = registry.register_terminal(conn, merchant_id)
             people = issue_cards(server, conn, cards_dir, seed % 100000)
             relay = Relay("127.0.0.1", int(server.url.rsplit(":", 1)[1]))
             provision_path = str(tmp_path / "terminal.json")
             with open(os.open(provision_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
-                json.dump(hall.provisioning_document(conn, server.master_key(), terminal_id, relay.url), handle)
+                json.dump(registry.provisioning_document(conn, server.master_key(), terminal_id, relay.url), handle)
         finally:
             conn.close()
         arguments = ["--provision", provision_path, "--data-dir", data_dir, "--cards-dir", cards_dir,
@@ -301,5 +301,5 @@ def check_against_server(conn, terminal_id, people, cards_dir, taps, decisions, 
     assert check_balances(SqliteStore(conn)) == []
     for person in people:
         charged_fen = sum(row[5] for row in stored.values() if row[3] == person["account_id"])
-        assert hall.balances_of(conn, person["account_id"])["main"] == opening_balance_fen() - charged_fen
+        assert registry.balances_of(conn, person["account_id"])["main"] == opening_balance_fen() - charged_fen
 

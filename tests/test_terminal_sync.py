@@ -21,7 +21,7 @@ from firmware.core import card_layout, protocol, sam
 from reader_drivers.base import open_reader
 from reader_drivers.sim.classic_card import ClassicCard
 from simulators.netcut import Relay
-from sync_server import db as dbmod, hall
+from sync_server import db as dbmod, registry
 from field_cards import counter_on_image
 from server_process import running_server
 
@@ -29,9 +29,9 @@ UIDS = (bytes.fromhex("04a1b2c3"), bytes.fromhex("04d4e5f6"))
 
 
 def issue(server, conn, uid, name, staff_number, directory, recharge_fen):
-    _person, account_id = hall.add_person(conn, name, card_layout.HOLDER_STUDENT, staff_number=staff_number)
-    identity, holder = hall.issue_card_record(conn, account_id, uid)
-    hall.recharge(conn, account_id, recharge_fen)
+    _person, account_id = registry.add_person(conn, name, card_layout.HOLDER_STUDENT, staff_number=staff_number)
+    identity, holder = registry.issue_card_record(conn, account_id, uid)
+    registry.recharge(conn, account_id, recharge_fen)
     issuer = sam.SoftwareSAM(sam.site_purpose_keys(server.master_key(), include_issuer=True))
     reader = open_reader("sim:")
     card = ClassicCard(uid)
@@ -47,11 +47,11 @@ def issue(server, conn, uid, name, staff_number, directory, recharge_fen):
 def campus(tmp_path):
     with running_server(tmp_path / "server") as server:
         conn = server.connect()
-        merchant_id = hall.add_merchant(conn, "第一食堂", "Canteen 1", 1)
-        terminal_id = hall.register_terminal(conn, merchant_id)
+        merchant_id = registry.add_merchant(conn, "第一食堂", "Canteen 1", 1)
+        terminal_id = registry.register_terminal(conn, merchant_id)
         port = int(server.url.rsplit(":", 1)[1])
         relay = Relay("127.0.0.1", port)
-        document = hall.provisioning_document(conn, server.master_key(), terminal_id, relay.url)
+        document = registry.provisioning_document(conn, server.master_key(), terminal_id, relay.url)
         people = [issue(server, conn, uid, name, staff, tmp_path, 20000)
                   for uid, name, staff in zip(UIDS, ("张小明", "李华"), ("20240001", "20240002"))]
         out = io.StringIO()
@@ -74,7 +74,7 @@ def server_records(conn, terminal_id):
 
 
 def main_balance(conn, account_id):
-    return hall.balances_of(conn, account_id)["main"]
+    return registry.balances_of(conn, account_id)["main"]
 
 
 def test_online_and_offline_taps_reach_the_ledger_exactly_once(campus):
@@ -138,7 +138,7 @@ def test_loss_report_reaches_the_terminal_and_refuses_the_card(campus):
     (alice, alice_card), _ = people
     terminal.sync_now()
     terminal.run_line({"amount_fen": 100, "card": alice_card})
-    hall.report_loss(conn, alice.card_number)
+    registry.report_loss(conn, alice.card_number)
     terminal.sync_now()
     terminal.run_line({"amount_fen": 200, "card": alice_card})
     assert [(d["accepted"], d["reason"]) for d in decisions(out)] == [(True, "accepted"), (False, "card_lost")]
@@ -183,10 +183,10 @@ def test_pin_over_the_limit_is_checked_online(campus):
 def test_background_sync_thread_uploads_while_taps_go_on(tmp_path):
     with running_server(tmp_path / "server") as server:
         conn = server.connect()
-        merchant_id = hall.add_merchant(conn, "第二食堂", "Canteen 2", 1)
-        terminal_id = hall.register_terminal(conn, merchant_id)
+        merchant_id = registry.add_merchant(conn, "第二食堂", "Canteen 2", 1)
+        terminal_id = registry.register_terminal(conn, merchant_id)
         relay = Relay("127.0.0.1", int(server.url.rsplit(":", 1)[1]))
-        document = hall.provisioning_document(conn, server.master_key(), terminal_id, relay.url)
+        document = registry.provisioning_document(conn, server.master_key(), terminal_id, relay.url)
         (alice, card_path), = [issue(server, conn, UIDS[0], "王芳", "20240009", tmp_path, 50000)]
         out = io.StringIO()
         terminal = PosTerminal(document, str(tmp_path / "terminal"), open_reader("sim:"), out=out,
@@ -217,7 +217,7 @@ def test_revoked_terminal_refuses_every_tap(campus):
     server, conn, relay, terminal, people, out = campus
     (alice, alice_card), _ = people
     terminal.sync_now()
-    hall.revoke_terminal(conn, terminal.terminal_id)
+    registry.revoke_terminal(conn, terminal.terminal_id)
     result = terminal.sync_now()
     assert not result.online and "terminal_revoked" in result.error
     terminal.run_line({"amount_fen": 100, "card": alice_card})
@@ -362,7 +362,7 @@ def test_a_record_the_server_refuses_does_not_stop_the_deny_list(campus):
     terminal.store.append_purchase(bad, terminal.clock.peek_ms())
     refused = terminal.sync_now()
     assert not refused.online and "wrong_merchant" in refused.error
-    hall.report_loss(conn, alice.card_number)
+    registry.report_loss(conn, alice.card_number)
     terminal.sync_now()
     terminal.run_line({"amount_fen": 200, "card": alice_card})
     assert [(d["accepted"], d["reason"]) for d in decisions(out)] == [(False, "card_lost")]
@@ -378,9 +378,9 @@ def test_new_server_configuration_reaches_the_till_through_the_sync_thread(tmp_p
         conn = server.connect()
         terminal = None
         try:
-            merchant_id = hall.add_merchant(conn, "第四食堂", "Canteen 4", 1)
-            terminal_id = hall.register_terminal(conn, merchant_id)
-            document = hall.provisioning_document(conn, server.master_key(), terminal_id, server.url)
+            merchant_id = registry.add_merchant(conn, "第四食堂", "Canteen 4", 1)
+            terminal_id = registry.register_terminal(conn, merchant_id)
+            document = registry.provisioning_document(conn, server.master_key(), terminal_id, server.url)
             terminal = PosTerminal(document, str(tmp_path / "terminal"), open_reader("sim:"), out=io.StringIO(),
                                    sync_interval_ms=100)
             assert terminal.sync_now().online

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import database_snapshot
-from sync_server import db as dbmod, hall, services
+from sync_server import db as dbmod, registry, services
 from sync_server.app import create_app
 from sync_server.cli import init_data_dir
 from sync_server.services import binding, cards, pins as pin_service
@@ -40,9 +40,9 @@ def site(tmp_path):
     clock = Clock()
     app = create_app({"DATA_DIR": data_dir, "TESTING": True, "NOW_MS": clock})
     conn = dbmod.connect(dbmod.db_path(data_dir))
-    person_id, account_id = hall.add_person(conn, "张三", 2, staff_number="S20190001")
-    hall.issue_card_record(conn, account_id, b"\x01\x02\x03\x04")
-    hall.recharge(conn, account_id, 6955)
+    person_id, account_id = registry.add_person(conn, "张三", 2, staff_number="S20190001")
+    registry.issue_card_record(conn, account_id, b"\x01\x02\x03\x04")
+    registry.recharge(conn, account_id, 6955)
     auth.add_staff_user(conn, "clerk", "王老师", ["hall"], PASSWORD)
     auth.add_staff_user(conn, "auditor", "财务", ["finance"], PASSWORD)
     yield {"app": app, "conn": conn, "person_id": person_id, "account_id": account_id, "data_dir": data_dir,
@@ -140,7 +140,7 @@ def test_staff_action_is_logged_with_who_did_it_and_has_a_receipt(site):
     assert "12.30" in receipt and "clerk" in receipt and "张三" in receipt
     row = site["conn"].execute("SELECT username, action, person_id, amount_fen FROM staff_actions").fetchone()
     assert row == ("clerk", "recharge", site["person_id"], 1230)
-    assert hall.balances_of(site["conn"], site["account_id"])["main"] == 6955 + 1230
+    assert registry.balances_of(site["conn"], site["account_id"])["main"] == 6955 + 1230
 
 
 def test_a_disabled_staff_user_is_signed_out_at_once(site):
@@ -243,16 +243,16 @@ def test_a_double_clicked_cash_recharge_books_once_and_shows_one_receipt(site):
     second = client.post("/hall/person/%d/recharge" % site["person_id"], data=form)
     assert first.status_code == second.status_code == 302
     assert "/hall/receipt/" in first.location and second.location == first.location
-    assert hall.balances_of(site["conn"], site["account_id"])["main"] == 6955 + 5000
+    assert registry.balances_of(site["conn"], site["account_id"])["main"] == 6955 + 5000
     assert site["conn"].execute("SELECT count(*) FROM recharge_orders").fetchone()[0] == 1
     assert site["conn"].execute("SELECT count(*) FROM staff_actions").fetchone()[0] == 1
     page = client.get("/hall/person/%d" % site["person_id"])     # the next form is a new submission
     client.post("/hall/person/%d/recharge" % site["person_id"],
                 data=dict(form, form_key=form_key_of(page, "recharge-form")))
-    assert hall.balances_of(site["conn"], site["account_id"])["main"] == 6955 + 10000
+    assert registry.balances_of(site["conn"], site["account_id"])["main"] == 6955 + 10000
     forged = client.post("/hall/person/%d/recharge" % site["person_id"], data=dict(form, form_key="made-up-key"))
     assert forged.status_code == 302 and "/hall/receipt/" not in forged.location
-    assert hall.balances_of(site["conn"], site["account_id"])["main"] == 6955 + 10000
+    assert registry.balances_of(site["conn"], site["account_id"])["main"] == 6955 + 10000
 
 
 def test_a_double_clicked_electricity_payment_is_charged_once(site):
@@ -265,7 +265,7 @@ def test_a_double_clicked_electricity_payment_is_charged_once(site):
     second = client.post("/portal/electricity", data=form, follow_redirects=True).get_data(as_text=True)
     receipt = re.search(r"单号 (E[0-9a-f]+)", first).group(1)
     assert receipt in second                                  # the same receipt, shown again
-    assert hall.balances_of(site["conn"], site["account_id"])["main"] == 6955 - 2000
+    assert registry.balances_of(site["conn"], site["account_id"])["main"] == 6955 - 2000
     assert site["conn"].execute("SELECT count(*) FROM electricity_payments").fetchone()[0] == 1
 
 
@@ -408,7 +408,7 @@ def test_the_portal_lists_bound_phones_and_removes_one_with_the_form_token(site)
     conn = site["conn"]
     phone = binding.bind(conn, "wechat-oA1b2c3d4", "张三", "S20190001", "190001")
     tablet = binding.bind(conn, "alipay-20880042", "张三", "S20190001", "190001")
-    other_person, _ = hall.add_person(conn, "李四", 2, staff_number="S20190002")
+    other_person, _ = registry.add_person(conn, "李四", 2, staff_number="S20190002")
     others = binding.bind(conn, "qq-77777777", "李四", "S20190002", "190002")
     client = site["app"].test_client()
     sign_in_cardholder(client)

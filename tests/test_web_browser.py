@@ -14,7 +14,7 @@ import pytest
 from browser import by_id, chromium, click, fill, set_date, text
 from firmware.core import protocol
 from server_process import running_server
-from sync_server import db as dbmod, hall
+from sync_server import db as dbmod, registry
 from sync_server.services import recharge as recharge_service
 from sync_server.web import auth
 
@@ -33,13 +33,14 @@ def site(tmp_path_factory):
     with running_server(tmp_path_factory.mktemp("web"), env={"YKT_SIMULATED_PAYMENTS": "1"}) as server:
         conn = server.connect()
         now_ms = dbmod.now_ms()
-        a_person, a_account = hall.add_person(conn, A["name"], 2, staff_number=A["number"])
-        b_person, b_account = hall.add_person(conn, B["name"], 2, staff_number=B["number"], id_number=B["id_number"])
-        a_card, _ = hall.issue_card_record(conn, a_account, b"\xa1\x02\x03\x04")
-        b_card, _ = hall.issue_card_record(conn, b_account, b"\xb1\x02\x03\x04")
-        hall.recharge(conn, a_account, 5000, now_ms=now_ms - 40 * DAY_MS)      # outside the default month
-        hall.recharge(conn, a_account, 10000, now_ms=now_ms - 10 * DAY_MS)
-        hall.recharge(conn, b_account, 77777, now_ms=now_ms - 5 * DAY_MS)
+        a_person, a_account = registry.add_person(conn, A["name"], 2, staff_number=A["number"])
+        b_person, b_account = registry.add_person(conn, B["name"], 2, staff_number=B["number"],
+                                                  id_number=B["id_number"])
+        a_card, _ = registry.issue_card_record(conn, a_account, b"\xa1\x02\x03\x04")
+        b_card, _ = registry.issue_card_record(conn, b_account, b"\xb1\x02\x03\x04")
+        registry.recharge(conn, a_account, 5000, now_ms=now_ms - 40 * DAY_MS)      # outside the default month
+        registry.recharge(conn, a_account, 10000, now_ms=now_ms - 10 * DAY_MS)
+        registry.recharge(conn, b_account, 77777, now_ms=now_ms - 5 * DAY_MS)
         b_order = recharge_service.create_order(conn, b_account, 12345, "alipay")
         auth.add_staff_user(conn, "clerk", "王老师", ["hall"], CLERK_PASSWORD)
         conn.close()
@@ -183,7 +184,7 @@ def test_a_cardholder_never_sees_another_persons_data(fresh, site):
     show, and nothing of B's may change."""
     driver, a, b = fresh, site["a"], site["b"]
     conn = site["server"].connect()
-    b_before = (hall.balances_of(conn, b["account_id"]),
+    b_before = (registry.balances_of(conn, b["account_id"]),
                 conn.execute("SELECT status FROM cards WHERE account_id = ?", (b["account_id"],)).fetchall(),
                 conn.execute("SELECT single_limit_fen, daily_limit_fen, pin_hash FROM accounts WHERE id = ?",
                              (b["account_id"],)).fetchone(),
@@ -235,7 +236,7 @@ def test_a_cardholder_never_sees_another_persons_data(fresh, site):
             }""", button, {key: str(value) for key, value in ids.items()})
         click(driver, button)
         assert_nothing_of_b(page + " after " + button)
-    after = (hall.balances_of(conn, b["account_id"]),
+    after = (registry.balances_of(conn, b["account_id"]),
              conn.execute("SELECT status FROM cards WHERE account_id = ?", (b["account_id"],)).fetchall(),
              conn.execute("SELECT single_limit_fen, daily_limit_fen, pin_hash FROM accounts WHERE id = ?",
                           (b["account_id"],)).fetchone(),

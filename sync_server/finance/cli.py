@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from sync_server import db as dbmod, hall, messages
+from sync_server import db as dbmod, messages, registry
 from sync_server.finance import FinanceError, day_number, day_of_ms, day_text
 from sync_server.finance import close as close_module, report as report_module, statements
 
@@ -138,7 +138,7 @@ def _guard(handler):
     def run(args):
         try:
             return handler(args)
-        except (FinanceError, hall.HallError) as error:
+        except (FinanceError, registry.HallError) as error:
             print(error.text(_lang(args)), file=sys.stderr)
             return EXIT_REFUSED
     return run

@@ -12,7 +12,7 @@ The phone/kiosk JSON API (sync_server/cardholder_api.py), the web pages (sync_se
     people_import HR and student registry CSV import, repeatable
     binding       phone-app binding (绑卡) and bearer tokens
 
-A refused operation raises `ServiceError` (a `hall.HallError`, so one `except` serves both) with a
+A refused operation raises `ServiceError` (a `registry.HallError`, so one `except` serves both) with a
 stable `code`, an HTTP `status` for the API, and the message in Chinese and English; it changes
 nothing, except that a wrong PIN is counted towards the lockout (that is the point of the lockout).
 Money moves only through `ledger.post` with transfer ids derived from the order or payment id, so a
@@ -24,7 +24,7 @@ and returns the first one's receipt; the same key with different details is refu
 import hashlib
 import re
 
-from sync_server import db as dbmod, hall, messages
+from sync_server import db as dbmod, messages, registry
 from sync_server import pins as pin_rules  # not `pins`: that name is the submodule services.pins
 
 # code: (HTTP status, Chinese, English). Messages may carry %-parameters filled by ServiceError.
@@ -47,14 +47,14 @@ MESSAGES = {
 _IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_-]{8,100}$")
 
 
-class ServiceError(hall.HallError):
+class ServiceError(registry.HallError):
     """A refused operation: `code` (stable, for programs), `status` (HTTP), zh / en texts."""
 
     def __init__(self, code, *parameters, status=None):
         known_status, zh, en = MESSAGES[code]
         if parameters:
             zh, en = zh % parameters, en % parameters
-        hall.HallError.__init__(self, zh, en)
+        registry.HallError.__init__(self, zh, en)
         self.code = code
         self.status = status or known_status
 

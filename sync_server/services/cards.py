@@ -5,7 +5,7 @@
     issue_card(conn, account_id, uid, operator)              -> {identity, name}
     reissue(conn, account_id, uid, operator, fee_source="balance") -> {identity, name, fee_fen, ...}
 
-Loss and unfreeze become deny entries (hall.report_loss / cancel_loss), which every online terminal
+Loss and unfreeze become deny entries (registry.report_loss / cancel_loss), which every online terminal
 fetches in its next sync. A cardholder needs the card PIN for both; staff (`operator`) act on the
 holder's ID card. Self-service unfreeze is refused while the PIN is still the initial one (manual
 5.2: "若卡片密码为初始密码，为了安全考虑，不能进行自助解挂，需要到服务大厅办理"): whoever found the card may
@@ -17,7 +17,7 @@ The fee (setting reissue_fee_fen, ¥10 by default) is its own `fee` transfer to 
 from the main wallet or, when paid in cash at the desk, from the cash desk account.
 """
 from firmware.core import card_layout, protocol
-from sync_server import db as dbmod, hall, ledger, pins
+from sync_server import db as dbmod, ledger, pins, registry
 from sync_server.ledger_store import SqliteStore, touch_accounts
 from sync_server.services import ServiceError, now, person_row, register_messages, tx, with_pin
 
@@ -53,7 +53,7 @@ def report_loss(conn, account_id, pin=None, operator=None, now_ms=None):
         card = _card(conn, account_id, "active")
         if card is None:
             raise ServiceError("already_lost" if _card(conn, account_id, "lost") else "no_card")
-        version = hall.report_loss(conn, card[0], now_ms)
+        version = registry.report_loss(conn, card[0], now_ms)
         return {"card_number": card[0], "generation": card[1], "deny_version": version}
     return with_pin(conn, account_id, pin, operator, now_ms, operation)
 
@@ -73,7 +73,7 @@ def unfreeze(conn, account_id, pin=None, operator=None, now_ms=None):
             raise ServiceError("not_lost")
         if operator is None and _pin_is_initial(conn, account_id, pin):
             raise ServiceError("initial_pin_unfreeze")
-        version = hall.cancel_loss(conn, card[0], now_ms)
+        version = registry.cancel_loss(conn, card[0], now_ms)
         return {"card_number": card[0], "generation": card[1], "deny_version": version}
     return with_pin(conn, account_id, pin, operator, now_ms, operation)
 
@@ -104,7 +104,7 @@ def issue_card(conn, account_id, uid, operator=None, now_ms=None):
         if conn.execute("SELECT 1 FROM cards WHERE account_id = ?", (account_id,)).fetchone():
             raise ServiceError("card_exists")
         _check_uid_free(conn, uid)
-        identity, name = hall.issue_card_record(conn, account_id, uid, now_ms, _expiry(holder))
+        identity, name = registry.issue_card_record(conn, account_id, uid, now_ms, _expiry(holder))
     return {"identity": identity, "name": name}
 
 
@@ -126,7 +126,7 @@ def reissue(conn, account_id, uid, operator, fee_source="balance", now_ms=None):
             raise ServiceError("no_card_yet")
         _check_uid_free(conn, uid)
         fee_fen = dbmod.setting(conn, "reissue_fee_fen")
-        identity, name = hall.issue_card_record(conn, account_id, uid, now_ms, _expiry(holder))
+        identity, name = registry.issue_card_record(conn, account_id, uid, now_ms, _expiry(holder))
         fee_transfer_id = None
         if fee_fen > 0:
             fee_transfer_id = _charge_fee(conn, holder, account_id, identity, fee_fen, fee_source, now_ms)
@@ -137,7 +137,7 @@ def reissue(conn, account_id, uid, operator, fee_source="balance", now_ms=None):
                      (identity.card_number, identity.generation, account_id, fee_fen, fee_source,
                       fee_transfer_id, operator, now_ms))
         touch_accounts(conn, [account_id])
-        balances = hall.balances_of(conn, account_id)
+        balances = registry.balances_of(conn, account_id)
     return {"identity": identity, "name": name, "fee_fen": fee_fen, "fee_source": fee_source,
             "fee_transfer_id": fee_transfer_id, "replaced_generation": previous[1], "balances": balances}
 
@@ -146,7 +146,7 @@ def _charge_fee(conn, holder, account_id, identity, fee_fen, fee_source, now_ms)
     if fee_source == "balance":
         if holder["category"] == card_layout.HOLDER_IDENTITY_ONLY:
             raise ServiceError("fee_needs_cash", fee_fen / 100)
-        source = hall.wallet_ledger_id(conn, account_id, protocol.WALLET_MAIN)
+        source = registry.wallet_ledger_id(conn, account_id, protocol.WALLET_MAIN)
         if SqliteStore(conn).balances([source])[source] < fee_fen:
             raise ServiceError("fee_needs_cash", fee_fen / 100)
     else:

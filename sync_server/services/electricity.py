@@ -11,7 +11,7 @@ import re
 import uuid
 
 from firmware.core import card_layout, protocol, wallets as wallet_rules
-from sync_server import db as dbmod, hall, ledger
+from sync_server import db as dbmod, ledger, registry
 from sync_server.ledger_store import SqliteStore, touch_accounts
 from sync_server.services import (ServiceError, check_amount, idempotent_id, now, person_row, register_messages,
                                   with_pin)
@@ -32,7 +32,7 @@ def electricity_merchant(conn):
     assert conn.in_transaction
     merchant_id = dbmod.setting(conn, "electricity_merchant_id")
     if not merchant_id:
-        merchant_id = hall.add_merchant(conn, "学生公寓电费", "dorm electricity", wallet_rules.CATEGORY_ELECTRICITY)
+        merchant_id = registry.add_merchant(conn, "学生公寓电费", "dorm electricity", wallet_rules.CATEGORY_ELECTRICITY)
         conn.execute("UPDATE settings SET value = ? WHERE name = 'electricity_merchant_id'", (merchant_id,))
     return merchant_id
 
@@ -73,7 +73,7 @@ def pay(conn, account_id, building, floor, room, amount_fen, pin=None, operator=
                 if tuple(done) != (account_id, building, floor, room, amount_fen):
                     raise ServiceError("idempotency_conflict")
                 return {"payment_id": payment_id, "parts": _parts(conn, payment_id),
-                        "balances": hall.balances_of(conn, account_id), "repeated": True}
+                        "balances": registry.balances_of(conn, account_id), "repeated": True}
         holder = person_row(conn, account_id)
         if holder["category"] == card_layout.HOLDER_IDENTITY_ONLY:
             raise ServiceError("no_wallet")
@@ -97,6 +97,6 @@ def pay(conn, account_id, building, floor, room, amount_fen, pin=None, operator=
                      "operator, time_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                      (payment_id, account_id, building, floor, room, amount_fen, operator, now_ms))
         touch_accounts(conn, [account_id])
-        return {"payment_id": payment_id, "parts": parts, "balances": hall.balances_of(conn, account_id),
+        return {"payment_id": payment_id, "parts": parts, "balances": registry.balances_of(conn, account_id),
                 "repeated": False}
     return with_pin(conn, account_id, pin, operator, now_ms, operation)

@@ -15,7 +15,7 @@ import getpass
 import json
 import sys
 
-from sync_server import hall, keys
+from sync_server import keys, registry
 from sync_server.cli_common import add_station_options, data_dir_of, open_database, open_station, say, write_at_station
 from sync_server.services import (cards, electricity, limits, people_import, pins as pin_service, recharge,
                                   statements)
@@ -77,7 +77,7 @@ def cmd_unfreeze(args):
     if account_id is None:
         row = conn.execute("SELECT account_id FROM cards WHERE card_number = ? LIMIT 1", (args.card,)).fetchone()
         if row is None:
-            raise hall.HallError("卡号 %d 不存在" % args.card, "card %d does not exist" % args.card)
+            raise registry.HallError("卡号 %d 不存在" % args.card, "card %d does not exist" % args.card)
         account_id = row[0]
     result = cards.unfreeze(conn, account_id, operator=_operator(args))
     say(args, "解挂成功：卡号 %(card_number)d（黑名单版本 %(deny_version)d）" % result,

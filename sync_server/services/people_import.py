@@ -19,7 +19,7 @@ import io
 import re
 
 from firmware.core import card_layout
-from sync_server import hall
+from sync_server import registry
 from sync_server.services import ServiceError, now, register_messages, tx
 
 CATEGORIES = {
@@ -155,8 +155,9 @@ def import_people(conn, csv_text, category_name, now_ms=None):
             existing = conn.execute("SELECT id, %s FROM persons WHERE staff_number = ?" % ", ".join(_FIELDS),
                                     (row["staff_number"],)).fetchone()
             if existing is None:
-                person_id, _ = hall.add_person(conn, row["name"], category, id_number=row["id_number"],
-                                               staff_number=row["staff_number"], now_ms=now_ms, set_initial_pin=False)
+                person_id, _ = registry.add_person(conn, row["name"], category, id_number=row["id_number"],
+                                                   staff_number=row["staff_number"], now_ms=now_ms,
+                                                   set_initial_pin=False)
                 conn.execute("UPDATE persons SET department = ?, expiry_yyyymmdd = ?, updated_ms = ? WHERE id = ?",
                              (row["department"], row["expiry_yyyymmdd"], now_ms, person_id))
                 report["created"] += 1

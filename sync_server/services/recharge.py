@@ -32,7 +32,7 @@ import logging
 import uuid
 
 from firmware.core import card_layout, crypto, protocol
-from sync_server import db as dbmod, hall, ledger
+from sync_server import db as dbmod, ledger, registry
 from sync_server.ledger_store import SqliteStore, touch_accounts, update_debt_flags
 from sync_server.services import (ServiceError, check_amount, idempotent_id, now, person_row, register_messages,
                                   tx)
@@ -155,7 +155,7 @@ def create_order(conn, account_id, amount_fen, channel, wallet=protocol.WALLET_M
 def _credit(conn, order, channel_ledger_id, now_ms):
     """Book the order's credit (idempotent by transfer id); returns the transfers actually posted."""
     transfer_id = "o/%s" % order["order_id"]
-    target = hall.wallet_ledger_id(conn, order["account_id"], order["wallet"])
+    target = registry.wallet_ledger_id(conn, order["account_id"], order["wallet"])
     transfer = ledger.recharge_transfer(transfer_id, channel_ledger_id, target, order["amount_fen"], now_ms,
                                         "%s %s" % (order["channel"], order["order_id"]))
     posted = ledger.post(SqliteStore(conn), [transfer])

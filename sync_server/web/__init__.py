@@ -3,7 +3,7 @@
 `init_app(app)` wires them into the app factory: the session secret (derived from the master key),
 cookie flags, the language switch and the template helpers (sync_server/web/page_text.py). Views
 are thin: they check who is signed in, read the form, call the service functions on a db connection
-and render. Business rules live in `sync_server/hall.py` and `sync_server/services/`, not here.
+and render. Business rules live in `sync_server/registry.py` and `sync_server/services/`, not here.
 
     YKT_SIMULATED_PAYMENTS=1   shows a "simulated payment" button on pending recharge orders (demo)
     YKT_COOKIE_SECURE=1        (config COOKIE_SECURE) marks every cookie the server sets Secure, for a

@@ -9,7 +9,7 @@ the same form submitted twice books once and both submissions land on the first 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 
 from firmware.core import card_layout
-from sync_server import db as dbmod, hall
+from sync_server import db as dbmod, registry
 from sync_server.services import cards, recharge as recharge_service, statements
 from sync_server.web import auth, forms
 from sync_server.web.page_text import error_text as _error_text, t
@@ -98,7 +98,7 @@ def person(person_id):
     cards = conn.execute("SELECT card_number, generation, status, expiry_yyyymmdd, issued_ms FROM cards "
                          "WHERE account_id = ? ORDER BY generation DESC", (holder["account_id"],)).fetchall()
     cards = [dict(zip(("card_number", "generation", "status", "expiry_yyyymmdd", "issued_ms"), row)) for row in cards]
-    balances = hall.balances_of(conn, holder["account_id"])
+    balances = registry.balances_of(conn, holder["account_id"])
     recent = statements.recent(conn, holder["account_id"], page_size=RECENT_TRANSACTIONS)["rows"]
     return render_template("hall/person.html", holder=holder, cards=cards, balances=balances,
                            total_fen=sum(balances.values()), recent=recent,
@@ -124,7 +124,7 @@ def _act(person_id, action, operation, own_transaction=False, **log_fields):
             action_id = detail.pop("receipt_of", None) or auth.log_action(
                 conn, g.staff, action, person_id=person_id, account_id=holder["account_id"], detail=detail,
                 card_number=detail.get("card_number"), **log_fields)
-    except hall.HallError as error:
+    except registry.HallError as error:
         flash(_error_text(error), "error")
         return redirect(url_for("hall_pages.person", person_id=person_id))
     return redirect(url_for("hall_pages.receipt", action_id=action_id))
@@ -151,7 +151,7 @@ def recharge(person_id):
             if first is not None:
                 return {"receipt_of": first}
         return {"order_id": order["order_id"], "wallet": order["wallet"],
-                "balance_fen_after": hall.balances_of(conn, holder["account_id"])[order["wallet"]]}
+                "balance_fen_after": registry.balances_of(conn, holder["account_id"])[order["wallet"]]}
     return _act(person_id, "recharge", operation, amount_fen=amount_fen)
 
 

@@ -10,7 +10,7 @@ from flask import Blueprint, abort, current_app, flash, g, redirect, render_temp
 
 import datetime
 
-from sync_server import db as dbmod, hall, messages, services
+from sync_server import db as dbmod, messages, registry, services
 from sync_server.services import binding, cards, statements
 from sync_server.services import electricity as electricity_service, limits as limit_service
 from sync_server.services import pins as pin_service, recharge as recharge_service
@@ -33,7 +33,7 @@ def _holder(conn, account_id):
     assert person is not None, "session names an account that does not exist"
     card = dbmod.fetch_named(conn, "SELECT card_number, generation, status, expiry_yyyymmdd FROM cards "
                              "WHERE account_id = ? ORDER BY issued_ms DESC, generation DESC LIMIT 1", (account_id,))
-    balances = hall.balances_of(conn, account_id)
+    balances = registry.balances_of(conn, account_id)
     return {"person": person, "card": card, "balances": balances, "total_fen": sum(balances.values())}
 
 

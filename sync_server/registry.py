@@ -1,7 +1,9 @@
-"""Service-hall operations (服务大厅) on a database connection: people, cards, cash, loss, terminals.
+"""The registry: merchants, people and their accounts, cards, terminals, and the plain cash recharge
+and loss report on them - the operations the services (sync_server/services/), the hall pages and the
+CLI build on, on a database connection.
 
-Each operation runs in its own transaction unless the caller already holds one, so the CLI, the future
-hall pages and the demo share the same code. Money moves only through `ledger.post`; card loss and
+Each operation runs in its own transaction unless the caller already holds one, so the CLI, the hall
+pages and the demo share the same code. Money moves only through `ledger.post`; card loss and
 terminal revocation become deny entries that terminals fetch as deltas. Nothing here prints: the CLI
 (sync_server/cli.py) formats results. Key material appears only in `provisioning_document`, whose
 result the CLI writes to a 0600 file and never shows.
