@@ -32,7 +32,7 @@ from simulators import anomalies, lunch
 from reader_drivers.sim.classic_card import ClassicCard
 from simulators.netcut import Relay
 from simulators.phone import ChannelGateway, PhoneApp
-from sync_server import db as dbmod, keys, ledger, pins, registry
+from sync_server import db as dbmod, keys, ledger, pin_rules, registry
 from sync_server.cli import init_data_dir
 from sync_server.ledger_store import SqliteStore
 
@@ -270,7 +270,7 @@ class AppActivity:
         person = self.population[person_index]
         phone = PhoneApp(self.server_url, "app-user-%d" % person["person_id"])
         # the demo's cardholders still have the initial PIN (last six of the number), as at report_loss
-        phone.bind(person["name"], person["staff_number"], pins.initial_pin(None, person["staff_number"]))
+        phone.bind(person["name"], person["staff_number"], pin_rules.initial_pin(None, person["staff_number"]))
         return phone
 
     def run_due(self, now_s):
@@ -288,7 +288,7 @@ class AppActivity:
     def report_loss(self, person_index):
         """挂失 from the app: the owner's card PIN is still the initial one (last six of the number)."""
         person = self.population[person_index]
-        return self.owner.report_loss(pins.initial_pin(None, person["staff_number"]))
+        return self.owner.report_loss(pin_rules.initial_pin(None, person["staff_number"]))
 
     def close(self):
         self.owner.close()

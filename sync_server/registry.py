@@ -14,7 +14,7 @@ import uuid
 
 from firmware.core import card_layout, protocol, sam as sam_keys
 from firmware.core import wallets as wallet_rules
-from sync_server import db as dbmod, ledger, pins
+from sync_server import db as dbmod, ledger, pin_rules
 from sync_server.ledger_store import (SqliteStore, add_deny_entries, touch_accounts, update_debt_flags,
                                       REASON_LOST, REASON_REPLACED, REASON_REVOKED, REASON_FOUND)
 from sync_server.messages import BilingualError
@@ -76,7 +76,7 @@ def add_person(conn, name, category, id_number=None, staff_number=None, single_l
         account_id = _create_account_rows(conn, person_id, single_limit_fen, daily_limit_fen, now_ms)
         touch_accounts(conn, [account_id])
         if set_initial_pin:
-            pins.ensure_pin(conn, account_id)
+            pin_rules.ensure_pin(conn, account_id)
     return person_id, account_id
 
 
@@ -275,7 +275,7 @@ def provision_population(conn, count, seed, initial_balance_fen=20000, now_ms=No
     recharge each. Deterministic for a seed. Returns a list of dicts: person_id, account_id, name,
     staff_number, identity (card_layout.Identity), uid (bytes).
 
-    Initial PINs are hashed lazily on first use (pins.ensure_pin) so thousands of people take a second.
+    Initial PINs are hashed lazily on first use (pin_rules.ensure_pin) so thousands of people take a second.
     """
     assert 0 < count <= MAX_POPULATION
     rng = random.Random(seed)

@@ -28,7 +28,7 @@ from flask import Blueprint, Response, current_app, g, request
 
 from firmware.core import protocol, records as record_codec, sam as sam_keys
 from firmware.core import wallets as wallet_rules
-from sync_server import db as dbmod, ingest, messages, pins
+from sync_server import db as dbmod, ingest, messages, pin_rules
 from sync_server.business_day import day_of_ms
 
 terminal_api = Blueprint("terminal_api", __name__, url_prefix="/api/terminal/v1")
@@ -358,8 +358,8 @@ def pin_check():
     pin = message.get("pin")
     if not isinstance(pin, str):
         raise ApiError(400, "bad_request", "pin must be a string")
-    attempt = pins.prepare_pin(conn, account_id, pin, now_ms)    # scrypt, outside the write lock
+    attempt = pin_rules.prepare_pin(conn, account_id, pin, now_ms)    # scrypt, outside the write lock
     with dbmod.transaction(conn):
         _store_counter(conn, terminal["id"], counter, now_ms)
-        code = pins.record_pin(conn, account_id, attempt, now_ms)
+        code = pin_rules.record_pin(conn, account_id, attempt, now_ms)
     return _cbor_response({"ok": code == "pin_ok", "code": code, "message": messages.both(code)})

@@ -15,7 +15,7 @@ import pytest
 from conftest import database_snapshot
 from server_process import running_server
 from firmware.core import card_layout, protocol
-from sync_server import db as dbmod, ledger, pins, registry
+from sync_server import db as dbmod, ledger, pin_rules, registry
 from sync_server.ledger_store import SqliteStore, REASON_LOST, REASON_REPLACED
 from sync_server.services import binding, cards, recharge
 
@@ -30,7 +30,7 @@ class Holder:
         self.name = "测试%d号" % n
         self.staff_number = "T%05d" % n
         self.id_number = "1101011990010%04dX" % n
-        self.pin = pins.initial_pin(self.id_number, self.staff_number)
+        self.pin = pin_rules.initial_pin(self.id_number, self.staff_number)
         conn = server.connect()
         try:
             self.person_id, self.account_id = registry.add_person(conn, self.name, card_layout.HOLDER_STUDENT,
@@ -137,7 +137,7 @@ def test_a_wrong_pin_at_binding_counts_towards_the_cards_lockout(live_server):
     holder = Holder(live_server)
     http = _client_from(live_server, "127.0.0.3")
     wrong = holder.bind_request(app_user_id="pin-guesser", pin="000000")
-    for attempt in range(1, pins.MAX_PIN_FAILURES):
+    for attempt in range(1, pin_rules.MAX_PIN_FAILURES):
         _error(http.post("/api/v1/bind", json=wrong), 403, "pin_wrong")
         assert _pin_failures(live_server, holder.account_id) == (attempt, 0)
     _error(http.post("/api/v1/bind", json=wrong), 423, "pin_locked")
@@ -398,7 +398,7 @@ def test_unfreeze_only_after_the_pin_was_changed(live_server):
 
 def test_wrong_pins_lock_the_account_out(live_server):
     holder = Holder(live_server)
-    for _ in range(pins.MAX_PIN_FAILURES - 1):
+    for _ in range(pin_rules.MAX_PIN_FAILURES - 1):
         _error(holder.http.post(holder.url("report-loss"), json={"pin": "000001"}), 403, "pin_wrong")
     _error(holder.http.post(holder.url("report-loss"), json={"pin": "000001"}), 423, "pin_locked")
     _error(holder.http.post(holder.url("report-loss"), json={"pin": holder.pin}), 423, "pin_locked")

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from sync_server import db as dbmod, pins, registry
+from sync_server import db as dbmod, pin_rules, registry
 from sync_server.services import statements
 
 HR_CSV = """姓名,工号,身份证号,部门
@@ -103,11 +103,12 @@ def test_hall_service_commands(tmp_path):
                      stdin="246802\n")
     assert code == 0 and "246802" not in out
     with dbmod.transaction(conn):
-        assert pins.check_pin(conn, account_id, "246802", dbmod.now_ms()) == "pin_ok"
+        assert pin_rules.check_pin(conn, account_id, "246802", dbmod.now_ms()) == "pin_ok"
     code, out = _run(data_dir, "hall", "change-pin", "--account", str(account_id), "--lang", "en")
     assert code == 0 and "initial" in out
     with dbmod.transaction(conn):
-        assert pins.check_pin(conn, account_id, pins.initial_pin("21020219800101002X", None), dbmod.now_ms()) == "pin_ok"
+        initial = pin_rules.initial_pin("21020219800101002X", None)
+        assert pin_rules.check_pin(conn, account_id, initial, dbmod.now_ms()) == "pin_ok"
 
     listing = statements.query(conn, account_id, "2000-01-01", "2000-12-31")
     assert listing["rows"] == []

@@ -12,11 +12,11 @@ import sqlite3
 import pytest
 
 from firmware.core import card_layout
-from sync_server import db as dbmod, pins, registry, services
+from sync_server import db as dbmod, pin_rules, registry, services
 from sync_server.services import binding, electricity, pins as pin_service
 from sync_server.web import auth
 
-PIN = pins.initial_pin("110101199001011234", None)
+PIN = pin_rules.initial_pin("110101199001011234", None)
 
 
 @pytest.fixture
@@ -27,12 +27,12 @@ def site(tmp_path, monkeypatch):
                                         staff_number="P0001", set_initial_pin=False)
     registry.recharge(conn, account_id, 5000)
     writer_blocked = []
-    real_hash = pins.hash_pin
+    real_hash = pin_rules.hash_pin
 
     def hash_while_a_terminal_writes(pin, salt):
         writer_blocked.append(not _a_terminal_can_write(path))
         return real_hash(pin, salt)
-    monkeypatch.setattr(pins, "hash_pin", hash_while_a_terminal_writes)
+    monkeypatch.setattr(pin_rules, "hash_pin", hash_while_a_terminal_writes)
     yield {"conn": conn, "account_id": account_id, "writer_blocked": writer_blocked}
     conn.close()
 
@@ -80,18 +80,18 @@ def test_pin_checked_operations_hash_outside_the_write_lock(site):
 
 def test_the_lockout_still_holds_and_counts_every_failure(site):
     conn, account_id = site["conn"], site["account_id"]
-    for _ in range(pins.MAX_PIN_FAILURES - 1):
-        assert pins.check_pin(conn, account_id, "000000", dbmod.now_ms()) == "pin_wrong"
-    assert pins.check_pin(conn, account_id, "000000", dbmod.now_ms()) == "pin_locked"
-    assert pins.check_pin(conn, account_id, PIN, dbmod.now_ms()) == "pin_locked"   # right, but locked
-    assert pins.check_pin(conn, account_id, PIN, dbmod.now_ms() + pins.PIN_LOCKOUT_MS + 1) == "pin_ok"
+    for _ in range(pin_rules.MAX_PIN_FAILURES - 1):
+        assert pin_rules.check_pin(conn, account_id, "000000", dbmod.now_ms()) == "pin_wrong"
+    assert pin_rules.check_pin(conn, account_id, "000000", dbmod.now_ms()) == "pin_locked"
+    assert pin_rules.check_pin(conn, account_id, PIN, dbmod.now_ms()) == "pin_locked"   # right, but locked
+    assert pin_rules.check_pin(conn, account_id, PIN, dbmod.now_ms() + pin_rules.PIN_LOCKOUT_MS + 1) == "pin_ok"
 
 
 def test_a_pin_changed_while_a_check_was_hashing_is_checked_against_the_new_one(site, monkeypatch):
     """The hash read before the lock may be stale by the time the outcome is recorded."""
     conn, account_id = site["conn"], site["account_id"]
-    pins.check_pin(conn, account_id, PIN, dbmod.now_ms())          # the initial PIN is stored
-    hashing = pins.hash_pin
+    pin_rules.check_pin(conn, account_id, PIN, dbmod.now_ms())          # the initial PIN is stored
+    hashing = pin_rules.hash_pin
     changed = []
 
     def hash_then_change(pin, salt):
@@ -101,9 +101,9 @@ def test_a_pin_changed_while_a_check_was_hashing_is_checked_against_the_new_one(
             other = dbmod.connect(dbmod.db_path(os.path.dirname(conn.execute("PRAGMA database_list")
                                                                 .fetchone()[2])))
             with dbmod.transaction(other):
-                pins.set_pin(other, account_id, "246802")
+                pin_rules.set_pin(other, account_id, "246802")
             other.close()
         return digest
-    monkeypatch.setattr(pins, "hash_pin", hash_then_change)
-    assert pins.check_pin(conn, account_id, PIN, dbmod.now_ms()) == "pin_wrong"
-    assert pins.check_pin(conn, account_id, "246802", dbmod.now_ms()) == "pin_ok"
+    monkeypatch.setattr(pin_rules, "hash_pin", hash_then_change)
+    assert pin_rules.check_pin(conn, account_id, PIN, dbmod.now_ms()) == "pin_wrong"
+    assert pin_rules.check_pin(conn, account_id, "246802", dbmod.now_ms()) == "pin_ok"

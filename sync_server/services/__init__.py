@@ -25,7 +25,7 @@ import hashlib
 import re
 
 from sync_server import db as dbmod, messages, registry
-from sync_server import pins as pin_rules  # not `pins`: that name is the submodule services.pins
+from sync_server import pin_rules
 
 # code: (HTTP status, Chinese, English). Messages may carry %-parameters filled by ServiceError.
 MESSAGES = {

@@ -31,7 +31,7 @@ user to someone else revokes the old ones.
 import hashlib
 import secrets
 
-from sync_server import pins
+from sync_server import pin_rules
 from sync_server.services import (ServiceError, account_of_person, now, register_messages, tx, with_pin)
 
 TOKEN_TTL_MS = 30 * 24 * 3600 * 1000
@@ -148,7 +148,7 @@ def bind(conn, app_user_id, name, staff_number, pin, client_address=None, now_ms
                           "WHERE p.staff_number = ? ORDER BY a.id LIMIT 1", (staff_number,)).fetchone() \
         if staff_number else None
     if person is None or person[1] != name:
-        pins.hash_pin(pin, _DUMMY_SALT)     # the same work as a PIN check: wrong pairs are not told apart by time
+        pin_rules.hash_pin(pin, _DUMMY_SALT)     # the same work as a PIN check: wrong pairs are not told apart by time
         raise ServiceError("bind_locked" if _count_guess(conn, guessers, now_ms) else "bind_failed")
     person_id, _, account_id = person
 
@@ -166,7 +166,7 @@ def sign_in(conn, app_user_id, staff_number, pin, now_ms=None):
     row = conn.execute("SELECT a.id, p.id FROM persons p JOIN accounts a ON a.person_id = p.id "
                        "WHERE p.staff_number = ? ORDER BY a.id LIMIT 1", (str(staff_number or "").strip(),)).fetchone()
     if row is None:
-        pins.hash_pin(str(pin), b"\0" * 16)  # same answer, same work as a wrong PIN: numbers are not confirmed
+        pin_rules.hash_pin(str(pin), b"\0" * 16)  # same answer, same work as a wrong PIN: numbers are not confirmed
         raise ServiceError("pin_wrong")
     account_id, person_id = row
 

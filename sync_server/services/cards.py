@@ -17,7 +17,7 @@ The fee (setting reissue_fee_fen, ¥10 by default) is its own `fee` transfer to 
 from the main wallet or, when paid in cash at the desk, from the cash desk account.
 """
 from firmware.core import card_layout, protocol
-from sync_server import db as dbmod, ledger, pins, registry
+from sync_server import db as dbmod, ledger, pin_rules, registry
 from sync_server.ledger_store import SqliteStore, touch_accounts
 from sync_server.services import ServiceError, now, person_row, register_messages, tx, with_pin
 
@@ -60,7 +60,7 @@ def report_loss(conn, account_id, pin=None, operator=None, now_ms=None):
 
 def _pin_is_initial(conn, account_id, pin):
     holder = person_row(conn, account_id)
-    return pin == pins.initial_pin(holder["id_number"], holder["staff_number"])
+    return pin == pin_rules.initial_pin(holder["id_number"], holder["staff_number"])
 
 
 def unfreeze(conn, account_id, pin=None, operator=None, now_ms=None):

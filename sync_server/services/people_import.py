@@ -9,7 +9,7 @@ expiry), identity (身份卡: identification only, no wallet - recharges and pay
 The natural key is the staff / student number: a row whose person exists updates name, ID number,
 department, category and expiry when they differ, and is otherwise left alone, so running the same
 file twice changes nothing. New people get an account (their initial PIN is hashed on first use, see
-sync_server/pins.py). The whole file is checked before anything is written: one bad row refuses the
+sync_server/pin_rules.py). The whole file is checked before anything is written: one bad row refuses the
 import, with the line numbers of the bad rows, and nothing is stored. Columns may be named in
 English or Chinese (姓名, 工号/学号, 身份证号, 部门/院系, 有效期).
 """

@@ -1,11 +1,11 @@
 """Card PIN (交易密码) changes: by the cardholder with the old PIN, or reset by staff at the hall.
 
-The rules live in sync_server/pins.py (6 digits, initial PIN from the ID number with letters read as
+The rules live in sync_server/pin_rules.py (6 digits, initial PIN from the ID number with letters read as
 0, salted scrypt hashes, lockout after MAX_PIN_FAILURES wrong tries); this module adds the two
 operations the manuals name: 修改密码 (old PIN + new PIN) and the service hall's reset for a holder
 who forgot it ("如原密码忘记，请带上证件到...处理").
 """
-from sync_server import pins
+from sync_server import pin_rules
 from sync_server.services import ServiceError, now, person_row, register_messages, tx, with_pin
 
 register_messages({
@@ -15,7 +15,7 @@ register_messages({
 
 
 def _check_new(new_pin, confirm_pin):
-    if not pins.valid_pin_format(new_pin):
+    if not pin_rules.valid_pin_format(new_pin):
         raise ServiceError("pin_format")
     if confirm_pin is not None and confirm_pin != new_pin:
         raise ServiceError("pin_mismatch")
@@ -26,9 +26,9 @@ def change_pin(conn, account_id, old_pin, new_pin, confirm_pin=None, now_ms=None
     _check_new(new_pin, confirm_pin)
     if new_pin == old_pin:
         raise ServiceError("pin_same")
-    salted_hash = pins.new_pin_hash(new_pin)        # hashed before the write lock is taken
+    salted_hash = pin_rules.new_pin_hash(new_pin)        # hashed before the write lock is taken
     return with_pin(conn, account_id, old_pin, None, now(now_ms),
-                    lambda: pins.store_pin(conn, account_id, salted_hash))
+                    lambda: pin_rules.store_pin(conn, account_id, salted_hash))
 
 
 def reset_pin(conn, account_id, operator, new_pin=None):
@@ -39,9 +39,9 @@ def reset_pin(conn, account_id, operator, new_pin=None):
     if new_pin is not None:
         _check_new(new_pin, None)
     holder = person_row(conn, account_id)
-    initial = pins.initial_pin(holder["id_number"], holder["staff_number"])
-    salted_hash = pins.new_pin_hash(new_pin or initial)     # hashed before the write lock is taken
+    initial = pin_rules.initial_pin(holder["id_number"], holder["staff_number"])
+    salted_hash = pin_rules.new_pin_hash(new_pin or initial)     # hashed before the write lock is taken
     with tx(conn):
         person_row(conn, account_id)
-        pins.store_pin(conn, account_id, salted_hash)
+        pin_rules.store_pin(conn, account_id, salted_hash)
     return (new_pin or initial) == initial

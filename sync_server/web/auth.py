@@ -26,7 +26,7 @@ Every POST of the web blueprints carries the session's CSRF token (`csrf_token` 
 missing or wrong token is a 400 and the view never runs. Sign-in replaces the whole session (a
 token or identity planted before sign-in does not survive it).
 
-Lockout: a cardholder sign-in goes through `pins.check_pin`, the same counter and lockout as the
+Lockout: a cardholder sign-in goes through `pin_rules.check_pin`, the same counter and lockout as the
 terminals' online PIN check. Staff passwords have their own counter with the same limits.
 """
 import functools
@@ -40,7 +40,7 @@ import itsdangerous
 from flask import abort, current_app, g, redirect, request, session, url_for
 
 from firmware.core import crypto
-from sync_server import db as dbmod, pins
+from sync_server import db as dbmod, pin_rules
 from sync_server.messages import BilingualError
 
 ROLES = ("hall", "finance", "admin")
@@ -73,7 +73,7 @@ def session_secret(master_key):
 # --- staff users ---------------------------------------------------------------------------------
 
 def _hash_password(password, salt):
-    return hashlib.scrypt(password.encode("utf-8"), salt=salt, **pins.SCRYPT_PARAMS)
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, **pin_rules.SCRYPT_PARAMS)
 
 
 def add_staff_user(conn, username, display_name, roles, password, now_ms=None):
@@ -122,7 +122,7 @@ def _check_staff_password(conn, username, password, now_ms):
         return locked
     if not hmac.compare_digest(_hash_password(password, salt), password_hash):
         failures += 1
-        locked_until_ms = now_ms + pins.PIN_LOCKOUT_MS if failures >= pins.MAX_PIN_FAILURES else 0
+        locked_until_ms = now_ms + pin_rules.PIN_LOCKOUT_MS if failures >= pin_rules.MAX_PIN_FAILURES else 0
         conn.execute("UPDATE web_staff_users SET failures = ?, locked_until_ms = ? WHERE id = ?",
                      (0 if locked_until_ms else failures, locked_until_ms, staff_id))
         return locked if locked_until_ms else wrong
@@ -175,10 +175,10 @@ def check_cardholder(conn, staff_number, pin, now_ms):
     row = conn.execute("SELECT p.id, a.id FROM persons p JOIN accounts a ON a.person_id = p.id "
                        "WHERE p.staff_number = ? ORDER BY a.id LIMIT 1", (staff_number,)).fetchone()
     if row is None or not staff_number:
-        pins.hash_pin(pin or "", _DUMMY_SALT)
+        pin_rules.hash_pin(pin or "", _DUMMY_SALT)
         return "pin_wrong"
-    code = pins.check_pin(conn, row[1], pin, now_ms)     # hashes before taking the write lock
-    return (row[0], row[1]) if code in pins.PIN_ACCEPTED else code
+    code = pin_rules.check_pin(conn, row[1], pin, now_ms)     # hashes before taking the write lock
+    return (row[0], row[1]) if code in pin_rules.PIN_ACCEPTED else code
 
 
 # --- the session ---------------------------------------------------------------------------------
