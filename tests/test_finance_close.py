@@ -16,8 +16,8 @@ from hypothesis import given, settings, strategies as st
 from firmware.core import protocol, records as record_codec
 from server_process import running_server
 from sync_server import db as dbmod, registry
-from sync_server.finance import (FinanceError, close, day_of_ms, day_start_ms, day_text, hour_of_ms, scheduler,
-                                 statements)
+from sync_server.finance import (FinanceError, channel_statements, close, day_of_ms, day_start_ms, day_text,
+                                 hour_of_ms, scheduler)
 from sync_server.finance import exports
 from sync_server.web import auth
 
@@ -286,7 +286,7 @@ def test_statement_matched_line_by_line_after_the_close(server, tmp_path):
     other = tmp_path / "other.csv"
     other.write_text("order_id,amount_fen\n%s,1000\n" % orders[0], encoding="utf-8")
     with pytest.raises(FinanceError):
-        statements.import_statement(conn, "wechat", today, other.read_bytes())
+        channel_statements.import_statement(conn, "wechat", today, other.read_bytes())
     conn.close()
 
 
@@ -473,8 +473,8 @@ _ref = st.sampled_from(["R%d" % n for n in range(12)])
 @given(ours=st.lists(st.tuples(_ref, st.integers(1, 5000)), max_size=12, unique_by=lambda item: item[0]),
        theirs=st.lists(st.tuples(_ref, st.integers(1, 5000)), max_size=12, unique_by=lambda item: item[0]))
 def test_statement_match_accounts_for_every_line_once(ours, theirs):
-    result = statements.match_lines([(ref, "o/" + ref, fen, 100) for ref, fen in ours],
-                                    [(n + 2, ref, None, fen, None) for n, (ref, fen) in enumerate(theirs)], 100)
+    result = channel_statements.match_lines([(ref, "o/" + ref, fen, 100) for ref, fen in ours],
+                                            [(n + 2, ref, None, fen, None) for n, (ref, fen) in enumerate(theirs)], 100)
     both = {ref for ref, _fen in ours} & {ref for ref, _fen in theirs}
     assert result["matched"] + result["amount_mismatch_count"] == len(both)
     assert result["missing_ours_count"] == len(theirs) - len(both)
@@ -484,15 +484,15 @@ def test_statement_match_accounts_for_every_line_once(ours, theirs):
 
 
 def test_statement_parsing_yuan_fen_and_bad_lines():
-    lines = statements.parse_statement("商户订单号,交易号,金额(元),交易时间\nA1,T1,12.30,08:00\nA2,T2,\"1,000.05\",\n"
-                                       .encode("gb18030"))
+    lines = channel_statements.parse_statement("商户订单号,交易号,金额(元),交易时间\nA1,T1,12.30,08:00\nA2,T2,\"1,000.05\",\n"
+                                               .encode("gb18030"))
     assert [(line[1], line[3]) for line in lines] == [("A1", 1230), ("A2", 100005)]
-    assert statements.parse_statement(b"order_id,amount_fen\nB1,77\n")[0][3] == 77
+    assert channel_statements.parse_statement(b"order_id,amount_fen\nB1,77\n")[0][3] == 77
     with pytest.raises(FinanceError) as bad:
-        statements.parse_statement(b"order_id,amount\nC1,1.234\n")
+        channel_statements.parse_statement(b"order_id,amount\nC1,1.234\n")
     assert "line 2" in bad.value.text("en")
     with pytest.raises(FinanceError):
-        statements.parse_statement(b"who,what\n1,2\n")
+        channel_statements.parse_statement(b"who,what\n1,2\n")
 
 
 def test_close_day_benchmark_still_runs():

@@ -1,13 +1,13 @@
 """Finance (财务): the nightly close of a business day, its report, exports and channel statements.
 
-    close.py       close_day(): reconcile one Beijing business day and store its figures for good
-    report.py      the one-line summary, labels and the flat tables every output shares
-    statements.py  channel settlement statements (CSV) imported and matched line by line
-    exports.py     the closed day as CSV files and an Excel workbook
-    charts.py      SVG charts drawn on the server (no JavaScript on the finance pages)
-    pages.py       the /finance pages for signed-in finance staff
-    scheduler.py   the close run from inside `ykt server`, once a day
-    cli.py         `ykt finance close | import-statement | export`
+    close.py               close_day(): reconcile one Beijing business day and store its figures for good
+    report.py              the one-line summary, labels and the flat tables every output shares
+    channel_statements.py  channel settlement statements (CSV) imported and matched line by line
+    exports.py             the closed day as CSV files and an Excel workbook
+    charts.py              SVG charts drawn on the server (no JavaScript on the finance pages)
+    pages.py               the /finance pages for signed-in finance staff
+    scheduler.py           the close run from inside `ykt server`, once a day
+    cli.py                 `ykt finance close | import-statement | export`
 
 Days are Beijing calendar days numbered from 1970-01-01 (sync_server/business_day.py, which the
 rest of the server uses too). Everything here is a plain function on a database connection; the

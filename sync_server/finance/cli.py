@@ -16,7 +16,7 @@ import sys
 
 from sync_server import db as dbmod, messages, registry
 from sync_server.finance import FinanceError, day_number, day_of_ms, day_text
-from sync_server.finance import close as close_module, report as report_module, statements
+from sync_server.finance import channel_statements, close as close_module, report as report_module
 
 EXIT_REFUSED = 2
 EXIT_UNBALANCED = 3
@@ -99,7 +99,7 @@ def cmd_import_statement(args):
         data = handle.read()
     conn = _open(args)
     try:
-        summary, newly = statements.import_statement(conn, args.channel, _day(args), data)
+        summary, newly = channel_statements.import_statement(conn, args.channel, _day(args), data)
     finally:
         conn.close()
     en = lang == "en"

@@ -106,11 +106,11 @@ def load_report(conn, day):
     """The report of a closed day: the stored figures plus the channel statements matched so far
     (a statement may be imported after the close; both sides are then frozen) and the full ledger
     check run after the close (`ledger_check`, None until it has run). None when open."""
-    from sync_server.finance import statements
+    from sync_server.finance import channel_statements
     report = stored_report(conn, day)
     if report is None:
         return None
-    report = statements.with_matches(conn, report)
+    report = channel_statements.with_matches(conn, report)
     report["ledger_check"] = stored_ledger_check(conn, day)
     return report
 
@@ -777,8 +777,8 @@ class _Close:
                      "deny_watermark, record_anomaly_watermark, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                      (self.day, day_text(self.day), self.now_ms) + self.watermarks
                      + (json.dumps(report, ensure_ascii=False, sort_keys=True),))
-        from sync_server.finance import statements
-        statements.match_pending(conn, self.day)
+        from sync_server.finance import channel_statements
+        channel_statements.match_pending(conn, self.day)
 
 
 def _add_sales(records, sales):

@@ -7,7 +7,7 @@
     GET  /finance/<day>.xlsx           the whole report as an Excel workbook
     GET  /finance/<day>.json           the stored figures
 
-Views only format what close.py / statements.py compute. Who may see them is decided by
+Views only format what close.py / channel_statements.py compute. Who may see them is decided by
 `finance_required`, one swappable decorator (today: the staff sessions of sync_server/web/auth.py
 with the "finance" role).
 """
