@@ -42,8 +42,8 @@ import os
 from flask import Blueprint, current_app, jsonify, request
 
 from sync_server import db as dbmod
-from sync_server.services import (ServiceError, binding, cards, electricity, limits, pins as pin_service,
-                                  recharge, register_messages, statements)
+from sync_server.services import (ServiceError, binding, cards, electricity, history, limits,
+                                  pins as pin_service, recharge, register_messages)
 
 cardholder_api = Blueprint("cardholder_api", __name__, url_prefix="/api/v1")
 
@@ -131,7 +131,7 @@ def sign_out():
 def me():
     conn = dbmod.get_db()
     identity = _identity(conn)
-    return jsonify(dict(identity, **statements.balance(conn, identity["account_id"])))
+    return jsonify(dict(identity, **history.balance(conn, identity["account_id"])))
 
 
 @cardholder_api.get("/phones")
@@ -155,7 +155,7 @@ def remove_phone(phone_id):
 def balance(account_id):
     conn = dbmod.get_db()
     _own(conn, account_id)
-    return jsonify(statements.balance(conn, account_id))
+    return jsonify(history.balance(conn, account_id))
 
 
 @cardholder_api.get("/accounts/<int:account_id>/transactions")
@@ -168,10 +168,10 @@ def transactions(account_id):
         page_size = int(request.args.get("page_size", 10))
     except ValueError:
         raise ServiceError("bad_page")
-    to_date = request.args.get("to") or statements.today(now_ms)
-    from_date = request.args.get("from") or statements.today(now_ms - (DEFAULT_QUERY_DAYS - 1) * 86400000)
-    return jsonify(statements.query(conn, account_id, from_date, to_date, request.args.get("type", "all"),
-                                    page, page_size))
+    to_date = request.args.get("to") or history.today(now_ms)
+    from_date = request.args.get("from") or history.today(now_ms - (DEFAULT_QUERY_DAYS - 1) * 86400000)
+    return jsonify(history.query(conn, account_id, from_date, to_date, request.args.get("type", "all"),
+                                 page, page_size))
 
 
 # --- recharge ------------------------------------------------------------------------------------

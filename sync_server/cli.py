@@ -20,7 +20,7 @@ from firmware.core import card_layout, wallets as wallet_rules
 from sync_server import db as dbmod, keys, registry
 from sync_server.cli_common import (add_station_options, data_dir_of, lang_of, open_database, open_station, say,
                                     write_at_station)
-from sync_server.services import cards, hall_cli, recharge as recharge_service, statements
+from sync_server.services import cards, hall_cli, history, recharge as recharge_service
 
 DEFAULT_PORT = 8080
 
@@ -151,11 +151,11 @@ def cmd_transactions(args):
     """One page of the statement, newest first: the same query as the portal and the app."""
     conn = open_database(args)
     if args.date_from or args.date_to:
-        latest = statements.recent(conn, args.account, page_size=1)     # its from_date / to_date are the defaults
-        result = statements.query(conn, args.account, args.date_from or latest["from_date"],
-                                  args.date_to or latest["to_date"], args.type, args.page, args.limit)
+        latest = history.recent(conn, args.account, page_size=1)     # its from_date / to_date are the defaults
+        result = history.query(conn, args.account, args.date_from or latest["from_date"],
+                               args.date_to or latest["to_date"], args.type, args.page, args.limit)
     else:
-        result = statements.recent(conn, args.account, args.type, args.page, args.limit)
+        result = history.recent(conn, args.account, args.type, args.page, args.limit)
     en = lang_of(args) == "en"
     print("%-19s  %-20s  %10s  %10s" % (("time", "place", "amount", "balance") if en else
                                         ("时间", "地点", "金额(元)", "余额(元)")))

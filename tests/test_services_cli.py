@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from sync_server import db as dbmod, pin_rules, registry
-from sync_server.services import statements
+from sync_server.services import history
 
 HR_CSV = """姓名,工号,身份证号,部门
 王建国,T1001,21020219800101002X,化工学院
@@ -110,9 +110,9 @@ def test_hall_service_commands(tmp_path):
         initial = pin_rules.initial_pin("21020219800101002X", None)
         assert pin_rules.check_pin(conn, account_id, initial, dbmod.now_ms()) == "pin_ok"
 
-    listing = statements.query(conn, account_id, "2000-01-01", "2000-12-31")
+    listing = history.query(conn, account_id, "2000-01-01", "2000-12-31")
     assert listing["rows"] == []
-    today = statements.today(dbmod.now_ms())
-    places = [row["place_zh"] for row in statements.query(conn, account_id, today, today)["rows"]]
+    today = history.today(dbmod.now_ms())
+    places = [row["place_zh"] for row in history.query(conn, account_id, today, today)["rows"]]
     assert places == ["补卡费", "学生公寓电费", "建行龙支付"]
     conn.close()

@@ -4,7 +4,7 @@ The phone/kiosk JSON API (sync_server/cardholder_api.py), the web pages (sync_se
 `ykt hall` commands are thin layers over these modules; none of them holds business rules of its own.
 
     recharge      orders through Alipay / WeChat Pay / CCB, signed channel notifications, cash desk
-    statements    balance and transaction query by date range and type, paged
+    history       balance and transaction history by date range and type, paged
     cards         report loss (挂失), unfreeze (解挂), reissue (补办) with its fee
     pins          change with the old PIN, staff reset
     limits        per-transaction and per-day consumption limits (消费限额)

@@ -17,8 +17,8 @@ import sys
 
 from sync_server import keys, registry
 from sync_server.cli_common import add_station_options, data_dir_of, open_database, open_station, say, write_at_station
-from sync_server.services import (cards, electricity, limits, people_import, pins as pin_service, recharge,
-                                  statements)
+from sync_server.services import (cards, electricity, history, limits, people_import, pins as pin_service,
+                                  recharge)
 
 
 def _operator(args):
@@ -121,7 +121,7 @@ def cmd_recharge_channel(args):
     body, headers = recharge.SimulatedChannel(args.channel, secret).notification(order)
     outcome, order = recharge.handle_notification(conn, args.channel, body, headers[recharge.SIGNATURE_HEADER],
                                                   secret)
-    main_fen = statements.balance(conn, args.account)["wallets"]["main"]
+    main_fen = history.balance(conn, args.account)["wallets"]["main"]
     say(args, "充值成功：订单 %s，%s 元，主钱包余额 %s 元" % (order["order_id"], _yuan(order["amount_fen"]),
                                                       _yuan(main_fen)),
         "recharged: order %s, %s yuan, main wallet %s yuan" % (order["order_id"], _yuan(order["amount_fen"]),

@@ -10,7 +10,7 @@ from flask import Blueprint, abort, flash, g, redirect, render_template, request
 
 from firmware.core import card_layout
 from sync_server import db as dbmod, registry
-from sync_server.services import cards, recharge as recharge_service, statements
+from sync_server.services import cards, history, recharge as recharge_service
 from sync_server.web import auth, forms
 from sync_server.web.page_text import error_text as _error_text, t
 
@@ -99,7 +99,7 @@ def person(person_id):
                          "WHERE account_id = ? ORDER BY generation DESC", (holder["account_id"],)).fetchall()
     cards = [dict(zip(("card_number", "generation", "status", "expiry_yyyymmdd", "issued_ms"), row)) for row in cards]
     balances = registry.balances_of(conn, holder["account_id"])
-    recent = statements.recent(conn, holder["account_id"], page_size=RECENT_TRANSACTIONS)["rows"]
+    recent = history.recent(conn, holder["account_id"], page_size=RECENT_TRANSACTIONS)["rows"]
     return render_template("hall/person.html", holder=holder, cards=cards, balances=balances,
                            total_fen=sum(balances.values()), recent=recent,
                            actions=auth.actions_for_person(conn, person_id, 20))

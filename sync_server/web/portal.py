@@ -11,7 +11,7 @@ from flask import Blueprint, abort, current_app, flash, g, redirect, render_temp
 import datetime
 
 from sync_server import db as dbmod, messages, registry, services
-from sync_server.services import binding, cards, statements
+from sync_server.services import binding, cards, history
 from sync_server.services import electricity as electricity_service, limits as limit_service
 from sync_server.services import pins as pin_service, recharge as recharge_service
 from sync_server.web import auth, forms
@@ -22,7 +22,7 @@ portal.before_request(auth.check_csrf)
 
 PAGE_ROWS = 10                  # rows per page, as on the manual's page
 DEFAULT_RANGE_DAYS = 30         # the statement opens on the last month
-QUERY_TYPES = (statements.KIND_CONSUMPTION, statements.KIND_RECHARGE, statements.KIND_ALL)
+QUERY_TYPES = (history.KIND_CONSUMPTION, history.KIND_RECHARGE, history.KIND_ALL)
 
 
 def _holder(conn, account_id):
@@ -77,20 +77,20 @@ def home():
 @auth.cardholder_required
 def transactions():
     conn = dbmod.get_db()
-    today = forms.parse_date(statements.today(dbmod.now_ms()))
+    today = forms.parse_date(history.today(dbmod.now_ms()))
     start = forms.parse_date(request.args.get("start")) or today - datetime.timedelta(days=DEFAULT_RANGE_DAYS)
     end = forms.parse_date(request.args.get("end")) or today
-    query_type = request.args.get("type", statements.KIND_ALL)
+    query_type = request.args.get("type", history.KIND_ALL)
     if query_type not in QUERY_TYPES:
-        query_type = statements.KIND_ALL
+        query_type = history.KIND_ALL
     page = forms.parse_page(request.args.get("page"))
     try:
-        result = statements.query(conn, g.account_id, start.isoformat(), end.isoformat(), query_type, 1, PAGE_ROWS)
+        result = history.query(conn, g.account_id, start.isoformat(), end.isoformat(), query_type, 1, PAGE_ROWS)
         if page > result["total_pages"]:
             page = result["total_pages"]
         if page > 1:
-            result = statements.query(conn, g.account_id, start.isoformat(), end.isoformat(), query_type, page,
-                                      PAGE_ROWS)
+            result = history.query(conn, g.account_id, start.isoformat(), end.isoformat(), query_type, page,
+                                   PAGE_ROWS)
     except services.ServiceError as error:
         flash(_error_text(error), "error")
         result = {"rows": [], "page": 1, "total_pages": 1, "total_rows": 0}

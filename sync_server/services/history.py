@@ -1,4 +1,4 @@
-"""Balance and transaction query (流水查询), as the manual's web query page shows it.
+"""Balance and transaction history (流水查询), as the manual's web query page shows it.
 
     balance(conn, account_id)                        -> {wallets: {wallet: fen}, total_fen, cards: [...], ...}
     query(conn, account_id, from_date, to_date, kind="all", page=1, page_size=10)
