@@ -16,8 +16,8 @@ from hypothesis import given, settings, strategies as st
 from firmware.core import protocol, records as record_codec
 from server_process import running_server
 from sync_server import db as dbmod, registry
-from sync_server.finance import (FinanceError, channel_statements, close, day_of_ms, day_start_ms, day_text,
-                                 hour_of_ms, scheduler)
+from sync_server.finance import (FinanceError, channel_statements, close, counter_gaps, day_of_ms, day_start_ms,
+                                 day_text, hour_of_ms, scheduler)
 from sync_server.finance import exports
 from sync_server.web import auth
 
@@ -510,7 +510,7 @@ def test_close_day_benchmark_still_runs():
 @given(low=st.integers(1, 50), width=st.integers(0, 30), filled=st.sets(st.integers(0, 90), max_size=20))
 def test_card_gap_runs_are_the_counters_still_missing(low, width, filled):
     high = low + width
-    runs = close._missing_runs(low, high, filled)
+    runs = counter_gaps._missing_runs(low, high, filled)
     covered = [counter for a, b in runs for counter in range(a, b + 1)]
     assert covered == [counter for counter in range(low, high + 1) if counter not in filled]
     assert all(b + 1 < a2 for (_a, b), (a2, _b2) in zip(runs, runs[1:])), "runs are separate and ordered"

@@ -1,6 +1,8 @@
 """Finance (财务): the nightly close of a business day, its report, exports and channel statements.
 
-    close.py               close_day(): reconcile one Beijing business day and store its figures for good
+    close.py               close_day(): reconcile one Beijing business day and store its figures for good,
+                           from the sections in settlement.py, anomalies.py, counter_gaps.py and
+                           ledger_check.py, all reading one close_window.CloseWindow
     report.py              the one-line summary, labels and the flat tables every output shares
     channel_statements.py  channel settlement statements (CSV) imported and matched line by line
     exports.py             the closed day as CSV files and an Excel workbook

@@ -15,7 +15,7 @@ ANOMALY_KINDS = (
 
 
 GAP_REASON_LABELS = {
-    # card tap-counter gap reasons (close.GAP_REASONS): Chinese, English
+    # card tap-counter gap reasons (counter_gaps.GAP_REASONS): Chinese, English
     "torn_tap": ("卡已计数但未记账（刷卡中途拿开，未扣款）", "torn tap, nothing charged"),
     "pending": ("有终端尚未上传完毕", "a terminal has not sent everything yet"),
 }
@@ -203,7 +203,7 @@ def _gap_summary_rows(report, lang):
 
 
 def gap_rows(report, lang="zh"):
-    """The listed card tap-counter gaps (at most close.MAX_LISTED; the counts cover them all)."""
+    """The listed card tap-counter gaps (at most close_window.MAX_LISTED; the counts cover them all)."""
     gaps = card_counter_gaps(report)
     if gaps is None:
         return []
