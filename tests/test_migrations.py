@@ -3,7 +3,7 @@
 The database they build through number 34 is the one the Python migration functions of earlier
 releases built (tests/data/schema_through_0034.txt was dumped from those), so a database of an
 earlier release upgrades by running only the numbers it lacks. An installed ykt (a wheel, not this
-source tree) finds the files.
+source tree) finds the files, and every other data file of the packages (templates, style sheet).
 """
 import os
 import pathlib
@@ -97,7 +97,7 @@ def test_statements_split_at_semicolons_outside_strings_and_comments():
         migrations.split_statements("CREATE TABLE t (a TEXT);\nCREATE TABLE u (b TEXT)\n")
 
 
-def test_an_installed_ykt_finds_the_migration_files(tmp_path):
+def test_an_installed_ykt_finds_the_migration_files_and_templates(tmp_path):
     """Build the wheel as pip would, from a clean copy of the sources (a build's leftover file lists in
     this tree would hide a missing package-data entry), and open a database from the unpacked wheel."""
     source = tmp_path / "source"
@@ -109,9 +109,11 @@ def test_an_installed_ykt_finds_the_migration_files(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(tmp_path),
                     str(source)], check=True, timeout=240, cwd=tmp_path)
     wheel = next(tmp_path.glob("ykt-*.whl"))
-    names = zipfile.ZipFile(wheel).namelist()
-    files = sorted(name for name in names if name.startswith("sync_server/migrations/") and name.endswith(".sql"))
-    assert len(files) == len(migrations.load()), files
+    names = set(zipfile.ZipFile(wheel).namelist())
+    data_files = {path.relative_to(source).as_posix() for package in PACKAGES for path in (source / package).rglob("*")
+                  if path.is_file() and path.suffix not in (".py", ".pyc")}
+    assert len([name for name in data_files if name.endswith(".sql")]) == len(migrations.load())
+    assert sorted(data_files - names) == []      # templates and style sheets too: the pages need them
     installed = tmp_path / "installed"
     zipfile.ZipFile(wheel).extractall(installed)
     probe = ("import sys, sync_server.db as db; assert db.__file__.startswith(sys.argv[1]), db.__file__; "
