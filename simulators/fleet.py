@@ -1,6 +1,6 @@
 """The main job: a seeded canteen lunch rush against a real server, end to end.
 
-`ykt demo` starts the sync server (gunicorn, SQLite) as its own process, provisions canteen
+`ykt demo` starts the sync server (waitress, SQLite) as its own process, provisions canteen
 windows, one POS terminal per window and a few thousand cardholders with MIFARE cards, then drives
 the rush from `simulators.lunch`'s seeded plan through the terminals - each one a separate
 `ykt terminal` process with its own SQLite journal, talking HTTP to the server through an outage

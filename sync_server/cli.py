@@ -1,6 +1,7 @@
-"""`ykt server ...` and `ykt hall ...`: run the sync server under gunicorn, and service-hall commands.
+"""`ykt server ...` and `ykt hall ...`: run the sync server (sync_server/serving.py), and service-hall commands.
 
-    ykt server [--data-dir D] [--host 127.0.0.1] [--port 8080] [--workers N]
+    ykt server [--data-dir D] [--host 127.0.0.1] [--port 8080] [--workers N] [--idle-timeout-s S]
+               [--max-connections C] [--trusted-proxy ADDRESS]
     ykt server init [--data-dir D]
     ykt hall merchant-add | person-add | card-issue | recharge | report-loss | transactions |
              terminal-register | terminal-revoke | staff-add | staff-password | staff-disable
@@ -17,7 +18,7 @@ import os
 import sys
 
 from firmware.core import card_layout, wallets as wallet_rules
-from sync_server import db as dbmod, keys, registry
+from sync_server import db as dbmod, keys, registry, serving
 from sync_server.cli_common import (add_station_options, data_dir_of, lang_of, open_database, open_station, say,
                                     write_at_station)
 from sync_server.services import cards, hall_cli, history, recharge as recharge_service
@@ -52,34 +53,24 @@ def cmd_server_init(args):
 def cmd_server(args):
     if getattr(args, "server_command", None) == "init":
         return cmd_server_init(args)
+    bounds = serving.option_bounds_error(args.workers, args.idle_timeout_s, args.max_connections)
+    if bounds:
+        raise registry.HallError(*bounds)
     data_dir = data_dir_of(args)
     init_data_dir(data_dir)
     os.environ["YKT_DATA_DIR"] = data_dir
-    from gunicorn.app.base import BaseApplication
-
-    class _Server(BaseApplication):
-        def load_config(self):
-            self.cfg.set("bind", "%s:%d" % (args.host, args.port))
-            self.cfg.set("workers", args.workers)
-            self.cfg.set("worker_class", "sync")
-            self.cfg.set("timeout", 60)
-            self.cfg.set("accesslog", None)
-            self.cfg.set("errorlog", "-")
-            self.cfg.set("loglevel", "warning")
-            if os.environ.get("YKT_FINANCE_CLOSE", "on") != "off":   # the nightly close (sync_server/finance)
-                from sync_server.finance import scheduler
-                when_ready, on_exit = scheduler.hooks(dbmod.db_path(data_dir))
-                self.cfg.set("when_ready", when_ready)
-                self.cfg.set("on_exit", on_exit)
-
-        def load(self):
-            from sync_server.app import create_app
-            return create_app()
-
+    from sync_server.app import create_app
+    app = create_app()
+    options = serving.server_options(args.host, args.port, args.workers, args.idle_timeout_s, args.max_connections,
+                                     args.trusted_proxy or os.environ.get("YKT_TRUSTED_PROXY"))
+    start_close = stop_close = None
+    if os.environ.get("YKT_FINANCE_CLOSE", "on") != "off":   # the nightly close (sync_server/finance)
+        from sync_server.finance import scheduler
+        start_close, stop_close = scheduler.hooks(dbmod.db_path(data_dir))
     say(args, "同步服务器启动：http://%s:%d（数据目录 %s）" % (args.host, args.port, data_dir),
         "sync server on http://%s:%d (data directory %s)" % (args.host, args.port, data_dir))
     sys.stdout.flush()
-    _Server().run()
+    serving.serve(app, options, start_close, stop_close)
 
 
 # --- hall -----------------------------------------------------------------------------------------
@@ -250,7 +241,14 @@ def register(subparsers):
     server = subparsers.add_parser("server", parents=[common], help="运行同步服务器 / run the sync server")
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=DEFAULT_PORT)
-    server.add_argument("--workers", type=int, default=2)
+    server.add_argument("--workers", type=int, default=serving.DEFAULT_THREADS,
+                        help="threads running requests (whole requests only: slow clients never hold one)")
+    server.add_argument("--idle-timeout-s", type=int, default=serving.DEFAULT_IDLE_TIMEOUT_S,
+                        help="close a connection silent this long, half-sent requests included")
+    server.add_argument("--max-connections", type=int, default=serving.DEFAULT_MAX_CONNECTIONS,
+                        help="open connections at most; more wait in the listen backlog")
+    server.add_argument("--trusted-proxy", help="address of the reverse proxy whose X-Forwarded-* headers "
+                                                "are applied (default $YKT_TRUSTED_PROXY; none)")
     server.set_defaults(handler=_guard(cmd_server))
     server_commands = server.add_subparsers(dest="server_command", metavar="init")
     server_commands.add_parser("init", parents=[_common_parser(suppress=True)], help="初始化数据目录与主密钥 / create data dir and master key") \

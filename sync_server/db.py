@@ -1,7 +1,7 @@
 """The server's SQLite store: connections, PRAGMAs, transactions, and applying the migrations.
 
 One SQLite file under the data directory, in WAL mode with `synchronous=FULL` (a commit that returned
-survives power loss) and a busy timeout so concurrent gunicorn workers queue instead of failing.
+survives power loss) and a busy timeout so concurrent server threads queue instead of failing.
 Connections run in autocommit mode; writers open `BEGIN IMMEDIATE` through `transaction()` so that two
 workers never both read-then-write the same rows (SQLite serialises writers; IMMEDIATE makes the wait
 happen at the start, where it cannot deadlock).
@@ -187,7 +187,7 @@ _local = threading.local()
 
 def get_db():
     """The calling thread's connection to the current Flask app's database (kept open between
-    requests: gunicorn sync workers serve one request at a time per thread)."""
+    requests: each server thread serves one request at a time)."""
     from flask import current_app
     path = current_app.config["DATABASE"]
     cache = getattr(_local, "connections", None)

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures. Sync server: a real gunicorn process on a free loopback port."""
+"""Shared pytest fixtures. Sync server: a real `ykt server` process on a free loopback port."""
 import pytest
 
 from server_process import running_server

@@ -1,10 +1,10 @@
-"""Start the real sync server (gunicorn in a subprocess, free loopback port) and talk to it as a terminal.
+"""Start the real sync server (`ykt server` in a subprocess, free loopback port) and talk to it as a terminal.
 
     with running_server(data_dir) as server:          # ServerHandle(url, data_dir, stop())
         terminal = server.add_terminal()              # registers a canteen terminal, returns a SyncClient
         answer = terminal.sync([record_bytes, ...])   # signed CBOR request; raises SyncRefused on 4xx
 
-The data directory is initialised (database + 0600 master key) before gunicorn starts, so tests can
+The data directory is initialised (database + 0600 master key) before the server starts, so tests can
 also open the SQLite file directly (`server.connect()`) to set up people and check results.
 """
 import contextlib
@@ -138,8 +138,9 @@ class ServerHandle:
 
 
 @contextlib.contextmanager
-def running_server(data_dir, workers=2, env=None):
-    """Run `python -m sync_server server` (gunicorn) on a free loopback port until the block ends."""
+def running_server(data_dir, workers=2, env=None, server_args=()):
+    """Run `python -m sync_server server` on a free loopback port until the block ends (`server_args`:
+    more `ykt server` options)."""
     data_dir = os.path.abspath(str(data_dir))
     init_data_dir(data_dir)
     port = free_port()
@@ -150,7 +151,7 @@ def running_server(data_dir, workers=2, env=None):
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "sync_server", "server", "--data-dir", data_dir, "--host", "127.0.0.1",
-             "--port", str(port), "--workers", str(workers)],
+             "--port", str(port), "--workers", str(workers), *server_args],
             stdout=log, stderr=subprocess.STDOUT, env=process_env)
     handle = ServerHandle("http://127.0.0.1:%d" % port, data_dir, process, log_path)
     try:

@@ -1,4 +1,4 @@
-"""The cardholder JSON API (/api/v1) over HTTP against the real server process (gunicorn).
+"""The cardholder JSON API (/api/v1) over HTTP against the real server process.
 
 Every operation and every refusal the manuals and issue 4 name: binding, another person's account,
 recharge through channels (duplicate, out-of-order and forged notifications), the statement query,

@@ -1,6 +1,6 @@
 """The main job end to end: `ykt demo --json` as a user runs it, on a small seeded campus.
 
-Real parts throughout: the sync server under gunicorn on a SQLite file, POS terminals as separate
+Real parts throughout: the sync server under waitress on a SQLite file, POS terminals as separate
 processes with their own SQLite journals, outages through the loopback relay, the loss report and the
 top-ups through the cardholder API (a phone app) and signed channel notifications. A failing seed is
 printed so the run can be replayed.

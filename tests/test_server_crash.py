@@ -1,4 +1,4 @@
-"""The sync server killed with SIGKILL (master and workers at once, like a power cut) mid-upload.
+"""The sync server killed with SIGKILL (its whole process group at once, like a power cut) mid-upload.
 
 Terminals keep uploading batches while the whole server process group is killed at random moments
 and restarted on the same SQLite file. An acknowledgement is a promise: the acked sequence a terminal
@@ -110,7 +110,7 @@ def test_server_killed_mid_upload_keeps_every_acknowledged_record_once(tmp_path)
                 for uploader in uploaders:
                     uploader.start()
             time.sleep(rng.uniform(0.2, 1.2))
-            os.killpg(process.pid, signal.SIGKILL)          # master and workers, mid-request
+            os.killpg(process.pid, signal.SIGKILL)          # server and scheduler, mid-request
             process.wait()
         process = start_server(data_dir, port)
         deadline = time.monotonic() + 120

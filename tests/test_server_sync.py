@@ -1,4 +1,4 @@
-"""The sync endpoint over HTTP against the real gunicorn server: auth, bad input, exactly-once, deltas."""
+"""The sync endpoint over HTTP against the real server process: auth, bad input, exactly-once, deltas."""
 import struct
 import binascii
 import json

@@ -1,4 +1,4 @@
-"""The terminal's clock against the real sync server (gunicorn subprocess): a time stuck in the future
+"""The terminal's clock against the real sync server (server subprocess): a time stuck in the future
 (left by one bad answer before the clock refused such jumps) is set right by the server's set_time, so
 cards stop looking expired, and the corrected floor survives a restart."""
 import io

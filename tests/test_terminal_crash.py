@@ -3,7 +3,7 @@
 The promise to a cardholder (DESIGN.md sections 3 and 8): a tap the terminal showed as paid reaches
 the server's ledger exactly once, and nothing is charged that the terminal never journaled, however
 often the terminal dies. The test runs the real terminal as a subprocess against the real server
-(gunicorn) through a relay it cuts in some rounds, so records pile up unsynced across kills.
+(`ykt server`) through a relay it cuts in some rounds, so records pile up unsynced across kills.
 
 Each round starts the terminal on the same data directory and card images, writes a stream of
 scripted taps to its stdin, waits for a random number of decision lines, waits a random few

@@ -1,4 +1,4 @@
-"""A POS terminal against the real sync server (gunicorn subprocess) through a relay we can cut.
+"""A POS terminal against the real sync server (server subprocess) through a relay we can cut.
 
 The user-visible promise: every tap the terminal showed as paid reaches the server's ledger exactly
 once, whether it was made online or offline, whatever answers got lost on the way.

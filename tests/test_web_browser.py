@@ -1,4 +1,4 @@
-"""The web pages in headless Chromium against the real server (gunicorn subprocess, SQLite file).
+"""The web pages in headless Chromium against the real server (server subprocess, SQLite file).
 
 A cardholder signs in, reads the transaction history with date and type filters and paging, reports
 the card lost and sees it (and a terminal's next sync refuses the card), unfreezes it under the

@@ -1,9 +1,8 @@
-"""The nightly close inside `ykt server`: a small process beside the gunicorn master closes yesterday.
+"""The nightly close inside `ykt server`: a small process beside the server process closes yesterday.
 
-Started from gunicorn's `when_ready` hook (and stopped from `on_exit`), so there is exactly one
-scheduler however many workers serve requests. It is a process of its own, not a thread in the
-master: the master forks workers, and a fork while another thread holds a SQLite connection or the
-writer lock is not safe. It exits by itself when the master is gone.
+Started once the server's socket is bound (and stopped when it stops), so there is exactly one
+scheduler however many threads serve requests. It is a process of its own, so that a long close
+never holds the server's interpreter, and it exits by itself when the server is gone (even killed).
 
 Every `CHECK_INTERVAL_S` it asks close.days_due(): once today's Beijing clock is past the
 `finance_close_after_minutes` setting (default 01:00), every day since the last closed one through
@@ -41,7 +40,7 @@ def run_due(conn, now_ms=None):
 
 
 def loop(db_path, parent_pid, interval_s=CHECK_INTERVAL_S):
-    """Check every interval until the parent (the gunicorn master) is gone."""
+    """Check every interval until the parent (the server process) is gone."""
     while os.getppid() == parent_pid:
         conn = dbmod.connect(db_path)
         try:
@@ -56,21 +55,21 @@ def loop(db_path, parent_pid, interval_s=CHECK_INTERVAL_S):
 
 
 def hooks(db_path):
-    """(when_ready, on_exit) gunicorn hooks that start and stop the scheduler process."""
+    """(start, stop): start the scheduler process beside this one, and stop it."""
     started = []
 
-    def when_ready(_server):
+    def start():
         started.append(subprocess.Popen([sys.executable, "-m", "sync_server.finance.scheduler", db_path,
                                          str(os.getpid())]))
 
-    def on_exit(_server):
+    def stop():
         for process in started:
             process.terminate()
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
-    return when_ready, on_exit
+    return start, stop
 
 
 if __name__ == "__main__":

@@ -1,0 +1,91 @@
+"""Slow and idle clients against the real server process: half-sent requests never starve terminals.
+
+Many connections send part of a request line, of the headers or of a body and go silent; `/health` and
+a signed terminal sync must still be answered, and the server must close the silent sockets itself.
+"""
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+from server_process import running_server
+from sync_server import hall
+
+IDLE_TIMEOUT_S = 2
+SILENT_CONNECTIONS = 50
+CLIENT_TIMEOUT_S = 10       # a hang becomes a failure; no duration is asserted
+CLOSE_DEADLINE_S = 60       # give up waiting for the server to close the silent sockets
+
+
+def _partial_requests(port):
+    host = "Host: 127.0.0.1:%d\r\n" % port
+    return [
+        b"GET /hea",                                                              # half a request line
+        ("GET /health HTTP/1.1\r\n%sX-Half: " % host).encode(),                   # half the headers
+        ("POST /api/terminal/v1/sync HTTP/1.1\r\n%sContent-Type: application/cbor\r\n"
+         "Content-Length: 4000\r\n\r\n" % host).encode() + b"\xa1" * 100,          # a tenth of the body
+        b"",                                                                      # connects, sends nothing
+    ]
+
+
+def _open_silent_connections(port, count):
+    partials = _partial_requests(port)
+    sockets = []
+    for index in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT_S)
+        sock.sendall(partials[index % len(partials)])
+        sockets.append(sock)
+    return sockets
+
+
+def _closed_by_server(sock, deadline):
+    """True once the server closes the socket (EOF or reset); False if the deadline passes first."""
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            if sock.recv(4096) == b"":
+                return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+    return False
+
+
+def test_silent_half_requests_neither_starve_health_and_sync_nor_stay_open(tmp_path):
+    with running_server(tmp_path / "server", workers=2,
+                        server_args=("--idle-timeout-s", str(IDLE_TIMEOUT_S))) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        conn = server.connect()
+        _person_id, account_id = hall.add_person(conn, "王五", 2, staff_number="SLOW-1", set_initial_pin=False)
+        identity, _name = hall.issue_card_record(conn, account_id, b"\x05\x06\x07\x08")
+        hall.recharge(conn, account_id, 1000)
+        terminal = server.add_terminal()
+        terminal.http.timeout = httpx.Timeout(CLIENT_TIMEOUT_S)
+        silent = _open_silent_connections(port, SILENT_CONNECTIONS)
+        try:
+            assert httpx.get(server.url + "/health", timeout=CLIENT_TIMEOUT_S).status_code == 200
+            answer = terminal.sync([terminal.record(account_id, identity.card_number, 250)])
+            assert answer["acked_seq"] == 1
+            assert hall.balances_of(conn, account_id)["main"] == 750
+            deadline = time.monotonic() + CLOSE_DEADLINE_S
+            still_open = [sock for sock in silent if not _closed_by_server(sock, deadline)]
+            assert still_open == [], "%d silent connections left open by the server" % len(still_open)
+            assert httpx.get(server.url + "/health", timeout=CLIENT_TIMEOUT_S).status_code == 200
+        finally:
+            for sock in silent:
+                sock.close()
+            terminal.close()
+            conn.close()
+
+
+def test_out_of_range_server_options_are_refused_clearly(tmp_path):
+    for lang, text in (("zh", "--idle-timeout-s 须在 1 到 3600 之间"), ("en", "--idle-timeout-s must be between 1 and 3600")):
+        result = subprocess.run([sys.executable, "-m", "sync_server", "server", "--data-dir", str(tmp_path / "d"),
+                                 "--idle-timeout-s", "0"], capture_output=True, text=True, timeout=60,
+                                env=dict(os.environ, YKT_LANG=lang))
+        assert result.returncode == 2 and text in result.stderr
+    assert not (tmp_path / "d").exists()
