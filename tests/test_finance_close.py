@@ -2,6 +2,7 @@
 `ykt finance close` as finance runs it. Late records, closed days that stay closed, gaps, clones,
 negative accounts, impossible times, statements, the finance pages and the scheduler.
 """
+import csv
 import json
 import os
 import re
@@ -464,6 +465,62 @@ def test_exports_write_every_table_and_a_workbook(tmp_path):
     book = openpyxl.load_workbook(paths[-1])
     assert book.sheetnames[:2] == ["汇总", "商户结算"]
     conn.close()
+
+
+FORMULA_NAMES = ['=HYPERLINK("http://x","y")', "+1+1", "-2", "@SUM(A1)"]
+
+
+def _export(server, day, out_dir):
+    completed = subprocess.run([sys.executable, "-m", "ykt", "finance", "export", "--date", day_text(day), "--out",
+                                str(out_dir), "--data-dir", server.data_dir, "--lang", "en"],
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout.split()
+
+
+def test_exports_never_turn_a_name_into_a_formula(server, tmp_path):
+    """Merchants named like formulas: the workbook has string cells only (none a formula), the CSV
+    cells start with an apostrophe, and the amounts are still numbers."""
+    conn = server.connect()
+    account_id, card = _person(conn, 50000, b"\x0f\x0e\x0d\x0c")
+    today = _today()
+    for number, name in enumerate(FORMULA_NAMES, start=1):
+        merchant_id = hall.add_merchant(conn, name, name, 1)
+        terminal = server.add_terminal(merchant_id)
+        terminal.sync([terminal.record(account_id, card, 1234 * number, tap_counter=number, time_ms=dbmod.now_ms())])
+    _close(server, today, "--before-day-end")
+    paths = _export(server, today, tmp_path / "out")
+
+    book = openpyxl.load_workbook([path for path in paths if path.endswith(".xlsx")][0])
+    for sheet in book.worksheets:
+        for row in sheet.iter_rows():
+            assert all(cell.data_type != "f" for cell in row), sheet.title
+    merchants = {row[1].value: row for row in book["merchants"].iter_rows(min_row=2)}
+    assert set(FORMULA_NAMES) <= set(merchants)
+    for number, name in enumerate(FORMULA_NAMES, start=1):
+        cell = merchants[name][1]
+        assert cell.data_type == "s" and cell.quotePrefix
+        assert merchants[name][4].data_type == "n" and round(merchants[name][4].value * 100) == 1234 * number
+
+    merchants_csv = [path for path in paths if path.endswith("-merchants.csv")][0]
+    with open(merchants_csv, encoding="utf-8-sig", newline="") as handle:
+        rows = list(csv.reader(handle))[1:]
+    names = {row[1]: row for row in rows}
+    for number, name in enumerate(FORMULA_NAMES, start=1):
+        assert "'" + name in names, names.keys()
+        assert names["'" + name][4] == "%d.%02d" % divmod(1234 * number, 100)      # the amount stays a plain number
+        assert names["'" + name][0].isdigit()
+    for path in paths:
+        if path.endswith(".csv"):
+            with open(path, encoding="utf-8-sig", newline="") as handle:
+                for row in csv.reader(handle):
+                    assert not any(cell.startswith(("=", "+", "@", "\t", "\r")) for cell in row), (path, row)
+                    assert not any(cell.startswith("-") and not _is_amount(cell) for cell in row), (path, row)
+    conn.close()
+
+
+def _is_amount(text):
+    return re.fullmatch(r"-\d+(\.\d{2})?", text) is not None
 
 
 _ref = st.sampled_from(["R%d" % n for n in range(12)])

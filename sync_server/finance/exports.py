@@ -3,12 +3,16 @@
 Both are built from `report.tables()`, so they hold exactly what the HTML page shows. CSV is UTF-8
 with a BOM (Excel opens it with the Chinese intact); in the workbook amounts are numbers with two
 decimals (Decimal, never float arithmetic), so the office can sum them.
+
+Every text cell stays text, whatever a merchant or channel name starts with: in the workbook each is
+a string cell (never a formula), with Excel's quote prefix when it starts like one; in CSV a text cell
+starting with = + - @ tab or CR gets a leading apostrophe (OWASP "CSV injection"). Only counts,
+ids and amounts (report.Yuan) are written as numbers.
 """
 import csv
 import decimal
 import io
 import os
-import re
 
 import openpyxl
 from openpyxl.styles import Font
@@ -17,7 +21,7 @@ from sync_server.finance import report as report_module
 
 PARTS = ("summary", "merchants", "by_hour", "terminals", "channels", "anomalies", "card_gaps", "invariants",
          "merchant_checks")
-_YUAN = re.compile(r"^-?\d+\.\d{2}$")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _tables(report, lang):
@@ -32,9 +36,35 @@ def csv_text(report, part, lang="zh"):
     out = io.StringIO()
     out.write("\ufeff")
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerow([_csv_cell(value) for value in header])
+    writer.writerows([_csv_cell(value) for value in row] for row in rows)
     return out.getvalue()
+
+
+def _is_number(value):
+    return isinstance(value, (int, report_module.Yuan)) and not isinstance(value, bool)
+
+
+def _csv_cell(value):
+    if _is_number(value) or value is None:
+        return value
+    text = str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def _set_sheet_cell(cell, value):
+    """Amounts as two-decimal numbers, counts as numbers, anything else as a string cell."""
+    if isinstance(value, report_module.Yuan):
+        cell.value = decimal.Decimal(value)
+        cell.number_format = "0.00"
+    elif _is_number(value) or value is None:
+        cell.value = value
+    else:
+        text = str(value)
+        cell.value = text
+        cell.data_type = "s"            # openpyxl would store "=..." as a formula
+        if text.startswith(FORMULA_STARTS):
+            cell.quotePrefix = True
 
 
 def workbook_bytes(report, lang="zh"):
@@ -43,16 +73,11 @@ def workbook_bytes(report, lang="zh"):
     book.remove(book.active)
     for name, header, rows in _tables(report, lang).values():
         sheet = book.create_sheet(title=name[:31])
-        sheet.append(header)
+        for row_number, row in enumerate([header] + list(rows), start=1):
+            for column_number, value in enumerate(row, start=1):
+                _set_sheet_cell(sheet.cell(row=row_number, column=column_number), value)
         for cell in sheet[1]:
             cell.font = Font(bold=True)
-        for row in rows:
-            sheet.append([decimal.Decimal(value) if isinstance(value, str) and _YUAN.match(value) else value
-                          for value in row])
-        for column in sheet.iter_cols(min_row=2):
-            for cell in column:
-                if isinstance(cell.value, decimal.Decimal):
-                    cell.number_format = "0.00"
         for index, title in enumerate(header, start=1):
             sheet.column_dimensions[openpyxl.utils.get_column_letter(index)].width = max(10, len(str(title)) * 2)
     out = io.BytesIO()

@@ -83,10 +83,16 @@ def ledger_check_text(report, lang="zh"):
     return ("%d problems" if en else "%d 处不符") % check["problem_count"]
 
 
+class Yuan(str):
+    """An amount as text, marked so that the exports write it as a number and never mistake a name
+    that looks like one (or like a formula) for an amount."""
+    __slots__ = ()
+
+
 def yuan(fen):
     """'12.34' (negative with a leading minus), exact: fen are integers."""
     sign = "-" if fen < 0 else ""
-    return "%s%d.%02d" % (sign, abs(fen) // 100, abs(fen) % 100)
+    return Yuan("%s%d.%02d" % (sign, abs(fen) // 100, abs(fen) % 100))
 
 
 def _clock(time_ms):
@@ -97,7 +103,7 @@ def _clock(time_ms):
 
 
 def _duration_s(ms):
-    return "" if ms is None else "%d" % (ms // 1000)
+    return "" if ms is None else ms // 1000
 
 
 def _name(row, lang):
