@@ -23,6 +23,12 @@ holds stored seqs (a resend after a lost answer, or over an out-of-order upload)
 
 A record whose account is unknown at prepare time is stored unbooked with a record anomaly: a card
 can only be tapped after its account committed, so an account missing then is missing for good.
+So is a record whose card is not the named account's (no card of that number, or one of another
+person: any generation of the person's cards counts as theirs), which only a forged or broken
+terminal writes: stored once and acknowledged (refusing it would block the journal behind it for
+good), never debited nor credited to the merchant, noted in card_mismatches with the card's real
+owner, and counted on the terminal (terminals.card_mismatch_count > 0 flags it). The day close lists
+it as unsettled with its reason.
 
 The statements are module constants so that benchmarks/ingest.py can time the very same writes
 straight through sqlite3.
@@ -54,6 +60,11 @@ UPSERT_CARD_COUNTERS_SQL = (
 INSERT_COUNTER_ANOMALIES_SQL = ("INSERT INTO counter_anomalies (card_number, generation, kind, expected, seen, "
                                 "terminal_id, seq, noticed_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 INSERT_RECORD_ANOMALIES_SQL = "INSERT INTO record_anomalies (terminal_id, seq, reason, noticed_ms) VALUES (?, ?, ?, ?)"
+INSERT_CARD_MISMATCHES_SQL = (
+    "INSERT INTO card_mismatches (terminal_id, seq, card_number, card_generation, named_account_id, "
+    "owner_account_id, amount_fen, noticed_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+REASON_UNKNOWN_ACCOUNT = "unknown_account"
+REASON_CARD_MISMATCH = "card_mismatch"
 
 
 class JournalMismatch(Exception):
@@ -70,7 +81,8 @@ def _marks(chunk):
 
 class Batch:
     """One request's records, made ready for store() (see the module text)."""
-    __slots__ = ("terminal_id", "received_ms", "rows", "purchases", "fixed", "wallet_ids", "values")
+    __slots__ = ("terminal_id", "received_ms", "rows", "purchases", "fixed", "wallet_ids", "values", "mismatches",
+                 "stored_mismatches")
 
     def __init__(self, terminal_id, received_ms):
         self.terminal_id = terminal_id
@@ -80,6 +92,8 @@ class Batch:
         self.purchases = {}     # seq -> ledger.Purchase (records of known accounts only)
         self.fixed = {}         # seq -> ledger.fixed_transfers() result
         self.wallet_ids = {}    # account_id -> {wallet: ledger_id}
+        self.mismatches = {}    # seq -> (card, generation, named account, owner account or None, amount_fen)
+        self.stored_mismatches = []   # those of them store() stored (new seqs), for the sync to report
 
 
 def prepare(conn, terminal_id, merchant_ledger_id, by_seq, offset_ms, received_ms):
@@ -90,6 +104,7 @@ def prepare(conn, terminal_id, merchant_ledger_id, by_seq, offset_ms, received_m
         wallets.update(wallet_rules.WALLET_ORDER[category])
     account_ids = sorted({v[_ACCOUNT] for _raw, v in by_seq.values()})
     batch.wallet_ids = wallet_ids = SqliteStore(conn).wallet_ids(account_ids, wallets) if account_ids else {}
+    owners = _card_owners(conn, sorted({v[_CARD] for _raw, v in by_seq.values()}), account_ids)
     rows, values_by_seq, purchases, fixed = batch.rows, batch.values, batch.purchases, batch.fixed
     purchase, fixed_transfers = ledger.Purchase, ledger.fixed_transfers
     for seq, (raw, v) in by_seq.items():
@@ -98,11 +113,42 @@ def prepare(conn, terminal_id, merchant_ledger_id, by_seq, offset_ms, received_m
                      v[_GENERATION], v[_CATEGORY], v[_COUNTER], v[_AMOUNT], v[_MERCHANT], received_ms, 1)
         values_by_seq[seq] = v
         wallets = wallet_ids.get(v[_ACCOUNT])
-        if wallets is not None:
+        if wallets is not None and not owners.owns(v[_ACCOUNT], v[_CARD]):
+            batch.mismatches[seq] = (v[_CARD], v[_GENERATION], v[_ACCOUNT], owners.owner(v[_CARD]), v[_AMOUNT])
+        elif wallets is not None:
             purchases[seq] = p = purchase(terminal_id, seq, time_ms, v[_ACCOUNT], v[_CATEGORY], v[_AMOUNT],
                                           merchant_ledger_id)
             fixed[seq] = fixed_transfers(wallets, p)
     return batch
+
+
+class _CardOwners:
+    """Who holds each card number (any generation), and the person behind each named account."""
+
+    def __init__(self, card_accounts, account_persons):
+        self.card_accounts = card_accounts          # card_number -> {account_id: person_id}
+        self.account_persons = account_persons      # named account_id -> person_id
+
+    def owns(self, account_id, card_number):
+        holders = self.card_accounts.get(card_number, {})
+        return account_id in holders or self.account_persons.get(account_id) in holders.values()
+
+    def owner(self, card_number):
+        holders = self.card_accounts.get(card_number)
+        return min(holders) if holders else None
+
+
+def _card_owners(conn, card_numbers, account_ids):
+    card_accounts, account_persons = {}, {}
+    for chunk in _chunks(card_numbers):
+        for card_number, account_id, person_id in conn.execute(
+                "SELECT c.card_number, c.account_id, a.person_id FROM cards c JOIN accounts a ON a.id = c.account_id "
+                "WHERE c.card_number IN (%s)" % _marks(chunk), chunk):
+            card_accounts.setdefault(card_number, {})[account_id] = person_id
+    for chunk in _chunks(account_ids):
+        account_persons.update(conn.execute("SELECT id, person_id FROM accounts WHERE id IN (%s)" % _marks(chunk),
+                                            chunk))
+    return _CardOwners(card_accounts, account_persons)
 
 
 def store(conn, batch, acked_seq, max_seq):
@@ -181,13 +227,15 @@ def scan_holes(conn, terminal_id, acked_seq, max_seq, max_rows, max_ranges):
 
 def _book(conn, batch, new):
     """Post purchases of the new records; update spending, debt flags and balance versions of their
-    accounts. Returns the seqs stored unbooked (unknown account)."""
+    accounts. Returns the seqs stored unbooked (unknown account, card not the account's)."""
     now_ms = batch.received_ms
     purchases = [batch.purchases[seq] for seq in new if seq in batch.purchases]
     unbooked = [seq for seq in new if seq not in batch.purchases]
     if unbooked:
-        conn.executemany(INSERT_RECORD_ANOMALIES_SQL,
-                         [(batch.terminal_id, seq, "unknown_account", now_ms) for seq in unbooked])
+        conn.executemany(INSERT_RECORD_ANOMALIES_SQL, [
+            (batch.terminal_id, seq, REASON_CARD_MISMATCH if seq in batch.mismatches else REASON_UNKNOWN_ACCOUNT,
+             now_ms) for seq in unbooked])
+        _note_card_mismatches(conn, batch, [seq for seq in unbooked if seq in batch.mismatches])
     if not purchases:
         return set(unbooked)
     store = SqliteStore(conn)
@@ -220,6 +268,17 @@ def _book(conn, batch, new):
     assert changed == len(account_ids), "ledger accounts without their account row"
     _flag_debt(conn, ledger.touched_ids(transfers), now_ms)
     return set(unbooked)
+
+
+def _note_card_mismatches(conn, batch, seqs):
+    """Keep what each mismatching record named and whose card it was; flag the terminal."""
+    if not seqs:
+        return
+    batch.stored_mismatches = [(seq,) + batch.mismatches[seq] for seq in seqs]
+    conn.executemany(INSERT_CARD_MISMATCHES_SQL, [(batch.terminal_id,) + mismatch + (batch.received_ms,)
+                                                  for mismatch in batch.stored_mismatches])
+    conn.execute("UPDATE terminals SET card_mismatch_count = card_mismatch_count + ? WHERE id = ?",
+                 (len(seqs), batch.terminal_id))
 
 
 def _flag_debt(conn, ledger_ids, now_ms):

@@ -326,6 +326,8 @@ def sync():
         except ingest.JournalMismatch as mismatch:   # rolls back: nothing of the batch is kept
             raise ApiError(409, "journal_mismatch", "seq %d" % mismatch.seq)
         conn.execute(UPDATE_TERMINAL_SQL, (acked_seq, max_seq, received_ms, offset_ms, health_json, terminal_id))
+    if batch.stored_mismatches:
+        _log_card_mismatches(terminal_id, batch.stored_mismatches)
 
     answer_ms = dbmod.now_ms()
     commands = [{"op": "resend", "from_seq": low, "to_seq": high} for low, high in holes]
@@ -342,6 +344,18 @@ def sync():
             "commands": commands,
         }
     return _cbor_response(answer)
+
+
+MAX_LOGGED_MISMATCHES = 5
+
+
+def _log_card_mismatches(terminal_id, mismatches):
+    """One warning per batch: a signed record whose card is not the named account's (ingest.py)."""
+    listed = ", ".join("seq %d card %d account %d owner %s %d fen" % (seq, card, named, owner, amount_fen)
+                       for seq, card, _generation, named, owner, amount_fen in mismatches[:MAX_LOGGED_MISMATCHES])
+    current_app.logger.warning("terminal %d flagged: %d records whose card is not the named account's, stored and "
+                               "not booked: %s%s", terminal_id, len(mismatches), listed,
+                               " ..." if len(mismatches) > MAX_LOGGED_MISMATCHES else "")
 
 
 @terminal_api.post("/pin-check")

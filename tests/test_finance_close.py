@@ -188,6 +188,41 @@ def test_gaps_clones_negative_accounts_and_impossible_times_are_reported(server)
     conn.close()
 
 
+def test_a_card_not_of_the_named_account_is_unsettled_at_the_close(server, tmp_path):
+    """A forged record (valid terminal key) naming another account's card, and one naming a card nobody
+    holds: the close lists both as a card mismatch with owner and amount, the merchant is paid only the
+    honest tap, its check holds and the ledger balances; the JSON line, the exports say so."""
+    conn = server.connect()
+    victim, victim_card = _person(conn, 5000, b"\x31\x32\x33\x34")
+    thief, thief_card = _person(conn, 5000, b"\x41\x42\x43\x44")
+    terminal = _terminal(server, conn)
+    now_ms = dbmod.now_ms()
+    answer = terminal.sync([terminal.record(victim, thief_card, 900, tap_counter=1, time_ms=now_ms - 3000),
+                            terminal.record(victim, 987654, 700, tap_counter=1, time_ms=now_ms - 2000),
+                            terminal.record(victim, victim_card, 50, tap_counter=1, time_ms=now_ms - 1000)])
+    assert answer["acked_seq"] == 3 and answer["commands"] == []
+    summary, _ = _close(server, _today(), "--before-day-end")
+    assert summary["anomaly_counts"]["card_mismatch_count"] == 2
+    assert summary["anomaly_counts"]["unbooked_record_count"] == 0
+    assert summary["balanced"] is True and summary["ledger_check"] == {"ok": True, "problem_count": 0}
+    assert summary["merchants"] == {str(terminal.merchant_id): 50}
+    assert summary["sales_count"] == 1 and summary["gross_fen"] == 50
+    report = close.load_report(conn, _today())
+    assert report["invariants"]["merchant_mismatch_count"] == 0
+    assert [(m["seq"], m["card_number"], m["named_account_id"], m["owner_account_id"], m["amount_fen"])
+            for m in report["anomalies"]["card_mismatches"]] == [(1, thief_card, victim, thief, 900),
+                                                                   (2, 987654, victim, None, 700)]
+    assert hall.balances_of(conn, victim)["main"] == 5000 - 50 and hall.balances_of(conn, thief)["main"] == 5000
+    paths = _export(server, _today(), tmp_path / "out")
+    anomalies_csv = [path for path in paths if path.endswith("-anomalies.csv")][0]
+    with open(anomalies_csv, encoding="utf-8-sig") as handle:
+        text = handle.read()
+    assert "terminal %d seq 1: card %d named account %d, the card is account %d; 9.00 yuan not charged" % (
+        terminal.terminal_id, thief_card, victim, thief) in text
+    assert "seq 2: card 987654 named account %d, the card is nobody's; 7.00 yuan" % victim in text
+    conn.close()
+
+
 def _signed_in(server, username, password):
     client = httpx.Client(base_url=server.url, timeout=30)
     page = client.get("/hall/sign-in").text

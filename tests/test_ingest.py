@@ -4,6 +4,7 @@ import threading
 
 from firmware.core import protocol, wallets as wallet_rules
 from sync_server import ledger, registry
+from sync_server.services import cards as services_cards
 from sync_server.ledger_store import SqliteStore
 
 
@@ -50,6 +51,48 @@ def test_unknown_account_is_stored_unbooked_and_reported(live_server):
     assert conn.execute("SELECT seq, reason FROM record_anomalies WHERE terminal_id = ?",
                         (terminal.terminal_id,)).fetchall() == [(2, "unknown_account")]
     assert registry.balances_of(conn, account)["main"] == 400
+
+
+def test_a_card_that_is_not_the_named_accounts_debits_nobody_and_flags_the_terminal(live_server):
+    """Records signed by a valid terminal key but naming an account that does not hold the card (a
+    forged or broken terminal): another person's card, a card number nobody holds. Stored once and
+    acknowledged, never booked, noted with the real owner, the terminal flagged and logged; the
+    card's owner's own tap and a tap with the same person's older card generation book as usual."""
+    conn = live_server.connect()
+    victim, victim_card = _person(conn, "ING-M1")
+    thief, thief_card = _person(conn, "ING-M2")
+    registry.recharge(conn, victim, 5000)
+    registry.recharge(conn, thief, 5000)
+    reissued = services_cards.reissue(conn, thief, b"\x0b\x0c\x0d\x0e", operator="desk")["identity"]
+    assert reissued.card_number == thief_card and reissued.generation == 2
+    terminal = live_server.add_terminal()
+    forged = [terminal.record(victim, thief_card, 900, tap_counter=5),             # the thief's card, victim named
+              terminal.record(victim, 987654, 700, tap_counter=1),                 # a card nobody holds
+              terminal.record(thief, thief_card, 100, tap_counter=6, generation=1),  # own older generation
+              terminal.record(victim, victim_card, 50, tap_counter=1)]               # an honest tap
+    balances_before = {account: registry.balances_of(conn, account)["main"] for account in (victim, thief)}
+    answer = terminal.sync(forged)
+    assert answer["acked_seq"] == 4 and answer["commands"] == []
+    assert registry.balances_of(conn, victim)["main"] == balances_before[victim] - 50
+    assert registry.balances_of(conn, thief)["main"] == balances_before[thief] - 100
+    assert conn.execute("SELECT seq, booked FROM terminal_records WHERE terminal_id = ? ORDER BY seq",
+                        (terminal.terminal_id,)).fetchall() == [(1, 0), (2, 0), (3, 1), (4, 1)]
+    assert conn.execute("SELECT seq, card_number, named_account_id, owner_account_id, amount_fen FROM card_mismatches "
+                        "WHERE terminal_id = ? ORDER BY seq", (terminal.terminal_id,)).fetchall() == [
+        (1, thief_card, victim, thief, 900), (2, 987654, victim, None, 700)]
+    assert conn.execute("SELECT seq, reason FROM record_anomalies WHERE terminal_id = ? ORDER BY seq",
+                        (terminal.terminal_id,)).fetchall() == [(1, "card_mismatch"), (2, "card_mismatch")]
+    assert conn.execute("SELECT card_mismatch_count FROM terminals WHERE id = ?",
+                        (terminal.terminal_id,)).fetchone()[0] == 2
+    assert "terminal %d flagged: 2 records whose card is not the named account's" % terminal.terminal_id \
+        in live_server.log()
+    assert ledger.check_balances(SqliteStore(conn)) == []
+
+    again = terminal.sync(forged)                       # sent again (a lost answer): stored and noted once
+    assert again["acked_seq"] == 4 and again["commands"] == []
+    assert conn.execute("SELECT count(*) FROM card_mismatches WHERE terminal_id = ?",
+                        (terminal.terminal_id,)).fetchone()[0] == 2
+    assert registry.balances_of(conn, victim)["main"] == balances_before[victim] - 50
 
 
 def test_many_terminals_at_once_store_every_record_once_and_the_ledger_balances(live_server):

@@ -55,7 +55,8 @@ def find_clones(window, watched_taps, repeats, settled):
 
 def report_section(window, scan):
     """The anomalies section: negative accounts, cards denied as cloned (a side effect), records of
-    revoked terminals, impossible times, unbooked and late records."""
+    revoked terminals, impossible times, unbooked records (cards not the named account's apart) and late
+    records."""
     conn = window.conn
     negative = []
     for (account_id,) in conn.execute(
@@ -71,8 +72,10 @@ def report_section(window, scan):
     clones = []
     for (card, generation), finding in sorted(scan["clones"].items()):
         clones.append(deny_clone(window, card, generation, finding))
+    mismatches = card_mismatches(conn, scan["unbooked"])
+    unbooked = [item for item in scan["unbooked"] if (item[0], item[1]) not in mismatches]
     reasons = {}
-    for terminal_id, seq, _amount in scan["unbooked"][:MAX_LISTED]:
+    for terminal_id, seq, _amount in unbooked[:MAX_LISTED]:
         row = conn.execute("SELECT reason FROM record_anomalies WHERE terminal_id = ? AND seq = ?",
                            (terminal_id, seq)).fetchone()
         reasons[(terminal_id, seq)] = row[0] if row else "unbooked"
@@ -88,8 +91,10 @@ def report_section(window, scan):
                              for t, s, tm, r in scan["impossible"][:MAX_LISTED]],
         "impossible_time_count": len(scan["impossible"]),
         "unbooked_records": [{"terminal_id": t, "seq": s, "amount_fen": a, "reason": reasons.get((t, s))}
-                             for t, s, a in scan["unbooked"][:MAX_LISTED]],
-        "unbooked_record_count": len(scan["unbooked"]),
+                             for t, s, a in unbooked[:MAX_LISTED]],
+        "unbooked_record_count": len(unbooked),
+        "card_mismatches": [mismatches[key] for key in sorted(mismatches)[:MAX_LISTED]],
+        "card_mismatch_count": len(mismatches),
         "late_records": [{"terminal_id": t, "seq": s, "own_day": day_text(own), "merchant_id": m,
                           "amount_fen": a} for t, s, _d, own, m, a in scan["late"][:MAX_LISTED]],
     }
@@ -110,3 +115,24 @@ def deny_clone(window, card, generation, finding):
     return {"card_number": card, "generation": generation, "account_id": account_id,
             "kinds": sorted(finding["kinds"]), "taps": finding["taps"], "denied": status != "active" or denied_now,
             "card_status_before": status}
+
+
+def card_mismatches(conn, unbooked):
+    """{(terminal, seq): finding} for the unbooked records of this close whose card was not the named
+    account's (sync_server/ingest.py): not debited, the merchant not credited, unsettled for good."""
+    keys = {(terminal_id, seq) for terminal_id, seq, _amount in unbooked}
+    seqs = {}
+    for terminal_id, seq in keys:
+        seqs.setdefault(terminal_id, []).append(seq)
+    found = {}
+    for terminal_id, terminal_seqs in sorted(seqs.items()):
+        for seq, card, generation, named, owner, amount_fen in conn.execute(
+                "SELECT seq, card_number, card_generation, named_account_id, owner_account_id, amount_fen "
+                "FROM card_mismatches WHERE terminal_id = ? AND seq BETWEEN ? AND ?",
+                (terminal_id, min(terminal_seqs), max(terminal_seqs))):
+            if (terminal_id, seq) in keys:
+                found[(terminal_id, seq)] = {"terminal_id": terminal_id, "seq": seq, "card_number": card,
+                                             "generation": generation, "named_account_id": named,
+                                             "owner_account_id": owner, "amount_fen": amount_fen,
+                                             "reason": "card_mismatch"}
+    return found

@@ -11,6 +11,7 @@ ANOMALY_KINDS = (
     ("revoked_terminal_record_count", "已停用终端的记录", "records from revoked terminals"),
     ("impossible_time_count", "时间不可能的记录", "records with impossible times"),
     ("unbooked_record_count", "未入账记录（账户未知）", "records not booked (unknown account)"),
+    ("card_mismatch_count", "卡号与账户不符（未扣款、未结算）", "card not the named account's (not charged, not settled)"),
 )
 
 
@@ -32,7 +33,7 @@ def gap_reason_text(reason, lang="zh"):
 
 
 def anomaly_counts(report):
-    counts = {key: report["anomalies"][key] for key, _zh, _en in ANOMALY_KINDS}
+    counts = {key: report["anomalies"].get(key, 0) for key, _zh, _en in ANOMALY_KINDS}   # older days lack newer kinds
     counts["statement_mismatches"] = report["totals"].get("statement_mismatches", 0)
     return counts
 
@@ -130,7 +131,7 @@ def tables(report, lang="zh"):
         [t("试算平衡（分）", "trial balance (fen)"), invariants["trial_balance_fen"]],
         [t("账实相符", "balanced"), t("是", "yes") if invariants["balanced"] else t("否", "no")],
         [t("全账核对（结算后）", "full ledger check (after the close)"), ledger_check_text(report, lang)],
-    ] + [[zh if not en else english, report["anomalies"][key]] for key, zh, english in ANOMALY_KINDS]
+    ] + [[zh if not en else english, report["anomalies"].get(key, 0)] for key, zh, english in ANOMALY_KINDS]
       + [[t("渠道对账差异", "statement mismatches"), totals.get("statement_mismatches", 0)]]))
     result.append((t("商户结算", "merchants"),
                    [t("商户号", "merchant"), t("商户", "name"), t("类别", "category"), t("笔数", "count"),
@@ -245,6 +246,14 @@ def anomaly_rows(report, lang="zh"):
     for item in anomalies["unbooked_records"]:
         rows.append([t("未入账", "not booked"), t("终端 %d 序号 %d（%s）", "terminal %d seq %d (%s)")
                      % (item["terminal_id"], item["seq"], item["reason"])])
+    for item in anomalies.get("card_mismatches", ()):
+        owner = item["owner_account_id"]
+        rows.append([t("卡号与账户不符", "card not the account's"),
+                     t("终端 %d 序号 %d：卡号 %d 记在账户 %d 名下，卡属于%s，%s 元未扣款、未结算",
+                       "terminal %d seq %d: card %d named account %d, the card is %s; %s yuan not charged, not settled")
+                     % (item["terminal_id"], item["seq"], item["card_number"], item["named_account_id"],
+                        (t("账户 %d", "account %d") % owner) if owner is not None else t("无人", "nobody's"),
+                        yuan(item["amount_fen"]))])
     for channel in report["channels"]:
         statement = channel.get("statement")
         if not statement:
