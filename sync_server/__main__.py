@@ -3,10 +3,11 @@
 import argparse
 import sys
 
-from sync_server import cli
+from sync_server import cli, private_dir
 
 
 def main(argv=None):
+    private_dir.owner_only_umask()
     parser = argparse.ArgumentParser(prog="python -m sync_server")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True

@@ -19,7 +19,7 @@ from flask import Blueprint, Flask, Response, jsonify, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from firmware.core import protocol
-from sync_server import db, keys, messages, web
+from sync_server import db, keys, messages, private_dir, web
 
 # Cap on any request body (Flask MAX_CONTENT_LENGTH): forms and JSON are parsed in memory, and no
 # audience needs more (the terminal API has its own, lower protocol.MAX_BODY_BYTES).
@@ -87,7 +87,8 @@ def create_app(test_config=None):
     if test_config:
         app.config.update({k: v for k, v in test_config.items() if k != "DATA_DIR"})
     _trust_proxies(app)
-    os.makedirs(data_dir, exist_ok=True)
+    private_dir.secure_dir(data_dir)
+    private_dir.create_private_file(app.config["DATABASE"])
     db.init_db(app.config["DATABASE"]).close()
     app.extensions["ykt"] = ServerState(keys.load_master_key(app.config["MASTER_KEY_FILE"]))
 

@@ -18,7 +18,7 @@ import os
 import sys
 
 from firmware.core import card_layout, wallets as wallet_rules
-from sync_server import db as dbmod, keys, registry, serving
+from sync_server import db as dbmod, keys, private_dir, registry, serving
 from sync_server.cli_common import (add_station_options, data_dir_of, lang_of, open_database, open_station, say,
                                     write_at_station)
 from sync_server.services import cards, hall_cli, history, recharge as recharge_service
@@ -27,17 +27,17 @@ DEFAULT_PORT = 8080
 
 
 def init_data_dir(data_dir):
-    """Create the data directory, the database and the master key if missing; returns what was created."""
-    os.makedirs(data_dir, exist_ok=True)
+    """Create the data directory (0700, an existing one tightened), the database (0600) and the master
+    key if missing; returns what was created."""
+    private_dir.secure_dir(data_dir)
     created = []
     key_path = keys.master_key_path(data_dir)
     if keys.ensure_master_key(key_path):
         created.append(key_path)
     path = dbmod.db_path(data_dir)
-    existed = os.path.exists(path)
-    dbmod.init_db(path).close()
-    if not existed:
+    if private_dir.create_private_file(path):
         created.append(path)
+    dbmod.init_db(path).close()
     return created
 
 

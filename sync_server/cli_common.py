@@ -6,7 +6,7 @@ cardholder-service commands) both build on these; neither imports the other's he
 """
 import os
 
-from sync_server import db as dbmod, keys, messages, registry
+from sync_server import db as dbmod, keys, messages, private_dir, registry
 
 
 def data_dir_of(args):
@@ -27,6 +27,7 @@ def open_database(args):
     if not os.path.exists(path):
         raise registry.HallError("数据目录尚未初始化，请先运行 ykt server init",
                                  "data directory not initialised: run ykt server init")
+    private_dir.secure_dir(data_dir_of(args))
     return dbmod.init_db(path)
 
 

@@ -103,3 +103,55 @@ def test_hall_recharge_unfreeze_and_statement_go_through_the_services(tmp_path):
     assert code == 0 and "reissue" not in out and "25.50" in out
     code, out = _run(data_dir, "hall", "transactions", "--account", "1", "--from", "2001-01-01", "--to", "2001-02-01")
     assert code == 0 and "无交易" in out
+
+
+def _mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def _ykt(data_dir, *args):
+    result = subprocess.run([sys.executable, "-m", "ykt", *args, "--data-dir", str(data_dir)],
+                            capture_output=True, text=True, env=dict(os.environ, YKT_LANG="en"), timeout=120)
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_data_directory_database_wal_and_exports_are_owner_only(tmp_path):
+    """They hold ID numbers and PIN hashes: 0700 directories and 0600 files after `ykt server init`,
+    while the server runs (WAL and SHM included), for `ykt finance export`, and an older loose
+    directory is tightened at the next start with a note."""
+    from server_process import running_server
+    from sync_server import db as dbmod, hall
+    from sync_server.finance import day_of_ms, day_text
+    data_dir = tmp_path / "data"
+    database = data_dir / "ykt.sqlite3"
+    assert _run(data_dir, "server", "init")[0] == 0
+    assert _mode(data_dir) == 0o700
+    assert [_mode(path) for path in (database, data_dir / "master.key")] == [0o600, 0o600]
+
+    os.chmod(data_dir, 0o755)                   # as an older version left it
+    os.chmod(database, 0o644)
+    code, out = _run(data_dir, "hall", "person-add", "--name", "张小明", "--id-number", "110101200001011234")
+    assert code == 0 and "数据目录权限已收紧" in out and "owner-only" in out
+    assert (_mode(data_dir), _mode(database)) == (0o700, 0o600)
+
+    with running_server(data_dir) as server:
+        conn = server.connect()
+        identity, _name = hall.issue_card_record(conn, 1, b"\x0a\x0b\x0c\x0d")
+        hall.recharge(conn, 1, 1000)
+        terminal = server.add_terminal()
+        assert terminal.sync([terminal.record(1, identity.card_number, 300)])["acked_seq"] == 1
+        written = [database, data_dir / "ykt.sqlite3-wal", data_dir / "ykt.sqlite3-shm",
+                   data_dir / "ykt.sqlite3-writer.lock", data_dir / "master.key"]
+        assert {path.name: _mode(path) for path in written} == {path.name: 0o600 for path in written}
+        assert _mode(data_dir) == 0o700
+        terminal.close()
+        conn.close()
+
+    today = day_text(day_of_ms(dbmod.now_ms()))
+    assert _ykt(data_dir, "finance", "close", "--date", today, "--before-day-end")[0] == 0
+    out_dir = tmp_path / "exports" / "today"
+    code, out = _ykt(data_dir, "finance", "export", "--date", today, "--out", str(out_dir))
+    assert code == 0
+    exported = [line for line in out.splitlines() if line.startswith(str(out_dir))]
+    assert len(exported) > 2 and all(_mode(path) == 0o600 for path in exported)
+    assert _mode(out_dir) == 0o700

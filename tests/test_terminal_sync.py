@@ -5,7 +5,9 @@ once, whether it was made online or offline, whatever answers got lost on the wa
 """
 import io
 import json
+import os
 import sqlite3
+import stat
 import threading
 import time
 
@@ -456,3 +458,34 @@ def test_answers_without_the_servers_mac_change_nothing(campus, status, answer):
     relay.restore()
     assert terminal.drain(60) == 0                          # the real server still takes both taps
     assert len(server_records(conn, terminal.terminal_id)) == 2
+
+
+def _mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_terminal_data_directory_is_owner_only(campus, tmp_path, capsys):
+    """The journal holds card numbers and accounts: the directory 0700 and the journal, its WAL and
+    SHM 0600 after taps and a sync; a directory an older version left loose is tightened, with a note."""
+    server, conn, relay, terminal, people, out = campus
+    (alice, alice_card), _bob = people
+    assert terminal.sync_now().online
+    terminal.run_line({"amount_fen": 300, "card": alice_card})
+    assert decisions(out)[-1]["accepted"]
+    assert terminal.sync_now().acked_seq == 1
+    data_dir = tmp_path / "terminal"
+    assert _mode(data_dir) == 0o700
+    journal = [data_dir / name for name in ("terminal.db", "terminal.db-wal", "terminal.db-shm")]
+    assert {path.name: _mode(path) for path in journal} == {path.name: 0o600 for path in journal}
+
+    old = tmp_path / "older"
+    (old / "cards").mkdir(parents=True)
+    (old / "cards" / "left.card").write_bytes(b"\x00" * 16)
+    for path, mode in ((old, 0o755), (old / "cards", 0o755), (old / "cards" / "left.card", 0o644)):
+        os.chmod(path, mode)
+    capsys.readouterr()
+    again = PosTerminal(terminal.provisioning, str(old), open_reader("sim:"), out=io.StringIO(), sync=False)
+    again.close()
+    assert "terminal data directory made owner-only (3 entries)" in capsys.readouterr().err
+    assert [_mode(path) for path in (old, old / "cards", old / "cards" / "left.card", old / "terminal.db")] == \
+        [0o700, 0o700, 0o600, 0o600]

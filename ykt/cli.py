@@ -5,6 +5,7 @@ only assembles them. Chinese first; `--lang en` or YKT_LANG=en switches messages
 """
 import argparse
 import importlib
+import os
 import sys
 
 _PARTS = ("sync_server.cli", "firmware.apps.cli", "simulators.cli", "sync_server.finance.cli")
@@ -31,6 +32,7 @@ def _issuing_station():
 
 
 def main(argv=None):
+    os.umask(0o077)     # data directories hold ID numbers, PIN hashes and keys: nothing we create is shared
     parser = build_parser()
     args = parser.parse_args(argv)
     result = args.handler(args)

@@ -24,6 +24,7 @@ with display on, "show", "beep", "speak", "sync"; "drained" at the end.
 import json
 import os
 import sqlite3
+import stat
 import sys
 import threading
 import time
@@ -63,10 +64,31 @@ def sam_from_provisioning(document):
     return sam_module.SoftwareSAM(keys)
 
 
+def make_owner_only(data_dir):
+    """The terminal's data directory 0700 and what is in it 0600/0700 (the journal holds card numbers
+    and accounts); the journal file is made 0600 before SQLite opens it, and its WAL and SHM files
+    take its mode. An existing directory is tightened, with one line on stderr."""
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    changed = 0
+    for directory, _subdirectories, files in os.walk(data_dir):
+        for entry in [directory] + [os.path.join(directory, name) for name in files]:
+            mode = os.lstat(entry)
+            if not stat.S_ISLNK(mode.st_mode) and stat.S_IMODE(mode.st_mode) & 0o077:
+                os.chmod(entry, stat.S_IMODE(mode.st_mode) & 0o700)
+                changed += 1
+    if changed:
+        print("终端数据目录权限已收紧为仅属主可读写（%d 项）/ terminal data directory made owner-only (%d entries): %s"
+              % (changed, changed, data_dir), file=sys.stderr)
+    try:
+        os.close(os.open(os.path.join(data_dir, DB_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 class PosTerminal:
     def __init__(self, provisioning, data_dir, reader, lang="zh", out=None, display=True, sync=True,
                  server_url=None, cards_dir=None, sync_interval_ms=None, raw_ms=None, card_slot=None):
-        os.makedirs(data_dir, exist_ok=True)
+        make_owner_only(data_dir)
         self.provisioning = provisioning
         self.terminal_id = provisioning["terminal_id"]
         self.reader = reader

@@ -86,16 +86,24 @@ def workbook_bytes(report, lang="zh"):
 
 
 def write_all(report, out_dir, lang="zh"):
-    """Write <day>-<part>.csv for every table and <day>.xlsx into out_dir; returns the paths."""
-    os.makedirs(out_dir, exist_ok=True)
+    """Write <day>-<part>.csv for every table and <day>.xlsx into out_dir; returns the paths. The files
+    are 0600 and a directory made here 0700 (names, accounts, money); an existing one keeps its mode."""
+    if not os.path.isdir(out_dir):
+        os.makedirs(out_dir, mode=0o700)
+        os.chmod(out_dir, 0o700)         # makedirs' mode is cut by the umask, never widened
     paths = []
     for part in PARTS:
         path = os.path.join(out_dir, "%s-%s.csv" % (report["day"], part))
-        with open(path, "w", encoding="utf-8", newline="") as handle:
-            handle.write(csv_text(report, part, lang))
+        _write_private(path, csv_text(report, part, lang).encode("utf-8"))
         paths.append(path)
     path = os.path.join(out_dir, "%s.xlsx" % report["day"])
-    with open(path, "wb") as handle:
-        handle.write(workbook_bytes(report, lang))
+    _write_private(path, workbook_bytes(report, lang))
     paths.append(path)
     return paths
+
+
+def _write_private(path, data):
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        os.fchmod(descriptor, 0o600)     # a file left by an older export may be 0644
+        handle.write(data)
