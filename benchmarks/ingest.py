@@ -100,7 +100,7 @@ def measure_http(args, work_dir):
         work = [build_batches(t, people, per_terminal, rng, balance_version) for t in terminals]
         failures = []
         threads = [threading.Thread(target=upload, args=(server.url, bodies, failures)) for bodies in work]
-        log("uploading over HTTP (%d server threads)" % args.workers)
+        log("uploading over HTTP (%d server worker processes)" % args.workers)
         started = time.perf_counter()
         for thread in threads:
             thread.start()
@@ -212,7 +212,7 @@ def main(argv=None):
     parser.add_argument("--records", type=int, default=MIN_RECORDS,
                         help="records to upload (at least %d, default %d)" % (MIN_RECORDS, MIN_RECORDS))
     parser.add_argument("--terminals", type=int, default=4, help="concurrent terminals, one client thread each")
-    parser.add_argument("--workers", type=int, default=2, help="server threads (ykt server --workers)")
+    parser.add_argument("--workers", type=int, default=2, help="server worker processes (ykt server --workers)")
     parser.add_argument("--people", type=int, default=3000, help="cardholders the taps are spread over")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """`ykt server ...` and `ykt hall ...`: run the sync server (sync_server/serving.py), and service-hall commands.
 
-    ykt server [--data-dir D] [--host 127.0.0.1] [--port 8080] [--workers N] [--idle-timeout-s S]
-               [--max-connections C] [--trusted-proxy ADDRESS]
+    ykt server [--data-dir D] [--host 127.0.0.1] [--port 8080] [--workers N] [--threads T]
+               [--idle-timeout-s S] [--max-connections C] [--trusted-proxy ADDRESS]
     ykt server init [--data-dir D]
     ykt hall merchant-add | person-add | card-issue | recharge | report-loss | transactions |
              terminal-register | terminal-revoke | staff-add | staff-password | staff-disable
@@ -53,24 +53,31 @@ def cmd_server_init(args):
 def cmd_server(args):
     if getattr(args, "server_command", None) == "init":
         return cmd_server_init(args)
-    bounds = serving.option_bounds_error(args.workers, args.idle_timeout_s, args.max_connections)
+    bounds = serving.option_bounds_error(args.workers, args.threads, args.idle_timeout_s, args.max_connections)
     if bounds:
         raise registry.HallError(*bounds)
     data_dir = data_dir_of(args)
     init_data_dir(data_dir)
     os.environ["YKT_DATA_DIR"] = data_dir
     from sync_server.app import create_app
-    app = create_app()
-    options = serving.server_options(args.host, args.port, args.workers, args.idle_timeout_s, args.max_connections,
+    app = create_app()          # loaded once, before the workers fork (a bad key or database fails here)
+    try:
+        listener = serving.bind(args.host, args.port)
+    except OSError as error:
+        raise hall.HallError("无法监听 %s:%d：%s" % (args.host, args.port, error.strerror or error),
+                             "cannot listen on %s:%d: %s" % (args.host, args.port, error.strerror or error))
+    options = serving.server_options(args.threads, args.idle_timeout_s, args.max_connections,
                                      args.trusted_proxy or os.environ.get("YKT_TRUSTED_PROXY"))
     start_close = stop_close = None
     if os.environ.get("YKT_FINANCE_CLOSE", "on") != "off":   # the nightly close (sync_server/finance)
         from sync_server.finance import scheduler
         start_close, stop_close = scheduler.hooks(dbmod.db_path(data_dir))
-    say(args, "同步服务器启动：http://%s:%d（数据目录 %s）" % (args.host, args.port, data_dir),
-        "sync server on http://%s:%d (data directory %s)" % (args.host, args.port, data_dir))
+    say(args, "同步服务器启动：http://%s:%d（数据目录 %s，%d 个进程 × %d 线程）"
+        % (args.host, args.port, data_dir, args.workers, args.threads),
+        "sync server on http://%s:%d (data directory %s, %d processes x %d threads)"
+        % (args.host, args.port, data_dir, args.workers, args.threads))
     sys.stdout.flush()
-    serving.serve(app, options, start_close, stop_close)
+    return serving.serve(app, listener, args.workers, options, start_close, stop_close)
 
 
 # --- hall -----------------------------------------------------------------------------------------
@@ -241,12 +248,14 @@ def register(subparsers):
     server = subparsers.add_parser("server", parents=[common], help="运行同步服务器 / run the sync server")
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=DEFAULT_PORT)
-    server.add_argument("--workers", type=int, default=serving.DEFAULT_THREADS,
-                        help="threads running requests (whole requests only: slow clients never hold one)")
+    server.add_argument("--workers", type=int, default=serving.DEFAULT_WORKERS,
+                        help="worker processes (each uses a core for booking)")
+    server.add_argument("--threads", type=int, default=serving.DEFAULT_THREADS,
+                        help="threads per worker running whole requests (slow clients never hold one)")
     server.add_argument("--idle-timeout-s", type=int, default=serving.DEFAULT_IDLE_TIMEOUT_S,
                         help="close a connection silent this long, half-sent requests included")
     server.add_argument("--max-connections", type=int, default=serving.DEFAULT_MAX_CONNECTIONS,
-                        help="open connections at most; more wait in the listen backlog")
+                        help="open connections per worker at most; more wait in the listen backlog")
     server.add_argument("--trusted-proxy", help="address of the reverse proxy whose X-Forwarded-* headers "
                                                 "are applied (default $YKT_TRUSTED_PROXY; none)")
     server.set_defaults(handler=_guard(cmd_server))

@@ -1,7 +1,7 @@
 """The server's SQLite store: connections, PRAGMAs, transactions, and applying the migrations.
 
 One SQLite file under the data directory, in WAL mode with `synchronous=FULL` (a commit that returned
-survives power loss) and a busy timeout so concurrent server threads queue instead of failing.
+survives power loss) and a busy timeout so concurrent server workers queue instead of failing.
 Connections run in autocommit mode; writers open `BEGIN IMMEDIATE` through `transaction()` so that two
 workers never both read-then-write the same rows (SQLite serialises writers; IMMEDIATE makes the wait
 happen at the start, where it cannot deadlock).

@@ -1,18 +1,24 @@
-"""How `ykt server` serves the app: waitress, which reads every request whole before a thread runs it.
+"""How `ykt server` serves the app: worker processes running waitress, which reads every request whole
+before a thread runs it.
 
 Waitress's main loop reads request lines, headers and bodies from all sockets asynchronously and only
 hands a complete request to one of `threads` worker threads. A client that sends half a request and
-goes silent costs one socket, never a worker: `/health` and terminal syncs keep being answered. We
+goes silent costs one socket, never a thread: `/health` and terminal syncs keep being answered. We
 left gunicorn for this: its sync worker serves one connection per process, and its gthread worker
 reads the rest of a request with a blocking socket once the first bytes arrive, so a few idle
 half-requests took every worker for a minute.
+
+Booking is Python work under the GIL, so one process would use one core: the parent binds the socket,
+loads the app, and forks `workers` processes that each run waitress on that shared socket. The parent
+only supervises: a worker that dies is replaced (at most MAX_RESTARTS_PER_MINUTE), SIGTERM or SIGINT
+stops them all, and a worker whose parent is gone (killed) stops by itself.
 
 Bounds (each a `ykt server` option):
 
     idle_timeout_s     a connection with no byte in or out for this long is closed, half-read
                        request line, headers or body included (waitress channel_timeout)
-    max_connections    sockets held at once; past it waitress stops accepting until one closes
-    threads            worker threads running the app (`--workers`)
+    max_connections    sockets one worker holds at once; past it, it stops accepting until one closes
+    threads            threads per worker running the app
     header bytes       MAX_HEADER_BYTES; body bytes 2 x app.MAX_REQUEST_BYTES (the app answers a
                        body over its own limit with its clear 413; waitress refuses larger ones)
 
@@ -23,26 +29,39 @@ front (README: nginx) adds whole-header deadlines and buffers bodies.
 Behind a proxy, `trusted_proxy` names its address: only requests from that peer have their
 X-Forwarded-For/-Proto/-Host applied (one hop); from anyone else those headers are removed.
 """
+import collections
+import logging
+import os
 import signal
+import socket
+import threading
+import time
 
 from sync_server.app import MAX_REQUEST_BYTES
 
 DEFAULT_IDLE_TIMEOUT_S = 30
 DEFAULT_MAX_CONNECTIONS = 500
-DEFAULT_THREADS = 4
+DEFAULT_WORKERS = 2
+DEFAULT_THREADS = 2
 MAX_HEADER_BYTES = 32 * 1024
 MAX_BODY_BYTES = 2 * MAX_REQUEST_BYTES
+BACKLOG = 1024
 PROXY_HEADERS = "x-forwarded-for x-forwarded-proto x-forwarded-host"
+MAX_RESTARTS_PER_MINUTE = 10
+STOP_GRACE_S = 30
+ORPHAN_CHECK_S = 1.0
 
-
+WORKERS_RANGE = (1, 32)
 THREADS_RANGE = (1, 64)
 IDLE_TIMEOUT_S_RANGE = (1, 3600)
 MAX_CONNECTIONS_RANGE = (1, 10000)
 
+log = logging.getLogger(__name__)
 
-def option_bounds_error(threads, idle_timeout_s, max_connections):
+
+def option_bounds_error(workers, threads, idle_timeout_s, max_connections):
     """(zh, en) naming the first option out of its range, or None."""
-    for name, value, (low, high) in (("--workers", threads, THREADS_RANGE),
+    for name, value, (low, high) in (("--workers", workers, WORKERS_RANGE), ("--threads", threads, THREADS_RANGE),
                                      ("--idle-timeout-s", idle_timeout_s, IDLE_TIMEOUT_S_RANGE),
                                      ("--max-connections", max_connections, MAX_CONNECTIONS_RANGE)):
         if not low <= value <= high:
@@ -51,11 +70,11 @@ def option_bounds_error(threads, idle_timeout_s, max_connections):
     return None
 
 
-def server_options(host, port, threads, idle_timeout_s, max_connections, trusted_proxy=None):
-    """The waitress adjustments for our bounds."""
+def server_options(threads, idle_timeout_s, max_connections, trusted_proxy=None):
+    """The waitress adjustments of one worker for our bounds."""
     assert idle_timeout_s >= 1 and max_connections >= 1 and threads >= 1
     options = dict(
-        host=host, port=port, threads=threads, ident="ykt",
+        threads=threads, ident="ykt", backlog=BACKLOG,
         channel_timeout=idle_timeout_s,
         cleanup_interval=max(1, idle_timeout_s // 5),     # idle sockets close within 1.2 x the limit
         connection_limit=max_connections,
@@ -70,23 +89,119 @@ def server_options(host, port, threads, idle_timeout_s, max_connections, trusted
     return options
 
 
-def _stop_on_sigterm(_signal, _frame):
-    raise SystemExit(0)
+class _Stop(Exception):
+    """Raised from the SIGTERM/SIGINT handler to leave a blocking wait or the server loop."""
 
 
-def serve(app, options, before_serving=None, after_serving=None):
-    """Serve until SIGTERM or SIGINT; `before_serving()` runs once the socket is bound, `after_serving()`
-    on the way out (the nightly close's scheduler process starts and stops there)."""
-    from waitress.server import create_server
-    server = create_server(app, **options)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+def _raise_stop(_signal, _frame):
+    raise _Stop()
+
+
+def bind(host, port):
+    """The listening socket every worker accepts on (SO_REUSEADDR: a restart reuses the port at once)."""
+    family, socktype, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                 flags=socket.AI_PASSIVE)[0]
+    listener = socket.socket(family, socktype, proto)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(address)
+    listener.listen(BACKLOG)
+    return listener
+
+
+def serve(app, listener, workers, options, before_serving=None, after_serving=None):
+    """Fork `workers` processes serving `app` on `listener` and supervise them until SIGTERM or SIGINT;
+    `before_serving()` runs before the first fork, `after_serving()` on the way out (the nightly
+    close's scheduler process starts and stops there)."""
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+    children = set()
+    restarts = collections.deque()
     try:
         if before_serving is not None:
             before_serving()
+        for _ in range(workers):
+            children.add(_fork_worker(app, listener, options))
+        while True:
+            pid, status = os.wait()
+            if pid not in children:
+                continue                  # the scheduler process, say: not ours to replace
+            children.discard(pid)
+            now = time.monotonic()
+            restarts.append(now)
+            while restarts and restarts[0] < now - 60:
+                restarts.popleft()
+            if len(restarts) > MAX_RESTARTS_PER_MINUTE:
+                log.error("server workers keep dying (%d in a minute): stopping", len(restarts))
+                return 1
+            log.warning("server worker %d ended (%s): starting another", pid, _status_text(status))
+            children.add(_fork_worker(app, listener, options))
+    except _Stop:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _stop_workers(children)
+        if after_serving is not None:
+            after_serving()
+
+
+def _status_text(status):
+    if os.WIFSIGNALED(status):
+        return "signal %d" % os.WTERMSIG(status)
+    return "exit %d" % os.waitstatus_to_exitcode(status)
+
+
+def _stop_workers(children):
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + STOP_GRACE_S
+    for pid in children:
+        while True:
+            try:
+                done, _status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.05)
+
+
+def _fork_worker(app, listener, options):
+    parent_pid = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    status = 1
+    try:                          # the child never returns into the parent's code
+        status = _run_worker(app, listener, options, parent_pid)
+    finally:
+        os._exit(status)
+
+
+def _run_worker(app, listener, options, parent_pid):
+    from waitress.server import create_server
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+    server = create_server(app, sockets=[listener], **options)
+    threading.Thread(target=_stop_when_orphaned, args=(parent_pid,), daemon=True).start()
+    try:
         server.run()
-    except KeyboardInterrupt:
+    except _Stop:
         pass
     finally:
         server.close()
-        if after_serving is not None:
-            after_serving()
+    return 0
+
+
+def _stop_when_orphaned(parent_pid):
+    """The supervisor was killed: stop this worker too (SIGTERM to itself, handled in the main thread)."""
+    while os.getppid() == parent_pid:
+        time.sleep(ORPHAN_CHECK_S)
+    os.kill(os.getpid(), signal.SIGTERM)

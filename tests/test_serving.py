@@ -4,6 +4,7 @@ Many connections send part of a request line, of the headers or of a body and go
 a signed terminal sync must still be answered, and the server must close the silent sockets itself.
 """
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -80,6 +81,49 @@ def test_silent_half_requests_neither_starve_health_and_sync_nor_stay_open(tmp_p
                 sock.close()
             terminal.close()
             conn.close()
+
+
+def _worker_pids(server_pid):
+    """The server's worker processes (its children running `sync_server server`, not the scheduler)."""
+    with open("/proc/%d/task/%d/children" % (server_pid, server_pid)) as handle:
+        children = [int(pid) for pid in handle.read().split()]
+    workers = []
+    for pid in children:
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as handle:
+                if b"sync_server\x00server" in handle.read():
+                    workers.append(pid)
+        except FileNotFoundError:
+            pass
+    return workers
+
+
+def test_workers_are_processes_and_a_killed_one_is_replaced(tmp_path):
+    """--workers 2 forks two serving processes; one killed, the other keeps answering and the server
+    starts a replacement."""
+    with running_server(tmp_path / "server", workers=2, env={"YKT_FINANCE_CLOSE": "off"}) as server:
+        workers = _worker_pids(server.process.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        conn = server.connect()
+        _person_id, account_id = hall.add_person(conn, "赵六", 2, staff_number="SLOW-2", set_initial_pin=False)
+        identity, _name = hall.issue_card_record(conn, account_id, b"\x09\x0a\x0b\x0c")
+        hall.recharge(conn, account_id, 1000)
+        terminal = server.add_terminal()
+        terminal.http.timeout = httpx.Timeout(CLIENT_TIMEOUT_S)
+        assert terminal.sync([terminal.record(account_id, identity.card_number, 100)])["acked_seq"] == 1
+        deadline = time.monotonic() + CLOSE_DEADLINE_S
+        while True:
+            now = _worker_pids(server.process.pid)
+            if len(now) == 2 and workers[0] not in now:
+                break
+            assert time.monotonic() < deadline, "no replacement worker: %s" % now
+            time.sleep(0.1)
+        for _ in range(4):      # both workers answer (the listen socket is shared)
+            assert httpx.get(server.url + "/health", timeout=CLIENT_TIMEOUT_S).status_code == 200
+        assert "server worker %d ended (signal 9): starting another" % workers[0] in server.log()
+        terminal.close()
+        conn.close()
 
 
 def test_out_of_range_server_options_are_refused_clearly(tmp_path):

@@ -1,8 +1,9 @@
 """The nightly close inside `ykt server`: a small process beside the server process closes yesterday.
 
-Started once the server's socket is bound (and stopped when it stops), so there is exactly one
-scheduler however many threads serve requests. It is a process of its own, so that a long close
-never holds the server's interpreter, and it exits by itself when the server is gone (even killed).
+Started by the server's supervising process before its workers fork (and stopped when it stops),
+so there is exactly one scheduler however many workers serve requests. It is a process of its own,
+so that a long close never holds a worker, and it exits by itself when the server is gone (even
+killed).
 
 Every `CHECK_INTERVAL_S` it asks close.days_due(): once today's Beijing clock is past the
 `finance_close_after_minutes` setting (default 01:00), every day since the last closed one through
