@@ -1,7 +1,7 @@
 """`ykt server ...` and `ykt hall ...`: run the sync server (sync_server/serving.py), and service-hall commands.
 
     ykt server [--data-dir D] [--host 127.0.0.1] [--port 8080] [--workers N] [--threads T]
-               [--idle-timeout-s S] [--max-connections C] [--trusted-proxy ADDRESS]
+               [--idle-timeout-s S] [--request-timeout-s S] [--max-connections C] [--trusted-proxy ADDRESS]
     ykt server init [--data-dir D]
     ykt hall merchant-add | person-add | card-issue | recharge | report-loss | transactions |
              terminal-register | terminal-revoke | staff-add | staff-password | staff-disable
@@ -53,7 +53,8 @@ def cmd_server_init(args):
 def cmd_server(args):
     if getattr(args, "server_command", None) == "init":
         return cmd_server_init(args)
-    bounds = serving.option_bounds_error(args.workers, args.threads, args.idle_timeout_s, args.max_connections)
+    bounds = serving.option_bounds_error(args.workers, args.threads, args.idle_timeout_s, args.request_timeout_s,
+                                         args.max_connections)
     if bounds:
         raise registry.HallError(*bounds)
     data_dir = data_dir_of(args)
@@ -66,7 +67,7 @@ def cmd_server(args):
     except OSError as error:
         raise hall.HallError("无法监听 %s:%d：%s" % (args.host, args.port, error.strerror or error),
                              "cannot listen on %s:%d: %s" % (args.host, args.port, error.strerror or error))
-    options = serving.server_options(args.threads, args.idle_timeout_s, args.max_connections,
+    options = serving.server_options(args.threads, args.idle_timeout_s, args.request_timeout_s, args.max_connections,
                                      args.trusted_proxy or os.environ.get("YKT_TRUSTED_PROXY"))
     start_close = stop_close = None
     if os.environ.get("YKT_FINANCE_CLOSE", "on") != "off":   # the nightly close (sync_server/finance)
@@ -254,6 +255,8 @@ def register(subparsers):
                         help="threads per worker running whole requests (slow clients never hold one)")
     server.add_argument("--idle-timeout-s", type=int, default=serving.DEFAULT_IDLE_TIMEOUT_S,
                         help="close a connection silent this long, half-sent requests included")
+    server.add_argument("--request-timeout-s", type=int, default=serving.DEFAULT_REQUEST_TIMEOUT_S,
+                        help="drop a request not whole this long after its first byte, however it trickles")
     server.add_argument("--max-connections", type=int, default=serving.DEFAULT_MAX_CONNECTIONS,
                         help="open connections per worker at most; more wait in the listen backlog")
     server.add_argument("--trusted-proxy", help="address of the reverse proxy whose X-Forwarded-* headers "

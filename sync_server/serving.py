@@ -17,14 +17,16 @@ Bounds (each a `ykt server` option):
 
     idle_timeout_s     a connection with no byte in or out for this long is closed, half-read
                        request line, headers or body included (waitress channel_timeout)
+    request_timeout_s  a request not whole this long after its first byte is dropped with its
+                       connection, however it trickles (our _DeadlineServer; checked with the idle one)
     max_connections    sockets one worker holds at once; past it, it stops accepting until one closes
     threads            threads per worker running the app
     header bytes       MAX_HEADER_BYTES; body bytes 2 x app.MAX_REQUEST_BYTES (the app answers a
                        body over its own limit with its clear 413; waitress refuses larger ones)
 
-The idle limit counts silence, not the whole request: a client trickling one byte at a time keeps
-its socket, and only max_connections bounds how many such sockets there are. A reverse proxy in
-front (README: nginx) adds whole-header deadlines and buffers bodies.
+The request deadline rests on three waitress internals, kept to one small subclass each: the
+channel's `parser_class` (a parser is made at a request's first byte), `channel.request` (the
+request being read) and the server's `maintenance()` sweep; pyproject pins waitress 3.
 
 Behind a proxy, `trusted_proxy` names its address: only requests from that peer have their
 X-Forwarded-For/-Proto/-Host applied (one hop); from anyone else those headers are removed.
@@ -40,6 +42,7 @@ import time
 from sync_server.app import MAX_REQUEST_BYTES
 
 DEFAULT_IDLE_TIMEOUT_S = 30
+DEFAULT_REQUEST_TIMEOUT_S = 60
 DEFAULT_MAX_CONNECTIONS = 500
 DEFAULT_WORKERS = 2
 DEFAULT_THREADS = 2
@@ -54,15 +57,17 @@ ORPHAN_CHECK_S = 1.0
 WORKERS_RANGE = (1, 32)
 THREADS_RANGE = (1, 64)
 IDLE_TIMEOUT_S_RANGE = (1, 3600)
+REQUEST_TIMEOUT_S_RANGE = (1, 3600)
 MAX_CONNECTIONS_RANGE = (1, 10000)
 
 log = logging.getLogger(__name__)
 
 
-def option_bounds_error(workers, threads, idle_timeout_s, max_connections):
+def option_bounds_error(workers, threads, idle_timeout_s, request_timeout_s, max_connections):
     """(zh, en) naming the first option out of its range, or None."""
     for name, value, (low, high) in (("--workers", workers, WORKERS_RANGE), ("--threads", threads, THREADS_RANGE),
                                      ("--idle-timeout-s", idle_timeout_s, IDLE_TIMEOUT_S_RANGE),
+                                     ("--request-timeout-s", request_timeout_s, REQUEST_TIMEOUT_S_RANGE),
                                      ("--max-connections", max_connections, MAX_CONNECTIONS_RANGE)):
         if not low <= value <= high:
             return ("%s 须在 %d 到 %d 之间（给的是 %d）" % (name, low, high, value),
@@ -70,13 +75,13 @@ def option_bounds_error(workers, threads, idle_timeout_s, max_connections):
     return None
 
 
-def server_options(threads, idle_timeout_s, max_connections, trusted_proxy=None):
-    """The waitress adjustments of one worker for our bounds."""
-    assert idle_timeout_s >= 1 and max_connections >= 1 and threads >= 1
+def server_options(threads, idle_timeout_s, request_timeout_s, max_connections, trusted_proxy=None):
+    """(waitress adjustments, request deadline in seconds) of one worker for our bounds."""
+    assert idle_timeout_s >= 1 and request_timeout_s >= 1 and max_connections >= 1 and threads >= 1
     options = dict(
         threads=threads, ident="ykt", backlog=BACKLOG,
         channel_timeout=idle_timeout_s,
-        cleanup_interval=max(1, idle_timeout_s // 5),     # idle sockets close within 1.2 x the limit
+        cleanup_interval=max(1, min(idle_timeout_s, request_timeout_s) // 5),   # closed within 1.2 x a limit
         connection_limit=max_connections,
         asyncore_use_poll=True,            # select() cannot watch descriptors past 1024
         max_request_header_size=MAX_HEADER_BYTES,
@@ -86,7 +91,7 @@ def server_options(threads, idle_timeout_s, max_connections, trusted_proxy=None)
     )
     if trusted_proxy:
         options.update(trusted_proxy=trusted_proxy, trusted_proxy_count=1, trusted_proxy_headers=PROXY_HEADERS)
-    return options
+    return options, request_timeout_s
 
 
 class _Stop(Exception):
@@ -186,10 +191,9 @@ def _fork_worker(app, listener, options):
 
 
 def _run_worker(app, listener, options, parent_pid):
-    from waitress.server import create_server
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
-    server = create_server(app, sockets=[listener], **options)
+    server = _deadline_server(app, listener, options)
     threading.Thread(target=_stop_when_orphaned, args=(parent_pid,), daemon=True).start()
     try:
         server.run()
@@ -205,3 +209,35 @@ def _stop_when_orphaned(parent_pid):
     while os.getppid() == parent_pid:
         time.sleep(ORPHAN_CHECK_S)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _deadline_server(app, listener, options):
+    """A waitress server on `listener` that also drops requests not whole within their deadline."""
+    from waitress.adjustments import Adjustments
+    from waitress.channel import HTTPChannel
+    from waitress.parser import HTTPRequestParser
+    from waitress.server import TcpWSGIServer
+    adjustments, request_timeout_s = options
+
+    class TimedParser(HTTPRequestParser):
+        def __init__(self, adj):
+            HTTPRequestParser.__init__(self, adj)
+            self.first_byte_at = time.monotonic()     # made when a request's first byte arrives
+
+    class TimedChannel(HTTPChannel):
+        parser_class = TimedParser
+
+    class DeadlineServer(TcpWSGIServer):
+        channel_class = TimedChannel
+
+        def maintenance(self, now):
+            TcpWSGIServer.maintenance(self, now)      # the idle sweep
+            cutoff = time.monotonic() - request_timeout_s
+            for channel in self.active_channels.values():
+                request = channel.request             # still being read (complete ones are in .requests)
+                if request is not None and not channel.requests and request.first_byte_at < cutoff:
+                    channel.will_close = True
+
+    sockinfo = (listener.family, listener.type, listener.proto, listener.getsockname())
+    return DeadlineServer(app, _sock=listener, adj=Adjustments(sockets=[listener], **adjustments),
+                          sockinfo=sockinfo, bind_socket=False)

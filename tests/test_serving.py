@@ -83,6 +83,44 @@ def test_silent_half_requests_neither_starve_health_and_sync_nor_stay_open(tmp_p
             conn.close()
 
 
+TRICKLING_CONNECTIONS = 10
+REQUEST_TIMEOUT_S = 3
+
+
+def test_a_request_trickled_a_byte_at_a_time_is_dropped_at_its_deadline(tmp_path):
+    """Never silent long enough for the idle limit, never finishing its headers: the request deadline
+    closes it, and the server answers others meanwhile."""
+    with running_server(tmp_path / "server", server_args=("--idle-timeout-s", str(IDLE_TIMEOUT_S),
+                                                          "--request-timeout-s", str(REQUEST_TIMEOUT_S)),
+                        env={"YKT_FINANCE_CLOSE": "off"}) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        trickling = [socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT_S)
+                     for _ in range(TRICKLING_CONNECTIONS)]
+        open_sockets = list(trickling)
+        deadline = time.monotonic() + CLOSE_DEADLINE_S
+        try:
+            for sock in trickling:
+                sock.sendall(b"GET /health HTTP/1.1\r\nX-Slow: ")
+            while open_sockets and time.monotonic() < deadline:
+                time.sleep(IDLE_TIMEOUT_S / 4)
+                for sock in list(open_sockets):
+                    try:
+                        sock.sendall(b"a")
+                        sock.settimeout(0.01)
+                        closed = sock.recv(4096) == b""
+                    except socket.timeout:
+                        closed = False
+                    except (BrokenPipeError, ConnectionResetError):
+                        closed = True
+                    if closed:
+                        open_sockets.remove(sock)
+                assert httpx.get(server.url + "/health", timeout=CLIENT_TIMEOUT_S).status_code == 200
+            assert open_sockets == [], "%d trickling requests never dropped" % len(open_sockets)
+        finally:
+            for sock in trickling:
+                sock.close()
+
+
 def _worker_pids(server_pid):
     """The server's worker processes (its children running `sync_server server`, not the scheduler)."""
     with open("/proc/%d/task/%d/children" % (server_pid, server_pid)) as handle:
