@@ -75,7 +75,8 @@ def test_exactly_the_injected_anomalies(closed_demo):
     summary = json.loads(first.stdout)
     assert summary["anomaly_counts"] == {
         "negative_account_count": 1, "cloned_card_count": 1, "statement_mismatches": 1,
-        "revoked_terminal_record_count": 0, "impossible_time_count": 0, "unbooked_record_count": 0}, "seed %d" % SEED
+        "revoked_terminal_record_count": 0, "impossible_time_count": 0, "unbooked_record_count": 0,
+        "card_mismatch_count": 0}, "seed %d" % SEED
     conn = dbmod.connect(dbmod.db_path(str(run_dir / "server")))
     report = close.load_report(conn, injected["day"])
     conn.close()
