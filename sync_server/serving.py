@@ -39,15 +39,12 @@ import socket
 import threading
 import time
 
-from sync_server.app import MAX_REQUEST_BYTES
-
 DEFAULT_IDLE_TIMEOUT_S = 30
 DEFAULT_REQUEST_TIMEOUT_S = 60
 DEFAULT_MAX_CONNECTIONS = 500
 DEFAULT_WORKERS = 2
 DEFAULT_THREADS = 2
 MAX_HEADER_BYTES = 32 * 1024
-MAX_BODY_BYTES = 2 * MAX_REQUEST_BYTES
 BACKLOG = 1024
 PROXY_HEADERS = "x-forwarded-for x-forwarded-proto x-forwarded-host"
 MAX_RESTARTS_PER_MINUTE = 10
@@ -77,6 +74,7 @@ def option_bounds_error(workers, threads, idle_timeout_s, request_timeout_s, max
 
 def server_options(threads, idle_timeout_s, request_timeout_s, max_connections, trusted_proxy=None):
     """(waitress adjustments, request deadline in seconds) of one worker for our bounds."""
+    from sync_server.app import MAX_REQUEST_BYTES      # here, not at the top: every `ykt` command imports us
     assert idle_timeout_s >= 1 and request_timeout_s >= 1 and max_connections >= 1 and threads >= 1
     options = dict(
         threads=threads, ident="ykt", backlog=BACKLOG,
@@ -85,7 +83,7 @@ def server_options(threads, idle_timeout_s, request_timeout_s, max_connections, 
         connection_limit=max_connections,
         asyncore_use_poll=True,            # select() cannot watch descriptors past 1024
         max_request_header_size=MAX_HEADER_BYTES,
-        max_request_body_size=MAX_BODY_BYTES,
+        max_request_body_size=2 * MAX_REQUEST_BYTES,
         clear_untrusted_proxy_headers=True,
         expose_tracebacks=False,
     )

@@ -171,3 +171,12 @@ def test_out_of_range_server_options_are_refused_clearly(tmp_path):
                                 env=dict(os.environ, YKT_LANG=lang))
         assert result.returncode == 2 and text in result.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_the_command_line_loads_no_web_stack_before_the_server_starts():
+    """Every `ykt` command (a terminal powering on, a hall command) builds the whole parser; the server
+    options must not drag Flask and waitress into them (it doubled a terminal's start-up)."""
+    code = "import sys, ykt.cli; ykt.cli.build_parser(); print(sorted({'flask', 'waitress'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
