@@ -1,7 +1,7 @@
 """`ykt server ...` and `ykt hall ...`: run the sync server (sync_server/serving.py), and service-hall commands.
 
     ykt server [--data-dir D] [--host 127.0.0.1] [--port 8080] [--workers N] [--threads T]
-               [--idle-timeout-s S] [--request-timeout-s S] [--max-connections C] [--trusted-proxy ADDRESS]
+               [--idle-timeout-s S] [--request-timeout-s S] [--max-connections C]
     ykt server init [--data-dir D]
     ykt hall merchant-add | person-add | card-issue | recharge | report-loss | transactions |
              terminal-register | terminal-revoke | staff-add | staff-password | staff-disable
@@ -67,8 +67,7 @@ def cmd_server(args):
     except OSError as error:
         raise hall.HallError("无法监听 %s:%d：%s" % (args.host, args.port, error.strerror or error),
                              "cannot listen on %s:%d: %s" % (args.host, args.port, error.strerror or error))
-    options = serving.server_options(args.threads, args.idle_timeout_s, args.request_timeout_s, args.max_connections,
-                                     args.trusted_proxy or os.environ.get("YKT_TRUSTED_PROXY"))
+    options = serving.server_options(args.threads, args.idle_timeout_s, args.request_timeout_s, args.max_connections)
     start_close = stop_close = None
     if os.environ.get("YKT_FINANCE_CLOSE", "on") != "off":   # the nightly close (sync_server/finance)
         from sync_server.finance import scheduler
@@ -259,8 +258,6 @@ def register(subparsers):
                         help="drop a request not whole this long after its first byte, however it trickles")
     server.add_argument("--max-connections", type=int, default=serving.DEFAULT_MAX_CONNECTIONS,
                         help="open connections per worker at most; more wait in the listen backlog")
-    server.add_argument("--trusted-proxy", help="address of the reverse proxy whose X-Forwarded-* headers "
-                                                "are applied (default $YKT_TRUSTED_PROXY; none)")
     server.set_defaults(handler=_guard(cmd_server))
     server_commands = server.add_subparsers(dest="server_command", metavar="init")
     server_commands.add_parser("init", parents=[_common_parser(suppress=True)], help="初始化数据目录与主密钥 / create data dir and master key") \

@@ -28,8 +28,8 @@ The request deadline rests on three waitress internals, kept to one small subcla
 channel's `parser_class` (a parser is made at a request's first byte), `channel.request` (the
 request being read) and the server's `maintenance()` sweep; pyproject pins waitress 3.
 
-Behind a proxy, `trusted_proxy` names its address: only requests from that peer have their
-X-Forwarded-For/-Proto/-Host applied (one hop); from anyone else those headers are removed.
+Forwarded headers (X-Forwarded-For, -Proto) pass through untouched: whether to believe them is the
+app's decision (YKT_PROXY_HOPS, werkzeug's ProxyFix in app.py), so there is one place to configure.
 """
 import collections
 import logging
@@ -46,7 +46,6 @@ DEFAULT_WORKERS = 2
 DEFAULT_THREADS = 2
 MAX_HEADER_BYTES = 32 * 1024
 BACKLOG = 1024
-PROXY_HEADERS = "x-forwarded-for x-forwarded-proto x-forwarded-host"
 MAX_RESTARTS_PER_MINUTE = 10
 STOP_GRACE_S = 30
 ORPHAN_CHECK_S = 1.0
@@ -72,7 +71,7 @@ def option_bounds_error(workers, threads, idle_timeout_s, request_timeout_s, max
     return None
 
 
-def server_options(threads, idle_timeout_s, request_timeout_s, max_connections, trusted_proxy=None):
+def server_options(threads, idle_timeout_s, request_timeout_s, max_connections):
     """(waitress adjustments, request deadline in seconds) of one worker for our bounds."""
     from sync_server.app import MAX_REQUEST_BYTES      # here, not at the top: every `ykt` command imports us
     assert idle_timeout_s >= 1 and request_timeout_s >= 1 and max_connections >= 1 and threads >= 1
@@ -84,11 +83,9 @@ def server_options(threads, idle_timeout_s, request_timeout_s, max_connections, 
         asyncore_use_poll=True,            # select() cannot watch descriptors past 1024
         max_request_header_size=MAX_HEADER_BYTES,
         max_request_body_size=2 * MAX_REQUEST_BYTES,
-        clear_untrusted_proxy_headers=True,
+        clear_untrusted_proxy_headers=False,   # the app's ProxyFix decides (module text)
         expose_tracebacks=False,
     )
-    if trusted_proxy:
-        options.update(trusted_proxy=trusted_proxy, trusted_proxy_count=1, trusted_proxy_headers=PROXY_HEADERS)
     return options, request_timeout_s
 
 
