@@ -65,8 +65,8 @@ def cmd_server(args):
     try:
         listener = serving.bind(args.host, args.port)
     except OSError as error:
-        raise hall.HallError("无法监听 %s:%d：%s" % (args.host, args.port, error.strerror or error),
-                             "cannot listen on %s:%d: %s" % (args.host, args.port, error.strerror or error))
+        raise registry.HallError("无法监听 %s:%d：%s" % (args.host, args.port, error.strerror or error),
+                                 "cannot listen on %s:%d: %s" % (args.host, args.port, error.strerror or error))
     options = serving.server_options(args.threads, args.idle_timeout_s, args.request_timeout_s, args.max_connections)
     start_close = stop_close = None
     if os.environ.get("YKT_FINANCE_CLOSE", "on") != "off":   # the nightly close (sync_server/finance)

@@ -212,7 +212,7 @@ def test_a_card_not_of_the_named_account_is_unsettled_at_the_close(server, tmp_p
     assert [(m["seq"], m["card_number"], m["named_account_id"], m["owner_account_id"], m["amount_fen"])
             for m in report["anomalies"]["card_mismatches"]] == [(1, thief_card, victim, thief, 900),
                                                                    (2, 987654, victim, None, 700)]
-    assert hall.balances_of(conn, victim)["main"] == 5000 - 50 and hall.balances_of(conn, thief)["main"] == 5000
+    assert registry.balances_of(conn, victim)["main"] == 5000 - 50 and registry.balances_of(conn, thief)["main"] == 5000
     paths = _export(server, _today(), tmp_path / "out")
     anomalies_csv = [path for path in paths if path.endswith("-anomalies.csv")][0]
     with open(anomalies_csv, encoding="utf-8-sig") as handle:
@@ -520,7 +520,7 @@ def test_exports_never_turn_a_name_into_a_formula(server, tmp_path):
     account_id, card = _person(conn, 50000, b"\x0f\x0e\x0d\x0c")
     today = _today()
     for number, name in enumerate(FORMULA_NAMES, start=1):
-        merchant_id = hall.add_merchant(conn, name, name, 1)
+        merchant_id = registry.add_merchant(conn, name, name, 1)
         terminal = server.add_terminal(merchant_id)
         terminal.sync([terminal.record(account_id, card, 1234 * number, tap_counter=number, time_ms=dbmod.now_ms())])
     _close(server, today, "--before-day-end")

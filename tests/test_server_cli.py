@@ -120,7 +120,7 @@ def test_data_directory_database_wal_and_exports_are_owner_only(tmp_path):
     while the server runs (WAL and SHM included), for `ykt finance export`, and an older loose
     directory is tightened at the next start with a note."""
     from server_process import running_server
-    from sync_server import db as dbmod, hall
+    from sync_server import db as dbmod, registry
     from sync_server.finance import day_of_ms, day_text
     data_dir = tmp_path / "data"
     database = data_dir / "ykt.sqlite3"
@@ -136,8 +136,8 @@ def test_data_directory_database_wal_and_exports_are_owner_only(tmp_path):
 
     with running_server(data_dir) as server:
         conn = server.connect()
-        identity, _name = hall.issue_card_record(conn, 1, b"\x0a\x0b\x0c\x0d")
-        hall.recharge(conn, 1, 1000)
+        identity, _name = registry.issue_card_record(conn, 1, b"\x0a\x0b\x0c\x0d")
+        registry.recharge(conn, 1, 1000)
         terminal = server.add_terminal()
         assert terminal.sync([terminal.record(1, identity.card_number, 300)])["acked_seq"] == 1
         written = [database, data_dir / "ykt.sqlite3-wal", data_dir / "ykt.sqlite3-shm",

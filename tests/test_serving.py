@@ -13,7 +13,7 @@ import time
 import httpx
 
 from server_process import running_server
-from sync_server import hall
+from sync_server import registry
 
 IDLE_TIMEOUT_S = 2
 SILENT_CONNECTIONS = 50
@@ -61,9 +61,9 @@ def test_silent_half_requests_neither_starve_health_and_sync_nor_stay_open(tmp_p
                         server_args=("--idle-timeout-s", str(IDLE_TIMEOUT_S))) as server:
         port = int(server.url.rsplit(":", 1)[1])
         conn = server.connect()
-        _person_id, account_id = hall.add_person(conn, "王五", 2, staff_number="SLOW-1", set_initial_pin=False)
-        identity, _name = hall.issue_card_record(conn, account_id, b"\x05\x06\x07\x08")
-        hall.recharge(conn, account_id, 1000)
+        _person_id, account_id = registry.add_person(conn, "王五", 2, staff_number="SLOW-1", set_initial_pin=False)
+        identity, _name = registry.issue_card_record(conn, account_id, b"\x05\x06\x07\x08")
+        registry.recharge(conn, account_id, 1000)
         terminal = server.add_terminal()
         terminal.http.timeout = httpx.Timeout(CLIENT_TIMEOUT_S)
         silent = _open_silent_connections(port, SILENT_CONNECTIONS)
@@ -71,7 +71,7 @@ def test_silent_half_requests_neither_starve_health_and_sync_nor_stay_open(tmp_p
             assert httpx.get(server.url + "/health", timeout=CLIENT_TIMEOUT_S).status_code == 200
             answer = terminal.sync([terminal.record(account_id, identity.card_number, 250)])
             assert answer["acked_seq"] == 1
-            assert hall.balances_of(conn, account_id)["main"] == 750
+            assert registry.balances_of(conn, account_id)["main"] == 750
             deadline = time.monotonic() + CLOSE_DEADLINE_S
             still_open = [sock for sock in silent if not _closed_by_server(sock, deadline)]
             assert still_open == [], "%d silent connections left open by the server" % len(still_open)
@@ -144,9 +144,9 @@ def test_workers_are_processes_and_a_killed_one_is_replaced(tmp_path):
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)
         conn = server.connect()
-        _person_id, account_id = hall.add_person(conn, "赵六", 2, staff_number="SLOW-2", set_initial_pin=False)
-        identity, _name = hall.issue_card_record(conn, account_id, b"\x09\x0a\x0b\x0c")
-        hall.recharge(conn, account_id, 1000)
+        _person_id, account_id = registry.add_person(conn, "赵六", 2, staff_number="SLOW-2", set_initial_pin=False)
+        identity, _name = registry.issue_card_record(conn, account_id, b"\x09\x0a\x0b\x0c")
+        registry.recharge(conn, account_id, 1000)
         terminal = server.add_terminal()
         terminal.http.timeout = httpx.Timeout(CLIENT_TIMEOUT_S)
         assert terminal.sync([terminal.record(account_id, identity.card_number, 100)])["acked_seq"] == 1
