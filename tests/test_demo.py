@@ -85,3 +85,24 @@ def test_impossible_options_get_a_clear_error_and_start_nothing(tmp_path):
                                 str(tmp_path / "run")], capture_output=True, text=True, timeout=60)
     assert completed.returncode == 2 and "--people" in completed.stderr and "20" in completed.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_repeat_count_names_only_repeats_charged_inside_the_window():
+    """The demo's verdict on unconfirmed repeats reads the terminal's own record times: a repeat within
+    the window after a charged original is a fault; one reaching a busy till after the window, or after
+    its original was declined, is a new purchase (counted apart)."""
+    from simulators.fleet import _unconfirmed_repeats_charged
+    window_ms = 3000
+    stored = {(1, 1): {"time_ms": 10000}, (1, 2): {"time_ms": 12500}, (1, 3): {"time_ms": 20000},
+              (1, 4): {"time_ms": 30000}}
+    outcomes = {
+        10: {"accepted": True, "terminal_id": 1, "seq": 1}, 11: {"accepted": True, "terminal_id": 1, "seq": 2},
+        12: {"accepted": True, "terminal_id": 1, "seq": 3},                                  # 10 s later
+        20: {"accepted": False, "terminal_id": 1, "seq": None}, 21: {"accepted": True, "terminal_id": 1, "seq": 4},
+        22: {"accepted": False, "terminal_id": 1, "seq": None},                              # refused: fine
+        23: {"accepted": True, "terminal_id": 1, "seq": 99},                                 # not on the server
+    }
+    assert _unconfirmed_repeats_charged(outcomes, {11: 10}, stored, window_ms) == (1, 0)
+    assert _unconfirmed_repeats_charged(outcomes, {12: 10}, stored, window_ms) == (0, 1)
+    assert _unconfirmed_repeats_charged(outcomes, {21: 20, 22: 10}, stored, window_ms) == (0, 1)
+    assert _unconfirmed_repeats_charged(outcomes, {23: 10}, stored, window_ms) == (1, 0)
