@@ -20,8 +20,8 @@ def register(subparsers):
     parser.add_argument("--json", action="store_true", help="end with one JSON line of results")
     parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"),
                         help="进度与总结的语言 / language of progress and summary (default zh, or YKT_LANG)")
-    from simulators import anomalies
-    anomalies.add_options(parser)
+    from simulators import injected_faults
+    injected_faults.add_options(parser)
     parser.set_defaults(handler=run_demo, parser=parser)
 
 

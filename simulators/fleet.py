@@ -28,7 +28,7 @@ import httpx
 from firmware.apps import card_io
 from firmware.core import records, sam as sam_module
 from reader_drivers.sim import SimReader
-from simulators import anomalies, lunch
+from simulators import injected_faults, lunch
 from reader_drivers.sim.classic_card import ClassicCard
 from simulators.netcut import Relay
 from simulators.phone import ChannelGateway, PhoneApp
@@ -648,7 +648,8 @@ def run(args):
                        "demo directory: %s (seed %d)" % (run_dir, args.seed)))
     population, documents = provision(server_dir, cards_dir, args.people, args.terminals, args.seed, progress, lang)
     plan = lunch.make_plan(args.seed, args.people, args.terminals, args.duration_s)
-    injector = anomalies.Injector(args, population, plan, run_dir, cards_dir) if anomalies.wanted(args) else None
+    injector = injected_faults.Injector(args, population, plan, run_dir, cards_dir) \
+        if injected_faults.wanted(args) else None
     server = ServerProcess(server_dir, os.path.join(run_dir, "server.log"))
     fleet = []
     relays = []

@@ -1,7 +1,7 @@
 """PN532 frame codec properties (Hypothesis): any frame survives any chunking and garbage around it,
 and every single-byte corruption of a frame's checked bytes is refused, never delivered.
 
-Known-answer cases live in tests/core/test_pn532_frames_core.py (they also run under MicroPython).
+Known-answer cases live in tests/core/test_pn532_frames.py (they also run under MicroPython).
 """
 import pytest
 from hypothesis import assume, given, settings, strategies as st
