@@ -181,7 +181,10 @@ def _fork_worker(app, listener, options):
     status = 1
     try:                          # the child never returns into the parent's code
         status = _run_worker(app, listener, options, parent_pid)
+    except Exception:             # say why, or the parent can only report "exit 1" again and again
+        log.exception("server worker %d failed", os.getpid())
     finally:
+        logging.shutdown()
         os._exit(status)
 
 

@@ -180,3 +180,15 @@ def test_the_command_line_loads_no_web_stack_before_the_server_starts():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_worker_that_cannot_start_says_why():
+    """A worker that fails as it starts (here: options it cannot read) logs its traceback
+    before it exits, and the supervisor gives up after the restart limit instead of looping."""
+    program = ("import sys; from sync_server import serving\n"
+               "listener = serving.bind('127.0.0.1', 0)\n"
+               "sys.exit(serving.serve(lambda environ, start_response: [], listener, 1, {'no_such_option': 1}))\n")
+    completed = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 1
+    assert "server worker" in completed.stderr and "failed" in completed.stderr
+    assert "Traceback" in completed.stderr and "keep dying" in completed.stderr
