@@ -20,7 +20,7 @@ TRACE_DEBS := strace
 PYTEST_ARGS ?=
 # `make check`, seconds rather than minutes: the linter, the core's unit tests under CPython and under
 # MicroPython, the core's static checks and the import layers, the sim: reader's tests and the POS on it.
-CHECK_TESTS := tests/core tests/test_core_imports.py tests/test_import_layers.py tests/test_sim.py \
+CHECK_TESTS := tests/core tests/test_core_imports.py tests/test_import_layers.py tests/test_layout.py tests/test_sim.py \
 	tests/test_card_io.py tests/test_card_file.py tests/test_classic_card.py tests/test_pos_on_every_driver.py
 # apt-get needs root; use sudo when we are not root and it exists.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
