@@ -15,6 +15,10 @@ CHROMIUM_STAMP := $(VENV)/.chromium-installed
 # Web page tests drive Debian's headless Chromium through its chromedriver (selenium, `test` extra);
 # a small CJK font makes the pages' screenshots readable.
 CHROMIUM_DEBS := chromium chromium-driver fonts-wqy-microhei
+PG_STAMP := $(VENV)/.postgresql-installed
+# PostgreSQL store tests (--store=postgresql|both): the server binaries (initdb, pg_ctl, pg_basebackup) for
+# private clusters in temp dirs, and psycopg (the `postgresql` extra). Debian's own cluster is not used.
+PG_DEBS := postgresql
 # strace: the durability test watches the terminal's fsync-before-display order at the system-call level.
 TRACE_DEBS := strace
 PYTEST_ARGS ?=
@@ -63,11 +67,19 @@ $(CHROMIUM_STAMP): Makefile
 	if [ -n "$$missing" ]; then echo "installing $$missing"; $(APT_INSTALL) $$missing; fi
 	@mkdir -p $(VENV) && touch $@
 
+# Asks apt only for PostgreSQL when it is missing, then installs the `postgresql` extra.
+$(PG_STAMP): pyproject.toml $(PY_STAMP)
+	@missing=$$(for package in $(PG_DEBS); do dpkg-query -W -f='$${Status}' $$package 2>/dev/null \
+		| grep -q 'install ok installed' || echo $$package; done); \
+	if [ -n "$$missing" ]; then echo "installing $$missing"; $(APT_INSTALL) $$missing; fi
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,postgresql]'
+	touch $@
+
 demo: $(PY_STAMP)
 	$(BIN)/ykt demo $(DEMO_ARGS)
 
-test: lint $(NODE_STAMP) $(PCSC_STAMP) $(CHROMIUM_STAMP)
-	$(BIN)/python -m pytest --reader=all $(PYTEST_ARGS)
+test: lint $(NODE_STAMP) $(PCSC_STAMP) $(CHROMIUM_STAMP) $(PG_STAMP)
+	$(BIN)/python -m pytest --reader=all --store=both $(PYTEST_ARGS)
 
 check: lint $(NODE_STAMP)
 	node tools/mp_test_runner.mjs --import-core tests/core/test_*.py
