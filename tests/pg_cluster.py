@@ -24,12 +24,11 @@ import pwd
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 import urllib.parse
-
-from server_process import free_port
 
 STARTUP_DEADLINE_S = 60    # deadlines to give up waiting, not performance assertions
 PROMOTE_DEADLINE_S = 60
@@ -56,6 +55,13 @@ COMMON_SETTINGS = {
 
 class PgClusterError(RuntimeError):
     pass
+
+
+def free_port():
+    """A loopback port free right now (PostgreSQL fails to start, clearly, if it is taken meanwhile)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def find_bindir():
