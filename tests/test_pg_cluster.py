@@ -155,3 +155,10 @@ def test_each_test_gets_a_fresh_fast_database(postgresql_dsn, postgresql_server)
 def test_a_second_test_does_not_see_the_first_ones_tables(postgresql_dsn):
     with connect(postgresql_dsn) as conn:
         conn.execute("CREATE TABLE payment (id bigint PRIMARY KEY)")   # would collide in a shared database
+
+
+def test_missing_server_binaries_are_named(tmp_path, monkeypatch):
+    import pg_cluster
+    monkeypatch.setenv("YKT_PG_BINDIR", str(tmp_path))
+    with pytest.raises(pg_cluster.PgClusterError, match="找不到 PostgreSQL .*YKT_PG_BINDIR"):
+        PgCluster.start().__enter__()
