@@ -17,6 +17,7 @@ YKT_PG_USER); a developer who is not root runs them as themself. The binaries ar
 The postmaster is started directly (not through `pg_ctl start`) in its own session, so this process is
 its parent: it can kill the whole process group and reap it. `pg_ctl` stops and promotes.
 """
+import atexit
 import contextlib
 import glob
 import os
@@ -35,6 +36,7 @@ PROMOTE_DEADLINE_S = 60
 STOP_DEADLINE_S = 60
 SUPERUSER = "ykt"
 STANDBY_NAME = "ykt_standby"
+PRISTINE_CLUSTERS = {}    # (bindir, uid): (datadir, password) of an untouched initdb, copied per cluster
 
 # Where durability is not what a test is about. Never used for the standby or failover tests.
 FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
@@ -274,19 +276,32 @@ class PgCluster:
     # --- building the cluster --------------------------------------------------------------------------
 
     def init_primary(self):
-        password_file = os.path.join(self.base_dir, "password")
-        self.write_private(password_file, self.password + "\n")
-        # Sockets sit in a 0700 directory of ours, so local trust reaches no other user; TCP needs the password.
-        self.run([self.tool("initdb"), "-D", self.primary.datadir, "-U", SUPERUSER, "--pwfile", password_file,
-                  "--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-locale",
-                  "--no-instructions", "--no-sync"])
-        os.unlink(password_file)
+        key = (self.bindir, self.uid)
+        if key not in PRISTINE_CLUSTERS:
+            PRISTINE_CLUSTERS[key] = self.initdb()
+        pristine_datadir, self.password = PRISTINE_CLUSTERS[key]
+        self.run(["cp", "-a", pristine_datadir, self.primary.datadir])
         settings = dict(COMMON_SETTINGS)
         settings.update(FAST_SETTINGS if self.fast else {"fsync": "on", "full_page_writes": "on",
                                                          "synchronous_commit": self.synchronous_commit})
         with open(os.path.join(self.primary.datadir, "postgresql.conf"), "a") as conf:
             conf.write("\n# ykt test cluster\n" + "".join("%s = %s\n" % item for item in settings.items()))
         self.primary.start()
+
+    def initdb(self):
+        """initdb once per test process, into a directory of its own removed at exit; (datadir, password)."""
+        base_dir = tempfile.mkdtemp(prefix="ykt-pg-initdb-", dir=os.path.dirname(self.base_dir))
+        atexit.register(shutil.rmtree, base_dir, True)
+        os.chown(base_dir, self.uid, self.gid)
+        password_file = os.path.join(base_dir, "password")
+        self.write_private(password_file, self.password + "\n")
+        datadir = os.path.join(base_dir, "data")
+        # Sockets sit in a 0700 directory of ours, so local trust reaches no other user; TCP needs the password.
+        self.run([self.tool("initdb"), "-D", datadir, "-U", SUPERUSER, "--pwfile", password_file,
+                  "--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-locale",
+                  "--no-instructions", "--no-sync"])
+        os.unlink(password_file)
+        return datadir, self.password
 
     def add_standby(self):
         """pg_basebackup -R from the primary through a physical slot, start it, then make it synchronous."""
