@@ -4,6 +4,7 @@ that follow the promotion, and the per-test databases of the `postgresql_dsn` fi
 
 Runs under --store=postgresql or --store=both (make test); skipped under the default --store=sqlite.
 """
+import contextlib
 import threading
 
 import pytest
@@ -135,8 +136,9 @@ def test_multi_host_dsn_and_pool_follow_the_promotion():
 
             with connect(multi_dsn) as conn:
                 assert server_port(conn) == cluster.standby.port
-            for payment_id in (2, 3, 4):                    # more than min_size: every pooled connection
-                with pool.connection() as conn:
+            with contextlib.ExitStack() as held:              # more than min_size at once: every pooled one
+                for payment_id in (2, 3, 4):
+                    conn = held.enter_context(pool.connection())
                     assert server_port(conn) == cluster.standby.port
                     conn.execute("INSERT INTO payment VALUES (%s, 100)", (payment_id,))
         assert payment_ids(cluster.standby.dsn()) == {1, 2, 3, 4}
