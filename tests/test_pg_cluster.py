@@ -164,3 +164,11 @@ def test_missing_server_binaries_are_named(tmp_path, monkeypatch):
     monkeypatch.setenv("YKT_PG_BINDIR", str(tmp_path))
     with pytest.raises(pg_cluster.PgClusterError, match="找不到 PostgreSQL .*YKT_PG_BINDIR"):
         PgCluster.start().__enter__()
+
+
+def test_loopback_port_needs_the_password(postgresql_server):
+    import psycopg
+    with connect(postgresql_server.primary.tcp_dsn()) as conn:           # the cluster's own password
+        assert conn.execute("SELECT inet_server_addr()::text").fetchone() == ("127.0.0.1/32",)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect(postgresql_server.primary.tcp_dsn().replace(postgresql_server.password, "wrong"))
