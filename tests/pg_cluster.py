@@ -230,6 +230,8 @@ class PgCluster:
         synchronous_commit for the standby: remote_apply (a commit is visible there when it returns) or on."""
         if fast and standby:
             raise ValueError("a standby is for durability tests: fast (fsync off) is refused with it")
+        if synchronous_commit not in ("remote_apply", "on", "remote_write"):
+            raise ValueError("synchronous_commit must wait for the standby: remote_apply, on or remote_write")
         cluster = cls(fast, synchronous_commit, base_dir)
         try:
             cluster.init_primary()
