@@ -38,6 +38,8 @@ def module_names():
         for path in (ROOT / folder).rglob("*"):
             if path.is_dir() and (path / "__init__.py").exists():
                 names.add(path.name)
+    # the suite's own helpers (tests/pg_cluster.py, ...) may have tests of their own too
+    names.update(path.stem for path in (ROOT / "tests").glob("*.py") if not path.stem.startswith("test_"))
     return names
 
 
