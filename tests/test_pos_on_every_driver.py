@@ -181,7 +181,7 @@ def test_card_pulled_mid_tap_charges_once_after_tapping_again(counter_factory, c
     counter = counter_factory()
     decision = counter.tap(amount_fen=500, pull_after=command, pull_done=done)
     assert (decision["accepted"], decision["reason"]) == (False, "tap_again")
-    assert counter.lines("show")[-1]["text"] == "请重新刷卡"    # the cardholder is told, in Chinese first
+    assert counter.lines("show")[-1]["text"] == "请重新刷卡（应付5.00元）"    # told in Chinese first, the amount still due
     assert counter.journal() == []
     # The counter moved only if the transfer reached the card; either way nothing was charged.
     assert counter.card_tap_counter() == (1 if command == 8 and done or command == 9 else 0)

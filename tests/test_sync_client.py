@@ -319,7 +319,7 @@ def test_replaced_terminal_storage_waits_for_its_first_sync_then_numbers_after_t
         replaced.run_line({"amount_fen": 500, "card": alice_card})
         assert [(d["accepted"], d["reason"]) for d in decisions(replaced_out)] == [(False, "terminal_not_synced")]
         shown = [json.loads(line) for line in replaced_out.getvalue().splitlines()]
-        assert "终端未完成首次同步" in [line.get("text") for line in shown if line["type"] == "show"]
+        assert "终端未完成首次同步（应付5.00元）" in [line.get("text") for line in shown if line["type"] == "show"]
         assert replaced.store.last_seq() == 0 and counter_on_image(alice_card) == counted_before
         relay.restore()
         assert replaced.sync_now().online            # its request counter starts above the old store's
