@@ -16,10 +16,11 @@ import os
 
 import cbor2
 from flask import Blueprint, Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from firmware.core import protocol
-from sync_server import db, keys, messages, private_dir, web
+from sync_server import db, keys, messages, numbers, private_dir, web
 
 # Cap on any request body (Flask MAX_CONTENT_LENGTH): forms and JSON are parsed in memory, and no
 # audience needs more (the terminal API has its own, lower protocol.MAX_BODY_BYTES).
@@ -46,6 +47,30 @@ def request_too_large(_error):
     if request.path.startswith("/api/"):
         return jsonify({"error": code, "message": text, "message_zh": zh, "message_en": en}), 413
     return Response(text, 413, mimetype="text/plain")
+
+
+def bad_id(error):
+    """400 for an id in the path that parse_id refuses (numbers.IdConverter)."""
+    if request.path.startswith("/api/"):
+        return jsonify({"error": error.code_name, "message": "%s / %s" % (error.zh, error.en),
+                        "message_zh": error.zh, "message_en": error.en}), 400
+    return Response("%s / %s" % (error.zh, error.en), 400, mimetype="text/plain")
+
+
+API_HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed"}
+
+
+def api_http_error(error):
+    """The JSON API answers its routing errors (unknown path, wrong method) in JSON like its own."""
+    if not request.path.startswith("/api/v1/") or error.code not in API_HTTP_ERRORS:
+        return error
+    code = API_HTTP_ERRORS[error.code]
+    zh, en = messages.MESSAGES[code]
+    response = jsonify({"error": code, "message": "%s / %s" % (zh, en), "message_zh": zh, "message_en": en})
+    response.status_code = error.code
+    if error.code == 405:
+        response.headers["Allow"] = ", ".join(error.valid_methods or ())
+    return response
 
 
 class ServerState:
@@ -93,8 +118,11 @@ def create_app(test_config=None):
     app.extensions["ykt"] = ServerState(keys.load_master_key(app.config["MASTER_KEY_FILE"]))
 
     from sync_server.terminal_api import terminal_api
+    app.url_map.converters["id"] = numbers.IdConverter   # before any route that uses <id:...>
     app.register_blueprint(health)
     app.register_error_handler(413, request_too_large)
+    app.register_error_handler(numbers.BadId, bad_id)
+    app.register_error_handler(HTTPException, api_http_error)
     app.register_blueprint(terminal_api)
     from sync_server.cardholder_api import cardholder_api
     app.register_blueprint(cardholder_api)   # phone app and kiosks: /api/v1 (JSON, bearer tokens)

@@ -22,10 +22,12 @@
     POST /api/v1/accounts/<id>/electricity    {pin, building, floor, room, amount_fen, idempotency_key?}
     POST /api/v1/channels/<channel>/notify    the channel's signed notification (no bearer token)
 
-Every account endpoint needs `Authorization: Bearer <token>` (from bind or sign-in) and answers only
-for the cardholder the token is bound to: another account id is 403, whatever else is asked. Errors
-are JSON {"error": code, "message": "中文 / English", "message_zh", "message_en"} with a 4xx status.
-The views only translate HTTP to the functions of sync_server/services/.
+Ids in paths and numbers in query strings are read by sync_server/numbers.py (ASCII or full-width
+digits, bounded; anything else is a 400). Every account endpoint needs `Authorization: Bearer <token>`
+(from bind or sign-in) and answers only for the cardholder the token is bound to: another account id
+is 403, whatever else is asked. Errors are JSON {"error": code, "message": "中文 / English",
+"message_zh", "message_en"} with a 4xx status, routing errors under /api/v1 (unknown path, wrong
+method) included. The views only translate HTTP to the functions of sync_server/services/.
 
 A payment the app may send twice (a retry after a lost answer, a double tap) carries an
 `idempotency_key` (8-100 of A-Z a-z 0-9 - _, new for each payment the holder means to make): every
@@ -41,7 +43,7 @@ import os
 
 from flask import Blueprint, current_app, jsonify, request
 
-from sync_server import db as dbmod
+from sync_server import db as dbmod, numbers
 from sync_server.services import (ServiceError, binding, cards, electricity, history, limits,
                                   pins as pin_service, recharge, register_messages)
 
@@ -88,8 +90,10 @@ def _own(conn, account_id):
 
 
 def _int(message, name):
-    value = message.get(name)
-    if type(value) is not int:
+    """A JSON integer within SQLite's 64 bits; the services bound each one tighter, with their own
+    messages."""
+    value = numbers.check_int(message.get(name), -numbers.MAX_ID - 1, numbers.MAX_ID)
+    if value is None:
         raise ServiceError("bad_request", "%s must be an integer" % name)
     return value
 
@@ -151,22 +155,21 @@ def remove_phone(phone_id):
 
 # --- queries -------------------------------------------------------------------------------------
 
-@cardholder_api.get("/accounts/<int:account_id>/balance")
+@cardholder_api.get("/accounts/<id:account_id>/balance")
 def balance(account_id):
     conn = dbmod.get_db()
     _own(conn, account_id)
     return jsonify(history.balance(conn, account_id))
 
 
-@cardholder_api.get("/accounts/<int:account_id>/transactions")
+@cardholder_api.get("/accounts/<id:account_id>/transactions")
 def transactions(account_id):
     conn = dbmod.get_db()
     _own(conn, account_id)
     now_ms = dbmod.now_ms()
-    try:
-        page = int(request.args.get("page", 1))
-        page_size = int(request.args.get("page_size", 10))
-    except ValueError:
+    page = numbers.parse_page(request.args.get("page"))
+    page_size = numbers.parse_page(request.args.get("page_size"), history.MAX_PAGE_SIZE, default=10)
+    if page is None or page_size is None:
         raise ServiceError("bad_page")
     to_date = request.args.get("to") or history.today(now_ms)
     from_date = request.args.get("from") or history.today(now_ms - (DEFAULT_QUERY_DAYS - 1) * 86400000)
@@ -176,7 +179,7 @@ def transactions(account_id):
 
 # --- recharge ------------------------------------------------------------------------------------
 
-@cardholder_api.post("/accounts/<int:account_id>/recharge-orders")
+@cardholder_api.post("/accounts/<id:account_id>/recharge-orders")
 def create_order(account_id):
     conn = dbmod.get_db()
     _own(conn, account_id)
@@ -186,7 +189,7 @@ def create_order(account_id):
     return jsonify(order), 201
 
 
-@cardholder_api.get("/accounts/<int:account_id>/recharge-orders/<order_id>")
+@cardholder_api.get("/accounts/<id:account_id>/recharge-orders/<order_id>")
 def get_order(account_id, order_id):
     conn = dbmod.get_db()
     _own(conn, account_id)
@@ -224,21 +227,21 @@ def channel_notify(channel):
 
 # --- card and account operations -----------------------------------------------------------------
 
-@cardholder_api.post("/accounts/<int:account_id>/report-loss")
+@cardholder_api.post("/accounts/<id:account_id>/report-loss")
 def report_loss(account_id):
     conn = dbmod.get_db()
     _own(conn, account_id)
     return jsonify(cards.report_loss(conn, account_id, pin=_str(_body(), "pin")))
 
 
-@cardholder_api.post("/accounts/<int:account_id>/unfreeze")
+@cardholder_api.post("/accounts/<id:account_id>/unfreeze")
 def unfreeze(account_id):
     conn = dbmod.get_db()
     _own(conn, account_id)
     return jsonify(cards.unfreeze(conn, account_id, pin=_str(_body(), "pin")))
 
 
-@cardholder_api.post("/accounts/<int:account_id>/pin")
+@cardholder_api.post("/accounts/<id:account_id>/pin")
 def change_pin(account_id):
     conn = dbmod.get_db()
     _own(conn, account_id)
@@ -249,14 +252,14 @@ def change_pin(account_id):
     return jsonify({"ok": True})
 
 
-@cardholder_api.get("/accounts/<int:account_id>/limits")
+@cardholder_api.get("/accounts/<id:account_id>/limits")
 def get_limits(account_id):
     conn = dbmod.get_db()
     _own(conn, account_id)
     return jsonify(limits.get_limits(conn, account_id))
 
 
-@cardholder_api.put("/accounts/<int:account_id>/limits")
+@cardholder_api.put("/accounts/<id:account_id>/limits")
 def set_limits(account_id):
     conn = dbmod.get_db()
     _own(conn, account_id)
@@ -265,7 +268,7 @@ def set_limits(account_id):
                                      _int(message, "daily_limit_fen"), pin=_str(message, "pin")))
 
 
-@cardholder_api.post("/accounts/<int:account_id>/electricity")
+@cardholder_api.post("/accounts/<id:account_id>/electricity")
 def pay_electricity(account_id):
     conn = dbmod.get_db()
     _own(conn, account_id)

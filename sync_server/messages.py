@@ -37,6 +37,7 @@ MESSAGES = {
     "journal_mismatch": ("终端流水与服务器已存记录不符，请重新登记（初始化）该终端",
                          "terminal journal does not match the server: re-provision the terminal"),
     "not_found": ("不存在", "not found"),
+    "method_not_allowed": ("不支持该请求方法", "method not allowed"),
     # PIN check
     "pin_ok": ("密码正确", "PIN correct"),
     "pin_wrong": ("密码错误", "wrong PIN"),

@@ -28,7 +28,7 @@ from flask import Blueprint, Response, current_app, g, request
 
 from firmware.core import protocol, records as record_codec, sam as sam_keys
 from firmware.core import wallets as wallet_rules
-from sync_server import db as dbmod, ingest, messages, pin_rules
+from sync_server import db as dbmod, ingest, messages, numbers, pin_rules
 from sync_server.business_day import day_of_ms
 
 terminal_api = Blueprint("terminal_api", __name__, url_prefix="/api/terminal/v1")
@@ -113,13 +113,13 @@ def _read_body():
 
 def authenticate(conn, path, body):
     """Check headers, MAC, terminal status and counter; returns (terminal row, counter)."""
+    terminal_id = numbers.parse_int(request.headers.get(protocol.HEADER_TERMINAL), 1, 0xFFFFFFFF)
+    counter = numbers.parse_int(request.headers.get(protocol.HEADER_COUNTER), 0, numbers.MAX_ID)
     try:
-        terminal_id = int(request.headers[protocol.HEADER_TERMINAL])
-        counter = int(request.headers[protocol.HEADER_COUNTER])
-        mac = bytes.fromhex(request.headers[protocol.HEADER_MAC])
-    except (KeyError, ValueError):
-        raise ApiError(401, "bad_auth")
-    if not (0 < terminal_id <= 0xFFFFFFFF and 0 <= counter < 2 ** 63):
+        mac = bytes.fromhex(request.headers.get(protocol.HEADER_MAC, ""))
+    except ValueError:
+        mac = None
+    if terminal_id is None or counter is None or mac is None:
         raise ApiError(401, "bad_auth")
     # the merchant comes along: its category bounds the records, its ledger account takes the money
     terminal = dbmod.fetch_named(

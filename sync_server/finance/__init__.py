@@ -15,11 +15,10 @@ Days are Beijing calendar days numbered from 1970-01-01 (sync_server/business_da
 rest of the server uses too). Everything here is a plain function on a database connection; the
 pages and the CLI only format.
 """
-import datetime
-
 # the day helpers, also under finance's name (finance modules, tests and simulators use them from here)
 from sync_server.business_day import (BEIJING_OFFSET_MS, DAY_MS, EPOCH_DATE, HOUR_MS, day_of_ms,  # noqa: F401
                                       day_start_ms, day_text, hour_of_ms)
+from sync_server import numbers
 from sync_server.messages import BilingualError
 
 
@@ -29,7 +28,7 @@ class FinanceError(BilingualError):
 
 def day_number(text):
     """'YYYY-MM-DD' -> day number; FinanceError when it is not a date."""
-    try:
-        return (datetime.date.fromisoformat(str(text).strip()) - EPOCH_DATE).days
-    except ValueError:
+    date = numbers.parse_date(str(text))
+    if date is None:
         raise FinanceError("日期格式错误（应为 YYYY-MM-DD）：%s" % text, "dates are YYYY-MM-DD: %s" % text)
+    return (date - EPOCH_DATE).days

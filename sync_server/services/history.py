@@ -18,7 +18,7 @@ running sums but are not listed (they change nothing for the holder).
 """
 import datetime
 
-from sync_server import db as dbmod, ledger
+from sync_server import db as dbmod, ledger, numbers
 from sync_server.services import ServiceError, person_row, register_messages
 
 KIND_ALL, KIND_CONSUMPTION, KIND_RECHARGE = "all", "consumption", "recharge"
@@ -58,11 +58,11 @@ def balance(conn, account_id):
 
 def day_bounds_ms(from_date, to_date):
     """[start, end) in ms of Beijing dates from_date..to_date inclusive."""
-    try:
-        start = datetime.datetime.strptime(from_date, "%Y-%m-%d").replace(tzinfo=BEIJING)
-        end = datetime.datetime.strptime(to_date, "%Y-%m-%d").replace(tzinfo=BEIJING)
-    except (TypeError, ValueError):
+    start_date, end_date = numbers.parse_date(from_date), numbers.parse_date(to_date)
+    if start_date is None or end_date is None:
         raise ServiceError("bad_date")
+    start = datetime.datetime.combine(start_date, datetime.time(), BEIJING)
+    end = datetime.datetime.combine(end_date, datetime.time(), BEIJING)
     if end < start or (end - start).days >= MAX_RANGE_DAYS:
         raise ServiceError("bad_range", MAX_RANGE_DAYS)
     return int(start.timestamp() * 1000), int((end + datetime.timedelta(days=1)).timestamp() * 1000)
@@ -98,9 +98,10 @@ def query(conn, account_id, from_date, to_date, kind=KIND_ALL, page=1, page_size
     """One page of the account's movements in the date range, newest first (see the module text)."""
     if kind not in TRANSFER_KINDS:
         raise ServiceError("bad_kind")
-    if type(page) is not int or type(page_size) is not int or page < 1 or not 1 <= page_size <= MAX_PAGE_SIZE:
+    if numbers.check_int(page, 1, numbers.MAX_PAGE) is None or numbers.check_int(page_size, 1, MAX_PAGE_SIZE) is None:
         raise ServiceError("bad_page")
     start_ms, end_ms = day_bounds_ms(from_date, to_date)
+    from_date, to_date = numbers.parse_date(from_date).isoformat(), numbers.parse_date(to_date).isoformat()
     person_row(conn, account_id)
     kinds = TRANSFER_KINDS[kind]
     parameters = {"account": account_id, "start": start_ms, "end": end_ms}

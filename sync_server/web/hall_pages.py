@@ -9,15 +9,16 @@ the same form submitted twice books once and both submissions land on the first 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 
 from firmware.core import card_layout
-from sync_server import db as dbmod, registry
+from sync_server import db as dbmod, numbers, registry
 from sync_server.services import cards, history, recharge as recharge_service
-from sync_server.web import auth, forms
+from sync_server.web import auth
 from sync_server.web.page_text import error_text as _error_text, t
 
 hall_pages = Blueprint("hall_pages", __name__, url_prefix="/hall")
 hall_pages.before_request(auth.check_csrf)
 
 MAX_SEARCH_RESULTS = 50
+MAX_QUERY_CHARS = 64
 RECENT_TRANSACTIONS = 10
 HOLDER_NAMES = {card_layout.HOLDER_STAFF: ("教工", "staff"), card_layout.HOLDER_STUDENT: ("学生", "student"),
                 card_layout.HOLDER_SELF_EMPLOYED: ("自聘", "self-employed"),
@@ -58,11 +59,11 @@ def sign_out():
 def find_people(conn, query):
     """People whose name contains `query`, whose staff/student number starts with it, or who hold the
     card with that number. Bounded to MAX_SEARCH_RESULTS."""
-    query = (query or "").strip()
+    query = numbers.normalise_digits((query or "").strip())
     if not query:
         return []
     like = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    card_number = forms.parse_int(query)
+    card_number = numbers.parse_id(query)
     rows = conn.execute(
         "SELECT DISTINCT p.id, p.name, p.staff_number, p.category FROM persons p "
         "LEFT JOIN accounts a ON a.person_id = p.id LEFT JOIN cards c ON c.account_id = a.id "
@@ -76,6 +77,10 @@ def find_people(conn, query):
 @auth.staff_required("hall")
 def search():
     query = request.args.get("q", "")
+    if len(query) > MAX_QUERY_CHARS:
+        flash(t("查询内容过长（最多 %d 个字符）" % MAX_QUERY_CHARS, "Search text too long (at most %d characters)"
+                % MAX_QUERY_CHARS), "error")
+        return render_template("hall/search.html", query="", people=[]), 400
     return render_template("hall/search.html", query=query, people=find_people(dbmod.get_db(), query))
 
 
@@ -90,7 +95,7 @@ def _person(conn, person_id):
     return person
 
 
-@hall_pages.get("/person/<int:person_id>")
+@hall_pages.get("/person/<id:person_id>")
 @auth.staff_required("hall")
 def person(person_id):
     conn = dbmod.get_db()
@@ -130,10 +135,10 @@ def _act(person_id, action, operation, own_transaction=False, **log_fields):
     return redirect(url_for("hall_pages.receipt", action_id=action_id))
 
 
-@hall_pages.post("/person/<int:person_id>/recharge")
+@hall_pages.post("/person/<id:person_id>/recharge")
 @auth.staff_required("hall")
 def recharge(person_id):
-    amount_fen = forms.parse_yuan(request.form.get("amount_yuan"))
+    amount_fen = numbers.parse_yuan(request.form.get("amount_yuan"))
     if not amount_fen:
         flash(t("请输入充值金额（元，最多两位小数）", "Enter the amount in yuan (at most two decimals)"), "error")
         return redirect(url_for("hall_pages.person", person_id=person_id))
@@ -161,7 +166,7 @@ def _receipt_of_order(conn, person_id, order_id):
     return None if row is None else row[0]
 
 
-@hall_pages.post("/person/<int:person_id>/report-loss")
+@hall_pages.post("/person/<id:person_id>/report-loss")
 @auth.staff_required("hall")
 def report_loss(person_id):
     def operation(conn, holder):
@@ -169,7 +174,7 @@ def report_loss(person_id):
     return _act(person_id, "report_loss", operation, own_transaction=True)
 
 
-@hall_pages.post("/person/<int:person_id>/unfreeze")
+@hall_pages.post("/person/<id:person_id>/unfreeze")
 @auth.staff_required("hall")
 def unfreeze(person_id):
     def operation(conn, holder):
@@ -177,7 +182,7 @@ def unfreeze(person_id):
     return _act(person_id, "unfreeze", operation, own_transaction=True)
 
 
-@hall_pages.post("/person/<int:person_id>/reissue")
+@hall_pages.post("/person/<id:person_id>/reissue")
 @auth.staff_required("hall")
 def reissue(person_id):
     try:
@@ -210,7 +215,7 @@ def action_name(action):
     return t(*ACTION_NAMES.get(action, (action, action)))
 
 
-@hall_pages.get("/receipt/<int:action_id>")
+@hall_pages.get("/receipt/<id:action_id>")
 @auth.staff_required("hall")
 def receipt(action_id):
     conn = dbmod.get_db()

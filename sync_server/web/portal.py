@@ -10,11 +10,11 @@ from flask import Blueprint, abort, current_app, flash, g, redirect, render_temp
 
 import datetime
 
-from sync_server import db as dbmod, messages, registry, services
+from sync_server import db as dbmod, messages, numbers, registry, services
 from sync_server.services import binding, cards, history
 from sync_server.services import electricity as electricity_service, limits as limit_service
 from sync_server.services import pins as pin_service, recharge as recharge_service
-from sync_server.web import auth, forms
+from sync_server.web import auth
 from sync_server.web.page_text import error_text as _error_text, t, yuan as forms_yuan
 
 portal = Blueprint("portal", __name__, url_prefix="/portal")
@@ -77,13 +77,18 @@ def home():
 @auth.cardholder_required
 def transactions():
     conn = dbmod.get_db()
-    today = forms.parse_date(history.today(dbmod.now_ms()))
-    start = forms.parse_date(request.args.get("start")) or today - datetime.timedelta(days=DEFAULT_RANGE_DAYS)
-    end = forms.parse_date(request.args.get("end")) or today
+    today = numbers.parse_date(history.today(dbmod.now_ms()))
+    start = numbers.parse_date(request.args.get("start")) or today - datetime.timedelta(days=DEFAULT_RANGE_DAYS)
+    end = numbers.parse_date(request.args.get("end")) or today
     query_type = request.args.get("type", history.KIND_ALL)
     if query_type not in QUERY_TYPES:
         query_type = history.KIND_ALL
-    page = forms.parse_page(request.args.get("page"))
+    page = numbers.parse_page(request.args.get("page"))
+    status = 200
+    if page is None:
+        flash(t("页码无效（应为 1 至 %d）" % numbers.MAX_PAGE, "Invalid page number (1 to %d)" % numbers.MAX_PAGE),
+              "error")
+        page, status = 1, 400
     try:
         result = history.query(conn, g.account_id, start.isoformat(), end.isoformat(), query_type, 1, PAGE_ROWS)
         if page > result["total_pages"]:
@@ -95,7 +100,7 @@ def transactions():
         flash(_error_text(error), "error")
         result = {"rows": [], "page": 1, "total_pages": 1, "total_rows": 0}
     return _render("portal/transactions.html", start=start, end=end, query_type=query_type, rows=result["rows"],
-                   page=result["page"], pages=result["total_pages"], total=result["total_rows"])
+                   page=result["page"], pages=result["total_pages"], total=result["total_rows"]), status
 
 
 @portal.get("/loss")
@@ -169,8 +174,8 @@ def change_pin():
 @auth.cardholder_required
 def limits():
     if request.method == "POST":
-        single_fen = forms.parse_yuan(request.form.get("single_yuan"))
-        daily_fen = forms.parse_yuan(request.form.get("daily_yuan"))
+        single_fen = numbers.parse_yuan(request.form.get("single_yuan"))
+        daily_fen = numbers.parse_yuan(request.form.get("daily_yuan"))
         if single_fen is None or daily_fen is None:
             flash(t("请输入金额（元，最多两位小数）", "Enter amounts in yuan (at most two decimals)"), "error")
             return redirect(url_for("portal.limits"))
@@ -191,7 +196,7 @@ def limits():
 def recharge():
     conn = dbmod.get_db()
     if request.method == "POST":
-        amount_fen = forms.parse_yuan(request.form.get("amount_yuan"))
+        amount_fen = numbers.parse_yuan(request.form.get("amount_yuan"))
         try:
             if not amount_fen:
                 raise services.ServiceError("bad_amount", recharge_service.MAX_ORDER_FEN)
@@ -243,8 +248,8 @@ def simulate_payment(order_id):
 @auth.cardholder_required
 def electricity():
     if request.method == "POST":
-        amount_fen = forms.parse_yuan(request.form.get("amount_yuan"))
-        floor = forms.parse_int(request.form.get("floor"))
+        amount_fen = numbers.parse_yuan(request.form.get("amount_yuan"))
+        floor = numbers.parse_int(request.form.get("floor"), 1, electricity_service.MAX_FLOOR)
         form_key = auth.submitted_form_key()
         if form_key is None:
             flash(t("页面已过期，请刷新后重新提交", "The page expired: reload it and submit again"), "error")
