@@ -21,6 +21,7 @@
     PUT  /api/v1/accounts/<id>/limits         {pin, single_limit_fen, daily_limit_fen}
     POST /api/v1/accounts/<id>/electricity    {pin, building, floor, room, amount_fen, idempotency_key?}
     POST /api/v1/channels/<channel>/notify    the channel's signed notification (no bearer token)
+    GET  /api/v1/openapi.json                 all of the above as an OpenAPI 3 document (sync_server/openapi.py)
 
 Ids in paths and numbers in query strings are read by sync_server/numbers.py (ASCII or full-width
 digits, bounded; anything else is a 400). Every account endpoint needs `Authorization: Bearer <token>`
@@ -43,7 +44,7 @@ import os
 
 from flask import Blueprint, current_app, jsonify, request
 
-from sync_server import db as dbmod, numbers
+from sync_server import db as dbmod, numbers, openapi
 from sync_server.services import (ServiceError, binding, cards, electricity, history, limits,
                                   pins as pin_service, recharge, register_messages)
 
@@ -103,6 +104,12 @@ def _str(message, name):
     if not isinstance(value, str):
         raise ServiceError("bad_request", "%s must be a string" % name)
     return value
+
+
+@cardholder_api.get("/openapi.json")
+def openapi_document():
+    """This API described as OpenAPI 3 (sync_server/openapi.py), for app developers and the fuzz test."""
+    return jsonify(openapi.document())
 
 
 # --- sign-in -------------------------------------------------------------------------------------

@@ -1,0 +1,225 @@
+"""The OpenAPI 3 document of the cardholder API (`GET /api/v1/openapi.json`).
+
+Written by hand from sync_server/cardholder_api.py and the services it calls: every endpoint, its
+parameters and body, and every status it answers, each error with the one error body. `document()`
+assembles it; a change to an endpoint changes its entry here (tests/test_api_fuzz.py fuzzes the real
+server against it with schemathesis, so a status or field missing here fails there). Phone binding
+sits in `_binding_paths` alone, so that its rules can change in one place.
+"""
+from sync_server import numbers
+from sync_server.services import electricity, history, limits, recharge
+
+ID = {"type": "integer", "minimum": 1, "maximum": numbers.MAX_ID}
+FEN = {"type": "integer"}
+TEXT = {"type": "string"}
+PIN = {"type": "string", "description": "the card PIN: 6 digits"}
+IDEMPOTENCY_KEY = {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,100}$",
+                   "description": "new for each payment the holder means to make; a repeat books once"}
+DATE = {"type": "string", "format": "date", "description": "a Beijing calendar date, YYYY-MM-DD"}
+
+ERROR_TEXT = {
+    400: "the request is malformed: a bad id, number, date, PIN format, amount or body (`error` says which)",
+    401: "no bearer token, or an expired or unknown one (bad_token); for channels: bad_signature",
+    403: "another cardholder's account (not_yours), a wrong PIN (pin_wrong), binding refused (bind_failed)",
+    404: "no such account, order, card, bound phone or channel",
+    405: "the method is not one the path takes",
+    409: "refused in the current state (blocked, in debt, no card, insufficient balance, too many phones...)",
+    413: "the request body is too large",
+    423: "locked after too many wrong PINs or bindings; try later",
+    429: "too many unfinished recharge orders",
+}
+
+
+def _ref(name):
+    return {"$ref": "#/components/schemas/%s" % name}
+
+
+def _object(required, optional=None):
+    properties = dict(required)
+    properties.update(optional or {})
+    return {"type": "object", "required": sorted(required), "properties": properties}
+
+
+SCHEMAS = {
+    "Error": _object({"error": TEXT, "message": {"type": "string", "description": "中文 / English"},
+                      "message_zh": TEXT, "message_en": TEXT}),
+    "Ok": _object({"ok": {"type": "boolean"}}),
+    "Token": _object({"token": TEXT, "person_id": ID, "account_id": ID, "expires_ms": {"type": "integer"},
+                      "phone_id": TEXT}),
+    "Phones": _object({"phones": {"type": "array", "items": _object({
+        "phone_id": TEXT, "app_user": TEXT, "bound_ms": {"type": "integer"},
+        "last_used_ms": {"type": "integer", "nullable": True}, "this_phone": {"type": "boolean"}})}}),
+    "Card": _object({"card_number": {"type": "integer"}, "generation": {"type": "integer"}, "status": TEXT,
+                     "expiry_yyyymmdd": {"type": "integer"}}),
+    "Balance": _object({
+        "account_id": ID, "name": TEXT, "staff_number": {"type": "string", "nullable": True},
+        "category": {"type": "integer"}, "wallets": {"type": "object", "additionalProperties": FEN},
+        "total_fen": FEN, "blocked": {"type": "boolean"}, "in_debt": {"type": "boolean"},
+        "single_limit_fen": {"type": "integer", "nullable": True}, "daily_limit_fen": {"type": "integer", "nullable": True},
+        "cards": {"type": "array", "items": _ref("Card")}}),
+    "StatementRow": _object({
+        "transfer_id": TEXT, "kind": TEXT, "type": {"type": "string", "enum": ["consumption", "recharge", "other"]},
+        "time_ms": {"type": "integer"}, "time": TEXT, "place_zh": TEXT, "place_en": TEXT,
+        "wallet": TEXT, "amount_fen": FEN, "wallet_balance_fen_after": FEN, "balance_fen_after": FEN},
+        {"place_kind": {"type": "string", "nullable": True}}),
+    "Statement": _object({
+        "rows": {"type": "array", "items": _ref("StatementRow")}, "page": {"type": "integer"},
+        "page_size": {"type": "integer"}, "total_rows": {"type": "integer"}, "total_pages": {"type": "integer"},
+        "from_date": DATE, "to_date": DATE, "kind": TEXT}),
+    "Order": _object({
+        "order_id": TEXT, "account_id": ID, "wallet": TEXT, "amount_fen": FEN, "channel": TEXT,
+        "status": {"type": "string", "enum": ["pending", "paid", "closed"]}},
+        {name: {"type": kind, "nullable": True} for name, kind in (
+            ("channel_trade_no", "string"), ("transfer_id", "string"), ("operator", "string"),
+            ("created_ms", "integer"), ("paid_ms", "integer"), ("closed_ms", "integer"))}),
+    "CardChange": _object({"card_number": {"type": "integer"}, "generation": {"type": "integer"},
+                           "deny_version": {"type": "integer"}}),
+    "Limits": _object({"single_limit_fen": {"type": "integer", "nullable": True},
+                       "daily_limit_fen": {"type": "integer", "nullable": True}}),
+    "ElectricityPayment": _object({
+        "payment_id": TEXT, "repeated": {"type": "boolean"},
+        "parts": {"type": "array", "items": {"type": "array", "items": {}, "minItems": 2, "maxItems": 2},
+                  "description": "[wallet, fen] drawn, in order"},
+        "balances": {"type": "object", "additionalProperties": FEN}}),
+    "NotifyResult": _object({"result": {"type": "string", "enum": ["success"]}, "outcome": TEXT,
+                             "order_id": TEXT, "status": TEXT}),
+}
+
+
+def _json(schema):
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _body(required, optional=None):
+    return dict(_json(_object(required, optional)), required=True)
+
+
+def _operation(summary, ok_status, ok_schema, errors, body=None, parameters=(), secured=True):
+    responses = {str(ok_status): dict(_json(_ref(ok_schema)), description=summary)}
+    for status in errors:
+        responses[str(status)] = dict(_json(_ref("Error")), description=ERROR_TEXT[status])
+    operation = {"summary": summary, "parameters": list(parameters), "responses": responses}
+    if body is not None:
+        operation["requestBody"] = body
+    operation["security"] = [{"bearer": []}] if secured else []
+    return operation
+
+
+def _query(name, schema, description):
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+ACCOUNT = {"name": "account_id", "in": "path", "required": True, "schema": ID,
+           "description": "the token's own account; any other is 403"}
+SIGNED_IN = (401, 404)                  # every call with a token: no token, or its person has no account
+OWN = (400, 401, 403, 404)              # plus a path id: bad id, another person's account
+WITH_BODY = (400, 413)
+WITH_PIN = (400, 403, 423)              # PIN missing or malformed, wrong, locked
+
+
+def _errors(*groups):
+    return sorted(set(status for group in groups for status in group))
+
+
+def _binding_paths():
+    """绑卡 and the kiosk sign-in: the part of the API that changes with the binding rules."""
+    return {
+        "/bind": {"post": _operation(
+            "bind a phone app user to a cardholder with name + staff/student number + card PIN", 200, "Token",
+            _errors(WITH_BODY, WITH_PIN, (404, 409)), secured=False,
+            body=_body({"app_user_id": {"type": "string", "minLength": 1, "maxLength": 64}, "name": TEXT,
+                        "staff_number": TEXT, "pin": PIN}))},
+        "/sign-in": {"post": _operation(
+            "sign in with staff/student number + card PIN (kiosks, re-installed apps)", 200, "Token",
+            _errors(WITH_BODY, WITH_PIN, (404,)), secured=False,
+            body=_body({"app_user_id": {"type": "string", "minLength": 1, "maxLength": 64}, "staff_number": TEXT,
+                        "pin": PIN}))},
+        "/sign-out": {"post": _operation("end this token", 200, "Ok", _errors(SIGNED_IN))},
+        "/phones": {"get": _operation("the holder's bound phones", 200, "Phones", _errors(SIGNED_IN))},
+        "/phones/{phone_id}": {"delete": _operation(
+            "unbind one of the holder's phones (its tokens stop at once); another holder's is 404", 200, "Ok",
+            _errors(SIGNED_IN), parameters=[{"name": "phone_id", "in": "path", "required": True, "schema": TEXT}])},
+    }
+
+
+def _account_paths():
+    wallet = {"type": "string", "enum": ["main", "water", "legacy"]}
+    return {
+        "/me": {"get": _operation("the cardholder the token speaks for, with balances", 200, "Balance",
+                                  _errors(SIGNED_IN))},
+        "/accounts/{account_id}/balance": {"get": _operation(
+            "balances per wallet, limits and cards", 200, "Balance", _errors(OWN), parameters=[ACCOUNT])},
+        "/accounts/{account_id}/transactions": {"get": _operation(
+            "the statement (流水查询), newest first", 200, "Statement", _errors(OWN), parameters=[
+                ACCOUNT,
+                _query("from", DATE, "first day (default: 30 days ago)"),
+                _query("to", DATE, "last day (default: today); at most %d days in all" % history.MAX_RANGE_DAYS),
+                _query("type", {"type": "string", "enum": ["all", "consumption", "recharge"]}, "default all"),
+                _query("page", {"type": "integer", "minimum": 1, "maximum": numbers.MAX_PAGE}, "default 1"),
+                _query("page_size", {"type": "integer", "minimum": 1, "maximum": history.MAX_PAGE_SIZE},
+                       "default 10")])},
+        "/accounts/{account_id}/recharge-orders": {"post": _operation(
+            "a pending recharge order for an online channel", 201, "Order", _errors(OWN, WITH_BODY, (409, 429)),
+            parameters=[ACCOUNT], body=_body(
+                {"amount_fen": {"type": "integer", "minimum": 1, "maximum": recharge.MAX_ORDER_FEN},
+                 "channel": {"type": "string", "enum": list(recharge.ONLINE_CHANNELS)}}, {"wallet": wallet}))},
+        "/accounts/{account_id}/recharge-orders/{order_id}": {"get": _operation(
+            "one of the holder's recharge orders", 200, "Order", _errors(OWN), parameters=[
+                ACCOUNT, {"name": "order_id", "in": "path", "required": True, "schema": TEXT}])},
+        "/accounts/{account_id}/report-loss": {"post": _operation(
+            "挂失: terminals refuse the card within seconds", 200, "CardChange",
+            _errors(OWN, WITH_BODY, WITH_PIN, (409,)), parameters=[ACCOUNT], body=_body({"pin": PIN}))},
+        "/accounts/{account_id}/unfreeze": {"post": _operation(
+            "解挂 (not with the initial PIN)", 200, "CardChange", _errors(OWN, WITH_BODY, WITH_PIN, (409,)),
+            parameters=[ACCOUNT], body=_body({"pin": PIN}))},
+        "/accounts/{account_id}/pin": {"post": _operation(
+            "change the card PIN with the old one", 200, "Ok", _errors(OWN, WITH_BODY, WITH_PIN),
+            parameters=[ACCOUNT], body=_body({"old_pin": PIN, "new_pin": PIN}, {"confirm_pin": PIN}))},
+        "/accounts/{account_id}/limits": {
+            "get": _operation("consumption limits (消费限额)", 200, "Limits", _errors(OWN), parameters=[ACCOUNT]),
+            "put": _operation(
+                "set both limits; terminals apply them at their next sync", 200, "Limits",
+                _errors(OWN, WITH_BODY, WITH_PIN), parameters=[ACCOUNT], body=_body({
+                    "pin": PIN,
+                    "single_limit_fen": {"type": "integer", "minimum": 1, "maximum": limits.MAX_SINGLE_LIMIT_FEN},
+                    "daily_limit_fen": {"type": "integer", "minimum": 1, "maximum": limits.MAX_DAILY_LIMIT_FEN}}))},
+        "/accounts/{account_id}/electricity": {"post": _operation(
+            "pay dorm electricity (legacy wallet first, then main)", 200, "ElectricityPayment",
+            _errors(OWN, WITH_BODY, WITH_PIN, (409,)), parameters=[ACCOUNT], body=_body({
+                "pin": PIN, "building": {"type": "string", "pattern": "^[0-9A-Za-z\\u4e00-\\u9fff-]{1,16}$"},
+                "floor": {"type": "integer", "minimum": 1, "maximum": electricity.MAX_FLOOR},
+                "room": {"type": "string", "pattern": "^[0-9A-Za-z-]{1,8}$"},
+                "amount_fen": {"type": "integer", "minimum": 1, "maximum": electricity.MAX_PAYMENT_FEN}},
+                {"idempotency_key": IDEMPOTENCY_KEY}))},
+    }
+
+
+def _channel_paths():
+    return {"/channels/{channel}/notify": {"post": _operation(
+        "a payment channel's signed notification (HMAC-SHA256 of the raw body, hex, in %s)"
+        % recharge.SIGNATURE_HEADER, 200, "NotifyResult", _errors(WITH_BODY, (401, 404, 409)), secured=False,
+        parameters=[{"name": "channel", "in": "path", "required": True,
+                     "schema": {"type": "string", "enum": list(recharge.ONLINE_CHANNELS)}},
+                    {"name": recharge.SIGNATURE_HEADER, "in": "header", "required": True, "schema": TEXT}],
+        body=_body({"order_id": TEXT, "status": {"type": "string", "enum": ["paid", "closed"]},
+                    "amount_fen": {"type": "integer"}, "trade_no": TEXT}))}}
+
+
+def document():
+    """The whole OpenAPI document as a dict (JSON-ready)."""
+    paths = {}
+    for group in (_binding_paths(), _account_paths(), _channel_paths()):
+        paths.update(group)
+    paths["/openapi.json"] = {"get": {"summary": "this document", "security": [], "parameters": [], "responses": {
+        "200": dict(_json({"type": "object"}), description="the OpenAPI document")}}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "ykt cardholder API", "version": "1",
+                 "description": "The phone app's and kiosks' JSON API. Errors are JSON {error, message "
+                                "(中文 / English), message_zh, message_en} with a 4xx status."},
+        "servers": [{"url": "/api/v1"}],
+        "paths": paths,
+        "components": {"schemas": SCHEMAS,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                      "description": "the token from /bind or /sign-in"}}},
+    }
