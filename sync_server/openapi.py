@@ -2,7 +2,7 @@
 
 Written by hand from sync_server/cardholder_api.py and the services it calls: every endpoint, its
 parameters and body, and every status it answers, each error with the one error body. `document()`
-assembles it; a change to an endpoint changes its entry here (tests/test_api_fuzz.py fuzzes the real
+assembles it; a change to an endpoint changes its entry here (tests/test_openapi.py fuzzes the real
 server against it with schemathesis, so a status or field missing here fails there). Phone binding
 sits in `_binding_paths` alone, so that its rules can change in one place.
 """
