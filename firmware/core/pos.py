@@ -20,7 +20,9 @@ the card really made.
 
 What a tap charges is always the amount on the screen when the card was presented: every Show at
 WAIT_CARD (prompts and refusals alike) carries the amount due, and a refused or cancelled amount or
-dish clears it (back to IDLE), so a tap with nothing shown charges nothing.
+dish clears it (back to IDLE), so a tap with nothing shown charges nothing. No key changes the
+amount of a tap under way: keys during a read, a PIN check, the count or the journal are dropped,
+and keys while a card waits on its PIN or the cashier drop that card (a new order).
 
 Every (state, event) pair the machine accepts is in `TRANSITIONS`, with the states it may lead to;
 any other pair raises PosError (a shell bug, never silently ignored). Pairs that are deliberately
@@ -176,7 +178,14 @@ class CanteenPos:
     def _refuse_entry(self, code):
         # A refused amount or dish clears what was due: the screen shows no amount, so no tap may
         # charge one (IDLE clears it in handle()).
-        return IDLE, [Show(code, {}), Beep(BEEP_ERROR)]
+        return IDLE, self._drop_waiting_card() + [Show(code, {}), Beep(BEEP_ERROR)]
+
+    def _drop_waiting_card(self):
+        """Keys while a card waits on its PIN or the cashier start a new order: that card pays nothing."""
+        if self.pending is None:
+            return []
+        return [Outcome(False, messages.CANCELLED, None, self.amount_fen, None,
+                        self.pending.view.identity.card_number)]
 
     def due_fields(self):
         """The amount due as Show fields, for a message the shell shows on its own (reader errors)."""
@@ -191,9 +200,11 @@ class CanteenPos:
         amount_fen = event.amount_fen
         if type(amount_fen) is not int or not 0 < amount_fen <= self._config("max_amount_fen"):
             return self._refuse_entry(messages.INVALID_AMOUNT)
+        dropped = self._drop_waiting_card()
         self.amount_fen = amount_fen
         self.dish_count = 0
-        return self._wait_card()
+        state, actions = self._wait_card()
+        return state, dropped + actions
 
     def _choose_dish(self, event):
         dish = self._config("dishes").get(event.dish_id)
@@ -203,9 +214,11 @@ class CanteenPos:
         total_fen = self.amount_fen + price_fen
         if self.dish_count >= self._config("max_dishes") or not 0 < total_fen <= self._config("max_amount_fen"):
             return self._refuse_entry(messages.INVALID_AMOUNT)
+        dropped = self._drop_waiting_card()
         self.amount_fen = total_fen
         self.dish_count += 1
-        return self._wait_card()
+        state, actions = self._wait_card()
+        return state, dropped + actions
 
     def _cancel(self, event):
         actions = [Show(messages.CANCELLED, {})]
@@ -356,12 +369,17 @@ def _table():
         (READING, CardRead, _H._card_read, (WAIT_CARD, WAIT_CONFIRM, WAIT_PIN, COUNTING)),
         (READING, CardReadFailed, _H._read_failed, (WAIT_CARD,)),
         (READING, Cancel, _H._ignore, (READING,)),              # the read finishes first
+        (READING, CardPresented, _H._ignore, (READING,)),       # the card being read, seen again
         (WAIT_CONFIRM, CashierConfirmed, _H._confirmed, (WAIT_CARD, WAIT_PIN, COUNTING)),
         (WAIT_CONFIRM, Cancel, _H._cancel, (IDLE,)),
         (WAIT_CONFIRM, CardPresented, _H._ignore, (WAIT_CONFIRM,)),
+        (WAIT_CONFIRM, AmountKeyed, _H._key_amount, (WAIT_CARD, IDLE)),    # a new order: card dropped
+        (WAIT_CONFIRM, DishChosen, _H._choose_dish, (WAIT_CARD, IDLE)),
         (WAIT_PIN, PinEntered, _H._pin_entered, (WAIT_PIN, CHECKING_PIN)),
         (WAIT_PIN, Cancel, _H._cancel, (IDLE,)),
         (WAIT_PIN, CardPresented, _H._ignore, (WAIT_PIN,)),
+        (WAIT_PIN, AmountKeyed, _H._key_amount, (WAIT_CARD, IDLE)),
+        (WAIT_PIN, DishChosen, _H._choose_dish, (WAIT_CARD, IDLE)),
         (CHECKING_PIN, PinChecked, _H._pin_checked, (WAIT_PIN, WAIT_CARD, COUNTING)),
         (CHECKING_PIN, Cancel, _H._ignore, (CHECKING_PIN,)),    # the server call is in flight
         (CHECKING_PIN, CardPresented, _H._ignore, (CHECKING_PIN,)),
@@ -374,6 +392,11 @@ def _table():
         (JOURNALING, Cancel, _H._ignore, (JOURNALING,)),        # the tap is already counted
         (JOURNALING, CardPresented, _H._ignore, (JOURNALING,)),
     ]
+    # Keys while a tap is under way: it charges what was on the screen when the card came; the
+    # cashier keys again once its result shows.
+    for state in (READING, CHECKING_PIN, COUNTING, JOURNALING):
+        rows.append((state, AmountKeyed, _H._ignore, (state,)))
+        rows.append((state, DishChosen, _H._ignore, (state,)))
     table = {}
     for state, event_type, handler, allowed in rows:
         table[(state, event_type)] = (handler, allowed)

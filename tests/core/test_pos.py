@@ -132,6 +132,49 @@ def test_a_refusal_that_keeps_the_amount_shows_it():
     assert m.due_fields() == {"amount_fen": 1200}
 
 
+def test_a_new_amount_while_a_card_waits_drops_that_card():
+    m = machine()
+    tap_to_counting(m, 3000, card_facts=facts(single=2000))
+    assert m.state == pos.WAIT_PIN
+    actions = m.handle(pos.AmountKeyed(800))          # the cashier starts a new order
+    assert outcome(actions) == pos.Outcome(False, messages.CANCELLED, None, 3000, None, 1001)
+    assert actions[-1] == pos.Show(messages.AMOUNT_DUE, {"amount_fen": 800})
+    assert m.state == pos.WAIT_CARD and m.pending is None
+    journal, _ = full_tap(m, 800)                      # the next tap pays what is on the screen now
+    assert journal["amount_fen"] == 800
+    m.handle(pos.Tick(NOW_MS + 1000))
+    tap_to_counting(m, 800, card=view(counter=6))
+    assert m.state == pos.WAIT_CONFIRM
+    actions = m.handle(pos.AmountKeyed(999999))        # refused while the cashier decides: nothing due
+    assert outcome(actions).accepted is False and shown(actions) == [messages.INVALID_AMOUNT]
+    assert m.state == pos.IDLE and m.amount_fen == 0
+    assert m.handle(pos.CardPresented(UID)) == [pos.Show(messages.ENTER_AMOUNT, {})]
+
+
+def test_keys_during_a_tap_do_not_change_what_it_charges():
+    m = machine()
+    m.handle(pos.AmountKeyed(1200))
+    m.handle(pos.CardPresented(UID))
+    assert m.handle(pos.AmountKeyed(200)) == [] and m.handle(pos.DishChosen("rice")) == []
+    assert m.handle(pos.CardPresented(UID)) == []      # the card being read, seen again
+    assert m.handle(pos.CardRead(view(), facts())) == [pos.CountTap(5)]
+    assert m.handle(pos.AmountKeyed(999999)) == []
+    journal = m.handle(pos.TapCounted(6))[0].record_fields
+    assert m.handle(pos.AmountKeyed(300)) == []
+    assert journal["amount_fen"] == 1200
+    assert shown(m.handle(pos.Journaled(1))) == [messages.ACCEPTED] and m.amount_fen == 0
+
+
+def test_pin_timeout_and_refusal_show_the_amount_still_due():
+    m = machine(pin_timeout_ms=30000)
+    tap_to_counting(m, 3000, card_facts=facts(single=2000))
+    assert m.handle(pos.Tick(NOW_MS + 30001))[0] == pos.Show(messages.PIN_TIMEOUT, {"amount_fen": 3000})
+    m = machine()
+    tap_to_counting(m, 3000, card_facts=facts(single=2000))
+    m.handle(pos.PinEntered("123456"))
+    assert m.handle(pos.PinChecked(None))[0] == pos.Show(messages.PIN_NEEDS_NETWORK, {"amount_fen": 3000})
+
+
 def test_tap_without_amount_asks_for_amount():
     m = machine()
     assert shown(m.handle(pos.CardPresented(UID))) == [messages.ENTER_AMOUNT]
@@ -368,11 +411,11 @@ def test_unexpected_events_are_errors():
     m.handle(pos.AmountKeyed(100))
     m.handle(pos.CardPresented(UID))
     try:
-        m.handle(pos.AmountKeyed(200))         # the amount cannot change under a card being read
+        m.handle(pos.PinEntered("123456"))     # nobody asked for a PIN
     except pos.PosError:
         pass
     else:
-        raise AssertionError("the amount changed under a card being read")
+        raise AssertionError("a PIN was taken while the card was being read")
 
 
 def test_counter_must_move_by_exactly_one():
