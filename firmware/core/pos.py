@@ -148,6 +148,8 @@ class CanteenPos:
         handler, allowed = entry
         new_state, actions = handler(self, event)
         assert new_state in allowed, "%s led %s to %s" % (type(event).__name__, self.state, new_state)
+        if new_state == WAIT_CARD:
+            _assert_due_shown(actions, self.amount_fen)
         if new_state in (IDLE, WAIT_CARD) and new_state != self.state:
             self.pending = None
         if new_state == IDLE:
@@ -346,6 +348,15 @@ class CanteenPos:
     def _sync_answered(self, event):
         self.online = bool(event.online)
         return self.state, []
+
+
+def _assert_due_shown(actions, amount_fen):
+    """WAIT_CARD charges the next tap: its screen must show that amount (or be left as it was)."""
+    shows = [action for action in actions if isinstance(action, Show)]
+    if shows:
+        last = shows[-1]
+        assert last.message_code != messages.ACCEPTED and last.fields.get("amount_fen") == amount_fen > 0, \
+            "waiting for a card without showing what is due: %r" % (last,)
 
 
 _H = CanteenPos
