@@ -7,7 +7,7 @@ from firmware.core import messages, pn532_frames as frames, pos
 from reader_drivers.base import ReaderTimeout, open_reader
 from reader_drivers.sim import SimReader
 
-from test_pos_shell import journal, lines, shell_on
+from test_pos_terminal import journal, lines, shell_on
 
 START_MS = 1741600000000
 

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 
-from test_pos_shell import issue_card_image, provisioning, seed_cache
+from test_pos_terminal import issue_card_image, provisioning, seed_cache
 
 _SYNC = re.compile(r"^(?P<pid>\d+)\s+(?:\d+:\d+:\d+\.\d+\s+)?(?:fsync|fdatasync)\((?P<fd>\d+)<(?P<path>[^>]*)>\)\s+=\s+0")
 _WRITE = re.compile(r'^(?P<pid>\d+)\s+(?:\d+:\d+:\d+\.\d+\s+)?write\(1<[^>]*>, "(?P<data>.*)"')
