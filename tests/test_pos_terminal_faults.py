@@ -100,6 +100,7 @@ def test_a_reader_that_fails_to_poll_shows_reader_error_and_keeps_the_amount(fai
     reader.fail["poll"] = ReaderTimeout("the PN532 did not answer")     # PC/SC without a UID says ReaderError
     terminal.run_line({"amount_fen": 500, "card": card_path})
     assert lines(out, "show")[-1]["code"] == messages.READER_ERROR
+    assert lines(out, "show")[-1]["text"] == "读卡器故障，请重新刷卡（应付5.00元）"   # what a tap again pays
     assert [(d["accepted"], d["reason"]) for d in lines(out, "decision")] == [(False, messages.READER_ERROR)]
     assert terminal.machine.state == pos.WAIT_CARD and journal(terminal) == []
     terminal.run_line({"card": card_path})                             # the same payment, tapped again
