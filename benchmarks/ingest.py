@@ -30,7 +30,7 @@ import httpx
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 from firmware.core import protocol, records
-from sync_server import db as dbmod, ingest, ledger, registry, terminal_api
+from sync_server import db as dbmod, ingest, ledger, registry, serving, terminal_api
 from sync_server.business_day import day_of_ms
 from sync_server.ledger_store import ADD_TO_BALANCES_SQL, INSERT_TRANSFERS_SQL, SqliteStore
 from server_process import running_server
@@ -212,7 +212,8 @@ def main(argv=None):
     parser.add_argument("--records", type=int, default=MIN_RECORDS,
                         help="records to upload (at least %d, default %d)" % (MIN_RECORDS, MIN_RECORDS))
     parser.add_argument("--terminals", type=int, default=4, help="concurrent terminals, one client thread each")
-    parser.add_argument("--workers", type=int, default=2, help="server worker processes (ykt server --workers)")
+    parser.add_argument("--workers", type=int, default=serving.DEFAULT_WORKERS,
+                        help="server worker processes (ykt server --workers; its default, two per core)")
     parser.add_argument("--people", type=int, default=3000, help="cardholders the taps are spread over")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
