@@ -56,16 +56,22 @@ def _closed_by_server(sock, deadline):
     return False
 
 
+def _holder_and_terminal(server, conn, name, staff_number, uid):
+    """A cardholder with ¥10.00 and a card, and a terminal whose requests time out rather than hang."""
+    _person_id, account_id = registry.add_person(conn, name, 2, staff_number=staff_number, set_initial_pin=False)
+    identity, _name = registry.issue_card_record(conn, account_id, uid)
+    registry.recharge(conn, account_id, 1000)
+    terminal = server.add_terminal()
+    terminal.http.timeout = httpx.Timeout(CLIENT_TIMEOUT_S)
+    return account_id, identity, terminal
+
+
 def test_silent_half_requests_neither_starve_health_and_sync_nor_stay_open(tmp_path):
     with running_server(tmp_path / "server", workers=2,
                         server_args=("--idle-timeout-s", str(IDLE_TIMEOUT_S))) as server:
         port = int(server.url.rsplit(":", 1)[1])
         conn = server.connect()
-        _person_id, account_id = registry.add_person(conn, "王五", 2, staff_number="SLOW-1", set_initial_pin=False)
-        identity, _name = registry.issue_card_record(conn, account_id, b"\x05\x06\x07\x08")
-        registry.recharge(conn, account_id, 1000)
-        terminal = server.add_terminal()
-        terminal.http.timeout = httpx.Timeout(CLIENT_TIMEOUT_S)
+        account_id, identity, terminal = _holder_and_terminal(server, conn, "王五", "SLOW-1", b"\x05\x06\x07\x08")
         silent = _open_silent_connections(port, SILENT_CONNECTIONS)
         try:
             assert httpx.get(server.url + "/health", timeout=CLIENT_TIMEOUT_S).status_code == 200
@@ -144,11 +150,7 @@ def test_workers_are_processes_and_a_killed_one_is_replaced(tmp_path):
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)
         conn = server.connect()
-        _person_id, account_id = registry.add_person(conn, "赵六", 2, staff_number="SLOW-2", set_initial_pin=False)
-        identity, _name = registry.issue_card_record(conn, account_id, b"\x09\x0a\x0b\x0c")
-        registry.recharge(conn, account_id, 1000)
-        terminal = server.add_terminal()
-        terminal.http.timeout = httpx.Timeout(CLIENT_TIMEOUT_S)
+        account_id, identity, terminal = _holder_and_terminal(server, conn, "赵六", "SLOW-2", b"\x09\x0a\x0b\x0c")
         assert terminal.sync([terminal.record(account_id, identity.card_number, 100)])["acked_seq"] == 1
         deadline = time.monotonic() + CLOSE_DEADLINE_S
         while True:
