@@ -38,6 +38,15 @@ TERMINAL_NOT_SYNCED = "terminal_not_synced"
 INVALID_AMOUNT = "invalid_amount"
 UNKNOWN_DISH = "unknown_dish"
 CANCELLED = "cancelled"
+WATER_READY = "water_ready"
+WATER_AUTHORISED = "water_authorised"
+WATER_DISPENSING = "water_dispensing"
+WATER_DONE = "water_done"
+WATER_CAP_REACHED = "water_cap_reached"
+WATER_METER_STALLED = "water_meter_stalled"
+WATER_GRANT_EXPIRED = "water_grant_expired"
+WATER_BUSY = "water_busy"
+WATER_RESUMED = "water_resumed"
 JOURNAL_FAILED = "journal_failed"
 READER_ERROR = "reader_error"
 
@@ -74,6 +83,15 @@ TEXTS = {
     INVALID_AMOUNT: ("金额无效", "Invalid amount"),
     UNKNOWN_DISH: ("菜品不存在", "Unknown dish"),
     CANCELLED: ("交易已取消", "Cancelled"),
+    WATER_READY: ("请刷卡或扫码用水", "Tap a card or scan to draw water"),
+    WATER_AUTHORISED: ("余额%(balance)s元，按开始出水", "Balance %(balance)s yuan: press Start"),
+    WATER_DISPENSING: ("出水中，再次刷卡或按结束停止", "Dispensing: tap again or press End to stop"),
+    WATER_DONE: ("用水结束，扣款%(amount)s元", "Done: %(amount)s yuan charged"),
+    WATER_CAP_REACHED: ("已达本次额度，扣款%(amount)s元", "Limit reached: %(amount)s yuan charged"),
+    WATER_METER_STALLED: ("水表无脉冲，已关阀，请联系管理员", "Meter stalled: valve closed, call staff"),
+    WATER_GRANT_EXPIRED: ("授权已过期，请重新扫码", "Grant expired: scan again"),
+    WATER_BUSY: ("正在出水，请先结束", "Already dispensing: press End first"),
+    WATER_RESUMED: ("断电前的用水已结算，扣款%(amount)s元", "Water before the power cut settled: %(amount)s yuan"),
     JOURNAL_FAILED: ("记账失败，未扣款，请联系管理员", "Could not record the payment; nothing charged"),
     READER_ERROR: ("读卡器故障，请重新刷卡", "Reader error: please tap again"),
 }
