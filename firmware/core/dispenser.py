@@ -210,7 +210,7 @@ class Dispenser:
         self.settle_code = code
         fen = min(fen_for_ml(ml, self.config["price_fen_per_litre"]), self.cap_fen)
         self.settled = {"source": self.source, "start_ms": self.start_ms, "end_ms": self.now_ms,
-                        "ml": ml, "fen": fen}
+                        "ml": ml, "fen": fen, "cap_fen": self.cap_fen}
         return [Journal(dict(self.settled)), PersistProgress(None)]
 
     def _journaled(self, event):
