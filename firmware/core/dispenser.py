@@ -11,8 +11,9 @@
 Charged by volume: pulses -> ml (pulses_per_litre) -> fen (price_fen_per_litre), rounded down
 (the cardholder's favour) and never above the session's cap; the valve closes at the cap.
 A power cut mid-session is settled at power-up from the last persisted volume, so at most
-persist_interval_ml of water goes free and nothing is charged twice (the journal record is
-written once, at settling). Not here yet: the server side, BLE grants, the shell.
+persist_interval_ml of water goes free and nothing is charged twice: the journal record is
+written once, at settling, and the shell must commit Journal and the PersistProgress(None) that
+follows it in one store transaction (else a cut between them would settle the session again). Not here yet: the server side, BLE grants, the shell.
 """
 from collections import namedtuple
 
@@ -221,6 +222,15 @@ class Dispenser:
             return FAULT, [Show(code, {"amount_fen": fen})]
         return IDLE, [Show(self.settle_code, {"amount_fen": fen}), Beep("ok")]
 
+    def _reauthorise(self, event):
+        self._reset()
+        if isinstance(event, CardRead):
+            return self._card_read(event)
+        return self._grant(event)
+
+    def _out_of_order(self, event):
+        return FAULT, [Show(messages.WATER_METER_STALLED, {}), Beep("error")]
+
     def _ignore(self, event):
         return self.state, []
 
@@ -241,6 +251,8 @@ TRANSITIONS = {
     (AUTHORISED, End): (_D._cancel, (IDLE,)),
     (AUTHORISED, Pulses): (_D._ignore, (AUTHORISED,)),
     (AUTHORISED, CardTapped): (_D._ignore, (AUTHORISED,)),
+    (AUTHORISED, CardRead): (_D._reauthorise, (IDLE, AUTHORISED)),      # the last card or grant wins
+    (AUTHORISED, GrantVerified): (_D._reauthorise, (IDLE, AUTHORISED)),
     (DISPENSING, Tick): (_D._tick, (DISPENSING, SETTLING)),
     (DISPENSING, Pulses): (_D._pulses, (DISPENSING, SETTLING)),
     (DISPENSING, Start): (_D._busy, (DISPENSING,)),
@@ -253,8 +265,14 @@ TRANSITIONS = {
     (SETTLING, Pulses): (_D._ignore, (SETTLING,)),
     (SETTLING, Start): (_D._ignore, (SETTLING,)),
     (SETTLING, End): (_D._ignore, (SETTLING,)),
+    (SETTLING, CardTapped): (_D._ignore, (SETTLING,)),
+    (SETTLING, CardRead): (_D._ignore, (SETTLING,)),
+    (SETTLING, GrantVerified): (_D._ignore, (SETTLING,)),
     (FAULT, Tick): (_D._ignore, (FAULT,)),      # until staff power-cycle it
     (FAULT, Start): (_D._ignore, (FAULT,)),
     (FAULT, End): (_D._ignore, (FAULT,)),
     (FAULT, Pulses): (_D._ignore, (FAULT,)),
+    (FAULT, CardTapped): (_D._ignore, (FAULT,)),
+    (FAULT, CardRead): (_D._out_of_order, (FAULT,)),
+    (FAULT, GrantVerified): (_D._out_of_order, (FAULT,)),
 }

@@ -184,3 +184,10 @@ def test_garbage_events_raise_and_change_nothing():
         pass
     else:
         raise AssertionError("bad config accepted")
+
+
+def test_a_second_card_while_authorised_takes_over():
+    m, _ = machine()
+    m.handle(d.GrantVerified("g-3", 100, 60000))
+    m.handle(d.CardRead(view(), facts(water=40, legacy=0, main=0), True))
+    assert m.state == d.AUTHORISED and m.source == ("card", 1001) and m.cap_fen == 40
