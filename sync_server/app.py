@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from firmware.core import protocol
-from sync_server import db, keys, messages, numbers, private_dir, web
+from sync_server import db, keys, messages, numbers, pg_store, private_dir, web
 
 # Cap on any request body (Flask MAX_CONTENT_LENGTH): forms and JSON are parsed in memory, and no
 # audience needs more (the terminal API has its own, lower protocol.MAX_BODY_BYTES).
@@ -103,9 +103,10 @@ def create_app(test_config=None):
     data_dir = os.path.abspath(os.environ.get("YKT_DATA_DIR", "./data"))
     if test_config and "DATA_DIR" in test_config:
         data_dir = os.path.abspath(test_config["DATA_DIR"])
+    store, database_url = pg_store.database_setting()
     app.config.from_mapping(
         DATA_DIR=data_dir,
-        DATABASE=db.db_path(data_dir),
+        DATABASE=database_url if store == "postgresql" else db.db_path(data_dir),
         MASTER_KEY_FILE=keys.master_key_path(data_dir),
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
     )
@@ -113,7 +114,8 @@ def create_app(test_config=None):
         app.config.update({k: v for k, v in test_config.items() if k != "DATA_DIR"})
     _trust_proxies(app)
     private_dir.secure_dir(data_dir)
-    private_dir.create_private_file(app.config["DATABASE"])
+    if store == "sqlite":
+        private_dir.create_private_file(app.config["DATABASE"])
     db.init_db(app.config["DATABASE"]).close()
     app.extensions["ykt"] = ServerState(keys.load_master_key(app.config["MASTER_KEY_FILE"]))
 

@@ -24,7 +24,7 @@ import time
 
 import sqlite_utils
 
-from sync_server import migrations
+from sync_server import migrations, pg_store
 
 BUSY_TIMEOUT_MS = 30000
 DB_FILE_NAME = "ykt.sqlite3"
@@ -174,7 +174,12 @@ def db_path(data_dir):
 
 
 def init_db(path):
-    """Create or upgrade the database file at `path`; returns an open connection."""
+    """Create or upgrade the database file at `path` (or the PostgreSQL database of a postgresql://
+    URL, sync_server/pg_store.py); returns an open connection."""
+    if pg_store.is_postgresql(path):
+        conn = pg_store.connect(path)
+        pg_store.migrate(conn)
+        return conn
     conn = connect(path)
     migrate(conn)
     return conn
@@ -194,8 +199,10 @@ def get_db():
     if cache is None:
         cache = _local.connections = {}
     conn = cache.get(path)
+    if conn is not None and pg_store.is_postgresql(path) and conn.raw.closed:
+        conn = cache[path] = None       # the server went away; the pool checks the next one
     if conn is None:
-        conn = cache[path] = connect(path)
+        conn = cache[path] = pg_store.pooled(path) if pg_store.is_postgresql(path) else connect(path)
     if conn.in_transaction:      # a request died mid-transaction; never let it leak into the next
         conn.execute("ROLLBACK")
     return conn

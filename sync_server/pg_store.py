@@ -160,6 +160,19 @@ def open_pool(url, min_size=POOL_MIN_SIZE, max_size=POOL_MAX_SIZE):
     return pool
 
 
+_pools = {}
+
+
+def pooled(url):
+    """A connection of this process's pool for `url` (a pool per process: server workers fork), kept
+    by the calling server thread as db.get_db keeps a SQLite connection."""
+    key = (os.getpid(), url)
+    pool = _pools.get(key)
+    if pool is None:
+        pool = _pools[key] = open_pool(url)
+    return Connection(pool.getconn())
+
+
 def connect(url):
     """One unpooled connection (command-line tools and migrations)."""
     import psycopg

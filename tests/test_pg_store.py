@@ -159,3 +159,28 @@ def test_placeholders_and_percent_reach_postgresql_intact(postgresql_dsn):
 
 def test_sqlite_file_is_untouched_by_the_postgresql_module():
     assert isinstance(db.connect(":memory:"), sqlite3.Connection)
+
+
+# --- the server on PostgreSQL ----------------------------------------------------------------------
+
+def test_ykt_server_with_database_url_migrates_and_answers_health(postgresql_dsn, tmp_path):
+    import httpx
+    from server_process import running_server
+    with running_server(tmp_path / "data", workers=2, server_args=("--database", postgresql_dsn)) as server:
+        assert httpx.get(server.url + "/health", timeout=10).json() == {"status": "ok"}
+        assert "PostgreSQL" in server.log()
+    conn = pg_store.connect(postgresql_dsn)
+    try:
+        numbers = [row[0] for row in conn.execute("SELECT number FROM _migrations ORDER BY number").fetchall()]
+        assert numbers == [migration.number for migration in db.migrations.load()]
+    finally:
+        conn.close()
+
+
+def test_ykt_server_refuses_a_database_url_of_another_kind(tmp_path):
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "sync_server", "server", "--data-dir", str(tmp_path / "d"),
+                           "--database", "mysql://x/y", "--port", "1"], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "数据库设置无法识别" in done.stderr + done.stdout
