@@ -81,7 +81,12 @@ def fetch_named(conn, sql, parameters=()):
 
 @contextlib.contextmanager
 def transaction(conn):
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception. Not re-entrant on purpose."""
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception. Not re-entrant on purpose.
+    A PostgreSQL connection gets pg_store.transaction (row locks instead of one writer)."""
+    if type(conn) is pg_store.Connection:
+        with pg_store.transaction(conn):
+            yield conn
+        return
     assert not conn.in_transaction, "nested transaction"
     lock_fd = getattr(conn, "writer_lock_fd", None)
     if lock_fd is not None:
@@ -115,6 +120,10 @@ def read_snapshot(conn):
     """Several reads that must agree with each other: one deferred transaction, so every statement in
     the block sees the same committed state (WAL: writers go on meanwhile, unseen). Joins a
     transaction already open. Takes no writer lock; do not write inside it."""
+    if type(conn) is pg_store.Connection:
+        with pg_store.read_snapshot(conn):
+            yield conn
+        return
     if conn.in_transaction:
         yield conn
         return

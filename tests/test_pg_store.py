@@ -184,3 +184,24 @@ def test_ykt_server_refuses_a_database_url_of_another_kind(tmp_path):
                            "--database", "mysql://x/y", "--port", "1"], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "数据库设置无法识别" in done.stderr + done.stdout
+
+
+def test_db_transaction_and_read_snapshot_keep_their_meaning_on_postgresql(postgresql_dsn):
+    conn, other = pg_store.connect(postgresql_dsn), pg_store.connect(postgresql_dsn)
+    try:
+        pg_store.migrate(conn)
+        with pytest.raises(RuntimeError), db.transaction(conn):
+            conn.execute("UPDATE counters SET value = value + 1")
+            raise RuntimeError("undone")
+        before = conn.execute("SELECT name, value FROM counters ORDER BY name").fetchall()
+        with db.read_snapshot(conn):
+            first = conn.execute("SELECT name, value FROM counters ORDER BY name").fetchall()
+            with db.transaction(other):          # a writer commits meanwhile, unseen by the snapshot
+                other.execute("UPDATE counters SET value = value + 1")
+            assert conn.execute("SELECT name, value FROM counters ORDER BY name").fetchall() == first == before
+        assert conn.execute("SELECT name, value FROM counters ORDER BY name").fetchall() != before
+        with db.transaction(conn):
+            assert db.next_counter(conn, before[0][0]) == before[0][1] + 2
+    finally:
+        conn.close()
+        other.close()
