@@ -19,6 +19,7 @@ import contextlib
 import importlib.resources
 import os
 import re
+import time
 
 from sync_server import migrations
 
@@ -213,7 +214,6 @@ def migrate(conn, through=None):
     """Apply every migration not yet in `_migrations`, in order, each in its own transaction holding
     the migration advisory lock (a second process waits, then finds it applied); returns the numbers
     applied so far. Python steps (migrations.mNNNN) take this store's connection."""
-    from sync_server import db
     with transaction(conn):
         conn.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK_KEY,))
         conn.execute("CREATE TABLE IF NOT EXISTS _migrations (number bigint PRIMARY KEY, name text,"
@@ -231,7 +231,7 @@ def migrate(conn, through=None):
                 migration.python_step(conn)
             resync_identities(conn)
             conn.execute("INSERT INTO _migrations (number, name, applied_ms) VALUES (?, ?, ?)",
-                         (migration.number, migration.name, db.now_ms()))
+                         (migration.number, migration.name, int(time.time() * 1000)))
     return [row[0] for row in conn.execute("SELECT number FROM _migrations ORDER BY number").fetchall()]
 
 
