@@ -62,7 +62,10 @@ class Connection(sqlite3.Connection):
 
 
 def connect(path):
-    """A connection with the house PRAGMAs; autocommit (use transaction() to write)."""
+    """A connection with the house PRAGMAs; autocommit (use transaction() to write). A postgresql://
+    URL gives a connection to that database instead (sync_server/pg_store.py), with the same interface."""
+    if pg_store.is_postgresql(path):
+        return pg_store.connect(path)
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                            check_same_thread=False, factory=Connection)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -74,6 +77,8 @@ def connect(path):
 
 def fetch_named(conn, sql, parameters=()):
     """One row addressable by column name (for the few places that read a row by field)."""
+    if type(conn) is pg_store.Connection:
+        return conn.fetch_named(sql, parameters)
     cursor = conn.cursor()
     cursor.row_factory = sqlite3.Row
     return cursor.execute(sql, parameters).fetchone()
@@ -182,6 +187,13 @@ def db_path(data_dir):
     return os.path.join(data_dir, DB_FILE_NAME)
 
 
+def store_location(data_dir, database=None):
+    """Where the server's data lives: `database` (a --database option) or $YKT_DATABASE_URL when set
+    (a postgresql:// URL, checked by pg_store.database_setting), else the SQLite file in `data_dir`."""
+    store, url = pg_store.database_setting(database)
+    return url if store == "postgresql" else db_path(data_dir)
+
+
 def init_db(path):
     """Create or upgrade the database file at `path` (or the PostgreSQL database of a postgresql://
     URL, sync_server/pg_store.py); returns an open connection."""
@@ -208,8 +220,9 @@ def get_db():
     if cache is None:
         cache = _local.connections = {}
     conn = cache.get(path)
-    if conn is not None and pg_store.is_postgresql(path) and conn.raw.closed:
-        conn = cache[path] = None       # the server went away; the pool checks the next one
+    if type(conn) is pg_store.Connection and conn.broken:
+        conn.close()                    # the database went away (a failover): back to the pool, which
+        conn = cache[path] = None       # drops it and checks the next one it hands out
     if conn is None:
         conn = cache[path] = pg_store.pooled(path) if pg_store.is_postgresql(path) else connect(path)
     if conn.in_transaction:      # a request died mid-transaction; never let it leak into the next

@@ -4,8 +4,10 @@ psycopg, the migrations applied to PostgreSQL, and a pooled connection with db.p
 The server writes SQL once, for SQLite, with `?` placeholders (sync_server/db.py stays a plain
 sqlite3 path, so the tap/ingest hot path on SQLite is untouched). For PostgreSQL:
 
-  - `translate_placeholders` turns `?` into psycopg's `%s` and doubles a literal `%`, leaving string
-    literals, quoted identifiers and comments alone (one scanner, not regexes around the server);
+  - `translate` turns `?` and `:name` into psycopg's `%s` and `%(name)s`, doubles a literal `%` and
+    spells `LIMIT -1` as `LIMIT ALL`, leaving string literals, quoted identifiers and comments alone
+    (one scanner, not regexes around the server). Everything else the server writes is SQL both
+    stores take (`INSERT ... RETURNING`, `ON CONFLICT`, `max()`/`min()` of one argument);
   - `translate_migration` turns the few SQLite-only constructs the migration files use into
     PostgreSQL (`INTEGER PRIMARY KEY [AUTOINCREMENT]` -> identity, `INTEGER` -> bigint, `BLOB` ->
     bytea, `WITHOUT ROWID` dropped). The files in sync_server/migrations/ stay the one source of truth;
@@ -16,9 +18,11 @@ Which store: `YKT_DATABASE_URL` (or `ykt server --database`) of `postgresql://..
 left out, the SQLite file in the data directory as before (see `database_setting`).
 """
 import contextlib
+import functools
 import importlib.resources
 import os
 import re
+import threading
 import time
 
 from sync_server import migrations
@@ -31,6 +35,13 @@ OVERRIDE_DIR = "postgresql"      # migrations/postgresql/NNNN_*.sql: a whole mig
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 8
 POOL_TIMEOUT_S = 30.0
+# Bounds on every server session, as SQLite's busy timeout: a writer waits at most LOCK_TIMEOUT_MS for
+# the writer lock, and a session that holds a transaction open while idle (a hung client) is ended by
+# the server so it cannot hold the writer lock for ever.
+LOCK_TIMEOUT_MS = 30000
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 60000
+SESSION_OPTIONS = "-c lock_timeout=%d -c idle_in_transaction_session_timeout=%d" % (
+    LOCK_TIMEOUT_MS, IDLE_IN_TRANSACTION_TIMEOUT_MS)
 
 
 class StoreSettingError(ValueError):
@@ -54,27 +65,24 @@ def is_postgresql(value):
     return isinstance(value, str) and value.startswith(POSTGRESQL_SCHEMES)
 
 
+def describe(url):
+    """The URL for people and logs: database, user and hosts, never the password."""
+    from psycopg import conninfo
+    try:
+        parts = conninfo.conninfo_to_dict(url)
+    except Exception:       # a URL psycopg cannot parse: say so without echoing it
+        return "PostgreSQL (?)"
+    where = parts.get("host") or "localhost"
+    if parts.get("port"):
+        where = ",".join("%s:%s" % pair for pair in zip(where.split(","), str(parts["port"]).split(",") * 8))
+    return "PostgreSQL %s@%s/%s" % (parts.get("user", ""), where, parts.get("dbname", ""))
+
+
 # --- SQL of the house dialect, made fit for psycopg -----------------------------------------------
 
 # Pieces a scanner must pass over whole: '...' strings ('' inside), "..." identifiers, -- and /* */
 # comments, and everything else one character at a time.
 _TOKEN = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|/\*.*?\*/|.""", re.DOTALL)
-
-
-def translate_placeholders(sql):
-    """The statement with each `?` placeholder as `%s` and each other `%` doubled (psycopg would read
-    it as a placeholder); inside string literals, quoted names and comments nothing changes except
-    `%`, which psycopg scans everywhere. ValueError on an unterminated string or quoted name."""
-    out = []
-    for match in _TOKEN.finditer(sql):
-        piece = match.group(0)
-        if piece == "?":
-            out.append("%s")
-        elif piece in ("'", '"'):
-            raise ValueError("SQL ends inside a quoted string or name: %r" % sql[match.start():][:80])
-        else:
-            out.append(piece.replace("%", "%%"))
-    return "".join(out)
 
 
 _MIGRATION_RULES = (
@@ -130,24 +138,131 @@ def translate_migration(statement):
 
 # --- connections ---------------------------------------------------------------------------------
 
-class Connection:
-    """A pooled psycopg connection with the interface the server uses of sqlite3: `execute(sql,
-    params)` with `?` placeholders returning a cursor (fetchone/fetchall), `in_transaction`, and
-    db.py's `transaction()` / `read_snapshot()` semantics through the functions below."""
+# Two SQLite spellings with no shared form, rewritten by the scanner (outside strings and comments):
+# `LIMIT -1` (no limit, needed before OFFSET) and `:name` named parameters.
+_NAMED = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
 
-    def __init__(self, raw):
+
+@functools.lru_cache(maxsize=1024)
+def translate(sql):
+    """A statement of the house dialect as psycopg takes it: `?` and `:name` placeholders as `%s` and
+    `%(name)s`, literal `%` doubled, `LIMIT -1` as `LIMIT ALL` (cached: the server has a few hundred
+    distinct statements)."""
+    out = []
+    pieces = [match.group(0) for match in _TOKEN.finditer(sql)]
+    index = 0
+    while index < len(pieces):
+        piece = pieces[index]
+        if piece == "?":
+            out.append("%s")
+        elif piece in ("'", '"'):
+            raise ValueError("SQL ends inside a quoted string or name: %r" % "".join(pieces[index:])[:80])
+        elif piece == ":" and index + 1 < len(pieces) and (pieces[index + 1].isalpha() or pieces[index + 1] == "_") \
+                and (index == 0 or pieces[index - 1] != ":"):
+            end = index + 1
+            while end < len(pieces) and (pieces[end].isalnum() or pieces[end] == "_"):
+                end += 1
+            out.append("%%(%s)s" % "".join(pieces[index + 1:end]))
+            index = end
+            continue
+        else:
+            out.append(piece.replace("%", "%%"))
+        index += 1
+    return re.sub(r"\bLIMIT\s+-1\b", "LIMIT ALL", "".join(out), flags=re.I)
+
+
+class Row(tuple):
+    """A row readable by position and by column name, as sqlite3.Row (db.fetch_named)."""
+    __slots__ = ()
+    names = ()
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self.names.index(key))
+        return tuple.__getitem__(self, key)
+
+    def keys(self):
+        return list(self.names)
+
+
+def named_row_factory(cursor):
+    names = tuple(column.name for column in cursor.description or ())
+    row_class = type("Row", (Row,), {"__slots__": (), "names": names})
+    return lambda values: row_class(values)
+
+
+def _configure(raw):
+    """Per connection: integral `numeric` (sum() of bigint) comes back as int, as from SQLite, so no
+    Decimal leaks into CBOR or JSON; a fraction (none in this schema) still gives a Decimal."""
+    import decimal
+    from psycopg.adapt import Loader
+
+    class IntegralNumericLoader(Loader):
+        def load(self, data):
+            text = bytes(data).decode("ascii")
+            return int(text) if text.lstrip("-").isdigit() else decimal.Decimal(text)
+    raw.adapters.register_loader("numeric", IntegralNumericLoader)
+
+
+class Connection:
+    """A psycopg connection with the part of sqlite3's interface the server uses: `execute(sql,
+    params)` / `executemany` in the house dialect returning a cursor (fetchone, fetchall, rowcount,
+    iteration), `in_transaction`, and db.py's `transaction()` / `read_snapshot()` semantics through
+    the functions below. `pool` is the pool it came from (None for a connection of its own)."""
+
+    def __init__(self, raw, pool=None):
         self.raw = raw          # psycopg.Connection in autocommit mode
+        self.pool = pool
+        self.trace = None
+        _configure(raw)
+
+    def set_trace_callback(self, trace):
+        """trace(sql) before each statement, as sqlite3's (tests read which statements ran where)."""
+        self.trace = trace
 
     def execute(self, sql, parameters=()):
-        return self.raw.execute(translate_placeholders(sql), tuple(parameters), prepare=None)
+        if self.trace is not None:
+            self.trace(sql)
+        cursor = self.raw.cursor()
+        cursor.execute(translate(sql), parameters if isinstance(parameters, dict) else tuple(parameters))
+        return cursor
+
+    def executemany(self, sql, seq_of_parameters):
+        if self.trace is not None:
+            self.trace(sql)
+        cursor = self.raw.cursor()
+        rows = [tuple(row) for row in seq_of_parameters]
+        if rows:                # psycopg refuses an empty batch; sqlite3 takes it as nothing to do
+            cursor.executemany(translate(sql), rows)
+        return cursor
+
+    def fetch_named(self, sql, parameters=()):
+        cursor = self.raw.cursor(row_factory=named_row_factory)
+        return cursor.execute(translate(sql), tuple(parameters)).fetchone()
 
     @property
     def in_transaction(self):
         from psycopg import pq
         return self.raw.info.transaction_status != pq.TransactionStatus.IDLE
 
+    @property
+    def broken(self):
+        return self.raw.closed or self.raw.broken
+
     def close(self):
-        self.raw.close()
+        """Back to its pool (which drops it if broken), or closed."""
+        if self.pool is not None:
+            pool, self.pool = self.pool, None
+            pool.putconn(self.raw)
+        else:
+            self.raw.close()
+
+
+def session_options(url):
+    """libpq `options` for a session of `url`: the URL's own (a search_path, say) and SESSION_OPTIONS."""
+    from psycopg import conninfo
+    own = conninfo.conninfo_to_dict(url).get("options")
+    return SESSION_OPTIONS if not own else "%s %s" % (own, SESSION_OPTIONS)
 
 
 def open_pool(url, min_size=POOL_MIN_SIZE, max_size=POOL_MAX_SIZE):
@@ -155,41 +270,57 @@ def open_pool(url, min_size=POOL_MIN_SIZE, max_size=POOL_MAX_SIZE):
     as on SQLite), each checked before it is handed out so a restarted server is not a failed request."""
     import psycopg_pool
     pool = psycopg_pool.ConnectionPool(url, min_size=min_size, max_size=max_size, timeout=POOL_TIMEOUT_S,
-                                       kwargs={"autocommit": True}, check=psycopg_pool.ConnectionPool.check_connection,
+                                       kwargs={"autocommit": True, "options": session_options(url)}, check=psycopg_pool.ConnectionPool.check_connection,
                                        open=False)
     pool.open(wait=True, timeout=POOL_TIMEOUT_S)
     return pool
 
 
 _pools = {}
+_pools_lock = threading.Lock()
 
 
 def pooled(url):
     """A connection of this process's pool for `url` (a pool per process: server workers fork), kept
-    by the calling server thread as db.get_db keeps a SQLite connection."""
+    by the calling server thread as db.get_db keeps a SQLite connection; close() gives it back."""
     key = (os.getpid(), url)
-    pool = _pools.get(key)
-    if pool is None:
-        pool = _pools[key] = open_pool(url)
-    return Connection(pool.getconn())
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            pool = _pools[key] = open_pool(url, max_size=max(POOL_MAX_SIZE, int(os.environ.get("YKT_THREADS", "0"))))
+    return Connection(pool.getconn(), pool)
 
 
 def connect(url):
-    """One unpooled connection (command-line tools and migrations)."""
+    """One unpooled connection (command-line tools, tests and migrations)."""
     import psycopg
-    return Connection(psycopg.connect(url, autocommit=True))
+    return Connection(psycopg.connect(url, autocommit=True, options=session_options(url)))
+
+
+# The writer lock: every write transaction() holds it, as SQLite's one writer; see transaction().
+WRITER_LOCK_KEY = 0x796B74_777269        # "ykt" "wri"
 
 
 @contextlib.contextmanager
-def transaction(conn, isolation="READ COMMITTED"):
+def transaction(conn):
     """BEGIN ... COMMIT, or ROLLBACK on any exception. Not re-entrant on purpose (as db.transaction).
-    Row locks (`FOR UPDATE`) replace SQLite's single writer; see docs/postgresql-port.md section 2."""
+
+    READ COMMITTED, holding the transaction-scoped advisory writer lock, so a write transaction sees
+    and changes the database as on SQLite (BEGIN IMMEDIATE): one writer at a time across every server
+    host, every read inside sees the latest commit and nothing moves under it until COMMIT. So every
+    read-then-write of the server (a terminal's acked_seq and request counter, balances and the
+    multi-wallet split, the global balance_version counter, card tap counters, an order credited once,
+    PIN failures, the close's transfer watermark) is safe for the same reason as on SQLite, and no
+    path needs its own proof; see docs/postgresql-port.md. What runs outside it in parallel is what
+    runs outside it on SQLite: request parsing, MAC checks, ingest.prepare, PIN hashing, reads."""
     assert not conn.in_transaction, "nested transaction"
-    conn.execute("BEGIN ISOLATION LEVEL %s" % isolation)
+    conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
     try:
+        conn.execute("SELECT pg_advisory_xact_lock(?)", (WRITER_LOCK_KEY,))
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        if not conn.broken:
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
 
@@ -205,7 +336,8 @@ def read_snapshot(conn):
     try:
         yield conn
     finally:
-        conn.execute("COMMIT")
+        if not conn.broken:
+            conn.execute("COMMIT")
 
 
 # --- migrations ----------------------------------------------------------------------------------

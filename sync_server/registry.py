@@ -37,11 +37,11 @@ def add_merchant(conn, name_zh, name_en, category):
     if category not in wallet_rules.WALLET_ORDER:
         raise HallError("未知的商户类别 %s" % category, "unknown merchant category %s" % category)
     with _tx(conn):
-        ledger_id = conn.execute("INSERT INTO ledger_accounts (kind, name_zh, name_en) VALUES ('merchant', ?, ?)",
-                                 (name_zh, name_en)).lastrowid
+        ledger_id = conn.execute("INSERT INTO ledger_accounts (kind, name_zh, name_en) VALUES ('merchant', ?, ?) RETURNING id",
+                                 (name_zh, name_en)).fetchone()[0]
         conn.execute("INSERT INTO balances (ledger_account_id, balance_fen) VALUES (?, 0)", (ledger_id,))
         merchant_id = conn.execute("INSERT INTO merchants (name_zh, name_en, category, ledger_account_id) "
-                                   "VALUES (?, ?, ?, ?)", (name_zh, name_en, category, ledger_id)).lastrowid
+                                   "VALUES (?, ?, ?, ?) RETURNING id", (name_zh, name_en, category, ledger_id)).fetchone()[0]
         conn.execute("UPDATE ledger_accounts SET merchant_id = ? WHERE id = ?", (merchant_id, ledger_id))
     return merchant_id
 
@@ -50,10 +50,10 @@ def add_merchant(conn, name_zh, name_en, category):
 
 def _create_account_rows(conn, person_id, single_limit_fen, daily_limit_fen, now_ms):
     account_id = conn.execute("INSERT INTO accounts (person_id, single_limit_fen, daily_limit_fen, created_ms) "
-                              "VALUES (?, ?, ?, ?)", (person_id, single_limit_fen, daily_limit_fen, now_ms)).lastrowid
+                              "VALUES (?, ?, ?, ?) RETURNING id", (person_id, single_limit_fen, daily_limit_fen, now_ms)).fetchone()[0]
     for wallet in protocol.WALLETS:
-        ledger_id = conn.execute("INSERT INTO ledger_accounts (kind, account_id, wallet) VALUES ('wallet', ?, ?)",
-                                 (account_id, wallet)).lastrowid
+        ledger_id = conn.execute("INSERT INTO ledger_accounts (kind, account_id, wallet) VALUES ('wallet', ?, ?) RETURNING id",
+                                 (account_id, wallet)).fetchone()[0]
         conn.execute("INSERT INTO balances (ledger_account_id, balance_fen) VALUES (?, 0)", (ledger_id,))
     return account_id
 
@@ -72,7 +72,7 @@ def add_person(conn, name, category, id_number=None, staff_number=None, single_l
         if staff_number and conn.execute("SELECT 1 FROM persons WHERE staff_number = ?", (staff_number,)).fetchone():
             raise HallError("学工号 %s 已存在" % staff_number, "staff/student number %s exists" % staff_number)
         person_id = conn.execute("INSERT INTO persons (name, id_number, staff_number, category, created_ms) "
-                                 "VALUES (?, ?, ?, ?, ?)", (name, id_number, staff_number, category, now_ms)).lastrowid
+                                 "VALUES (?, ?, ?, ?, ?) RETURNING id", (name, id_number, staff_number, category, now_ms)).fetchone()[0]
         account_id = _create_account_rows(conn, person_id, single_limit_fen, daily_limit_fen, now_ms)
         touch_accounts(conn, [account_id])
         if set_initial_pin:
@@ -117,9 +117,9 @@ def issue_card_record(conn, person_or_account, uid, now_ms=None, expiry_yyyymmdd
     with _tx(conn):
         account_id, name, category = _resolve_account(conn, person_or_account)
         # identity-only cards are issued the same way: they carry an account id, just no money
-        previous = conn.execute("SELECT card_number, max(generation) FROM cards WHERE account_id = ?",
-                                (account_id,)).fetchone()
-        if previous[0] is None:
+        previous = conn.execute("SELECT card_number, generation FROM cards WHERE account_id = ? "
+                                "ORDER BY generation DESC LIMIT 1", (account_id,)).fetchone()
+        if previous is None:
             card_number = dbmod.next_counter(conn, "card_number")
             generation = 1
         else:
@@ -226,7 +226,7 @@ def register_terminal(conn, merchant_id, now_ms=None):
         if conn.execute("SELECT 1 FROM merchants WHERE id = ?", (merchant_id,)).fetchone() is None:
             raise HallError("商户 %d 不存在" % merchant_id, "merchant %d does not exist" % merchant_id)
         return conn.execute("INSERT INTO terminals (merchant_id, key_version, status, created_ms) "
-                            "VALUES (?, 1, 'active', ?)", (merchant_id, now_ms)).lastrowid
+                            "VALUES (?, 1, 'active', ?) RETURNING id", (merchant_id, now_ms)).fetchone()[0]
 
 
 def revoke_terminal(conn, terminal_id, now_ms=None):
@@ -297,7 +297,7 @@ def provision_population(conn, count, seed, initial_balance_fen=20000, now_ms=No
                     used_uids.add(uid)
                     break
             person_id = conn.execute("INSERT INTO persons (name, id_number, staff_number, category, created_ms) "
-                                     "VALUES (?, NULL, ?, ?, ?)", (name, staff_number, category, now_ms)).lastrowid
+                                     "VALUES (?, NULL, ?, ?, ?) RETURNING id", (name, staff_number, category, now_ms)).fetchone()[0]
             account_id = _create_account_rows(conn, person_id, single, daily, now_ms)
             card_number = first_number + index
             conn.execute("INSERT INTO cards (card_number, generation, account_id, uid, status, holder_category, "

@@ -40,12 +40,12 @@ def test_setting_of_another_kind_is_refused_chinese_first():
     ("SELECT x % 7, '5%' FROM t WHERE n LIKE ?", "SELECT x %% 7, '5%%' FROM t WHERE n LIKE %s"),
 ])
 def test_placeholders_translate_outside_strings_and_comments(sql, expected):
-    assert pg_store.translate_placeholders(sql) == expected
+    assert pg_store.translate(sql) == expected
 
 
 def test_an_unterminated_string_is_an_error():
     with pytest.raises(ValueError):
-        pg_store.translate_placeholders("SELECT 'abc WHERE x = ?")
+        pg_store.translate("SELECT 'abc WHERE x = ?")
 
 
 # --- migration dialect -----------------------------------------------------------------------------

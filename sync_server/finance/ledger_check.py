@@ -135,8 +135,8 @@ def verify_ledger(conn, day, now_ms=None):
         problems = ledger.check_balances(SqliteStore(conn))
     now_ms = dbmod.now_ms() if now_ms is None else now_ms
     with dbmod.transaction(conn):
-        conn.execute("INSERT OR IGNORE INTO finance_ledger_checks (day_number, checked_ms, transfer_watermark, "
-                     "problem_count, problems) VALUES (?, ?, ?, ?, ?)",
+        conn.execute("INSERT INTO finance_ledger_checks (day_number, checked_ms, transfer_watermark, "
+                     "problem_count, problems) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                      (number, now_ms, watermark, len(problems),
                       json.dumps(problems[:MAX_LEDGER_PROBLEMS_STORED], ensure_ascii=False)))
     return stored_ledger_check(conn, number)

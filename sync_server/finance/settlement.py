@@ -234,8 +234,8 @@ def window_transfers(window, merchants):
     orders = _order_refs(conn, [line[3] for line in lines])
     for line in lines:
         line[2] = orders.get(line[3], line[2])
-    conn.executemany("INSERT OR IGNORE INTO finance_recharge_lines (day_number, ledger_account_id, order_ref, "
-                     "transfer_id, amount_fen, time_ms, own_day_number) VALUES (?, ?, ?, ?, ?, ?, ?)", lines)
+    conn.executemany("INSERT INTO finance_recharge_lines (day_number, ledger_account_id, order_ref, transfer_id, "
+                     "amount_fen, time_ms, own_day_number) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", lines)
     movements, changes = _window_movements(conn, kinds, low, high)
     return {"channels": [channels[key] for key in sorted(channels)], "refunds": refunds, "fees_fen": fees_fen,
             "sales": sales, "deferred_sales": deferred_sales, "movements": movements, "changes": changes}

@@ -120,7 +120,7 @@ def _count_guess(conn, guessers, now_ms):
         for key, allowed in guessers:
             failures = conn.execute(
                 "INSERT INTO bind_guessers (guesser, failures, locked_until_ms, updated_ms) VALUES (?, 1, 0, ?) "
-                "ON CONFLICT (guesser) DO UPDATE SET failures = failures + 1, updated_ms = excluded.updated_ms "
+                "ON CONFLICT (guesser) DO UPDATE SET failures = bind_guessers.failures + 1, updated_ms = excluded.updated_ms "
                 "RETURNING failures", (key, now_ms)).fetchone()[0]
             if failures >= allowed:
                 conn.execute("UPDATE bind_guessers SET failures = 0, locked_until_ms = ? WHERE guesser = ?",

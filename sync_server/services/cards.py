@@ -120,9 +120,7 @@ def reissue(conn, account_id, uid, operator, fee_source="balance", now_ms=None):
     now_ms = now(now_ms)
     with tx(conn):
         holder = person_row(conn, account_id)
-        previous = conn.execute("SELECT card_number, max(generation) FROM cards WHERE account_id = ?",
-                                (account_id,)).fetchone()
-        if previous[0] is None:
+        if conn.execute("SELECT 1 FROM cards WHERE account_id = ? LIMIT 1", (account_id,)).fetchone() is None:
             raise ServiceError("no_card_yet")
         _check_uid_free(conn, uid)
         fee_fen = dbmod.setting(conn, "reissue_fee_fen")
@@ -139,7 +137,7 @@ def reissue(conn, account_id, uid, operator, fee_source="balance", now_ms=None):
         touch_accounts(conn, [account_id])
         balances = registry.balances_of(conn, account_id)
     return {"identity": identity, "name": name, "fee_fen": fee_fen, "fee_source": fee_source,
-            "fee_transfer_id": fee_transfer_id, "replaced_generation": previous[1], "balances": balances}
+            "fee_transfer_id": fee_transfer_id, "replaced_generation": identity.generation - 1, "balances": balances}
 
 
 def _charge_fee(conn, holder, account_id, identity, fee_fen, fee_source, now_ms):

@@ -87,7 +87,7 @@ running AS (
     FROM legs
 )
 SELECT %s FROM running JOIN ledger_accounts o ON o.id = running.other_id
-WHERE o.account_id IS NOT :account AND running.time_ms >= :start AND running.time_ms < :end
+WHERE o.account_id IS DISTINCT FROM :account AND running.time_ms >= :start AND running.time_ms < :end
     AND running.kind IN (%s)
 """
 _COLUMNS = ("transfer_id", "running.kind", "running.time_ms", "reference", "running.wallet", "signed_fen",

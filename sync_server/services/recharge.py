@@ -209,7 +209,8 @@ def close_stale_orders(conn, now_ms=None, ttl_ms=PENDING_ORDER_TTL_MS, limit=100
 # --- notifications -------------------------------------------------------------------------------
 
 def _log_notification(conn, channel, order_id, status, outcome, body, now_ms):
-    text = body.decode("utf-8", "replace")[:MAX_LOGGED_BODY_CHARS]
+    # NUL shown as U+FFFD: a forged body may carry one, and PostgreSQL text cannot hold it
+    text = body.decode("utf-8", "replace").replace("\x00", "\ufffd")[:MAX_LOGGED_BODY_CHARS]
     conn.execute("INSERT INTO channel_notifications (channel, order_id, status, outcome, received_ms, body) "
                  "VALUES (?, ?, ?, ?, ?, ?)", (channel, order_id, status, outcome, now_ms, text))
 

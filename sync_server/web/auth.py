@@ -94,8 +94,8 @@ def add_staff_user(conn, username, display_name, roles, password, now_ms=None):
             raise AuthError("用户 %s 已存在" % username, "user %s exists" % username)
         return conn.execute(
             "INSERT INTO web_staff_users (username, display_name, roles, password_hash, password_salt, created_ms) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (username, display_name or username, " ".join(roles), _hash_password(password, salt), salt, now_ms)).lastrowid
+            "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            (username, display_name or username, " ".join(roles), _hash_password(password, salt), salt, now_ms)).fetchone()[0]
 
 
 def check_staff_password(conn, username, password, now_ms):
@@ -373,9 +373,9 @@ def log_action(conn, staff, action, person_id=None, account_id=None, card_number
     now_ms = dbmod.now_ms() if now_ms is None else now_ms
     return conn.execute(
         "INSERT INTO staff_actions (staff_user_id, username, action, person_id, account_id, card_number, "
-        "amount_fen, detail, time_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "amount_fen, detail, time_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (staff["id"], staff["username"], action, person_id, account_id, card_number, amount_fen,
-         json.dumps(detail or {}, ensure_ascii=False, sort_keys=True), now_ms)).lastrowid
+         json.dumps(detail or {}, ensure_ascii=False, sort_keys=True), now_ms)).fetchone()[0]
 
 
 def actions_for_person(conn, person_id, limit=50):

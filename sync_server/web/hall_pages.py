@@ -6,6 +6,8 @@ whom, when), so there is never a change without its log line or a log line witho
 log line's id is the receipt number. The cash recharge form carries a one-time key (auth.form_key):
 the same form submitted twice books once and both submissions land on the first receipt.
 """
+import json
+
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 
 from firmware.core import card_layout
@@ -161,9 +163,13 @@ def recharge(person_id):
 
 
 def _receipt_of_order(conn, person_id, order_id):
-    row = conn.execute("SELECT id FROM staff_actions WHERE person_id = ? AND action = 'recharge' "
-                       "AND json_extract(detail, '$.order_id') = ? ORDER BY id LIMIT 1", (person_id, order_id)).fetchone()
-    return None if row is None else row[0]
+    """The first staff action that recorded `order_id` (a person has a few recharges: read in Python,
+    the same on both stores, rather than each store's JSON operators)."""
+    for action_id, detail in conn.execute("SELECT id, detail FROM staff_actions WHERE person_id = ? "
+                                          "AND action = 'recharge' ORDER BY id", (person_id,)):
+        if json.loads(detail or "{}").get("order_id") == order_id:
+            return action_id
+    return None
 
 
 @hall_pages.post("/person/<id:person_id>/report-loss")
