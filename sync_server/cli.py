@@ -48,7 +48,7 @@ def init_data_dir(data_dir, database_url=None):
 
 def cmd_server_init(args):
     data_dir = data_dir_of(args)
-    created = init_data_dir(data_dir)
+    created = init_data_dir(data_dir, pg_store.database_setting()[1])
     say(args, "数据目录已就绪：%s（新建 %d 个文件）" % (data_dir, len(created)),
         "data directory ready: %s (%d files created)" % (data_dir, len(created)))
 
@@ -78,15 +78,14 @@ def cmd_server(args):
                                  "cannot listen on %s:%d: %s" % (args.host, args.port, error.strerror or error))
     options = serving.server_options(args.threads, args.idle_timeout_s, args.request_timeout_s, args.max_connections)
     start_close = stop_close = None
-    if store == "postgresql":    # the close is not ported to PostgreSQL yet (docs/postgresql-port.md)
-        say(args, "PostgreSQL 上暂不运行每日关账", "the nightly close does not run on PostgreSQL yet")
-    elif os.environ.get("YKT_FINANCE_CLOSE", "on") != "off":   # the nightly close (sync_server/finance)
+    if os.environ.get("YKT_FINANCE_CLOSE", "on") != "off":   # the nightly close (sync_server/finance)
         from sync_server.finance import scheduler
-        start_close, stop_close = scheduler.hooks(dbmod.db_path(data_dir))
+        start_close, stop_close = scheduler.hooks(dbmod.store_location(data_dir, database_url))
+    where = data_dir if database_url is None else "%s，%s" % (data_dir, pg_store.describe(database_url))
     say(args, "同步服务器启动：http://%s:%d（数据目录 %s，%d 个进程 × %d 线程）"
-        % (args.host, args.port, data_dir, args.workers, args.threads),
+        % (args.host, args.port, where, args.workers, args.threads),
         "sync server on http://%s:%d (data directory %s, %d processes x %d threads)"
-        % (args.host, args.port, data_dir, args.workers, args.threads))
+        % (args.host, args.port, where.replace("，", ", "), args.workers, args.threads))
     sys.stdout.flush()
     return serving.serve(app, listener, args.workers, options, start_close, stop_close)
 

@@ -6,7 +6,7 @@ cardholder-service commands) both build on these; neither imports the other's he
 """
 import os
 
-from sync_server import db as dbmod, keys, messages, private_dir, registry
+from sync_server import db as dbmod, keys, messages, pg_store, private_dir, registry
 
 
 def data_dir_of(args):
@@ -22,9 +22,10 @@ def say(args, zh, en):
 
 
 def open_database(args):
-    """The data directory's database, upgraded; HallError when `ykt server init` has not run."""
-    path = dbmod.db_path(data_dir_of(args))
-    if not os.path.exists(path):
+    """The data directory's database (or $YKT_DATABASE_URL's), upgraded; HallError when `ykt server
+    init` has not run."""
+    path = dbmod.store_location(data_dir_of(args))
+    if not pg_store.is_postgresql(path) and not os.path.exists(path):
         raise registry.HallError("数据目录尚未初始化，请先运行 ykt server init",
                                  "data directory not initialised: run ykt server init")
     private_dir.secure_dir(data_dir_of(args))

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from sync_server import db as dbmod, messages, private_dir, registry
+from sync_server import db as dbmod, messages, pg_store, private_dir, registry
 from sync_server.finance import FinanceError, day_number, day_of_ms, day_text
 from sync_server.finance import channel_statements, close as close_module, report as report_module
 
@@ -29,8 +29,8 @@ def _lang(args):
 
 def _open(args):
     data_dir = os.path.abspath(args.data_dir or os.environ.get("YKT_DATA_DIR", "./data"))
-    path = dbmod.db_path(data_dir)
-    if not os.path.exists(path):
+    path = dbmod.store_location(data_dir)
+    if not pg_store.is_postgresql(path) and not os.path.exists(path):
         raise FinanceError("数据目录尚未初始化：%s" % data_dir, "data directory not initialised: %s" % data_dir)
     private_dir.secure_dir(data_dir)
     return dbmod.init_db(path)

@@ -22,6 +22,7 @@ from sync_server import db as dbmod
 from sync_server.finance import close as close_module
 
 CHECK_INTERVAL_S = 60.0
+LOCATION_ENV = "YKT_CLOSE_DATABASE"      # the database when argv says "-"
 MAX_DAYS_PER_CHECK = 31      # a server off for a long time catches up a month per check
 
 log = logging.getLogger(__name__)
@@ -55,13 +56,19 @@ def loop(db_path, parent_pid, interval_s=CHECK_INTERVAL_S):
             time.sleep(1.0)
 
 
-def hooks(db_path):
-    """(start, stop): start the scheduler process beside this one, and stop it."""
+def hooks(location):
+    """(start, stop): start the scheduler process beside this one, and stop it. `location` is the
+    SQLite file or PostgreSQL URL (dbmod.store_location); a URL goes by the environment, not the
+    command line, where `ps` would show its password."""
     started = []
 
     def start():
-        started.append(subprocess.Popen([sys.executable, "-m", "sync_server.finance.scheduler", db_path,
-                                         str(os.getpid())]))
+        env = dict(os.environ)
+        argument = location
+        if not location.endswith(dbmod.DB_FILE_NAME):
+            env[LOCATION_ENV], argument = location, "-"
+        started.append(subprocess.Popen([sys.executable, "-m", "sync_server.finance.scheduler", argument,
+                                         str(os.getpid())], env=env))
 
     def stop():
         for process in started:
@@ -75,4 +82,4 @@ def hooks(db_path):
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="[finance-close] %(message)s")
-    loop(sys.argv[1], int(sys.argv[2]))
+    loop(os.environ[LOCATION_ENV] if sys.argv[1] == "-" else sys.argv[1], int(sys.argv[2]))
