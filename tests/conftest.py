@@ -1,4 +1,5 @@
 """Shared pytest fixtures. Sync server: a real `ykt server` process on a free loopback port."""
+import contextlib
 import itertools
 
 import pytest
@@ -7,22 +8,32 @@ from server_process import running_server
 
 
 @pytest.fixture(scope="module")
-def live_server(tmp_path_factory):
-    """One running server per test module (each test registers its own terminals and people)."""
-    with running_server(tmp_path_factory.mktemp("server")) as server:
+def live_server(tmp_path_factory, module_database):
+    """One running server per test module (each test registers its own terminals and people), on each
+    selected store (--store)."""
+    with running_server(tmp_path_factory.mktemp("server"), database=module_database) as server:
         yield server
 
 
 @pytest.fixture
-def fresh_server(tmp_path):
-    """A server of its own for one test, on an empty data directory."""
-    with running_server(tmp_path / "server") as server:
+def fresh_server(tmp_path, new_database):
+    """A server of its own for one test, on an empty data directory and an empty database."""
+    with running_server(tmp_path / "server", database=new_database()) as server:
         yield server
 
 
 def database_snapshot(conn):
     """Every row of every table (schema included), to prove a refused request changed nothing."""
-    return list(conn.iterdump())
+    if hasattr(conn, "iterdump"):
+        return list(conn.iterdump())
+    tables = [row[0] for row in conn.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
+        "ORDER BY table_name")]
+    columns = sorted(conn.execute(
+        "SELECT table_name, column_name, data_type, column_default, is_nullable FROM information_schema.columns "
+        "WHERE table_schema = current_schema()").fetchall())
+    rows = [(table, sorted(map(repr, conn.execute('SELECT * FROM "%s"' % table).fetchall()))) for table in tables]
+    return [columns, rows]
 
 
 @pytest.fixture
@@ -125,17 +136,87 @@ def postgresql_server(postgresql_store):
     """One private primary with fast settings (fsync off) for the whole session, and its template."""
     import pg_cluster
     with pg_cluster.PgCluster.start(fast=True) as cluster:
-        with cluster.connect(cluster.primary) as conn:   # the schema, once the port has one, loads here once
+        with cluster.connect(cluster.primary) as conn:
             conn.execute("CREATE DATABASE %s" % POSTGRESQL_TEMPLATE)
+        from sync_server import db
+        db.init_db(cluster.primary.dsn(POSTGRESQL_TEMPLATE)).close()    # the schema, migrated once
         yield cluster
 
 
 @pytest.fixture
 def postgresql_dsn(postgresql_server):
     """A fresh database of this test's own (CREATE DATABASE ... TEMPLATE), dropped afterwards."""
-    name = "test_%d" % next(POSTGRESQL_DATABASE_NUMBERS)
-    with postgresql_server.connect(postgresql_server.primary) as conn:
-        conn.execute("CREATE DATABASE %s TEMPLATE %s" % (name, POSTGRESQL_TEMPLATE))
-    yield postgresql_server.primary.dsn(name)
-    with postgresql_server.connect(postgresql_server.primary) as conn:
-        conn.execute("DROP DATABASE %s WITH (FORCE)" % name)
+    with _postgresql_databases(postgresql_server) as create:
+        yield create()
+
+
+@contextlib.contextmanager
+def _postgresql_databases(cluster):
+    """create() -> the URL of a new database with the schema (from the template); all dropped at the end."""
+    names = []
+
+    def create():
+        name = "test_%d" % next(POSTGRESQL_DATABASE_NUMBERS)
+        with cluster.connect(cluster.primary) as conn:
+            conn.execute("CREATE DATABASE %s TEMPLATE %s" % (name, POSTGRESQL_TEMPLATE))
+        names.append(name)
+        return cluster.primary.dsn(name)
+    try:
+        yield create
+    finally:
+        with cluster.connect(cluster.primary) as conn:
+            for name in names:
+                conn.execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+
+
+@contextlib.contextmanager
+def _databases_of(store, request, tmp_path_factory):
+    """create() -> a new database of `store`: None for SQLite (the file in a server's data directory,
+    which running_server makes) or a postgresql:// URL."""
+    if store == "sqlite":
+        yield lambda: None
+        return
+    cluster = request.getfixturevalue("postgresql_server")
+    with _postgresql_databases(cluster) as create:
+        yield create
+
+
+@pytest.fixture
+def new_database(store_name, request, tmp_path_factory):
+    """create() -> an empty database of the store under test, for one more server (None: SQLite)."""
+    with _databases_of(store_name, request, tmp_path_factory) as create:
+        yield create
+
+
+@pytest.fixture(scope="module")
+def module_database(store_name, request, tmp_path_factory):
+    """One database of the store under test for a module's live_server (None: SQLite)."""
+    with _databases_of(store_name, request, tmp_path_factory) as create:
+        yield create()
+
+
+@pytest.fixture
+def store_environment(store_name, new_database, monkeypatch):
+    """For tests that run `ykt` commands: on PostgreSQL, $YKT_DATABASE_URL names a new database for
+    this test (the commands and dbmod.store_location read it); on SQLite it is unset."""
+    monkeypatch.delenv("YKT_DATABASE_URL", raising=False)
+    database = new_database()
+    if database is not None:
+        monkeypatch.setenv("YKT_DATABASE_URL", database)
+    return database
+
+
+@pytest.fixture
+def new_location(store_name, request, tmp_path_factory):
+    """create() -> where one more database lives, for tests that open several: a new SQLite file or a
+    new PostgreSQL database."""
+    with _databases_of(store_name, request, tmp_path_factory) as create:
+        yield lambda: create() or str(tmp_path_factory.mktemp("store") / "ykt.sqlite3")
+
+
+@pytest.fixture
+def database_location(store_name, request, tmp_path):
+    """Where a test that opens the store itself (dbmod.init_db / connect) keeps it: a SQLite file in
+    tmp_path or a new PostgreSQL database."""
+    with _databases_of(store_name, request, None) as create:
+        yield create() or str(tmp_path / "ykt.sqlite3")

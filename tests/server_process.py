@@ -5,7 +5,8 @@
         answer = terminal.sync([record_bytes, ...])   # signed CBOR request; raises SyncRefused on 4xx
 
 The data directory is initialised (database + 0600 master key) before the server starts, so tests can
-also open the SQLite file directly (`server.connect()`) to set up people and check results.
+also open the database directly (`server.connect()`) to set up people and check results. `database`
+is a postgresql:// URL to run the server on PostgreSQL; left out, SQLite in the data directory.
 """
 import contextlib
 import os
@@ -96,16 +97,22 @@ def decode_answer(response):
 
 
 class ServerHandle:
-    def __init__(self, url, data_dir, process, log_path):
+    def __init__(self, url, data_dir, process, log_path, database=None):
         self.url = url
         self.data_dir = data_dir
         self.process = process
         self.log_path = log_path
         self.db_path = dbmod.db_path(data_dir)
+        self.database = database or self.db_path      # what dbmod.connect opens: file or URL
+
+    @property
+    def store(self):
+        return "sqlite" if self.database == self.db_path else "postgresql"
 
     def connect(self):
-        """A direct SQLite connection to the server's database (same PRAGMAs)."""
-        return dbmod.connect(self.db_path)
+        """A direct connection to the server's database (same PRAGMAs on SQLite, the same interface
+        on PostgreSQL)."""
+        return dbmod.connect(self.database)
 
     def master_key(self):
         return keys.load_master_key(keys.master_key_path(self.data_dir))
@@ -138,22 +145,28 @@ class ServerHandle:
 
 
 @contextlib.contextmanager
-def running_server(data_dir, workers=2, env=None, server_args=()):
+def running_server(data_dir, workers=2, env=None, server_args=(), database=None):
     """Run `python -m sync_server server` on a free loopback port until the block ends (`server_args`:
-    more `ykt server` options)."""
+    more `ykt server` options; `database`: a postgresql:// URL, by default $YKT_DATABASE_URL (the
+    store_environment fixture), else SQLite in the data directory)."""
+    if database is None:
+        database = os.environ.get("YKT_DATABASE_URL") or None
     data_dir = os.path.abspath(str(data_dir))
-    init_data_dir(data_dir)
+    init_data_dir(data_dir, database)
     port = free_port()
     log_path = os.path.join(data_dir, "server.log")
     process_env = dict(os.environ, YKT_DATA_DIR=data_dir, PYTHONUNBUFFERED="1")
     process_env.pop("YKT_MASTER_KEY_FILE", None)
+    process_env.pop("YKT_DATABASE_URL", None)
+    if database is not None:
+        process_env["YKT_DATABASE_URL"] = database      # not on the command line: `ps` shows that
     process_env.update(env or {})
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "sync_server", "server", "--data-dir", data_dir, "--host", "127.0.0.1",
              "--port", str(port), "--workers", str(workers), *server_args],
             stdout=log, stderr=subprocess.STDOUT, env=process_env)
-    handle = ServerHandle("http://127.0.0.1:%d" % port, data_dir, process, log_path)
+    handle = ServerHandle("http://127.0.0.1:%d" % port, data_dir, process, log_path, database)
     try:
         _wait_healthy(handle)
         yield handle

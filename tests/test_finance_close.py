@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 
 from firmware.core import protocol, records as record_codec
 from server_process import running_server
-from sync_server import db as dbmod, registry
+from sync_server import db as dbmod, pg_store, registry
 from sync_server.finance import (FinanceError, channel_statements, close, counter_gaps, day_of_ms, day_start_ms,
                                  day_text, hour_of_ms, scheduler)
 from sync_server.finance import exports
@@ -26,8 +26,9 @@ HOUR_MS = 3600 * 1000
 
 
 @pytest.fixture
-def server(tmp_path):
-    # the scheduler stays out: these tests decide when days close
+def server(tmp_path, store_environment):
+    # the scheduler stays out: these tests decide when days close; `ykt finance` commands find the
+    # database as the server does (store_environment sets $YKT_DATABASE_URL on PostgreSQL)
     with running_server(tmp_path / "server", env={"YKT_FINANCE_CLOSE": "off"}) as handle:
         yield handle
 
@@ -362,8 +363,8 @@ def test_finance_pages_need_the_finance_role_and_show_charts_and_downloads(serve
     assert client.get("/finance/").status_code == 200
 
 
-def test_scheduler_closes_yesterday_once_after_the_configured_time(tmp_path):
-    conn = dbmod.init_db(str(tmp_path / "ykt.sqlite3"))
+def test_scheduler_closes_yesterday_once_after_the_configured_time(tmp_path, database_location):
+    conn = dbmod.init_db(database_location)
     today = _today()
     assert scheduler.run_due(conn, day_start_ms(today) + 2 * HOUR_MS) == [], "installed today: no day to close"
     conn.execute("UPDATE _migrations SET applied_ms = ?", (day_start_ms(today - 7),))   # installed last week
@@ -385,12 +386,12 @@ def _merchant_check(report, merchant_id):
     return next(row for row in report["invariants"]["merchants"] if row["merchant_id"] == merchant_id)
 
 
-def test_electricity_paid_without_a_terminal_is_settled_to_its_merchant(tmp_path):
+def test_electricity_paid_without_a_terminal_is_settled_to_its_merchant(tmp_path, database_location):
     """A ¥25 dorm electricity payment (no terminal record: paid at the hall, drawn on the legacy and
     main wallets) is a sale of the electricity merchant, counted once, in its hour; a close before
     its day carries it as pending and stays balanced."""
     from sync_server.services import electricity
-    conn = dbmod.init_db(str(tmp_path / "ykt.sqlite3"))
+    conn = dbmod.init_db(database_location)
     account_id, _card = _person(conn, 5000, b"\x91\x92\x93\x94")
     registry.recharge(conn, account_id, 1000, wallet=protocol.WALLET_LEGACY, channel=dbmod.LEDGER_LEGACY_SOURCE)
     paid_ms = dbmod.now_ms()
@@ -416,12 +417,12 @@ def test_electricity_paid_without_a_terminal_is_settled_to_its_merchant(tmp_path
     conn.close()
 
 
-def test_money_on_a_merchant_account_the_settlement_misses_unbalances_the_day(tmp_path):
+def test_money_on_a_merchant_account_the_settlement_misses_unbalances_the_day(tmp_path, database_location):
     """Per merchant, what its ledger account moved must be what the settlement pays: a movement no
     settlement line explains makes the day unbalanced even though every balance adds up."""
     from sync_server import ledger
     from sync_server.ledger_store import SqliteStore
-    conn = dbmod.init_db(str(tmp_path / "ykt.sqlite3"))
+    conn = dbmod.init_db(database_location)
     merchant_id = registry.add_merchant(conn, "一食堂", "canteen 1", 1)
     merchant_ledger_id = conn.execute("SELECT ledger_account_id FROM merchants WHERE id = ?",
                                       (merchant_id,)).fetchone()[0]
@@ -437,15 +438,26 @@ def test_money_on_a_merchant_account_the_settlement_misses_unbalances_the_day(tm
     conn.close()
 
 
+def _store_env(location):
+    """The environment for a `ykt` command on the database at `location`."""
+    env = dict(os.environ)
+    env.pop(pg_store.DATABASE_URL_ENV, None)
+    if pg_store.is_postgresql(location):
+        env[pg_store.DATABASE_URL_ENV] = location
+    return env
+
+
 def _reads_of_transfers(statements):
     return [sql for sql in statements if re.search(r"\b(FROM|JOIN)\s+transfers\b", sql)]
 
 
-def test_the_close_checks_its_window_under_the_lock_and_the_whole_ledger_after(tmp_path):
+def test_the_close_checks_its_window_under_the_lock_and_the_whole_ledger_after(tmp_path, database_location):
     """Syncs wait while a close holds the write lock, so nothing under it may read all of history:
     it checks the accounts its transfer window touched; the full check_balances runs after the
     commit and is reported beside the day (the CLI exits 3 when it finds a problem)."""
-    conn = dbmod.init_db(str(tmp_path / dbmod.DB_FILE_NAME))
+    if not pg_store.is_postgresql(database_location):
+        database_location = str(tmp_path / dbmod.DB_FILE_NAME)     # where `ykt finance close` looks
+    conn = dbmod.init_db(database_location)
     a, _card = _person(conn, 5000, b"\xa1\xa2\xa3\xa4")
     b, _card = _person(conn, 5000, b"\xb1\xb2\xb3\xb4")
     c, _card = _person(conn, 5000, b"\xc1\xc2\xc3\xc4")
@@ -455,7 +467,7 @@ def test_the_close_checks_its_window_under_the_lock_and_the_whole_ledger_after(t
     conn.set_trace_callback(statements.append)
     first, _newly = close.close_day(conn, today - 2)
     conn.set_trace_callback(None)
-    begin = statements.index("BEGIN IMMEDIATE")
+    begin = next(index for index, sql in enumerate(statements) if sql.startswith("BEGIN"))
     commit = statements.index("COMMIT", begin)
     locked = _reads_of_transfers(statements[begin:commit])
     assert locked and all("rowid" in sql for sql in locked), "read all transfers under the lock: %s" % locked
@@ -469,7 +481,7 @@ def test_the_close_checks_its_window_under_the_lock_and_the_whole_ledger_after(t
     registry.recharge(conn, a, 700)
     completed = subprocess.run([sys.executable, "-m", "ykt", "finance", "close", "--date", day_text(today - 1),
                                 "--json", "--data-dir", str(tmp_path), "--lang", "en"],
-                               capture_output=True, text=True, timeout=120)
+                               capture_output=True, text=True, timeout=120, env=_store_env(database_location))
     assert completed.returncode == 3, completed.stderr
     summary = json.loads(completed.stdout)
     assert summary["ledger_check"] == {"ok": False, "problem_count": 2}
@@ -491,8 +503,8 @@ def test_the_close_checks_its_window_under_the_lock_and_the_whole_ledger_after(t
     conn.close()
 
 
-def test_exports_write_every_table_and_a_workbook(tmp_path):
-    conn = dbmod.init_db(str(tmp_path / "ykt.sqlite3"))
+def test_exports_write_every_table_and_a_workbook(tmp_path, database_location):
+    conn = dbmod.init_db(database_location)
     report, newly = close.close_day(conn, _today(), before_day_end=True)
     assert newly and report["invariants"]["balanced"]
     paths = exports.write_all(report, str(tmp_path / "out"), "zh")

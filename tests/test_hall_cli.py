@@ -3,11 +3,16 @@ import (repeatable, all-or-nothing), reissue with its fee, staff unfreeze, limit
 electricity and a simulated channel recharge."""
 import json
 import os
+
+import pytest
 import subprocess
 import sys
 
+from conftest import database_snapshot
 from sync_server import db as dbmod, pin_rules, registry
 from sync_server.services import history
+
+pytestmark = pytest.mark.usefixtures("store_environment")   # each store (--store)
 
 HR_CSV = """姓名,工号,身份证号,部门
 王建国,T1001,21020219800101002X,化工学院
@@ -25,7 +30,7 @@ def _run(data_dir, *args, stdin=None, lang="zh"):
 
 
 def _conn(data_dir):
-    return dbmod.connect(dbmod.db_path(str(data_dir)))
+    return dbmod.connect(dbmod.store_location(str(data_dir)))
 
 
 def test_registry_import_is_repeatable_and_all_or_nothing(tmp_path):
@@ -36,10 +41,10 @@ def test_registry_import_is_repeatable_and_all_or_nothing(tmp_path):
     code, out = _run(data_dir, "hall", "import-people", "--file", str(hr), "--category", "staff", "--json")
     assert code == 0 and json.loads(out) == {"created": 2, "updated": 0, "unchanged": 0, "rows": 2}
     conn = _conn(data_dir)
-    snapshot = list(conn.iterdump())
+    snapshot = database_snapshot(conn)
     code, out = _run(data_dir, "hall", "import-people", "--file", str(hr), "--category", "staff", "--json")
     assert code == 0 and json.loads(out) == {"created": 0, "updated": 0, "unchanged": 2, "rows": 2}
-    assert list(conn.iterdump()) == snapshot                  # the second run changed nothing at all
+    assert database_snapshot(conn) == snapshot                  # the second run changed nothing at all
 
     hr.write_text(HR_CSV.replace("电信学部", "软件学院") + "张新,T1003,,建筑学院\n", encoding="utf-8")
     code, out = _run(data_dir, "hall", "import-people", "--file", str(hr), "--category", "staff")
@@ -47,10 +52,10 @@ def test_registry_import_is_repeatable_and_all_or_nothing(tmp_path):
 
     bad = tmp_path / "bad.csv"
     bad.write_text(HR_CSV + "孙错误,T1002,,重复行\n,T1009,,没有姓名\n", encoding="utf-8")
-    snapshot = list(conn.iterdump())
+    snapshot = database_snapshot(conn)
     code, out = _run(data_dir, "hall", "import-people", "--file", str(bad), "--category", "staff", lang="en")
     assert code == 2 and "import refused: 2 bad rows" in out and "4: staff/student number repeats line 3" in out
-    assert list(conn.iterdump()) == snapshot
+    assert database_snapshot(conn) == snapshot
 
     temporary = tmp_path / "temporary.csv"
     temporary.write_text(TEMPORARY_CSV, encoding="utf-8")

@@ -18,31 +18,45 @@ from sync_server.finance import close
 
 from field_cards import counter_on
 
+
 SEED = int(os.environ.get("YKT_DEMO_SEED", "3"))
 
 
-def _ykt(*args, timeout=600):
-    completed = subprocess.run([sys.executable, "-m", "ykt"] + list(args), capture_output=True, text=True,
-                               timeout=timeout, env=dict(os.environ, YKT_FINANCE_CLOSE="off"))
-    return completed
+def _ykt(*args, database=None, timeout=600):
+    env = dict(os.environ, YKT_FINANCE_CLOSE="off")
+    env.pop("YKT_DATABASE_URL", None)
+    if database is not None:        # PostgreSQL: the demo's two servers and the finance commands use it
+        env["YKT_DATABASE_URL"] = database
+    return subprocess.run([sys.executable, "-m", "ykt"] + list(args), capture_output=True, text=True,
+                          timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
-def closed_demo(tmp_path_factory):
+def closed_demo(tmp_path_factory, module_database):
+    """The demo with injected faults on the store under test, its statement imported, its day closed
+    twice; tests reach its database through `_connect(run_dir)`."""
     run_dir = tmp_path_factory.mktemp("finance-demo") / "run"
     demo = _ykt("demo", "--seed", str(SEED), "--people", "300", "--terminals", "3", "--duration-s", "10",
                 "--data-dir", str(run_dir), "--json", "--lang", "en", "--inject-double-spend", "--inject-clone",
-                "--inject-statement-mismatch")
+                "--inject-statement-mismatch", database=module_database)
     assert demo.returncode == 0, "seed %d: %s" % (SEED, demo.stderr[-3000:])
     injected = json.loads((run_dir / "injected.json").read_text(encoding="utf-8"))
     server_dir = str(run_dir / "server")
     imported = _ykt("finance", "import-statement", "--channel", "alipay", "--date", injected["day"],
-                    "--data-dir", server_dir, injected["statement"]["path"])
+                    "--data-dir", server_dir, injected["statement"]["path"], database=module_database)
     assert imported.returncode == 0, imported.stderr
     # the demo's day is today: closing it before midnight needs the operator's override
-    first = _ykt("finance", "close", "--date", injected["day"], "--json", "--before-day-end", "--data-dir", server_dir)
-    second = _ykt("finance", "close", "--date", injected["day"], "--json", "--before-day-end", "--data-dir", server_dir)
+    first, second = (_ykt("finance", "close", "--date", injected["day"], "--json", "--before-day-end", "--data-dir",
+                          server_dir, database=module_database) for _ in range(2))
+    _locations[str(run_dir)] = dbmod.store_location(server_dir, module_database)
     return run_dir, injected, first, second
+
+
+_locations = {}
+
+
+def _connect(run_dir):
+    return dbmod.connect(_locations[str(run_dir)])
 
 
 def test_demo_day_closes_balanced_with_no_open_gaps(closed_demo):
@@ -57,7 +71,7 @@ def test_demo_day_closes_balanced_with_no_open_gaps(closed_demo):
 def test_per_merchant_totals_equal_the_accepted_taps(closed_demo):
     run_dir, _injected, first, _second = closed_demo
     summary = json.loads(first.stdout)
-    conn = dbmod.connect(dbmod.db_path(str(run_dir / "server")))
+    conn = _connect(run_dir)
     merchant_of_index = [row[0] for row in conn.execute("SELECT merchant_id FROM terminals ORDER BY id")]
     conn.close()
     accepted = {}
@@ -77,7 +91,7 @@ def test_exactly_the_injected_anomalies(closed_demo):
         "negative_account_count": 1, "cloned_card_count": 1, "statement_mismatches": 1,
         "revoked_terminal_record_count": 0, "impossible_time_count": 0, "unbooked_record_count": 0,
         "card_mismatch_count": 0}, "seed %d" % SEED
-    conn = dbmod.connect(dbmod.db_path(str(run_dir / "server")))
+    conn = _connect(run_dir)
     report = close.load_report(conn, injected["day"])
     conn.close()
     negative = report["anomalies"]["negative_accounts"][0]
@@ -113,7 +127,7 @@ def test_card_counter_gaps_are_the_torn_taps_the_cards_show(closed_demo):
     window must not show up as one.)"""
     run_dir, injected, first, _second = closed_demo
     summary = json.loads(first.stdout)
-    conn = dbmod.connect(dbmod.db_path(str(run_dir / "server")))
+    conn = _connect(run_dir)
     journaled = {}
     for card, generation, counter in conn.execute(
             "SELECT card_number, card_generation, tap_counter FROM terminal_records"):

@@ -17,6 +17,8 @@ from reader_drivers.base import open_reader
 from reader_drivers.sim.classic_card import ClassicCard
 from sync_server import cli, db as dbmod, keys, registry
 
+pytestmark = pytest.mark.usefixtures("store_environment")   # each store (--store)
+
 
 def ykt(data_dir, *words):
     completed = subprocess.run([sys.executable, "-m", "ykt", *words, "--data-dir", str(data_dir)],
@@ -57,7 +59,7 @@ def test_issue_writes_a_card_a_terminal_can_read(hall_dir, tmp_path):
 def test_a_used_card_is_refused_before_a_number_is_allocated(hall_dir, tmp_path):
     card = tmp_path / "used.card"
     assert ykt(hall_dir, "hall", "card-issue", "--account", "1", "--card-file", str(card))[0] == 0
-    conn = dbmod.connect(dbmod.db_path(str(hall_dir)))
+    conn = dbmod.connect(dbmod.store_location(str(hall_dir)))
     before = conn.execute("SELECT count(*) FROM cards").fetchone()[0]
     code, _, err = ykt(hall_dir, "hall", "card-issue", "--account", "1", "--card-file", str(card))
     assert code == 2 and "不是空白卡" in err
@@ -78,7 +80,7 @@ def test_reissue_writes_the_next_generation_and_charges_the_fee(hall_dir, tmp_pa
 
 def test_a_torn_write_voids_the_card_number(hall_dir, tmp_path):
     station = StationCard("sim:", str(tmp_path / "torn.card"), "0a0b0c0d")
-    conn = dbmod.connect(dbmod.db_path(str(hall_dir)))
+    conn = dbmod.connect(dbmod.store_location(str(hall_dir)))
     try:
         identity, name = registry.issue_card_record(conn, 1, station.uid)
         station.reader.field.pull_after(3)              # the cardholder takes the card mid-write
@@ -125,7 +127,7 @@ def test_the_server_only_command_line_refuses_the_station_and_changes_nothing(ha
     assert completed.returncode == 2, completed.stderr
     assert "不带发卡机" in completed.stderr
     assert not card.exists()
-    conn = dbmod.connect(dbmod.db_path(str(hall_dir)))
+    conn = dbmod.connect(dbmod.store_location(str(hall_dir)))
     try:
         assert conn.execute("SELECT count(*) FROM cards").fetchone()[0] == 0
     finally:

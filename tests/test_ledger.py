@@ -1,10 +1,10 @@
-"""The ledger on a real SQLite file, driven by Hypothesis: conservation and no transfer twice."""
+"""The ledger on each store (a real SQLite file, a real PostgreSQL database), driven by Hypothesis: conservation and no transfer twice."""
 import shutil
 import tempfile
 
 import pytest
 from hypothesis import settings, strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
 from firmware.core import wallets as wallet_rules
 from sync_server import db as dbmod, ledger, registry
@@ -15,10 +15,11 @@ amounts = st.integers(min_value=1, max_value=5000)
 
 
 class LedgerMachine(RuleBasedStateMachine):
+    new_location = None         # set by test_ledger_machine: each example's database of the store under test
     @initialize()
     def open_database(self):
         self.directory = tempfile.mkdtemp(prefix="ledger-")
-        self.conn = dbmod.init_db(dbmod.db_path(self.directory))
+        self.conn = dbmod.init_db(self.new_location() if self.new_location else dbmod.db_path(self.directory))
         self.merchant_ledger = []
         for category in (wallet_rules.CATEGORY_CANTEEN, wallet_rules.CATEGORY_WATER):
             merchant_id = registry.add_merchant(self.conn, "窗口", "window", category)
@@ -111,12 +112,14 @@ class LedgerMachine(RuleBasedStateMachine):
         assert sorted(row[0] for row in rows) == sorted(self.posted)
 
 
-TestLedgerMachine = LedgerMachine.TestCase
-TestLedgerMachine.settings = settings(max_examples=25, stateful_step_count=15, deadline=None)
+def test_ledger_machine(new_location, monkeypatch):
+    monkeypatch.setattr(LedgerMachine, "new_location", staticmethod(new_location))
+    run_state_machine_as_test(LedgerMachine, settings=settings(max_examples=25, stateful_step_count=15,
+                                                                deadline=None))
 
 
-def test_check_balances_notices_a_tampered_cache(tmp_path):
-    conn = dbmod.init_db(dbmod.db_path(str(tmp_path)))
+def test_check_balances_notices_a_tampered_cache(database_location):
+    conn = dbmod.init_db(database_location)
     _person, account = registry.add_person(conn, "赵六", 2, staff_number="T1", set_initial_pin=False)
     registry.recharge(conn, account, 500)
     assert ledger.check_balances(SqliteStore(conn)) == []

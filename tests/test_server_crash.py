@@ -7,6 +7,8 @@ ledger still balances. Seeded; the seed is printed on failure (YKT_SERVER_CRASH_
 YKT_SERVER_CRASH_ROUNDS soaks).
 """
 import os
+
+import pytest
 import random
 import signal
 import subprocess
@@ -21,6 +23,8 @@ from server_process import SyncClient, SyncRefused, free_port
 from sync_server import db as dbmod, keys, ledger, registry
 from sync_server.cli import init_data_dir
 from sync_server.ledger_store import SqliteStore
+
+pytestmark = pytest.mark.usefixtures("store_environment")   # each store (--store)
 
 ROUNDS = int(os.environ.get("YKT_SERVER_CRASH_ROUNDS", "5"))
 SEED = int(os.environ.get("YKT_SERVER_CRASH_SEED", str(random.SystemRandom().randrange(1 << 30))))
@@ -89,8 +93,8 @@ class Uploader(threading.Thread):
 def test_server_killed_mid_upload_keeps_every_acknowledged_record_once(tmp_path):
     rng = random.Random(SEED)
     data_dir = str(tmp_path / "server")
-    init_data_dir(data_dir)
-    conn = dbmod.connect(dbmod.db_path(data_dir))
+    init_data_dir(data_dir, os.environ.get('YKT_DATABASE_URL'))
+    conn = dbmod.connect(dbmod.store_location(data_dir))
     master = keys.load_master_key(keys.master_key_path(data_dir))
     people = registry.provision_population(conn, PEOPLE, SEED % 1000, initial_balance_fen=OPENING_FEN)
     clients = []
@@ -133,7 +137,7 @@ def test_server_killed_mid_upload_keeps_every_acknowledged_record_once(tmp_path)
 
 
 def check_server(data_dir, uploaders, people):
-    conn = dbmod.connect(dbmod.db_path(data_dir))
+    conn = dbmod.connect(dbmod.store_location(data_dir))
     try:
         for uploader in uploaders:
             rows = conn.execute("SELECT seq, raw FROM terminal_records WHERE terminal_id = ? ORDER BY seq",

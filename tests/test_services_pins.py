@@ -1,9 +1,10 @@
-"""Card PIN checks on a real SQLite file: the slow hash never runs while the database's write lock is held.
+"""Card PIN checks on each store: the slow hash never runs while the database's write lock is held.
 
 scrypt takes tens of milliseconds; anyone can trigger it (a portal sign-in, an app sign-in with a
 guessed number). While it runs, a terminal sync must still be able to write. Each test replaces the
-hash with one that first tries to take the write lock the way a terminal sync would (the writer
-flock, then BEGIN IMMEDIATE without waiting), and records whether it could.
+hash with one that first tries to take the write lock the way a terminal sync would without waiting
+(SQLite: the writer flock, then BEGIN IMMEDIATE; PostgreSQL: the writer advisory lock, exclusively),
+and records whether it could.
 """
 import fcntl
 import os
@@ -12,7 +13,7 @@ import sqlite3
 import pytest
 
 from firmware.core import card_layout
-from sync_server import db as dbmod, pin_rules, registry, services
+from sync_server import db as dbmod, pg_store, pin_rules, registry, services
 from sync_server.services import binding, electricity, pins as pin_service
 from sync_server.web import auth
 
@@ -20,8 +21,8 @@ PIN = pin_rules.initial_pin("110101199001011234", None)
 
 
 @pytest.fixture
-def site(tmp_path, monkeypatch):
-    path = str(tmp_path / "ykt.sqlite3")
+def site(database_location, monkeypatch):
+    path = database_location
     conn = dbmod.init_db(path)
     _, account_id = registry.add_person(conn, "钱测试", card_layout.HOLDER_STUDENT, id_number="110101199001011234",
                                         staff_number="P0001", set_initial_pin=False)
@@ -33,12 +34,19 @@ def site(tmp_path, monkeypatch):
         writer_blocked.append(not _a_terminal_can_write(path))
         return real_hash(pin, salt)
     monkeypatch.setattr(pin_rules, "hash_pin", hash_while_a_terminal_writes)
-    yield {"conn": conn, "account_id": account_id, "writer_blocked": writer_blocked}
+    yield {"conn": conn, "account_id": account_id, "writer_blocked": writer_blocked, "location": path}
     conn.close()
 
 
 def _a_terminal_can_write(path):
     """Take and release the write lock as a terminal sync does, without waiting for it."""
+    if pg_store.is_postgresql(path):
+        other = dbmod.connect(path)
+        try:
+            with pg_store.read_snapshot(other):
+                return other.execute("SELECT pg_try_advisory_xact_lock(?)", (pg_store.WRITER_LOCK_KEY,)).fetchone()[0]
+        finally:
+            other.close()
     fd = os.open(path + dbmod.WRITER_LOCK_SUFFIX, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
@@ -98,8 +106,7 @@ def test_a_pin_changed_while_a_check_was_hashing_is_checked_against_the_new_one(
         digest = hashing(pin, salt)
         if not changed:
             changed.append(True)
-            other = dbmod.connect(dbmod.db_path(os.path.dirname(conn.execute("PRAGMA database_list")
-                                                                .fetchone()[2])))
+            other = dbmod.connect(site["location"])
             with dbmod.transaction(other):
                 pin_rules.set_pin(other, account_id, "246802")
             other.close()

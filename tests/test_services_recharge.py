@@ -2,6 +2,7 @@
 interleaved across orders, `closed` before or after `paid`, forged ones mixed in - each order paid
 credits its wallet exactly once, nothing else moves money, and the ledger stays balanced."""
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 from firmware.core import card_layout
@@ -19,8 +20,8 @@ notifications = st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["paid", "
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=notifications, amounts=st.lists(st.integers(1, recharge.MAX_ORDER_FEN), min_size=4, max_size=4),
        channel_picks=st.lists(st.sampled_from(recharge.ONLINE_CHANNELS), min_size=4, max_size=4))
-def test_each_paid_order_credits_once(tmp_path_factory, events, amounts, channel_picks):
-    conn = dbmod.init_db(str(tmp_path_factory.mktemp("recharge") / "ykt.sqlite3"))
+def test_each_paid_order_credits_once(new_location, events, amounts, channel_picks):
+    conn = dbmod.init_db(new_location())
     try:
         _, account_id = registry.add_person(conn, "周测试", card_layout.HOLDER_STUDENT, staff_number="P1",
                                             set_initial_pin=False)
@@ -58,8 +59,8 @@ def test_each_paid_order_credits_once(tmp_path_factory, events, amounts, channel
         conn.close()
 
 
-def test_cash_desk_recharge_is_an_order_paid_at_once(tmp_path):
-    conn = dbmod.init_db(str(tmp_path / "ykt.sqlite3"))
+def test_cash_desk_recharge_is_an_order_paid_at_once(database_location):
+    conn = dbmod.init_db(database_location)
     _, account_id = registry.add_person(conn, "吴现金", card_layout.HOLDER_STAFF, staff_number="C1", set_initial_pin=False)
     order = recharge.cash_recharge(conn, account_id, 2550, operator="hall-7")
     assert order["status"] == "paid" and order["channel"] == "cash" and order["operator"] == "hall-7"
@@ -78,8 +79,8 @@ def test_cash_desk_recharge_is_an_order_paid_at_once(tmp_path):
     assert conn.execute("SELECT count(*) FROM recharge_orders WHERE account_id = ?", (identity_only,)).fetchone()[0] == 0
 
 
-def test_stale_pending_orders_close_and_pending_orders_are_bounded(tmp_path):
-    conn = dbmod.init_db(str(tmp_path / "ykt.sqlite3"))
+def test_stale_pending_orders_close_and_pending_orders_are_bounded(database_location):
+    conn = dbmod.init_db(database_location)
     _, account_id = registry.add_person(conn, "钱限量", card_layout.HOLDER_STUDENT, staff_number="B1",
                                         set_initial_pin=False)
     for index in range(recharge.MAX_PENDING_ORDERS_PER_ACCOUNT):
@@ -92,3 +93,14 @@ def test_stale_pending_orders_close_and_pending_orders_are_bounded(tmp_path):
         raise AssertionError("pending orders must be bounded")
     assert recharge.close_stale_orders(conn, now_ms=1000 + recharge.PENDING_ORDER_TTL_MS + 10) == 10
     recharge.create_order(conn, account_id, 100, "ccb", now_ms=2000 + recharge.PENDING_ORDER_TTL_MS)
+
+
+def test_a_forged_notification_holding_a_nul_is_refused_and_logged_on_every_store(database_location):
+    """PostgreSQL text cannot hold NUL; the refusal log shows it as U+FFFD rather than failing."""
+    conn = dbmod.init_db(database_location)
+    secret = recharge.channel_secret(b"k" * 32, "alipay")
+    with pytest.raises(recharge.ChannelRefused):
+        recharge.handle_notification(conn, "alipay", b'{"order_id": "R\x001"}\x00', "00", secret)
+    assert conn.execute("SELECT outcome, body FROM channel_notifications").fetchall() == \
+        [("bad_signature", '{"order_id": "R\ufffd1"}\ufffd')]
+    conn.close()

@@ -4,6 +4,8 @@ Many connections send part of a request line, of the headers or of a body and go
 a signed terminal sync must still be answered, and the server must close the silent sockets itself.
 """
 import os
+
+import pytest
 import signal
 import socket
 import subprocess
@@ -14,6 +16,8 @@ import httpx
 
 from server_process import running_server
 from sync_server import registry
+
+pytestmark = pytest.mark.usefixtures("store_environment")   # each store (--store)
 
 IDLE_TIMEOUT_S = 2
 SILENT_CONNECTIONS = 50

@@ -27,6 +27,8 @@ from sync_server import db as dbmod, registry
 from field_cards import counter_on_image
 from server_process import running_server
 
+pytestmark = pytest.mark.usefixtures("store_environment")   # each store (--store)
+
 UIDS = (bytes.fromhex("04a1b2c3"), bytes.fromhex("04d4e5f6"))
 
 
@@ -387,7 +389,7 @@ def test_new_server_configuration_reaches_the_till_through_the_sync_thread(tmp_p
                                    sync_interval_ms=100)
             assert terminal.sync_now().online
             cap_count = terminal.machine.config["offline_cap_count"]
-            with conn:
+            with dbmod.transaction(conn):
                 conn.execute("UPDATE settings SET value = ? WHERE name = 'offline_cap_count'", (cap_count + 7,))
                 conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'config_version'")
             terminal.start_sync()

@@ -4,6 +4,8 @@ cards stop looking expired, and the corrected floor survives a restart."""
 import io
 import json
 import os
+
+import pytest
 import time
 
 from firmware.apps import card_io
@@ -14,6 +16,8 @@ from reader_drivers.base import open_reader
 from reader_drivers.sim.classic_card import ClassicCard
 from sync_server import registry
 from server_process import running_server
+
+pytestmark = pytest.mark.usefixtures("store_environment")   # each store (--store)
 
 UID = bytes.fromhex("04a1b2c9")
 YEAR_MS = 365 * 24 * 3600 * 1000

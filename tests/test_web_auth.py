@@ -4,6 +4,7 @@ What a user relies on: a forged form post (no or wrong CSRF token) is refused wi
 nothing; staff pages need the hall role; a cardholder session never opens staff pages; repeated wrong
 PINs lock the portal sign-in like they lock terminals; staff passwords never appear anywhere.
 """
+import os
 import re
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from sync_server.app import create_app
 from sync_server.cli import init_data_dir
 from sync_server.services import binding, cards, pins as pin_service
 from sync_server.web import auth
+
+pytestmark = pytest.mark.usefixtures("store_environment")   # each store (--store)
 
 PASSWORD = "correct horse battery"
 
@@ -36,10 +39,10 @@ class Clock:
 @pytest.fixture
 def site(tmp_path):
     data_dir = str(tmp_path / "data")
-    init_data_dir(data_dir)
+    init_data_dir(data_dir, os.environ.get('YKT_DATABASE_URL'))
     clock = Clock()
     app = create_app({"DATA_DIR": data_dir, "TESTING": True, "NOW_MS": clock})
-    conn = dbmod.connect(dbmod.db_path(data_dir))
+    conn = dbmod.connect(dbmod.store_location(data_dir))
     person_id, account_id = registry.add_person(conn, "张三", 2, staff_number="S20190001")
     registry.issue_card_record(conn, account_id, b"\x01\x02\x03\x04")
     registry.recharge(conn, account_id, 6955)
