@@ -11,12 +11,17 @@ def register(subparsers):
                     "POS terminal processes (some cut off the network for a while, one card reported lost "
                     "mid-rush), then checks the ledger.",
         epilog="示例 / examples:  ykt demo   |   ykt demo --seed 7 --json   |   "
-               "ykt demo --people 300 --terminals 3 --duration-s 10 --lang en")
+               "ykt demo --people 300 --terminals 3 --duration-s 10 --lang en   |   "
+               "ykt demo --database postgresql://ykt@db/ykt")
     parser.add_argument("--seed", type=int, default=20261121, help="random seed; the same seed replays the same rush")
     parser.add_argument("--people", type=int, default=3000, help="cardholders (default 3000)")
     parser.add_argument("--terminals", type=int, default=6, help="POS terminals, one process each (default 6)")
     parser.add_argument("--duration-s", type=float, default=40.0, help="length of the rush in seconds (default 40)")
     parser.add_argument("--data-dir", help="keep everything here (default: a fresh temporary directory)")
+    parser.add_argument("--database", default=os.environ.get("YKT_DATABASE_URL") or None, metavar="postgresql://...",
+                        help="服务器数据放在这个 PostgreSQL 空库中，由两个服务器进程共用（默认 $YKT_DATABASE_URL，否则"
+                             "数据目录中的 SQLite）/ keep the server's data in this empty PostgreSQL database, shared "
+                             "by two server processes (default $YKT_DATABASE_URL, else SQLite in the data directory)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of results")
     parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"),
                         help="进度与总结的语言 / language of progress and summary (default zh, or YKT_LANG)")
@@ -35,4 +40,9 @@ def run_demo(args):
         if not low <= getattr(args, name) <= high:
             args.parser.error("--%s 须在 %s 到 %s 之间 / must be between %s and %s"
                               % (name.replace("_", "-"), low, high, low, high))
+    from sync_server import pg_store
+    try:
+        pg_store.database_setting(args.database)
+    except pg_store.StoreSettingError as error:
+        args.parser.error(str(error))
     return fleet.run(args)

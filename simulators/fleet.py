@@ -32,7 +32,7 @@ from simulators import injected_faults, lunch
 from reader_drivers.sim.classic_card import ClassicCard
 from simulators.netcut import Relay
 from simulators.phone import ChannelGateway, PhoneApp
-from sync_server import db as dbmod, keys, ledger, pin_rules, registry
+from sync_server import db as dbmod, keys, ledger, pg_store, pin_rules, registry
 from sync_server.cli import init_data_dir
 from sync_server.ledger_store import SqliteStore
 
@@ -96,11 +96,11 @@ def _free_port():
 # -- set-up ------------------------------------------------------------------------------------------
 
 
-def provision(server_dir, cards_dir, people, terminals, seed, progress, lang):
+def provision(server_dir, database, cards_dir, people, terminals, seed, progress, lang):
     """Server data, merchants, terminals, cardholders with balances, and their issued cards."""
-    init_data_dir(server_dir)
+    init_data_dir(server_dir, database)
     master_key = keys.load_master_key(keys.master_key_path(server_dir))
-    conn = dbmod.init_db(dbmod.db_path(server_dir))
+    conn = dbmod.init_db(dbmod.store_location(server_dir, database))
     try:
         terminal_ids = []
         for index in range(terminals):
@@ -130,6 +130,15 @@ def provision(server_dir, cards_dir, people, terminals, seed, progress, lang):
     return population, documents
 
 
+def _holds_people(database):
+    """Whether the PostgreSQL database already holds cardholders (a demo wants an empty one)."""
+    conn = dbmod.init_db(database)
+    try:
+        return conn.execute("SELECT count(*) FROM persons").fetchone()[0] > 0
+    finally:
+        conn.close()
+
+
 def _opening_balances(conn, population, seed):
     """Most cardholders start with 50-300 yuan; a few with almost nothing, so they run out."""
     rng = random.Random(seed ^ 0x5EED)
@@ -152,14 +161,21 @@ def _opening_balances(conn, population, seed):
 
 
 class ServerProcess:
-    def __init__(self, data_dir, log_path):
+    """One `ykt server` (two worker processes); `database` a PostgreSQL URL or None (SQLite in
+    data_dir). On PostgreSQL the demo runs two of these on one database, as two hosts would."""
+
+    def __init__(self, data_dir, log_path, database=None):
         self.port = _free_port()
         self.url = "http://127.0.0.1:%d" % self.port
         self._log = open(log_path, "ab")
+        env = dict(os.environ)
+        env.pop("YKT_DATABASE_URL", None)
+        if database is not None:
+            env["YKT_DATABASE_URL"] = database       # by the environment: `ps` shows a command line
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ykt", "server", "--data-dir", data_dir, "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "2"],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         deadline = time.monotonic() + _SERVER_START_TIMEOUT_S
         while True:
             try:
@@ -472,9 +488,10 @@ class Rush:
 # -- the reckoning -------------------------------------------------------------------------------------
 
 
-def reconcile(server_dir, outcomes, unconfirmed_repeats=None):
-    """Compare what terminals showed with what the server holds, and check the ledger."""
-    conn = dbmod.connect(dbmod.db_path(server_dir))
+def reconcile(location, outcomes, unconfirmed_repeats=None):
+    """Compare what terminals showed with what the server holds (at `location`, a SQLite file or a
+    PostgreSQL URL), and check the ledger."""
+    conn = dbmod.connect(location)
     try:
         rows = conn.execute("SELECT terminal_id, seq, raw FROM terminal_records").fetchall()
         window_ms = dbmod.setting(conn, "double_tap_window_ms")
@@ -640,28 +657,43 @@ def run(args):
     os.makedirs(run_dir, exist_ok=True)
     server_dir = os.path.join(run_dir, "server")
     cards_dir = os.path.join(run_dir, "cards")
-    if os.path.exists(dbmod.db_path(server_dir)):
+    database = args.database
+    if os.path.exists(dbmod.db_path(server_dir)) or os.path.exists(keys.master_key_path(server_dir)):
         print(_say(lang, "数据目录已有演示数据，请换一个目录：%s" % run_dir,
                    "the data directory already holds a demo, pick another: %s" % run_dir), file=sys.stderr)
         return 2
+    if database is not None and _holds_people(database):
+        print(_say(lang, "数据库中已有持卡人，演示需要一个空库：%s" % pg_store.describe(database),
+                   "the database already holds cardholders; the demo needs an empty one: %s"
+                   % pg_store.describe(database)), file=sys.stderr)
+        return 2
     progress.step(_say(lang, "演示目录：%s（种子 %d）" % (run_dir, args.seed),
                        "demo directory: %s (seed %d)" % (run_dir, args.seed)))
-    population, documents = provision(server_dir, cards_dir, args.people, args.terminals, args.seed, progress, lang)
+    population, documents = provision(server_dir, database, cards_dir, args.people, args.terminals, args.seed,
+                                      progress, lang)
+    location = dbmod.store_location(server_dir, database)
     plan = lunch.make_plan(args.seed, args.people, args.terminals, args.duration_s)
     injector = injected_faults.Injector(args, population, plan, run_dir, cards_dir) \
         if injected_faults.wanted(args) else None
-    server = ServerProcess(server_dir, os.path.join(run_dir, "server.log"))
+    # on PostgreSQL two servers share the database, as two hosts behind a load balancer; terminals
+    # alternate between them and the payment gateway notifies the second
+    servers = []
     fleet = []
     relays = []
     decisions = queue.Queue()
     try:
-        progress.step(_say(lang, "服务器 %s 已启动；启动 %d 台消费机……" % (server.url, args.terminals),
-                           "server up at %s; starting %d POS terminals..." % (server.url, args.terminals)))
+        for _ in range(1 if database is None else 2):
+            servers.append(ServerProcess(server_dir, os.path.join(run_dir, "server-%d.log" % (len(servers) + 1)
+                                                                  if database else "server.log"), database))
+        server = servers[0]
+        urls = " ".join(s.url for s in servers)
+        progress.step(_say(lang, "服务器 %s 已启动；启动 %d 台消费机……" % (urls, args.terminals),
+                           "server up at %s; starting %d POS terminals..." % (urls, args.terminals)))
         for index, document in enumerate(documents):
-            relay = Relay("127.0.0.1", server.port)
+            relay = Relay("127.0.0.1", servers[index % len(servers)].port)
             relays.append(relay)
             fleet.append(TerminalProcess(index, document, relay, run_dir, cards_dir, decisions))
-        app = AppActivity(server.url, keys.load_master_key(keys.master_key_path(server_dir)), population, plan,
+        app = AppActivity(servers[-1].url, keys.load_master_key(keys.master_key_path(server_dir)), population, plan,
                           exclude=injector.taken if injector is not None else ())
         rush = Rush(plan, population, fleet, decisions, os.path.join(run_dir, "decisions.jsonl"), progress, lang,
                     app)
@@ -673,16 +705,17 @@ def run(args):
         for terminal in fleet:
             terminal.finish(_DRAIN_TIMEOUT_S + 30)
         rush.finish()
-        result = reconcile(server_dir, rush.outcomes, rush.unconfirmed_repeats)
+        result = reconcile(location, rush.outcomes, rush.unconfirmed_repeats)
         if injector is not None:
-            injector.finish(server_dir, result)
+            injector.finish(server_dir, result, location)
     finally:
         for terminal in fleet:
             if terminal.process.poll() is None:
                 os.killpg(terminal.process.pid, signal.SIGKILL)
         for relay in relays:
             relay.close()
-        server.stop()
+        for server in servers:
+            server.stop()
     summary = summarize(plan, rush, result, time.monotonic() - started, args.terminals, args.people)
     summary.update(app.summary())
     summary["ok"] = summary["ok"] and summary["notifications_credited_twice"] == 0

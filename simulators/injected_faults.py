@@ -136,10 +136,10 @@ class Injector:
 
     # -- after the rush ----------------------------------------------------------------------------
 
-    def finish(self, server_dir, result):
+    def finish(self, server_dir, result, location):
         """Channel recharges and their statement; injected.json; the clone's own duplicate taps are
         reported apart from `duplicates` (they are the point, not a fault of the system)."""
-        conn = dbmod.connect(dbmod.db_path(server_dir))
+        conn = dbmod.connect(location)
         try:
             self.record["day"] = day_text(day_of_ms(dbmod.now_ms()))
             if self.args.inject_statement_mismatch:
