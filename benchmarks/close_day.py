@@ -18,6 +18,9 @@ across yesterday's business hours (Beijing); a few records come from offline per
 One JSON line on stdout; progress on stderr.
 
     .venv/bin/python benchmarks/close_day.py [--records 1000000] [--terminals 50] [--people 20000]
+                                             [--database postgresql://...|private]
+
+`--database` generates and closes the day on PostgreSQL (benchmarks/bench_store.py), SQLite by default.
 """
 import argparse
 import json
@@ -28,11 +31,13 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from firmware.core import records as record_codec
-from sync_server import db as dbmod, ingest
+from sync_server import db as dbmod, ingest, pg_store
 from sync_server.finance import close, day_of_ms, day_start_ms
 from sync_server.ledger_store import INSERT_TRANSFERS_SQL
+import bench_store
 
 MAX_RECORDS = 20000000
 CHUNK = 50000
@@ -44,22 +49,24 @@ def log(message):
     print(message, file=sys.stderr, flush=True)
 
 
-def generate(conn, records, terminals, people, seed):
+def generate(conn, location, records, terminals, people, seed):
     """Merchants, terminals, wallets and `records` purchases of yesterday, straight into the tables."""
     rng = random.Random(seed)
     now_ms = dbmod.now_ms()
     day = day_of_ms(now_ms) - 1
     start_ms = day_start_ms(day) + 7 * HOUR_MS          # 07:00 to 21:00 Beijing
     span_ms = 14 * HOUR_MS
-    conn.execute("PRAGMA synchronous=OFF")             # set-up only; the close runs with the house PRAGMAs
+    sqlite = not pg_store.is_postgresql(location)
+    if sqlite:
+        conn.execute("PRAGMA synchronous=OFF")         # set-up only; the close runs with the house PRAGMAs
     with dbmod.transaction(conn):
         merchant_ledger = {}
         for terminal_id in range(1, terminals + 1):
-            ledger_id = conn.execute("INSERT INTO ledger_accounts (kind, name_zh, name_en) VALUES ('merchant', ?, ?)",
-                                     ("窗口 %d" % terminal_id, "window %d" % terminal_id)).lastrowid
+            ledger_id = conn.execute("INSERT INTO ledger_accounts (kind, name_zh, name_en) VALUES ('merchant', ?, ?) RETURNING id",
+                                     ("窗口 %d" % terminal_id, "window %d" % terminal_id)).fetchone()[0]
             merchant_id = conn.execute("INSERT INTO merchants (name_zh, name_en, category, ledger_account_id) VALUES "
-                                       "(?, ?, 1, ?)", ("窗口 %d" % terminal_id, "window %d" % terminal_id,
-                                                       ledger_id)).lastrowid
+                                       "(?, ?, 1, ?) RETURNING id", ("窗口 %d" % terminal_id, "window %d" % terminal_id,
+                                                       ledger_id)).fetchone()[0]
             merchant_ledger[merchant_id] = ledger_id
             conn.execute("INSERT INTO terminals (id, merchant_id, status, acked_seq, max_seq, last_sync_ms, "
                          "clock_offset_ms, created_ms) VALUES (?, ?, 'active', 0, 0, ?, 0, ?)",
@@ -71,7 +78,7 @@ def generate(conn, records, terminals, people, seed):
             conn.execute("INSERT INTO accounts (id, person_id, single_limit_fen, daily_limit_fen, created_ms) "
                          "VALUES (?, ?, 5000, 30000, ?)", (account_id, account_id, now_ms))
             wallets[account_id] = conn.execute("INSERT INTO ledger_accounts (kind, account_id, wallet) VALUES "
-                                               "('wallet', ?, 'main')", (account_id,)).lastrowid
+                                               "('wallet', ?, 'main') RETURNING id", (account_id,)).fetchone()[0]
         conn.executemany(INSERT_TRANSFERS_SQL, [("r/bench/%d" % a, dbmod.LEDGER_CASH_DESK, wallets[a], OPENING_FEN,
                                                  "recharge", None, start_ms - 86400000) for a in wallets])
     per_terminal = records // terminals
@@ -111,7 +118,10 @@ def generate(conn, records, terminals, people, seed):
     with dbmod.transaction(conn):
         conn.executemany("INSERT INTO balances (ledger_account_id, balance_fen) VALUES (?, ?) ON CONFLICT "
                          "(ledger_account_id) DO UPDATE SET balance_fen = excluded.balance_fen", balances.items())
-    conn.execute("PRAGMA synchronous=FULL")
+    if sqlite:
+        conn.execute("PRAGMA synchronous=FULL")
+    else:
+        conn.execute("ANALYZE")     # fresh statistics after the bulk load, as autovacuum would give in time
     return day, written
 
 
@@ -121,12 +131,14 @@ def main(argv=None):
     parser.add_argument("--terminals", type=int, default=50)
     parser.add_argument("--people", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=5)
+    bench_store.add_database_option(parser)
     args = parser.parse_args(argv)
     assert 0 < args.records <= MAX_RECORDS and 0 < args.terminals <= args.records and args.people > 0
-    with tempfile.TemporaryDirectory(prefix="ykt-close-bench-") as directory:
-        path = os.path.join(directory, dbmod.DB_FILE_NAME)
+    with tempfile.TemporaryDirectory(prefix="ykt-close-bench-") as directory, \
+            bench_store.databases(args.database, directory) as new_database:
+        path = new_database("close")
         conn = dbmod.init_db(path)
-        day, written = generate(conn, args.records, args.terminals, args.people, args.seed)
+        day, written = generate(conn, path, args.records, args.terminals, args.people, args.seed)
         conn.close()
         conn = dbmod.connect(path)
         conn.execute("SELECT count(*) FROM terminal_records").fetchone()   # both runs start from a warm cache
@@ -144,7 +156,7 @@ def main(argv=None):
     assert newly
     assert report["totals"]["records"] == written, "the close missed records"
     assert report["totals"]["gross_fen"] == sum(row[3] for row in rows), "close and SQL disagree"
-    print(json.dumps({"records": written, "terminals": args.terminals, "close_s": round(close_s, 3),
+    print(json.dumps({"benchmark": "close_day", "store": bench_store.store_name(args.database), "records": written, "terminals": args.terminals, "close_s": round(close_s, 3),
                       "sql_aggregate_s": round(sql_s, 3), "ratio": round(close_s / sql_s, 1),
                       "records_per_s": int(written / close_s), "balanced": report["invariants"]["balanced"],
                       "ledger_check_s": round(check_s, 3), "ledger_check_ok": check["ok"]}))

@@ -5,8 +5,9 @@ baselines measured in the same run.
                              signed 500-record CBOR batches sent by one client thread per terminal
     raw_same_writes_per_s    the same SQL writes the server makes per batch (request counter, record
                              rows, transfer rows, balance, account and tap-counter updates, terminal
-                             row) straight through sqlite3: same schema, PRAGMAs, batch size and one
-                             transaction per batch, but no HTTP, CBOR, MAC, validation or reads
+                             row) straight through sqlite3 (or psycopg, on PostgreSQL): same schema,
+                             settings, batch size and one transaction per batch (taking the same
+                             writer lock), but no HTTP, CBOR, MAC, validation or reads
     raw_records_only_per_s   just the terminal_records rows, one transaction per batch
 
 `ratio_vs_same_writes` is what HTTP, authentication, decoding, checking and booking cost on top of
@@ -15,6 +16,9 @@ Each raw baseline starts from a fresh database provisioned exactly like the serv
 are computed before the clock starts. One JSON line on stdout; progress on stderr.
 
     .venv/bin/python benchmarks/ingest.py [--records 100000] [--terminals 4] [--workers 2]
+                                          [--database postgresql://...|private]
+
+`--database` runs every measurement on PostgreSQL (benchmarks/bench_store.py), SQLite by default.
 """
 import argparse
 import json
@@ -34,6 +38,7 @@ from sync_server import db as dbmod, ingest, ledger, registry, serving, terminal
 from sync_server.business_day import day_of_ms
 from sync_server.ledger_store import ADD_TO_BALANCES_SQL, INSERT_TRANSFERS_SQL, SqliteStore
 from server_process import running_server
+import bench_store
 
 BATCH_RECORDS = 500
 MIN_RECORDS = 100000
@@ -90,7 +95,8 @@ def measure_http(args, work_dir):
     """Upload every batch through the real server; returns (records per second, batches in upload order)."""
     rng = random.Random(args.seed)
     per_terminal = args.records // args.terminals
-    with running_server(os.path.join(work_dir, "server"), workers=args.workers) as server:
+    database = args.new_database("http") if args.database else None
+    with running_server(os.path.join(work_dir, "server"), workers=args.workers, database=database) as server:
         conn = server.connect()
         people, merchant_id = provision(conn, args.people, args.seed)
         terminals = [server.add_terminal(merchant_id) for _ in range(args.terminals)]
@@ -122,8 +128,8 @@ def measure_http(args, work_dir):
     return total / elapsed, batches, [t.terminal_id for t in terminals]
 
 
-def fresh_database(args, directory, terminal_ids):
-    conn = dbmod.init_db(dbmod.db_path(directory))
+def fresh_database(args, location, terminal_ids):
+    conn = dbmod.init_db(location)
     _people, merchant_id = provision(conn, args.people, args.seed)
     ids = [registry.register_terminal(conn, merchant_id) for _ in terminal_ids]
     assert ids == terminal_ids, "fresh database must number terminals like the server's"
@@ -134,8 +140,7 @@ def fresh_database(args, directory, terminal_ids):
 
 def records_only_rate(args, batches, terminal_ids):
     """The record rows alone inserted straight into terminal_records, one transaction per batch."""
-    conn, _merchant_ledger_id = fresh_database(args, tempfile.mkdtemp(prefix="ingest-raw-", dir=args.work_dir),
-                                               terminal_ids)
+    conn, _merchant_ledger_id = fresh_database(args, args.new_database("raw-records"), terminal_ids)
     received_ms = dbmod.now_ms()
     prepared = [[record_row(raw, received_ms) for raw in batch] for _terminal_id, batch in batches]
     started = time.perf_counter()
@@ -154,8 +159,7 @@ def record_row(raw, received_ms):
 
 def same_writes_rate(args, batches, terminal_ids):
     """Every write the server makes per batch, values computed beforehand, no reads, no HTTP."""
-    conn, merchant_ledger_id = fresh_database(args, tempfile.mkdtemp(prefix="ingest-same-", dir=args.work_dir),
-                                              terminal_ids)
+    conn, merchant_ledger_id = fresh_database(args, args.new_database("raw-same"), terminal_ids)
     store = SqliteStore(conn)
     wallet_ids = store.wallet_ids([row[0] for row in conn.execute("SELECT id FROM accounts")])
     balances = store.all_balances()
@@ -216,21 +220,23 @@ def main(argv=None):
                         help="server worker processes (ykt server --workers; its default, two per core)")
     parser.add_argument("--people", type=int, default=3000, help="cardholders the taps are spread over")
     parser.add_argument("--seed", type=int, default=1)
+    bench_store.add_database_option(parser)
     args = parser.parse_args(argv)
     if not MIN_RECORDS <= args.records <= MAX_RECORDS:
         parser.error("--records must be between %d and %d" % (MIN_RECORDS, MAX_RECORDS))
     if not 1 <= args.terminals <= 64 or not 1 <= args.workers <= 16:
         parser.error("--terminals 1..64, --workers 1..16")
-    with tempfile.TemporaryDirectory(prefix="ingest-") as work_dir:
-        args.work_dir = work_dir
+    store = bench_store.store_name(args.database)
+    with tempfile.TemporaryDirectory(prefix="ingest-") as work_dir, \
+            bench_store.databases(args.database, work_dir) as args.new_database:
         http_rate, batches, terminal_ids = measure_http(args, work_dir)
-        log("the same writes straight into SQLite")
+        log("the same writes straight into %s" % store)
         same_rate = same_writes_rate(args, batches, terminal_ids)
-        log("the record rows alone straight into SQLite")
+        log("the record rows alone straight into %s" % store)
         records_rate = records_only_rate(args, batches, terminal_ids)
     total = sum(len(batch) for _terminal_id, batch in batches)
     print(json.dumps({
-        "benchmark": "ingest", "records": total, "batch_records": BATCH_RECORDS, "terminals": args.terminals,
+        "benchmark": "ingest", "store": store, "records": total, "batch_records": BATCH_RECORDS, "terminals": args.terminals,
         "workers": args.workers, "http_records_per_s": round(http_rate),
         "raw_same_writes_per_s": round(same_rate), "raw_records_only_per_s": round(records_rate),
         "ratio_vs_same_writes": round(http_rate / same_rate, 3),
