@@ -69,6 +69,7 @@ def cmd_server(args):
     os.environ["YKT_DATA_DIR"] = data_dir
     if database_url is not None:
         os.environ[pg_store.DATABASE_URL_ENV] = database_url
+        pg_store.pool_max_size = max(pg_store.POOL_MAX_SIZE, args.threads)
     from sync_server.app import create_app
     app = create_app()          # loaded once, before the workers fork (a bad key or database fails here)
     try:

@@ -205,3 +205,22 @@ def test_db_transaction_and_read_snapshot_keep_their_meaning_on_postgresql(postg
     finally:
         conn.close()
         other.close()
+
+
+def test_a_large_plain_insert_goes_by_copy_with_the_same_rows_and_errors(postgresql_dsn):
+    """executemany of a plain INSERT of many rows is a COPY: awkward values arrive intact, and a
+    duplicate key fails the whole batch as the row-by-row INSERT would."""
+    import psycopg
+    conn = db.connect(postgresql_dsn)
+    conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, raw bytea, note text)")
+    rows = [(index, bytes([index % 256, 0, 9, 10]), "行\t%d\n\\N '%%'" % index if index % 3 else None)
+            for index in range(pg_store.COPY_MIN_ROWS * 2)]
+    with db.transaction(conn):
+        conn.executemany("INSERT INTO t (id, raw, note) VALUES (?, ?, ?)", rows)
+    assert conn.execute("SELECT id, raw, note FROM t ORDER BY id").fetchall() == rows
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        with db.transaction(conn):
+            conn.executemany("INSERT INTO t (id, raw, note) VALUES (?, ?, ?)",
+                             [(1000 + index, b"", "x") for index in range(40)] + [(5, b"", "dup")])
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (len(rows),)
+    conn.close()
