@@ -549,7 +549,7 @@ def _guess_from(server, holder, forwarded_for, index):
                       timeout=60)
 
 
-def test_behind_a_proxy_guesses_are_counted_per_forwarded_client(tmp_path):
+def test_behind_a_proxy_guesses_are_counted_per_forwarded_client(tmp_path, store_environment):
     """With YKT_PROXY_HOPS=1 the proxy's X-Forwarded-For names the guesser, so one client's guesses
     do not throttle everyone else behind the same proxy."""
     with running_server(tmp_path / "server", workers=1, env={"YKT_PROXY_HOPS": "1"}) as server:

@@ -29,8 +29,9 @@ PURCHASE_FEN = 350
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("web"), env={"YKT_SIMULATED_PAYMENTS": "1"}) as server:
+def site(tmp_path_factory, module_database):
+    with running_server(tmp_path_factory.mktemp("web"), env={"YKT_SIMULATED_PAYMENTS": "1"},
+                        database=module_database) as server:
         conn = server.connect()
         now_ms = dbmod.now_ms()
         a_person, a_account = registry.add_person(conn, A["name"], 2, staff_number=A["number"])
