@@ -22,6 +22,7 @@ ABOUT_THE_WHOLE = {
     "formats": "the core's shared formats: crypto.py, mifare.py and card_layout.py against published vectors",
     "server_cli": "sync_server/cli.py, the `ykt server` and `ykt hall` commands",
     "server_crash": "the server process killed mid-upload",
+    "pg_servers": "several server processes on one PostgreSQL, and its standby promoted mid-rush",
     "web_browser": "every web page in headless Chromium",
 }
 
