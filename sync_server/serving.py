@@ -93,8 +93,12 @@ def server_options(threads, idle_timeout_s, request_timeout_s, max_connections):
     return options, request_timeout_s
 
 
-class _Stop(Exception):
-    """Raised from the SIGTERM/SIGINT handler to leave a blocking wait or the server loop."""
+class _Stop(SystemExit):
+    """Raised from the SIGTERM/SIGINT handler to leave a blocking wait or the server loop.
+
+    A SystemExit, not an Exception: waitress's event loop wraps each socket handler in a bare
+    `except:` that re-raises only SystemExit, KeyboardInterrupt and its ExitNow, so a stop raised while
+    a handler ran would be swallowed as a channel error and the worker would serve on until killed."""
 
 
 def _raise_stop(_signal, _frame):

@@ -15,7 +15,7 @@ import time
 import httpx
 
 from server_process import running_server
-from sync_server import registry
+from sync_server import registry, serving
 
 pytestmark = pytest.mark.usefixtures("store_environment")   # each store (--store)
 
@@ -198,3 +198,24 @@ def test_a_worker_that_cannot_start_says_why():
     assert completed.returncode == 1
     assert "server worker" in completed.stderr and "failed" in completed.stderr
     assert "Traceback" in completed.stderr and "keep dying" in completed.stderr
+
+
+def test_a_stop_signal_inside_a_socket_handler_stops_the_worker():
+    """SIGTERM runs its handler wherever the main thread is; in a worker that is often inside one of
+    waitress's socket handlers, which it wraps in a bare `except:`. The stop must come through that,
+    not be logged as a channel error while the worker serves on until the supervisor kills it."""
+    from waitress import wasyncore
+
+    class Channel:
+        errors = 0
+
+        def handle_read_event(self):
+            serving._raise_stop(signal.SIGTERM, None)     # as if the signal arrived here
+
+        def handle_error(self):
+            self.errors += 1
+
+    channel = Channel()
+    with pytest.raises(serving._Stop):
+        wasyncore.read(channel)
+    assert channel.errors == 0
