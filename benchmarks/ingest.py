@@ -5,7 +5,7 @@ baselines measured in the same run.
                              signed 500-record CBOR batches sent by one client thread per terminal
     raw_same_writes_per_s    the same SQL writes the server makes per batch (request counter, record
                              rows, transfer rows, balance, account and tap-counter updates, terminal
-                             row) straight through sqlite3 (or psycopg, on PostgreSQL): same schema,
+                             row) straight through sqlite3 (or psycopg, on PostgreSQL): same statements, schema,
                              settings, batch size and one transaction per batch (taking the same
                              writer lock), but no HTTP, CBOR, MAC, validation or reads
     raw_records_only_per_s   just the terminal_records rows, one transaction per batch
@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from firmware.core import protocol, records
 from sync_server import db as dbmod, ingest, ledger, registry, serving, terminal_api
 from sync_server.business_day import day_of_ms
-from sync_server.ledger_store import ADD_TO_BALANCES_SQL, INSERT_TRANSFERS_SQL, SqliteStore
+from sync_server.ledger_store import ADD_TO_BALANCES, INSERT_TRANSFERS_SQL, SqliteStore
 from server_process import running_server
 import bench_store
 
@@ -199,11 +199,11 @@ def same_writes_rate(args, batches, terminal_ids):
         with dbmod.transaction(conn):
             conn.execute(terminal_api.UPSERT_REQUEST_COUNTER_SQL, counter_row)
             conn.executemany(INSERT_TRANSFERS_SQL, transfers)
-            conn.executemany(ADD_TO_BALANCES_SQL, balance_rows)
+            dbmod.write_rows(conn, ADD_TO_BALANCES, balance_rows)
             conn.execute(_NEXT_COUNTER_SQL, (touched,))
-            conn.executemany(ingest.UPDATE_ACCOUNTS_SQL, account_rows)
+            dbmod.write_rows(conn, ingest.UPDATE_ACCOUNTS, account_rows)
             conn.executemany(ingest.INSERT_RECORDS_SQL, rows)
-            conn.executemany(ingest.UPSERT_CARD_COUNTERS_SQL, card_rows)
+            dbmod.write_rows(conn, ingest.UPSERT_CARD_COUNTERS, card_rows)
             conn.execute(terminal_api.UPDATE_TERMINAL_SQL, terminal_row)
     elapsed = time.perf_counter() - started
     assert not ledger.check_balances(store), "the baseline's own ledger must balance too"

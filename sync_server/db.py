@@ -139,6 +139,45 @@ def read_snapshot(conn):
         conn.execute("COMMIT")     # a read-only transaction: COMMIT only ends the snapshot
 
 
+IN_LIST_MAX = 900      # values in one SQLite `IN (...)` list: well under its bound on variables
+
+
+def in_lists(conn, values):
+    """[(condition, parameters)] that together select `values`: on SQLite `IN (?, ...)` lists of at most
+    IN_LIST_MAX values; on PostgreSQL one `= ANY(?)` taking them all as one array (one short statement
+    psycopg parses once, instead of one with hundreds of placeholders of a new length each time).
+    Use as `"... WHERE id %s" % condition` with `parameters` (plus any others, in order)."""
+    values = list(values)
+    if not values:
+        return []
+    if type(conn) is pg_store.Connection:
+        return [("= ANY(?)", [values])]
+    return [("IN (%s)" % ",".join("?" * len(values[start:start + IN_LIST_MAX])), values[start:start + IN_LIST_MAX])
+            for start in range(0, len(values), IN_LIST_MAX)]
+
+
+class ManyRows:
+    """One write made for many rows: `sql` (the house dialect, one row's `?`s) run by executemany on
+    SQLite, where a statement is a C call; on PostgreSQL `columns_sql`, ONE statement taking each
+    column as an array (`unnest(?::bigint[], ...)`), because there each execution is a round trip and
+    a 500-record sync would otherwise pay 500 of them per table inside the writer lock."""
+    __slots__ = ("sql", "columns_sql")
+
+    def __init__(self, sql, columns_sql):
+        self.sql = sql
+        self.columns_sql = columns_sql
+
+
+def write_rows(conn, write, rows):
+    """Run `write` (a ManyRows) for each of `rows` (same-length tuples); returns the rows changed."""
+    rows = list(rows)
+    if not rows:
+        return 0
+    if type(conn) is pg_store.Connection:
+        return conn.execute(write.columns_sql, [list(column) for column in zip(*rows)]).rowcount
+    return conn.executemany(write.sql, rows).rowcount
+
+
 def now_ms():
     return int(time.time() * 1000)
 

@@ -9,7 +9,8 @@ Two halves, because the write lock is the one thing concurrent workers queue for
   cannot depend on balances). Workers do this in parallel.
 - `store()` runs INSIDE `BEGIN IMMEDIATE` and does what depends on the current state: which seqs are
   new, balances and the multi-wallet splits, spending, debt flags, tap counters, acked_seq. Per batch
-  it is a fixed handful of statements (executemany for rows) and, per record, a little dict arithmetic.
+  it is a fixed handful of statements (executemany for rows; on PostgreSQL one statement over
+  arrays each, db.ManyRows) and, per record, a little dict arithmetic.
 
 Only the wallets the batch's categories may debit are loaded (a canteen batch: the main wallet). That
 is enough for the debt flag: a purchase only lowers balances, so it can set an account's flag (one of
@@ -36,7 +37,7 @@ straight through sqlite3.
 from firmware.core import protocol, wallets as wallet_rules
 from sync_server import db as dbmod, ledger
 from sync_server.business_day import day_of_ms
-from sync_server.ledger_store import SqliteStore, add_deny_entries, REASON_NEGATIVE, chunks as _chunks
+from sync_server.ledger_store import SqliteStore, add_deny_entries, REASON_NEGATIVE
 
 MAX_RESEND_RANGES = 4
 MAX_GAP_SCAN_ROWS = 20000            # bound on the scan for holes above acked_seq
@@ -51,11 +52,21 @@ INSERT_RECORDS_SQL = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _BOOKED_COLUMN = 15
 # spent_today_fen counts purchases dated on the server's day; a new day starts from this batch's sum
-UPDATE_ACCOUNTS_SQL = ("UPDATE accounts SET spent_today_fen = CASE WHEN spent_day = ? THEN spent_today_fen + ? "
-                       "ELSE ? END, spent_day = ?, balance_version = ? WHERE id = ?")
-# taps_seen is no longer counted (nothing read it); the NOT NULL column of migration 1 gets 0 on insert
-UPSERT_CARD_COUNTERS_SQL = (
+# (today, spent, spent, today, balance_version, account_id) rows, one per account
+UPDATE_ACCOUNTS = dbmod.ManyRows(
+    "UPDATE accounts SET spent_today_fen = CASE WHEN spent_day = ? THEN spent_today_fen + ? "
+    "ELSE ? END, spent_day = ?, balance_version = ? WHERE id = ?",
+    "UPDATE accounts SET spent_today_fen = CASE WHEN spent_day = u.today THEN spent_today_fen + u.spent "
+    "ELSE u.fresh END, spent_day = u.day, balance_version = u.version "
+    "FROM unnest(?::bigint[], ?::bigint[], ?::bigint[], ?::bigint[], ?::bigint[], ?::bigint[]) "
+    "AS u(today, spent, fresh, day, version, id) WHERE accounts.id = u.id")
+# (card_ref, max_tap_counter) rows, one per card. taps_seen is no longer counted (nothing read it);
+# the NOT NULL column of migration 1 gets 0 on insert
+UPSERT_CARD_COUNTERS = dbmod.ManyRows(
     "INSERT INTO card_counters (card_ref, max_tap_counter, taps_seen) VALUES (?, ?, 0) "
+    "ON CONFLICT (card_ref) DO UPDATE SET max_tap_counter = excluded.max_tap_counter",
+    "INSERT INTO card_counters (card_ref, max_tap_counter, taps_seen) "
+    "SELECT ref, top, 0 FROM unnest(?::bigint[], ?::bigint[]) AS u(ref, top) "
     "ON CONFLICT (card_ref) DO UPDATE SET max_tap_counter = excluded.max_tap_counter")
 INSERT_COUNTER_ANOMALIES_SQL = ("INSERT INTO counter_anomalies (card_number, generation, kind, expected, seen, "
                                 "terminal_id, seq, noticed_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
@@ -73,10 +84,6 @@ class JournalMismatch(Exception):
     def __init__(self, seq):
         Exception.__init__(self, "seq %d differs from the stored record" % seq)
         self.seq = seq
-
-
-def _marks(chunk):
-    return ",".join("?" * len(chunk))
 
 
 class Batch:
@@ -140,14 +147,14 @@ class _CardOwners:
 
 def _card_owners(conn, card_numbers, account_ids):
     card_accounts, account_persons = {}, {}
-    for chunk in _chunks(card_numbers):
+    for condition, values in dbmod.in_lists(conn, card_numbers):
         for card_number, account_id, person_id in conn.execute(
                 "SELECT c.card_number, c.account_id, a.person_id FROM cards c JOIN accounts a ON a.id = c.account_id "
-                "WHERE c.card_number IN (%s)" % _marks(chunk), chunk):
+                "WHERE c.card_number %s" % condition, values).fetchall():
             card_accounts.setdefault(card_number, {})[account_id] = person_id
-    for chunk in _chunks(account_ids):
-        account_persons.update(conn.execute("SELECT id, person_id FROM accounts WHERE id IN (%s)" % _marks(chunk),
-                                            chunk))
+    for condition, values in dbmod.in_lists(conn, account_ids):
+        account_persons.update(conn.execute("SELECT id, person_id FROM accounts WHERE id %s" % condition,
+                                            values).fetchall())
     return _CardOwners(card_accounts, account_persons)
 
 
@@ -175,9 +182,9 @@ def _new_seqs(conn, terminal_id, acked_seq, max_seq, rows):
     comes with other bytes (module text). Anything <= acked_seq is stored; above it, ask only when an
     earlier out-of-order upload left rows there (max_seq > acked_seq)."""
     held = [seq for seq in rows if seq <= acked_seq]
-    for chunk in _chunks(held):
-        _check_same(rows, conn.execute("SELECT seq, raw FROM terminal_records WHERE terminal_id = ? AND seq IN (%s)"
-                                       % _marks(chunk), [terminal_id] + chunk))
+    for condition, values in dbmod.in_lists(conn, held):
+        _check_same(rows, conn.execute("SELECT seq, raw FROM terminal_records WHERE terminal_id = ? AND seq %s"
+                                       % condition, [terminal_id] + values).fetchall())
     candidates = [seq for seq in rows if seq > acked_seq]
     if not candidates or max_seq <= acked_seq:
         return candidates
@@ -263,8 +270,8 @@ def _book(conn, batch, new):
             else spent
     account_ids = sorted(spent_today)
     first_version = dbmod.next_counter(conn, "balance_version", len(account_ids))
-    changed = conn.executemany(UPDATE_ACCOUNTS_SQL, [(today, spent_today[a], spent_today[a], today, first_version + i, a)
-                                                     for i, a in enumerate(account_ids)]).rowcount
+    changed = dbmod.write_rows(conn, UPDATE_ACCOUNTS, [(today, spent_today[a], spent_today[a], today,
+                                                        first_version + i, a) for i, a in enumerate(account_ids)])
     assert changed == len(account_ids), "ledger accounts without their account row"
     _flag_debt(conn, ledger.touched_ids(transfers), now_ms)
     return set(unbooked)
@@ -287,11 +294,11 @@ def _flag_debt(conn, ledger_ids, now_ms):
     Only setting: purchases lower balances, lifting a block takes money coming in (module text).
     """
     newly = set()
-    for chunk in _chunks(sorted(ledger_ids)):
+    for condition, values in dbmod.in_lists(conn, sorted(ledger_ids)):
         newly.update(row[0] for row in conn.execute(
             "SELECT la.account_id FROM balances b JOIN ledger_accounts la ON la.id = b.ledger_account_id "
-            "JOIN accounts a ON a.id = la.account_id WHERE b.ledger_account_id IN (%s) AND b.balance_fen < 0 "
-            "AND a.in_debt = 0" % _marks(chunk), chunk))
+            "JOIN accounts a ON a.id = la.account_id WHERE b.ledger_account_id %s AND b.balance_fen < 0 "
+            "AND a.in_debt = 0" % condition, values).fetchall())
     if newly:
         newly = sorted(newly)
         conn.executemany("UPDATE accounts SET in_debt = 1 WHERE id = ?", [(account_id,) for account_id in newly])
@@ -305,9 +312,9 @@ def _note_tap_counters(conn, new_rows, now_ms):
     for values in new_rows:
         refs.setdefault(values[_CARD] * 256 + values[_GENERATION], []).append(values)
     known = {}
-    for chunk in _chunks(refs):
-        known.update(conn.execute("SELECT card_ref, max_tap_counter FROM card_counters WHERE card_ref IN (%s)"
-                                  % _marks(chunk), chunk))
+    for condition, values in dbmod.in_lists(conn, refs):
+        known.update(conn.execute("SELECT card_ref, max_tap_counter FROM card_counters WHERE card_ref %s"
+                                  % condition, values).fetchall())
     anomalies = []
     for ref, taps in refs.items():
         highest = known.get(ref)
@@ -331,6 +338,6 @@ def _note_tap_counters(conn, new_rows, now_ms):
             if counter > highest:
                 highest = counter
         known[ref] = highest
-    conn.executemany(UPSERT_CARD_COUNTERS_SQL, [(ref, known[ref]) for ref in refs])
+    dbmod.write_rows(conn, UPSERT_CARD_COUNTERS, [(ref, known[ref]) for ref in refs])
     if anomalies:
         conn.executemany(INSERT_COUNTER_ANOMALIES_SQL, anomalies)

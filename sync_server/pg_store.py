@@ -144,17 +144,19 @@ _NAMED = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
 
 
 @functools.lru_cache(maxsize=1024)
-def translate(sql):
+def translate(sql, binary=False):
     """A statement of the house dialect as psycopg takes it: `?` and `:name` placeholders as `%s` and
     `%(name)s`, literal `%` doubled, `LIMIT -1` as `LIMIT ALL` (cached: the server has a few hundred
-    distinct statements)."""
+    distinct statements). `binary`: `?` as `%b`, parameters sent in binary (arrays of numbers: a
+    third of the text format's cost to build)."""
+    placeholder = "%b" if binary else "%s"
     out = []
     pieces = [match.group(0) for match in _TOKEN.finditer(sql)]
     index = 0
     while index < len(pieces):
         piece = pieces[index]
         if piece == "?":
-            out.append("%s")
+            out.append(placeholder)
         elif piece in ("'", '"'):
             raise ValueError("SQL ends inside a quoted string or name: %r" % "".join(pieces[index:])[:80])
         elif piece == ":" and index + 1 < len(pieces) and (pieces[index + 1].isalpha() or pieces[index + 1] == "_") \
@@ -227,10 +229,16 @@ class Connection:
         self.trace = trace
 
     def execute(self, sql, parameters=()):
+        """A parameter that is a list (an array: db.ManyRows, db.in_lists) sends the statement's
+        parameters in binary: a third of the text format's cost to build for 500 numbers."""
         if self.trace is not None:
             self.trace(sql)
         cursor = self.raw.cursor()
-        cursor.execute(translate(sql), parameters if isinstance(parameters, dict) else tuple(parameters))
+        if isinstance(parameters, dict):
+            cursor.execute(translate(sql), parameters)
+        else:
+            parameters = tuple(parameters)
+            cursor.execute(translate(sql, any(type(value) is list for value in parameters)), parameters)
         return cursor
 
     def executemany(self, sql, seq_of_parameters):
