@@ -58,28 +58,32 @@ def provision(conn, people_count, seed):
     return people, merchant_id
 
 
-def build_batches(terminal, people, count, rng, balance_version):
-    """Signed request bodies for `count` records of one terminal (prepared before timing)."""
-    bodies = []
+def build_batches(terminals, people, count, rng, balance_version):
+    """Signed request bodies for `count` records of each terminal (prepared before timing), one list per
+    terminal. Batches are made round-robin over the terminals and a card's tap counter follows the card
+    across them, as the counter on a real card does (a card tapped at window 1 and then at window 2
+    counts on), so the counter anomalies the server notes are the few an interleaved upload makes."""
     now_ms = int(time.time() * 1000)
     taps = {}
+    work = [[] for _ in terminals]
     for start in range(1, count + 1, BATCH_RECORDS):
-        batch = []
-        for seq in range(start, min(start + BATCH_RECORDS, count + 1)):
-            identity = rng.choice(people)["identity"]
-            taps[identity.card_number] = taps.get(identity.card_number, 0) + 1
-            batch.append(records.encode_purchase(terminal.terminal_id, seq, now_ms + seq, identity.card_number,
-                                                 identity.account_id, 1, terminal.category,
-                                                 taps[identity.card_number], rng.randint(300, 1500),
-                                                 terminal.merchant_id))
-        # a terminal that had caught up before the rush: every answer carries a full balance page
-        body = terminal.body(batch, clock_ms=now_ms, balance_version=balance_version)
-        terminal.counter += 1
-        headers = protocol.auth_headers(terminal.sam, "POST", protocol.SYNC_PATH, terminal.terminal_id,
-                                        terminal.counter, body)
-        headers["Content-Type"] = protocol.CONTENT_TYPE
-        bodies.append((body, headers, batch))
-    return bodies
+        for terminal, bodies in zip(terminals, work):
+            batch = []
+            for seq in range(start, min(start + BATCH_RECORDS, count + 1)):
+                identity = rng.choice(people)["identity"]
+                taps[identity.card_number] = taps.get(identity.card_number, 0) + 1
+                batch.append(records.encode_purchase(terminal.terminal_id, seq, now_ms + seq, identity.card_number,
+                                                     identity.account_id, 1, terminal.category,
+                                                     taps[identity.card_number], rng.randint(300, 1500),
+                                                     terminal.merchant_id))
+            # a terminal that had caught up before the rush: every answer carries a full balance page
+            body = terminal.body(batch, clock_ms=now_ms, balance_version=balance_version)
+            terminal.counter += 1
+            headers = protocol.auth_headers(terminal.sam, "POST", protocol.SYNC_PATH, terminal.terminal_id,
+                                            terminal.counter, body)
+            headers["Content-Type"] = protocol.CONTENT_TYPE
+            bodies.append((body, headers, batch))
+    return work
 
 
 def upload(url, bodies, failures):
@@ -103,7 +107,7 @@ def measure_http(args, work_dir):
         log("preparing %d records in %d-record batches for %d terminals"
             % (per_terminal * args.terminals, BATCH_RECORDS, args.terminals))
         balance_version = dbmod.counter_value(conn, "balance_version")
-        work = [build_batches(t, people, per_terminal, rng, balance_version) for t in terminals]
+        work = build_batches(terminals, people, per_terminal, rng, balance_version)
         failures = []
         threads = [threading.Thread(target=upload, args=(server.url, bodies, failures)) for bodies in work]
         log("uploading over HTTP (%d server worker processes)" % args.workers)
