@@ -85,11 +85,13 @@ def fetch_named(conn, sql, parameters=()):
 
 
 @contextlib.contextmanager
-def transaction(conn):
+def transaction(conn, shared=False):
     """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception. Not re-entrant on purpose.
-    A PostgreSQL connection gets pg_store.transaction (row locks instead of one writer)."""
+    A PostgreSQL connection gets pg_store.transaction (the same one writer, by an advisory lock);
+    there `shared` lets terminals' syncs store their own rows side by side until each takes
+    booking_turn() (pg_store.transaction says how). On SQLite every writer is alone, `shared` or not."""
     if type(conn) is pg_store.Connection:
-        with pg_store.transaction(conn):
+        with pg_store.transaction(conn, shared):
             yield conn
         return
     assert not conn.in_transaction, "nested transaction"
@@ -107,6 +109,19 @@ def transaction(conn):
     finally:
         if lock_fd is not None:
             fcntl.flock(lock_fd, fcntl.LOCK_UN)
+
+
+def booking_turn(conn):
+    """In a transaction(shared=True): wait here for the other syncs before touching rows every terminal
+    shares (PostgreSQL's booking lock); on SQLite the writer is alone already."""
+    if type(conn) is pg_store.Connection:
+        pg_store.booking_turn(conn)
+
+
+def for_update(conn):
+    """` FOR UPDATE` to lock the rows a SELECT reads on PostgreSQL; nothing on SQLite, whose writer
+    holds the whole database."""
+    return " FOR UPDATE" if type(conn) is pg_store.Connection else ""
 
 
 @contextlib.contextmanager

@@ -7,8 +7,11 @@ Two halves, because the write lock is the one thing concurrent workers queue for
   that never change once written: the record rows, the wallet ids of the accounts (created with the
   account, never altered), the purchases, and the transfers of one-wallet categories (whose split
   cannot depend on balances). Workers do this in parallel.
-- `store()` runs INSIDE `BEGIN IMMEDIATE` and does what depends on the current state: which seqs are
-  new, balances and the multi-wallet splits, spending, debt flags, tap counters, acked_seq. Per batch
+- `store()` runs INSIDE the write transaction (`BEGIN IMMEDIATE` on SQLite; on PostgreSQL a shared one
+  that lets the syncs of different terminals insert their own records and transfers side by side and
+  then books one at a time, see pg_store.transaction) and does what depends on the current state:
+  which seqs are new, balances and the multi-wallet splits, spending, debt flags, tap counters,
+  acked_seq. Per batch
   it is a fixed handful of statements (executemany for rows; on PostgreSQL one statement over
   arrays each, db.ManyRows) and, per record, a little dict arithmetic.
 
@@ -161,16 +164,30 @@ def _card_owners(conn, card_numbers, account_ids):
 def store(conn, batch, acked_seq, max_seq):
     """Store the batch's new records and book them; returns (acked_seq, max_seq, holes) after.
 
-    Call inside the write transaction with the terminal's acked_seq and max_seq as read there.
+    Call inside the write transaction with the terminal's acked_seq and max_seq as read there (on
+    PostgreSQL a shared one, with the terminal's row locked: see pg_store.transaction). What is the
+    terminal's own (its records, the transfers of one-wallet purchases, keyed by terminal and seq)
+    is written first; db.booking_turn() then waits for the other terminals' syncs before the rows
+    they share (balances, accounts, counters, tap counters, deny entries).
     """
     assert conn.in_transaction
     new = sorted(_new_seqs(conn, batch.terminal_id, acked_seq, max_seq, batch.rows))
     if new:
-        unbooked = _book(conn, batch, new)
+        purchases = [batch.purchases[seq] for seq in new if seq in batch.purchases]
+        unbooked = [seq for seq in new if seq not in batch.purchases]
         rows = [batch.rows[seq] for seq in new]
         if unbooked:
-            rows = [row[:_BOOKED_COLUMN] + (0,) if row[1] in unbooked else row for row in rows]
+            unbooked_seqs = set(unbooked)
+            rows = [row[:_BOOKED_COLUMN] + (0,) if row[1] in unbooked_seqs else row for row in rows]
         conn.executemany(INSERT_RECORDS_SQL, rows)
+        fixed = [batch.fixed[p.seq] for p in purchases]
+        transfers = None
+        if purchases and all(one is not None for one in fixed):
+            # one-wallet categories: nothing depends on the balances (module text)
+            transfers = [transfer for one in fixed for transfer in one]
+            SqliteStore(conn).insert_transfers(transfers)
+        dbmod.booking_turn(conn)
+        _book(conn, batch, purchases, unbooked, transfers)
         _note_tap_counters(conn, [batch.values[seq] for seq in new], batch.received_ms)
         max_seq = max(max_seq, new[-1])
     acked_seq, holes = _advance_acked(conn, batch.terminal_id, acked_seq, max_seq)
@@ -232,27 +249,23 @@ def scan_holes(conn, terminal_id, acked_seq, max_seq, max_rows, max_ranges):
     return acked_seq, holes
 
 
-def _book(conn, batch, new):
-    """Post purchases of the new records; update spending, debt flags and balance versions of their
-    accounts. Returns the seqs stored unbooked (unknown account, card not the account's)."""
+def _book(conn, batch, purchases, unbooked, transfers):
+    """Post the new records' purchases (`transfers`: theirs, inserted already, or None when a split
+    depends on the balances); note the unbooked ones (unknown account, card not the account's);
+    update spending, debt flags and balance versions of their accounts. Under the booking turn."""
     now_ms = batch.received_ms
-    purchases = [batch.purchases[seq] for seq in new if seq in batch.purchases]
-    unbooked = [seq for seq in new if seq not in batch.purchases]
     if unbooked:
         conn.executemany(INSERT_RECORD_ANOMALIES_SQL, [
             (batch.terminal_id, seq, REASON_CARD_MISMATCH if seq in batch.mismatches else REASON_UNKNOWN_ACCOUNT,
              now_ms) for seq in unbooked])
         _note_card_mismatches(conn, batch, [seq for seq in unbooked if seq in batch.mismatches])
     if not purchases:
-        return set(unbooked)
+        return
     store = SqliteStore(conn)
-    fixed = [batch.fixed[p.seq] for p in purchases]
-    if all(transfers is not None for transfers in fixed):
-        # one-wallet categories: nothing depends on the balances, so add to them without reading them
-        transfers = [transfer for transfers in fixed for transfer in transfers]
-        store.insert_transfers(transfers)
+    if transfers is not None:
         store.add_to_balances(ledger.balance_changes(transfers))
     else:
+        fixed = [batch.fixed[p.seq] for p in purchases]
         wallet_ids = {p.account_id: batch.wallet_ids[p.account_id] for p in purchases}
         involved = {purchases[0].merchant_ledger_id}
         for ids in wallet_ids.values():
@@ -274,7 +287,6 @@ def _book(conn, batch, new):
                                                         first_version + i, a) for i, a in enumerate(account_ids)])
     assert changed == len(account_ids), "ledger accounts without their account row"
     _flag_debt(conn, ledger.touched_ids(transfers), now_ms)
-    return set(unbooked)
 
 
 def _note_card_mismatches(conn, batch, seqs):

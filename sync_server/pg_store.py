@@ -324,10 +324,12 @@ def connect(url):
 
 # The writer lock: every write transaction() holds it, as SQLite's one writer; see transaction().
 WRITER_LOCK_KEY = 0x796B74_777269        # "ykt" "wri"
+# The booking lock: taken by a shared transaction where it starts to touch rows all terminals share.
+BOOKING_LOCK_KEY = 0x796B74_626F6F       # "ykt" "boo"
 
 
 @contextlib.contextmanager
-def transaction(conn):
+def transaction(conn, shared=False):
     """BEGIN ... COMMIT, or ROLLBACK on any exception. Not re-entrant on purpose (as db.transaction).
 
     READ COMMITTED, holding the transaction-scoped advisory writer lock, so a write transaction sees
@@ -337,17 +339,34 @@ def transaction(conn):
     multi-wallet split, the global balance_version counter, card tap counters, an order credited once,
     PIN failures, the close's transfer watermark) is safe for the same reason as on SQLite, and no
     path needs its own proof; see docs/postgresql-port.md. What runs outside it in parallel is what
-    runs outside it on SQLite: request parsing, MAC checks, ingest.prepare, PIN hashing, reads."""
+    runs outside it on SQLite: request parsing, MAC checks, ingest.prepare, PIN hashing, reads.
+
+    `shared` (a terminal's sync, and only that): the writer lock in shared mode, so the syncs of
+    different terminals store their own rows side by side, while every other write transaction (the
+    day close with its watermarks among them) still waits for all of them and they for it. The sync
+    locks its terminal's row first (FOR UPDATE: one sync per terminal at a time, reading the acked_seq
+    the last one committed), inserts that terminal's records and its one-wallet transfers (keys of
+    its own: terminal and seq), then takes `booking_turn` before anything every terminal shares
+    (balances, accounts, counters, tap counters, deny entries) and holds it to COMMIT: those parts, and
+    the order of the versions they hand out, stay one at a time as before."""
     assert not conn.in_transaction, "nested transaction"
     conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
     try:
-        conn.execute("SELECT pg_advisory_xact_lock(?)", (WRITER_LOCK_KEY,))
+        conn.execute("SELECT pg_advisory_xact_lock_shared(?)" if shared else "SELECT pg_advisory_xact_lock(?)",
+                     (WRITER_LOCK_KEY,))
         yield conn
     except BaseException:
         if not conn.broken:
             conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def booking_turn(conn):
+    """Wait for the booking lock, held to COMMIT (see transaction). In a transaction holding the
+    writer lock exclusively it is free at once: no shared transaction can be running then."""
+    assert conn.in_transaction
+    conn.execute("SELECT pg_advisory_xact_lock(?)", (BOOKING_LOCK_KEY,))
 
 
 @contextlib.contextmanager

@@ -6,8 +6,9 @@ of DESIGN.md section 3-4:
 - Every request is authenticated (HMAC-SHA256 with the terminal key the server derives again from the
   master key), the request counter must strictly increase, and unknown or revoked terminals are
   refused. Errors are 4xx with a CBOR map {"error", "message"}.
-- All-or-nothing per request: everything is checked before anything is written; then one
-  `BEGIN IMMEDIATE` transaction stores the counter, the new records, their transfers, balances,
+- All-or-nothing per request: everything is checked before anything is written; then one write
+  transaction (`BEGIN IMMEDIATE`; on PostgreSQL see pg_store.transaction's `shared`) stores the
+  counter, the new records, their transfers, balances,
   account flags and tap-counter notes. A refused request leaves the database byte-for-byte unchanged.
 - Each (terminal, seq) is stored at most once; `acked_seq` is the highest contiguous seq held and a
   hole above it becomes a `resend` command (bounded number of ranges). A stored seq sent again with
@@ -315,10 +316,11 @@ def sync():
     by_seq = _validate_records(message.get("records", []), terminal, clock_ms, offset_ms)
     batch = ingest.prepare(conn, terminal_id, terminal["merchant_ledger_id"], by_seq, offset_ms, received_ms)
 
-    with dbmod.transaction(conn):
-        _store_counter(conn, terminal_id, counter, received_ms)
-        state = conn.execute("SELECT acked_seq, max_seq, status FROM terminals WHERE id = ?",
+    # shared: syncs of different terminals store their own rows side by side (pg_store.transaction)
+    with dbmod.transaction(conn, shared=True):
+        state = conn.execute("SELECT acked_seq, max_seq, status FROM terminals WHERE id = ?" + dbmod.for_update(conn),
                              (terminal_id,)).fetchone()
+        _store_counter(conn, terminal_id, counter, received_ms)
         if state[2] != "active":
             raise ApiError(403, "terminal_revoked")
         try:

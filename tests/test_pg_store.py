@@ -224,3 +224,35 @@ def test_a_large_plain_insert_goes_by_copy_with_the_same_rows_and_errors(postgre
                              [(1000 + index, b"", "x") for index in range(40)] + [(5, b"", "dup")])
     assert conn.execute("SELECT count(*) FROM t").fetchone() == (len(rows),)
     conn.close()
+
+
+def test_syncs_share_the_writer_lock_and_book_one_at_a_time(postgresql_dsn):
+    """The locks pg_store.transaction promises: two terminals' syncs (shared) are open together; every
+    other write transaction, the day close among them, waits for both; and the booking turn is one
+    sync's at a time, held to its COMMIT."""
+    first, second, other = (pg_store.connect(postgresql_dsn) for _ in range(3))
+
+    def try_lock(conn, key, shared=False):
+        """Whether `conn` gets the lock now (in its own transaction, or a moment of its own)."""
+        function = "pg_try_advisory_xact_lock_shared" if shared else "pg_try_advisory_xact_lock"
+        if conn.in_transaction:     # asked only where it must fail: a lock got here would stay to COMMIT
+            return conn.execute("SELECT %s(?)" % function, (key,)).fetchone()[0]
+        conn.execute("BEGIN")
+        try:
+            return conn.execute("SELECT %s(?)" % function, (key,)).fetchone()[0]
+        finally:
+            conn.execute("ROLLBACK")
+
+    try:
+        with db.transaction(first, shared=True):
+            with db.transaction(second, shared=True):       # did not wait: both syncs are open
+                assert not try_lock(other, pg_store.WRITER_LOCK_KEY)          # a hall or close write waits
+                assert try_lock(other, pg_store.WRITER_LOCK_KEY, shared=True)  # a third sync does not
+                db.booking_turn(second)
+                assert not try_lock(first, pg_store.BOOKING_LOCK_KEY)  # the first books after the second
+            assert try_lock(other, pg_store.BOOKING_LOCK_KEY)         # released at the second's COMMIT
+            assert not try_lock(other, pg_store.WRITER_LOCK_KEY)      # the first sync is still open
+        assert try_lock(other, pg_store.WRITER_LOCK_KEY)
+    finally:
+        for conn in (first, second, other):
+            conn.close()
