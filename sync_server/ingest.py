@@ -11,9 +11,8 @@ Two halves, because the write lock is the one thing concurrent workers queue for
   that lets the syncs of different terminals insert their own records and transfers side by side and
   then books one at a time, see pg_store.transaction) and does what depends on the current state:
   which seqs are new, balances and the multi-wallet splits, spending, debt flags, tap counters,
-  acked_seq. Per batch
-  it is a fixed handful of statements (executemany for rows; on PostgreSQL one statement over
-  arrays each, db.ManyRows) and, per record, a little dict arithmetic.
+  acked_seq. Per batch it is a fixed handful of statements (executemany for rows; on PostgreSQL one
+  statement over arrays each, db.ManyRows) and, per record, a little dict arithmetic.
 
 Only the wallets the batch's categories may debit are loaded (a canteen batch: the main wallet). That
 is enough for the debt flag: a purchase only lowers balances, so it can set an account's flag (one of
