@@ -167,8 +167,8 @@ def in_lists(conn, values):
         return []
     if type(conn) is pg_store.Connection:
         return [("= ANY(?)", [values])]
-    return [("IN (%s)" % ",".join("?" * len(values[start:start + IN_LIST_MAX])), values[start:start + IN_LIST_MAX])
-            for start in range(0, len(values), IN_LIST_MAX)]
+    chunks = [values[start:start + IN_LIST_MAX] for start in range(0, len(values), IN_LIST_MAX)]
+    return [("IN (%s)" % ",".join("?" * len(chunk)), chunk) for chunk in chunks]
 
 
 class ManyRows:

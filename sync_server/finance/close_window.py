@@ -6,7 +6,6 @@ from sync_server import db as dbmod
 from sync_server.business_day import day_start_ms
 
 MAX_LISTED = 200                   # rows listed per anomaly kind; counts stay exact
-IN_CHUNK = 900                     # keep IN (...) lists under SQLite's bound on variables
 
 
 def scalar(conn, sql):

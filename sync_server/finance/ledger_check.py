@@ -17,7 +17,7 @@ import json
 from sync_server import db as dbmod, ledger
 from sync_server.business_day import day_text
 from sync_server.finance import FinanceError, day_number
-from sync_server.finance.close_window import IN_CHUNK, MAX_LISTED, scalar
+from sync_server.finance.close_window import MAX_LISTED, scalar
 from sync_server.ledger_store import SqliteStore
 
 MAX_LEDGER_PROBLEMS_STORED = 200
@@ -69,23 +69,19 @@ def _window_balance_check(window, changes):
     conn = window.conn
     touched = sorted(changes)
     baseline, cached = {}, {}
-    for start in range(0, len(touched), IN_CHUNK):
-        chunk = touched[start:start + IN_CHUNK]
-        marks = ",".join("?" * len(chunk))
+    for condition, values in dbmod.in_lists(conn, touched):
         baseline.update(conn.execute("SELECT ledger_account_id, balance_fen FROM finance_ledger_baseline "
-                                     "WHERE ledger_account_id IN (%s)" % marks, chunk))
+                                     "WHERE ledger_account_id %s" % condition, values).fetchall())
         cached.update(conn.execute("SELECT ledger_account_id, balance_fen FROM balances "
-                                   "WHERE ledger_account_id IN (%s)" % marks, chunk))
+                                   "WHERE ledger_account_id %s" % condition, values).fetchall())
     derived = {ledger_id: baseline.get(ledger_id, 0) + changes[ledger_id] for ledger_id in touched}
     conn.executemany("INSERT INTO finance_ledger_baseline (ledger_account_id, balance_fen) VALUES (?, ?) "
                      "ON CONFLICT (ledger_account_id) DO UPDATE SET balance_fen = excluded.balance_fen",
                      derived.items())
     wrong = [ledger_id for ledger_id in touched if cached.get(ledger_id, 0) != derived[ledger_id]]
     kinds = {}
-    for start in range(0, len(wrong), IN_CHUNK):
-        chunk = wrong[start:start + IN_CHUNK]
-        kinds.update(conn.execute("SELECT id, kind FROM ledger_accounts WHERE id IN (%s)"
-                                  % ",".join("?" * len(chunk)), chunk))
+    for condition, values in dbmod.in_lists(conn, wrong):
+        kinds.update(conn.execute("SELECT id, kind FROM ledger_accounts WHERE id %s" % condition, values).fetchall())
     return [(ledger_id, kinds.get(ledger_id, "?"), cached.get(ledger_id, 0), derived[ledger_id])
             for ledger_id in wrong]
 

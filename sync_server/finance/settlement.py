@@ -16,9 +16,8 @@ import bisect
 import json
 
 from firmware.core import protocol, records as record_codec
-from sync_server import ingest, ledger
+from sync_server import db as dbmod, ingest, ledger
 from sync_server.business_day import BEIJING_OFFSET_MS, DAY_MS, HOUR_MS, day_of_ms, hour_of_ms
-from sync_server.finance.close_window import IN_CHUNK
 
 MAX_OFFLINE_PERIODS_LISTED = 20    # per terminal
 MAX_GAP_RANGES_LISTED = 20         # per terminal
@@ -372,8 +371,7 @@ def _order_refs(conn, transfer_ids):
     """{transfer_id: order id (商户订单号)} of the channel orders behind these transfers
     (sync_server/services/recharge.py)."""
     found = {}
-    for start in range(0, len(transfer_ids), IN_CHUNK):
-        chunk = transfer_ids[start:start + IN_CHUNK]
-        found.update(conn.execute("SELECT transfer_id, order_id FROM recharge_orders WHERE transfer_id IN (%s)"
-                                  % ",".join("?" * len(chunk)), chunk))
+    for condition, values in dbmod.in_lists(conn, transfer_ids):
+        found.update(conn.execute("SELECT transfer_id, order_id FROM recharge_orders WHERE transfer_id %s"
+                                  % condition, values).fetchall())
     return found
