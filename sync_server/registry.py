@@ -252,6 +252,8 @@ def provisioning_document(conn, master_key, terminal_id, server_url):
         raise HallError("终端 %d 不存在或已停用" % terminal_id, "terminal %d unknown or revoked" % terminal_id)
     keys = sam_keys.site_purpose_keys(master_key)
     keys[sam_keys.TERMINAL] = sam_keys.terminal_key(master_key, terminal_id, row["key_version"])
+    if row["category"] == wallet_rules.CATEGORY_WATER:
+        keys[sam_keys.WATER] = sam_keys.water_key(master_key, terminal_id, row["key_version"])
     return {
         "terminal_id": terminal_id,
         "merchant_id": row["merchant_id"],

@@ -23,17 +23,37 @@ Layout v1, kind PURCHASE (52 bytes):
     38      4     merchant_id
     42      6     reserved (zero)
     48      4     crc32 of bytes 0..47
+
+Kinds WATER (a card session at a water dispenser) and WATER_GRANT (a phone's Bluetooth session)
+keep the layout, with these differences:
+
+    30      4     tap_counter       WATER: the card's counter after the starting tap;
+                                    WATER_GRANT: the grant id (the session's source)
+    20, 28        card_number, card_generation: 0 for WATER_GRANT (no card)
+    24      4     account_id        WATER_GRANT: the account the grant named
+    34      4     amount_fen        >= 0 (a session may draw nothing; it is still a record)
+    42      4     ml                metered volume
+    46      2     duration_s        valve open to closed, seconds (at most 65535)
+    2       2     flags             bits 8-10: the end reason (water_grants.END_*)
+    12      8     time_ms           when the session ended
 """
 import binascii
 import struct
 
 VERSION = 1
 KIND_PURCHASE = 1
-KINDS = (KIND_PURCHASE,)
+KIND_WATER = 2
+KIND_WATER_GRANT = 3
+KINDS = (KIND_PURCHASE, KIND_WATER, KIND_WATER_GRANT)
+WATER_KINDS = (KIND_WATER, KIND_WATER_GRANT)
 
 FLAG_OFFLINE = 0x0001          # decided while the terminal could not reach the server
 FLAG_PIN_VERIFIED = 0x0002     # over the cardholder's limit, PIN checked online
 FLAG_CONFIRMED_REPEAT = 0x0004  # same card, same amount within seconds, cashier confirmed
+
+END_REASON_SHIFT = 8           # water kinds: flags bits 8-10 hold the end reason
+END_REASON_MASK = 0x0700
+MAX_DURATION_S = 0xFFFF
 
 MAX_AMOUNT_FEN = 1000000       # one tap never exceeds 10,000 yuan; anything above is corrupt
 
@@ -64,6 +84,33 @@ def encode_purchase(terminal_id, seq, time_ms, card_number, account_id, card_gen
     return body + struct.pack(">I", binascii.crc32(body) & 0xFFFFFFFF)
 
 
+def encode_water(terminal_id, seq, time_ms, card_number, account_id, card_generation, category, tap_counter,
+                 amount_fen, merchant_id, ml, duration_s, end_reason, grant=False, flags=0):
+    """A water session record: a card's (tap_counter = its counter) or, with `grant`, a phone's
+    (card 0, tap_counter = the grant id)."""
+    if not 0 <= amount_fen <= MAX_AMOUNT_FEN:
+        raise RecordError("amount_fen out of range: %d" % amount_fen)
+    if seq < 1:
+        raise RecordError("seq must start at 1")
+    if not 0 <= ml <= 0xFFFFFFFF or not 0 < end_reason <= 7:
+        raise RecordError("ml or end reason out of range")
+    if grant and (card_number or card_generation):
+        raise RecordError("a grant session names no card")
+    flags = (flags & ~END_REASON_MASK) | (end_reason << END_REASON_SHIFT)
+    reserved = struct.pack(">IH", ml, min(max(duration_s, 0), MAX_DURATION_S))
+    body = struct.pack(_BODY, VERSION, KIND_WATER_GRANT if grant else KIND_WATER, flags, terminal_id, seq, time_ms,
+                       card_number, account_id, card_generation, category, tap_counter, amount_fen, merchant_id,
+                       reserved)
+    return body + struct.pack(">I", binascii.crc32(body) & 0xFFFFFFFF)
+
+
+def water_fields(data):
+    """(ml, duration_s, end_reason) of a water record already checked by decode_tuple."""
+    ml, duration_s = struct.unpack(">IH", data[42:48])
+    flags = struct.unpack(">H", data[2:4])[0]
+    return ml, duration_s, (flags & END_REASON_MASK) >> END_REASON_SHIFT
+
+
 def decode_tuple(data):
     """Check and unpack a record; returns the FIELDS values as a tuple (fast path for the server)."""
     if len(data) != RECORD_SIZE:
@@ -79,10 +126,18 @@ def decode_tuple(data):
         raise RecordError("unknown record kind %d" % values[1])
     if values[4] < 1:
         raise RecordError("record seq must be >= 1")
-    if not 0 < values[11] <= MAX_AMOUNT_FEN:
-        raise RecordError("amount_fen out of range")
-    if values[13] != bytes(6):
-        raise RecordError("reserved bytes not zero")
+    if values[1] == KIND_PURCHASE:
+        if not 0 < values[11] <= MAX_AMOUNT_FEN:
+            raise RecordError("amount_fen out of range")
+        if values[13] != bytes(6):
+            raise RecordError("reserved bytes not zero")
+    else:
+        if not 0 <= values[11] <= MAX_AMOUNT_FEN:
+            raise RecordError("amount_fen out of range")
+        if not values[2] & END_REASON_MASK:
+            raise RecordError("water record without an end reason")
+        if values[1] == KIND_WATER_GRANT and (values[6] or values[8]):
+            raise RecordError("a grant session names no card")
     return values[:13]
 
 

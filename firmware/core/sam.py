@@ -9,6 +9,7 @@ role needs, derived from the master key:
     card_key_b        issuing stations (hall)      diversifies per-card key B (write identity)
     card_mac          every terminal               MACs / verifies the identity block
     terminal          one terminal                 authenticates its sync requests (HMAC)
+    water             one water dispenser          verifies Bluetooth grants, signs usage receipts
 
 A hardware SAM later implements the same methods; callers never see key bytes except the 6-byte
 MIFARE sector keys, which the reader chip needs in the clear (PN532 InDataExchange takes them).
@@ -19,6 +20,7 @@ CARD_KEY_A = "card_key_a"
 CARD_KEY_B = "card_key_b"
 CARD_MAC = "card_mac"
 TERMINAL = "terminal"
+WATER = "water"
 _PURPOSES = (CARD_KEY_A, CARD_KEY_B, CARD_MAC)
 
 
@@ -36,6 +38,12 @@ def terminal_key(master_key, terminal_id, key_version=1):
     return crypto.derive(master_key, TERMINAL, terminal_id, key_version)
 
 
+def water_key(master_key, dispenser_id, key_version=1):
+    """The per-dispenser key of Bluetooth water grants and receipts (firmware/core/water_grants.py);
+    the server derives it again to sign grants and check receipts."""
+    return crypto.derive(master_key, WATER, dispenser_id, key_version)
+
+
 class KeyMissing(Exception):
     """This key holder was not given the key the operation needs (wrong role)."""
 
@@ -43,7 +51,7 @@ class KeyMissing(Exception):
 class SoftwareSAM:
     def __init__(self, keys):
         for name in keys:
-            assert name in _PURPOSES or name == TERMINAL, "unknown key purpose %r" % name
+            assert name in _PURPOSES or name in (TERMINAL, WATER), "unknown key purpose %r" % name
         self._keys = dict(keys)
 
     def _key(self, purpose):
@@ -71,3 +79,7 @@ class SoftwareSAM:
     def sign_request(self, message):
         """HMAC-SHA256 of a sync request's signing string with this terminal's key."""
         return crypto.hmac_sha256(self._key(TERMINAL), message)
+
+    def water_mac(self, message):
+        """HMAC-SHA256 with this dispenser's water key (grants in, receipts out)."""
+        return crypto.hmac_sha256(self._key(WATER), message)

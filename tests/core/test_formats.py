@@ -95,6 +95,26 @@ def test_record_refuses_impossible_values():
     raises(records.RecordError, records.decode, data + b"\x00")
 
 
+def test_water_records_carry_volume_duration_and_end_reason():
+    card = records.encode_water(7, 3, 1700000000123, 100001, 5001, 1, wallets.CATEGORY_WATER, 43, 45, 3,
+                                ml=1500, duration_s=62, end_reason=2)
+    assert len(card) == records.RECORD_SIZE
+    decoded = records.decode(card)
+    assert decoded["kind"] == records.KIND_WATER and decoded["amount_fen"] == 45 and decoded["tap_counter"] == 43
+    assert records.water_fields(card) == (1500, 62, 2)
+    nothing = records.encode_water(7, 4, 1700000000999, 0, 5001, 0, wallets.CATEGORY_WATER, 41, 0, 3,
+                                   ml=0, duration_s=1, end_reason=4, grant=True)
+    decoded = records.decode(nothing)
+    assert decoded["kind"] == records.KIND_WATER_GRANT and decoded["amount_fen"] == 0 and decoded["tap_counter"] == 41
+    raises(records.RecordError, records.encode_water, 7, 4, 0, 100001, 5001, 1, 2, 41, 0, 3, 0, 1, 4, True)
+    raises(records.RecordError, records.encode_water, 7, 4, 0, 0, 5001, 0, 2, 41, -1, 3, 0, 1, 4, True)
+    raises(records.RecordError, records.encode_water, 7, 4, 0, 0, 5001, 0, 2, 41, 0, 3, 0, 1, 0, True)
+    for index in range(len(card)):
+        corrupted = bytearray(card)
+        corrupted[index] ^= 0x10
+        raises(records.RecordError, records.decode, bytes(corrupted))
+
+
 # --- mifare: access bits (datasheet 8.7.1, tables 7-8) and value blocks (8.6.2) -------------------
 
 def test_transport_access_bytes_match_datasheet():
