@@ -2,22 +2,30 @@
 
     POWERING_UP --PowerUp--> IDLE              [CloseValve first; a cut session is settled]
     IDLE --CardRead/GrantVerified--> AUTHORISED [Show(WATER_AUTHORISED, legacy balance)]
-    AUTHORISED --Start--> DISPENSING           [OpenValve]
+    IDLE --CardRead (tap_starts)--> DISPENSING  [tap to start: the two steps at once]
+    AUTHORISED --Start--> DISPENSING           [PersistProgress, OpenValve]
     DISPENSING --Pulses--> DISPENSING          [PersistProgress every persist_interval_ml]
-    DISPENSING --End/CardTapped/cap--> SETTLING [CloseValve, Journal]
+    DISPENSING --End/CardTapped/cap/max_session_ms/LinkLost--> SETTLING [CloseValve, Journal]
     SETTLING --Journaled--> IDLE               [Show(WATER_DONE), Beep]
-    any state but POWERING_UP --Tick with the valve open and no pulses for stall_ms--> FAULT
+    DISPENSING --Tick with no pulses for stall_ms--> SETTLING, then FAULT [CloseValve, Alarm]
 
 Charged by volume: pulses -> ml (pulses_per_litre) -> fen (price_fen_per_litre), rounded down
 (the cardholder's favour) and never above the session's cap; the valve closes at the cap.
 A power cut mid-session is settled at power-up from the last persisted volume, so at most
 persist_interval_ml of water goes free and nothing is charged twice: the journal record is
 written once, at settling, and the shell must commit Journal and the PersistProgress(None) that
-follows it in one store transaction (else a cut between them would settle the session again). Not here yet: the server side, BLE grants, the shell.
+follows it in one store transaction (else a cut between them would settle the session again).
+
+A session's source is ("card", card_number, account_id, generation, tap_counter) or
+("grant", grant_id, account_id); it is persisted with the progress, so a session cut by the power
+is settled against the same card or grant. Every Journal names why the session ended
+(water_grants.END_*). LinkLost (the phone's Bluetooth link dropped) ends a grant's session and is
+nothing to a card's. The grant's checks (MAC, challenge, dispenser, cap, lifetime) are made by
+water_grants.GrantGate before GrantVerified reaches this machine.
 """
 from collections import namedtuple
 
-from firmware.core import decide as decide_module, messages, wallets
+from firmware.core import decide as decide_module, messages, wallets, water_grants
 
 POWERING_UP = "powering_up"
 IDLE = "idle"
@@ -31,12 +39,13 @@ STATES = (POWERING_UP, IDLE, AUTHORISED, DISPENSING, SETTLING, FAULT)
 PowerUp = namedtuple("PowerUp", ("now_ms", "persisted"))   # persisted: Progress or None
 Tick = namedtuple("Tick", ("now_ms",))
 CardRead = namedtuple("CardRead", ("view", "facts", "online"))   # facts: pos.TapFacts-like (deny, account)
-GrantVerified = namedtuple("GrantVerified", ("grant_id", "cap_fen", "expiry_ms"))
+GrantVerified = namedtuple("GrantVerified", ("grant_id", "account_id", "cap_fen", "expiry_ms"))
 Start = namedtuple("Start", ())
 End = namedtuple("End", ())
 CardTapped = namedtuple("CardTapped", ("uid",))             # tap again to stop
 Pulses = namedtuple("Pulses", ("count",))
 Journaled = namedtuple("Journaled", ("seq",))
+LinkLost = namedtuple("LinkLost", ())                        # the phone that holds the grant went away
 
 # Actions
 OpenValve = namedtuple("OpenValve", ())
@@ -51,6 +60,7 @@ Alarm = namedtuple("Alarm", ("message_code",))
 Progress = namedtuple("Progress", ("source", "cap_fen", "start_ms", "ml"))
 
 MAX_PULSES_PER_EVENT = 100000
+DEFAULT_MAX_SESSION_MS = 10 * 60 * 1000
 
 
 class DispenserError(Exception):
@@ -69,6 +79,11 @@ class Dispenser:
             if not isinstance(config.get(name), int) or config[name] <= 0:
                 raise DispenserError("配置错误 / bad config: %s" % name)
         assert config["persist_interval_ml"] <= 100
+        max_session_ms = config.get("max_session_ms", DEFAULT_MAX_SESSION_MS)
+        if not isinstance(max_session_ms, int) or max_session_ms <= 0:
+            raise DispenserError("配置错误 / bad config: max_session_ms")
+        self.max_session_ms = max_session_ms
+        self.tap_starts = bool(config.get("tap_starts", True))
         self.config = config
         self.state = POWERING_UP
         self.now_ms = 0
@@ -119,7 +134,7 @@ class Dispenser:
             return IDLE, actions + [Show(messages.WATER_READY, {})]
         self.source, self.cap_fen, self.start_ms = p.source, p.cap_fen, p.start_ms
         self.pulses = p.ml * self.config["pulses_per_litre"] // 1000
-        return SETTLING, actions + self._settle_actions(messages.WATER_RESUMED, p.ml)
+        return SETTLING, actions + self._settle_actions(messages.WATER_RESUMED, p.ml, water_grants.END_POWER_CUT)
 
     def _tick(self, event):
         if event.now_ms < self.now_ms:
@@ -134,7 +149,11 @@ class Dispenser:
                 return IDLE, [Show(messages.WATER_READY, {})]
         if self.state == DISPENSING and self.now_ms - self.last_change_ms >= self.config["stall_ms"]:
             actions = [CloseValve(), Alarm(messages.WATER_METER_STALLED), Beep("error")]
-            return SETTLING, actions + self._settle_actions(messages.WATER_METER_STALLED, self.ml())
+            return SETTLING, actions + self._settle_actions(messages.WATER_METER_STALLED, self.ml(),
+                                                            water_grants.END_STALLED)
+        if self.state == DISPENSING and self.now_ms - self.start_ms >= self.max_session_ms:
+            return SETTLING, [CloseValve()] + self._settle_actions(messages.WATER_DONE, self.ml(),
+                                                                   water_grants.END_TIMEOUT)
         return self.state, []
 
     def _card_read(self, event):
@@ -153,19 +172,24 @@ class Dispenser:
         cap_fen = min(self.config["max_session_fen"], wallets.spendable_fen(adjusted, wallets.CATEGORY_WATER))
         if not event.online and caps.amount_fen is not None:
             cap_fen = min(cap_fen, caps.amount_fen - account.unacked_fen)
-        self.source = ("card", view.identity.card_number)
+        identity = view.identity
+        self.source = ("card", identity.card_number, identity.account_id, identity.generation, view.tap_counter)
         self.uid = view.uid
         self.cap_fen = cap_fen
         self.last_change_ms = self.now_ms
         legacy_fen = account.balances_fen.get("legacy", 0)
-        return AUTHORISED, [Show(messages.WATER_AUTHORISED, {"balance_fen": legacy_fen}), Beep("ok")]
+        actions = [Show(messages.WATER_AUTHORISED, {"balance_fen": legacy_fen}), Beep("ok")]
+        if not self.tap_starts:
+            return AUTHORISED, actions
+        state, started = self._start(None)
+        return state, actions + started
 
     def _grant(self, event):
         if not isinstance(event.cap_fen, int) or event.cap_fen <= 0 or not event.grant_id:
             return IDLE, [Show(messages.INVALID_AMOUNT, {}), Beep("error")]
         if event.expiry_ms <= self.now_ms:
             return IDLE, [Show(messages.WATER_GRANT_EXPIRED, {}), Beep("error")]
-        self.source = ("grant", event.grant_id)
+        self.source = ("grant", event.grant_id, event.account_id)
         self.cap_fen = min(event.cap_fen, self.config["max_session_fen"])
         self.expiry_ms = event.expiry_ms
         self.last_change_ms = self.now_ms
@@ -199,19 +223,29 @@ class Dispenser:
             self.persisted_ml = ml
             actions.append(PersistProgress(Progress(self.source, self.cap_fen, self.start_ms, ml)))
         if fen_for_ml(ml, self.config["price_fen_per_litre"]) >= self.cap_fen:
-            return SETTLING, actions + [CloseValve()] + self._settle_actions(messages.WATER_CAP_REACHED, ml)
+            return SETTLING, actions + [CloseValve()] + self._settle_actions(messages.WATER_CAP_REACHED, ml,
+                                                                             water_grants.END_CAP)
         return DISPENSING, actions
 
     def _stop(self, event):
         if isinstance(event, CardTapped) and (self.source[0] != "card" or event.uid != self.uid):
             return DISPENSING, [Show(messages.WATER_BUSY, {})]
-        return SETTLING, [CloseValve()] + self._settle_actions(messages.WATER_DONE, self.ml())
+        return SETTLING, [CloseValve()] + self._settle_actions(messages.WATER_DONE, self.ml(), water_grants.END_BUTTON)
 
-    def _settle_actions(self, code, ml):
+    def _link_lost(self, event):
+        if self.source is None or self.source[0] != "grant":
+            return self.state, []
+        if self.state == AUTHORISED:
+            self._reset()
+            return IDLE, [Show(messages.WATER_READY, {})]
+        return SETTLING, [CloseValve()] + self._settle_actions(messages.WATER_DONE, self.ml(),
+                                                               water_grants.END_LINK_LOST)
+
+    def _settle_actions(self, code, ml, end_reason):
         self.settle_code = code
         fen = min(fen_for_ml(ml, self.config["price_fen_per_litre"]), self.cap_fen)
         self.settled = {"source": self.source, "start_ms": self.start_ms, "end_ms": self.now_ms,
-                        "ml": ml, "fen": fen, "cap_fen": self.cap_fen}
+                        "ml": ml, "fen": fen, "cap_fen": self.cap_fen, "end_reason": end_reason}
         return [Journal(dict(self.settled)), PersistProgress(None)]
 
     def _journaled(self, event):
@@ -240,7 +274,7 @@ TRANSITIONS = {
     (POWERING_UP, PowerUp): (_D._power_up, (IDLE, SETTLING)),
     (POWERING_UP, Tick): (_D._ignore, (POWERING_UP,)),
     (IDLE, Tick): (_D._tick, (IDLE,)),
-    (IDLE, CardRead): (_D._card_read, (IDLE, AUTHORISED)),
+    (IDLE, CardRead): (_D._card_read, (IDLE, AUTHORISED, DISPENSING)),
     (IDLE, GrantVerified): (_D._grant, (IDLE, AUTHORISED)),
     (IDLE, Start): (_D._ignore, (IDLE,)),
     (IDLE, End): (_D._ignore, (IDLE,)),
@@ -251,7 +285,7 @@ TRANSITIONS = {
     (AUTHORISED, End): (_D._cancel, (IDLE,)),
     (AUTHORISED, Pulses): (_D._ignore, (AUTHORISED,)),
     (AUTHORISED, CardTapped): (_D._ignore, (AUTHORISED,)),
-    (AUTHORISED, CardRead): (_D._reauthorise, (IDLE, AUTHORISED)),      # the last card or grant wins
+    (AUTHORISED, CardRead): (_D._reauthorise, (IDLE, AUTHORISED, DISPENSING)),  # the last card or grant wins
     (AUTHORISED, GrantVerified): (_D._reauthorise, (IDLE, AUTHORISED)),
     (DISPENSING, Tick): (_D._tick, (DISPENSING, SETTLING)),
     (DISPENSING, Pulses): (_D._pulses, (DISPENSING, SETTLING)),
@@ -275,4 +309,10 @@ TRANSITIONS = {
     (FAULT, CardTapped): (_D._ignore, (FAULT,)),
     (FAULT, CardRead): (_D._out_of_order, (FAULT,)),
     (FAULT, GrantVerified): (_D._out_of_order, (FAULT,)),
+    (POWERING_UP, LinkLost): (_D._ignore, (POWERING_UP,)),
+    (IDLE, LinkLost): (_D._ignore, (IDLE,)),
+    (AUTHORISED, LinkLost): (_D._link_lost, (AUTHORISED, IDLE)),
+    (DISPENSING, LinkLost): (_D._link_lost, (DISPENSING, SETTLING)),
+    (SETTLING, LinkLost): (_D._ignore, (SETTLING,)),
+    (FAULT, LinkLost): (_D._ignore, (FAULT,)),
 }

@@ -1,7 +1,7 @@
 """The water dispenser state machine: card and grant sessions, cap, timeouts, power cut (plain asserts)."""
 from collections import namedtuple
 
-from firmware.core import card_layout, dispenser as d, messages
+from firmware.core import card_layout, dispenser as d, messages, water_grants as w
 from firmware.core.decide import AccountView, DenyView, NOT_DENIED
 
 CardView = namedtuple("CardView", ("uid", "identity", "name", "tap_counter"))
@@ -9,7 +9,7 @@ TapFacts = namedtuple("TapFacts", ("deny", "account"))
 UID = b"\x04\x11\x22\x33"
 CONFIG = {"pulses_per_litre": 450, "price_fen_per_litre": 30, "persist_interval_ml": 100,
           "idle_timeout_ms": 30000, "stall_ms": 5000, "max_session_fen": 500,
-          "offline_cap_count": 5, "offline_cap_amount_fen": 2000}
+          "offline_cap_count": 5, "offline_cap_amount_fen": 2000, "tap_starts": False}
 
 
 def view():
@@ -51,7 +51,7 @@ def test_card_session_charges_by_volume_and_shows_legacy_balance():
     actions = m.handle(d.End())
     assert actions[0] == d.CloseValve() and not m.valve_open
     (record,) = journals(actions)
-    assert record["ml"] == 1000 and record["fen"] == 30 and record["source"] == ("card", 1001)
+    assert record["ml"] == 1000 and record["fen"] == 30 and record["source"] == ("card", 1001, 501, 1, 5) and record["end_reason"] == w.END_BUTTON
     actions = m.handle(d.Journaled(1))
     assert actions[0] == d.Show(messages.WATER_DONE, {"amount_fen": 30})
     assert m.state == d.IDLE
@@ -75,21 +75,22 @@ def test_tap_again_stops_but_another_card_does_not():
 
 def test_grant_session_cap_closes_the_valve():
     m, _ = machine()
-    m.handle(d.GrantVerified("g-1", 15, 60000))
+    m.handle(d.GrantVerified("g-1", 501, 15, 60000))
     m.handle(d.Start())
     actions = m.handle(d.Pulses(450))         # 1 litre = 30 fen, over the 15 fen cap
     assert d.CloseValve() in actions and not m.valve_open
     (record,) = journals(actions)
-    assert record["fen"] == 15 and record["source"] == ("grant", "g-1")
+    assert record["fen"] == 15 and record["source"] == ("grant", "g-1", 501)
+    assert record["end_reason"] == w.END_CAP
     m.handle(d.Pulses(10))                    # drops after the close are not charged
     assert m.handle(d.Journaled(2))[0] == d.Show(messages.WATER_CAP_REACHED, {"amount_fen": 15})
 
 
 def test_grant_expiry_and_bad_grant():
     m, _ = machine()
-    assert m.handle(d.GrantVerified("g-2", 0, 60000))[0].message_code == messages.INVALID_AMOUNT
-    assert m.handle(d.GrantVerified("g-2", 100, 500))[0].message_code == messages.WATER_GRANT_EXPIRED
-    m.handle(d.GrantVerified("g-2", 100, 5000))
+    assert m.handle(d.GrantVerified("g-2", 501, 0, 60000))[0].message_code == messages.INVALID_AMOUNT
+    assert m.handle(d.GrantVerified("g-2", 501, 100, 500))[0].message_code == messages.WATER_GRANT_EXPIRED
+    m.handle(d.GrantVerified("g-2", 501, 100, 5000))
     assert m.handle(d.Tick(5000))[0].message_code == messages.WATER_GRANT_EXPIRED
     assert m.state == d.IDLE
 
@@ -188,6 +189,50 @@ def test_garbage_events_raise_and_change_nothing():
 
 def test_a_second_card_while_authorised_takes_over():
     m, _ = machine()
-    m.handle(d.GrantVerified("g-3", 100, 60000))
+    m.handle(d.GrantVerified("g-3", 501, 100, 60000))
     m.handle(d.CardRead(view(), facts(water=40, legacy=0, main=0), True))
-    assert m.state == d.AUTHORISED and m.source == ("card", 1001) and m.cap_fen == 40
+    assert m.state == d.AUTHORISED and m.source[:2] == ("card", 1001) and m.cap_fen == 40
+
+
+def test_tap_to_start_opens_at_once_and_tap_again_stops():
+    m, _ = machine(tap_starts=True)
+    actions = m.handle(d.CardRead(view(), facts(), True))
+    assert actions[0] == d.Show(messages.WATER_AUTHORISED, {"balance_fen": 120})
+    assert d.OpenValve() in actions and m.state == d.DISPENSING and m.valve_open
+    m.handle(d.Pulses(45))
+    actions = m.handle(d.CardTapped(UID))
+    assert journals(actions)[0]["ml"] == 100 and not m.valve_open
+
+
+def test_the_session_ends_at_max_session_ms():
+    m, _ = machine(max_session_ms=60000, stall_ms=100000)
+    m.handle(d.GrantVerified("g-4", 501, 400, 60000))
+    m.handle(d.Start())
+    for second in range(1, 60):
+        m.handle(d.Tick(1000 + second * 1000))
+        m.handle(d.Pulses(1))
+    actions = m.handle(d.Tick(61000))
+    assert actions[0] == d.CloseValve() and journals(actions)[0]["end_reason"] == w.END_TIMEOUT
+
+
+def test_a_lost_link_ends_a_grant_session_but_not_a_card_session():
+    m, _ = machine()
+    m.handle(d.GrantVerified("g-5", 501, 400, 60000))
+    assert m.handle(d.LinkLost()) == [d.Show(messages.WATER_READY, {})] and m.state == d.IDLE
+    m.handle(d.GrantVerified("g-6", 501, 400, 60000))
+    m.handle(d.Start())
+    m.handle(d.Pulses(90))
+    actions = m.handle(d.LinkLost())
+    assert not m.valve_open and journals(actions)[0]["end_reason"] == w.END_LINK_LOST
+    card, _ = machine()
+    card.handle(d.CardRead(view(), facts(), True))
+    card.handle(d.Start())
+    assert card.handle(d.LinkLost()) == [] and card.valve_open
+
+
+def test_a_power_cut_settles_with_the_cut_as_the_reason():
+    m, _ = machine(persisted=d.Progress(("grant", "g-7", 501), 300, 500, 400))
+    assert journals(m.handle(d.Tick(2000)) or [])== []
+    m2, actions = machine(persisted=d.Progress(("grant", "g-7", 501), 300, 500, 400))
+    (record,) = journals(actions)
+    assert record["end_reason"] == w.END_POWER_CUT and record["source"] == ("grant", "g-7", 501)
