@@ -1,8 +1,9 @@
 """A cardholder's phone app and the payment channels behind it, as HTTP clients of a real server.
 
 `PhoneApp` speaks the cardholder API (`/api/v1`) the way the campus app does: bind with name,
-staff/student number and card PIN (绑卡), list and remove the holder's bound phones, then query, report a card lost with the card PIN (挂失), recharge through a
-channel (卡充值). `ChannelGateway` plays Alipay / WeChat Pay / CCB: after the phone pays an order it
+staff/student number and card PIN (绑卡), list and remove the holder's bound phones, then query, report a card
+lost with the card PIN (挂失), recharge through a channel (卡充值), ask for Bluetooth water grants and hand in
+the dispensers' receipts (扫码用水). `ChannelGateway` plays Alipay / WeChat Pay / CCB: after the phone pays an order it
 sends the channel's signed asynchronous notification to the server's webhook - like real gateways,
 sometimes more than once. Used by the demo and the tests.
 """
@@ -61,6 +62,20 @@ class PhoneApp:
 
     def order(self, order_id):
         return self._call("GET", "/accounts/%d/recharge-orders/%s" % (self.account_id, order_id))
+
+    # 扫码用水: the server's half of Bluetooth water (the radio's half is simulators/phone_ble.py)
+    def water_grant(self, dispenser_id, challenge):
+        """A signed grant for the dispenser's CHALLENGE read (bytes); the grant comes back as bytes."""
+        answer = self._call("POST", "/water/grants", {"dispenser_id": dispenser_id, "challenge": bytes(challenge).hex()})
+        answer["grant"] = bytes.fromhex(answer["grant"])
+        return answer
+
+    def water_receipt(self, receipt):
+        """Hand in the dispenser's usage receipt (bytes); returns the grant's state and outcome."""
+        return self._call("POST", "/water/receipts", {"receipt": bytes(receipt).hex()})
+
+    def water_grant_state(self, grant_id):
+        return self._call("GET", "/water/grants/%d" % grant_id)
 
 
 class ChannelGateway:

@@ -20,6 +20,11 @@
     GET  /api/v1/accounts/<id>/limits
     PUT  /api/v1/accounts/<id>/limits         {pin, single_limit_fen, daily_limit_fen}
     POST /api/v1/accounts/<id>/electricity    {pin, building, floor, room, amount_fen, idempotency_key?}
+    POST /api/v1/water/grants                 {dispenser_id, challenge (hex)} -> {grant_id, grant (hex), cap_fen,
+                                              expires_ms}: money held until the session is settled
+    POST /api/v1/water/receipts               {receipt (hex)}: the dispenser's usage receipt -> the grant's
+                                              state and outcome (settled, late, already)
+    GET  /api/v1/water/grants/<grant_id>      the state of one of the bearer's grants
     POST /api/v1/channels/<channel>/notify    the channel's signed notification (no bearer token)
     GET  /api/v1/openapi.json                 all of the above as an OpenAPI 3 document (sync_server/openapi.py)
 
@@ -46,7 +51,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from sync_server import db as dbmod, numbers, openapi
 from sync_server.services import (ServiceError, binding, cards, electricity, history, limits,
-                                  pins as pin_service, recharge, register_messages)
+                                  pins as pin_service, recharge, register_messages, water)
 
 cardholder_api = Blueprint("cardholder_api", __name__, url_prefix="/api/v1")
 
@@ -182,6 +187,34 @@ def transactions(account_id):
     from_date = request.args.get("from") or history.today(now_ms - (DEFAULT_QUERY_DAYS - 1) * 86400000)
     return jsonify(history.query(conn, account_id, from_date, to_date, request.args.get("type", "all"),
                                  page, page_size))
+
+
+# --- Bluetooth water -----------------------------------------------------------------------------
+
+@cardholder_api.post("/water/grants")
+def water_grant():
+    conn = dbmod.get_db()
+    identity = _identity(conn)
+    message = _body()
+    result = water.issue_grant(conn, current_app.extensions["ykt"].master_key, identity["account_id"],
+                               _int(message, "dispenser_id"), _str(message, "challenge"))
+    return jsonify(result), 201
+
+
+@cardholder_api.post("/water/receipts")
+def water_receipt():
+    conn = dbmod.get_db()
+    identity = _identity(conn)
+    message = _body()
+    return jsonify(water.hand_in_receipt(conn, current_app.extensions["ykt"].master_key, identity["account_id"],
+                                         _str(message, "receipt")))
+
+
+@cardholder_api.get("/water/grants/<id:grant_id>")
+def water_grant_state(grant_id):
+    conn = dbmod.get_db()
+    identity = _identity(conn)
+    return jsonify(water.grant_state(conn, identity["account_id"], grant_id))
 
 
 # --- recharge ------------------------------------------------------------------------------------

@@ -33,11 +33,18 @@ good), never debited nor credited to the merchant, noted in card_mismatches with
 owner, and counted on the terminal (terminals.card_mismatch_count > 0 flags it). The day close lists
 it as unsettled with its reason.
 
+Water sessions (records.KIND_WATER, KIND_WATER_GRANT) are stored the same way, with their volume in
+water_sessions. A card's session is booked like a purchase (water -> legacy -> main); one that drew
+nothing moves no money. A grant's session names its grant instead of a card: it settles the grant
+(sync_server/water_holds.py) under the booking turn, unless the phone's copy of the receipt settled
+it first, and it books nothing of its own. A grant record naming a grant that is not this
+dispenser's, or not that account's, is stored unbooked with the reason unknown_grant.
+
 The statements are module constants so that benchmarks/ingest.py can time the very same writes
 straight through sqlite3.
 """
-from firmware.core import protocol, wallets as wallet_rules
-from sync_server import db as dbmod, ledger
+from firmware.core import protocol, records as record_codec, wallets as wallet_rules
+from sync_server import db as dbmod, ledger, water_holds
 from sync_server.business_day import day_of_ms
 from sync_server.ledger_store import SqliteStore, add_deny_entries, REASON_NEGATIVE
 
@@ -76,8 +83,14 @@ INSERT_RECORD_ANOMALIES_SQL = "INSERT INTO record_anomalies (terminal_id, seq, r
 INSERT_CARD_MISMATCHES_SQL = (
     "INSERT INTO card_mismatches (terminal_id, seq, card_number, card_generation, named_account_id, "
     "owner_account_id, amount_fen, noticed_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+INSERT_WATER_SESSIONS_SQL = (
+    "INSERT INTO water_sessions (terminal_id, seq, kind, account_id, grant_id, ml, amount_fen, duration_s, end_reason, "
+    "end_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 REASON_UNKNOWN_ACCOUNT = "unknown_account"
 REASON_CARD_MISMATCH = "card_mismatch"
+REASON_UNKNOWN_GRANT = "unknown_grant"
+_WATER_KINDS = record_codec.WATER_KINDS
+_GRANT_KIND = record_codec.KIND_WATER_GRANT
 
 
 class JournalMismatch(Exception):
@@ -91,7 +104,7 @@ class JournalMismatch(Exception):
 class Batch:
     """One request's records, made ready for store() (see the module text)."""
     __slots__ = ("terminal_id", "received_ms", "rows", "purchases", "fixed", "wallet_ids", "values", "mismatches",
-                 "stored_mismatches")
+                 "stored_mismatches", "water", "grants", "moneyless", "bad_grants")
 
     def __init__(self, terminal_id, received_ms):
         self.terminal_id = terminal_id
@@ -103,6 +116,10 @@ class Batch:
         self.wallet_ids = {}    # account_id -> {wallet: ledger_id}
         self.mismatches = {}    # seq -> (card, generation, named account, owner account or None, amount_fen)
         self.stored_mismatches = []   # those of them store() stored (new seqs), for the sync to report
+        self.water = {}         # seq -> water_sessions row (water records)
+        self.grants = {}        # seq -> (grant_id, fen, ml, end_reason) of grant sessions naming a good grant
+        self.moneyless = set()  # seqs booked without a purchase: card sessions that drew nothing, grant sessions
+        self.bad_grants = set()  # grant sessions naming a grant that is not theirs
 
 
 def prepare(conn, terminal_id, merchant_ledger_id, by_seq, offset_ms, received_ms):
@@ -113,7 +130,9 @@ def prepare(conn, terminal_id, merchant_ledger_id, by_seq, offset_ms, received_m
         wallets.update(wallet_rules.WALLET_ORDER[category])
     account_ids = sorted({v[_ACCOUNT] for _raw, v in by_seq.values()})
     batch.wallet_ids = wallet_ids = SqliteStore(conn).wallet_ids(account_ids, wallets) if account_ids else {}
-    owners = _card_owners(conn, sorted({v[_CARD] for _raw, v in by_seq.values()}), account_ids)
+    owners = _card_owners(conn, sorted({v[_CARD] for _raw, v in by_seq.values() if v[_KIND] != _GRANT_KIND}),
+                          account_ids)
+    grants = _grants(conn, sorted({v[_COUNTER] for _raw, v in by_seq.values() if v[_KIND] == _GRANT_KIND}))
     rows, values_by_seq, purchases, fixed = batch.rows, batch.values, batch.purchases, batch.fixed
     purchase, fixed_transfers = ledger.Purchase, ledger.fixed_transfers
     for seq, (raw, v) in by_seq.items():
@@ -122,13 +141,37 @@ def prepare(conn, terminal_id, merchant_ledger_id, by_seq, offset_ms, received_m
                      v[_GENERATION], v[_CATEGORY], v[_COUNTER], v[_AMOUNT], v[_MERCHANT], received_ms, 1)
         values_by_seq[seq] = v
         wallets = wallet_ids.get(v[_ACCOUNT])
+        if v[_KIND] in _WATER_KINDS:
+            ml, duration_s, end_reason = record_codec.water_fields(raw)
+            grant_id = v[_COUNTER] if v[_KIND] == _GRANT_KIND else None
+            batch.water[seq] = (terminal_id, seq, v[_KIND], v[_ACCOUNT], grant_id, ml, v[_AMOUNT], duration_s,
+                                end_reason, time_ms)
+            if grant_id is not None:
+                if grants.get(grant_id) == (terminal_id, v[_ACCOUNT]):
+                    batch.grants[seq] = (grant_id, v[_AMOUNT], ml, end_reason)
+                    batch.moneyless.add(seq)
+                else:
+                    batch.bad_grants.add(seq)
+                continue
         if wallets is not None and not owners.owns(v[_ACCOUNT], v[_CARD]):
             batch.mismatches[seq] = (v[_CARD], v[_GENERATION], v[_ACCOUNT], owners.owner(v[_CARD]), v[_AMOUNT])
+        elif wallets is not None and v[_AMOUNT] == 0:
+            batch.moneyless.add(seq)            # a water session that drew nothing
         elif wallets is not None:
             purchases[seq] = p = purchase(terminal_id, seq, time_ms, v[_ACCOUNT], v[_CATEGORY], v[_AMOUNT],
                                           merchant_ledger_id)
             fixed[seq] = fixed_transfers(wallets, p)
     return batch
+
+
+def _grants(conn, grant_ids):
+    """{grant_id: (dispenser_id, account_id)}: what a grant names never changes once issued."""
+    found = {}
+    for condition, values in dbmod.in_lists(conn, grant_ids):
+        for grant_id, dispenser_id, account_id in conn.execute(
+                "SELECT id, dispenser_id, account_id FROM water_grants WHERE id %s" % condition, values).fetchall():
+            found[grant_id] = (dispenser_id, account_id)
+    return found
 
 
 class _CardOwners:
@@ -173,12 +216,15 @@ def store(conn, batch, acked_seq, max_seq):
     new = sorted(_new_seqs(conn, batch.terminal_id, acked_seq, max_seq, batch.rows))
     if new:
         purchases = [batch.purchases[seq] for seq in new if seq in batch.purchases]
-        unbooked = [seq for seq in new if seq not in batch.purchases]
+        unbooked = [seq for seq in new if seq not in batch.purchases and seq not in batch.moneyless]
         rows = [batch.rows[seq] for seq in new]
         if unbooked:
             unbooked_seqs = set(unbooked)
             rows = [row[:_BOOKED_COLUMN] + (0,) if row[1] in unbooked_seqs else row for row in rows]
         conn.executemany(INSERT_RECORDS_SQL, rows)
+        water = [batch.water[seq] for seq in new if seq in batch.water]
+        if water:
+            conn.executemany(INSERT_WATER_SESSIONS_SQL, water)
         fixed = [batch.fixed[p.seq] for p in purchases]
         transfers = None
         if purchases and all(one is not None for one in fixed):
@@ -187,7 +233,13 @@ def store(conn, batch, acked_seq, max_seq):
             SqliteStore(conn).insert_transfers(transfers)
         dbmod.booking_turn(conn)
         _book(conn, batch, purchases, unbooked, transfers)
-        _note_tap_counters(conn, [batch.values[seq] for seq in new], batch.received_ms)
+        for seq in new:
+            if seq in batch.grants:
+                grant_id, fen, ml, end_reason = batch.grants[seq]
+                water_holds.settle(conn, grant_id, fen, ml, end_reason, water_holds.VIA_DISPENSER, seq,
+                                   batch.received_ms)
+        _note_tap_counters(conn, [batch.values[seq] for seq in new if batch.values[seq][_KIND] != _GRANT_KIND],
+                           batch.received_ms)
         max_seq = max(max_seq, new[-1])
     acked_seq, holes = _advance_acked(conn, batch.terminal_id, acked_seq, max_seq)
     return acked_seq, max_seq, holes
@@ -255,8 +307,8 @@ def _book(conn, batch, purchases, unbooked, transfers):
     now_ms = batch.received_ms
     if unbooked:
         conn.executemany(INSERT_RECORD_ANOMALIES_SQL, [
-            (batch.terminal_id, seq, REASON_CARD_MISMATCH if seq in batch.mismatches else REASON_UNKNOWN_ACCOUNT,
-             now_ms) for seq in unbooked])
+            (batch.terminal_id, seq, REASON_CARD_MISMATCH if seq in batch.mismatches else
+             REASON_UNKNOWN_GRANT if seq in batch.bad_grants else REASON_UNKNOWN_ACCOUNT, now_ms) for seq in unbooked])
         _note_card_mismatches(conn, batch, [seq for seq in unbooked if seq in batch.mismatches])
     if not purchases:
         return

@@ -18,6 +18,8 @@ Posting rules implemented here:
     recharge   channel (cash desk, online) -> wallet
     migration  legacy source -> legacy wallet (old-system card balance moved once)
     fee        wallet (or cash desk) -> fee income (reissue fee, sync_server/services/cards.py)
+    hold       wallet -> hold account, release: hold account -> wallet (Bluetooth water grants,
+               sync_server/water_holds.py)
 
 Persistence goes through a small store interface (see `Store`), implemented on SQLite in
 `sync_server/ledger_store.py` inside the caller's transaction.
@@ -33,7 +35,9 @@ KIND_RECHARGE = "recharge"
 KIND_MIGRATION = "migration"
 KIND_CORRECTION = "correction"
 KIND_FEE = "fee"                 # a service charge (reissue fee): wallet or cash desk -> fee income
-KINDS = (KIND_PURCHASE, KIND_RECHARGE, KIND_MIGRATION, KIND_CORRECTION, KIND_FEE)
+KIND_HOLD = "hold"               # a Bluetooth water grant's money set aside: wallet -> hold account
+KIND_RELEASE = "release"         # what a grant did not use given back: hold account -> wallet
+KINDS = (KIND_PURCHASE, KIND_RECHARGE, KIND_MIGRATION, KIND_CORRECTION, KIND_FEE, KIND_HOLD, KIND_RELEASE)
 
 MAX_TRANSFER_FEN = 100000000     # 1,000,000 yuan: anything above is a typo or an attack
 MAX_TRANSFERS_PER_POST = 10000   # bound on one posting call (a sync batch is far smaller)

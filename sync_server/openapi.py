@@ -26,7 +26,7 @@ ERROR_TEXT = {
     409: "refused in the current state (blocked, in debt, no card, insufficient balance, too many phones...)",
     413: "the request body is too large",
     423: "locked after too many wrong PINs or bindings; try later",
-    429: "too many unfinished recharge orders",
+    429: "too many unfinished recharge orders, or water sessions",
 }
 
 
@@ -81,6 +81,16 @@ SCHEMAS = {
         "parts": {"type": "array", "items": {"type": "array", "items": {}, "minItems": 2, "maxItems": 2},
                   "description": "[wallet, fen] drawn, in order"},
         "balances": {"type": "object", "additionalProperties": FEN}}),
+    "WaterGrant": _object({"grant_id": ID, "grant": {"type": "string", "description": "hex: write it to the "
+                                                     "dispenser's GRANT characteristic"},
+                           "cap_fen": FEN, "expires_ms": {"type": "integer"}, "dispenser_id": ID}),
+    "WaterGrantState": _object({
+        "grant_id": ID, "dispenser_id": ID,
+        "status": {"type": "string", "enum": ["held", "settled", "released"]}, "cap_fen": FEN,
+        "issued_ms": {"type": "integer"}, "expires_ms": {"type": "integer"}},
+        dict({name: {"type": "integer", "nullable": True} for name in ("settled_fen", "settled_ml", "end_reason")},
+             settled_via={"type": "string", "nullable": True},
+             outcome={"type": "string", "enum": ["settled", "late", "already"]})),
     "NotifyResult": _object({"result": {"type": "string", "enum": ["success"]}, "outcome": TEXT,
                              "order_id": TEXT, "status": TEXT}),
 }
@@ -205,10 +215,27 @@ def _channel_paths():
                     "amount_fen": {"type": "integer"}, "trade_no": TEXT}))}}
 
 
+def _water_paths():
+    """扫码用水: the phone's side of Bluetooth water (sync_server/services/water.py)."""
+    hex_bytes = {"type": "string", "maxLength": 128, "description": "hex"}
+    return {
+        "/water/grants": {"post": _operation(
+            "hold money and sign a grant for a dispenser's challenge (read from its CHALLENGE characteristic)",
+            201, "WaterGrant", _errors(SIGNED_IN, WITH_BODY, (409, 429)),
+            body=_body({"dispenser_id": ID, "challenge": hex_bytes}))},
+        "/water/receipts": {"post": _operation(
+            "hand in the dispenser's usage receipt: the grant is settled once, the rest of its hold released",
+            200, "WaterGrantState", _errors(SIGNED_IN, WITH_BODY, (403,)), body=_body({"receipt": hex_bytes}))},
+        "/water/grants/{grant_id}": {"get": _operation(
+            "the state of one of the holder's grants", 200, "WaterGrantState", _errors(SIGNED_IN, (400, 403)),
+            parameters=[{"name": "grant_id", "in": "path", "required": True, "schema": ID}])},
+    }
+
+
 def document():
     """The whole OpenAPI document as a dict (JSON-ready)."""
     paths = {}
-    for group in (_binding_paths(), _account_paths(), _channel_paths()):
+    for group in (_binding_paths(), _account_paths(), _water_paths(), _channel_paths()):
         paths.update(group)
     paths["/openapi.json"] = {"get": {"summary": "this document", "security": [], "parameters": [], "responses": {
         "200": dict(_json({"type": "object"}), description="the OpenAPI document")}}}

@@ -291,6 +291,12 @@ def current_config(conn):
         "offline_cap_count": dbmod.setting(conn, "offline_cap_count"),
         "offline_cap_amount_fen": dbmod.setting(conn, "offline_cap_amount_fen"),
         "double_tap_window_ms": dbmod.setting(conn, "double_tap_window_ms"),
+        # water dispensers (firmware/apps/dispenser_terminal.py); other terminals ignore them
+        "water_price_fen_per_litre": dbmod.setting(conn, "water_price_fen_per_litre"),
+        "water_max_session_fen": dbmod.setting(conn, "water_max_session_fen"),
+        "water_max_grant_fen": dbmod.setting(conn, "water_max_grant_fen"),
+        "water_grant_valid_ms": dbmod.setting(conn, "water_grant_valid_ms"),
+        "water_max_session_ms": dbmod.setting(conn, "water_max_session_ms"),
     }
 
 

@@ -61,6 +61,18 @@ class SyncClient:
                                        card_number, account_id, generation, self.category, tap_counter, amount_fen,
                                        self.merchant_id, flags)
 
+    def water_record(self, account_id, amount_fen, ml, card_number=0, grant_id=None, seq=None, tap_counter=1,
+                     generation=1, end_reason=1, duration_s=30, time_ms=None):
+        """An encoded water session record: a card's, or with `grant_id` a phone's (no card)."""
+        if seq is None:
+            seq = self.next_seq
+            self.next_seq += 1
+        grant = grant_id is not None
+        return records.encode_water(self.terminal_id, seq, int(time.time() * 1000) if time_ms is None else time_ms,
+                                    0 if grant else card_number, account_id, 0 if grant else generation,
+                                    wallet_rules.CATEGORY_WATER, grant_id if grant else tap_counter, amount_fen,
+                                    self.merchant_id, ml, duration_s, end_reason, grant=grant)
+
     def body(self, records_list=(), deny_version=0, balance_version=0, config_version=0, clock_ms=None, **extra):
         message = {"terminal_id": self.terminal_id,
                    "clock_ms": int(time.time() * 1000) if clock_ms is None else clock_ms,

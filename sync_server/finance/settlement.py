@@ -31,7 +31,11 @@ _LATE_INSERT_BATCH = 5000
 
 SELECT_RECORDS_SQL = (
     "SELECT seq, corrected_time_ms, received_ms, merchant_id, amount_fen, flags, card_number, card_generation, "
-    "tap_counter, booked FROM terminal_records WHERE terminal_id = ? AND seq BETWEEN ? AND ? ORDER BY seq")
+    "tap_counter, booked, kind FROM terminal_records WHERE terminal_id = ? AND seq BETWEEN ? AND ? ORDER BY seq")
+# A Bluetooth water session's money moves with its grant ("wp/<grant>/..." transfers, counted as sales
+# without a record by their time, sync_server/water_holds.py); its record is settled like any other
+# but adds nothing to the merchant's figures, so the sale counts once.
+_GRANT_KIND = record_codec.KIND_WATER_GRANT
 
 
 def terminals(window):
@@ -92,7 +96,7 @@ def scan_records(window, terminals, watched):
                  "period": None}
         ranges = []
         for low, high in intervals:
-            for seq, time_ms, received_ms, merchant_id, amount_fen, flags, card, generation, counter, booked \
+            for seq, time_ms, received_ms, merchant_id, amount_fen, flags, card, generation, counter, booked, kind \
                     in conn.execute(SELECT_RECORDS_SQL, (terminal_id, low, high)):
                 if time_ms > received_ms + tolerance_ms or time_ms < created_ms:
                     own = (received_ms + BEIJING_OFFSET_MS) // DAY_MS
@@ -101,7 +105,7 @@ def scan_records(window, terminals, watched):
                 else:
                     own = (time_ms + BEIJING_OFFSET_MS) // DAY_MS
                 if own > day:
-                    if booked:
+                    if booked and kind != _GRANT_KIND:
                         pending[merchant_id] = pending.get(merchant_id, 0) + amount_fen
                     continue
                 if ranges and ranges[-1][1] == seq - 1:
@@ -130,6 +134,8 @@ def scan_records(window, terminals, watched):
                     watched_taps.setdefault((card, generation), []).append((time_ms, counter, terminal_id, seq))
                 if not booked:
                     unbooked.append((terminal_id, seq, amount_fen))
+                    continue
+                if kind == _GRANT_KIND:
                     continue
                 totals = by_merchant.get(merchant_id)
                 if totals is None:

@@ -23,7 +23,8 @@ from sync_server.services import ServiceError, person_row, register_messages
 
 KIND_ALL, KIND_CONSUMPTION, KIND_RECHARGE = "all", "consumption", "recharge"
 TRANSFER_KINDS = {
-    KIND_CONSUMPTION: (ledger.KIND_PURCHASE, ledger.KIND_FEE),
+    # a Bluetooth water grant's hold and the release of its rest net to what the session drew
+    KIND_CONSUMPTION: (ledger.KIND_PURCHASE, ledger.KIND_FEE, ledger.KIND_HOLD, ledger.KIND_RELEASE),
     KIND_RECHARGE: (ledger.KIND_RECHARGE, ledger.KIND_MIGRATION),
     KIND_ALL: ledger.KINDS,
 }
