@@ -94,6 +94,7 @@ _META_DEFAULTS = {
     "terminal_revoked": 0,
     "seq_jumped_from": 0,
     "config_json": "{}",
+    "water_progress": "",           # a water dispenser's session in progress (JSON), "" when none
 }
 
 
@@ -182,6 +183,38 @@ class TerminalStore:
             if clock_floor_ms is not None:
                 self._set_meta("clock_floor_ms", max(clock_floor_ms, self._meta("clock_floor_ms")))
         return seq
+
+    def append_water(self, record_fields, time_ms, clock_floor_ms=None, grant=False):
+        """Journal one water session durably and clear the session's persisted progress in the same
+        transaction (firmware/core/dispenser.py: else a power cut between the two would settle the
+        session twice at power-up); returns its seq. record_fields are encode_water's keyword
+        arguments without seq and time_ms."""
+        with self._transaction():
+            unacked = self._meta("last_seq") - self._meta("acked_seq")
+            if unacked >= self.max_unacked:
+                raise JournalFull("终端存储已满 / journal holds %d unacknowledged records" % unacked)
+            seq = self._meta("last_seq") + 1
+            record = records.encode_water(seq=seq, time_ms=time_ms, grant=grant, **record_fields)
+            self._db.execute(
+                "INSERT INTO journal (seq, record, account_id, amount_fen, time_ms) VALUES (?, ?, ?, ?, ?)",
+                (seq, record, record_fields["account_id"], record_fields["amount_fen"], time_ms))
+            self._set_meta("last_seq", seq)
+            self._set_meta("water_progress", "")
+            if clock_floor_ms is not None:
+                self._set_meta("clock_floor_ms", max(clock_floor_ms, self._meta("clock_floor_ms")))
+        return seq
+
+    def save_water_progress(self, progress):
+        """Persist a water session's progress (a JSON-able list), or clear it with None; durable on return."""
+        text = "" if progress is None else json.dumps(progress)
+        assert len(text) <= 1024
+        with self._transaction():
+            self._set_meta("water_progress", text)
+
+    def water_progress(self):
+        """The persisted progress of a session cut by the power (as saved), or None."""
+        text = self._meta("water_progress")
+        return json.loads(text) if text else None
 
     def last_seq(self):
         return self._meta("last_seq")

@@ -156,22 +156,38 @@ class Dispenser:
                                                                    water_grants.END_TIMEOUT)
         return self.state, []
 
-    def _card_read(self, event):
-        view, facts = event.view, event.facts
+    def card_refusal(self, view, facts, online):
+        """The message code a card tapped now would be refused with, or None when it would start.
+        Changes nothing: the shell asks before it counts the tap on the card, so that a refused
+        card's counter does not move (the server would see a gap)."""
+        if self.state not in (IDLE, AUTHORISED):
+            return messages.WATER_BUSY
+        return self._decide(view, facts, online)[0]
+
+    def _decide(self, view, facts, online):
+        """(None, cap_fen) for a card that may draw water, else (refusal message code, 0)."""
         account = facts.account
         caps = decide_module.OfflineCaps(self.config.get("offline_cap_count"), self.config.get("offline_cap_amount_fen"))
         minimum_fen = max(1, self.config["price_fen_per_litre"] // 10)
         outcome = decide_module.decide(view.identity, minimum_fen, wallets.CATEGORY_WATER,
-                                       self.config.get("today_yyyymmdd", 0), facts.deny, account,
-                                       event.online, caps)
+                                       self.config.get("today_yyyymmdd", 0), facts.deny, account, online, caps)
         if not isinstance(outcome, decide_module.Accept):
-            code = getattr(outcome, "message_code", messages.INSUFFICIENT_BALANCE)
-            return IDLE, [Show(code, {}), Beep("error")]
+            return getattr(outcome, "message_code", messages.INSUFFICIENT_BALANCE), 0
         adjusted = decide_module.spendable_after_unacked(account.balances_fen, wallets.CATEGORY_WATER,
                                                          account.unacked_fen)
         cap_fen = min(self.config["max_session_fen"], wallets.spendable_fen(adjusted, wallets.CATEGORY_WATER))
-        if not event.online and caps.amount_fen is not None:
+        if not online and caps.amount_fen is not None:
             cap_fen = min(cap_fen, caps.amount_fen - account.unacked_fen)
+        if cap_fen < minimum_fen:
+            return messages.INSUFFICIENT_BALANCE, 0
+        return None, cap_fen
+
+    def _card_read(self, event):
+        view, facts = event.view, event.facts
+        account = facts.account
+        refusal, cap_fen = self._decide(view, facts, event.online)
+        if refusal is not None:
+            return IDLE, [Show(refusal, {}), Beep("error")]
         identity = view.identity
         self.source = ("card", identity.card_number, identity.account_id, identity.generation, view.tap_counter)
         self.uid = view.uid

@@ -236,3 +236,14 @@ def test_a_power_cut_settles_with_the_cut_as_the_reason():
     m2, actions = machine(persisted=d.Progress(("grant", "g-7", 501), 300, 500, 400))
     (record,) = journals(actions)
     assert record["end_reason"] == w.END_POWER_CUT and record["source"] == ("grant", "g-7", 501)
+
+
+def test_card_refusal_asks_without_changing_anything():
+    m, _ = machine(tap_starts=True)
+    lost = DenyView(False, "lost", None, None, 0)
+    assert m.card_refusal(view(), facts(deny=lost), True) == messages.CARD_LOST
+    assert m.card_refusal(view(), facts(water=0, legacy=0, main=2), True) == messages.INSUFFICIENT_BALANCE
+    assert m.card_refusal(view(), facts(), True) is None
+    assert m.state == d.IDLE and m.source is None and not m.valve_open
+    m.handle(d.CardRead(view(), facts(), True))
+    assert m.card_refusal(view(), facts(), True) == messages.WATER_BUSY
