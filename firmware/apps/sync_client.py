@@ -113,6 +113,7 @@ class SyncClient:
         self.last_error = None
         self.failures = 0
         self.upload_refused = None     # the server's refusal of our last upload, until one is taken
+        self.health_extra = None       # a shell's own health fields: a callable returning a dict
         self.config_changed = threading.Event()    # set when an answer brought new configuration
         self._lock = threading.Lock()
         self._started_raw_ms = clock.raw_ms()
@@ -228,6 +229,8 @@ class SyncClient:
         health["uptime_s"] = max(0, (self.clock.raw_ms() - self._started_raw_ms) // 1000)
         if self.upload_refused:
             health["upload_refused"] = self.upload_refused
+        if self.health_extra is not None:
+            health.update(self.health_extra())
         message = {
             "terminal_id": self.terminal_id,
             "clock_ms": self.clock.peek_ms(),
