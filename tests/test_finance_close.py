@@ -618,3 +618,37 @@ def test_card_gap_runs_are_the_counters_still_missing(low, width, filled):
     covered = [counter for a, b in runs for counter in range(a, b + 1)]
     assert covered == [counter for counter in range(low, high + 1) if counter not in filled]
     assert all(b + 1 < a2 for (_a, b), (a2, _b2) in zip(runs, runs[1:])), "runs are separate and ordered"
+
+
+def test_water_sales_are_settled_once_whichever_copy_came_first(server):
+    """A dispenser's day: a card session (booked from its record), a phone session settled by the
+    phone's receipt before the dispenser's record came, one settled by the record alone, and a grant
+    still held at the close. The water merchant's sales count each session once, the held money is
+    no sale, and the day is balanced."""
+    from firmware.core import sam, water_grants as w
+    from sync_server import water_holds
+    from sync_server.services import water as water_service
+    conn = server.connect()
+    account_id, card = _person(conn, 5000, b"\x61\x62\x63\x64")
+    dispenser = server.add_terminal(category=2)
+    conn.execute("UPDATE terminals SET created_ms = ? WHERE id = ?", (day_start_ms(_today() - 7), dispenser.terminal_id))
+    merchant_id = dispenser.merchant_id
+    master_key = server.master_key()
+    mac = w.grant_mac_fn(sam.water_key(master_key, dispenser.terminal_id))
+    grants = [water_service.issue_grant(conn, master_key, account_id, dispenser.terminal_id,
+                                        w.encode_challenge(dispenser.terminal_id, bytes([n]) * 16).hex())
+              for n in (1, 2)]
+    receipt = w.encode_receipt(mac, w.Receipt(dispenser.terminal_id, grants[0]["grant_id"], 2, 1000, 30,
+                                              grants[0]["cap_fen"], 20000, w.END_BUTTON))
+    assert water_service.hand_in_receipt(conn, master_key, account_id, receipt.hex())["outcome"] == "settled"
+    held = water_service.issue_grant(conn, master_key, account_id, dispenser.terminal_id,
+                                     w.encode_challenge(dispenser.terminal_id, bytes([3]) * 16).hex())
+    dispenser.sync([dispenser.water_record(account_id, 45, 1500, card_number=card, seq=1),
+                    dispenser.water_record(account_id, 30, 1000, grant_id=grants[0]["grant_id"], seq=2),
+                    dispenser.water_record(account_id, 12, 400, grant_id=grants[1]["grant_id"], seq=3)])
+    report, _newly = close.close_day(conn, _today(), before_day_end=True)
+    row = _merchant_row(report, merchant_id)
+    assert (row["count"], row["gross_fen"]) == (3, 45 + 30 + 12)
+    assert report["invariants"]["balanced"] is True and _merchant_check(report, merchant_id)["ok"] is True
+    assert water_holds.open_holds(conn) == (1, held["cap_fen"])
+    conn.close()
