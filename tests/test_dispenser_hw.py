@@ -5,7 +5,7 @@ from gpiozero.pins.mock import MockFactory
 
 from firmware.apps import dispenser_hw
 from firmware.core import dispenser as d
-from simulators.flow_meter import SimFlowMeter
+from firmware.apps.dispenser_hw import SimFlowMeter
 from tests.core.test_dispenser import CONFIG, facts, view
 
 VALVE_PIN = 17

@@ -15,7 +15,7 @@ from firmware.apps.dispenser_terminal import DispenserTerminal, VirtualRawClock
 from firmware.core import card_layout, dispenser, messages, sam, wallets, water_grants as w
 from reader_drivers.base import open_reader
 from reader_drivers.sim.classic_card import ClassicCard
-from simulators.flow_meter import SimFlowMeter
+from firmware.apps.dispenser_hw import SimFlowMeter
 from simulators.phone import PhoneApp
 from sync_server import ledger, pin_rules, registry, water_holds
 from sync_server.ledger_store import SqliteStore

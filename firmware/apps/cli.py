@@ -3,6 +3,9 @@
     ykt terminal --provision F --data-dir D [--reader sim:] [--script taps.jsonl | --script -]
                  [--server-url URL] [--drain-timeout-s S] [--decisions-only] [--no-sync]
 
+    ykt dispenser --provision F --data-dir D [--reader sim:] [--pins gpio|mock] [--ble hci-socket:0]
+                  [--script taps.jsonl | --script -] [--serve] [--virtual-clock]
+
 `ykt card readers | uid | info | dump` (firmware/apps/card_tool.py) is the technicians' card tool.
 
 Messages are Chinese first; `--lang en` (or YKT_LANG=en) switches them to English.
@@ -32,8 +35,127 @@ def register(subparsers):
     parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"))
     parser.set_defaults(handler=run_terminal)
 
+    _register_dispenser(subparsers)
     from firmware.apps import card_tool      # `ykt card ...`: readers, uid, info, dump for technicians
     card_tool.register(subparsers)
+
+
+def _register_dispenser(subparsers):
+    parser = subparsers.add_parser(
+        "dispenser", help="运行开水机终端 / run a water dispenser",
+        description="开水机：刷卡或手机蓝牙授权出水，按水量计费，本地记账、后台同步。/ water dispenser: a card tap or a "
+                    "phone's Bluetooth grant opens the valve, water is charged by volume, journaled locally and "
+                    "synced in the background.",
+        epilog="示例 / examples:  ykt dispenser --provision water-7.json --data-dir /var/lib/ykt --reader "
+               "pn532:/dev/ttyS0 --ble hci-socket:0 --serve   |   ykt dispenser --provision w.json --data-dir d "
+               "--pins mock --flow-ml-per-s 80 --virtual-clock --script session.jsonl")
+    parser.add_argument("--provision", required=True, help="provisioning JSON of a water terminal "
+                                                           "(`ykt hall terminal-register` under a water merchant)")
+    parser.add_argument("--data-dir", required=True, help="where the dispenser keeps its SQLite journal")
+    parser.add_argument("--reader", default="sim:", help="reader URL: sim:, pn532:/dev/ttyS0, pcsc:ACR122, nfcpy:usb")
+    parser.add_argument("--pins", choices=("gpio", "mock"), default="gpio",
+                        help="gpio: the Pi's pins through gpiozero; mock: gpiozero's mock pins with a simulated "
+                             "flow meter (development, tests, the demo)")
+    parser.add_argument("--valve-pin", type=int, default=17, help="BCM pin of the valve relay (default 17)")
+    parser.add_argument("--meter-pin", type=int, default=27, help="BCM pin of the flow meter (default 27)")
+    parser.add_argument("--flow-ml-per-s", type=float, default=60.0,
+                        help="--pins mock: how fast the simulated water runs while the valve is open (default 60)")
+    parser.add_argument("--ble", default="none", metavar="TRANSPORT",
+                        help="Bluetooth LE for phones: hci-socket:0 on a Pi, tcp-client:HOST:PORT of `python -m "
+                             "simulators.ble_air`, or none (default)")
+    parser.add_argument("--script", help="JSON lines to run (a file, or - for stdin); see "
+                                         "firmware/apps/dispenser_terminal.py")
+    parser.add_argument("--serve", action="store_true", help="after the script (if any), keep serving taps and "
+                                                             "phones until stopped")
+    parser.add_argument("--virtual-clock", action="store_true",
+                        help="time moves only with the script's advance_ms (scripted runs; no ticking thread)")
+    parser.add_argument("--server-url", help="override the server URL of the provisioning file")
+    parser.add_argument("--sync-interval-ms", type=int, help="default: the server's configuration")
+    parser.add_argument("--drain-timeout-s", type=float, default=0.0,
+                        help="at the end, sync until nothing is unacknowledged (at most this long)")
+    parser.add_argument("--no-sync", action="store_true", help="never contact the server (bench use)")
+    parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"))
+    parser.set_defaults(handler=run_dispenser)
+
+
+def run_dispenser(args):
+    import signal
+    import threading
+
+    from firmware.apps.dispenser_terminal import DispenserTerminal, VirtualRawClock, load_provisioning
+    from reader_drivers.base import open_reader
+
+    try:
+        provisioning = load_provisioning(args.provision)
+    except (OSError, ValueError) as error:
+        print("终端配置文件无效 / bad provisioning file: %s" % error, file=sys.stderr)
+        return _EXIT_REFUSED
+    if not 0 <= args.flow_ml_per_s <= 1000:
+        print("--flow-ml-per-s 须在 0 到 1000 之间 / must be 0 to 1000", file=sys.stderr)
+        return _EXIT_REFUSED
+    hardware = _dispenser_pins(args)
+    if hardware is None:
+        return _EXIT_REFUSED
+    valve, meter, sim_meter = hardware
+    reader = open_reader(args.reader)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        terminal = DispenserTerminal(provisioning, args.data_dir, reader, valve, meter, lang=args.lang,
+                                     sync=not args.no_sync, server_url=args.server_url,
+                                     sync_interval_ms=args.sync_interval_ms,
+                                     raw_ms=VirtualRawClock() if args.virtual_clock else None, sim_meter=sim_meter)
+    except ValueError as error:
+        print("开水机无法启动 / the dispenser cannot start: %s" % error, file=sys.stderr)
+        return _EXIT_REFUSED
+    terminal.flow_ml_per_s = args.flow_ml_per_s if sim_meter is not None else 0
+    try:
+        if args.ble != "none":
+            try:
+                terminal.attach_radio(args.ble)
+            except RuntimeError as error:
+                print(str(error), file=sys.stderr)
+                return _EXIT_REFUSED
+        terminal.start_sync()
+        if not args.virtual_clock:
+            terminal.start_ticking()
+        if args.script:
+            stream = sys.stdin if args.script == "-" else open(args.script, encoding="utf-8")
+            try:
+                terminal.run_script(stream)
+            finally:
+                if stream is not sys.stdin:
+                    stream.close()
+        while args.serve and not stop.is_set():
+            terminal.poll_card()
+            stop.wait(0.05)
+        if args.drain_timeout_s > 0:
+            terminal.drain(args.drain_timeout_s)
+    finally:
+        terminal.close()
+        reader.close()
+        valve.shut()
+        meter.close()
+    return 0
+
+
+def _dispenser_pins(args):
+    """(valve, meter, simulated meter or None) on the chosen pins; None after a clear error."""
+    from firmware.apps import dispenser_hw
+    try:
+        if args.pins == "mock":
+            from gpiozero import Device
+            from gpiozero.pins.mock import MockFactory
+            Device.pin_factory = MockFactory()
+            valve = dispenser_hw.Valve(args.valve_pin)
+            meter = dispenser_hw.FlowMeter(args.meter_pin)
+            sim = dispenser_hw.SimFlowMeter(Device.pin_factory.pin(args.meter_pin), 450, lambda: valve.is_open)
+            return valve, meter, sim
+        return dispenser_hw.Valve(args.valve_pin), dispenser_hw.FlowMeter(args.meter_pin), None
+    except Exception as error:       # gpiozero says BadPinFactory / PinInvalidPin etc. off a Pi
+        print("无法打开阀门或水表引脚 / cannot open the valve or meter pins (%s): %s; off a Raspberry Pi use "
+              "--pins mock" % (type(error).__name__, error), file=sys.stderr)
+        return None
 
 
 def run_terminal(args):

@@ -7,7 +7,12 @@ wrap). `carry_out` applies the core's valve actions, so the pin follows OpenValv
 
 An ESP32 variant follows the same three pieces with `machine.Pin(n, Pin.OUT)` for the valve and
 `Pin.irq(trigger=Pin.IRQ_RISING)` incrementing a counter for the meter; the core does not change.
-Not here yet: the shell loop that ties this to the reader, the journal and the display.
+The shell that ties these to the reader, the journal and the display is
+firmware/apps/dispenser_terminal.py. `SimFlowMeter` stands in for the water on gpiozero's mock pins
+(development, tests, the demo: `ykt dispenser --pins mock`): deterministic, no clock, no thread -
+`flow(ml_per_s, seconds)` drives the pulses that volume makes at the meter's calibration, keeps the
+fraction of a pulse left over for the next call, and flows only while `valve_open()` says so, as
+real water would.
 """
 import threading
 
@@ -85,3 +90,25 @@ def carry_out(actions, valve):
         else:
             rest.append(action)
     return rest
+
+
+class SimFlowMeter:
+    def __init__(self, mock_pin, pulses_per_litre, valve_open=lambda: True):
+        assert pulses_per_litre > 0
+        self.pin = mock_pin
+        self.pulses_per_litre = pulses_per_litre
+        self.valve_open = valve_open
+        self._milli_pulses = 0
+        self.pulses_driven = 0
+
+    def flow(self, ml_per_s, seconds):
+        """Let ml_per_s flow for seconds (if the valve is open); returns the pulses driven."""
+        if not self.valve_open():
+            return 0
+        self._milli_pulses += int(ml_per_s * seconds * self.pulses_per_litre)
+        count, self._milli_pulses = divmod(self._milli_pulses, 1000)
+        for _ in range(count):
+            self.pin.drive_high()
+            self.pin.drive_low()
+        self.pulses_driven += count
+        return count

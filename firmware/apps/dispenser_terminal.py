@@ -443,8 +443,16 @@ class DispenserTerminal:
         return water_grants.encode_progress(state, m.ml(), m.charged_fen(), m.cap_fen)
 
     def _notify_progress(self, ended=None):
-        if self.radio is not None and (self.grant_link is not None or ended is not None):
-            self.radio.notify_progress(self._progress_bytes(ended))
+        """Tell the phone of the running grant how far it got (it also hears the end)."""
+        if self.radio is not None and self.grant_link is not None:
+            self.radio.notify(self._progress_bytes(ended), self.grant_link)
+
+    def attach_radio(self, transport, **radio_options):
+        """Serve the Bluetooth side on `transport` (hci-socket:0 on a Pi; tcp-client:... of the
+        simulated air in tests and the demo) from a thread of its own; returns the RadioHost."""
+        self.radio = RadioHost(self, transport, radio_options)
+        self.radio.start()
+        return self.radio
 
     # -- background sync -------------------------------------------------------------------------
 
@@ -480,6 +488,8 @@ class DispenserTerminal:
         return unacked
 
     def close(self):
+        if self.radio is not None:
+            self.radio.stop()
         self._stop.set()
         self._wake.set()
         for thread in (self._sync_thread, self._tick_thread):
@@ -547,6 +557,63 @@ class DispenserTerminal:
     def _log_fault(self, step):
         print("开水机异常 / unexpected failure during %s:" % step, file=sys.stderr)
         traceback.print_exc(file=sys.stderr)
+
+
+class RadioHost:
+    """The dispenser's radio (firmware/apps/dispenser_ble.py) on an asyncio loop in its own thread,
+    with the terminal as its handler. The terminal's other threads reach it through notify()."""
+
+    START_TIMEOUT_S = 15.0
+
+    def __init__(self, terminal, transport, radio_options):
+        self.terminal = terminal
+        self.transport = transport
+        self.radio_options = radio_options
+        self.radio = None
+        self.error = None
+        self._loop = None
+        self._stopped = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ykt-water-radio", daemon=True)
+
+    def start(self):
+        self._thread.start()
+        if not self._ready.wait(self.START_TIMEOUT_S) or self.error is not None:
+            raise RuntimeError("蓝牙启动失败 / the Bluetooth radio did not start: %s" % (self.error or "timeout"))
+
+    def _run(self):
+        import asyncio
+        from firmware.apps.dispenser_ble import DispenserRadio
+
+        async def serve():
+            self._loop = asyncio.get_running_loop()
+            self._stopped = asyncio.Event()
+            self.radio = DispenserRadio(self.transport, self.terminal.terminal_id, self.terminal, **self.radio_options)
+            try:
+                await self.radio.start()
+            except Exception as error:
+                self.error = error
+                self._ready.set()
+                return
+            self._ready.set()
+            try:
+                await self._stopped.wait()
+            finally:
+                await self.radio.stop()
+
+        asyncio.run(serve())
+
+    def notify(self, data, link):
+        if self.radio is not None and self._loop is not None:
+            try:
+                self.radio.notify_progress_threadsafe(data, link)
+            except Exception:
+                pass            # the phone hears the state on its next read; nothing depends on this
+
+    def stop(self, timeout_s=10.0):
+        if self._loop is not None and self._stopped is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
+        self._thread.join(timeout_s)
 
 
 def dispenser_facts(deny, account):
