@@ -25,8 +25,9 @@ master key, so the server derives it again and a dispenser can forge nothing for
 
 The grant's expiry is relative to the challenge (valid_ms after the dispenser issued it, by the
 dispenser's own clock), so it holds without synchronised clocks; the server keeps its own absolute
-expiry for the hold. A grant is accepted only for the live challenge, which is retired by the first
-grant written for it (good or bad) and when it grows old: a replayed, forged, expired,
+expiry for the hold. A grant is accepted only for a live challenge of this dispenser's (each phone
+connected reads its own), which is retired by the first grant written for it (good or bad) and when
+it grows old: a replayed, forged, expired,
 other-dispenser or over-cap grant never reaches the dispenser state machine.
 """
 import struct
@@ -269,12 +270,17 @@ def parse_sticker(text):
 
 # --- the dispenser's gate -------------------------------------------------------------------------
 
+MAX_LIVE_CHALLENGES = 4     # phones connected at once, each with its own challenge; the oldest goes first
+
+
 class GrantGate:
-    """One live challenge at a time; a grant is accepted once, for that challenge, while it is fresh.
+    """Live challenges (at most MAX_LIVE_CHALLENGES, one per phone reading one); a grant is accepted
+    once, for its own challenge, while that is fresh.
 
     `mac_fn` is the dispenser's key holder (sam.SoftwareSAM.water_mac); `lifetime_ms` bounds how long
     a challenge waits for its grant whatever the grant says; `max_cap_fen` is the dispenser's own
     per-session ceiling (a grant above it is refused, not trimmed: the server never issues one).
+    A grant written for a challenge uses it up, accepted or refused, so each challenge gets one try.
     """
 
     def __init__(self, dispenser_id, mac_fn, max_cap_fen, lifetime_ms):
@@ -283,35 +289,42 @@ class GrantGate:
         self._mac_fn = mac_fn
         self.max_cap_fen = max_cap_fen
         self.lifetime_ms = lifetime_ms
-        self._challenge = None
-        self._issued_ms = 0
+        self._live = []            # [(challenge, issued_ms)], oldest first
         self.refusals = 0
 
     def challenge(self, random_bytes, now_ms):
-        """Issue a fresh challenge (retiring the previous one); returns the CHALLENGE read value."""
+        """Issue a fresh challenge (the oldest live one retires when there are too many); returns the
+        CHALLENGE read value."""
         if len(random_bytes) != CHALLENGE_BYTES:
             raise WaterMessageError(REFUSED_MALFORMED, "need %d random bytes" % CHALLENGE_BYTES)
-        self._challenge = bytes(random_bytes)
-        self._issued_ms = now_ms
-        return encode_challenge(self.dispenser_id, self._challenge)
+        self._live = [(c, t) for c, t in self._live if now_ms - t < self.lifetime_ms][-(MAX_LIVE_CHALLENGES - 1):]
+        self._live.append((bytes(random_bytes), now_ms))
+        return encode_challenge(self.dispenser_id, bytes(random_bytes))
 
     def live(self, now_ms):
-        return self._challenge is not None and now_ms - self._issued_ms < self.lifetime_ms
+        return any(now_ms - issued_ms < self.lifetime_ms for _c, issued_ms in self._live)
+
+    def _take(self, challenge):
+        """The issue time of `challenge` if it is live (it is used up now), else None."""
+        for index, (live, issued_ms) in enumerate(self._live):
+            if crypto.equal(live, challenge):
+                del self._live[index]
+                return issued_ms
+        return None
 
     def accept(self, data, now_ms):
         """The Grant a written value carries, when it may open the valve; else WaterMessageError with
-        the refusal code. Either way the live challenge is used up."""
-        challenge, issued_ms = self._challenge, self._issued_ms
-        self._challenge = None
+        the refusal code. The grant's challenge is used up either way."""
         try:
             if len(data) > MAX_WRITE_BYTES:
                 raise WaterMessageError(REFUSED_MALFORMED, "write too long")
             grant = decode_grant(data)
             if grant.dispenser_id != self.dispenser_id:
                 raise WaterMessageError(REFUSED_OTHER_DISPENSER, "grant names dispenser %d" % grant.dispenser_id)
+            issued_ms = self._take(grant.challenge)
             decode_grant(data, self._mac_fn)
-            if challenge is None or not crypto.equal(grant.challenge, challenge):
-                raise WaterMessageError(REFUSED_NO_CHALLENGE, "grant is not for the live challenge")
+            if issued_ms is None:
+                raise WaterMessageError(REFUSED_NO_CHALLENGE, "grant is not for a live challenge")
             age_ms = now_ms - issued_ms
             if age_ms < 0 or age_ms >= min(grant.valid_ms, self.lifetime_ms):
                 raise WaterMessageError(REFUSED_EXPIRED, "grant expired")

@@ -53,7 +53,7 @@ def test_a_good_grant_is_accepted_once():
     assert g.accept(data, 2000) == grant()
     assert refused(g.accept, data, 2100) == w.REFUSED_NO_CHALLENGE      # replayed
     g.challenge(bytes(16), 3000)
-    assert refused(g.accept, data, 3100) == w.REFUSED_NO_CHALLENGE      # an old challenge's grant
+    assert refused(g.accept, data, 3100) == w.REFUSED_NO_CHALLENGE      # still used up
 
 
 def test_forged_other_dispenser_expired_and_over_cap_grants_are_refused():
@@ -72,11 +72,26 @@ def test_forged_other_dispenser_expired_and_over_cap_grants_are_refused():
     assert refused(gate().accept, w.encode_grant(MAC, grant(cap_fen=0)), 2000) == w.REFUSED_OVER_CAP
 
 
-def test_any_refusal_uses_up_the_challenge():
+def test_a_refused_grant_uses_up_its_challenge():
     g = gate()
     assert refused(g.accept, b"\x00" * 53, 2000) == w.REFUSED_MALFORMED
+    forged = bytearray(w.encode_grant(MAC, grant()))
+    forged[-1] ^= 1
+    assert refused(g.accept, bytes(forged), 2050) == w.REFUSED_FORGED
     assert refused(g.accept, w.encode_grant(MAC, grant()), 2100) == w.REFUSED_NO_CHALLENGE
-    assert g.refusals == 2
+    assert g.refusals == 3
+
+
+def test_phones_connected_at_once_each_have_their_own_challenge():
+    g = w.GrantGate(7, MAC, max_cap_fen=500, lifetime_ms=90000)
+    challenges = [bytes([n]) * 16 for n in range(1, 6)]
+    for n, challenge in enumerate(challenges):
+        g.challenge(challenge, 1000 + n)
+    # the second phone's grant goes through although three more phones read challenges after it
+    assert g.accept(w.encode_grant(MAC, grant(challenge=challenges[1], grant_id=2)), 2000).grant_id == 2
+    assert g.accept(w.encode_grant(MAC, grant(challenge=challenges[4], grant_id=5)), 2000).grant_id == 5
+    # only MAX_LIVE_CHALLENGES are kept: the oldest went
+    assert refused(g.accept, w.encode_grant(MAC, grant(challenge=challenges[0])), 2000) == w.REFUSED_NO_CHALLENGE
 
 
 def test_garbage_is_malformed():
