@@ -28,6 +28,8 @@ def register(subparsers):
     from simulators import injected_faults
     injected_faults.add_options(parser)
     parser.set_defaults(handler=run_demo, parser=parser)
+    from simulators import phone_cli      # `ykt phone`: bind, balance, Bluetooth water
+    phone_cli.register(subparsers)
 
 
 _LIMITS = (("people", 20, 200000), ("terminals", 2, 32), ("duration_s", 5, 3600))
