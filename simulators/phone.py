@@ -74,6 +74,9 @@ class PhoneApp:
         """Hand in the dispenser's usage receipt (bytes); returns the grant's state and outcome."""
         return self._call("POST", "/water/receipts", {"receipt": bytes(receipt).hex()})
 
+    def water_give_up(self, grant_id):
+        return self._call("POST", "/water/grants/%d/cancel" % grant_id)
+
     def water_grant_state(self, grant_id):
         return self._call("GET", "/water/grants/%d" % grant_id)
 

@@ -47,7 +47,13 @@ class WaterSession:
         challenge_bytes = water_grants.encode_challenge(dispenser_id, challenge)
         self.grant = await asyncio.to_thread(self.app.water_grant, dispenser_id, challenge_bytes)
         granted_s = time.perf_counter()
-        await self.link.write_grant(self.grant["grant"], start=start_now)
+        try:
+            await self.link.write_grant(self.grant["grant"], start=start_now)
+        except PhoneBleError:
+            # refused (busy, out of order) or no answer: give the hold back now rather than at its
+            # expiry; should the dispenser have started after all, its receipt is still charged
+            await asyncio.to_thread(self.app.water_give_up, self.grant["grant_id"])
+            raise
         written_s = time.perf_counter()
         self.timings_s.update({"challenge": read_s - started, "grant": granted_s - read_s,
                                "write": written_s - granted_s, "start": written_s - started})

@@ -25,6 +25,7 @@
     POST /api/v1/water/receipts               {receipt (hex)}: the dispenser's usage receipt -> the grant's
                                               state and outcome (settled, late, already)
     GET  /api/v1/water/grants/<grant_id>      the state of one of the bearer's grants
+    POST /api/v1/water/grants/<grant_id>/cancel  give up a grant the dispenser refused: its hold goes back
     POST /api/v1/channels/<channel>/notify    the channel's signed notification (no bearer token)
     GET  /api/v1/openapi.json                 all of the above as an OpenAPI 3 document (sync_server/openapi.py)
 
@@ -208,6 +209,13 @@ def water_receipt():
     message = _body()
     return jsonify(water.hand_in_receipt(conn, current_app.extensions["ykt"].master_key, identity["account_id"],
                                          _str(message, "receipt")))
+
+
+@cardholder_api.post("/water/grants/<id:grant_id>/cancel")
+def water_grant_cancel(grant_id):
+    conn = dbmod.get_db()
+    identity = _identity(conn)
+    return jsonify(water.give_up(conn, identity["account_id"], grant_id))
 
 
 @cardholder_api.get("/water/grants/<id:grant_id>")

@@ -226,6 +226,10 @@ def _water_paths():
         "/water/receipts": {"post": _operation(
             "hand in the dispenser's usage receipt: the grant is settled once, the rest of its hold released",
             200, "WaterGrantState", _errors(SIGNED_IN, WITH_BODY, (403,)), body=_body({"receipt": hex_bytes}))},
+        "/water/grants/{grant_id}/cancel": {"post": _operation(
+            "give up a grant the dispenser refused (or never used): its hold goes back at once", 200,
+            "WaterGrantState", _errors(SIGNED_IN, (400, 403)),
+            parameters=[{"name": "grant_id", "in": "path", "required": True, "schema": ID}])},
         "/water/grants/{grant_id}": {"get": _operation(
             "the state of one of the holder's grants", 200, "WaterGrantState", _errors(SIGNED_IN, (400, 403)),
             parameters=[{"name": "grant_id", "in": "path", "required": True, "schema": ID}])},

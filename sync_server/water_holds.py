@@ -12,7 +12,8 @@ record in a sync batch:
                             reverse order of the take, so what was spent came from the wallets in the
                             category's order
     held      -> released   the hold outlived hold_until_ms with no receipt (a grant never used, or a
-                            dispenser offline for long): everything goes back, "wr/<grant>/<part>"
+                            dispenser offline for long), or the phone gave the grant up (the dispenser
+                            refused it): everything goes back, "wr/<grant>/<part>"
     released  -> settled    a receipt after that: charged to the wallets like an offline tap, in the
                             category's order, the last wallet may go negative (then the account is
                             flagged, as for any offline overspend): "wp/<grant>/<part>"
@@ -186,21 +187,38 @@ def release_expired(conn, now_ms, limit=MAX_RELEASES_PER_CALL):
     assert conn.in_transaction
     rows = conn.execute("SELECT id, account_id, cap_fen FROM water_grants WHERE status = ? AND hold_until_ms < ? "
                         "ORDER BY hold_until_ms LIMIT ?", (HELD, now_ms, limit)).fetchall()
+    _release(conn, rows, now_ms, "expired")
+    return len(rows)
+
+
+def cancel(conn, grant_id, now_ms):
+    """The phone gives a grant up (the dispenser refused it, or the user went away before Start):
+    its hold goes back now. Should the dispenser have used it after all, its receipt is charged to
+    the wallets like a late one (settle), so giving up early can never make water free. Returns the
+    grant's status after."""
+    assert conn.in_transaction
+    rows = conn.execute("SELECT id, account_id, cap_fen FROM water_grants WHERE id = ? AND status = ?",
+                        (grant_id, HELD)).fetchall()
+    _release(conn, rows, now_ms, "given up")
+    return grant_row(conn, grant_id)["status"]
+
+
+def _release(conn, rows, now_ms, why):
+    """Release the holds of the held grants `rows` [(id, account_id, cap_fen)] in full."""
     if not rows:
-        return 0
+        return
     hold_id = hold_ledger_id(conn)
     transfers = []
     for grant_id, _account_id, cap_fen in rows:
         parts = _hold_parts(conn, grant_id)
         assert sum(fen for _, fen in parts) == cap_fen
         transfers.extend(ledger.Transfer("wr/%d/%d" % (grant_id, index), hold_id, wallet_ledger_id, fen,
-                                         ledger.KIND_RELEASE, "water grant %d expired" % grant_id, now_ms)
+                                         ledger.KIND_RELEASE, "water grant %d %s" % (grant_id, why), now_ms)
                          for index, (wallet_ledger_id, fen) in enumerate(parts))
     ledger.post(SqliteStore(conn), transfers)
     conn.executemany("UPDATE water_grants SET status = ? WHERE id = ? AND status = ?",
                      [(RELEASED, row[0], HELD) for row in rows])
     touch_accounts(conn, {row[1] for row in rows})
-    return len(rows)
 
 
 def open_holds(conn):

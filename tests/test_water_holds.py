@@ -251,3 +251,22 @@ def test_card_sessions_book_like_taps_and_a_foreign_grant_record_books_nothing(l
     # the card session drew 45 fen: water 20, legacy 25 (the grant elsewhere holds the rest)
     assert holder.phone.water_grant_state(granted["grant_id"])["status"] == "held"
     assert_sound(live_server)
+
+
+def test_a_grant_the_dispenser_refused_is_given_up_and_its_money_comes_back(live_server):
+    holder = Holder(live_server, water_fen=300)
+    other = Holder(live_server, water_fen=300)
+    dispenser = Dispenser(live_server)
+    granted = holder.phone.water_grant(dispenser.id, dispenser.challenge())
+    assert balances(live_server, holder.account_id)["water"] == 0
+    with pytest.raises(PhoneError) as refused:
+        other.phone.water_give_up(granted["grant_id"])
+    assert refused.value.status == 403
+    assert holder.phone.water_give_up(granted["grant_id"])["status"] == "released"
+    assert holder.phone.water_give_up(granted["grant_id"])["status"] == "released"      # twice: nothing more
+    assert balances(live_server, holder.account_id)["water"] == 300
+    # the dispenser had started after all: its receipt is charged once, from the wallets
+    receipt = dispenser.receipt(granted["grant_id"], 1, 500, 15, granted["cap_fen"])
+    assert holder.phone.water_receipt(receipt)["outcome"] == "late"
+    assert balances(live_server, holder.account_id)["water"] == 285
+    assert_sound(live_server)

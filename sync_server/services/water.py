@@ -87,6 +87,19 @@ def hand_in_receipt(conn, master_key, account_id, receipt_hex, now_ms=None):
     return state
 
 
+def give_up(conn, account_id, grant_id, now_ms=None):
+    """The phone gives up a grant it could not use: the hold goes back (water_holds.cancel)."""
+    now_ms = now(now_ms)
+    with dbmod.transaction(conn):
+        grant = water_holds.grant_row(conn, grant_id)
+        if grant is None:
+            raise ServiceError("water_unknown_grant")
+        if grant["account_id"] != account_id:
+            raise ServiceError("water_not_your_grant")
+        water_holds.cancel(conn, grant_id, now_ms)
+        return _state(water_holds.grant_row(conn, grant_id))
+
+
 def grant_state(conn, account_id, grant_id):
     grant = water_holds.grant_row(conn, grant_id)
     if grant is None:
