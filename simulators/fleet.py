@@ -26,9 +26,9 @@ import time
 import httpx
 
 from firmware.apps import card_io
-from firmware.core import records, sam as sam_module
+from firmware.core import records, sam as sam_module, wallets
 from reader_drivers.sim import SimReader
-from simulators import injected_faults, lunch
+from simulators import injected_faults, lunch, water_day
 from reader_drivers.sim.classic_card import ClassicCard
 from simulators.netcut import Relay
 from simulators.phone import ChannelGateway, PhoneApp
@@ -493,13 +493,16 @@ def reconcile(location, outcomes, unconfirmed_repeats=None):
     PostgreSQL URL), and check the ledger."""
     conn = dbmod.connect(location)
     try:
-        rows = conn.execute("SELECT terminal_id, seq, raw FROM terminal_records").fetchall()
+        # the canteen's taps; the dispensers' water sessions are simulators/water_day.py's to check
+        rows = conn.execute("SELECT terminal_id, seq, raw FROM terminal_records WHERE kind = ?",
+                            (records.KIND_PURCHASE,)).fetchall()
         window_ms = dbmod.setting(conn, "double_tap_window_ms")
         problems = ledger.check_balances(SqliteStore(conn))
         imbalance_fen = conn.execute("SELECT coalesce(sum(balance_fen), 0) FROM balances").fetchone()[0]
         merchant_fen = conn.execute(
-            "SELECT coalesce(sum(b.balance_fen), 0) FROM balances b JOIN ledger_accounts l "
-            "ON l.id = b.ledger_account_id WHERE l.kind = 'merchant'").fetchone()[0]
+            "SELECT coalesce(sum(b.balance_fen), 0) FROM balances b JOIN merchants m "
+            "ON m.ledger_account_id = b.ledger_account_id WHERE m.category = ?",
+            (wallets.CATEGORY_CANTEEN,)).fetchone()[0]
         negative_wallets = conn.execute(
             "SELECT count(*) FROM balances b JOIN ledger_accounts l ON l.id = b.ledger_account_id "
             "WHERE l.kind = 'wallet' AND b.balance_fen < 0").fetchone()[0]
@@ -640,6 +643,15 @@ def render(summary, lang):
             "%d / %.2f" % (summary.get("app_recharges", 0), summary.get("app_recharge_fen", 0) / 100.0)),
         row("重复到账通知（均未重复入账）", "repeated payment notices (none credited twice)",
             summary.get("repeat_notifications", 0)),
+        row("开水机用水（刷卡/手机）", "water sessions (card / phone)", "%d（%d / %d）" % (
+            summary.get("water_sessions", 0), summary.get("water_card_sessions", 0),
+            summary.get("water_phone_sessions", 0))),
+        row("用水量（升）", "water drawn (litres)", "%.1f" % (summary.get("water_ml", 0) / 1000.0)),
+        row("手机离开/断电结算", "walk-aways / power cuts settled", "%d / %d" % (
+            summary.get("water_walked_away", 0), summary.get("water_power_cuts", 0))),
+        row("用水重复结算 / 未结算", "water settled twice / unsettled", "%d / %d" % (
+            summary.get("water_settled_twice", 0), summary.get("water_unsettled", 0))),
+        row("未释放的授权冻结", "grant holds still open", summary.get("holds_open", 0)),
         row("用时（秒）", "elapsed (s)", summary["elapsed_s"]),
         "",
         ("结论：" if zh else "verdict: ") + (("一笔不丢、一笔不重，账本平衡。" if zh else
@@ -672,6 +684,10 @@ def run(args):
     population, documents = provision(server_dir, database, cards_dir, args.people, args.terminals, args.seed,
                                       progress, lang)
     location = dbmod.store_location(server_dir, database)
+    progress.step(_say(lang, "开通 %d 台开水机和住宿生……" % water_day.DISPENSERS,
+                       "provisioning %d water dispensers and dorm residents..." % water_day.DISPENSERS))
+    water_documents, residents = water_day.provision(location, keys.load_master_key(keys.master_key_path(server_dir)),
+                                                     run_dir, args.seed)
     plan = lunch.make_plan(args.seed, args.people, args.terminals, args.duration_s)
     injector = injected_faults.Injector(args, population, plan, run_dir, cards_dir) \
         if injected_faults.wanted(args) else None
@@ -681,6 +697,7 @@ def run(args):
     fleet = []
     relays = []
     decisions = queue.Queue()
+    water = None
     try:
         for _ in range(1 if database is None else 2):
             servers.append(ServerProcess(server_dir, os.path.join(run_dir, "server-%d.log" % (len(servers) + 1)
@@ -697,6 +714,11 @@ def run(args):
                           exclude=injector.taken if injector is not None else ())
         rush = Rush(plan, population, fleet, decisions, os.path.join(run_dir, "decisions.jsonl"), progress, lang,
                     app)
+        water = water_day.WaterDay([s.url for s in servers], servers[0].port, run_dir, water_documents, residents,
+                                   args.seed, args.duration_s, progress, lang)
+        progress.step(_say(lang, "启动 %d 台开水机与蓝牙……" % water_day.DISPENSERS,
+                           "starting %d water dispensers and the Bluetooth air..." % water_day.DISPENSERS))
+        water.start()
         try:
             rush.run()
         finally:
@@ -705,10 +727,14 @@ def run(args):
         for terminal in fleet:
             terminal.finish(_DRAIN_TIMEOUT_S + 30)
         rush.finish()
+        water.finish()
         result = reconcile(location, rush.outcomes, rush.unconfirmed_repeats)
+        result.update(water_day.reconcile(location, water))
         if injector is not None:
             injector.finish(server_dir, result, location)
     finally:
+        if water is not None:
+            water.close()
         for terminal in fleet:
             if terminal.process.poll() is None:
                 os.killpg(terminal.process.pid, signal.SIGKILL)
@@ -718,7 +744,7 @@ def run(args):
             server.stop()
     summary = summarize(plan, rush, result, time.monotonic() - started, args.terminals, args.people)
     summary.update(app.summary())
-    summary["ok"] = summary["ok"] and summary["notifications_credited_twice"] == 0
+    summary["ok"] = summary["ok"] and summary["notifications_credited_twice"] == 0 and water_day.water_ok(summary)
     print(render(summary, lang), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(summary, ensure_ascii=False, sort_keys=True))
