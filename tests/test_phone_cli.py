@@ -65,16 +65,17 @@ def water_site(live_server, tmp_path):
                                capture_output=True, text=True, timeout=_TIMEOUT_S)
         assert bound.returncode == 0, bound.stderr
         assert oct(os.stat(profile).st_mode & 0o777) == "0o600"
-        yield {"server": live_server, "terminal_id": terminal_id, "account_id": account_id, "profile": profile,
+        store_env = {} if live_server.store == "sqlite" else {"YKT_DATABASE_URL": live_server.database}
+        yield {"server": live_server, "store_env": store_env, "terminal_id": terminal_id, "account_id": account_id, "profile": profile,
                "phone_transport": transports[1], "dispenser": dispenser}
     finally:
         for process in reversed(processes):
             _stop(process)
 
 
-def _phone(site, *argv):
+def _phone(site, *argv, found=("--nearby",)):
     return subprocess.run([sys.executable, "-m", "ykt", "phone", "--profile", site["profile"], "water", "--ble",
-                           site["phone_transport"], "--nearby", "--json"] + list(argv),
+                           site["phone_transport"], "--json"] + list(found) + list(argv),
                           capture_output=True, text=True, timeout=_TIMEOUT_S)
 
 
@@ -117,6 +118,17 @@ def test_a_phone_finds_the_dispenser_nearby_draws_water_and_pays_once(water_site
     row = _grant_state(water_site, gone["grant_id"], "settled")
     assert row["status"] == "settled" and row["settled_via"] == "dispenser"
     assert row["end_reason"] == w.END_LINK_LOST and row["settled_ml"] > 0
+
+    # 扫码连接: the sticker staff printed, photographed by the phone, leads straight to the machine
+    photo = os.path.join(os.path.dirname(water_site["profile"]), "sticker.png")
+    made = subprocess.run([sys.executable, "-m", "ykt", "hall", "dispenser-sticker", "--terminal",
+                           str(water_site["terminal_id"]), "--out", photo, "--data-dir", water_site["server"].data_dir],
+                          capture_output=True, text=True, timeout=_TIMEOUT_S,
+                          env=dict(os.environ, **water_site["store_env"]))
+    assert made.returncode == 0, made.stderr
+    scanned = _phone(water_site, "--seconds", "1", found=("--sticker", photo))
+    assert scanned.returncode == 0, scanned.stderr
+    assert json.loads(scanned.stdout.strip().splitlines()[-1])["dispenser_id"] == water_site["terminal_id"]
 
 
 def test_the_phone_explains_what_went_wrong(water_site, tmp_path):

@@ -7,6 +7,7 @@
     change-pin --account A [--new-pin-stdin]                staff reset (to the initial PIN by default)
     electricity --account A --building B --floor N --room R --amount-fen N
     recharge-channel --account A --amount-fen N --channel alipay|wechat|ccb   (simulated payment)
+    dispenser-sticker --terminal T --out FILE.png|FILE.svg   the QR sticker of a water dispenser
 
 Staff commands record who acted (`--operator`, default the login name). Output follows --lang; a PIN
 is never printed, nor any key.
@@ -18,7 +19,7 @@ import sys
 from sync_server import keys, registry
 from sync_server.cli_common import add_station_options, data_dir_of, open_database, open_station, say, write_at_station
 from sync_server.services import (cards, electricity, history, limits, people_import, pins as pin_service,
-                                  recharge)
+                                  recharge, sticker)
 
 
 def _operator(args):
@@ -128,6 +129,14 @@ def cmd_recharge_channel(args):
                                                               _yuan(main_fen)))
 
 
+def cmd_dispenser_sticker(args):
+    conn = open_database(args)
+    sticker.check_dispenser(conn, args.terminal)
+    path = sticker.render(args.terminal, args.out)
+    say(args, "已生成开水机 %d 的二维码贴纸：%s" % (args.terminal, path),
+        "sticker of dispenser %d written: %s" % (args.terminal, path))
+
+
 def register(add):
     """Add the commands through sync_server/cli.py's `add(name, handler, help)`."""
     def staff(parser):
@@ -161,6 +170,9 @@ def register(add):
     p.add_argument("--floor", type=int, required=True)
     p.add_argument("--room", required=True)
     p.add_argument("--amount-fen", type=int, required=True)
+    p = add("dispenser-sticker", cmd_dispenser_sticker, "开水机二维码贴纸 / a water dispenser's QR sticker")
+    p.add_argument("--terminal", type=int, required=True, help="the dispenser's terminal id")
+    p.add_argument("--out", required=True, help="FILE.png or FILE.svg")
     p = add("recharge-channel", cmd_recharge_channel, "渠道充值（模拟支付）/ recharge through a channel (simulated)")
     p.add_argument("--account", type=int, required=True)
     p.add_argument("--amount-fen", type=int, required=True)
