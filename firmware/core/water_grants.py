@@ -57,7 +57,8 @@ CONTROL_START = 1
 CONTROL_END = 2
 MAX_WRITE_BYTES = 64     # anything longer written to a characteristic is garbage
 
-# progress states
+# progress states; a state of 0x80 or above is a REFUSED_* code: boards whose stack cannot answer a
+# write with an ATT error (MicroPython's aioble, firmware/esp32) report a refusal on PROGRESS instead
 PROGRESS_READY = 0
 PROGRESS_AUTHORISED = 1
 PROGRESS_DISPENSING = 2
