@@ -270,3 +270,20 @@ def test_a_grant_the_dispenser_refused_is_given_up_and_its_money_comes_back(live
     assert holder.phone.water_receipt(receipt)["outcome"] == "late"
     assert balances(live_server, holder.account_id)["water"] == 285
     assert_sound(live_server)
+
+
+def test_the_servers_scheduler_releases_expired_holds(live_server):
+    from sync_server.finance import scheduler
+    holder = Holder(live_server, water_fen=300)
+    dispenser = Dispenser(live_server)
+    granted = holder.phone.water_grant(dispenser.id, dispenser.challenge())
+    conn = live_server.connect()
+    try:
+        until_ms = water_holds.grant_row(conn, granted["grant_id"])["hold_until_ms"]
+        assert scheduler.release_holds(conn, until_ms - 1) >= 0
+        assert water_holds.grant_row(conn, granted["grant_id"])["status"] == "held"
+        assert scheduler.release_holds(conn, until_ms + 1) >= 1
+        assert water_holds.grant_row(conn, granted["grant_id"])["status"] == "released"
+    finally:
+        conn.close()
+    assert balances(live_server, holder.account_id)["water"] == 300

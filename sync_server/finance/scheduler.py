@@ -11,6 +11,10 @@ yesterday is closed, oldest first. Closing is idempotent and days close in order
 second server on the same file, or a finance officer closing by hand first changes nothing: the
 day is closed once. A failed close is logged and tried again at the next check.
 YKT_FINANCE_CLOSE=off leaves the scheduler out (tests that close days themselves).
+
+Each check also gives back the holds of Bluetooth water grants past their expiry
+(water_holds.release_expired), so money a phone never used returns without waiting for the next
+grant anyone asks for.
 """
 import logging
 import os
@@ -18,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from sync_server import db as dbmod
+from sync_server import db as dbmod, water_holds
 from sync_server.finance import close as close_module
 
 CHECK_INTERVAL_S = 60.0
@@ -41,11 +45,27 @@ def run_due(conn, now_ms=None):
     return closed
 
 
+def release_holds(conn, now_ms=None):
+    """Release expired water grant holds, a bounded batch per transaction; returns how many."""
+    now_ms = dbmod.now_ms() if now_ms is None else now_ms
+    released = 0
+    for _ in range(MAX_DAYS_PER_CHECK):
+        with dbmod.transaction(conn):
+            count = water_holds.release_expired(conn, now_ms)
+        released += count
+        if count < water_holds.MAX_RELEASES_PER_CALL:
+            break
+    if released:
+        log.warning("released %d expired water grant holds", released)
+    return released
+
+
 def loop(db_path, parent_pid, interval_s=CHECK_INTERVAL_S):
     """Check every interval until the parent (the server process) is gone."""
     while os.getppid() == parent_pid:
         conn = dbmod.connect(db_path)
         try:
+            release_holds(conn)
             run_due(conn)
         except Exception:   # keep going: the next check tries again (FinanceError included)
             log.exception("finance close failed")
