@@ -59,6 +59,8 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "readers(*names): run a reader_name test only on these rigs")
+    config.addinivalue_line("markers", "stores(*names): run a store_name test only on these of the selected "
+                                       "stores (for a test about something other than the store)")
 
 
 def selected_reader_rigs(config):
@@ -84,7 +86,11 @@ def pytest_generate_tests(metafunc):
             names = [name for name in names if name in only.args]
         metafunc.parametrize("reader_name", names, scope="module")
     if "store_name" in metafunc.fixturenames:
-        metafunc.parametrize("store_name", selected_stores(metafunc.config), scope="module")
+        stores = selected_stores(metafunc.config)
+        only = metafunc.definition.get_closest_marker("stores")
+        if only is not None:
+            stores = [name for name in stores if name in only.args] or stores[:1]
+        metafunc.parametrize("store_name", stores, scope="module")
 
 
 def pytest_report_header(config):

@@ -15,6 +15,8 @@ from firmware.core import card_layout, wallets, water_grants as w
 from sync_server import pin_rules, registry, water_holds
 
 _TIMEOUT_S = 60
+# the phone, the radio and the air are under test here; both stores' side of water is test_water_holds.py's
+pytestmark = pytest.mark.stores("sqlite")
 
 
 def _spawn(*argv, **options):
