@@ -29,7 +29,6 @@ Scripted mode (tests and the demo): one JSON object per line:
     {"flow_ml_per_s": 80}                the simulated flow rate from now on (0: the supply stopped)
     {"sync": true} | {"sleep_ms": 200}
 """
-import json
 import os
 import sqlite3
 import sys
@@ -41,6 +40,7 @@ from firmware.apps import card_io, dispenser_hw, provisioning as provisioning_ke
 from firmware.apps.pos_terminal import DB_FILE, load_provisioning, make_owner_only
 from firmware.apps.store import StoreError, TerminalStore
 from firmware.apps.sync_client import SharedClock, SyncClient
+from firmware.apps.terminal_shell import SyncedShell
 from firmware.core import card_layout, clock as clock_module, dispenser, messages, records
 from firmware.core import sam as sam_module, wallets, water_grants
 from reader_drivers.base import CardGone, ReaderError
@@ -90,7 +90,7 @@ class VirtualRawClock:
             self._ms += ms
 
 
-class DispenserTerminal:
+class DispenserTerminal(SyncedShell):
     def __init__(self, provisioning, data_dir, reader, valve, meter, lang="zh", out=None, sync=True,
                  server_url=None, sync_interval_ms=None, raw_ms=None, sim_meter=None, random_bytes=os.urandom,
                  card_slot=None):
@@ -454,52 +454,12 @@ class DispenserTerminal:
         self.radio.start()
         return self.radio
 
-    # -- background sync -------------------------------------------------------------------------
-
-    def start_sync(self):
-        if self.sync_client is None or self._sync_thread is not None:
-            return
-        self._sync_thread = threading.Thread(
-            target=self.sync_client.run, name="ykt-sync",
-            args=(self._stop, self.sync_interval_ms, self._on_sync, self._wake), daemon=True)
-        self._sync_thread.start()
-
-    def _on_sync(self, result):
-        self.emit({"type": "sync", "online": result.online, "sent": result.sent, "acked_seq": result.acked_seq,
-                   "error": result.error})
-
-    def sync_now(self):
-        if self.sync_client is None:
-            return None
-        result = self.sync_client.sync_until_settled()
-        self._on_sync(result)
-        self._refresh_config()
-        return result
-
-    def drain(self, timeout_s):
-        """Sync until nothing is unacknowledged or timeout_s passes; returns what is left."""
-        deadline = time.monotonic() + timeout_s
-        while self.store.unacked_count() and time.monotonic() < deadline and self.sync_client is not None:
-            result = self.sync_client.sync_until_settled()
-            if not result.online:
-                time.sleep(min(1.0, self.sync_client.backoff_ms(200) / 1000.0))
-        unacked = self.store.unacked_count()
-        self.emit({"type": "drained", "unacked": unacked, "last_seq": self.store.last_seq()})
-        return unacked
-
     def close(self):
         if self.radio is not None:
             self.radio.stop()
-        self._stop.set()
-        self._wake.set()
-        for thread in (self._sync_thread, self._tick_thread):
-            if thread is not None:
-                thread.join(timeout=30)
+        self.stop_sync(self._tick_thread)
         with self._lock:
             self.valve.close()
-        if self.sync_client is not None:
-            self.sync_client.close()
-            self._sync_store.close()
         self.store.close()
 
     # -- scripts -------------------------------------------------------------------------------------
@@ -538,21 +498,6 @@ class DispenserTerminal:
             self.card_slot.pull()
             stop_write_through()
             self.poll_card(timeout_ms=10)       # the card has left: the next arrival is a new tap
-
-    def run_script(self, stream):
-        for raw in stream:
-            raw = raw.strip()
-            if not raw or raw.startswith("#"):
-                continue
-            self.run_line(json.loads(raw))
-
-    # -- output ----------------------------------------------------------------------------------------
-
-    def emit(self, line):
-        text = json.dumps(line, ensure_ascii=False, sort_keys=True)
-        with self._out_lock:
-            self.out.write(text + "\n")
-            self.out.flush()
 
     def _log_fault(self, step):
         print("开水机异常 / unexpected failure during %s:" % step, file=sys.stderr)

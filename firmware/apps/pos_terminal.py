@@ -33,6 +33,7 @@ import traceback
 from firmware.apps import card_io, provisioning
 from firmware.apps.store import StoreError, TerminalStore
 from firmware.apps.sync_client import SharedClock, SyncClient
+from firmware.apps.terminal_shell import SyncedShell
 from firmware.core import card_layout, clock as clock_module, messages, pos, records, sam as sam_module
 from reader_drivers.base import AuthenticationError, CardGone, ReaderError
 
@@ -85,7 +86,7 @@ def make_owner_only(data_dir):
         pass
 
 
-class PosTerminal:
+class PosTerminal(SyncedShell):
     def __init__(self, provisioning, data_dir, reader, lang="zh", out=None, display=True, sync=True,
                  server_url=None, cards_dir=None, sync_interval_ms=None, raw_ms=None, card_slot=None):
         make_owner_only(data_dir)
@@ -165,59 +166,9 @@ class PosTerminal:
             self.sync_client.config_changed.clear()     # before reading: a newer one sets it again
             self.machine.config.update(self._machine_config())
 
-    # -- background sync -----------------------------------------------------------------------
-
-    def start_sync(self):
-        if self.sync_client is None or self._sync_thread is not None:
-            return
-        self._sync_thread = threading.Thread(
-            target=self.sync_client.run, name="ykt-sync",
-            args=(self._stop, self.sync_interval_ms, self._on_sync, self._wake), daemon=True)
-        self._sync_thread.start()
-
-    def _on_sync(self, result):
-        self.emit({"type": "sync", "online": result.online, "sent": result.sent, "acked_seq": result.acked_seq,
-                   "error": result.error}, always=False)
-
-    def sync_now(self):
-        """Sync in the foreground (scripted {"sync": true}); returns the SyncResult or None."""
-        if self.sync_client is None:
-            return None
-        result = self.sync_client.sync_until_settled()
-        self._on_sync(result)
-        self._refresh_config()
-        return result
-
-    def drain(self, timeout_s):
-        """Sync until the journal holds nothing unacknowledged or timeout_s passes; returns unacked."""
-        deadline = time.monotonic() + timeout_s
-        while self.store.unacked_count() and time.monotonic() < deadline and self.sync_client is not None:
-            result = self.sync_client.sync_until_settled()
-            if not result.online:
-                time.sleep(min(1.0, self.sync_client.backoff_ms(200) / 1000.0))
-        unacked = self.store.unacked_count()
-        self.emit({"type": "drained", "unacked": unacked, "last_seq": self.store.last_seq()}, always=True)
-        return unacked
-
     def close(self):
-        self._stop.set()
-        self._wake.set()
-        if self._sync_thread is not None:
-            self._sync_thread.join(timeout=30)
-        if self.sync_client is not None:
-            self.sync_client.close()
-            self._sync_store.close()
+        self.stop_sync()
         self.store.close()
-
-    # -- output ----------------------------------------------------------------------------------
-
-    def emit(self, line, always=True):
-        if not always and not self.display:
-            return
-        text = json.dumps(line, ensure_ascii=False, sort_keys=True)
-        with self._out_lock:
-            self.out.write(text + "\n")
-            self.out.flush()
 
     def _emit_decision(self, seq, accepted, reason, amount_fen, balance_after_fen, card_number):
         line = {"type": "decision", "seq": seq, "accepted": accepted, "reason": reason, "amount_fen": amount_fen,
@@ -421,10 +372,3 @@ class PosTerminal:
                 self.feed(pos.PinEntered(pins.pop(0)) if pins else pos.Cancel())
             else:
                 return
-
-    def run_script(self, stream):
-        for raw in stream:
-            raw = raw.strip()
-            if not raw or raw.startswith("#"):
-                continue
-            self.run_line(json.loads(raw))
