@@ -30,7 +30,7 @@ from bumble import att, core, hci
 from bumble.core import AdvertisingData
 from bumble.device import Connection, Device, Peer
 
-from firmware.apps.dispenser_ble import BleError, open_hci
+from firmware.apps.dispenser_ble import BleError, close_hci, open_hci
 from firmware.core import water_grants
 
 logger = logging.getLogger(__name__)
@@ -124,17 +124,8 @@ class PhoneRadio:
         for link in list(self._links):
             await link.disconnect()
         device, self.device = self.device, None
-        if device is not None:
-            try:
-                await asyncio.wait_for(device.power_off(), DISCONNECT_TIMEOUT_MS / 1000)
-            except Exception:
-                logger.debug("power off failed", exc_info=True)
-        if self._close_transport is not None:
-            close, self._close_transport = self._close_transport, None
-            try:
-                await asyncio.wait_for(close(), DISCONNECT_TIMEOUT_MS / 1000)
-            except Exception:
-                logger.debug("closing the transport failed", exc_info=True)
+        close, self._close_transport = self._close_transport, None
+        await close_hci(device, close)
 
     def _require_device(self):
         if self.device is None:

@@ -136,6 +136,21 @@ async def open_hci(transport):
     return Host(transport, transport), detach
 
 
+async def close_hci(device, close):
+    """Power `device` off and run `close` (open_hci's), each within DISCONNECT_TIMEOUT_MS; either may
+    be None. Never raises: a controller that is gone is what closing is for."""
+    if device is not None:
+        try:
+            await asyncio.wait_for(device.power_off(), DISCONNECT_TIMEOUT_MS / 1000)
+        except Exception:
+            logger.debug("power off failed", exc_info=True)
+    if close is not None:
+        try:
+            await asyncio.wait_for(close(), DISCONNECT_TIMEOUT_MS / 1000)
+        except Exception:
+            logger.debug("closing the transport failed", exc_info=True)
+
+
 def advertising_data(dispenser_id):
     """The advertisement: flags, the complete local name and our manufacturer data (31 bytes at most)."""
     name = (water_grants.ADVERT_NAME_PREFIX + str(dispenser_id)).encode()
@@ -305,16 +320,8 @@ class DispenserRadio:
         device, self.device = self.device, None
         if device is not None:
             device.radio = None
-            try:
-                await asyncio.wait_for(device.power_off(), DISCONNECT_TIMEOUT_MS / 1000)
-            except Exception:
-                logger.debug("power off failed", exc_info=True)
-        if self._close_transport is not None:
-            close, self._close_transport = self._close_transport, None
-            try:
-                await asyncio.wait_for(close(), DISCONNECT_TIMEOUT_MS / 1000)
-            except Exception:
-                logger.debug("closing the transport failed", exc_info=True)
+        close, self._close_transport = self._close_transport, None
+        await close_hci(device, close)
 
     @property
     def links(self):
