@@ -74,6 +74,9 @@ class WaterSession:
             self.last_progress = note
             if note.state == water_grants.PROGRESS_ENDED:
                 return note
+            if note.state >= water_grants.REFUSED_MALFORMED:
+                # a board whose stack cannot refuse a write with an ATT error (firmware/esp32) says so here
+                raise PhoneBleError.refused(note.state)
         raise PhoneBleError(("开水机未结束用水", "the dispenser did not end the session"))
 
     async def finish(self, hand_in=True):
