@@ -48,7 +48,8 @@ def _mypy(tmp_path, path):
                                            % (name, name) for name in sorted(modules)), encoding="utf-8")
     env = dict(os.environ, MYPYPATH=os.pathsep.join([str(ROOT / "firmware" / "esp32" / "stubs"), str(stubs),
                                                      str(ROOT)]))
-    return subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(config),
+    # --check-untyped-defs: the board's functions without annotations are checked too
+    return subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(config), "--check-untyped-defs",
                            "--custom-typeshed-dir", _typeshed(), "--no-site-packages",
                            "--follow-imports=silent", "--cache-dir", str(tmp_path / "cache"), "--python-version",
                            "3.11", str(path)],
@@ -67,8 +68,10 @@ def test_a_mistake_in_the_board_code_is_caught(tmp_path):
     source = source.replace("self.meter.irq(handler=self._pulse, trigger=Pin.IRQ_RISING)",
                             'self.meter.irq(handler=self._pulse, trigger="rising")')
     source = source.replace("aioble.register_services(self.service)", "aioble.register_service(self.service)")
+    source = source.replace("max_len=water_grants.MAX_WRITE_BYTES", "maxlen=water_grants.MAX_WRITE_BYTES")
     (broken / "dispenser_main.py").write_text(source, encoding="utf-8")
     shutil.copytree(ROOT / "firmware" / "esp32" / "stubs", broken / "stubs")
     result = _mypy(tmp_path, broken / "dispenser_main.py")
     assert result.returncode != 0
     assert "register_service" in result.stdout and "trigger" in result.stdout, result.stdout
+    assert '"maxlen"' in result.stdout, result.stdout

@@ -87,3 +87,33 @@ def test_the_scanner_says_what_is_wrong_with_a_photo(tmp_path):
     text.write_text("not an image")
     with pytest.raises(ValueError, match="cannot read"):
         sticker_scan.scan_sticker(str(text))
+
+
+def _worn(image, symbol_px):
+    """A photo of a worn sticker: a third of the size, the middle of the code (a tenth of it, the
+    data modules) scraped white."""
+    worn = image.convert("L").resize((image.width // 3, image.height // 3))
+    side = symbol_px // 3
+    ImageDraw.Draw(worn).rectangle((side * 0.35, side * 0.35, side * 0.65, side * 0.65), fill=255)
+    return worn
+
+
+@pytest.mark.parametrize("dispenser_id", [1, 7, 4242, 4294967295])
+def test_error_correction_h_is_what_keeps_a_worn_sticker_readable(dispenser_id, tmp_path):
+    """The same wear on the same text: the sticker (level H) still scans, a level L code does not."""
+    sticker.render(dispenser_id, str(tmp_path / "h.png"))
+    symbol_px = sticker.code(dispenser_id).symbol_size(scale=sticker.SCALE, border=sticker.BORDER_MODULES)[0]
+    with Image.open(tmp_path / "h.png") as image:
+        _worn(image, symbol_px).save(tmp_path / "h-worn.png")
+    expected = (dispenser_id, water_grants.static_address(dispenser_id))
+    assert sticker_scan.scan_sticker(str(tmp_path / "h-worn.png")) == expected
+
+    import segno
+    weak = segno.make_qr(water_grants.sticker_text(dispenser_id, water_grants.static_address(dispenser_id)),
+                         error="l", boost_error=False)
+    weak.save(str(tmp_path / "l.png"), scale=sticker.SCALE, border=sticker.BORDER_MODULES)
+    with Image.open(tmp_path / "l.png") as image:
+        assert sticker_scan.scan_sticker(str(tmp_path / "l.png")) == expected      # it scans when new
+        _worn(image, image.width).save(tmp_path / "l-worn.png")
+    with pytest.raises(ValueError, match="no QR code"):
+        sticker_scan.scan_sticker(str(tmp_path / "l-worn.png"))

@@ -73,6 +73,8 @@ def _svg(qr, path, zh, en):
              '<text x="%d" y="%d" font-size="%d" text-anchor="middle" font-family="sans-serif">%s</text>'
              % (width // 2, height + SCALE * 6, int(SCALE * 1.4), _escape(en)))
     svg = svg.replace("</svg>", texts + "</svg>")
+    # opaque, so that the code still scans shown on a dark screen or printed on coloured stock
+    svg = svg.replace("</title>", '</title><rect width="100%" height="100%" fill="#fff"/>', 1)
     with open(path, "w", encoding="utf-8") as handle:
         handle.write('<?xml version="1.0" encoding="utf-8"?>\n' + svg)
 
