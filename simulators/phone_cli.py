@@ -156,6 +156,11 @@ async def _water_session(args, app):
     async with PhoneRadio(args.ble) as radio:
         if args.sticker:
             dispenser_id, address = dispenser_from_sticker(args.sticker)
+            # a board that cannot take the address the sticker names (MicroPython's stack sets its own)
+            # is found by the id it advertises instead; nothing heard: try the sticker's address
+            heard = await radio.scan_nearby(dispenser_id=dispenser_id)
+            if heard and all(nearby.address != address for nearby in heard):
+                address = heard[0].address
         else:
             nearby = await radio.find(args.dispenser)
             dispenser_id, address = nearby.dispenser_id, nearby.address

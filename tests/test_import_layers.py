@@ -36,11 +36,13 @@ ALLOWED_LAYERS = {
     "firmware.core": {"firmware.core"},
     "reader_drivers": {"firmware.core", "reader_drivers"},
     "firmware.apps": {"firmware.core", "reader_drivers", "firmware.apps"},
+    "firmware.esp32": {"firmware.core", "firmware.esp32"},     # MicroPython board code: the core only
     "sync_server": {"firmware.core", "sync_server"},
     "ykt": _EVERY_LAYER_BUT_TESTS,   # the command line assembles every part
 }
 LAYER_FOLDERS = {"firmware.core": ("firmware/__init__.py", "firmware/core"), "reader_drivers": ("reader_drivers",),
-                 "firmware.apps": ("firmware/apps",), "sync_server": ("sync_server",), "ykt": ("ykt",)}
+                 "firmware.apps": ("firmware/apps",),
+                 "firmware.esp32": ("firmware/esp32",), "sync_server": ("sync_server",), "ykt": ("ykt",)}
 
 # Inside the server, finance/ is the top: only the app factory and the command line reach into it, so
 # the day close and its reports build on everything below without anything below depending on them.

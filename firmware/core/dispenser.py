@@ -20,7 +20,9 @@ A session's source is ("card", card_number, account_id, generation, tap_counter)
 ("grant", grant_id, account_id); it is persisted with the progress, so a session cut by the power
 is settled against the same card or grant. Every Journal names why the session ended
 (water_grants.END_*). LinkLost (the phone's Bluetooth link dropped) ends a grant's session and is
-nothing to a card's. The grant's checks (MAC, challenge, dispenser, cap, lifetime) are made by
+nothing to a card's. The times in events must never go backwards, across power cuts too (the
+shells' clocks see to it): a Tick from the past is ignored, so a clock that went back would hold
+every timeout until it caught up. The grant's checks (MAC, challenge, dispenser, cap, lifetime) are made by
 water_grants.GrantGate before GrantVerified reaches this machine.
 """
 from collections import namedtuple

@@ -240,7 +240,9 @@ def dispenser_from_manufacturer_data(company_id, data):
 
 def static_address(dispenser_id):
     """The dispenser's Bluetooth LE static random address, derived from its id (the two top bits set,
-    as the Core spec asks of a static address), so a sticker printed from the id alone finds it."""
+    as the Core spec asks of a static address), so a sticker printed from the id alone finds a Pi's
+    dispenser. A board whose stack picks its own address (MicroPython, firmware/esp32) is found by
+    the id it advertises instead (the phone scans for it when the sticker's address is not heard)."""
     value = 0xC07A00000000 | _u32("dispenser_id", dispenser_id)
     raw = value.to_bytes(6, "big")
     return ":".join("%02X" % b for b in raw)
