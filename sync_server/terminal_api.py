@@ -286,9 +286,14 @@ def _balance_delta(conn, since_version, now_ms):
     return {"version": rows[-1][6], "rows": [list(row[:6]) for row in rows], "more": more}
 
 
-def current_config(conn):
+def current_config(conn, known_version=None):
+    """The configuration terminals run, or None when `known_version` is current already (the common
+    case: one counter read per sync instead of every setting)."""
+    version = dbmod.counter_value(conn, "config_version")
+    if known_version is not None and known_version >= version:
+        return None
     return {
-        "version": dbmod.counter_value(conn, "config_version"),
+        "version": version,
         "sync_interval_ms": dbmod.setting(conn, "sync_interval_ms"),
         "offline_cap_count": dbmod.setting(conn, "offline_cap_count"),
         "offline_cap_amount_fen": dbmod.setting(conn, "offline_cap_amount_fen"),
@@ -344,13 +349,13 @@ def sync():
     if abs(offset_ms) > dbmod.setting(conn, "clock_tolerance_ms"):
         commands.append({"op": "set_time", "server_ms": answer_ms})
     with dbmod.read_snapshot(conn):          # the deltas and versions of one committed state
-        config = current_config(conn)
+        config = current_config(conn, config_version)
         answer = {
             "acked_seq": acked_seq,
             "server_ms": answer_ms,
             "deny": _deny_delta(conn, deny_version),
             "balances": _balance_delta(conn, balance_version, answer_ms),
-            "config": config if config_version < config["version"] else None,
+            "config": config,
             "commands": commands,
         }
     return _cbor_response(answer)
