@@ -41,7 +41,7 @@ from firmware.apps.pos_terminal import DB_FILE, load_provisioning, make_owner_on
 from firmware.apps.store import StoreError, TerminalStore
 from firmware.apps.sync_client import SharedClock, SyncClient
 from firmware.apps.terminal_shell import SyncedShell
-from firmware.core import card_layout, clock as clock_module, dispenser, messages, records
+from firmware.core import card_layout, clock as clock_module, dispenser, messages, pos, records
 from firmware.core import sam as sam_module, wallets, water_grants
 from reader_drivers.base import CardGone, ReaderError
 
@@ -356,7 +356,7 @@ class DispenserTerminal(SyncedShell):
         today = clock_module.date_yyyymmdd(self.clock.peek_ms(), 480)
         with self._lock:
             self.machine.config["today_yyyymmdd"] = today
-            facts = dispenser_facts(*self.store.tap_facts(identity.card_number, identity.generation,
+            facts = pos.TapFacts(*self.store.tap_facts(identity.card_number, identity.generation,
                                                           identity.account_id, self.terminal_id, today))
             refusal = self.machine.card_refusal(view, facts, online)
             if refusal is not None:
@@ -559,19 +559,6 @@ class RadioHost:
         if self._loop is not None and self._stopped is not None:
             self._loop.call_soon_threadsafe(self._stopped.set)
         self._thread.join(timeout_s)
-
-
-def dispenser_facts(deny, account):
-    """The (deny, account) pair the dispenser machine reads as CardRead.facts."""
-    return _Facts(deny, account)
-
-
-class _Facts:
-    __slots__ = ("deny", "account")
-
-    def __init__(self, deny, account):
-        self.deny = deny
-        self.account = account
 
 
 __all__ = ["DispenserTerminal", "VirtualRawClock", "load_provisioning", "sam_from_provisioning"]
