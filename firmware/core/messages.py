@@ -49,6 +49,16 @@ WATER_BUSY = "water_busy"
 WATER_RESUMED = "water_resumed"
 JOURNAL_FAILED = "journal_failed"
 READER_ERROR = "reader_error"
+PAYCODE_CHECKING = "paycode_checking"
+PAYCODE_INVALID = "paycode_invalid"
+PAYCODE_FOREIGN = "paycode_foreign"
+PAYCODE_EXPIRED = "paycode_expired"
+PAYCODE_FUTURE = "paycode_future"
+PAYCODE_CERT_EXPIRED = "paycode_cert_expired"
+PAYCODE_USED = "paycode_used"
+PAYCODE_REVOKED = "paycode_revoked"
+PAYCODE_OFFLINE_CAP = "paycode_offline_cap"
+PAYCODE_BUSY = "paycode_busy"
 
 # code -> (Chinese, English)
 TEXTS = {
@@ -94,6 +104,16 @@ TEXTS = {
     WATER_RESUMED: ("断电前的用水已结算，扣款%(amount)s元", "Water before the power cut settled: %(amount)s yuan"),
     JOURNAL_FAILED: ("记账失败，未扣款，请联系管理员", "Could not record the payment; nothing charged"),
     READER_ERROR: ("读卡器故障，请重新刷卡", "Reader error: please tap again"),
+    PAYCODE_CHECKING: ("正在验证付款码", "Checking the payment code"),
+    PAYCODE_INVALID: ("无效的付款码，请出示校园卡付款码", "Not a campus payment code"),
+    PAYCODE_FOREIGN: ("付款码校验失败，非本校付款码", "The payment code does not verify: not issued by this campus"),
+    PAYCODE_EXPIRED: ("付款码已过期，请刷新后重试", "Payment code expired: refresh it and scan again"),
+    PAYCODE_FUTURE: ("付款码时间异常，请校准手机时间", "Payment code from the future: check the phone's clock"),
+    PAYCODE_CERT_EXPIRED: ("付款码需联网更新，请打开网络后刷新", "The phone must go online to renew its payment code"),
+    PAYCODE_USED: ("付款码已使用，请刷新后重试", "Payment code already used: refresh it"),
+    PAYCODE_REVOKED: ("付款码已停用", "This payment code has been stopped"),
+    PAYCODE_OFFLINE_CAP: ("付款码脱机消费已达上限，请刷卡支付", "Offline payment-code limit reached: pay by card"),
+    PAYCODE_BUSY: ("付款码暂时无法受理，请刷卡支付", "Payment codes cannot be taken right now: pay by card"),
 }
 
 LANGUAGES = ("zh", "en")

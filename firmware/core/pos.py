@@ -11,6 +11,18 @@ One tap, the happy path:
     COUNTING --TapCounted--> JOURNALING                                    [Journal]
     JOURNALING --Journaled--> IDLE       [Show(ACCEPTED), Beep, Speak, Outcome] only now
 
+A payment code (付款码, firmware/core/paycode.py) instead of a card:
+
+    WAIT_CARD --CodeScanned--> (shape, minute, replay cache) --> VERIFYING   [VerifyCode]
+    VERIFYING --CodeVerified--> (revoked? decide) --online--> CLAIMING       [ClaimCode]
+                                                  --offline--> JOURNALING    [JournalPayCode]
+    CLAIMING --CodeClaimed(ok)--> JOURNALING; (used/revoked/blocked) -> refused;
+             (no answer) -> decided again offline, within the certificate's offline cap
+    JOURNALING --Journaled--> IDLE       the code joins the replay cache: accepted once here
+
+The shell checks the two Ed25519 signatures (VerifyCode) and asks the server (ClaimCode); everything
+else is decided here. A code that fails any check is refused with its own message, nothing journaled.
+
 Side paths: NeedPin -> WAIT_PIN -> CHECKING_PIN (online check) -> COUNTING; the same card for the
 same amount within `double_tap_window_ms` of one of its recent successes -> WAIT_CONFIRM until
 CashierConfirmed; a card pulled during reading or counting (CardReadFailed/TapCountFailed) ->
@@ -30,7 +42,7 @@ ignored (a key press while the card is being counted) are listed as such.
 """
 from collections import namedtuple
 
-from firmware.core import card_layout, clock, decide as decide_module, messages, records
+from firmware.core import card_layout, clock, decide as decide_module, messages, paycode, records
 
 # States
 IDLE = "idle"                  # no amount yet
@@ -41,7 +53,10 @@ WAIT_PIN = "wait_pin"          # over a limit, waiting for the cardholder's PIN
 CHECKING_PIN = "checking_pin"  # CheckPin issued
 COUNTING = "counting"          # CountTap issued
 JOURNALING = "journaling"      # Journal issued; success is shown only after Journaled
-STATES = (IDLE, WAIT_CARD, READING, WAIT_CONFIRM, WAIT_PIN, CHECKING_PIN, COUNTING, JOURNALING)
+VERIFYING = "verifying"        # VerifyCode issued (a payment code's signatures)
+CLAIMING = "claiming"          # ClaimCode issued (online: the server's yes for this code)
+STATES = (IDLE, WAIT_CARD, READING, WAIT_CONFIRM, WAIT_PIN, CHECKING_PIN, COUNTING, JOURNALING, VERIFYING,
+          CLAIMING)
 
 _RECENT_SUCCESSES = 32         # committed taps remembered for repeat detection (bounded)
 
@@ -61,9 +76,23 @@ PinChecked = namedtuple("PinChecked", ("ok",))                # True, False, or 
 CashierConfirmed = namedtuple("CashierConfirmed", ())
 Tick = namedtuple("Tick", ("now_ms",))    # the shell feeds one before each event, results included
 SyncAnswered = namedtuple("SyncAnswered", ("online",))
+CodeScanned = namedtuple("CodeScanned", ("text",))             # one line from the code scanner
+CodeVerified = namedtuple("CodeVerified", ("ok", "facts"))     # signatures good? facts: PayCodeFacts
+CodeClaimed = namedtuple("CodeClaimed", ("result",))           # CLAIM_* or None (the server not reached)
 
 # What the shell looked up for the card just read (deny view and account view, see decide.py).
 TapFacts = namedtuple("TapFacts", ("deny", "account"))
+# ...and for a payment code: the tap's facts for the certificate's card and account, the deny list's
+# reasons for its credential and certificate (None when not denied), and what this terminal journaled
+# offline under the credential and the server has not reflected yet (the certificate's offline cap).
+PayCodeFacts = namedtuple("PayCodeFacts", ("tap", "credential_reason", "certificate_reason", "offline_fen"))
+
+# ClaimCode answers (the server's, sync_server/paycode.py)
+CLAIM_OK = "ok"
+CLAIM_USED = "used"
+CLAIM_REVOKED = "revoked"
+CLAIM_BLOCKED = "blocked"
+CLAIM_UNKNOWN = "unknown"
 
 READ_FAILURE_GONE = "gone"          # card left the field: tap again
 READ_FAILURE_FORMAT = "format"      # blank, foreign or forged card
@@ -78,6 +107,10 @@ ReadCard = namedtuple("ReadCard", ("uid",))
 CountTap = namedtuple("CountTap", ("expected",))
 Journal = namedtuple("Journal", ("record_fields",))  # records.encode_purchase kwargs minus seq/time_ms
 CheckPin = namedtuple("CheckPin", ("account_id", "pin", "amount_fen"))
+VerifyCode = namedtuple("VerifyCode", ("code",))                # paycode.Code: check both signatures
+ClaimCode = namedtuple("ClaimCode", ("credential_id", "cert_serial", "time_step", "counter", "account_id",
+                                     "amount_fen"))
+JournalPayCode = namedtuple("JournalPayCode", ("record_fields",))  # records.encode_paycode kwargs minus seq/time_ms
 # One line for the operator log / scripted output: a decision was made and (if accepted) committed.
 Outcome = namedtuple("Outcome", ("accepted", "message_code", "seq", "amount_fen", "balance_after_fen",
                                  "card_number"))
@@ -102,7 +135,30 @@ DEFAULT_CONFIG = {
     "max_dishes": 20,
     "utc_offset_min": 480,
     "lang": "zh",
+    "paycode_skew_ms": paycode.DEFAULT_SKEW_MS,
 }
+
+_CODE_REFUSALS = {
+    paycode.CERT_EXPIRED: messages.PAYCODE_CERT_EXPIRED, paycode.EXPIRED: messages.PAYCODE_EXPIRED,
+    paycode.FUTURE: messages.PAYCODE_FUTURE, paycode.REPLAYED: messages.PAYCODE_USED,
+    paycode.REPLAY_FULL: messages.PAYCODE_BUSY,
+}
+_CLAIM_REFUSALS = {CLAIM_USED: messages.PAYCODE_USED, CLAIM_REVOKED: messages.PAYCODE_REVOKED,
+                   CLAIM_BLOCKED: messages.ACCOUNT_BLOCKED, CLAIM_UNKNOWN: messages.PAYCODE_FOREIGN}
+
+
+class _CodeView:
+    """A payment code where a card view would be: the certificate's card and account stand for the
+    identity (so the deny list's lost card and frozen account apply), no name, no tap counter."""
+    __slots__ = ("code", "identity", "name", "tap_counter")
+
+    def __init__(self, code):
+        cert = code.cert
+        self.code = code
+        self.identity = card_layout.Identity(cert.card_number, cert.account_id, cert.card_generation,
+                                             card_layout.HOLDER_STUDENT, 0)
+        self.name = ""
+        self.tap_counter = None
 
 
 class PosError(Exception):
@@ -111,7 +167,7 @@ class PosError(Exception):
 
 class _Pending:
     """The tap in progress: the card read, its facts, and what was decided."""
-    __slots__ = ("view", "facts", "flags", "balance_after_fen", "pin_attempts", "pin_since_ms")
+    __slots__ = ("view", "facts", "flags", "balance_after_fen", "pin_attempts", "pin_since_ms", "code_facts")
 
     def __init__(self, view, facts):
         self.view = view
@@ -120,6 +176,7 @@ class _Pending:
         self.balance_after_fen = 0
         self.pin_attempts = 0
         self.pin_since_ms = 0
+        self.code_facts = None          # PayCodeFacts when this is a payment code
 
 
 class CanteenPos:
@@ -139,6 +196,11 @@ class CanteenPos:
         # a card tapped twice is still a repeat when another cardholder paid in between.
         self.recent_successes = []
         self.pin_verified_for = None  # (card_number, amount_fen) verified online for this amount
+        self.codes_seen = paycode.ReplayCache(self.config["paycode_skew_ms"])
+
+    def remember_code(self, key, now_ms):
+        """A payment code this terminal journaled before (the shell replays its journal at start)."""
+        self.codes_seen.add(key, now_ms)
 
     def handle(self, event):
         """Feed one event; returns the list of actions for the shell, in order."""
@@ -275,9 +337,14 @@ class CanteenPos:
             pending.pin_since_ms = self.now_ms
             return WAIT_PIN, [Show(result.message_code, {"amount_fen": self.amount_fen}), Beep(BEEP_ATTENTION)]
         if isinstance(result, decide_module.Decline):
-            return self._refuse(result.message_code, WAIT_CARD, identity.card_number)
+            code = result.message_code
+            if code == messages.CARD_REPLACED and isinstance(pending.view, _CodeView):
+                code = messages.PAYCODE_CERT_EXPIRED    # the certificate names the old card: renew it online
+            return self._refuse(code, WAIT_CARD, identity.card_number)
         pending.flags |= result.flags
         pending.balance_after_fen = result.balance_after_fen
+        if isinstance(pending.view, _CodeView):
+            return self._code_decided()
         return COUNTING, [CountTap(pending.view.tap_counter)]
 
     def _pin_entered(self, event):
@@ -328,15 +395,85 @@ class CanteenPos:
         fields = {"amount_fen": self.amount_fen, "balance_fen": pending.balance_after_fen,
                   "name": card_layout.mask_name(pending.view.name)}
         spoken = messages.text(messages.ACCEPTED, self._config("lang"), **fields)
-        self.recent_successes.append((identity.card_number, self.amount_fen, self.now_ms))
-        if len(self.recent_successes) > _RECENT_SUCCESSES:
-            self.recent_successes.pop(0)
+        if isinstance(pending.view, _CodeView):
+            self.codes_seen.add(paycode.use_key(pending.view.code), self.now_ms)
+        else:
+            self.recent_successes.append((identity.card_number, self.amount_fen, self.now_ms))
+            if len(self.recent_successes) > _RECENT_SUCCESSES:
+                self.recent_successes.pop(0)
         return IDLE, [Show(messages.ACCEPTED, fields), Beep(BEEP_OK), Speak(spoken),
                       Outcome(True, messages.ACCEPTED, event.seq, self.amount_fen, pending.balance_after_fen,
                               identity.card_number)]
 
     def _journal_failed(self, event):
         return self._refuse(messages.JOURNAL_FAILED, IDLE, self.pending.view.identity.card_number)
+
+    # -- payment codes ---------------------------------------------------------------------------
+
+    def _code_without_amount(self, event):
+        return IDLE, [Show(messages.ENTER_AMOUNT, {}), Beep(BEEP_ERROR)]
+
+    def _code_scanned(self, event):
+        try:
+            code = paycode.parse(event.text)
+        except paycode.PayCodeError:
+            return self._refuse(messages.PAYCODE_INVALID, WAIT_CARD)
+        refusal = paycode.check_time(code, self.now_ms, self._config("paycode_skew_ms")) or \
+            self.codes_seen.check(paycode.use_key(code), self.now_ms)
+        if refusal is not None:
+            return self._refuse(_CODE_REFUSALS[refusal], WAIT_CARD)
+        self.pending = _Pending(_CodeView(code), None)
+        return VERIFYING, [Show(messages.PAYCODE_CHECKING, {}), VerifyCode(code)]
+
+    def _code_verified(self, event):
+        pending = self.pending
+        if not event.ok:
+            return self._refuse(messages.PAYCODE_FOREIGN, WAIT_CARD)
+        facts = event.facts
+        pending.facts = facts.tap
+        if facts.credential_reason is not None or facts.certificate_reason is not None:
+            return self._refuse(messages.PAYCODE_REVOKED, WAIT_CARD, pending.view.identity.card_number)
+        pending.code_facts = facts
+        return self._decide()
+
+    def _code_decided(self):
+        """decide() accepted the code: ask the server when online, else stay within the offline cap."""
+        pending = self.pending
+        code = pending.view.code
+        if self.online and not pending.flags & records.FLAG_OFFLINE:
+            cert = code.cert
+            return CLAIMING, [ClaimCode(cert.credential_id, cert.cert_serial, code.time_step, code.counter,
+                                        cert.account_id, self.amount_fen)]
+        if pending.code_facts.offline_fen + self.amount_fen > code.cert.offline_cap_fen:
+            return self._refuse(messages.PAYCODE_OFFLINE_CAP, WAIT_CARD, pending.view.identity.card_number)
+        return self._journal_code()
+
+    def _code_claimed(self, event):
+        if event.result == CLAIM_OK:
+            return self._journal_code()
+        if event.result is None:             # the server is not reachable now: decide as offline
+            self.online = False
+            self.pending.flags = 0
+            return self._decide()
+        return self._refuse(_CLAIM_REFUSALS.get(event.result, messages.PAYCODE_FOREIGN), WAIT_CARD,
+                            self.pending.view.identity.card_number)
+
+    def _journal_code(self):
+        pending = self.pending
+        code = pending.view.code
+        cert = code.cert
+        fields = {
+            "terminal_id": self._config("terminal_id"),
+            "credential_id": cert.credential_id,
+            "account_id": cert.account_id,
+            "category": self._config("category"),
+            "counter": code.counter,
+            "amount_fen": self.amount_fen,
+            "merchant_id": self._config("merchant_id"),
+            "time_step": code.time_step,
+            "flags": pending.flags,
+        }
+        return JOURNALING, [JournalPayCode(fields)]
 
     def _tick(self, event):
         if event.now_ms > self.now_ms:     # time handed in never goes backwards here either
@@ -391,7 +528,7 @@ def _table():
         (WAIT_PIN, CardPresented, _H._ignore, (WAIT_PIN,)),
         (WAIT_PIN, AmountKeyed, _H._key_amount, (WAIT_CARD, IDLE)),
         (WAIT_PIN, DishChosen, _H._choose_dish, (WAIT_CARD, IDLE)),
-        (CHECKING_PIN, PinChecked, _H._pin_checked, (WAIT_PIN, WAIT_CARD, COUNTING)),
+        (CHECKING_PIN, PinChecked, _H._pin_checked, (WAIT_PIN, WAIT_CARD, COUNTING, CLAIMING, JOURNALING)),
         (CHECKING_PIN, Cancel, _H._ignore, (CHECKING_PIN,)),    # the server call is in flight
         (CHECKING_PIN, CardPresented, _H._ignore, (CHECKING_PIN,)),
         (COUNTING, TapCounted, _H._counted, (JOURNALING,)),
@@ -402,10 +539,22 @@ def _table():
         (JOURNALING, JournalFailed, _H._journal_failed, (IDLE,)),
         (JOURNALING, Cancel, _H._ignore, (JOURNALING,)),        # the tap is already counted
         (JOURNALING, CardPresented, _H._ignore, (JOURNALING,)),
+        (IDLE, CodeScanned, _H._code_without_amount, (IDLE,)),
+        (WAIT_CARD, CodeScanned, _H._code_scanned, (WAIT_CARD, VERIFYING)),
+        (VERIFYING, CodeVerified, _H._code_verified, (WAIT_CARD, WAIT_PIN, CLAIMING, JOURNALING)),
+        (CLAIMING, CodeClaimed, _H._code_claimed, (WAIT_CARD, WAIT_PIN, JOURNALING)),
+        (VERIFYING, Cancel, _H._ignore, (VERIFYING,)),
+        (CLAIMING, Cancel, _H._ignore, (CLAIMING,)),            # the server call is in flight
+        (VERIFYING, CardPresented, _H._ignore, (VERIFYING,)),
+        (CLAIMING, CardPresented, _H._ignore, (CLAIMING,)),
     ]
+    # A second code while one is handled, or a card or code while a card waits on its PIN or the
+    # cashier: dropped (one payment at a time; the scanner beeps, the screen says what is under way).
+    for state in (READING, WAIT_CONFIRM, WAIT_PIN, CHECKING_PIN, COUNTING, JOURNALING, VERIFYING, CLAIMING):
+        rows.append((state, CodeScanned, _H._ignore, (state,)))
     # Keys while a tap is under way: it charges what was on the screen when the card came; the
     # cashier keys again once its result shows.
-    for state in (READING, CHECKING_PIN, COUNTING, JOURNALING):
+    for state in (READING, CHECKING_PIN, COUNTING, JOURNALING, VERIFYING, CLAIMING):
         rows.append((state, AmountKeyed, _H._ignore, (state,)))
         rows.append((state, DishChosen, _H._ignore, (state,)))
     table = {}

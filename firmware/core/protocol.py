@@ -20,7 +20,8 @@ Answer body (a CBOR map):
     server_ms        int    server clock when answering (terminal uses it to correct its clock)
     deny             {"version": int, "entries": [[kind, ref, active, reason_code], ...], "more": bool}
                      kind: "card" (ref = card_number*256 + generation), "card_number" (every
-                     generation), "account", "terminal"; active False lifts an earlier entry
+                     generation), "account", "terminal", "credential" and "certificate" (pay codes,
+                     paycode.py); active False lifts an earlier entry
     balances         {"version": int, "rows": [[account_id, wallet, balance_fen,
                       spent_today_fen, single_limit_fen, daily_limit_fen], ...], "more": bool}
     config           map or None   (new configuration when config_version is behind)
@@ -62,6 +63,8 @@ DENY_CARD = "card"
 DENY_CARD_NUMBER = "card_number"
 DENY_ACCOUNT = "account"
 DENY_TERMINAL = "terminal"
+DENY_CREDENTIAL = "credential"     # a phone's pay-code credential (ref = credential_id): all its certificates
+DENY_CERTIFICATE = "certificate"   # one pay-code certificate (ref = cert_serial)
 
 # reason_code of a deny entry (the server's values; terminals map them to what the cardholder hears)
 DENY_REASON_LOST = 1
@@ -70,6 +73,7 @@ DENY_REASON_FROZEN = 3
 DENY_REASON_NEGATIVE = 4     # driven below zero by offline spending: blocked until topped up
 DENY_REASON_REVOKED = 5
 DENY_REASON_FOUND = 6        # on lifting entries (active False)
+DENY_REASON_DOUBLE_USE = 7   # a pay code used twice (offline, at two terminals): its credential stops
 
 
 def signing_string(method, path, terminal_id, counter, body):

@@ -36,6 +36,14 @@ keep the layout, with these differences:
     46      2     duration_s        valve open to closed, seconds (at most 65535)
     2       2     flags             bits 8-10: the end reason (water_grants.END_*)
     12      8     time_ms           when the session ended
+
+Kind PAYCODE (a payment by the phone's 付款码, firmware/core/paycode.py) keeps it too:
+
+    20      4     card_number       the phone credential id (no card was tapped)
+    28      1     card_generation   0
+    30      4     tap_counter       the code's counter
+    42      4     time_step         the code's minute (with credential and counter: one use of one code)
+    46      2     reserved (zero)
 """
 import binascii
 import struct
@@ -44,7 +52,8 @@ VERSION = 1
 KIND_PURCHASE = 1
 KIND_WATER = 2
 KIND_WATER_GRANT = 3
-KINDS = (KIND_PURCHASE, KIND_WATER, KIND_WATER_GRANT)
+KIND_PAYCODE = 4
+KINDS = (KIND_PURCHASE, KIND_WATER, KIND_WATER_GRANT, KIND_PAYCODE)
 WATER_KINDS = (KIND_WATER, KIND_WATER_GRANT)
 
 FLAG_OFFLINE = 0x0001          # decided while the terminal could not reach the server
@@ -104,6 +113,25 @@ def encode_water(terminal_id, seq, time_ms, card_number, account_id, card_genera
     return body + struct.pack(">I", binascii.crc32(body) & 0xFFFFFFFF)
 
 
+def encode_paycode(terminal_id, seq, time_ms, credential_id, account_id, category, counter, amount_fen,
+                   merchant_id, time_step, flags=0):
+    """A sale paid with a phone's code: one use of (credential_id, time_step, counter)."""
+    if not 0 < amount_fen <= MAX_AMOUNT_FEN:
+        raise RecordError("amount_fen out of range: %d" % amount_fen)
+    if seq < 1:
+        raise RecordError("seq must start at 1")
+    if not 0 < credential_id <= 0xFFFFFFFF or not 0 <= time_step <= 0xFFFFFFFF:
+        raise RecordError("credential or time step out of range")
+    body = struct.pack(_BODY, VERSION, KIND_PAYCODE, flags, terminal_id, seq, time_ms, credential_id, account_id, 0,
+                       category, counter, amount_fen, merchant_id, struct.pack(">IH", time_step, 0))
+    return body + struct.pack(">I", binascii.crc32(body) & 0xFFFFFFFF)
+
+
+def paycode_time_step(data):
+    """The code's minute of a PAYCODE record already checked by decode_tuple."""
+    return struct.unpack(">I", data[42:46])[0]
+
+
 def water_fields(data):
     """(ml, duration_s, end_reason) of a water record already checked by decode_tuple."""
     ml, duration_s = struct.unpack(">IH", data[42:48])
@@ -131,6 +159,11 @@ def decode_tuple(data):
             raise RecordError("amount_fen out of range")
         if values[13] != bytes(6):
             raise RecordError("reserved bytes not zero")
+    elif values[1] == KIND_PAYCODE:
+        if not 0 < values[11] <= MAX_AMOUNT_FEN:
+            raise RecordError("amount_fen out of range")
+        if values[6] == 0 or values[8] or values[13][4:] != bytes(2):
+            raise RecordError("pay code record fields out of range")
     else:
         if not 0 <= values[11] <= MAX_AMOUNT_FEN:
             raise RecordError("amount_fen out of range")
