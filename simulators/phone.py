@@ -81,6 +81,27 @@ class PhoneApp:
         return self._call("GET", "/water/grants/%d" % grant_id)
 
 
+    # 付款码: the server's half (the phone's key and its codes are simulators/phone_paycode.py's)
+    def paycode_enable(self, public_key, pin):
+        answer = self._call("POST", "/paycode/credentials", {"public_key": bytes(public_key).hex(), "pin": pin})
+        answer["certificate"] = bytes.fromhex(answer["certificate"])
+        return answer
+
+    def paycode_renew(self, credential_id):
+        answer = self._call("POST", "/paycode/credentials/%d/certificate" % credential_id)
+        answer["certificate"] = bytes.fromhex(answer["certificate"])
+        return answer
+
+    def paycode_stop(self, credential_id):
+        return self._call("POST", "/paycode/credentials/%d/stop" % credential_id)
+
+    def paycode_uses(self, credential_id, since_ms=0):
+        return self._call("GET", "/paycode/credentials/%d/uses?since_ms=%d" % (credential_id, since_ms))
+
+    def change_pin(self, old_pin, new_pin):
+        return self._call("POST", "/accounts/%d/pin" % self.account_id, {"old_pin": old_pin, "new_pin": new_pin})
+
+
 class ChannelGateway:
     """Sends a channel's signed payment notifications to the server (secrets from the site's key)."""
 

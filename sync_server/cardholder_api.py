@@ -26,6 +26,12 @@
                                               state and outcome (settled, late, already)
     GET  /api/v1/water/grants/<grant_id>      the state of one of the bearer's grants
     POST /api/v1/water/grants/<grant_id>/cancel  give up a grant the dispenser refused: its hold goes back
+    POST /api/v1/paycode/credentials          {public_key (hex), pin} -> {credential_id, cert_serial, certificate (hex),
+                                              key_id, expiry_ms, offline_cap_fen, ...}: the phone's key certified
+    GET  /api/v1/paycode/credentials          the holder's pay-code credentials and their state
+    POST /api/v1/paycode/credentials/<id>/certificate   renew the certificate of an active credential
+    POST /api/v1/paycode/credentials/<id>/stop          stop the code on that phone (every terminal refuses it)
+    GET  /api/v1/paycode/credentials/<id>/uses?since_ms=  recent uses, newest first: the app refreshes its code
     POST /api/v1/channels/<channel>/notify    the channel's signed notification (no bearer token)
     GET  /api/v1/openapi.json                 all of the above as an OpenAPI 3 document (sync_server/openapi.py)
 
@@ -51,7 +57,7 @@ import os
 from flask import Blueprint, current_app, jsonify, request
 
 from sync_server import db as dbmod, numbers, openapi
-from sync_server.services import (ServiceError, binding, cards, electricity, history, limits,
+from sync_server.services import (ServiceError, binding, cards, electricity, history, limits, paycode,
                                   pins as pin_service, recharge, register_messages, water)
 
 cardholder_api = Blueprint("cardholder_api", __name__, url_prefix="/api/v1")
@@ -223,6 +229,47 @@ def water_grant_state(grant_id):
     conn = dbmod.get_db()
     identity = _identity(conn)
     return jsonify(water.grant_state(conn, identity["account_id"], grant_id))
+
+
+# --- payment code --------------------------------------------------------------------------------
+
+@cardholder_api.post("/paycode/credentials")
+def paycode_enable():
+    conn = dbmod.get_db()
+    identity = _identity(conn)
+    message = _body()
+    return jsonify(paycode.enable(conn, current_app.extensions["ykt"].master_key, identity["account_id"],
+                                  identity["app_user_id"], _str(message, "public_key"), message.get("pin"))), 201
+
+
+@cardholder_api.get("/paycode/credentials")
+def paycode_list():
+    conn = dbmod.get_db()
+    return jsonify(paycode.listing(conn, _identity(conn)["account_id"]))
+
+
+@cardholder_api.post("/paycode/credentials/<id:credential_id>/certificate")
+def paycode_renew(credential_id):
+    conn = dbmod.get_db()
+    identity = _identity(conn)
+    return jsonify(paycode.renew(conn, current_app.extensions["ykt"].master_key, identity["account_id"],
+                                 credential_id))
+
+
+@cardholder_api.post("/paycode/credentials/<id:credential_id>/stop")
+def paycode_stop(credential_id):
+    conn = dbmod.get_db()
+    return jsonify(paycode.stop(conn, _identity(conn)["account_id"], credential_id))
+
+
+@cardholder_api.get("/paycode/credentials/<id:credential_id>/uses")
+def paycode_uses(credential_id):
+    conn = dbmod.get_db()
+    identity = _identity(conn)
+    since_ms = numbers.parse_int(request.args.get("since_ms", "0"), 0, numbers.MAX_ID)
+    if since_ms is None:
+        raise ServiceError("bad_request", "since_ms must be a non-negative integer")
+    return jsonify(paycode.recent_uses(conn, identity["account_id"], credential_id, since_ms))
 
 
 # --- recharge ------------------------------------------------------------------------------------

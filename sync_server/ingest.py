@@ -40,11 +40,16 @@ nothing moves no money. A grant's session names its grant instead of a card: it 
 it first, and it books nothing of its own. A grant record naming a grant that is not this
 dispenser's, or not that account's, is stored unbooked with the reason unknown_grant.
 
+Pay-code sales (records.KIND_PAYCODE) name the phone's credential where a card would be: booked like
+a card's purchase when the credential is the named account's (else stored unbooked, reason
+unknown_credential), and each kept in paycode_uses, where a code used twice is found
+(sync_server/paycode.py: both sales stand, the credential is revoked).
+
 The statements are module constants so that benchmarks/ingest.py can time the very same writes
 straight through sqlite3.
 """
 from firmware.core import protocol, records as record_codec, wallets as wallet_rules
-from sync_server import db as dbmod, ledger, water_holds
+from sync_server import db as dbmod, ledger, paycode, water_holds
 from sync_server.business_day import day_of_ms
 from sync_server.ledger_store import SqliteStore, add_deny_entries, REASON_NEGATIVE
 
@@ -89,8 +94,11 @@ INSERT_WATER_SESSIONS_SQL = (
 REASON_UNKNOWN_ACCOUNT = "unknown_account"
 REASON_CARD_MISMATCH = "card_mismatch"
 REASON_UNKNOWN_GRANT = "unknown_grant"
+REASON_UNKNOWN_CREDENTIAL = "unknown_credential"
 _WATER_KINDS = record_codec.WATER_KINDS
 _GRANT_KIND = record_codec.KIND_WATER_GRANT
+_PAYCODE_KIND = record_codec.KIND_PAYCODE
+_NO_CARD_KINDS = (_GRANT_KIND, _PAYCODE_KIND)
 
 
 class JournalMismatch(Exception):
@@ -104,7 +112,8 @@ class JournalMismatch(Exception):
 class Batch:
     """One request's records, made ready for store() (see the module text)."""
     __slots__ = ("terminal_id", "received_ms", "rows", "purchases", "fixed", "wallet_ids", "values", "mismatches",
-                 "stored_mismatches", "water", "grants", "moneyless", "bad_grants")
+                 "stored_mismatches", "water", "grants", "moneyless", "bad_grants", "paycode_uses",
+                 "bad_credentials")
 
     def __init__(self, terminal_id, received_ms):
         self.terminal_id = terminal_id
@@ -120,6 +129,8 @@ class Batch:
         self.grants = {}        # seq -> (grant_id, fen, ml, end_reason) of grant sessions naming a good grant
         self.moneyless = set()  # seqs booked without a purchase: card sessions that drew nothing, grant sessions
         self.bad_grants = set()  # grant sessions naming a grant that is not theirs
+        self.paycode_uses = {}  # seq -> paycode_uses row (pay-code sales of a good credential)
+        self.bad_credentials = set()  # pay-code sales naming a credential that is not that account's
 
 
 def prepare(conn, terminal_id, merchant_ledger_id, by_seq, offset_ms, received_ms):
@@ -130,8 +141,10 @@ def prepare(conn, terminal_id, merchant_ledger_id, by_seq, offset_ms, received_m
         wallets.update(wallet_rules.WALLET_ORDER[category])
     account_ids = sorted({v[_ACCOUNT] for _raw, v in by_seq.values()})
     batch.wallet_ids = wallet_ids = SqliteStore(conn).wallet_ids(account_ids, wallets) if account_ids else {}
-    owners = _card_owners(conn, sorted({v[_CARD] for _raw, v in by_seq.values() if v[_KIND] != _GRANT_KIND}),
+    owners = _card_owners(conn, sorted({v[_CARD] for _raw, v in by_seq.values() if v[_KIND] not in _NO_CARD_KINDS}),
                           account_ids)
+    credential_accounts = _credential_accounts(
+        conn, sorted({v[_CARD] for _raw, v in by_seq.values() if v[_KIND] == _PAYCODE_KIND}))
     grants = _grants(conn, sorted({v[_COUNTER] for _raw, v in by_seq.values() if v[_KIND] == _GRANT_KIND}))
     rows, values_by_seq, purchases, fixed = batch.rows, batch.values, batch.purchases, batch.fixed
     purchase, fixed_transfers = ledger.Purchase, ledger.fixed_transfers
@@ -153,7 +166,14 @@ def prepare(conn, terminal_id, merchant_ledger_id, by_seq, offset_ms, received_m
                 else:
                     batch.bad_grants.add(seq)
                 continue
-        if wallets is not None and not owners.owns(v[_ACCOUNT], v[_CARD]):
+        if v[_KIND] == _PAYCODE_KIND:
+            if credential_accounts.get(v[_CARD]) != v[_ACCOUNT]:
+                batch.bad_credentials.add(seq)
+                continue
+            batch.paycode_uses[seq] = (terminal_id, seq, v[_CARD], record_codec.paycode_time_step(raw), v[_COUNTER],
+                                       v[_ACCOUNT], v[_AMOUNT], 1 if v[_FLAGS] & record_codec.FLAG_OFFLINE else 0,
+                                       time_ms)
+        if v[_KIND] != _PAYCODE_KIND and wallets is not None and not owners.owns(v[_ACCOUNT], v[_CARD]):
             batch.mismatches[seq] = (v[_CARD], v[_GENERATION], v[_ACCOUNT], owners.owner(v[_CARD]), v[_AMOUNT])
         elif wallets is not None and v[_AMOUNT] == 0:
             batch.moneyless.add(seq)            # a water session that drew nothing
@@ -162,6 +182,15 @@ def prepare(conn, terminal_id, merchant_ledger_id, by_seq, offset_ms, received_m
                                           merchant_ledger_id)
             fixed[seq] = fixed_transfers(wallets, p)
     return batch
+
+
+def _credential_accounts(conn, credential_ids):
+    """{credential_id: account_id}: a credential's account never changes."""
+    found = {}
+    for condition, values in dbmod.in_lists(conn, credential_ids):
+        found.update(conn.execute("SELECT id, account_id FROM paycode_credentials WHERE id %s" % condition,
+                                  values).fetchall())
+    return found
 
 
 def _grants(conn, grant_ids):
@@ -238,7 +267,10 @@ def store(conn, batch, acked_seq, max_seq):
                 grant_id, fen, ml, end_reason = batch.grants[seq]
                 water_holds.settle(conn, grant_id, fen, ml, end_reason, water_holds.VIA_DISPENSER, seq,
                                    batch.received_ms)
-        _note_tap_counters(conn, [batch.values[seq] for seq in new if batch.values[seq][_KIND] != _GRANT_KIND],
+        uses = [batch.paycode_uses[seq] for seq in new if seq in batch.paycode_uses]
+        if uses:
+            paycode.note_uses(conn, uses, batch.received_ms)
+        _note_tap_counters(conn, [batch.values[seq] for seq in new if batch.values[seq][_KIND] not in _NO_CARD_KINDS],
                            batch.received_ms)
         max_seq = max(max_seq, new[-1])
     acked_seq, holes = _advance_acked(conn, batch.terminal_id, acked_seq, max_seq)
@@ -308,7 +340,9 @@ def _book(conn, batch, purchases, unbooked, transfers):
     if unbooked:
         conn.executemany(INSERT_RECORD_ANOMALIES_SQL, [
             (batch.terminal_id, seq, REASON_CARD_MISMATCH if seq in batch.mismatches else
-             REASON_UNKNOWN_GRANT if seq in batch.bad_grants else REASON_UNKNOWN_ACCOUNT, now_ms) for seq in unbooked])
+             REASON_UNKNOWN_GRANT if seq in batch.bad_grants else
+             REASON_UNKNOWN_CREDENTIAL if seq in batch.bad_credentials else REASON_UNKNOWN_ACCOUNT, now_ms)
+            for seq in unbooked])
         _note_card_mismatches(conn, batch, [seq for seq in unbooked if seq in batch.mismatches])
     if not purchases:
         return

@@ -34,6 +34,7 @@ REASON_FROZEN = 3
 REASON_NEGATIVE = 4
 REASON_REVOKED = 5
 REASON_FOUND = 6       # lifting entry: card found again / account unblocked
+REASON_DOUBLE_USE = protocol.DENY_REASON_DOUBLE_USE   # a pay code used twice offline: credential revoked
 
 
 class SqliteStore:
@@ -107,7 +108,8 @@ def add_deny_entries(conn, entries, now_ms):
     assert conn.in_transaction
     for kind, _ref, active, _reason in entries:
         assert kind in (protocol.DENY_CARD, protocol.DENY_CARD_NUMBER, protocol.DENY_ACCOUNT,
-                        protocol.DENY_TERMINAL) and active in (0, 1)
+                        protocol.DENY_TERMINAL, protocol.DENY_CREDENTIAL, protocol.DENY_CERTIFICATE) \
+            and active in (0, 1)
     conn.executemany("INSERT INTO deny_entries (kind, ref, active, reason, created_ms) VALUES (?, ?, ?, ?, ?)",
                      [(kind, ref, active, reason, now_ms) for kind, ref, active, reason in entries])
 

@@ -81,6 +81,21 @@ SCHEMAS = {
         "parts": {"type": "array", "items": {"type": "array", "items": {}, "minItems": 2, "maxItems": 2},
                   "description": "[wallet, fen] drawn, in order"},
         "balances": {"type": "object", "additionalProperties": FEN}}),
+    "PayCodeCertificate": _object({
+        "credential_id": ID, "cert_serial": ID, "key_id": {"type": "integer", "minimum": 1, "maximum": 255},
+        "certificate": {"type": "string", "description": "hex: the %d-byte certificate the phone puts in its "
+                                                         "codes (firmware/core/paycode.py)" % 123},
+        "expiry_ms": {"type": "integer"}, "offline_cap_fen": FEN, "account_id": ID,
+        "card_number": {"type": "integer", "minimum": 0}, "server_ms": {"type": "integer"}}),
+    "PayCodeCredentials": _object({"credentials": {"type": "array", "items": _object(
+        {"credential_id": ID, "status": {"type": "string", "enum": ["active", "revoked"]},
+         "created_ms": {"type": "integer"}},
+        {"revoked_ms": {"type": "integer", "nullable": True}, "revoked_reason": {"type": "integer", "nullable": True}})}}),
+    "PayCodeStopped": _object({"credential_id": ID, "revoked": {"type": "boolean"}}),
+    "PayCodeUses": _object({"uses": {"type": "array", "items": _object(
+        {"time_step": {"type": "integer"}, "counter": {"type": "integer"}, "terminal_id": ID, "amount_fen": FEN,
+         "at_ms": {"type": "integer"}, "double_use": {"type": "boolean"}})},
+        "highest_counter": {"type": "integer", "nullable": True}, "server_ms": {"type": "integer"}}),
     "WaterGrant": _object({"grant_id": ID, "grant": {"type": "string", "description": "hex: write it to the "
                                                      "dispenser's GRANT characteristic"},
                            "cap_fen": FEN, "expires_ms": {"type": "integer"}, "dispenser_id": ID}),
@@ -236,10 +251,33 @@ def _water_paths():
     }
 
 
+def _paycode_paths():
+    """付款码: the phone's credential and certificate (sync_server/services/paycode.py)."""
+    credential = [{"name": "credential_id", "in": "path", "required": True, "schema": ID}]
+    return {
+        "/paycode/credentials": {
+            "post": _operation(
+                "enable the payment code: certify the phone's Ed25519 public key (needs the card PIN, not the "
+                "initial one)", 201, "PayCodeCertificate", _errors(SIGNED_IN, WITH_BODY, WITH_PIN, (409,)),
+                body=_body({"public_key": {"type": "string", "description": "hex, 32 bytes"}, "pin": PIN})),
+            "get": _operation("the holder's pay-code credentials", 200, "PayCodeCredentials", _errors(SIGNED_IN))},
+        "/paycode/credentials/{credential_id}/certificate": {"post": _operation(
+            "renew the certificate of an active credential", 200, "PayCodeCertificate",
+            _errors(SIGNED_IN, (400, 409)), parameters=credential)},
+        "/paycode/credentials/{credential_id}/stop": {"post": _operation(
+            "stop the payment code on that phone: every terminal refuses its codes after its next sync", 200,
+            "PayCodeStopped", _errors(SIGNED_IN, (400,)), parameters=credential)},
+        "/paycode/credentials/{credential_id}/uses": {"get": _operation(
+            "recent uses of the credential's codes, newest first", 200, "PayCodeUses", _errors(SIGNED_IN, (400,)),
+            parameters=credential + [_query("since_ms", {"type": "integer", "minimum": 0},
+                                            "only uses at or after this server time")])},
+    }
+
+
 def document():
     """The whole OpenAPI document as a dict (JSON-ready)."""
     paths = {}
-    for group in (_binding_paths(), _account_paths(), _water_paths(), _channel_paths()):
+    for group in (_binding_paths(), _account_paths(), _water_paths(), _paycode_paths(), _channel_paths()):
         paths.update(group)
     paths["/openapi.json"] = {"get": {"summary": "this document", "security": [], "parameters": [], "responses": {
         "200": dict(_json({"type": "object"}), description="the OpenAPI document")}}}

@@ -1,4 +1,4 @@
-"""Terminal API: `POST /api/terminal/v1/sync` and `POST /api/terminal/v1/pin-check`.
+"""Terminal API: `POST /api/terminal/v1/sync`, `/pin-check` and `/paycode-claim`.
 
 Implements the protocol of firmware/core/protocol.py (shapes, signing string, headers) and the rules
 of DESIGN.md section 3-4:
@@ -15,6 +15,9 @@ of DESIGN.md section 3-4:
   other bytes refuses the batch (409 journal_mismatch: the terminal must be provisioned again).
 - The answer carries deny and balance deltas since the versions the terminal sent (bounded pages with
   `more`), configuration when the terminal's is older, and `set_time` when its clock is off.
+- A POS that is online claims a payment code before it accepts it (`/paycode-claim`, {credential_id,
+  cert_serial, time_step, counter, account_id, amount_fen} -> {"result": ok|used|revoked|blocked|
+  unknown}): the first claim of a code wins on the whole campus (sync_server/paycode.py).
 
 Speed matters (a campus lunch rush): storing a batch lives in `sync_server/ingest.py`, split into the
 part done before the write lock and the part done under it; the answer is built after the commit
@@ -29,12 +32,13 @@ from flask import Blueprint, Response, current_app, g, request
 
 from firmware.core import protocol, records as record_codec, sam as sam_keys
 from firmware.core import wallets as wallet_rules
-from sync_server import db as dbmod, ingest, messages, numbers, pin_rules
+from sync_server import db as dbmod, ingest, messages, numbers, paycode, pin_rules
 from sync_server.business_day import day_of_ms
 
 terminal_api = Blueprint("terminal_api", __name__, url_prefix="/api/terminal/v1")
 
 PIN_CHECK_PATH = "/api/terminal/v1/pin-check"
+PAYCODE_CLAIM_PATH = "/api/terminal/v1/paycode-claim"
 DENY_PAGE_ENTRIES = 1000
 BALANCE_PAGE_ACCOUNTS = 300          # three wallet rows each
 MAX_HEALTH_BYTES = 4096
@@ -173,10 +177,10 @@ def _decode_map(body):
     return message
 
 
-def _int_field(message, name, default=None, minimum=0):
+def _int_field(message, name, default=None, minimum=0, maximum=2 ** 63 - 1):
     value = message.get(name, default)
-    if type(value) is not int or value < minimum or value >= 2 ** 63:
-        raise ApiError(400, "bad_request", "field %s must be an integer >= %d" % (name, minimum))
+    if type(value) is not int or value < minimum or value > maximum:
+        raise ApiError(400, "bad_request", "field %s must be an integer from %d to %d" % (name, minimum, maximum))
     return value
 
 
@@ -286,13 +290,18 @@ def _balance_delta(conn, since_version, now_ms):
     return {"version": rows[-1][6], "rows": [list(row[:6]) for row in rows], "more": more}
 
 
-def current_config(conn, known_version=None):
+def current_config(conn, known_version=None, master_key=None, now_ms=None):
     """The configuration terminals run, or None when `known_version` is current already (the common
-    case: one counter read per sync instead of every setting)."""
+    case: one counter read per sync instead of every setting). With the master key it carries the
+    pay-code public keys a POS verifies certificates with ([[key_id, hex], ...])."""
     version = dbmod.counter_value(conn, "config_version")
     if known_version is not None and known_version >= version:
         return None
+    keys = paycode.terminal_keys(conn, master_key, now_ms if now_ms is not None else dbmod.now_ms()) \
+        if master_key is not None else {}
     return {
+        "paycode_keys": [[key_id, public.hex()] for key_id, public in sorted(keys.items())],
+        "paycode_skew_ms": dbmod.setting(conn, "paycode_skew_ms"),
         "version": version,
         "sync_interval_ms": dbmod.setting(conn, "sync_interval_ms"),
         "offline_cap_count": dbmod.setting(conn, "offline_cap_count"),
@@ -349,7 +358,7 @@ def sync():
     if abs(offset_ms) > dbmod.setting(conn, "clock_tolerance_ms"):
         commands.append({"op": "set_time", "server_ms": answer_ms})
     with dbmod.read_snapshot(conn):          # the deltas and versions of one committed state
-        config = current_config(conn, config_version)
+        config = current_config(conn, config_version, current_app.extensions["ykt"].master_key, answer_ms)
         answer = {
             "acked_seq": acked_seq,
             "server_ms": answer_ms,
@@ -392,3 +401,20 @@ def pin_check():
         _store_counter(conn, terminal["id"], counter, now_ms)
         code = pin_rules.record_pin(conn, account_id, attempt, now_ms)
     return _cbor_response({"ok": code == "pin_ok", "code": code, "message": messages.both(code)})
+
+
+@terminal_api.post("/paycode-claim")
+def paycode_claim():
+    """An online POS asks before accepting a payment code: the first claim anywhere wins (module text)."""
+    now_ms = dbmod.now_ms()
+    conn = dbmod.get_db()
+    body = _read_body()
+    terminal, counter = authenticate(conn, PAYCODE_CLAIM_PATH, body)
+    message = _decode_map(body)
+    fields = [_int_field(message, name, minimum=minimum, maximum=0xFFFFFFFF) for name, minimum in (
+        ("credential_id", 1), ("cert_serial", 1), ("time_step", 0), ("counter", 0), ("account_id", 1))]
+    amount_fen = _int_field(message, "amount_fen", minimum=1, maximum=record_codec.MAX_AMOUNT_FEN)
+    with dbmod.transaction(conn):
+        _store_counter(conn, terminal["id"], counter, now_ms)
+        result = paycode.claim(conn, terminal["id"], *fields, amount_fen=amount_fen, now_ms=now_ms)
+    return _cbor_response({"result": result})
