@@ -14,6 +14,8 @@ Scripted mode (tests, the demo, a cashier keyboard wedge): one JSON object per l
     {"card": "...", "pin": "123456"}                          PIN if the terminal asks for one
     {"card": "...", "confirm": true}                          cashier confirms a repeat tap
     {"card": "...", "pull_after": 3, "pull_done": false}      the card leaves at its 3rd command
+    {"amount_fen": 800, "code": "YK1:..."}                    a payment code, as the scanner typed it
+    {"amount_fen": 800, "scan": true}                         wait for the code scanner (--scanner)
     {"cancel": true} | {"sync": true} | {"sleep_ms": 200}
 Card images go into the terminal's card slot (`card_slot=`, by default the sim: reader's field; test
 rigs pass the PN532 emulator's field or a PC/SC card slot). Lines without "card" wait for a real tap. Output lines carry a "type": "decision"
@@ -34,7 +36,10 @@ from firmware.apps import card_io, provisioning
 from firmware.apps.store import StoreError, TerminalStore
 from firmware.apps.sync_client import SharedClock, SyncClient
 from firmware.apps.terminal_shell import SyncedShell
-from firmware.core import card_layout, clock as clock_module, messages, pos, records, sam as sam_module
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from firmware.core import card_layout, clock as clock_module, messages, paycode, pos, records, sam as sam_module
 from reader_drivers.base import AuthenticationError, CardGone, ReaderError
 
 DB_FILE = "terminal.db"
@@ -42,7 +47,8 @@ TAP_TIMEOUT_MS = 5000
 MAX_EVENTS_PER_INPUT = 64           # a runaway event loop is a bug: fail loudly
 DEFAULT_SYNC_INTERVAL_MS = 5000
 # Server configuration keys the POS machine takes over (same names on both sides).
-SERVER_CONFIG_KEYS = ("offline_cap_count", "offline_cap_amount_fen", "double_tap_window_ms")
+SERVER_CONFIG_KEYS = ("offline_cap_count", "offline_cap_amount_fen", "double_tap_window_ms", "paycode_skew_ms")
+SCAN_TIMEOUT_MS = 10000             # a scripted {"scan": true} waits this long for the scanner
 
 
 def load_provisioning(path):
@@ -88,7 +94,7 @@ def make_owner_only(data_dir):
 
 class PosTerminal(SyncedShell):
     def __init__(self, provisioning, data_dir, reader, lang="zh", out=None, display=True, sync=True,
-                 server_url=None, cards_dir=None, sync_interval_ms=None, raw_ms=None, card_slot=None):
+                 server_url=None, cards_dir=None, sync_interval_ms=None, raw_ms=None, card_slot=None, scanner=None):
         make_owner_only(data_dir)
         self.provisioning = provisioning
         self.terminal_id = provisioning["terminal_id"]
@@ -106,6 +112,9 @@ class PosTerminal(SyncedShell):
         self.store = TerminalStore(db_path)
         self.clock = SharedClock(self.store, raw_ms) if raw_ms else SharedClock(self.store)
         self.machine = pos.CanteenPos(self._machine_config())
+        self.scanner = scanner          # firmware.apps.code_scanner: payment codes, or None
+        self._paycode_keys = self._load_paycode_keys()
+        self._remember_codes()
         self._target = None
         # The selection read_card last read in full: its counter sector is still authenticated.
         self._read_target = None
@@ -165,6 +174,25 @@ class PosTerminal(SyncedShell):
         if self.sync_client is not None and self.sync_client.config_changed.is_set():
             self.sync_client.config_changed.clear()     # before reading: a newer one sets it again
             self.machine.config.update(self._machine_config())
+            self._paycode_keys = self._load_paycode_keys()
+
+    def _load_paycode_keys(self):
+        """{key_id: Ed25519PublicKey} of the server's pay-code keys (the configuration's hex list)."""
+        keys = {}
+        for entry in self._server_config().get("paycode_keys") or ():
+            try:
+                key_id, public_hex = entry
+                keys[int(key_id)] = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_hex))
+            except (TypeError, ValueError):
+                continue                # a broken entry verifies nothing; the rest still do
+        return keys
+
+    def _remember_codes(self):
+        """Fill the machine's replay cache from the journal: a restart forgets no accepted code."""
+        now_ms = self.clock.peek_ms()
+        window_ms = paycode.live_until_ms(0, self.machine.config["paycode_skew_ms"])
+        for key in self.store.paycode_uses_since(now_ms - window_ms):
+            self.machine.remember_code(tuple(key), now_ms)
 
     def close(self):
         self.stop_sync()
@@ -219,6 +247,13 @@ class PosTerminal(SyncedShell):
             return self._count_tap(action.expected)
         elif kind is pos.Journal:
             return self._journal(action.record_fields)
+        elif kind is pos.VerifyCode:
+            return self._verify_code(action.code)
+        elif kind is pos.ClaimCode:
+            result = self.sync_client.claim_paycode(*action) if self.sync_client is not None else None
+            return pos.CodeClaimed(result)
+        elif kind is pos.JournalPayCode:
+            return self._journal(action.record_fields, paycode=True)
         elif kind is pos.CheckPin:
             ok = self.sync_client.check_pin(action.account_id, action.pin, action.amount_fen) \
                 if self.sync_client is not None else None
@@ -270,10 +305,26 @@ class PosTerminal(SyncedShell):
         print("读卡器异常 / unexpected reader failure during %s:" % step, file=sys.stderr)
         traceback.print_exc(file=sys.stderr)
 
-    def _journal(self, record_fields):
+    def _verify_code(self, code):
+        """Both Ed25519 signatures: the certificate under a pay-code key the server sent, the code under
+        the phone key it certifies. Then the code's facts from the store."""
+        (key_id, cert_message, cert_signature), (phone_key, code_message, code_signature) = paycode.signed_parts(code)
+        server_key = self._paycode_keys.get(key_id)
+        try:
+            if server_key is None:
+                raise InvalidSignature()
+            server_key.verify(cert_signature, cert_message)
+            Ed25519PublicKey.from_public_bytes(phone_key).verify(code_signature, code_message)
+        except (InvalidSignature, ValueError):
+            return pos.CodeVerified(False, None)
+        today = clock_module.date_yyyymmdd(self.clock.peek_ms(), self.machine.config["utc_offset_min"])
+        return pos.CodeVerified(True, self.store.paycode_facts(code.cert, self.terminal_id, today))
+
+    def _journal(self, record_fields, paycode=False):
         time_ms, floor_ms = self.clock.stamp_ms()
         try:
-            seq = self.store.append_purchase(record_fields, time_ms, floor_ms)
+            append = self.store.append_paycode if paycode else self.store.append_purchase
+            seq = append(record_fields, time_ms, floor_ms)
         except (StoreError, sqlite3.Error, records.RecordError) as error:
             return pos.JournalFailed(str(error))
         self._wake.set()        # a new record: sync soon rather than at the next interval
@@ -325,6 +376,8 @@ class PosTerminal(SyncedShell):
             self.feed(pos.DishChosen(dish_id))
         if "card" in line or line.get("tap"):
             self._tap(line)
+        elif "code" in line or line.get("scan"):
+            self._scan(line)
 
     def _tap(self, line):
         card = None
@@ -360,6 +413,35 @@ class PosTerminal(SyncedShell):
                     cancel_pull()       # a pull this tap never reached must not hit the next one
                 slot.pull()
                 stop_write_through()
+
+    def scan_code(self, text):
+        """A payment code from the scanner (or typed by a wedge): one decision."""
+        if not self._first_sync_seen:
+            self._first_sync_seen = not self.store.needs_first_sync()
+            if not self._first_sync_seen:
+                self._execute(pos.Show(messages.TERMINAL_NOT_SYNCED, self.machine.due_fields()))
+                return False
+        self.feed(pos.CodeScanned(text))
+        return True
+
+    def _scan(self, line):
+        """A scripted code ("code") or the next one from the scanner ("scan"): exactly one decision line."""
+        decisions_before = self._decisions
+        self._last_shown = "no_code"
+        text = line.get("code")
+        if text is None and self.scanner is not None:
+            from firmware.apps.code_scanner import ScanError
+            try:
+                text = self.scanner.read_code(int(line.get("timeout_ms", SCAN_TIMEOUT_MS)))
+            except ScanError as error:      # a garbled line: shown as what it is, never fed on as a code
+                self._execute(pos.Show(messages.PAYCODE_INVALID, self.machine.due_fields()))
+                self.emit({"type": "scan_error", "error": str(error)}, always=False)
+        if text is not None:
+            self.scan_code(text if isinstance(text, str) else "")
+            self._resolve_prompts(line)
+        if self._decisions == decisions_before:
+            self._decisions += 1
+            self._emit_decision(None, False, self._last_shown, self.machine.amount_fen, None, None)
 
     def _resolve_prompts(self, line):
         pins = line.get("pin")

@@ -13,6 +13,8 @@ the last one handed out lives in `meta`, not in the journal (whose old rows get 
     deny              active deny entries (kind, ref, reason)         max_deny_entries
     card_generation   newest generation seen per card number          (one row per card number)
     balance           per account+wallet at the server's version      max_balance_rows
+    paycode_use       the payment codes journaled (replay cache,      rows of the last day, pruned
+                      offline cap per credential)                     with the journal
     meta              versions, request counter, clock, config        fixed keys
 
 The server acknowledges the highest contiguous seq it holds, so the acknowledged rows are always a
@@ -32,7 +34,7 @@ import json
 import sqlite3
 
 from firmware.core import clock as clock_module
-from firmware.core import decide, protocol, records
+from firmware.core import decide, paycode, pos, protocol, records
 
 KEEP_ACKED_ROWS = 2000
 MAX_UNACKED_ROWS = 100000
@@ -40,6 +42,7 @@ MAX_DENY_ENTRIES = 1000000
 MAX_BALANCE_ROWS = 1000000
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_RESEND_SPAN = 100000
+PAYCODE_USE_KEEP_MS = 86400 * 1000      # far beyond a code's live window (paycode.live_until_ms)
 BUSY_TIMEOUT_MS = 10000
 
 _SCHEMA = """
@@ -72,6 +75,16 @@ CREATE TABLE IF NOT EXISTS balance (
     day_yyyymmdd INTEGER NOT NULL,
     PRIMARY KEY (account_id, wallet)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS paycode_use (
+    seq INTEGER PRIMARY KEY,
+    credential_id INTEGER NOT NULL,
+    time_step INTEGER NOT NULL,
+    counter INTEGER NOT NULL,
+    amount_fen INTEGER NOT NULL,
+    offline INTEGER NOT NULL,
+    time_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS paycode_use_credential ON paycode_use (credential_id, seq);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value
@@ -184,6 +197,56 @@ class TerminalStore:
                 self._set_meta("clock_floor_ms", max(clock_floor_ms, self._meta("clock_floor_ms")))
         return seq
 
+    def append_paycode(self, record_fields, time_ms, clock_floor_ms=None):
+        """Journal one sale paid by a payment code durably, and remember the code's use in the same
+        transaction (the replay cache is rebuilt from it after a restart, and the certificate's offline
+        cap counts it); returns its seq. record_fields are encode_paycode's arguments without seq and
+        time_ms."""
+        with self._transaction():
+            unacked = self._meta("last_seq") - self._meta("acked_seq")
+            if unacked >= self.max_unacked:
+                raise JournalFull("终端存储已满 / journal holds %d unacknowledged records" % unacked)
+            seq = self._meta("last_seq") + 1
+            record = records.encode_paycode(seq=seq, time_ms=time_ms, **record_fields)
+            self._db.execute(
+                "INSERT INTO journal (seq, record, account_id, amount_fen, time_ms) VALUES (?, ?, ?, ?, ?)",
+                (seq, record, record_fields["account_id"], record_fields["amount_fen"], time_ms))
+            self._db.execute(
+                "INSERT INTO paycode_use (seq, credential_id, time_step, counter, amount_fen, offline, time_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (seq, record_fields["credential_id"], record_fields["time_step"], record_fields["counter"],
+                 record_fields["amount_fen"], 1 if record_fields.get("flags", 0) & records.FLAG_OFFLINE else 0,
+                 time_ms))
+            self._set_meta("last_seq", seq)
+            if clock_floor_ms is not None:
+                self._set_meta("clock_floor_ms", max(clock_floor_ms, self._meta("clock_floor_ms")))
+        return seq
+
+    def paycode_uses_since(self, since_ms, limit=paycode.MAX_REPLAY_ENTRIES):
+        """[(credential_id, time_step, counter)] of the codes journaled since `since_ms`, newest first."""
+        return self._db.execute("SELECT credential_id, time_step, counter FROM paycode_use WHERE time_ms >= ? "
+                                "ORDER BY seq DESC LIMIT ?", (since_ms, limit)).fetchall()
+
+    def paycode_facts(self, cert, terminal_id, today_yyyymmdd):
+        """What decide() and the POS need for a payment code (pos.PayCodeFacts), read as of one moment."""
+        self._db.execute("BEGIN")
+        try:
+            tap = pos.TapFacts(self.deny_view(cert.card_number, cert.card_generation, cert.account_id, terminal_id),
+                               self.account_view(cert.account_id, today_yyyymmdd))
+            credential = self._deny_reason(protocol.DENY_CREDENTIAL, cert.credential_id)
+            certificate = self._deny_reason(protocol.DENY_CERTIFICATE, cert.cert_serial)
+            # offline sales under this credential the server has not reflected in the balances yet
+            offline_fen = self._db.execute(
+                "SELECT coalesce(sum(amount_fen), 0) FROM paycode_use WHERE credential_id = ? AND offline = 1 "
+                "AND seq > (SELECT value FROM meta WHERE key = 'reflected_seq')", (cert.credential_id,)).fetchone()[0]
+            return pos.PayCodeFacts(tap, credential, certificate, offline_fen)
+        finally:
+            self._db.execute("COMMIT")
+
+    def _deny_reason(self, kind, ref):
+        row = self._db.execute("SELECT reason FROM deny WHERE kind = ? AND ref = ?", (kind, ref)).fetchone()
+        return None if row is None else (row[0] if row[0] is not None else "denied")
+
     def append_water(self, record_fields, time_ms, clock_floor_ms=None, grant=False):
         """Journal one water session durably and clear the session's persisted progress in the same
         transaction (firmware/core/dispenser.py: else a power cut between the two would settle the
@@ -245,9 +308,7 @@ class TerminalStore:
     # -- what decide() needs -------------------------------------------------------------------
 
     def deny_view(self, card_number, generation, account_id, terminal_id):
-        def reason(kind, ref):
-            row = self._db.execute("SELECT reason FROM deny WHERE kind = ? AND ref = ?", (kind, ref)).fetchone()
-            return None if row is None else (row[0] if row[0] is not None else "denied")
+        reason = self._deny_reason
 
         newest = self._db.execute("SELECT newest_generation FROM card_generation WHERE card_number = ?",
                                   (card_number,)).fetchone()
@@ -373,7 +434,11 @@ class TerminalStore:
             "SELECT seq FROM journal WHERE seq <= ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
             (self._meta("acked_seq"), self.keep_acked)).fetchone()
         if keep_from is not None:
-            self._db.execute("DELETE FROM journal WHERE seq <= ?", (min(keep_from[0], self._meta("reflected_seq")),))
+            pruned_through = min(keep_from[0], self._meta("reflected_seq"))
+            self._db.execute("DELETE FROM journal WHERE seq <= ?", (pruned_through,))
+            # a code's use is kept while the code could still be scanned (the replay cache's window)
+            self._db.execute("DELETE FROM paycode_use WHERE seq <= ? AND time_ms < (SELECT max(time_ms) FROM "
+                             "paycode_use) - ?", (pruned_through, PAYCODE_USE_KEEP_MS))
 
     def _apply_deny(self, deny, terminal_id, result):
         entries = deny.get("entries") or ()

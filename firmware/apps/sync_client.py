@@ -30,6 +30,8 @@ from firmware.core import clock as clock_module
 from firmware.core import protocol
 
 PIN_CHECK_PATH = "/api/terminal/v1/pin-check"
+PAYCODE_CLAIM_PATH = "/api/terminal/v1/paycode-claim"
+CLAIM_TIMEOUT_S = 2.0               # a cashier waits this long at most before the code is decided offline
 DEFAULT_TIMEOUT_S = 5.0
 MIN_BACKOFF_MS = 500
 MAX_BACKOFF_MS = 30000
@@ -122,14 +124,15 @@ class SyncClient:
     def close(self):
         self._http.close()
 
-    def _post(self, path, message):
+    def _post(self, path, message, timeout_s=None):
         """Sign and send one request (counter committed first); returns (answer map, raw send/recv ms)."""
         body = cbor2.dumps(message)
         counter = self.store.next_request_counter(self.clock.peek_ms())
         headers = protocol.auth_headers(self.sam, "POST", path, self.terminal_id, counter, body)
         headers["Content-Type"] = protocol.CONTENT_TYPE
         sent_raw_ms = self.clock.raw_ms()
-        response = self._http.post(path, content=body, headers=headers)
+        response = self._http.post(path, content=body, headers=headers,
+                                   **({"timeout": timeout_s} if timeout_s is not None else {}))
         received_raw_ms = self.clock.raw_ms()
         if response.status_code >= 500:
             raise httpx.HTTPStatusError("server error %d" % response.status_code, request=response.request,
@@ -274,6 +277,27 @@ class SyncClient:
                 self.last_error = str(error)
                 return None
             return bool(answer.get("ok"))
+
+    def claim_paycode(self, credential_id, cert_serial, time_step, counter, account_id, amount_fen):
+        """The server's answer to a payment code (pos.CLAIM_*), or None when it cannot be asked now:
+        the POS then decides offline, within the certificate's cap. Bounded by CLAIM_TIMEOUT_S."""
+        if not self.online:
+            return None         # known offline: no cashier waits on a timeout
+        message = {"credential_id": credential_id, "cert_serial": cert_serial, "time_step": time_step,
+                   "counter": counter, "account_id": account_id, "amount_fen": amount_fen}
+        # requests go one at a time (their counters must reach the server in order); a sync under way
+        # longer than the claim may wait is treated like no network
+        if not self._lock.acquire(timeout=CLAIM_TIMEOUT_S):
+            return None
+        try:
+            answer, _ = self._post(PAYCODE_CLAIM_PATH, message, timeout_s=CLAIM_TIMEOUT_S)
+        except (httpx.HTTPError, OSError, SyncRefused) as error:
+            self.last_error = str(error)
+            return None
+        finally:
+            self._lock.release()
+        result = answer.get("result")
+        return result if isinstance(result, str) else None
 
     def backoff_ms(self, interval_ms):
         """Wait before the next attempt: the interval when healthy, doubling on failures, capped.
