@@ -652,3 +652,40 @@ def test_water_sales_are_settled_once_whichever_copy_came_first(server):
     assert report["invariants"]["balanced"] is True and _merchant_check(report, merchant_id)["ok"] is True
     assert water_holds.open_holds(conn) == (1, held["cap_fen"])
     conn.close()
+
+
+def test_paycode_sales_and_double_uses_are_reported(server):
+    """A canteen's day with pay-code sales: one claimed online, one code used at two offline terminals.
+    Both sales of the twice-used code stand; the close counts three pay-code sales, lists the double
+    use, and is balanced."""
+    from firmware.core import paycode as codes
+    from simulators.phone_paycode import PayCodeWallet
+    from sync_server import paycode
+    conn = server.connect()
+    account_id, _card = _person(conn, 5000, b"\x71\x72\x73\x74")
+    wallet = PayCodeWallet.create()
+    with dbmod.transaction(conn):
+        certificate = paycode.enable(conn, server.master_key(), account_id, None, wallet.public_key, dbmod.now_ms())
+    wallet.certificate, wallet.credential_id = certificate["certificate"], certificate["credential_id"]
+    till_a, till_b = _terminal(server, conn), _terminal(server, conn)
+    first = codes.parse(wallet.code())
+    wallet.used()
+    second = codes.parse(wallet.code())
+
+    def sale(till, code, fen, flags):
+        seq = till.next_seq
+        till.next_seq += 1
+        return record_codec.encode_paycode(till.terminal_id, seq, dbmod.now_ms(), code.cert.credential_id,
+                                           account_id, 1, code.counter, fen, till.merchant_id, code.time_step, flags)
+    till_a.sync([sale(till_a, first, 300, 0), sale(till_a, second, 500, record_codec.FLAG_OFFLINE)])
+    till_b.sync([sale(till_b, second, 700, record_codec.FLAG_OFFLINE)])
+    report, _newly = close.close_day(conn, _today(), before_day_end=True)
+    assert (report["totals"]["paycode_sales_count"], report["totals"]["paycode_sales_fen"]) == (3, 1500)
+    assert report["paycode"]["offline_count"] == 2
+    doubled = report["anomalies"]["paycode_double_uses"]
+    assert report["anomalies"]["paycode_double_use_count"] == 2
+    assert {(use["terminal_id"], use["amount_fen"]) for use in doubled} == {(till_a.terminal_id, 500),
+                                                                          (till_b.terminal_id, 700)}
+    assert report["invariants"]["balanced"] is True
+    assert registry.balances_of(conn, account_id)["main"] == 5000 - 1500
+    conn.close()

@@ -11,6 +11,8 @@ from firmware.core import protocol
 from sync_server.business_day import day_text
 from sync_server.finance import settlement
 from sync_server.finance.close_window import MAX_LISTED
+
+MAX_DOUBLE_USES_READ = 100000         # bound on the double-use rows one close reads
 from sync_server.ledger_store import add_deny_entries
 
 MAX_WATCHED_CARDS = 100000         # cards with counter notes followed through one close
@@ -58,6 +60,7 @@ def report_section(window, scan):
     revoked terminals, impossible times, unbooked records (cards not the named account's apart) and late
     records."""
     conn = window.conn
+    double_uses = paycode_double_uses(conn, scan["paycodes"]["records"])
     negative = []
     for (account_id,) in conn.execute(
             "SELECT DISTINCT ref FROM deny_entries WHERE version > ? AND version <= ? AND kind = ? AND active = 1 "
@@ -97,7 +100,26 @@ def report_section(window, scan):
         "card_mismatch_count": len(mismatches),
         "late_records": [{"terminal_id": t, "seq": s, "own_day": day_text(own), "merchant_id": m,
                           "amount_fen": a} for t, s, _d, own, m, a in scan["late"][:MAX_LISTED]],
+        "paycode_double_uses": double_uses[:MAX_LISTED],
+        "paycode_double_use_count": len(double_uses),
     }
+
+
+def paycode_double_uses(conn, paycode_records):
+    """The pay-code sales among `paycode_records` [(terminal, seq)] whose code was used more than once
+    (offline, at two terminals; sync_server/paycode.py): both sales stand, the credential was revoked.
+    Double uses are rare (each revokes its credential), so all of them are read and matched here."""
+    wanted = set(paycode_records)
+    found = []
+    for terminal_id, seq, credential_id, time_step, counter, account_id, amount_fen in conn.execute(
+            "SELECT terminal_id, seq, credential_id, time_step, counter, account_id, amount_fen FROM paycode_uses "
+            "WHERE double_use = 1 ORDER BY credential_id, time_step, counter, terminal_id, seq LIMIT ?",
+            (MAX_DOUBLE_USES_READ,)):
+        if (terminal_id, seq) in wanted:
+            found.append({"terminal_id": terminal_id, "seq": seq, "credential_id": credential_id,
+                          "time_step": time_step, "counter": counter, "account_id": account_id,
+                          "amount_fen": amount_fen})
+    return found
 
 
 def deny_clone(window, card, generation, finding):

@@ -127,6 +127,7 @@ def _close(window):
         "channels": transfers["channels"],
         "anomalies": anomalies.report_section(window, scan),
         "card_counter_gaps": counter_gaps.report_section(window, terminals, scan["settled"]),
+        "paycode": {name: scan["paycodes"][name] for name in ("count", "fen", "offline_count")},
     }
     report["invariants"] = ledger_check.invariants(window, transfers, merchants, report["merchants"], scan)
     report["terminals_silent"] = [row["terminal_id"] for row in report["terminals"] if row["silent"]]
@@ -146,6 +147,8 @@ def _close(window):
         "open_gaps": sum(row["open_gap_count"] for row in report["terminals"]),
         "missing_seqs": sum(row["missing_seqs"] for row in report["terminals"]),
         "card_counter_gaps": report["card_counter_gaps"]["count"],
+        "paycode_sales_count": scan["paycodes"]["count"],
+        "paycode_sales_fen": scan["paycodes"]["fen"],
     }
     settlement.store_settlement(window, scan)
     _store_day(window, report)

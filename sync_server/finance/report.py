@@ -12,6 +12,7 @@ ANOMALY_KINDS = (
     ("impossible_time_count", "时间不可能的记录", "records with impossible times"),
     ("unbooked_record_count", "未入账记录（账户未知）", "records not booked (unknown account)"),
     ("card_mismatch_count", "卡号与账户不符（未扣款、未结算）", "card not the named account's (not charged, not settled)"),
+    ("paycode_double_use_count", "付款码脱机重复使用（已停用该手机）", "pay codes used twice offline (phone stopped)"),
 )
 
 
@@ -54,6 +55,8 @@ def summary(report):
         "late_records": totals["late_records"],
         "late_fen": totals["late_fen"],
         "recharges_fen": totals["recharges_fen"],
+        "paycode_sales_count": totals.get("paycode_sales_count", 0),      # days closed before pay codes: 0
+        "paycode_sales_fen": totals.get("paycode_sales_fen", 0),
         "merchants": {str(row["merchant_id"]): row["net_fen"] for row in report["merchants"]},
         "gaps": totals["open_gaps"],
         "missing_seqs": totals["missing_seqs"],
@@ -126,6 +129,8 @@ def tables(report, lang="zh"):
         [t("净额（元）", "net (yuan)"), yuan(totals["net_fen"])],
         [t("补入的往日记录", "late records booked today"), totals["late_records"]],
         [t("充值（元）", "recharges (yuan)"), yuan(totals["recharges_fen"])],
+        [t("付款码交易笔数", "pay-code sales"), totals.get("paycode_sales_count", 0)],
+        [t("付款码交易额（元）", "pay-code sales (yuan)"), yuan(totals.get("paycode_sales_fen", 0))],
         [t("未补齐的缺号段", "open sequence gaps"), totals["open_gaps"]],
     ] + _gap_summary_rows(report, lang) + [
         [t("试算平衡（分）", "trial balance (fen)"), invariants["trial_balance_fen"]],

@@ -36,6 +36,7 @@ SELECT_RECORDS_SQL = (
 # without a record by their time, sync_server/water_holds.py); its record is settled like any other
 # but adds nothing to the merchant's figures, so the sale counts once.
 _GRANT_KIND = record_codec.KIND_WATER_GRANT
+_PAYCODE_KIND = record_codec.KIND_PAYCODE      # card_number holds the phone credential: never a watched card
 
 
 def terminals(window):
@@ -80,6 +81,7 @@ def scan_records(window, terminals, watched):
     pending = {}           # merchant_id -> fen of booked records left for a later close
     per_terminal = {}
     late_rows, unbooked, impossible, revoked_records, watched_taps = [], [], [], [], {}
+    paycodes = {"count": 0, "fen": 0, "offline_count": 0, "records": []}   # pay-code sales settled now
     settled = {}           # terminal_id -> [[from, to], ...] settled by this close
     total = 0
     for terminal_id, terminal in terminals.items():
@@ -130,13 +132,18 @@ def scan_records(window, terminals, watched):
                     stats["period"] = None
                 if revoked_ms is not None and time_ms >= revoked_ms:
                     revoked_records.append((terminal_id, seq, time_ms, revoked_ms))
-                if card in watched and generation in watched[card]:
+                if card in watched and generation in watched[card] and kind != _PAYCODE_KIND:
                     watched_taps.setdefault((card, generation), []).append((time_ms, counter, terminal_id, seq))
                 if not booked:
                     unbooked.append((terminal_id, seq, amount_fen))
                     continue
                 if kind == _GRANT_KIND:
                     continue
+                if kind == _PAYCODE_KIND:
+                    paycodes["count"] += 1
+                    paycodes["fen"] += amount_fen
+                    paycodes["offline_count"] += 1 if flags & offline_flag else 0
+                    paycodes["records"].append((terminal_id, seq))
                 totals = by_merchant.get(merchant_id)
                 if totals is None:
                     totals = by_merchant[merchant_id] = [0, 0, 0, 0, [0] * 24, [0] * 24]
@@ -158,7 +165,7 @@ def scan_records(window, terminals, watched):
             settled[terminal_id] = ranges
     return {"records": total, "by_merchant": by_merchant, "per_terminal": per_terminal, "late": late_rows,
             "unbooked": unbooked, "impossible": impossible, "revoked": revoked_records,
-            "watched_taps": watched_taps,
+            "watched_taps": watched_taps, "paycodes": paycodes,
             "settled": settled, "marks": marks, "old_ranges": old_ranges, "pending": pending}
 
 
