@@ -11,10 +11,9 @@ from firmware.core import protocol
 from sync_server.business_day import day_text
 from sync_server.finance import settlement
 from sync_server.finance.close_window import MAX_LISTED
-
-MAX_DOUBLE_USES_READ = 100000         # bound on the double-use rows one close reads
 from sync_server.ledger_store import add_deny_entries
 
+MAX_DOUBLE_USES_READ = 100000         # bound on the double-use rows one close reads
 MAX_WATCHED_CARDS = 100000         # cards with counter notes followed through one close
 
 
