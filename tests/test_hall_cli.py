@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from conftest import database_snapshot
-from sync_server import db as dbmod, pin_rules, registry
+from sync_server import db as dbmod, keys, pin_rules, registry
 from sync_server.services import history
 
 pytestmark = pytest.mark.usefixtures("store_environment")   # each store (--store)
@@ -120,4 +120,37 @@ def test_hall_service_commands(tmp_path):
     today = history.today(dbmod.now_ms())
     places = [row["place_zh"] for row in history.query(conn, account_id, today, today)["rows"]]
     assert places == ["补卡费", "学生公寓电费", "建行龙支付"]
+    conn.close()
+
+
+def test_hall_lists_and_stops_a_lost_phones_payment_code(tmp_path):
+    from sync_server import paycode
+    data_dir = tmp_path / "data"
+    assert _run(data_dir, "server", "init")[0] == 0
+    hr = tmp_path / "hr.csv"
+    hr.write_text(HR_CSV, encoding="utf-8")
+    assert _run(data_dir, "hall", "import-people", "--file", str(hr), "--category", "staff")[0] == 0
+    conn = _conn(data_dir)
+    account_id = conn.execute("SELECT a.id FROM accounts a JOIN persons p ON p.id = a.person_id "
+                              "WHERE staff_number = 'T1001'").fetchone()[0]
+    code, out = _run(data_dir, "hall", "paycode-list", "--account", str(account_id))
+    assert code == 0 and "未开通" in out
+    master_key = keys.load_master_key(keys.master_key_path(str(data_dir)))
+    with dbmod.transaction(conn):
+        for seed in (1, 2):
+            phone_key = paycode.public_key_bytes(paycode.signing_key(bytes([seed]) * 32, 1))
+            paycode.enable(conn, master_key, account_id, None, phone_key, dbmod.now_ms())
+    code, out = _run(data_dir, "hall", "paycode-list", "--account", str(account_id), "--json")
+    credentials = json.loads(out)
+    assert code == 0 and [line["status"] for line in credentials] == ["active", "active"]
+    code, out = _run(data_dir, "hall", "paycode-stop", "--account", str(account_id), "--credential", "999")
+    assert code == 2 and "999" in out
+    code, out = _run(data_dir, "hall", "paycode-stop", "--account", str(account_id), "--credential",
+                     str(credentials[0]["credential_id"]), "--operator", "hall-1")
+    assert code == 0 and "1 台" in out
+    code, out = _run(data_dir, "hall", "paycode-stop", "--account", str(account_id), "--all", "--lang", "en")
+    assert code == 0 and "1 phone" in out
+    assert conn.execute("SELECT count(*) FROM deny_entries WHERE kind = 'credential' AND active = 1").fetchone()[0] == 2
+    code, out = _run(data_dir, "hall", "paycode-rotate-key")
+    assert code == 0 and "第 2 代" in out
     conn.close()

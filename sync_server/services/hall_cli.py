@@ -8,6 +8,9 @@
     electricity --account A --building B --floor N --room R --amount-fen N
     recharge-channel --account A --amount-fen N --channel alipay|wechat|ccb   (simulated payment)
     dispenser-sticker --terminal T --out FILE.png|FILE.svg   the QR sticker of a water dispenser
+    paycode-list --account A [--json]                        付款码: the phones with the code and their state
+    paycode-stop --account A (--credential C | --all)        停用付款码 (a lost phone): every terminal refuses it
+    paycode-rotate-key                                       sign new certificates with a new pay-code key
 
 Staff commands record who acted (`--operator`, default the login name). Output follows --lang; a PIN
 is never printed, nor any key.
@@ -18,8 +21,8 @@ import sys
 
 from sync_server import keys, registry
 from sync_server.cli_common import add_station_options, data_dir_of, open_database, open_station, say, write_at_station
-from sync_server.services import (cards, electricity, history, limits, people_import, pins as pin_service,
-                                  recharge, sticker)
+from sync_server.services import (cards, electricity, history, limits, paycode, people_import,
+                                  pins as pin_service, recharge, sticker)
 
 
 def _operator(args):
@@ -137,6 +140,39 @@ def cmd_dispenser_sticker(args):
         "sticker of dispenser %d written: %s" % (args.terminal, path))
 
 
+def cmd_paycode_list(args):
+    credentials = paycode.listing(open_database(args), args.account)["credentials"]
+    if args.json:
+        print(json.dumps(credentials))
+        return
+    if not credentials:
+        say(args, "该账户未开通付款码", "no phone has the payment code for this account")
+    for line in credentials:
+        state = {"active": ("使用中", "active"), "revoked": ("已停用", "stopped")}[line["status"]]
+        say(args, "凭证 %d：%s" % (line["credential_id"], state[0]),
+            "credential %d: %s" % (line["credential_id"], state[1]))
+
+
+def cmd_paycode_stop(args):
+    conn = open_database(args)
+    wanted = [line["credential_id"] for line in paycode.listing(conn, args.account)["credentials"]
+              if line["status"] == "active" and (args.all or line["credential_id"] == args.credential)]
+    if not args.all and args.credential not in wanted:
+        raise registry.HallError("该账户没有使用中的付款码凭证 %s" % args.credential,
+                                 "the account has no active payment code credential %s" % args.credential)
+    for credential_id in wanted:
+        paycode.stop(conn, args.account, credential_id)
+    say(args, "已停用付款码：%d 台手机，终端下次同步后拒收" % len(wanted),
+        "payment code stopped on %d phone(s): terminals refuse it after their next sync" % len(wanted))
+
+
+def cmd_paycode_rotate_key(args):
+    key_id = paycode.rotate_key(open_database(args))["key_id"]
+    say(args, "付款码签名密钥已更换为第 %d 代；旧密钥签发的证书在到期前仍有效" % key_id,
+        "pay-code signing key is now generation %d; certificates of the old one stay valid until they expire"
+        % key_id)
+
+
 def register(add):
     """Add the commands through sync_server/cli.py's `add(name, handler, help)`."""
     def staff(parser):
@@ -173,6 +209,15 @@ def register(add):
     p = add("dispenser-sticker", cmd_dispenser_sticker, "开水机二维码贴纸 / a water dispenser's QR sticker")
     p.add_argument("--terminal", type=int, required=True, help="the dispenser's terminal id")
     p.add_argument("--out", required=True, help="FILE.png or FILE.svg")
+    p = add("paycode-list", cmd_paycode_list, "查看付款码开通情况 / list the phones with the payment code")
+    p.add_argument("--account", type=int, required=True)
+    p.add_argument("--json", action="store_true")
+    p = staff(add("paycode-stop", cmd_paycode_stop, "停用付款码（手机丢失）/ stop the payment code (lost phone)"))
+    p.add_argument("--account", type=int, required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--credential", type=int, help="one phone's credential (see paycode-list)")
+    which.add_argument("--all", action="store_true", help="every phone of the account")
+    add("paycode-rotate-key", cmd_paycode_rotate_key, "更换付款码签名密钥 / rotate the pay-code signing key")
     p = add("recharge-channel", cmd_recharge_channel, "渠道充值（模拟支付）/ recharge through a channel (simulated)")
     p.add_argument("--account", type=int, required=True)
     p.add_argument("--amount-fen", type=int, required=True)

@@ -24,11 +24,13 @@ register_messages({
     "paycode_unknown": (404, "付款码凭证不存在", "no such payment code credential"),
     "paycode_revoked": (409, "付款码已停用，请重新开通", "the payment code was stopped: enable it again"),
     "paycode_card_not_active": (409, "卡片已挂失或冻结，不能使用付款码", "the card is lost or frozen: no payment code"),
+    "paycode_keys_exhausted": (409, "付款码签名密钥代数已用完（255）", "all 255 pay-code key generations are used"),
 })
 _REFUSALS = {"bad_key": "paycode_bad_key", "key_used": "paycode_key_used", "too_many": "paycode_too_many",
              "unknown_credential": "paycode_unknown", "credential_revoked": "paycode_revoked",
              "account_unknown": "account_unknown", "account_blocked": "account_blocked",
-             "account_in_debt": "account_in_debt", "card_not_active": "paycode_card_not_active"}
+             "account_in_debt": "account_in_debt", "card_not_active": "paycode_card_not_active",
+             "keys_exhausted": "paycode_keys_exhausted"}
 MAX_USES_LISTED = 20
 
 
@@ -127,4 +129,7 @@ def rotate_key(conn, now_ms=None):
     """`ykt server paycode-rotate`: sign new certificates with a fresh key id."""
     now_ms = now(now_ms)
     with dbmod.transaction(conn):
-        return {"key_id": paycode.rotate(conn, now_ms)}
+        try:
+            return {"key_id": paycode.rotate(conn, now_ms)}
+        except paycode.PayCodeRefused as refusal:
+            _refused(refusal)
