@@ -246,3 +246,19 @@ def test_a_rotation_keeps_codes_in_flight_and_sends_both_keys(live_server):
     assert [new_id - 1, keys[new_id - 1].hex()] in config["paycode_keys"]
     renewed = holder.phone.paycode_renew(holder.wallet.credential_id)
     assert renewed["key_id"] == new_id
+
+
+def test_unbinding_the_phone_stops_its_codes(live_server):
+    holder = Holder(live_server)
+    holder.enable()
+    (phone,) = holder.phone.phones()
+    holder.phone.remove_phone(phone["phone_id"])
+    conn = live_server.connect()
+    try:
+        status = conn.execute("SELECT status FROM paycode_credentials WHERE id = ?",
+                              (holder.wallet.credential_id,)).fetchone()[0]
+        assert status == paycode.REVOKED
+    finally:
+        conn.close()
+    till = live_server.add_terminal()
+    assert claim(till, codes.parse(holder.wallet.code())) == paycode.CLAIM_REVOKED

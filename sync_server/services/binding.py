@@ -31,7 +31,7 @@ user to someone else revokes the old ones.
 import hashlib
 import secrets
 
-from sync_server import pin_rules
+from sync_server import paycode, pin_rules
 from sync_server.services import (ServiceError, account_of_person, now, register_messages, tx, with_pin)
 
 TOKEN_TTL_MS = 30 * 24 * 3600 * 1000
@@ -207,9 +207,11 @@ def phones(conn, person_id, this_app_user_id=None):
              "this_phone": row[1] == this_app_user_id} for row in rows]
 
 
-def remove_phone(conn, person_id, phone_id):
-    """Unbind one of the holder's phones and delete its tokens (they stop working at once). Another
-    holder's phone id is phone_unknown like a made-up one, so ids do not leak."""
+def remove_phone(conn, person_id, phone_id, now_ms=None):
+    """Unbind one of the holder's phones and delete its tokens (they stop working at once); its payment
+    codes stop too (every terminal refuses them after its next sync). Another holder's phone id is
+    phone_unknown like a made-up one, so ids do not leak."""
+    now_ms = now(now_ms)
     if not isinstance(phone_id, str) or not 0 < len(phone_id) <= MAX_PHONE_ID_CHARS:
         raise ServiceError("phone_unknown")
     with tx(conn):
@@ -218,6 +220,9 @@ def remove_phone(conn, person_id, phone_id):
         if row is None:
             raise ServiceError("phone_unknown")
         conn.execute("DELETE FROM app_tokens WHERE app_user_id = ?", (row[0],))
+        for (credential_id,) in conn.execute("SELECT id FROM paycode_credentials WHERE app_user_id = ? AND status = ?",
+                                             (row[0], paycode.ACTIVE)).fetchall():
+            paycode.revoke_credential(conn, credential_id, paycode.REASON_REVOKED, now_ms)
         conn.execute("UPDATE app_users SET person_id = NULL, bound_ms = NULL, binding_id = NULL, last_used_ms = NULL "
                      "WHERE app_user_id = ?", (row[0],))
 
