@@ -28,7 +28,7 @@ import httpx
 from firmware.apps import card_io
 from firmware.core import records, sam as sam_module, wallets
 from reader_drivers.sim import SimReader
-from simulators import injected_faults, lunch, water_day
+from simulators import injected_faults, lunch, paycode_day, water_day
 from reader_drivers.sim.classic_card import ClassicCard
 from simulators.netcut import Relay
 from simulators.phone import ChannelGateway, PhoneApp
@@ -324,8 +324,9 @@ class AppActivity:
 class Rush:
     """Feeds the plan to the terminals in real time and keeps the score."""
 
-    def __init__(self, plan, population, fleet, decisions, log_path, progress, lang, app):
+    def __init__(self, plan, population, fleet, decisions, log_path, progress, lang, app, codes=None):
         self.app = app
+        self.codes = codes              # simulators.paycode_day.PayCodeDay: phones paying by code
         self.plan = plan
         self.population = population
         self.fleet = fleet
@@ -345,13 +346,14 @@ class Rush:
         self.online_at_loss = set()
         self.unconfirmed_repeats = {}      # quick repeat taps the cashier does not confirm: tap_id -> original
         self._t0 = None
+        self._cut = set()
         self.log = open(log_path, "w", encoding="utf-8")
 
     def run(self):
         pending = list(self.plan.taps)
         waiting = []                    # taps held back while the same card is still at another window
         start = self._t0 = time.monotonic()
-        cut = set()
+        cut = self._cut = set()
         while True:
             now_s = time.monotonic() - start
             self._collect()
@@ -362,6 +364,8 @@ class Rush:
             if self.loss_reported_s is not None:
                 self._probe(now_s, cut)
             self.app.run_due(now_s)
+            if self.codes is not None:
+                self._send_code_lines(now_s, cut)
             while waiting and self._try_send(waiting[0]):
                 waiting.pop(0)
             while pending and pending[0].at_s <= now_s:
@@ -369,8 +373,8 @@ class Rush:
                 if not self._try_send(tap):
                     waiting.append(tap)
             self._show(now_s, cut)
-            probing = self.loss_reported_s is not None and len(self.first_refusal_s) < len(self.fleet) and \
-                now_s < self.plan.duration_s * 3
+            probing = (self.loss_reported_s is not None and len(self.first_refusal_s) < len(self.fleet) or
+                       self.codes is not None and self.codes.probing()) and now_s < self.plan.duration_s * 3
             if not pending and not waiting and not probing and now_s >= self.plan.duration_s:
                 break
             time.sleep(0.005)
@@ -379,12 +383,31 @@ class Rush:
         self._show(time.monotonic() - start, set(), force=True)
         self.progress.end_status()
 
+    def steady(self, now_s, cut):
+        """Windows online for a while and not about to be cut: a code refused at one of them was refused
+        with the server's word (paycode_day)."""
+        margin_s = paycode_day.STEADY_ONLINE_S
+        return {t.index for t in self.fleet if t.index not in cut and not any(
+            start_s - margin_s <= now_s < end_s + margin_s
+            for index, (start_s, end_s) in self.plan.offline_windows.items() if index == t.index)}
+
+    def _send_code_lines(self, now_s, cut):
+        steady = self.steady(now_s, cut)
+        for tap_id, index, line in self.codes.due(now_s, steady, set(range(len(self.fleet))), self._next_tap_id,
+                                                   self.card_busy):
+            self._next_tap_id = max(self._next_tap_id, tap_id + 1)
+            kind = "code_thief" if tap_id in self.codes.thief_taps else "code_replay"
+            self.sent[tap_id] = (kind, None, index)
+            self.fleet[index].send(line)
+
     def _network(self, now_s, cut):
         for index, (start_s, end_s) in self.plan.offline_windows.items():
             relay = self.fleet[index].relay
             if start_s <= now_s < end_s and index not in cut:
                 relay.cut()
                 cut.add(index)
+                if self.codes is not None:
+                    self.codes.cut_off(index)
                 if self.loss_reported_s is not None and index not in self.first_refusal_s:
                     # Cut off before it learnt of the loss: not an online terminal for the measure.
                     self.online_at_loss.discard(index)
@@ -428,6 +451,11 @@ class Rush:
 
     def _send(self, tap):
         person = self.population[tap.person_index]
+        if self.codes is not None and self.codes.pays_by_code(tap):
+            self.sent[tap.tap_id] = ("code", tap.person_index, tap.terminal_index)
+            self.card_busy[tap.person_index] = tap.tap_id
+            self.fleet[tap.terminal_index].send(self.codes.code_line(tap))
+            return
         line = {"tap_id": tap.tap_id, "amount_fen": tap.amount_fen,
                 "card": getattr(tap, "card", None) or person["uid"].hex()}   # a cloned card's own image
         if tap.pull_after_ops:
@@ -463,6 +491,9 @@ class Rush:
             kind, person_index, _ = self.sent[tap_id]
             if self.card_busy.get(person_index) == tap_id:
                 del self.card_busy[person_index]
+            if kind.startswith("code"):
+                now_s = at - self._t0
+                self.codes.decided(tap_id, line, now_s, index, self.steady(now_s, self._cut))
             if kind == "probe":
                 if line["accepted"]:
                     self.probe_accepted += 1
@@ -494,8 +525,8 @@ def reconcile(location, outcomes, unconfirmed_repeats=None):
     conn = dbmod.connect(location)
     try:
         # the canteen's taps; the dispensers' water sessions are simulators/water_day.py's to check
-        rows = conn.execute("SELECT terminal_id, seq, raw FROM terminal_records WHERE kind = ?",
-                            (records.KIND_PURCHASE,)).fetchall()
+        rows = conn.execute("SELECT terminal_id, seq, raw FROM terminal_records WHERE kind IN (?, ?)",
+                            (records.KIND_PURCHASE, records.KIND_PAYCODE)).fetchall()
         window_ms = dbmod.setting(conn, "double_tap_window_ms")
         problems = ledger.check_balances(SqliteStore(conn))
         imbalance_fen = conn.execute("SELECT coalesce(sum(balance_fen), 0) FROM balances").fetchone()[0]
@@ -516,8 +547,11 @@ def reconcile(location, outcomes, unconfirmed_repeats=None):
         key = (terminal_id, seq)
         duplicates += key in stored
         stored[key] = fields
-        card_tap = (fields["card_number"], fields["card_generation"], fields["tap_counter"])
-        duplicates += card_tap in taps_on_card     # one physical tap booked twice under two seqs
+        if fields["kind"] == records.KIND_PAYCODE:     # one code: credential, minute, counter
+            card_tap = ("code", fields["card_number"], records.paycode_time_step(bytes(raw)), fields["tap_counter"])
+        else:
+            card_tap = (fields["card_number"], fields["card_generation"], fields["tap_counter"])
+        duplicates += card_tap in taps_on_card     # one physical tap (or code) booked twice under two seqs
         taps_on_card[card_tap] = key
     journaled = {}
     for line in outcomes.values():
@@ -525,7 +559,7 @@ def reconcile(location, outcomes, unconfirmed_repeats=None):
             journaled[(line["terminal_id"], line["seq"])] = line
     on_server = sum(1 for key, line in journaled.items()
                     if key in stored and stored[key]["amount_fen"] == line["amount_fen"]
-                    and stored[key]["card_number"] == line["card_number"])
+                    and stored[key]["card_number"] == line.get("credential_id", line["card_number"]))
     accepted_fen = sum(line["amount_fen"] for line in journaled.values())
     charged, as_new = _unconfirmed_repeats_charged(outcomes, unconfirmed_repeats or {}, stored, window_ms)
     return {
@@ -608,6 +642,10 @@ _REASON_NAMES = {
     "cancelled": ("收银员取消（重复刷卡）", "cancelled by the cashier (repeat tap)"),
     "account_not_synced": ("终端尚无该账户", "account not synced yet"),
     "unknown_card": ("未知卡片", "unknown card"),
+    "paycode_used": ("付款码已使用", "pay code already used"),
+    "paycode_revoked": ("付款码已停用", "pay code stopped"),
+    "paycode_offline_cap": ("付款码脱机额度已满", "pay-code offline cap reached"),
+    "paycode_expired": ("付款码已过期", "pay code expired"),
 }
 
 
@@ -652,6 +690,13 @@ def render(summary, lang):
         row("用水重复结算 / 未结算", "water settled twice / unsettled", "%d / %d" % (
             summary.get("water_settled_twice", 0), summary.get("water_unsettled", 0))),
         row("未释放的授权冻结", "grant holds still open", summary.get("holds_open", 0)),
+        row("付款码支付（手机断网的 %d 人）" % summary.get("paycode_offline_phones", 0),
+            "pay-code sales (%d phones offline)" % summary.get("paycode_offline_phones", 0),
+            summary.get("paycode_accepted", 0)),
+        row("截图重放（被接受）", "screenshot replays (accepted)", "%d（%d）" % (
+            summary.get("paycode_replays_shown", 0), summary.get("paycode_replays_accepted", 0))),
+        row("手机被盗停用后生效用时（秒）", "stolen phone's code refused after (s)",
+            summary.get("paycode_revoked_after_s")),
         row("用时（秒）", "elapsed (s)", summary["elapsed_s"]),
         "",
         ("结论：" if zh else "verdict: ") + (("一笔不丢、一笔不重，账本平衡。" if zh else
@@ -712,8 +757,13 @@ def run(args):
             fleet.append(TerminalProcess(index, document, relay, run_dir, cards_dir, decisions))
         app = AppActivity(servers[-1].url, keys.load_master_key(keys.master_key_path(server_dir)), population, plan,
                           exclude=injector.taken if injector is not None else ())
+        progress.step(_say(lang, "为 %d 名持卡人开通付款码……" % paycode_day.PAYERS,
+                           "enabling the payment code for %d cardholders..." % paycode_day.PAYERS))
+        codes = paycode_day.PayCodeDay(location, keys.load_master_key(keys.master_key_path(server_dir)),
+                                       servers[-1].url, population, plan,
+                                       exclude=injector.taken if injector is not None else ())
         rush = Rush(plan, population, fleet, decisions, os.path.join(run_dir, "decisions.jsonl"), progress, lang,
-                    app)
+                    app, codes)
         water = water_day.WaterDay([s.url for s in servers], servers[0].port, run_dir, water_documents, residents,
                                    args.seed, args.duration_s, progress, lang)
         progress.step(_say(lang, "启动 %d 台开水机与蓝牙……" % water_day.DISPENSERS,
@@ -723,6 +773,7 @@ def run(args):
             rush.run()
         finally:
             app.close()
+            codes.close()
         progress.step(_say(lang, "高峰结束，等待各终端同步完毕……", "rush over; waiting for every terminal to sync..."))
         for terminal in fleet:
             terminal.finish(_DRAIN_TIMEOUT_S + 30)
@@ -744,7 +795,9 @@ def run(args):
             server.stop()
     summary = summarize(plan, rush, result, time.monotonic() - started, args.terminals, args.people)
     summary.update(app.summary())
-    summary["ok"] = summary["ok"] and summary["notifications_credited_twice"] == 0 and water_day.water_ok(summary)
+    summary.update(codes.summary())
+    summary["ok"] = summary["ok"] and summary["notifications_credited_twice"] == 0 and water_day.water_ok(summary) \
+        and paycode_day.paycode_ok(summary)
     print(render(summary, lang), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(summary, ensure_ascii=False, sort_keys=True))

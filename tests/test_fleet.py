@@ -106,3 +106,17 @@ def test_the_repeat_count_names_only_repeats_charged_inside_the_window():
     assert _unconfirmed_repeats_charged(outcomes, {12: 10}, stored, window_ms) == (0, 1)
     assert _unconfirmed_repeats_charged(outcomes, {21: 20, 22: 10}, stored, window_ms) == (0, 1)
     assert _unconfirmed_repeats_charged(outcomes, {23: 10}, stored, window_ms) == (1, 0)
+
+
+def test_phones_pay_by_code_replays_are_refused_and_a_stolen_phone_is_stopped(demo):
+    """付款码 in the rush: holders pay by code (some phones offline), replayed screenshots are refused,
+    the stolen phone's code is refused at every online window after the stop; every code sale a
+    window accepted is on the server once (the reconcile above counts them with the card taps)."""
+    _, summary, run_dir = demo
+    assert summary["paycode_accepted"] > 0 and summary["paycode_offline_phones"] > 0
+    assert summary["paycode_replays_shown"] > 0 and summary["paycode_replays_accepted"] == 0
+    assert summary["paycode_revoked_after_s"] is not None and summary["paycode_accepted_after_stop"] == 0
+    decisions = [json.loads(line) for line in open(run_dir / "decisions.jsonl", encoding="utf-8")]
+    code_sales = [line for line in decisions if line.get("paid_by") == "code" and line["accepted"]]
+    assert len(code_sales) == summary["paycode_accepted"]
+    assert summary["declined"].get("paycode_revoked", 0) >= 1

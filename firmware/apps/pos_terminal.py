@@ -121,6 +121,7 @@ class PosTerminal(SyncedShell):
         self._online_seen = None
         self._decisions = 0            # decision lines printed so far
         self._tap_id = None            # the script's own id for the tap under way, echoed back
+        self._code_credential = None   # the credential of the payment code under way, echoed back
         self._last_shown = None
         self._first_sync_seen = False  # once True it stays: a store never needs its first sync again
         self._out_lock = threading.Lock()
@@ -203,6 +204,9 @@ class PosTerminal(SyncedShell):
                 "balance_after_fen": balance_after_fen, "card_number": card_number}
         if self._tap_id is not None:
             line["tap_id"] = self._tap_id
+        if self._code_credential is not None:           # paid (or refused) by code: which phone credential
+            line["paid_by"] = "code"
+            line["credential_id"] = self._code_credential
         self.emit(line)
 
     # -- events in, actions out ------------------------------------------------------------------
@@ -421,7 +425,14 @@ class PosTerminal(SyncedShell):
             if not self._first_sync_seen:
                 self._execute(pos.Show(messages.TERMINAL_NOT_SYNCED, self.machine.due_fields()))
                 return False
-        self.feed(pos.CodeScanned(text))
+        try:
+            self._code_credential = paycode.parse(text).cert.credential_id
+        except paycode.PayCodeError:
+            self._code_credential = 0          # not a code of ours: the decision says so
+        try:
+            self.feed(pos.CodeScanned(text))
+        finally:
+            self._code_credential = None
         return True
 
     def _scan(self, line):
