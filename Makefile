@@ -21,6 +21,9 @@ PG_STAMP := $(VENV)/.postgresql-installed
 PG_DEBS := postgresql
 # strace: the durability test watches the terminal's fsync-before-display order at the system-call level.
 TRACE_DEBS := strace
+# The bleak phone's tests: simulators/bluez_air.py serves BlueZ's D-Bus API on a private dbus-daemon, and
+# bleak runs `bluetoothctl --version` (Debian's bluez) to check which BlueZ it talks to.
+BLUEZ_DEBS := bluez dbus-daemon
 PYTEST_ARGS ?=
 # `make check`, seconds rather than minutes: the linter, the core's unit tests under CPython and under
 # MicroPython, the core's static checks and the import layers, the sim: reader's tests and the POS on it.
@@ -60,9 +63,9 @@ $(PCSC_STAMP): pyproject.toml $(PY_STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,pcsc]'
 	touch $@
 
-# Asks apt only for the browser (and strace) packages that are missing.
+# Asks apt only for the browser (and strace, bluez, dbus-daemon) packages that are missing.
 $(CHROMIUM_STAMP): Makefile
-	@missing=$$(for package in $(CHROMIUM_DEBS) $(TRACE_DEBS); do dpkg-query -W -f='$${Status}' $$package 2>/dev/null \
+	@missing=$$(for package in $(CHROMIUM_DEBS) $(TRACE_DEBS) $(BLUEZ_DEBS); do dpkg-query -W -f='$${Status}' $$package 2>/dev/null \
 		| grep -q 'install ok installed' || echo $$package; done); \
 	if [ -n "$$missing" ]; then echo "installing $$missing"; $(APT_INSTALL) $$missing; fi
 	@mkdir -p $(VENV) && touch $@

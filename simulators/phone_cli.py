@@ -3,21 +3,27 @@
     ykt phone bind --server URL --name 张三 --staff-number S2024001 --pin 123456
     ykt phone balance
     ykt phone water --ble tcp-client:127.0.0.1:PORT --sticker sticker.png --seconds 5
-    ykt phone water --ble hci-socket:0 --nearby [--dispenser 7] --until-enter
+    ykt phone water --ble bleak --nearby [--dispenser 7] --until-enter
 
 The binding (server URL, token, account) is kept in a profile file only its owner can read
-(--profile, default ./ykt-phone.json). Bluetooth runs on bumble: the simulated air's `tcp-client:`
-transport (`python -m simulators.ble_air`), or a real adapter (`hci-socket:0`, `usb:0`).
+(--profile, default ./ykt-phone.json). Bluetooth runs over bumble or bleak. A bumble transport
+(`simulators/phone_ble.py`) is the simulated air's `tcp-client:` (`python -m simulators.ble_air`) or
+an adapter bumble takes for itself (`hci-socket:0` with BlueZ kept off it, `usb:0`). `bleak` or
+`bleak:hci1` (`simulators/phone_bleak.py`) is the operating system's own stack through bleak: BlueZ
+on Linux, over the system D-Bus (in tests `simulators/bluez_air.py` on a private bus, named by
+DBUS_SYSTEM_BUS_ADDRESS). The water session (`simulators/phone_water.py`) is the same on either.
 """
 import asyncio
 import json
 import os
+import re
 import sys
 import uuid
 
 _EXIT_REFUSED = 2
 DEFAULT_PROFILE = "ykt-phone.json"
 MAX_SECONDS = 600
+_BLEAK = re.compile(r"bleak(:(?P<adapter>hci[0-9]{1,3}))?")
 
 
 def register(subparsers):
@@ -26,7 +32,8 @@ def register(subparsers):
         description="开发和测试用的持卡人手机：绑卡、查询余额、扫码或搜索附近开水机用水。/ a cardholder's phone for "
                     "developers and tests: bind, balance, and water from a dispenser found by its sticker or nearby.",
         epilog="示例 / examples:  ykt phone bind --server http://127.0.0.1:8080 --name 张三 --staff-number S1 "
-               "--pin 123456   |   ykt phone water --ble tcp-client:127.0.0.1:9001 --nearby --seconds 5")
+               "--pin 123456   |   ykt phone water --ble tcp-client:127.0.0.1:9001 --nearby --seconds 5   |   "
+               "ykt phone water --ble bleak --sticker sticker.png")
     parser.add_argument("--profile", default=DEFAULT_PROFILE, help="where the binding is kept (default %s)"
                         % DEFAULT_PROFILE)
     parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"))
@@ -42,7 +49,9 @@ def register(subparsers):
     balance.set_defaults(handler=_balance)
     water = commands.add_parser("water", help="扫码用水 / draw water from a dispenser over Bluetooth")
     water.add_argument("--ble", required=True, metavar="TRANSPORT",
-                       help="bumble transport: tcp-client:HOST:PORT of the simulated air, hci-socket:0, usb:0")
+                       help="手机蓝牙 / the phone's Bluetooth: a bumble transport (tcp-client:HOST:PORT of the "
+                            "simulated air, hci-socket:0, usb:0), or bleak[:hciN] for the system's own stack through "
+                            "bleak (BlueZ on Linux, over the system D-Bus or DBUS_SYSTEM_BUS_ADDRESS)")
     found = water.add_mutually_exclusive_group(required=True)
     found.add_argument("--sticker", metavar="PNG", help="扫码连接：开水机上二维码的照片 / a photo of the sticker")
     found.add_argument("--nearby", action="store_true", help="搜索附近的设备 / search for dispensers nearby")
@@ -130,6 +139,10 @@ def _water(args):
         print(_say(args, "--seconds 须在 0 到 %d 之间" % MAX_SECONDS, "--seconds must be 0 to %d" % MAX_SECONDS),
               file=sys.stderr)
         return _EXIT_REFUSED
+    if args.ble.startswith("bleak") and not _BLEAK.fullmatch(args.ble):
+        print(_say(args, "--ble 应为 bleak 或 bleak:hciN", "--ble takes bleak or bleak:hciN, not %r" % args.ble),
+              file=sys.stderr)
+        return _EXIT_REFUSED
     app = _load(args)
     if app is None:
         return _EXIT_REFUSED
@@ -149,11 +162,21 @@ def _water(args):
     return 0
 
 
-async def _water_session(args, app):
+def _radio(spec):
+    """The phone's radio for --ble: bleak (the system's stack, BlueZ on Linux) for `bleak[:hciN]`, else
+    bumble on that transport. Both offer the same scan, connect and link (phone_ble's interface)."""
+    bleak = _BLEAK.fullmatch(spec)
+    if bleak is not None:
+        from simulators.phone_bleak import PhoneRadio
+        return PhoneRadio(bleak.group("adapter"))
     from simulators.phone_ble import PhoneRadio
+    return PhoneRadio(spec)
+
+
+async def _water_session(args, app):
     from simulators.phone_water import WaterSession, dispenser_from_sticker
 
-    async with PhoneRadio(args.ble) as radio:
+    async with _radio(args.ble) as radio:
         if args.sticker:
             dispenser_id, address = dispenser_from_sticker(args.sticker)
             # a board that cannot take the address the sticker names (MicroPython's stack sets its own)
