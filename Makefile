@@ -24,6 +24,9 @@ TRACE_DEBS := strace
 # The bleak phone's tests: simulators/bluez_air.py serves BlueZ's D-Bus API on a private dbus-daemon, and
 # bleak runs `bluetoothctl --version` (Debian's bluez) to check which BlueZ it talks to.
 BLUEZ_DEBS := bluez dbus-daemon
+# Python packages built from source on install (python-evdev for the keyboard-wedge scanners, pyscard):
+# a C compiler, Python's headers and the kernel's input headers.
+BUILD_DEBS := gcc python3-dev linux-libc-dev
 PYTEST_ARGS ?=
 # `make check`, seconds rather than minutes: the linter, the core's unit tests under CPython and under
 # MicroPython, the core's static checks and the import layers, the sim: reader's tests and the POS on it.
@@ -44,6 +47,9 @@ $(PY_STAMP): pyproject.toml
 	@# Debian splits ensurepip (needed by venv) into python3-venv / python3.X-venv.
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { $(APT_INSTALL) python3-venv \
 		"python3.$$($(PYTHON) -c 'import sys; print(sys.version_info[1])')-venv" || $(APT_INSTALL) python3-venv; }
+	@missing=$$(for package in $(BUILD_DEBS); do dpkg-query -W -f='$${Status}' $$package 2>/dev/null \
+		| grep -q 'install ok installed' || echo $$package; done); \
+	if [ -n "$$missing" ]; then echo "installing $$missing"; $(APT_INSTALL) $$missing; fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
