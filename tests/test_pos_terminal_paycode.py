@@ -148,3 +148,76 @@ def test_bad_codes_are_refused_with_their_message_and_nothing_journaled(live_ser
     till.terminal.sync_now()
     assert till.pay(stopped.wallet.code())["reason"] == messages.PAYCODE_REVOKED
     assert till.paycode_records() == []
+
+
+class TillProcess:
+    """`ykt terminal --scanner serial:<pty>` as a separate process, its scanner the emulator here."""
+
+    def __init__(self, server, tmp_path, name):
+        import subprocess
+        import sys
+        from simulators.scanner_emulator import ScannerEmulator
+        conn = server.connect()
+        try:
+            merchant = registry.add_merchant(conn, "二食堂%s" % name, "canteen 2 %s" % name, 1)
+            terminal_id = registry.register_terminal(conn, merchant)
+            document = registry.provisioning_document(conn, server.master_key(), terminal_id, server.url)
+        finally:
+            conn.close()
+        provision = tmp_path / ("%s.json" % name)
+        provision.write_text(json.dumps(document))
+        provision.chmod(0o600)
+        self.emulator = ScannerEmulator()
+        self.emulator.start()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ykt", "terminal", "--provision", str(provision), "--data-dir",
+             str(tmp_path / name), "--scanner", "serial:%s" % self.emulator.path, "--decisions-only",
+             "--sync-interval-ms", "500", "--script", "-"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def ready(self):
+        """Wait until the till has synced once (keys, balances) and reads its script: one typed line."""
+        self.process.stdin.write(json.dumps({"sync": True, "amount_fen": 1, "code": "warm-up", "tap_id": 0}) + "\n")
+        self.process.stdin.flush()
+        assert json.loads(self.process.stdout.readline())["reason"] == messages.PAYCODE_INVALID
+
+    def pay_with_image(self, image_path, amount_fen, tap_id):
+        """Key the amount, wait on the scanner, scan the picture: the decision line."""
+        self.process.stdin.write(json.dumps({"amount_fen": amount_fen, "scan": True, "timeout_ms": 20000,
+                                             "tap_id": tap_id}) + "\n")
+        self.process.stdin.flush()
+        self.emulator.scan_image(str(image_path))
+        line = json.loads(self.process.stdout.readline())
+        assert line["tap_id"] == tap_id, line
+        return line
+
+    def finish(self):
+        self.process.stdin.close()
+        self.process.wait(60)
+        self.emulator.stop()
+        return self.process.returncode
+
+
+def test_a_photographed_code_pays_once_through_a_scanner_at_a_till_process(live_server, tmp_path):
+    """The code as a picture (what a camera sees of the phone), through the emulated USB scanner on a
+    pty, into `ykt terminal` processes: paid once; the same picture again at the same till and at
+    another is refused; the sale is on the server once."""
+    import segno
+    holder = Holder(live_server)
+    holder.enable()
+    picture = tmp_path / "code.png"
+    segno.make(holder.wallet.code(), error="m", mode="alphanumeric").save(str(picture), scale=6, border=4)
+    first, second = TillProcess(live_server, tmp_path, "one"), TillProcess(live_server, tmp_path, "two")
+    try:
+        first.ready()
+        second.ready()
+        before_fen = main_fen(live_server, holder.account_id)
+        paid = first.pay_with_image(picture, 650, 1)
+        assert paid["accepted"] and paid["paid_by"] == "code" and paid["credential_id"] == holder.wallet.credential_id
+        assert first.pay_with_image(picture, 650, 3)["reason"] == messages.PAYCODE_USED
+        assert second.pay_with_image(picture, 650, 4)["reason"] == messages.PAYCODE_USED
+    finally:
+        assert first.finish() == 0 and second.finish() == 0
+    spent_fen = before_fen - main_fen(live_server, holder.account_id)
+    assert spent_fen == 650
+    check_ledger(live_server)

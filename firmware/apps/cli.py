@@ -1,6 +1,7 @@
 """`ykt terminal`: run a canteen POS terminal (the shell in firmware/apps/pos_terminal.py).
 
     ykt terminal --provision F --data-dir D [--reader sim:] [--script taps.jsonl | --script -]
+                 [--scanner serial:/dev/ttyACM0 | evdev:/dev/input/...]
                  [--server-url URL] [--drain-timeout-s S] [--decisions-only] [--no-sync]
 
     ykt dispenser --provision F --data-dir D [--reader sim:] [--pins gpio|mock] [--ble hci-socket:0]
@@ -25,6 +26,9 @@ def register(subparsers):
     parser.add_argument("--data-dir", required=True, help="where the terminal keeps its SQLite journal")
     parser.add_argument("--reader", default="sim:", help="reader URL: sim:, pn532:/dev/ttyS0, pcsc:ACR122, nfcpy:usb")
     parser.add_argument("--script", help="JSON lines of taps (a file, or - for stdin); default: stdin")
+    parser.add_argument("--scanner", help="payment-code scanner: serial:/dev/ttyACM0 (line scanner, any pyserial URL) "
+                                          "or evdev:/dev/input/... (keyboard wedge); script lines {\"scan\": true} "
+                                          "wait for it")
     parser.add_argument("--cards-dir", help="where card images named <uid>.card live (sim: reader)")
     parser.add_argument("--server-url", help="override the server URL of the provisioning file")
     parser.add_argument("--sync-interval-ms", type=int, help="default: the server's configuration")
@@ -167,10 +171,18 @@ def run_terminal(args):
     except (OSError, ValueError) as error:
         print("终端配置文件无效 / bad provisioning file: %s" % error, file=sys.stderr)
         return _EXIT_REFUSED
+    scanner = None
+    if args.scanner:
+        from firmware.apps.code_scanner import ScannerError, open_scanner
+        try:
+            scanner = open_scanner(args.scanner)
+        except ScannerError as error:
+            print("无法打开扫码枪 / cannot open the scanner: %s" % error, file=sys.stderr)
+            return _EXIT_REFUSED
     reader = open_reader(args.reader)
     terminal = PosTerminal(provisioning, args.data_dir, reader, lang=args.lang, display=not args.decisions_only,
                            sync=not args.no_sync, server_url=args.server_url, cards_dir=args.cards_dir,
-                           sync_interval_ms=args.sync_interval_ms)
+                           sync_interval_ms=args.sync_interval_ms, scanner=scanner)
     try:
         terminal.start_sync()
         if args.script and args.script != "-":
@@ -183,4 +195,6 @@ def run_terminal(args):
     finally:
         terminal.close()
         reader.close()
+        if scanner is not None:
+            scanner.close()
     return 0
