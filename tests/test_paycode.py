@@ -262,3 +262,41 @@ def test_unbinding_the_phone_stops_its_codes(live_server):
         conn.close()
     till = live_server.add_terminal()
     assert claim(till, codes.parse(holder.wallet.code())) == paycode.CLAIM_REVOKED
+
+
+@pytest.mark.stores("sqlite")
+def test_a_flipped_bit_anywhere_in_the_code_is_refused(live_server):
+    """Every one of the 1560 bits of a code, flipped on its own: the text no longer parses, or a
+    signature no longer verifies - never a code that passes for another."""
+    holder = Holder(live_server)
+    holder.enable()
+    raw = bytearray(codes.parse(holder.wallet.code()).raw)
+    conn = live_server.connect()
+    try:
+        now_ms = dbmod.now_ms()
+        for bit in range(len(raw) * 8):
+            flipped = bytearray(raw)
+            flipped[bit // 8] ^= 0x80 >> (bit % 8)
+            with pytest.raises(codes.PayCodeError):
+                paycode.verify_code(conn, live_server.master_key(), codes.to_text(bytes(flipped)), now_ms)
+    finally:
+        conn.close()
+
+
+@pytest.mark.stores("sqlite")
+def test_the_code_fits_a_version_10_qr_code_that_reads_at_arms_length(tmp_path):
+    """297 alphanumeric characters at error correction M: version 10, 57 x 57 modules. Drawn at the
+    size a phone shows it and then shrunk to what a canteen scanner's camera sees at arm's length
+    (about 2 pixels a module), it still reads back exactly."""
+    import segno
+    from PIL import Image
+    from simulators.sticker_scan import read_qr_texts
+    text = PayCodeWallet(PayCodeWallet.create().private_key, bytes(codes.CERT_SIZE), 1).code()
+    qr = segno.make(text, error="m", mode="alphanumeric", micro=False)
+    assert (qr.version, qr.symbol_size(border=0)) == (10, (57, 57))
+    path = tmp_path / "code.png"
+    qr.save(str(path), scale=8, border=4)
+    small = tmp_path / "small.png"
+    with Image.open(path) as image:
+        image.resize((130, 130), Image.BILINEAR).save(small)      # 65 modules with the quiet zone: 2 px each
+    assert read_qr_texts(str(small)) == [text]
