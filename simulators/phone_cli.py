@@ -4,6 +4,9 @@
     ykt phone balance
     ykt phone water --ble tcp-client:127.0.0.1:PORT --sticker sticker.png --seconds 5
     ykt phone water --ble bleak --nearby [--dispenser 7] --until-enter
+    ykt phone paycode enable --pin 147258        付款码: this phone's key certified (a PIN changed from the initial one)
+    ykt phone paycode show [--png code.png] [--offline] [--json]
+    ykt phone paycode paid | stop
 
 The binding (server URL, token, account) is kept in a profile file only its owner can read
 (--profile, default ./ykt-phone.json). Bluetooth runs over bumble or bleak. A bumble transport
@@ -62,21 +65,53 @@ def register(subparsers):
     water.add_argument("--walk-away", action="store_true", help="leave without pressing End (the link drops)")
     water.add_argument("--json", action="store_true", help="end with one JSON line")
     water.set_defaults(handler=_water)
+    code = commands.add_parser("paycode", help="付款码 / the payment code")
+    code_steps = code.add_subparsers(dest="paycode_step", metavar="STEP")
+    code_steps.required = True
+    enable = code_steps.add_parser("enable", help="开通付款码 / enable: a key pair made here, certified by the server")
+    enable.add_argument("--pin", required=True, help="交易密码 / the card PIN (not the initial one)")
+    enable.set_defaults(handler=_paycode_enable)
+    show = code_steps.add_parser("show", help="出示付款码 / show the code (text, QR on the terminal, or a PNG)")
+    show.add_argument("--png", help="also write the QR code to this PNG (what the screen shows)")
+    show.add_argument("--offline", action="store_true", help="no network: the code from the credential alone")
+    show.add_argument("--json", action="store_true", help="one JSON line: the code and what it holds")
+    show.set_defaults(handler=_paycode_show)
+    paid = code_steps.add_parser("paid", help="刷新 / the code was used: move on to the next one")
+    paid.set_defaults(handler=_paycode_paid)
+    stop_code = code_steps.add_parser("stop", help="停用付款码 / stop the code on this phone")
+    stop_code.set_defaults(handler=_paycode_stop)
 
 
 def _say(args, zh, en):
     return en if args.lang == "en" else zh
 
 
-def _load(args):
+def _read_profile(args):
     try:
         with open(args.profile, encoding="utf-8") as handle:
-            profile = json.load(handle)
+            return json.load(handle)
     except FileNotFoundError:
         print(_say(args, "尚未绑卡，请先运行 ykt phone bind", "not bound yet: run `ykt phone bind` first"), file=sys.stderr)
-        return None
     except (OSError, ValueError) as error:
         print(_say(args, "手机配置文件无效：%s" % error, "bad phone profile: %s" % error), file=sys.stderr)
+    return None
+
+
+def _write_profile(path, profile):
+    """The profile holds the token and the pay-code key: only its owner may read it, and a crash while
+    writing never leaves half of it (a new file, then renamed over the old)."""
+    temporary = path + ".new"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        json.dump(profile, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _load(args):
+    profile = _read_profile(args)
+    if profile is None:
         return None
     from simulators.phone import PhoneApp
     app = PhoneApp(profile["server"], profile["app_user_id"])
@@ -99,9 +134,7 @@ def _bind(args):
         app.close()
     profile = {"server": args.server, "app_user_id": app.app_user_id, "token": answer["token"],
                "account_id": answer["account_id"]}
-    descriptor = os.open(args.profile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        json.dump(profile, handle)
+    _write_profile(args.profile, profile)
     print(_say(args, "绑卡成功，账户 %d" % answer["account_id"], "bound to account %d" % answer["account_id"]))
     return 0
 
@@ -218,3 +251,132 @@ async def _water_session(args, app):
         print(_say(args, "用水 %d 毫升，扣款 %d.%02d 元" % (receipt.ml, receipt.fen // 100, receipt.fen % 100),
                    "drew %d ml, charged %d.%02d yuan" % (receipt.ml, receipt.fen // 100, receipt.fen % 100)))
         return result
+
+
+# -- 付款码 ------------------------------------------------------------------------------------------------
+
+def _wallet(args, profile):
+    from simulators.phone_paycode import PayCodeWallet
+    saved = profile.get("paycode")
+    if not saved:
+        print(_say(args, "尚未开通付款码，请先运行 ykt phone paycode enable",
+                   "the payment code is not enabled: run `ykt phone paycode enable` first"), file=sys.stderr)
+        return None
+    return PayCodeWallet.from_dict(saved)
+
+
+def _paycode_call(args, step):
+    """Run step(app, profile) against the server; the refusal in the user's language, no traceback."""
+    from simulators.phone import PhoneError
+    profile = _read_profile(args)
+    app = _load(args) if profile is not None else None
+    if app is None:
+        return _EXIT_REFUSED
+    try:
+        return step(app, profile)
+    except PhoneError as error:
+        print(_message(error), file=sys.stderr)
+        return _EXIT_REFUSED
+    except OSError as error:            # httpx's connection errors are OSErrors underneath
+        print(_say(args, "无法连接服务器：%s", "cannot reach the server: %s") % error, file=sys.stderr)
+        return _EXIT_REFUSED
+    finally:
+        app.close()
+
+
+def _paycode_enable(args):
+    import httpx
+    from simulators.phone_paycode import PayCodeWallet
+
+    def step(app, profile):
+        wallet = PayCodeWallet.create()
+        try:
+            wallet.enable(app, args.pin)
+        except httpx.HTTPError as error:
+            print(_say(args, "无法连接服务器：%s", "cannot reach the server: %s") % error, file=sys.stderr)
+            return _EXIT_REFUSED
+        profile["paycode"] = wallet.to_dict()
+        _write_profile(args.profile, profile)
+        print(_say(args, "付款码已开通（凭证 %d，脱机额度 %s 元）" % (wallet.credential_id, _yuan(
+            _cert(wallet).offline_cap_fen)), "payment code enabled (credential %d, offline cap %s yuan)" % (
+            wallet.credential_id, _yuan(_cert(wallet).offline_cap_fen))))
+        return 0
+    return _paycode_call(args, step)
+
+
+def _cert(wallet):
+    from firmware.core import paycode
+    return paycode.parse_cert(wallet.certificate)
+
+
+def _yuan(fen):
+    return "%d.%02d" % (fen // 100, fen % 100)
+
+
+def _paycode_show(args):
+    profile = _read_profile(args)
+    if profile is None:
+        return _EXIT_REFUSED
+    wallet = _wallet(args, profile)
+    if wallet is None:
+        return _EXIT_REFUSED
+    if not args.offline:
+        import httpx
+        from simulators.phone import PhoneError
+        app = _load(args)
+        try:
+            uses = wallet.refresh(app)      # past any code used meanwhile; an old certificate renewed
+            for use in uses[:1]:
+                print(_say(args, "最近一笔：%s 元" % _yuan(use["amount_fen"]),
+                           "last payment: %s yuan" % _yuan(use["amount_fen"])), file=sys.stderr)
+        except (PhoneError, httpx.HTTPError, OSError):
+            print(_say(args, "网络不可用，使用离线付款码", "no network: showing the offline code"), file=sys.stderr)
+        finally:
+            app.close()
+        profile["paycode"] = wallet.to_dict()
+        _write_profile(args.profile, profile)
+    text = wallet.code()
+    import segno
+    qr = segno.make(text, error="m", mode="alphanumeric", micro=False)
+    if args.png:
+        try:
+            qr.save(args.png, scale=6, border=4)
+        except OSError as error:
+            print(_say(args, "无法写入图片：%s", "cannot write the picture: %s") % error, file=sys.stderr)
+            return _EXIT_REFUSED
+    if args.json:
+        from firmware.core import paycode
+        code = paycode.parse(text)
+        print(json.dumps({"code": text, "credential_id": wallet.credential_id, "time_step": code.time_step,
+                          "counter": code.counter, "qr_version": qr.version, "png": args.png}, sort_keys=True))
+    else:
+        print(_say(args, "付款码（每分钟刷新，向收银员出示）：", "payment code (changes every minute; show it at "
+                   "the till):"))
+        qr.terminal(compact=True)
+        print(text)
+    return 0
+
+
+def _paycode_paid(args):
+    profile = _read_profile(args)
+    wallet = _wallet(args, profile) if profile is not None else None
+    if wallet is None:
+        return _EXIT_REFUSED
+    wallet.used()
+    profile["paycode"] = wallet.to_dict()
+    _write_profile(args.profile, profile)
+    print(_say(args, "已刷新付款码", "moved on to the next code"))
+    return 0
+
+
+def _paycode_stop(args):
+    def step(app, profile):
+        wallet = _wallet(args, profile)
+        if wallet is None:
+            return _EXIT_REFUSED
+        app.paycode_stop(wallet.credential_id)
+        del profile["paycode"]
+        _write_profile(args.profile, profile)
+        print(_say(args, "付款码已停用", "payment code stopped"))
+        return 0
+    return _paycode_call(args, step)
