@@ -1,4 +1,5 @@
-"""Web pages for people: the cardholder portal (`/portal/...`) and the service-hall pages (`/hall/...`).
+"""Web pages for people: the cardholder portal (`/portal/...`), the service-hall pages (`/hall/...`) and
+the phone app's pages (`/app/...`, with their own headers: sync_server/web/phone_app.py).
 
 `init_app(app)` wires them into the app factory: the session secret (derived from the master key),
 cookie flags, the language switch and the template helpers (sync_server/web/page_text.py). Views
@@ -17,6 +18,7 @@ from flask import Blueprint, request
 
 from sync_server.web import auth
 from sync_server.web.hall_pages import hall_pages
+from sync_server.web.phone_app import phone_app
 from sync_server.web.page_text import (beijing_time, expiry_date, pick_lang, remember_lang, signed_yuan, t,
                                        yuan)
 from sync_server.web.portal import portal
@@ -63,3 +65,4 @@ def init_app(app):
                                      static_url_path="/web/static"))
     app.register_blueprint(portal)
     app.register_blueprint(hall_pages)
+    app.register_blueprint(phone_app)

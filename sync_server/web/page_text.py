@@ -59,3 +59,26 @@ def expiry_date(yyyymmdd):
     year, month, day = yyyymmdd // 10000, yyyymmdd // 100 % 100, yyyymmdd % 100
     return ("%d-%02d-%02d" % (year, month, day)) if getattr(g, "lang", "zh") == "en" else \
         ("%d年%d月%d日" % (year, month, day))
+
+
+# The phone app's messages that its scripts show (sync_server/web/phone_app.py hands the page those of
+# its language). The server's own refusals carry both languages already (message_zh / message_en).
+# "%s" / "%d" are filled in by the script.
+PHONE_APP_TEXTS = {
+    "offline": ("离线", "Offline"),
+    "balance_as_of": ("余额更新于 %s", "Balance as of %s"),
+    "seconds_left": ("%d 秒后自动刷新", "New code in %d s"),
+    "paid": ("支付成功 ¥%s", "Paid ¥%s"),
+    "network_needed": ("网络不可用，请联网后重试", "No network: try again when online"),
+    "cert_expired": ("付款码已过期，请联网后打开本页更新", "The payment code has expired: open this page online to renew it"),
+    "stopped": ("付款码已停用", "The payment code is stopped"),
+    "stop_confirm": ("再点一次确认停用", "Tap again to stop it"),
+    "pin_changed": ("交易密码已修改，请用新密码开通付款码", "PIN changed: enable the payment code with the new PIN"),
+    "pin_mismatch": ("两次输入的新密码不一致", "the two new PINs differ"),
+    "pin_required": ("请输入交易密码", "enter the card PIN"),
+    "fields_required": ("请填写姓名、学工号和交易密码", "enter the name, the staff/student number and the PIN"),
+    "no_ed25519": ("此浏览器不支持付款码所需的 Ed25519 签名，请升级浏览器",
+                   "this browser lacks the Ed25519 signatures the payment code needs: update it"),
+    "offline_tip": ("离线时，每次付款后请点刷新再付下一笔", "Offline: tap refresh after each payment before the next"),
+    "error": ("出错了，请重试", "Something went wrong: try again"),
+}
