@@ -5,8 +5,9 @@ A cardholder binds the card on the page, is refused 开通付款码 with the ini
 the field), changes the PIN on the page and enables the code: the page's own WebCrypto key is
 certified. Screenshots of the page are decoded with zxing-cpp and the text checked with the server's
 real signature check (`sync_server.paycode.verify_code`) and `firmware.core.paycode.parse`: the
-account, the minute, the counter. A till claims the code and books the sale: the page says 支付成功
-and moves to the next counter, and the balance follows. Then the server is stopped: a minute later
+account, the minute, the counter. The screenshot goes through the emulated scanner into a `ykt terminal`
+process: paid once; the same screenshot again is refused at that till and at another; the page says
+支付成功 and moves to the next counter, and the balance follows. Then the server is stopped: a minute later
 (the page's clock shifted) the page shows a new code that verifies, and reloaded with no server it
 still opens from its service worker and shows a code that verifies, the balance marked 离线; at 360
 px wide the code is still whole modules and scans. The QR version is segno's for the same text (10).
@@ -15,18 +16,16 @@ In English, a wrong PIN is refused next to the field, a certificate near its end
 violation, and its base45 is RFC 9285's. Screenshots stay in each test's tmp directory.
 """
 import re
-import time
 
-import cbor2
 import httpx
 import pytest
 import segno
 
 from browser import PAGE_DEADLINE_S, by_id, chromium, fill
-from firmware.core import card_layout, paycode as codes, records
-from sync_server import db as dbmod, paycode, pin_rules, registry
-from sync_server.terminal_api import PAYCODE_CLAIM_PATH
-from server_process import decode_answer
+from firmware.core import card_layout, messages, paycode as codes, records
+from sync_server import db as dbmod, ledger, paycode, pin_rules, registry
+from sync_server.ledger_store import SqliteStore
+from test_pos_terminal_paycode import TillProcess
 from simulators.phone import PhoneApp
 
 pytestmark = pytest.mark.stores("sqlite")
@@ -150,19 +149,6 @@ def drawn(driver):
             ("version", "modules", "module-px", "time-step", "counter")}
 
 
-def claim_and_book(server, terminal, code, amount_fen):
-    """What an online till does with a scanned code: claim it, then journal and sync the sale."""
-    message = {"credential_id": code.cert.credential_id, "cert_serial": code.cert.cert_serial,
-               "time_step": code.time_step, "counter": code.counter, "account_id": code.cert.account_id,
-               "amount_fen": amount_fen}
-    assert decode_answer(terminal.post(cbor2.dumps(message), path=PAYCODE_CLAIM_PATH))["result"] == paycode.CLAIM_OK
-    seq = terminal.next_seq
-    terminal.next_seq += 1
-    terminal.sync([records.encode_paycode(terminal.terminal_id, seq, int(time.time() * 1000), code.cert.credential_id,
-                                          code.cert.account_id, terminal.category, code.counter, amount_fen,
-                                          terminal.merchant_id, code.time_step)])
-
-
 def test_the_page_shows_a_code_that_verifies_moves_on_after_a_sale_and_works_offline(browser, fresh_server,
                                                                                       shift_clock, tmp_path):
     driver, server = browser, fresh_server
@@ -191,18 +177,35 @@ def test_the_page_shows_a_code_that_verifies_moves_on_after_a_sale_and_works_off
     assert figures["module-px"] == 10, ("%d device px (%.1f CSS px) a module at 390 px wide" %
                                         (figures["module-px"], figures["module-px"] / PHONE["deviceScaleFactor"]))
 
-    # a till claims the code and books the sale: 支付成功, the next counter, the balance after
-    terminal = server.add_terminal()
-    claim_and_book(server, terminal, code, SALE_FEN)
-    wait(driver, lambda: "支付成功 ¥8.50" in by_id(driver, "paid").text, "支付成功")
-    wait(driver, lambda: drawn(driver)["counter"] == 1, "the next counter")
-    wait(driver, lambda: by_id(driver, "balance-main").text == "91.50", "the balance after the sale")
+    # the screenshot through the emulated scanner into two `ykt terminal` processes: paid once at the
+    # first; the same screenshot again refused there (its replay cache) and at the other (the server's
+    # claim); the page says 支付成功, moves to the next counter, and the balance follows
+    first, second = TillProcess(server, tmp_path, "one"), TillProcess(server, tmp_path, "two")
+    try:
+        first.ready()
+        second.ready()
+        paid = first.pay_with_image(tmp_path / "paycode.png", SALE_FEN, 1)
+        assert paid["accepted"] and paid["credential_id"] == code.cert.credential_id, paid
+        assert first.pay_with_image(tmp_path / "paycode.png", SALE_FEN, 2)["reason"] == messages.PAYCODE_USED
+        assert second.pay_with_image(tmp_path / "paycode.png", SALE_FEN, 3)["reason"] == messages.PAYCODE_USED
+        wait(driver, lambda: "支付成功 ¥8.50" in by_id(driver, "paid").text, "支付成功")
+        wait(driver, lambda: drawn(driver)["counter"] == 1, "the next counter")
+        wait(driver, lambda: by_id(driver, "balance-main").text == "91.50", "the balance after the sale")
+    finally:
+        assert first.finish() == 0 and second.finish() == 0
+    conn = server.connect()
+    try:
+        assert registry.balances_of(conn, holder.account_id)["main"] == 10000 - SALE_FEN     # once
+        assert conn.execute("SELECT count(*) FROM terminal_records WHERE kind = ?",
+                            (records.KIND_PAYCODE,)).fetchone()[0] == 1
+        assert ledger.check_balances(SqliteStore(conn)) == []
+    finally:
+        conn.close()
     after_sale_text = screenshot_code(driver, tmp_path / "paycode_after_sale.png")
     after_sale = verified(server, after_sale_text)
     assert after_sale.counter == 1 and after_sale.time_step >= code.time_step
     wait(driver, lambda: driver.execute_script("return navigator.serviceWorker.controller !== null"),
          "the page under its service worker")
-    terminal.close()
 
     # offline: the server is gone; a minute later the page shows a new code of the next minute
     server.stop()
