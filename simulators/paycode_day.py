@@ -38,6 +38,7 @@ class PayCodeDay:
     def __init__(self, location, master_key, server_url, population, plan, exclude=()):
         self.rng = random.Random(plan.seed ^ 0xC0DE)
         self.plan = plan
+        self.repeated = {tap.repeat_of for tap in plan.taps if tap.repeat_of}
         self.population = population
         self.server_url = server_url
         candidates = [index for index, person in enumerate(population)
@@ -82,8 +83,9 @@ class PayCodeDay:
     def pays_by_code(self, tap):
         """Whether this planned lunch is paid by code (the holder's phone, not yet stolen)."""
         person = tap.person_index
-        if person not in self.wallets or tap.probe or tap.repeat_of or tap.pull_after_ops:
-            return False
+        if person not in self.wallets or tap.probe or tap.repeat_of or tap.pull_after_ops or \
+                tap.tap_id in self.repeated:
+            return False        # a quick double tap is the card's: the cashier's repeat check is on cards
         if person == self.stolen and self.revoked_s is not None:
             return False
         return self.rng.random() < CODE_TAP_SHARE

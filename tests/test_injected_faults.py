@@ -94,7 +94,7 @@ def test_exactly_the_injected_anomalies(closed_demo):
     assert summary["anomaly_counts"] == {
         "negative_account_count": 1, "cloned_card_count": 1, "statement_mismatches": 1,
         "revoked_terminal_record_count": 0, "impossible_time_count": 0, "unbooked_record_count": 0,
-        "card_mismatch_count": 0}, "seed %d" % SEED
+        "card_mismatch_count": 0, "paycode_double_use_count": 0}, "seed %d" % SEED
     conn = _connect(run_dir)
     report = close.load_report(conn, injected["day"])
     conn.close()
@@ -135,8 +135,8 @@ def test_card_counter_gaps_are_the_torn_taps_the_cards_show(closed_demo):
     conn = _connect(run_dir)
     journaled = {}
     for card, generation, counter in conn.execute(
-            "SELECT card_number, card_generation, tap_counter FROM terminal_records WHERE kind != 3"):   # a phone's
-        # water session names its grant, not a card
+            "SELECT card_number, card_generation, tap_counter FROM terminal_records WHERE kind NOT IN (3, 4)"):
+        # a phone's water session names its grant (kind 3), a pay-code sale its credential (kind 4), not a card
         journaled.setdefault((card, generation), set()).add(counter)
     report = close.load_report(conn, injected["day"])
     conn.close()
