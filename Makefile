@@ -28,6 +28,11 @@ BLUEZ_DEBS := bluez dbus-daemon
 # a C compiler, Python's headers and the kernel's input headers.
 BUILD_DEBS := gcc python3-dev linux-libc-dev
 PYTEST_ARGS ?=
+# The suite runs on two workers (pytest-xdist): much of its time is spent waiting on the servers,
+# terminals and browsers it starts. Each test file runs on one worker (its module-scoped servers and
+# rigs start once); the pcsc rigs of two files take turns (tests/pcscd_service.py). TEST_WORKERS=0
+# runs it all in one process.
+TEST_WORKERS ?= 2
 # `make check`, seconds rather than minutes: the linter, the core's unit tests under CPython and under
 # MicroPython, the core's static checks and the import layers, the sim: reader's tests and the POS on it.
 CHECK_TESTS := tests/core tests/test_core_imports.py tests/test_import_layers.py tests/test_layout.py tests/test_sim.py \
@@ -88,7 +93,7 @@ demo: $(PY_STAMP)
 	$(BIN)/ykt demo $(DEMO_ARGS)
 
 test: lint $(NODE_STAMP) $(PCSC_STAMP) $(CHROMIUM_STAMP) $(PG_STAMP)
-	$(BIN)/python -m pytest --reader=all --store=both $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --reader=all --store=both $(PYTEST_ARGS)
 
 check: lint $(NODE_STAMP)
 	node tools/mp_test_runner.mjs --import-core tests/core/test_*.py

@@ -15,6 +15,7 @@ log every APDU to pcscd.log in the test's directory (keys included: for test key
 command that installs them (they are never skipped: CI must run them).
 """
 import contextlib
+import fcntl
 import os
 import random
 import signal
@@ -26,6 +27,8 @@ PCSCD = "/usr/sbin/pcscd"
 VPCD_DRIVER = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so"
 PID_FILE = "/run/pcscd/pcscd.pid"
 STARTUP_DEADLINE_S = 20   # a deadline to give up waiting, not a performance assertion
+LOCK_PATH = "/tmp/ykt-tests-pcscd.lock"
+LOCK_DEADLINE_S = 900     # another worker's pcsc tests of one file take well under a minute
 READER_PREFIX = "Virtual PCD"
 
 
@@ -136,9 +139,37 @@ def _stop(process):
 
 
 @contextlib.contextmanager
+def _one_at_a_time():
+    """Only one pcscd can run on the machine: `make test` runs test files on two workers at once
+    (pytest-xdist), so a rig waits here, bounded, while another worker's rig has pcscd."""
+    descriptor = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + LOCK_DEADLINE_S
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PcscdUnavailable("等待 pcscd 超时 / another test run held pcscd for %d s (%s)"
+                                           % (LOCK_DEADLINE_S, LOCK_PATH))
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(descriptor)            # closing it lets go of the lock
+
+
+@contextlib.contextmanager
 def running_pcscd(workdir):
     """pcscd in the foreground with our vpcd configuration; stopped (SIGTERM) on exit."""
     _require_installed()
+    with _one_at_a_time():
+        with _running_pcscd(workdir) as service:
+            yield service
+
+
+@contextlib.contextmanager
+def _running_pcscd(workdir):
     other = _running_pcscd_pid()
     if other is not None:
         raise PcscdUnavailable("另一个 pcscd 正在运行 / another pcscd is already running (pid %d); stop it "
