@@ -27,6 +27,7 @@ from sync_server.finance import day_of_ms, day_text
 STATEMENT_RECHARGES = 5
 STATEMENT_MISMATCH_FEN = 100         # the channel's line says one yuan more than the order
 _DOUBLE_SPEND_SHARE = 0.6            # each of the two taps spends this share of the balance
+_DOUBLE_SPEND_WINDOW = 0.45          # the two windows stay offline together for this share of the rush
 
 
 class InjectedTap(lunch.Tap):
@@ -92,13 +93,17 @@ class Injector:
             offline.append(next(i for i in terminals if i not in offline))
         first, second = offline[:2]
         start_s, end_s = plan.offline_windows.get(first, (0.2 * plan.duration_s, 0.45 * plan.duration_s))
+        # long enough that the second tap still finds both windows offline when a loaded machine makes
+        # the first one wait (the same card is at one window at a time): else the second window learns
+        # the balance and refuses, and there is no double spend to find
+        end_s = max(end_s, start_s + _DOUBLE_SPEND_WINDOW * plan.duration_s)
         plan.offline_windows[first] = plan.offline_windows[second] = (start_s, end_s)
         person = self._pick(taken, 600, 1500)
         opening_fen = self.population[person]["opening_fen"]
         amount_fen = max(10, int(opening_fen * _DOUBLE_SPEND_SHARE) // 10 * 10)
         assert amount_fen <= opening_fen < 2 * amount_fen
-        self._add_tap(start_s + 0.3 * (end_s - start_s), first, person, amount_fen)
-        self._add_tap(start_s + 0.5 * (end_s - start_s), second, person, amount_fen)
+        self._add_tap(start_s + 0.15 * (end_s - start_s), first, person, amount_fen)
+        self._add_tap(start_s + 0.3 * (end_s - start_s), second, person, amount_fen)
         self.record["double_spend"] = {"account_id": self.population[person]["account_id"],
                                        "opening_fen": opening_fen, "amount_fen": amount_fen,
                                        "terminal_indexes": [first, second]}
