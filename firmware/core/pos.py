@@ -325,13 +325,15 @@ class CanteenPos:
         self.pending.flags |= records.FLAG_CONFIRMED_REPEAT
         return self._decide()
 
-    def _decide(self):
+    def _decide(self, offline=False):
+        """decide() for the pending card or code; `offline`: as if offline for this one payment (the
+        server did not answer its claim), whatever the sync says."""
         pending = self.pending
         identity = pending.view.identity
         pin_verified = self.pin_verified_for == (identity.card_number, self.amount_fen)
         result = decide_module.decide(
             identity, self.amount_fen, self._config("category"), self._today(), pending.facts.deny,
-            pending.facts.account, self.online, self._caps(), pin_verified=pin_verified,
+            pending.facts.account, self.online and not offline, self._caps(), pin_verified=pin_verified,
             max_amount_fen=self._config("max_amount_fen"))
         if isinstance(result, decide_module.NeedPin):
             pending.pin_since_ms = self.now_ms
@@ -451,10 +453,9 @@ class CanteenPos:
     def _code_claimed(self, event):
         if event.result == CLAIM_OK:
             return self._journal_code()
-        if event.result is None:             # the server is not reachable now: decide as offline
-            self.online = False
+        if event.result is None:             # the server did not answer: this code is decided offline
             self.pending.flags = 0
-            return self._decide()
+            return self._decide(offline=True)
         return self._refuse(_CLAIM_REFUSALS.get(event.result, messages.PAYCODE_FOREIGN), WAIT_CARD,
                             self.pending.view.identity.card_number)
 

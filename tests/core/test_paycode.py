@@ -175,6 +175,10 @@ def test_the_server_unreachable_during_the_claim_decides_offline():
     m.handle(pos.CodeVerified(True, code_facts()))
     actions = m.handle(pos.CodeClaimed(None))
     assert isinstance(actions[0], pos.JournalPayCode) and actions[0].record_fields["flags"] & records.FLAG_OFFLINE
+    m.handle(pos.Journaled(1))
+    # that one code only: the till is still online for the next payment, whose claim is asked again
+    scan(m, code_text(counter=1))
+    assert m.online and isinstance(m.handle(pos.CodeVerified(True, code_facts()))[0], pos.ClaimCode)
 
 
 def test_refusals_journal_nothing():
