@@ -89,7 +89,10 @@ def _say(args, zh, en):
 def _read_profile(args):
     try:
         with open(args.profile, encoding="utf-8") as handle:
-            return json.load(handle)
+            profile = json.load(handle)
+        if not isinstance(profile, dict):
+            raise ValueError("not a JSON object")
+        return profile
     except FileNotFoundError:
         print(_say(args, "尚未绑卡，请先运行 ykt phone bind", "not bound yet: run `ykt phone bind` first"), file=sys.stderr)
     except (OSError, ValueError) as error:
@@ -114,8 +117,13 @@ def _load(args):
     if profile is None:
         return None
     from simulators.phone import PhoneApp
-    app = PhoneApp(profile["server"], profile["app_user_id"])
-    app.token, app.account_id = profile["token"], profile["account_id"]
+    try:
+        app = PhoneApp(profile["server"], profile["app_user_id"])
+        app.token, app.account_id = profile["token"], profile["account_id"]
+    except (KeyError, TypeError) as error:
+        print(_say(args, "手机配置文件无效：缺少 %s，请重新绑卡" % error, "bad phone profile: %s missing; bind again"
+                   % error), file=sys.stderr)
+        return None
     return app
 
 

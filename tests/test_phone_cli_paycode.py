@@ -83,7 +83,8 @@ def test_enable_show_pay_and_stop_from_the_command_line(live_server, tmp_path):
                             (code.cert.credential_id,)).fetchone()[0] == paycode.REVOKED
     finally:
         conn.close()
-    broken = tmp_path / "broken.json"
-    broken.write_text("{not json")
-    bad = _phone(broken, "paycode", "show")
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    for text in ("{not json", "{}", "[]"):
+        broken = tmp_path / "broken.json"
+        broken.write_text(text)
+        bad = _phone(broken, "paycode", "show")
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr, (text, bad.stderr)
