@@ -17,7 +17,9 @@ Mid-rush one holder's phone is stolen and the holder stops the code from another
 keeps paying with it at every online window until each has refused it. `paycode_revoked_after_s` is
 the seconds from the stop to the last of those refusals.
 """
+import queue
 import random
+import threading
 
 from simulators.phone import PhoneApp
 from simulators.phone_paycode import PayCodeWallet
@@ -32,6 +34,8 @@ REVOKE_AT = 0.5                        # share of the rush when the stolen phone
 THIEF_INTERVAL_S = 0.3
 STEADY_ONLINE_S = 3.0                  # a window back online this long has synced (1 s interval) again
 MIN_OPENING_FEN = 3000
+MAX_QUEUED_ASKS = 256                  # the apps' polls waiting for their thread (bounded: dropped beyond)
+ASK_JOIN_TIMEOUT_S = 30
 
 
 class PayCodeDay:
@@ -59,8 +63,14 @@ class PayCodeDay:
                 self.wallets[index] = wallet
         finally:
             conn.close()
-        self.apps = {}                 # online payers' phone apps, bound when first needed
         online = sorted(set(chosen) - self.offline_phones)
+        # the online phones' apps are bound before the rush (binding checks the PIN: scrypt)
+        self.apps = {index: self._bind(index) for index in online}
+        self._asks = queue.Queue(maxsize=MAX_QUEUED_ASKS)
+        self.uses_seen = 0
+        self.ask_errors = []
+        self._asker = threading.Thread(target=self._ask_uses, name="paycode-apps", daemon=True)
+        self._asker.start()
         self.stolen = online[0] if online else None
         self.revoke_at_s = REVOKE_AT * plan.duration_s
         self.revoked_s = None
@@ -118,13 +128,15 @@ class PayCodeDay:
             return
         self.accepted += 1
         wallet = self.wallets[person]
-        counter = wallet.counter
+        # the holder sees the till accept it and the phone moves to the next code: offline by the
+        # holder's 刷新; online the app also asks the server (`/uses`: 支付成功), off the rush's thread
+        # so a slow answer never holds up the windows' queues
+        wallet.used()
         if person not in self.offline_phones:
-            wallet.refresh(self._app(person))  # the app asks the server and moves past the used code
-        if wallet.counter == counter:
-            # the server has not heard of it yet (the till was offline) or the phone has no network:
-            # the holder saw the till accept it and presses 刷新
-            wallet.used()
+            try:
+                self._asks.put_nowait(person)
+            except queue.Full:
+                pass                            # the app asks again at its next poll
         if self.rng.random() < REPLAY_SHARE and text is not None:
             same = self.rng.random() < 0.5 or len(steady) < 2
             target = terminal_index if same else self.rng.choice(sorted(steady - {terminal_index}) or [terminal_index])
@@ -171,23 +183,34 @@ class PayCodeDay:
         return self.revoked_s is not None and set(self.first_refusal_s) < self.online_at_revocation or \
             bool(self.replays)
 
+    def _ask_uses(self):
+        """The online phones' apps polling `/uses` after a payment (a thread of their own)."""
+        while True:
+            person = self._asks.get()
+            if person is None:
+                return
+            try:
+                self.wallets[person].refresh(self.apps[person])
+                self.uses_seen += 1
+            except Exception as error:      # an app that cannot reach the server shows the code anyway
+                self.ask_errors.append("%s: %s" % (type(error).__name__, error))
+
     def _revoke(self, now_s, steady):
         """The holder stops the code on the stolen phone from another phone of theirs."""
-        app = self._app(self.stolen)
+        app = self.apps[self.stolen]
         app.paycode_stop(self.wallets[self.stolen].credential_id)
         self.revoked_s = now_s
         self.online_at_revocation = set(steady)
 
-    def _app(self, person_index):
-        app = self.apps.get(person_index)
-        if app is None:
-            person = self.population[person_index]
-            app = PhoneApp(self.server_url, "app-code-%d" % person["person_id"])
-            app.bind(person["name"], person["staff_number"], pin_rules.initial_pin(None, person["staff_number"]))
-            self.apps[person_index] = app
+    def _bind(self, person_index):
+        person = self.population[person_index]
+        app = PhoneApp(self.server_url, "app-code-%d" % person["person_id"])
+        app.bind(person["name"], person["staff_number"], pin_rules.initial_pin(None, person["staff_number"]))
         return app
 
     def close(self):
+        self._asks.put(None)
+        self._asker.join(ASK_JOIN_TIMEOUT_S)
         for app in self.apps.values():
             app.close()
 
