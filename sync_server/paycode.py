@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidSignature
 
 from firmware.core import crypto, paycode as codes, protocol
 from sync_server import db as dbmod
-from sync_server.ledger_store import REASON_FROZEN, REASON_LOST, REASON_REVOKED, add_deny_entries
+from sync_server.ledger_store import REASON_REVOKED, add_deny_entries
 
 DENY_CREDENTIAL = protocol.DENY_CREDENTIAL
 DENY_CERTIFICATE = protocol.DENY_CERTIFICATE
@@ -259,8 +259,3 @@ def note_uses(conn, uses, now_ms):
         if revoke_credential(conn, credential_id, REASON_DOUBLE_USE, now_ms):
             revoked.append(credential_id)
     return revoked
-
-
-def deny_reason_texts():
-    """Deny reasons a pay code can be refused for, for reports."""
-    return {REASON_LOST: "lost", REASON_FROZEN: "frozen", REASON_REVOKED: "revoked", REASON_DOUBLE_USE: "double_use"}
