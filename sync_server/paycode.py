@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.exceptions import InvalidSignature
 
-from firmware.core import crypto, paycode as codes, protocol
+from firmware.core import card_layout, crypto, paycode as codes, protocol
 from sync_server import db as dbmod
 from sync_server.ledger_store import REASON_REVOKED, add_deny_entries
 
@@ -96,9 +96,12 @@ def _card_in_use(conn, account_id):
 
 
 def _account_refusal(conn, account_id):
-    row = conn.execute("SELECT blocked, in_debt FROM accounts WHERE id = ?", (account_id,)).fetchone()
+    row = conn.execute("SELECT a.blocked, a.in_debt, p.category FROM accounts a JOIN persons p ON p.id = a.person_id "
+                       "WHERE a.id = ?", (account_id,)).fetchone()
     if row is None:
         return "account_unknown"
+    if row[2] == card_layout.HOLDER_IDENTITY_ONLY:
+        return "no_wallet"                  # 身份卡: identification only, nothing to pay with
     if row[0]:
         return "account_blocked"
     if row[1]:

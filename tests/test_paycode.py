@@ -300,3 +300,18 @@ def test_the_code_fits_a_version_10_qr_code_that_reads_at_arms_length(tmp_path):
     with Image.open(path) as image:
         image.resize((130, 130), Image.BILINEAR).save(small)      # 65 modules with the quiet zone: 2 px each
     assert read_qr_texts(str(small)) == [text]
+
+
+def test_an_identity_only_card_cannot_enable_the_code(live_server):
+    n = next(_serial)
+    conn = live_server.connect()
+    try:
+        _person, account_id = registry.add_person(conn, "身份%d" % n, card_layout.HOLDER_IDENTITY_ONLY,
+                                                  id_number="1101011990050%04dX" % n, staff_number="I%05d" % n)
+        with dbmod.transaction(conn):
+            with pytest.raises(paycode.PayCodeRefused) as refused:
+                paycode.enable(conn, live_server.master_key(), account_id, None, PayCodeWallet.create().public_key,
+                               dbmod.now_ms())
+        assert refused.value.code == "no_wallet"
+    finally:
+        conn.close()

@@ -30,7 +30,7 @@ _REFUSALS = {"bad_key": "paycode_bad_key", "key_used": "paycode_key_used", "too_
              "unknown_credential": "paycode_unknown", "credential_revoked": "paycode_revoked",
              "account_unknown": "account_unknown", "account_blocked": "account_blocked",
              "account_in_debt": "account_in_debt", "card_not_active": "paycode_card_not_active",
-             "keys_exhausted": "paycode_keys_exhausted"}
+             "keys_exhausted": "paycode_keys_exhausted", "no_wallet": "no_wallet"}
 MAX_USES_LISTED = 20
 
 
