@@ -315,3 +315,31 @@ def test_an_identity_only_card_cannot_enable_the_code(live_server):
         assert refused.value.code == "no_wallet"
     finally:
         conn.close()
+
+
+def test_a_sale_naming_another_accounts_credential_is_stored_unbooked(live_server):
+    """Only a forged or broken till writes a pay-code record whose credential is not the named
+    account's: it is stored once and acknowledged, never booked, and noted with its reason."""
+    holder, other = Holder(live_server), Holder(live_server)
+    holder.enable()
+    code = codes.parse(holder.wallet.code())
+    till = live_server.add_terminal()
+    seq = till.next_seq
+    till.next_seq += 1
+    forged = records.encode_paycode(till.terminal_id, seq, int(time.time() * 1000), code.cert.credential_id,
+                                    other.account_id, till.category, code.counter, 700, till.merchant_id,
+                                    code.time_step)
+    before = main_fen(live_server, other.account_id), main_fen(live_server, holder.account_id)
+    assert till.sync([forged])["acked_seq"] == seq
+    assert (main_fen(live_server, other.account_id), main_fen(live_server, holder.account_id)) == before
+    conn = live_server.connect()
+    try:
+        assert conn.execute("SELECT booked FROM terminal_records WHERE terminal_id = ? AND seq = ?",
+                            (till.terminal_id, seq)).fetchone()[0] == 0
+        assert conn.execute("SELECT reason FROM record_anomalies WHERE terminal_id = ? AND seq = ?",
+                            (till.terminal_id, seq)).fetchone()[0] == "unknown_credential"
+        assert conn.execute("SELECT count(*) FROM paycode_uses WHERE terminal_id = ?",
+                            (till.terminal_id,)).fetchone()[0] == 0
+    finally:
+        conn.close()
+    check_ledger(live_server)
