@@ -59,6 +59,14 @@ PAYCODE_USED = "paycode_used"
 PAYCODE_REVOKED = "paycode_revoked"
 PAYCODE_OFFLINE_CAP = "paycode_offline_cap"
 PAYCODE_BUSY = "paycode_busy"
+ACTIVATING = "activating"
+ACTIVATED = "activated"
+ACTIVATED_AMOUNTS = "activated_amounts"
+ALREADY_ACTIVATED = "already_activated"
+ACTIVATION_REFUSED = "activation_refused"
+ACTIVATION_UNAVAILABLE = "activation_unavailable"
+ACTIVATION_NOT_RECORDED = "activation_not_recorded"
+CARD_UNREADABLE_OLD = "card_unreadable_old"
 
 # code -> (Chinese, English)
 TEXTS = {
@@ -114,6 +122,19 @@ TEXTS = {
     PAYCODE_REVOKED: ("付款码已停用", "This payment code has been stopped"),
     PAYCODE_OFFLINE_CAP: ("付款码脱机消费已达上限，请刷卡支付", "Offline payment-code limit reached: pay by card"),
     PAYCODE_BUSY: ("付款码暂时无法受理，请刷卡支付", "Payment codes cannot be taken right now: pay by card"),
+    # The activation unit (激活机): ACTIVATING and ACTIVATED are also what it speaks, word for word
+    # as the go-live notice gives them; the screen shows ACTIVATED_AMOUNTS.
+    ACTIVATING: ("卡片激活中，请勿移开卡片", "Activating the card: keep it in place"),
+    ACTIVATED: ("卡片激活成功", "Card activated"),
+    ACTIVATED_AMOUNTS: ("卡片激活成功 原卡余额%(main)s元 小钱包%(water)s元",
+                        "Card activated: old balance %(main)s yuan, water purse %(water)s yuan"),
+    ALREADY_ACTIVATED: ("卡片已激活", "This card is already activated"),
+    ACTIVATION_REFUSED: ("该卡无法激活，请到原一卡通中心处理",
+                         "This card cannot be activated: please take it to the old card centre"),
+    ACTIVATION_UNAVAILABLE: ("暂时无法激活，请稍后重新刷卡", "Activation is not available right now: tap again later"),
+    ACTIVATION_NOT_RECORDED: ("激活记录失败，请稍后重新刷卡", "Could not record the activation: tap again later"),
+    CARD_UNREADABLE_OLD: ("卡内余额无法读取，请到原一卡通中心处理",
+                          "The card's old balance cannot be read: please take it to the old card centre"),
 }
 
 LANGUAGES = ("zh", "en")
@@ -135,7 +156,8 @@ def text(code, lang="zh", **fields):
     template = en if lang == "en" else zh
     if "amount_fen" in fields and "%(amount)s" not in template:
         template += DUE_SUFFIX[1 if lang == "en" else 0]
-    values = {"amount": "", "balance": "", "name": "", "time": "", "card_number": "", "seq": ""}
+    values = {"amount": "", "balance": "", "name": "", "time": "", "card_number": "", "seq": "", "main": "",
+              "water": ""}
     for name in fields:
         value = fields[name]
         values[name] = value

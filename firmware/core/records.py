@@ -44,6 +44,27 @@ Kind PAYCODE (a payment by the phone's 付款码, firmware/core/paycode.py) keep
     30      4     tap_counter       the code's counter
     42      4     time_step         the code's minute (with credential and counter: one use of one code)
     46      2     reserved (zero)
+
+Kind ACTIVATION (an old card activated at an activation unit, firmware/core/activation.py) moves
+what the old card held into the ledger. The server books it once per old serial, whichever unit's
+record (or a second record of a resumed tap) arrives first: the purses are locked before the record
+is written, so every record of one serial carries the same amounts.
+
+    20      4     card_number       the NEW card number (the ticket's)
+    24      4     account_id        the account the ticket names
+    28      1     card_generation   the new identity's generation (1)
+    29      1     category          the person's category (legacy_card.TEACHER / STUDENT / TEMPORARY):
+                                    it decides which wallet the old balance goes to
+    30      4     tap_counter       the OLD card serial (卡号, 1..99999999): the booking key
+    34      4     amount_fen        the main purse's balance, >= 0 (an empty purse still activates)
+    38      4     merchant_id       the main purse's transaction counter (u24; no merchant here)
+    42      3     water_fen         the water purse's (小钱包) balance, u24 BE
+    45      3     water_counter     the water purse's transaction counter, u24 BE
+    2       2     flags             ACTIVATION_* only: a purse was read from one copy (torn)
+
+Nothing the old card holds for the booking is left out: both balances and both counters (the
+counters let finance match a card against the old system's export). Not carried: the purse's last
+old terminal and the staff number (the export has them, keyed by the serial).
 """
 import binascii
 import struct
@@ -53,12 +74,21 @@ KIND_PURCHASE = 1
 KIND_WATER = 2
 KIND_WATER_GRANT = 3
 KIND_PAYCODE = 4
-KINDS = (KIND_PURCHASE, KIND_WATER, KIND_WATER_GRANT, KIND_PAYCODE)
+KIND_ACTIVATION = 5
+KINDS = (KIND_PURCHASE, KIND_WATER, KIND_WATER_GRANT, KIND_PAYCODE, KIND_ACTIVATION)
 WATER_KINDS = (KIND_WATER, KIND_WATER_GRANT)
 
 FLAG_OFFLINE = 0x0001          # decided while the terminal could not reach the server
 FLAG_PIN_VERIFIED = 0x0002     # over the cardholder's limit, PIN checked online
 FLAG_CONFIRMED_REPEAT = 0x0004  # same card, same amount within seconds, cashier confirmed
+
+# ACTIVATION only: the purse was torn and read from its one trusted copy (legacy_card.read_purse's
+# RECOVERED_* states); the lock repaired it, the amount is the one the old system's rule gives.
+ACTIVATION_MAIN_RECOVERED = 0x0100
+ACTIVATION_WATER_RECOVERED = 0x0200
+ACTIVATION_FLAGS = ACTIVATION_MAIN_RECOVERED | ACTIVATION_WATER_RECOVERED
+OLD_SERIAL_MAX = 99999999      # legacy_card.SERIAL_MAX: eight digits on the old card's face
+OLD_COUNTER_MAX = 0xFFFFFF     # legacy_card.COUNTER_MAX: the old purse's u24 transaction counter
 
 END_REASON_SHIFT = 8           # water kinds: flags bits 8-10 hold the end reason
 END_REASON_MASK = 0x0700
@@ -127,6 +157,39 @@ def encode_paycode(terminal_id, seq, time_ms, credential_id, account_id, categor
     return body + struct.pack(">I", binascii.crc32(body) & 0xFFFFFFFF)
 
 
+def encode_activation(terminal_id, seq, time_ms, card_number, account_id, card_generation, category, serial,
+                      main_fen, main_counter, water_fen, water_counter, flags=0):
+    """An old card's activation: what its two purses held when they were locked (module text)."""
+    if seq < 1:
+        raise RecordError("seq must start at 1")
+    _check_activation(card_number, account_id, serial, main_fen, main_counter, water_fen, water_counter, flags)
+    reserved = water_fen.to_bytes(3, "big") + water_counter.to_bytes(3, "big")
+    body = struct.pack(_BODY, VERSION, KIND_ACTIVATION, flags, terminal_id, seq, time_ms, card_number, account_id,
+                       card_generation, category, serial, main_fen, main_counter, reserved)
+    return body + struct.pack(">I", binascii.crc32(body) & 0xFFFFFFFF)
+
+
+def _check_activation(card_number, account_id, serial, main_fen, main_counter, water_fen, water_counter, flags):
+    if not 0 < card_number <= 0xFFFFFFFF or not 0 < account_id <= 0xFFFFFFFF:
+        raise RecordError("an activation names the new card and its account")
+    if not 0 < serial <= OLD_SERIAL_MAX:
+        raise RecordError("old serial out of range: %d" % serial)
+    if not 0 <= main_fen <= MAX_AMOUNT_FEN or not 0 <= water_fen <= MAX_AMOUNT_FEN:
+        raise RecordError("old purse balance out of range")
+    if not 0 <= main_counter <= OLD_COUNTER_MAX or not 0 <= water_counter <= OLD_COUNTER_MAX:
+        raise RecordError("old purse counter out of range")
+    if flags & ~ACTIVATION_FLAGS:
+        raise RecordError("unknown activation flags 0x%04x" % flags)
+
+
+def activation_fields(data):
+    """(serial, main_fen, main_counter, water_fen, water_counter) of an ACTIVATION record already
+    checked by decode_tuple."""
+    serial, main_fen, main_counter = struct.unpack(">III", data[30:42])
+    return (serial, main_fen, main_counter, int.from_bytes(data[42:45], "big"),
+            int.from_bytes(data[45:48], "big"))
+
+
 def paycode_time_step(data):
     """The code's minute of a PAYCODE record already checked by decode_tuple."""
     return struct.unpack(">I", data[42:46])[0]
@@ -164,6 +227,10 @@ def decode_tuple(data):
             raise RecordError("amount_fen out of range")
         if values[6] == 0 or values[8] or values[13][4:] != bytes(2):
             raise RecordError("pay code record fields out of range")
+    elif values[1] == KIND_ACTIVATION:
+        reserved = values[13]
+        _check_activation(values[6], values[7], values[10], values[11], values[12],
+                          int.from_bytes(reserved[:3], "big"), int.from_bytes(reserved[3:], "big"), values[2])
     else:
         if not 0 <= values[11] <= MAX_AMOUNT_FEN:
             raise RecordError("amount_fen out of range")
