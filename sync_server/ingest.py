@@ -45,6 +45,12 @@ a card's purchase when the credential is the named account's (else stored unbook
 unknown_credential), and each kept in paycode_uses, where a code used twice is found
 (sync_server/paycode.py: both sales stand, the credential is revoked).
 
+Activation records (records.KIND_ACTIVATION, an old card's purses locked and its new identity
+written) are stored once and acknowledged like any record and book nothing here: their money moves
+by the old card's serial, once, in the migration (sync_server/legacy_migration.py), which reads them
+from terminal_records. They name the new card and the old serial where a tap names its card and
+counter, so they stay out of the tap-counter notes and the card-ownership check.
+
 The statements are module constants so that benchmarks/ingest.py can time the very same writes
 straight through sqlite3.
 """
@@ -98,7 +104,8 @@ REASON_UNKNOWN_CREDENTIAL = "unknown_credential"
 _WATER_KINDS = record_codec.WATER_KINDS
 _GRANT_KIND = record_codec.KIND_WATER_GRANT
 _PAYCODE_KIND = record_codec.KIND_PAYCODE
-_NO_CARD_KINDS = (_GRANT_KIND, _PAYCODE_KIND)
+_ACTIVATION_KIND = record_codec.KIND_ACTIVATION
+_NO_CARD_KINDS = (_GRANT_KIND, _PAYCODE_KIND, _ACTIVATION_KIND)
 
 
 class JournalMismatch(Exception):
@@ -154,6 +161,9 @@ def prepare(conn, terminal_id, merchant_ledger_id, by_seq, offset_ms, received_m
                      v[_GENERATION], v[_CATEGORY], v[_COUNTER], v[_AMOUNT], v[_MERCHANT], received_ms, 1)
         values_by_seq[seq] = v
         wallets = wallet_ids.get(v[_ACCOUNT])
+        if v[_KIND] == _ACTIVATION_KIND:
+            batch.moneyless.add(seq)            # booked by serial in the migration (module text)
+            continue
         if v[_KIND] in _WATER_KINDS:
             ml, duration_s, end_reason = record_codec.water_fields(raw)
             grant_id = v[_COUNTER] if v[_KIND] == _GRANT_KIND else None

@@ -226,6 +226,10 @@ def _validate_records(raw_records, terminal, clock_ms, offset_ms):
             raise ApiError(422, "bad_record", "record %d: %s" % (index, error))
         if values[_TERMINAL] != terminal_id:
             raise ApiError(422, "wrong_terminal", "record %d" % index)
+        if values[1] == record_codec.KIND_ACTIVATION:
+            # an old card's activation moves its money by serial in the migration; until activation
+            # units are registered as such, no terminal's batch may carry one
+            raise ApiError(422, "bad_record", "record %d: activation records are not taken from this terminal" % index)
         if values[_MERCHANT] != merchant_id:
             raise ApiError(422, "wrong_merchant", "record %d" % index)
         if values[_CATEGORY] not in wallet_rules.WALLET_ORDER:

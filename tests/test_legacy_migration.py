@@ -78,3 +78,24 @@ def test_an_export_with_bad_rows_is_refused_whole(fresh_server, campus, snapshot
         assert snapshot(conn) == before
     finally:
         conn.close()
+
+
+def test_an_activation_record_from_a_canteen_till_is_refused_and_changes_nothing(live_server, snapshot):
+    """Activation records (firmware/core/activation.py) move money by the old serial, in the migration;
+    a canteen till's batch carrying one is refused whole and nothing is stored or booked."""
+    import cbor2
+    from firmware.core import records
+    till = live_server.add_terminal()
+    record = records.encode_activation(till.terminal_id, 1, 1_800_000_000_000, 100001, 1, 1, migration.STUDENT,
+                                       12345, 5000, 3, 200, 1)
+    conn = live_server.connect()
+    try:
+        before = snapshot(conn)
+        response = till.post(till.body([record]))
+        assert response.status_code == 422 and cbor2.loads(response.content)["error"] == "bad_record"
+        after = snapshot(conn)
+    finally:
+        conn.close()
+    strip = (lambda dump: [line for line in dump if "request_counters" not in line] if dump and isinstance(dump[0], str)
+             else [dump[0], [(t, r) for t, r in dump[1] if t != "request_counters"]])
+    assert strip(after) == strip(before)

@@ -37,6 +37,7 @@ SELECT_RECORDS_SQL = (
 # but adds nothing to the merchant's figures, so the sale counts once.
 _GRANT_KIND = record_codec.KIND_WATER_GRANT
 _PAYCODE_KIND = record_codec.KIND_PAYCODE      # card_number holds the phone credential: never a watched card
+_ACTIVATION_KIND = record_codec.KIND_ACTIVATION  # an old card activated: its money moves in the migration
 
 
 def terminals(window):
@@ -107,7 +108,7 @@ def scan_records(window, terminals, watched):
                 else:
                     own = (time_ms + BEIJING_OFFSET_MS) // DAY_MS
                 if own > day:
-                    if booked and kind != _GRANT_KIND:
+                    if booked and kind not in (_GRANT_KIND, _ACTIVATION_KIND):
                         pending[merchant_id] = pending.get(merchant_id, 0) + amount_fen
                     continue
                 if ranges and ranges[-1][1] == seq - 1:
@@ -132,12 +133,12 @@ def scan_records(window, terminals, watched):
                     stats["period"] = None
                 if revoked_ms is not None and time_ms >= revoked_ms:
                     revoked_records.append((terminal_id, seq, time_ms, revoked_ms))
-                if card in watched and generation in watched[card] and kind != _PAYCODE_KIND:
+                if card in watched and generation in watched[card] and kind not in (_PAYCODE_KIND, _ACTIVATION_KIND):
                     watched_taps.setdefault((card, generation), []).append((time_ms, counter, terminal_id, seq))
                 if not booked:
                     unbooked.append((terminal_id, seq, amount_fen))
                     continue
-                if kind == _GRANT_KIND:
+                if kind in (_GRANT_KIND, _ACTIVATION_KIND):   # money moves by grant / by old serial
                     continue
                 if kind == _PAYCODE_KIND:
                     paycodes["count"] += 1
