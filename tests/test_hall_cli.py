@@ -154,3 +154,26 @@ def test_hall_lists_and_stops_a_lost_phones_payment_code(tmp_path):
     code, out = _run(data_dir, "hall", "paycode-rotate-key")
     assert code == 0 and "第 2 代" in out
     conn.close()
+
+
+def test_hall_imports_the_old_card_centres_export_once_and_reports_the_money(tmp_path):
+    from simulators import legacy_campus
+    data_dir = tmp_path / "data"
+    assert _run(data_dir, "server", "init")[0] == 0
+    campus = tmp_path / "old"
+    legacy_campus.generate(str(campus), 40, 5)
+    people, water = str(campus / legacy_campus.PEOPLE_CSV), str(campus / legacy_campus.WATER_CSV)
+    code, out = _run(data_dir, "hall", "migration-import", "--people", people, "--water", water, "--json")
+    assert code == 0, out
+    first = json.loads(out)
+    assert first["cards_new"] > 0 and first["teacher_fen_booked"] > 0 and first["conservation_ok"]
+    code, out = _run(data_dir, "hall", "migration-import", "--people", people, "--water", water, lang="en")
+    assert code == 0 and "0 new cards" in out and "booked 0.00 yuan" in out and "agrees" in out
+    code, out = _run(data_dir, "hall", "migration-report")
+    assert code == 0 and "待迁移" in out and "一致" in out
+    code, out = _run(data_dir, "hall", "migration-import", "--people", str(tmp_path / "missing.csv"), "--water", water)
+    assert code == 2 and "missing.csv" in out and "Traceback" not in out
+    bad = tmp_path / "bad.csv"
+    bad.write_text("姓名,学工号,证件号码,身份,卡号,卡状态,余额(元)\n王,T1,,教师,1,正常,1.00\n", encoding="utf-8")
+    code, out = _run(data_dir, "hall", "migration-import", "--people", str(bad), "--water", water, lang="en")
+    assert code == 2 and "import refused: 1 bad rows" in out

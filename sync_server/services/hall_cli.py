@@ -11,6 +11,8 @@
     paycode-list --account A [--json]                        付款码: the phones with the code and their state
     paycode-stop --account A (--credential C | --all)        停用付款码 (a lost phone): every terminal refuses it
     paycode-rotate-key                                       sign new certificates with a new pay-code key
+    migration-import --people people.csv --water water_purses.csv [--json]   the old card centre's export
+    migration-report [--json]                                old money, credited, outstanding (go-live)
 
 Staff commands record who acted (`--operator`, default the login name). Output follows --lang; a PIN
 is never printed, nor any key.
@@ -173,6 +175,48 @@ def cmd_paycode_rotate_key(args):
         % key_id)
 
 
+def _migration_lines(args, report):
+    say(args, "旧卡：待激活 %(cards_pending)d，已激活 %(cards_activated)d，挂失 %(cards_lost)d，卡号重复 %(cards_duplicate)d"
+        % report, "old cards: %(cards_pending)d pending, %(cards_activated)d activated, %(cards_lost)d lost, "
+        "%(cards_duplicate)d with a shared serial" % report)
+    say(args, "旧系统余额 %s 元 = 已入账 %s 元 + 待迁移 %s 元；账本核对%s" % (
+        _yuan(report["old_fen"]), _yuan(report["credited_fen"]), _yuan(report["outstanding_fen"]),
+        "一致" if report["conservation_ok"] else "不一致"),
+        "old money %s yuan = credited %s + outstanding %s; ledger %s" % (
+        _yuan(report["old_fen"]), _yuan(report["credited_fen"]), _yuan(report["outstanding_fen"]),
+        "agrees" if report["conservation_ok"] else "DISAGREES"))
+
+
+def cmd_migration_import(args):
+    from sync_server import legacy_migration
+    texts = []
+    for path in (args.people, args.water):
+        try:
+            with open(path, encoding="utf-8-sig") as handle:
+                texts.append(handle.read(legacy_migration.MAX_EXPORT_BYTES + 1))
+        except (OSError, UnicodeDecodeError) as error:
+            raise registry.HallError("无法读取导出文件 %s：%s" % (path, error), "cannot read the export %s: %s" % (path, error))
+    result = legacy_migration.import_export(open_database(args), texts[0], texts[1])
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+        return
+    say(args, "导入完成：新建人员 %(people_created)d，沿用 %(people_kept)d；新卡 %(cards_new)d，已导入过 %(cards_known)d；"
+        "教工余额入账 %(teacher_yuan)s 元" % dict(result, teacher_yuan=_yuan(result["teacher_fen_booked"])),
+        "imported: %(people_created)d people created, %(people_kept)d kept; %(cards_new)d new cards, %(cards_known)d "
+        "imported before; teachers' balances booked %(teacher_yuan)s yuan"
+        % dict(result, teacher_yuan=_yuan(result["teacher_fen_booked"])))
+    _migration_lines(args, result)
+
+
+def cmd_migration_report(args):
+    from sync_server import legacy_migration
+    report = legacy_migration.report(open_database(args))
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+        return
+    _migration_lines(args, report)
+
+
 def register(add):
     """Add the commands through sync_server/cli.py's `add(name, handler, help)`."""
     def staff(parser):
@@ -218,6 +262,12 @@ def register(add):
     which.add_argument("--credential", type=int, help="one phone's credential (see paycode-list)")
     which.add_argument("--all", action="store_true", help="every phone of the account")
     add("paycode-rotate-key", cmd_paycode_rotate_key, "更换付款码签名密钥 / rotate the pay-code signing key")
+    p = add("migration-import", cmd_migration_import, "导入原一卡通中心的导出 / import the old card centre's export")
+    p.add_argument("--people", required=True, help="people.csv: 姓名,学工号,证件号码,身份,卡号,卡状态,余额(元)")
+    p.add_argument("--water", required=True, help="water_purses.csv: 卡号,小钱包余额(元)")
+    p.add_argument("--json", action="store_true")
+    p = add("migration-report", cmd_migration_report, "迁移对账：旧系统余额、已入账、待迁移 / the migration's money")
+    p.add_argument("--json", action="store_true")
     p = add("recharge-channel", cmd_recharge_channel, "渠道充值（模拟支付）/ recharge through a channel (simulated)")
     p.add_argument("--account", type=int, required=True)
     p.add_argument("--amount-fen", type=int, required=True)
