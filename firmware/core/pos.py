@@ -58,7 +58,9 @@ CLAIMING = "claiming"          # ClaimCode issued (online: the server's yes for 
 STATES = (IDLE, WAIT_CARD, READING, WAIT_CONFIRM, WAIT_PIN, CHECKING_PIN, COUNTING, JOURNALING, VERIFYING,
           CLAIMING)
 
-_RECENT_SUCCESSES = 32         # committed taps remembered for repeat detection (bounded)
+# Committed taps remembered for repeat detection: every one still inside the repeat window, up to this
+# bound (a till clearing a backlog after an outage can commit dozens within the window).
+_RECENT_SUCCESSES = 256
 
 # Events
 AmountKeyed = namedtuple("AmountKeyed", ("amount_fen",))
@@ -400,6 +402,9 @@ class CanteenPos:
         if isinstance(pending.view, _CodeView):
             self.codes_seen.add(paycode.use_key(pending.view.code), self.now_ms)
         else:
+            window_ms = self._config("double_tap_window_ms")
+            self.recent_successes = [success for success in self.recent_successes
+                                     if 0 <= self.now_ms - success[2] <= window_ms]
             self.recent_successes.append((identity.card_number, self.amount_fen, self.now_ms))
             if len(self.recent_successes) > _RECENT_SUCCESSES:
                 self.recent_successes.pop(0)

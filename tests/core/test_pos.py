@@ -436,3 +436,22 @@ def test_every_table_entry_names_known_states():
             assert target in pos.STATES
     for state in pos.STATES:
         assert (state, pos.Tick) in pos.TRANSITIONS and (state, pos.SyncAnswered) in pos.TRANSITIONS
+
+
+def test_a_repeat_after_a_burst_of_other_taps_still_needs_the_cashier():
+    """A till clearing a backlog commits many taps inside the repeat window: the first card's quick
+    repeat must still be caught, however many others paid in between."""
+    m = machine(online=True, double_tap_window_ms=60000)
+    full_tap(m, 1200, seq=1)
+    for index in range(40):
+        other = view(counter=5)
+        other.identity.card_number = 5000 + index
+        m.handle(pos.AmountKeyed(300 + index))
+        m.handle(pos.CardPresented(UID))
+        m.handle(pos.CardRead(other, facts()))
+        m.handle(pos.TapCounted(6))
+        m.handle(pos.Journaled(2 + index))
+    m.handle(pos.AmountKeyed(1200))
+    m.handle(pos.CardPresented(UID))
+    actions = m.handle(pos.CardRead(view(counter=6), facts()))
+    assert m.state == pos.WAIT_CONFIRM and messages.REPEAT_TAP in shown(actions)
