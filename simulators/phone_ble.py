@@ -87,7 +87,26 @@ def _dispenser_in(advertisement):
     return None
 
 
-class PhoneRadio:
+def strongest_first(heard, dispenser_id=None):
+    """The dispensers heard, strongest first (then by id); only `dispenser_id`'s when given."""
+    nearby = sorted(heard, key=lambda d: (-d.rssi, d.dispenser_id))
+    if dispenser_id is not None:
+        nearby = [d for d in nearby if d.dispenser_id == dispenser_id]
+    return nearby
+
+
+class FindsDispensers:
+    """`find` on top of a radio's `scan_nearby` (bumble's here, bleak's in simulators/phone_bleak.py)."""
+
+    async def find(self, dispenser_id=None, timeout_ms=SCAN_TIMEOUT_MS):
+        """The nearby dispenser with that id (or the strongest one heard); PhoneBleError when none is."""
+        nearby = await self.scan_nearby(timeout_ms, dispenser_id)
+        if not nearby:
+            raise PhoneBleError(NO_DISPENSER)
+        return nearby[0]
+
+
+class PhoneRadio(FindsDispensers):
     """A phone's Bluetooth LE central on one bumble transport (spec string or in-process Controller)."""
 
     def __init__(self, transport, *, address=None, mtu=MTU, name="ykt-phone"):
@@ -168,17 +187,7 @@ class PhoneRadio:
                     await asyncio.wait_for(device.stop_scanning(), REQUEST_TIMEOUT_MS / 1000)
                 except Exception:
                     logger.warning("could not stop scanning", exc_info=True)
-        nearby = sorted(found.values(), key=lambda d: (-d.rssi, d.dispenser_id))
-        if dispenser_id is not None:
-            nearby = [d for d in nearby if d.dispenser_id == dispenser_id]
-        return nearby
-
-    async def find(self, dispenser_id=None, timeout_ms=SCAN_TIMEOUT_MS):
-        """The nearby dispenser with that id (or the strongest one heard); PhoneBleError when none is."""
-        nearby = await self.scan_nearby(timeout_ms, dispenser_id)
-        if not nearby:
-            raise PhoneBleError(NO_DISPENSER)
-        return nearby[0]
+        return strongest_first(found.values(), dispenser_id)
 
     async def connect(self, address, timeout_ms=CONNECT_TIMEOUT_MS, on_progress=None):
         """A DispenserLink to the dispenser at `address` (a NearbyDispenser's, or a sticker's), its

@@ -42,8 +42,9 @@ from bleak.exc import BleakGATTProtocolError
 from firmware.core import water_grants
 from simulators import phone_ble
 from simulators.phone_ble import (CONNECT_FAILED, CONNECT_TIMEOUT_MS, DISCONNECT_TIMEOUT_MS, LINK_LOST, MAX_NEARBY,
-                                  MAX_PROGRESS_QUEUED, NO_ANSWER, NO_DISPENSER, NOT_A_DISPENSER, POWER_ON_TIMEOUT_MS,
-                                  RADIO_FAILED, REQUEST_TIMEOUT_MS, SCAN_TIMEOUT_MS, NearbyDispenser, PhoneBleError)
+                                  MAX_PROGRESS_QUEUED, NO_ANSWER, NOT_A_DISPENSER, POWER_ON_TIMEOUT_MS,
+                                  RADIO_FAILED, REQUEST_TIMEOUT_MS, SCAN_TIMEOUT_MS, FindsDispensers, NearbyDispenser,
+                                  PhoneBleError, strongest_first)
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def _dispenser_in(manufacturer_data):
     return None
 
 
-class PhoneRadio:
+class PhoneRadio(FindsDispensers):
     """A phone's Bluetooth LE central through bleak, on one adapter (BlueZ's "hci0", ...; None: the
     first powered one)."""
 
@@ -142,17 +143,7 @@ class PhoneRadio:
             except Exception:
                 logger.warning("could not stop scanning", exc_info=True)
         self._devices = devices
-        nearby = sorted(found.values(), key=lambda d: (-d.rssi, d.dispenser_id))
-        if dispenser_id is not None:
-            nearby = [d for d in nearby if d.dispenser_id == dispenser_id]
-        return nearby
-
-    async def find(self, dispenser_id=None, timeout_ms=SCAN_TIMEOUT_MS):
-        """The nearby dispenser with that id (or the strongest one heard); PhoneBleError when none is."""
-        nearby = await self.scan_nearby(timeout_ms, dispenser_id)
-        if not nearby:
-            raise PhoneBleError(NO_DISPENSER)
-        return nearby[0]
+        return strongest_first(found.values(), dispenser_id)
 
     async def connect(self, address, timeout_ms=CONNECT_TIMEOUT_MS, on_progress=None):
         """A DispenserLink to the dispenser at `address` (a NearbyDispenser's, or a sticker's), its
