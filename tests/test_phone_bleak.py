@@ -21,10 +21,10 @@ import pytest
 from firmware.core import card_layout, wallets, water_grants as w
 from simulators.phone_ble import CONNECT_FAILED, LINK_LOST, NO_DISPENSER, RADIO_FAILED, PhoneBleError
 from simulators.phone_bleak import PhoneRadio
-from sync_server import pin_rules, registry, water_holds
+from sync_server import pin_rules, registry
 from test_bluez_air import rig
 from test_dispenser_ble import DISPENSER_ID, make_grant, run
-from test_phone_cli import _spawn, _stop
+from test_phone_cli import _grant_state, _spawn, _stop
 
 _TIMEOUT_S = 60
 _READY_TIMEOUT_S = 30
@@ -118,19 +118,6 @@ def _result(run):
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def _grant_row(site, grant_id, wanted, timeout_s=20):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        conn = site["server"].connect()
-        try:
-            row = water_holds.grant_row(conn, grant_id)
-        finally:
-            conn.close()
-        if row["status"] == wanted or time.monotonic() > deadline:
-            return row
-        time.sleep(0.2)
-
-
 def _water_balance(site, account_id):
     conn = site["server"].connect()
     try:
@@ -150,7 +137,7 @@ def test_a_bleak_phone_finds_the_dispenser_draws_water_and_pays_once(bluez_site)
     result = _result(run)
     assert result["dispenser_id"] == bluez_site["terminal_id"] and result["outcome"] in ("settled", "already")
     assert 100 <= result["ml"] <= 200 and result["fen"] == result["ml"] * _PRICE_FEN_PER_LITRE // 1000
-    row = _grant_row(bluez_site, result["grant_id"], "settled")
+    row = _grant_state(bluez_site, result["grant_id"], "settled")
     assert (row["status"], row["settled_ml"], row["settled_fen"]) == ("settled", result["ml"], result["fen"])
     assert _water_balance(bluez_site, bluez_site["accounts"][0]) == 300 - result["fen"]
     assert "用水" in run.stdout and "毫升" in run.stdout
@@ -163,7 +150,7 @@ def test_a_bleak_phone_finds_the_dispenser_draws_water_and_pays_once(bluez_site)
     assert made.returncode == 0, made.stderr
     scanned = _result(_phone(bluez_site, "--seconds", "1", found=("--sticker", photo)))
     assert scanned["dispenser_id"] == bluez_site["terminal_id"] and scanned["outcome"] in ("settled", "already")
-    assert _grant_row(bluez_site, scanned["grant_id"], "settled")["settled_ml"] == scanned["ml"]
+    assert _grant_state(bluez_site, scanned["grant_id"], "settled")["settled_ml"] == scanned["ml"]
 
 
 def test_a_second_phone_pressing_start_while_water_runs_is_refused_clearly(bluez_site):
@@ -190,13 +177,13 @@ def test_a_second_phone_pressing_start_while_water_runs_is_refused_clearly(bluez
     finally:
         _stop(first)
     result = _result(subprocess.CompletedProcess(first.args, first.returncode, out, err))
-    assert result["ml"] > 0 and _grant_row(bluez_site, result["grant_id"], "settled")["status"] == "settled"
+    assert result["ml"] > 0 and _grant_state(bluez_site, result["grant_id"], "settled")["status"] == "settled"
 
 
 def test_a_phone_that_walks_away_is_settled_by_the_dispenser(bluez_site):
     gone = _result(_phone(bluez_site, "--seconds", "1", "--walk-away", phone=1, ble="bleak:hci1"))
     assert gone["walked_away"] is True
-    row = _grant_row(bluez_site, gone["grant_id"], "settled")
+    row = _grant_state(bluez_site, gone["grant_id"], "settled")
     assert row["status"] == "settled" and row["settled_via"] == "dispenser"
     assert row["end_reason"] == w.END_LINK_LOST and row["settled_ml"] > 0
 
