@@ -71,7 +71,8 @@ def test_registry_import_is_repeatable_and_all_or_nothing(tmp_path):
     conn.close()
 
 
-def test_hall_service_commands(tmp_path):
+def _staff_site(tmp_path):
+    """A data directory with HR_CSV's staff imported: (data_dir, conn, T1001's account id)."""
     data_dir = tmp_path / "data"
     assert _run(data_dir, "server", "init")[0] == 0
     hr = tmp_path / "hr.csv"
@@ -80,6 +81,11 @@ def test_hall_service_commands(tmp_path):
     conn = _conn(data_dir)
     account_id = conn.execute("SELECT a.id FROM accounts a JOIN persons p ON p.id = a.person_id "
                               "WHERE staff_number = 'T1001'").fetchone()[0]
+    return data_dir, conn, account_id
+
+
+def test_hall_service_commands(tmp_path):
+    data_dir, conn, account_id = _staff_site(tmp_path)
     identity, _ = registry.issue_card_record(conn, account_id, b"\x01\x02\x03\x04")
 
     code, out = _run(data_dir, "hall", "recharge-channel", "--account", str(account_id), "--amount-fen", "3000",
@@ -125,14 +131,7 @@ def test_hall_service_commands(tmp_path):
 
 def test_hall_lists_and_stops_a_lost_phones_payment_code(tmp_path):
     from sync_server import paycode
-    data_dir = tmp_path / "data"
-    assert _run(data_dir, "server", "init")[0] == 0
-    hr = tmp_path / "hr.csv"
-    hr.write_text(HR_CSV, encoding="utf-8")
-    assert _run(data_dir, "hall", "import-people", "--file", str(hr), "--category", "staff")[0] == 0
-    conn = _conn(data_dir)
-    account_id = conn.execute("SELECT a.id FROM accounts a JOIN persons p ON p.id = a.person_id "
-                              "WHERE staff_number = 'T1001'").fetchone()[0]
+    data_dir, conn, account_id = _staff_site(tmp_path)
     code, out = _run(data_dir, "hall", "paycode-list", "--account", str(account_id))
     assert code == 0 and "未开通" in out
     master_key = keys.load_master_key(keys.master_key_path(str(data_dir)))
