@@ -249,14 +249,19 @@ def note_uses(conn, uses, now_ms):
         return []
     conn.executemany("INSERT INTO paycode_uses (terminal_id, seq, credential_id, time_step, counter, account_id, "
                      "amount_fen, offline, used_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", uses)
+    keys = {(use[2], use[3], use[4]) for use in uses}
     doubled = set()
-    for key in {(use[2], use[3], use[4]) for use in uses}:
-        count = conn.execute("SELECT count(*) FROM paycode_uses WHERE credential_id = ? AND time_step = ? AND "
-                             "counter = ?", key).fetchone()[0]
-        if count > 1:
-            doubled.add(key)
-            conn.execute("UPDATE paycode_uses SET double_use = 1 WHERE credential_id = ? AND time_step = ? AND "
-                         "counter = ?", key)
+    # one statement for the batch (this runs under the booking turn of every upload): codes of these
+    # credentials used more than once, kept when they are this batch's
+    for condition, values in dbmod.in_lists(conn, sorted({key[0] for key in keys})):
+        for row in conn.execute("SELECT credential_id, time_step, counter FROM paycode_uses WHERE credential_id %s "
+                                "GROUP BY credential_id, time_step, counter HAVING count(*) > 1" % condition,
+                                values).fetchall():
+            if tuple(row) in keys:
+                doubled.add(tuple(row))
+    for key in sorted(doubled):
+        conn.execute("UPDATE paycode_uses SET double_use = 1 WHERE credential_id = ? AND time_step = ? AND "
+                     "counter = ?", key)
     revoked = []
     for credential_id in sorted({key[0] for key in doubled}):
         if revoke_credential(conn, credential_id, REASON_DOUBLE_USE, now_ms):
