@@ -121,7 +121,7 @@ class PosTerminal(SyncedShell):
         self._online_seen = None
         self._decisions = 0            # decision lines printed so far
         self._tap_id = None            # the script's own id for the tap under way, echoed back
-        self._code_credential = None   # the credential of the payment code under way, echoed back
+        self._code_credential = None   # the payment code under way: its credential once verified, else 0
         self._last_shown = None
         self._first_sync_seen = False  # once True it stays: a store never needs its first sync again
         self._out_lock = threading.Lock()
@@ -312,6 +312,7 @@ class PosTerminal(SyncedShell):
     def _verify_code(self, code):
         """Both Ed25519 signatures: the certificate under a pay-code key the server sent, the code under
         the phone key it certifies. Then the code's facts from the store."""
+        self._code_credential = code.cert.credential_id
         (key_id, cert_message, cert_signature), (phone_key, code_message, code_signature) = paycode.signed_parts(code)
         server_key = self._paycode_keys.get(key_id)
         try:
@@ -425,10 +426,7 @@ class PosTerminal(SyncedShell):
             if not self._first_sync_seen:
                 self._execute(pos.Show(messages.TERMINAL_NOT_SYNCED, self.machine.due_fields()))
                 return False
-        try:
-            self._code_credential = paycode.parse(text).cert.credential_id
-        except paycode.PayCodeError:
-            self._code_credential = 0          # not a code of ours: the decision says so
+        self._code_credential = 0              # named once the code is verified (_verify_code)
         try:
             self.feed(pos.CodeScanned(text))
         finally:
