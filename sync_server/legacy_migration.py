@@ -75,8 +75,7 @@ def _rows(text, header, what):
 
 
 def _serial(text):
-    value = numbers.parse_int(text, 1, MAX_SERIAL)
-    return value
+    return numbers.parse_int(text, 1, MAX_SERIAL)
 
 
 def parse_export(people_text, water_text):
