@@ -106,27 +106,23 @@ def recent_uses(conn, account_id, credential_id, since_ms=0, now_ms=None):
     journaled uses, one line per code, so the app shows "paid" and moves to a new code."""
     _own_credential(conn, account_id, credential_id)
     seen = {}
-    for time_step, counter, terminal_id, amount_fen, at_ms in conn.execute(
-            "SELECT time_step, counter, terminal_id, amount_fen, claimed_ms FROM paycode_claims "
-            "WHERE credential_id = ? AND claimed_ms >= ? ORDER BY claimed_ms DESC LIMIT ?",
-            (credential_id, since_ms, MAX_USES_LISTED)).fetchall():
-        seen[(time_step, counter)] = {"time_step": time_step, "counter": counter, "terminal_id": terminal_id,
-                                      "amount_fen": amount_fen, "at_ms": at_ms, "double_use": False}
-    for time_step, counter, terminal_id, amount_fen, at_ms, double_use in conn.execute(
-            "SELECT time_step, counter, terminal_id, amount_fen, used_ms, double_use FROM paycode_uses "
-            "WHERE credential_id = ? AND used_ms >= ? ORDER BY used_ms DESC LIMIT ?",
-            (credential_id, since_ms, MAX_USES_LISTED)).fetchall():
-        line = seen.setdefault((time_step, counter), {"time_step": time_step, "counter": counter,
-                                                      "terminal_id": terminal_id, "amount_fen": amount_fen,
-                                                      "at_ms": at_ms, "double_use": False})
-        line["double_use"] = line["double_use"] or bool(double_use)
+    for sql in ("SELECT time_step, counter, terminal_id, amount_fen, claimed_ms, 0 FROM paycode_claims "
+                "WHERE credential_id = ? AND claimed_ms >= ? ORDER BY claimed_ms DESC LIMIT ?",
+                "SELECT time_step, counter, terminal_id, amount_fen, used_ms, double_use FROM paycode_uses "
+                "WHERE credential_id = ? AND used_ms >= ? ORDER BY used_ms DESC LIMIT ?"):
+        for time_step, counter, terminal_id, amount_fen, at_ms, double_use in conn.execute(
+                sql, (credential_id, since_ms, MAX_USES_LISTED)).fetchall():
+            line = seen.setdefault((time_step, counter), {"time_step": time_step, "counter": counter,
+                                                          "terminal_id": terminal_id, "amount_fen": amount_fen,
+                                                          "at_ms": at_ms, "double_use": False})
+            line["double_use"] = line["double_use"] or bool(double_use)
     uses = sorted(seen.values(), key=lambda line: line["at_ms"], reverse=True)[:MAX_USES_LISTED]
     return {"uses": uses, "highest_counter": max((line["counter"] for line in uses), default=None),
             "server_ms": now(now_ms)}
 
 
 def rotate_key(conn, now_ms=None):
-    """`ykt server paycode-rotate`: sign new certificates with a fresh key id."""
+    """`ykt hall paycode-rotate-key`: sign new certificates with a fresh key id."""
     now_ms = now(now_ms)
     with dbmod.transaction(conn):
         try:
