@@ -183,7 +183,8 @@ def cmd_terminal_register(args):
     conn = open_database(args)
     master_key = keys.load_master_key(keys.master_key_path(data_dir_of(args)))
     terminal_id = registry.register_terminal(conn, args.merchant)
-    document = registry.provisioning_document(conn, master_key, terminal_id, args.server_url)
+    document = registry.provisioning_document(conn, master_key, terminal_id, args.server_url,
+                                              keys.load_legacy_key(data_dir_of(args)))
     keys.write_private_file(args.out, json.dumps(document, indent=2).encode())
     say(args, "终端已登记：编号 %d；配置文件（含密钥，权限 0600）已写入 %s" % (terminal_id, args.out),
         "terminal %d registered; provisioning file (holds keys, mode 0600) written to %s" % (terminal_id, args.out))
@@ -251,6 +252,9 @@ def _guard(handler):
         except registry.HallError as error:
             print(error.text(lang_of(args)), file=sys.stderr)
             return 2
+        except keys.MasterKeyError as error:        # a key file missing, unreadable or of the wrong size
+            print(error, file=sys.stderr)
+            return 2
     return run
 
 
@@ -290,7 +294,7 @@ def register(subparsers):
     p.add_argument("--name-zh", required=True)
     p.add_argument("--name-en")
     p.add_argument("--category", type=int, default=wallet_rules.CATEGORY_CANTEEN,
-                   help="1 食堂 canteen, 2 热水 water, 3 电费 electricity")
+                   help="1 食堂 canteen, 2 热水 water, 3 电费 electricity, 4 激活机 activation units")
     p = add("person-add", cmd_person_add, "建档 / create a person and account")
     p.add_argument("--name", required=True)
     p.add_argument("--id-number")

@@ -46,16 +46,16 @@ unknown_credential), and each kept in paycode_uses, where a code used twice is f
 (sync_server/paycode.py: both sales stand, the credential is revoked).
 
 Activation records (records.KIND_ACTIVATION, an old card's purses locked and its new identity
-written) are stored once and acknowledged like any record and book nothing here: their money moves
-by the old card's serial, once, in the migration (sync_server/legacy_migration.py), which reads them
-from terminal_records. They name the new card and the old serial where a tap names its card and
+written; only activation units send them) are stored once and acknowledged like any record, and
+their money moves by the old card's serial, once, under the booking turn
+(legacy_migration.book_activations); one it cannot book is stored unbooked with its reason. They name the new card and the old serial where a tap names its card and
 counter, so they stay out of the tap-counter notes and the card-ownership check.
 
 The statements are module constants so that benchmarks/ingest.py can time the very same writes
 straight through sqlite3.
 """
 from firmware.core import protocol, records as record_codec, wallets as wallet_rules
-from sync_server import db as dbmod, ledger, paycode, water_holds
+from sync_server import db as dbmod, ledger, legacy_migration, paycode, water_holds
 from sync_server.business_day import day_of_ms
 from sync_server.ledger_store import SqliteStore, add_deny_entries, REASON_NEGATIVE
 
@@ -144,10 +144,11 @@ def prepare(conn, terminal_id, merchant_ledger_id, by_seq, offset_ms, received_m
     """Everything about `by_seq` {seq: (raw, values)} that needs no write lock (see the module text)."""
     batch = Batch(terminal_id, received_ms)
     wallets = set()
-    for category in {v[_CATEGORY] for _raw, v in by_seq.values()}:
+    for category in {v[_CATEGORY] for _raw, v in by_seq.values() if v[_KIND] != _ACTIVATION_KIND}:
         wallets.update(wallet_rules.WALLET_ORDER[category])
     account_ids = sorted({v[_ACCOUNT] for _raw, v in by_seq.values()})
-    batch.wallet_ids = wallet_ids = SqliteStore(conn).wallet_ids(account_ids, wallets) if account_ids else {}
+    batch.wallet_ids = wallet_ids = SqliteStore(conn).wallet_ids(account_ids, wallets) \
+        if account_ids and wallets else {}          # an activation unit's batch debits no wallet
     owners = _card_owners(conn, sorted({v[_CARD] for _raw, v in by_seq.values() if v[_KIND] not in _NO_CARD_KINDS}),
                           account_ids)
     credential_accounts = _credential_accounts(
@@ -277,6 +278,11 @@ def store(conn, batch, acked_seq, max_seq):
                 grant_id, fen, ml, end_reason = batch.grants[seq]
                 water_holds.settle(conn, grant_id, fen, ml, end_reason, water_holds.VIA_DISPENSER, seq,
                                    batch.received_ms)
+        activations = [(seq, batch.values[seq], batch.rows[seq][2]) for seq in new
+                       if batch.values[seq][_KIND] == _ACTIVATION_KIND]
+        if activations:
+            _refuse_activations(conn, batch, legacy_migration.book_activations(
+                conn, batch.terminal_id, activations, batch.received_ms))
         uses = [batch.paycode_uses[seq] for seq in new if seq in batch.paycode_uses]
         if uses:
             paycode.note_uses(conn, uses, batch.received_ms)
@@ -285,6 +291,16 @@ def store(conn, batch, acked_seq, max_seq):
         max_seq = max(max_seq, new[-1])
     acked_seq, holes = _advance_acked(conn, batch.terminal_id, acked_seq, max_seq)
     return acked_seq, max_seq, holes
+
+
+def _refuse_activations(conn, batch, refused):
+    """Activation records the migration could not book (an unknown serial, not the serial's ticket):
+    stored unbooked with their reason, as any record anomaly."""
+    if refused:
+        conn.executemany("UPDATE terminal_records SET booked = 0 WHERE terminal_id = ? AND seq = ?",
+                         [(batch.terminal_id, seq) for seq, _reason in refused])
+        conn.executemany(INSERT_RECORD_ANOMALIES_SQL, [(batch.terminal_id, seq, reason, batch.received_ms)
+                                                       for seq, reason in refused])
 
 
 def _new_seqs(conn, terminal_id, acked_seq, max_seq, rows):

@@ -8,6 +8,9 @@ import os
 
 MASTER_KEY_BYTES = 32
 MASTER_KEY_FILE_NAME = "master.key"
+# The OLD system's card master key (firmware/core/legacy_card.py), handed over with the old card
+# centre's export for the go-live migration: activation units get it in their provisioning file.
+LEGACY_KEY_FILE_NAME = "legacy_master.key"
 
 
 class MasterKeyError(RuntimeError):
@@ -16,6 +19,31 @@ class MasterKeyError(RuntimeError):
 
 def master_key_path(data_dir):
     return os.environ.get("YKT_MASTER_KEY_FILE") or os.path.join(data_dir, MASTER_KEY_FILE_NAME)
+
+
+def legacy_key_path(data_dir):
+    return os.path.join(data_dir, LEGACY_KEY_FILE_NAME)
+
+
+def store_legacy_key(data_dir, source_path):
+    """Keep the old system's master key (32 bytes) in the data directory, mode 0600."""
+    try:
+        with open(source_path, "rb") as handle:
+            key = handle.read(MASTER_KEY_BYTES + 1)
+    except OSError as error:
+        raise MasterKeyError("无法读取旧系统主密钥文件 / cannot read the old master key file %s: %s"
+                             % (source_path, error.strerror or error))
+    if len(key) != MASTER_KEY_BYTES:
+        raise MasterKeyError("旧系统主密钥文件长度错误 / old master key file has the wrong size (%s)" % source_path)
+    write_private_file(legacy_key_path(data_dir), key)
+
+
+def load_legacy_key(data_dir):
+    """The old system's master key, or None when none was imported."""
+    path = legacy_key_path(data_dir)
+    if not os.path.exists(path):
+        return None
+    return load_master_key(path)
 
 
 def create_master_key(path):

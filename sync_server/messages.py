@@ -24,6 +24,7 @@ MESSAGES = {
     "unknown_terminal": ("未登记的终端", "unknown terminal"),
     "bad_mac": ("请求签名无效", "request MAC does not verify"),
     "terminal_revoked": ("终端已停用", "terminal revoked"),
+    "not_activation_unit": ("该终端不是激活机", "this terminal is not an activation unit"),
     "replayed_counter": ("请求计数器未递增（重放）", "request counter not increasing (replay)"),
     "body_too_large": ("请求体过大", "request body too large"),
     "batch_too_large": ("一次上传的记录过多", "too many records in one batch"),

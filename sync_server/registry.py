@@ -34,7 +34,7 @@ _tx = dbmod.joined_transaction
 # --- merchants -----------------------------------------------------------------------------------
 
 def add_merchant(conn, name_zh, name_en, category):
-    if category not in wallet_rules.WALLET_ORDER:
+    if category not in wallet_rules.MERCHANT_CATEGORIES:
         raise HallError("未知的商户类别 %s" % category, "unknown merchant category %s" % category)
     with _tx(conn):
         ledger_id = conn.execute("INSERT INTO ledger_accounts (kind, name_zh, name_en) VALUES ('merchant', ?, ?) RETURNING id",
@@ -103,6 +103,9 @@ def _expiry(category, now_ms):
     return (today.year + years) * 10000 + today.month * 100 + min(today.day, 28)
 
 
+card_expiry = _expiry        # a new card's default expiry for its holder category, from now_ms
+
+
 def issue_card_record(conn, person_or_account, uid, now_ms=None, expiry_yyyymmdd=None):
     """Allocate a card for an account and store it; returns (card_layout.Identity, holder name).
 
@@ -126,10 +129,11 @@ def issue_card_record(conn, person_or_account, uid, now_ms=None, expiry_yyyymmdd
             card_number, generation = previous[0], previous[1] + 1
             if generation > 255:
                 raise HallError("补卡次数超过上限", "card generation limit reached")
-            replaced = conn.execute("SELECT generation FROM cards WHERE card_number = ? AND status IN ('active', 'lost')",
-                                    (card_number,)).fetchall()
-            conn.execute("UPDATE cards SET status = 'replaced' WHERE card_number = ? AND status IN ('active', 'lost')",
-                         (card_number,))
+            # a pending card (an old card's activation ticket, legacy_migration.py) is replaced too
+            replaced = conn.execute("SELECT generation FROM cards WHERE card_number = ? AND status IN "
+                                    "('active', 'lost', 'pending')", (card_number,)).fetchall()
+            conn.execute("UPDATE cards SET status = 'replaced' WHERE card_number = ? AND status IN "
+                         "('active', 'lost', 'pending')", (card_number,))
             add_deny_entries(conn, [(protocol.DENY_CARD, protocol.card_deny_ref(card_number, row[0]), 1,
                                      REASON_REPLACED) for row in replaced], now_ms)
         # a registry expiry (temporary cards, sync_server/services/people_import.py) wins over the default
@@ -239,18 +243,30 @@ def revoke_terminal(conn, terminal_id, now_ms=None):
         add_deny_entries(conn, [(protocol.DENY_TERMINAL, terminal_id, 1, REASON_REVOKED)], now_ms)
 
 
-def provisioning_document(conn, master_key, terminal_id, server_url):
+LEGACY_MASTER = "legacy_master"     # provisioning purpose name of the old system's master key
+
+
+def provisioning_document(conn, master_key, terminal_id, server_url, legacy_master_key=None):
     """What a terminal needs to start: its id, merchant, server URL and the keys for its SAM.
 
     `sam_keys` maps firmware.core.sam purpose names to hex keys, so a terminal builds its key holder
     with SoftwareSAM({purpose: bytes.fromhex(hex)}). Contains secrets: write with mode 0600 only.
+    An activation unit (merchant category CATEGORY_ACTIVATION) writes new cards, so it gets the
+    issuer's keys, and the old system's master key (`legacy_master`) to open and lock old purses.
     """
     row = dbmod.fetch_named(conn, "SELECT t.id, t.merchant_id, t.key_version, t.status, m.category, m.name_zh, "
                             "m.name_en FROM terminals t JOIN merchants m ON m.id = t.merchant_id WHERE t.id = ?",
                             (terminal_id,))
     if row is None or row["status"] != "active":
         raise HallError("终端 %d 不存在或已停用" % terminal_id, "terminal %d unknown or revoked" % terminal_id)
-    keys = sam_keys.site_purpose_keys(master_key)
+    activation = row["category"] == wallet_rules.CATEGORY_ACTIVATION
+    if activation and legacy_master_key is None:
+        raise HallError("激活机需要旧系统主密钥：请先运行 ykt hall migration-import --old-keys",
+                        "an activation unit needs the old system's master key: import it first "
+                        "(ykt hall migration-import --old-keys)")
+    keys = sam_keys.site_purpose_keys(master_key, include_issuer=activation)
+    if activation:
+        keys[LEGACY_MASTER] = legacy_master_key
     keys[sam_keys.TERMINAL] = sam_keys.terminal_key(master_key, terminal_id, row["key_version"])
     if row["category"] == wallet_rules.CATEGORY_WATER:
         keys[sam_keys.WATER] = sam_keys.water_key(master_key, terminal_id, row["key_version"])

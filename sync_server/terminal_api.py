@@ -1,4 +1,5 @@
-"""Terminal API: `POST /api/terminal/v1/sync`, `/pin-check` and `/paycode-claim`.
+"""Terminal API: `POST /api/terminal/v1/sync`, `/pin-check`, `/paycode-claim` and the activation
+units' `/activation-ticket` and `/activation-tickets`.
 
 Implements the protocol of firmware/core/protocol.py (shapes, signing string, headers) and the rules
 of DESIGN.md section 3-4:
@@ -18,6 +19,9 @@ of DESIGN.md section 3-4:
 - A POS that is online claims a payment code before it accepts it (`/paycode-claim`, {credential_id,
   cert_serial, time_step, counter, account_id, amount_fen} -> {"result": ok|used|revoked|blocked|
   unknown}): the first claim of a code wins on the whole campus (sync_server/paycode.py).
+- Activation units (merchant category 4) upload only activation records, and ask for an old card's
+  ticket (`/activation-ticket`) or page through the ticket cache (`/activation-tickets`); no other
+  terminal may (sync_server/legacy_migration.py).
 
 Speed matters (a campus lunch rush): storing a batch lives in `sync_server/ingest.py`, split into the
 part done before the write lock and the part done under it; the answer is built after the commit
@@ -30,15 +34,17 @@ import json
 import cbor2
 from flask import Blueprint, Response, current_app, g, request
 
-from firmware.core import protocol, records as record_codec, sam as sam_keys
+from firmware.core import legacy_card, protocol, records as record_codec, sam as sam_keys
 from firmware.core import wallets as wallet_rules
-from sync_server import db as dbmod, ingest, messages, numbers, paycode, pin_rules
+from sync_server import db as dbmod, ingest, legacy_migration, messages, numbers, paycode, pin_rules
 from sync_server.business_day import day_of_ms
 
 terminal_api = Blueprint("terminal_api", __name__, url_prefix="/api/terminal/v1")
 
 PIN_CHECK_PATH = "/api/terminal/v1/pin-check"
 PAYCODE_CLAIM_PATH = "/api/terminal/v1/paycode-claim"
+ACTIVATION_TICKET_PATH = "/api/terminal/v1/activation-ticket"
+ACTIVATION_TICKETS_PATH = "/api/terminal/v1/activation-tickets"
 DENY_PAGE_ENTRIES = 1000
 BALANCE_PAGE_ACCOUNTS = 300          # three wallet rows each
 MAX_HEALTH_BYTES = 4096
@@ -215,6 +221,7 @@ def _validate_records(raw_records, terminal, clock_ms, offset_ms):
     terminal_id = terminal["id"]
     merchant_id = terminal["merchant_id"]
     category = terminal["merchant_category"]
+    activation_unit = category == wallet_rules.CATEGORY_ACTIVATION
     decode = record_codec.decode_tuple
     by_seq = {}
     for index, raw in enumerate(raw_records):
@@ -226,15 +233,20 @@ def _validate_records(raw_records, terminal, clock_ms, offset_ms):
             raise ApiError(422, "bad_record", "record %d: %s" % (index, error))
         if values[_TERMINAL] != terminal_id:
             raise ApiError(422, "wrong_terminal", "record %d" % index)
-        if values[1] == record_codec.KIND_ACTIVATION:
-            # an old card's activation moves its money by serial in the migration; until activation
-            # units are registered as such, no terminal's batch may carry one
-            raise ApiError(422, "bad_record", "record %d: activation records are not taken from this terminal" % index)
-        if values[_MERCHANT] != merchant_id:
+        if (values[1] == record_codec.KIND_ACTIVATION) != activation_unit:
+            # an old card's activation moves its money by serial in the migration: only activation
+            # units write them, and they write nothing else
+            raise ApiError(422, "wrong_category", "record %d: kind %d is not taken from this terminal" % (index, values[1]))
+        if activation_unit:
+            # the category is the old card's (legacy_card.CATEGORIES) and the merchant field carries the
+            # main purse's counter (records.py): checked by decode_tuple and by the migration's booking
+            if values[_CATEGORY] not in legacy_card.CATEGORIES:
+                raise ApiError(422, "bad_record", "record %d: unknown old card category %d" % (index, values[_CATEGORY]))
+        elif values[_MERCHANT] != merchant_id:
             raise ApiError(422, "wrong_merchant", "record %d" % index)
-        if values[_CATEGORY] not in wallet_rules.WALLET_ORDER:
+        elif values[_CATEGORY] not in wallet_rules.WALLET_ORDER:
             raise ApiError(422, "bad_record", "record %d: unknown category %d" % (index, values[_CATEGORY]))
-        if values[_CATEGORY] != category:     # else a canteen could spend the wallets kept for utilities
+        elif values[_CATEGORY] != category:     # else a canteen could spend the wallets kept for utilities
             raise ApiError(422, "wrong_category", "record %d: category %d, the merchant's is %d"
                            % (index, values[_CATEGORY], category))
         time_ms = values[_TIME]
@@ -422,3 +434,48 @@ def paycode_claim():
         _store_counter(conn, terminal["id"], counter, now_ms)
         result = paycode.claim(conn, terminal["id"], *fields, amount_fen=amount_fen, now_ms=now_ms)
     return _cbor_response({"result": result})
+
+
+def _activation_unit(terminal):
+    if terminal["merchant_category"] != wallet_rules.CATEGORY_ACTIVATION:
+        raise ApiError(403, "not_activation_unit")
+
+
+@terminal_api.post("/activation-ticket")
+def activation_ticket():
+    """An activation unit online asks at a tap: the old serial's new card, and whether a record of
+    this serial is booked already ({serial, uid} -> {ticket: {...} or None, recorded}); the card's
+    UID is kept the first time (sync_server/legacy_migration.py)."""
+    now_ms = dbmod.now_ms()
+    conn = dbmod.get_db()
+    body = _read_body()
+    terminal, counter = authenticate(conn, ACTIVATION_TICKET_PATH, body)
+    _activation_unit(terminal)
+    message = _decode_map(body)
+    serial = _int_field(message, "serial", minimum=1, maximum=legacy_card.SERIAL_MAX)
+    uid = message.get("uid")
+    if type(uid) is not bytes or len(uid) not in (4, 7):
+        raise ApiError(400, "bad_request", "uid must be 4 or 7 bytes")
+    with dbmod.transaction(conn):
+        _store_counter(conn, terminal["id"], counter, now_ms)
+        answer = legacy_migration.ticket(conn, serial, uid, now_ms)
+    return _cbor_response(answer)
+
+
+@terminal_api.post("/activation-tickets")
+def activation_tickets():
+    """One page of the ticket cache an activation unit keeps for its offline taps ({after_version,
+    limit} -> {tickets, version, more})."""
+    now_ms = dbmod.now_ms()
+    conn = dbmod.get_db()
+    body = _read_body()
+    terminal, counter = authenticate(conn, ACTIVATION_TICKETS_PATH, body)
+    _activation_unit(terminal)
+    message = _decode_map(body)
+    after = _int_field(message, "after_version", minimum=0)
+    limit = _int_field(message, "limit", default=legacy_migration.TICKET_PAGE, minimum=1,
+                       maximum=legacy_migration.TICKET_PAGE)
+    with dbmod.transaction(conn):
+        _store_counter(conn, terminal["id"], counter, now_ms)
+    tickets, version, more = legacy_migration.tickets_since(conn, after, limit)
+    return _cbor_response({"tickets": tickets, "version": version, "more": more})

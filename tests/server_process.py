@@ -129,18 +129,23 @@ class ServerHandle:
     def master_key(self):
         return keys.load_master_key(keys.master_key_path(self.data_dir))
 
-    def add_terminal(self, merchant_id=None, category=wallet_rules.CATEGORY_CANTEEN):
-        """Register a terminal (and a merchant when none is given) and return its SyncClient."""
+    def add_terminal(self, merchant_id=None, category=wallet_rules.CATEGORY_CANTEEN, legacy_master_key=None):
+        """Register a terminal (and a merchant when none is given) and return its SyncClient; its
+        provisioning document (keys included) is the client's `document`."""
         conn = self.connect()
         try:
             if merchant_id is None:
                 merchant_id = registry.add_merchant(conn, "测试窗口", "test window", category)
             terminal_id = registry.register_terminal(conn, merchant_id)
-            document = registry.provisioning_document(conn, self.master_key(), terminal_id, self.url)
+            document = registry.provisioning_document(conn, self.master_key(), terminal_id, self.url,
+                                                      legacy_master_key)
         finally:
             conn.close()
-        sam = sam_keys.SoftwareSAM({purpose: bytes.fromhex(key) for purpose, key in document["sam_keys"].items()})
-        return SyncClient(self.url, terminal_id, sam, merchant_id, category)
+        sam = sam_keys.SoftwareSAM({purpose: bytes.fromhex(key) for purpose, key in document["sam_keys"].items()
+                                    if purpose != registry.LEGACY_MASTER})
+        client = SyncClient(self.url, terminal_id, sam, merchant_id, category)
+        client.document = document
+        return client
 
     def log(self):
         with open(self.log_path, encoding="utf-8", errors="replace") as handle:

@@ -82,8 +82,9 @@ def test_an_export_with_bad_rows_is_refused_whole(fresh_server, campus, snapshot
 
 
 def test_an_activation_record_from_a_canteen_till_is_refused_and_changes_nothing(live_server, snapshot):
-    """Activation records (firmware/core/activation.py) move money by the old serial, in the migration;
-    a canteen till's batch carrying one is refused whole and nothing is stored or booked."""
+    """Activation records (firmware/core/activation.py) move money by the old serial, in the migration,
+    and only activation units send them: a canteen till's batch carrying one is refused whole and
+    nothing is stored or booked."""
     import cbor2
     from firmware.core import records
     till = live_server.add_terminal()
@@ -93,7 +94,7 @@ def test_an_activation_record_from_a_canteen_till_is_refused_and_changes_nothing
     try:
         before = snapshot(conn)
         response = till.post(till.body([record]))
-        assert response.status_code == 422 and cbor2.loads(response.content)["error"] == "bad_record"
+        assert response.status_code == 422 and cbor2.loads(response.content)["error"] == "wrong_category"
         after = snapshot(conn)
     finally:
         conn.close()

@@ -7,17 +7,24 @@
     electricity   3     legacy -> main
 
 `legacy` is the old system's balance: spendable only on water and dorm electricity.
+
+Activation units (激活机, firmware/core/activation.py) belong to merchants of their own category
+(`CATEGORY_ACTIVATION`, 4): they sell nothing and debit no wallet, so it has no wallet order; their
+records move old cards' money in by serial (sync_server/legacy_migration.py).
 """
 CATEGORY_CANTEEN = 1
 CATEGORY_WATER = 2
 CATEGORY_ELECTRICITY = 3
+CATEGORY_ACTIVATION = 4
 
 WALLET_ORDER = {
     CATEGORY_CANTEEN: ("main",),
     CATEGORY_WATER: ("water", "legacy", "main"),
     CATEGORY_ELECTRICITY: ("legacy", "main"),
 }
-CATEGORY_NAMES = {CATEGORY_CANTEEN: "canteen", CATEGORY_WATER: "water", CATEGORY_ELECTRICITY: "electricity"}
+CATEGORY_NAMES = {CATEGORY_CANTEEN: "canteen", CATEGORY_WATER: "water", CATEGORY_ELECTRICITY: "electricity",
+                  CATEGORY_ACTIVATION: "activation"}
+MERCHANT_CATEGORIES = tuple(CATEGORY_NAMES)
 
 
 def spendable_fen(balances_fen, category):

@@ -196,7 +196,10 @@ def cmd_migration_import(args):
                 texts.append(handle.read(legacy_migration.MAX_EXPORT_BYTES + 1))
         except (OSError, UnicodeDecodeError) as error:
             raise registry.HallError("无法读取导出文件 %s：%s" % (path, error), "cannot read the export %s: %s" % (path, error))
-    result = legacy_migration.import_export(open_database(args), texts[0], texts[1])
+    conn = open_database(args)
+    if args.old_keys:                # before the import: a bad key file changes nothing
+        keys.store_legacy_key(data_dir_of(args), args.old_keys)
+    result = legacy_migration.import_export(conn, texts[0], texts[1])
     if args.json:
         print(json.dumps(result, sort_keys=True))
         return
@@ -265,6 +268,8 @@ def register(add):
     p = add("migration-import", cmd_migration_import, "导入原一卡通中心的导出 / import the old card centre's export")
     p.add_argument("--people", required=True, help="people.csv: 姓名,学工号,证件号码,身份,卡号,卡状态,余额(元)")
     p.add_argument("--water", required=True, help="water_purses.csv: 卡号,小钱包余额(元)")
+    p.add_argument("--old-keys", help="the old system's card master key file (32 bytes), kept for the "
+                                      "activation units' provisioning")
     p.add_argument("--json", action="store_true")
     p = add("migration-report", cmd_migration_report, "迁移对账：旧系统余额、已入账、待迁移 / the migration's money")
     p.add_argument("--json", action="store_true")
