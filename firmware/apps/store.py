@@ -15,6 +15,9 @@ the last one handed out lives in `meta`, not in the journal (whose old rows get 
     balance           per account+wallet at the server's version      max_balance_rows
     paycode_use       the payment codes journaled (replay cache,      rows of the last day, pruned
                       offline cap per credential)                     with the journal
+    activation        an activation unit's journaled old serials      one row per old card
+                      (one record per old card, whatever the taps)    (MAX_TICKETS)
+    ticket            an activation unit's ticket cache, by serial    MAX_TICKETS
     meta              versions, request counter, clock, config        fixed keys
 
 The server acknowledges the highest contiguous seq it holds, so the acknowledged rows are always a
@@ -42,6 +45,9 @@ MAX_DENY_ENTRIES = 1000000
 MAX_BALANCE_ROWS = 1000000
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_RESEND_SPAN = 100000
+MAX_TICKETS = 500000                    # a campus's old cards, with room
+TICKET_FIELDS = ("serial", "category", "card_number", "generation", "account_id", "holder_category",
+                 "expiry_yyyymmdd", "name")
 PAYCODE_USE_KEEP_MS = 86400 * 1000      # far beyond a code's live window (paycode.live_until_ms)
 BUSY_TIMEOUT_MS = 10000
 
@@ -85,6 +91,14 @@ CREATE TABLE IF NOT EXISTS paycode_use (
     time_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS paycode_use_credential ON paycode_use (credential_id, seq);
+CREATE TABLE IF NOT EXISTS activation (
+    serial INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ticket (
+    serial INTEGER PRIMARY KEY,
+    ticket TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value
@@ -108,6 +122,7 @@ _META_DEFAULTS = {
     "seq_jumped_from": 0,
     "config_json": "{}",
     "water_progress": "",           # a water dispenser's session in progress (JSON), "" when none
+    "ticket_version": 0,            # an activation unit's ticket cache: the server's version it holds
 }
 
 
@@ -221,6 +236,73 @@ class TerminalStore:
             if clock_floor_ms is not None:
                 self._set_meta("clock_floor_ms", max(clock_floor_ms, self._meta("clock_floor_ms")))
         return seq
+
+    def append_activation(self, record_fields, time_ms, clock_floor_ms=None):
+        """Journal an old card's activation durably, once per old serial: (seq, new). A serial this
+        unit journaled before gets its first seq back and nothing is written (a resumed tap, the same
+        card again). record_fields are encode_activation's arguments without seq and time_ms."""
+        serial = record_fields["serial"]
+        with self._transaction():
+            row = self._db.execute("SELECT seq FROM activation WHERE serial = ?", (serial,)).fetchone()
+            if row is not None:
+                return row[0], False
+            unacked = self._meta("last_seq") - self._meta("acked_seq")
+            if unacked >= self.max_unacked:
+                raise JournalFull("终端存储已满 / journal holds %d unacknowledged records" % unacked)
+            seq = self._meta("last_seq") + 1
+            record = records.encode_activation(seq=seq, time_ms=time_ms, **record_fields)
+            # the journal's amount column is for a POS's own spend: an activation spends nothing
+            self._db.execute(
+                "INSERT INTO journal (seq, record, account_id, amount_fen, time_ms) VALUES (?, ?, ?, 0, ?)",
+                (seq, record, record_fields["account_id"], time_ms))
+            self._db.execute("INSERT INTO activation (serial, seq) VALUES (?, ?)", (serial, seq))
+            self._set_meta("last_seq", seq)
+            if clock_floor_ms is not None:
+                self._set_meta("clock_floor_ms", max(clock_floor_ms, self._meta("clock_floor_ms")))
+        return seq, True
+
+    def activation_seq(self, serial):
+        """The seq of this unit's record of an old serial, or None."""
+        row = self._db.execute("SELECT seq FROM activation WHERE serial = ?", (serial,)).fetchone()
+        return row[0] if row else None
+
+    def activation_count(self):
+        return self._db.execute("SELECT count(*) FROM activation").fetchone()[0]
+
+    def ticket(self, serial):
+        """The cached ticket of an old serial ({TICKET_FIELDS}) or None."""
+        row = self._db.execute("SELECT ticket FROM ticket WHERE serial = ?", (serial,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def ticket_version(self):
+        return self._meta("ticket_version")
+
+    def save_tickets(self, tickets, version):
+        """One page of the server's ticket cache: tickets ({TICKET_FIELDS}, or {serial, withdrawn}) and
+        the version it brings the cache to; returns how many were kept. A malformed entry refuses the
+        whole page (MalformedAnswer), nothing written."""
+        rows, gone = [], []
+        for entry in tickets:
+            if not isinstance(entry, dict) or not _is_int(entry.get("serial")):
+                raise MalformedAnswer("ticket entry without a serial")
+            if entry.get("withdrawn") is True:
+                gone.append((entry["serial"],))
+                continue
+            if not all(_is_int(entry.get(name)) for name in TICKET_FIELDS if name != "name") \
+                    or not isinstance(entry.get("name"), str) or len(entry["name"]) > 40:
+                raise MalformedAnswer("ticket entry for serial %r is malformed" % (entry.get("serial"),))
+            rows.append((entry["serial"], json.dumps({name: entry[name] for name in TICKET_FIELDS},
+                                                     ensure_ascii=False)))
+        if not _is_int(version):
+            raise MalformedAnswer("ticket version is not an integer")
+        with self._transaction():
+            count = self._db.execute("SELECT count(*) FROM ticket").fetchone()[0]
+            if count + len(rows) > MAX_TICKETS:
+                raise StoreError("票据缓存已满 / ticket cache holds %d tickets" % count)
+            self._db.executemany("INSERT OR REPLACE INTO ticket (serial, ticket) VALUES (?, ?)", rows)
+            self._db.executemany("DELETE FROM ticket WHERE serial = ?", gone)
+            self._set_meta("ticket_version", max(version, self._meta("ticket_version")))
+        return len(rows)
 
     def paycode_uses_since(self, since_ms, limit=paycode.MAX_REPLAY_ENTRIES):
         """[(credential_id, time_step, counter)] of the codes journaled since `since_ms`, newest first."""

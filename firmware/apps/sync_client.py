@@ -31,6 +31,10 @@ from firmware.core import protocol
 
 PIN_CHECK_PATH = "/api/terminal/v1/pin-check"
 PAYCODE_CLAIM_PATH = "/api/terminal/v1/paycode-claim"
+ACTIVATION_TICKET_PATH = "/api/terminal/v1/activation-ticket"
+ACTIVATION_TICKETS_PATH = "/api/terminal/v1/activation-tickets"
+TICKET_TIMEOUT_S = 1.0              # an activation unit waits this long for a ticket, then uses its cache
+MAX_TICKET_PAGES = 100              # pages of the ticket cache fetched in one refresh
 CLAIM_TIMEOUT_S = 2.0               # a cashier waits this long at most before the code is decided offline
 DEFAULT_TIMEOUT_S = 5.0
 MIN_BACKOFF_MS = 500
@@ -298,6 +302,44 @@ class SyncClient:
             self._lock.release()
         result = answer.get("result")
         return result if isinstance(result, str) else None
+
+    def activation_ticket(self, serial, uid):
+        """An activation unit's question at a tap: {"ticket": {...} or None, "recorded": bool}, or None
+        when the server cannot be asked now (the unit then uses its ticket cache). Bounded by
+        TICKET_TIMEOUT_S, like a payment code's claim."""
+        if not self.online or not self._lock.acquire(timeout=TICKET_TIMEOUT_S):
+            return None
+        try:
+            answer, _ = self._post(ACTIVATION_TICKET_PATH, {"serial": serial, "uid": bytes(uid)},
+                                   timeout_s=TICKET_TIMEOUT_S)
+        except (httpx.HTTPError, OSError, SyncRefused) as error:
+            self.last_error = str(error)
+            return None
+        finally:
+            self._lock.release()
+        ticket = answer.get("ticket")
+        if ticket is not None and not isinstance(ticket, dict):
+            return None
+        return {"ticket": ticket, "recorded": answer.get("recorded") is True}
+
+    def refresh_tickets(self):
+        """Bring the store's ticket cache up to the server's (paged); returns tickets taken, or None
+        when the server could not be reached."""
+        taken = 0
+        for _page in range(MAX_TICKET_PAGES):
+            with self._lock:
+                try:
+                    answer, _ = self._post(ACTIVATION_TICKETS_PATH, {"after_version": self.store.ticket_version()})
+                except (httpx.HTTPError, OSError, SyncRefused) as error:
+                    self.last_error = str(error)
+                    return None
+            tickets, version = answer.get("tickets"), answer.get("version")
+            if not isinstance(tickets, list) or not isinstance(version, int):
+                return None
+            taken += self.store.save_tickets(tickets, version)
+            if answer.get("more") is not True:
+                break
+        return taken
 
     def backoff_ms(self, interval_ms):
         """Wait before the next attempt: the interval when healthy, doubling on failures, capped.
