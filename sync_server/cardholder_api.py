@@ -32,6 +32,10 @@
     POST /api/v1/paycode/credentials/<id>/certificate   renew the certificate of an active credential
     POST /api/v1/paycode/credentials/<id>/stop          stop the code on that phone (every terminal refuses it)
     GET  /api/v1/paycode/credentials/<id>/uses?since_ms=  recent uses, newest first: the app refreshes its code
+    POST /api/v1/wallet-move                  {from_wallet: "main", to_wallet: "water", amount_fen, pin, request_id}
+                                              圈存: the signed-in holder's main -> water, booked once per
+                                              request_id -> the receipt (services/wallet_move.py)
+    GET  /api/v1/wallet-moves?limit=20        the holder's wallet-move receipts, newest first
     POST /api/v1/channels/<channel>/notify    the channel's signed notification (no bearer token)
     GET  /api/v1/openapi.json                 all of the above as an OpenAPI 3 document (sync_server/openapi.py)
 
@@ -59,6 +63,7 @@ from flask import Blueprint, current_app, jsonify, request
 from sync_server import db as dbmod, numbers, openapi
 from sync_server.services import (ServiceError, binding, cards, electricity, history, limits, paycode,
                                   pins as pin_service, recharge, register_messages, water)
+from sync_server.services import wallet_move
 
 cardholder_api = Blueprint("cardholder_api", __name__, url_prefix="/api/v1")
 
@@ -372,3 +377,28 @@ def pay_electricity(account_id):
                              _str(message, "room"), _int(message, "amount_fen"), pin=_str(message, "pin"),
                              idempotency_key=message.get("idempotency_key"))
     return jsonify(dict(result, parts=[list(part) for part in result["parts"]]))
+
+
+# --- moves between the holder's own wallets --------------------------------------------------------
+
+@cardholder_api.post("/wallet-move")
+def move_between_wallets():
+    """圈存 (main -> water) by the signed-in holder with the card PIN; the old-system balance moves into
+    main at the service hall only (the service refuses it here: no operator)."""
+    conn = dbmod.get_db()
+    identity = _identity(conn)
+    message = _body()
+    receipt = wallet_move.move(conn, identity["account_id"], _str(message, "from_wallet"), _str(message, "to_wallet"),
+                               _int(message, "amount_fen"), pin=_str(message, "pin"),
+                               request_id=_str(message, "request_id"))
+    return jsonify(receipt)
+
+
+@cardholder_api.get("/wallet-moves")
+def list_wallet_moves():
+    conn = dbmod.get_db()
+    identity = _identity(conn)
+    limit = numbers.parse_page(request.args.get("limit"), wallet_move.MAX_LISTED, default=20)
+    if limit is None:
+        raise ServiceError("bad_request", "limit must be an integer from 1 to %d" % wallet_move.MAX_LISTED)
+    return jsonify({"moves": wallet_move.list_moves(conn, identity["account_id"], limit)})

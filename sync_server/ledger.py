@@ -20,6 +20,8 @@ Posting rules implemented here:
     fee        wallet (or cash desk) -> fee income (reissue fee, sync_server/services/cards.py)
     hold       wallet -> hold account, release: hold account -> wallet (Bluetooth water grants,
                sync_server/water_holds.py)
+    wallet_move  one wallet -> another wallet of the same account (圈存 main -> water, the old
+               system's balance legacy -> main at the hall; sync_server/services/wallet_move.py)
 
 Persistence goes through a small store interface (see `Store`), implemented on SQLite in
 `sync_server/ledger_store.py` inside the caller's transaction.
@@ -37,7 +39,9 @@ KIND_CORRECTION = "correction"
 KIND_FEE = "fee"                 # a service charge (reissue fee): wallet or cash desk -> fee income
 KIND_HOLD = "hold"               # a Bluetooth water grant's money set aside: wallet -> hold account
 KIND_RELEASE = "release"         # what a grant did not use given back: hold account -> wallet
-KINDS = (KIND_PURCHASE, KIND_RECHARGE, KIND_MIGRATION, KIND_CORRECTION, KIND_FEE, KIND_HOLD, KIND_RELEASE)
+KIND_WALLET_MOVE = "wallet_move"  # one holder's money between two of their own wallets (services/wallet_move.py)
+KINDS = (KIND_PURCHASE, KIND_RECHARGE, KIND_MIGRATION, KIND_CORRECTION, KIND_FEE, KIND_HOLD, KIND_RELEASE,
+         KIND_WALLET_MOVE)
 
 MAX_TRANSFER_FEN = 100000000     # 1,000,000 yuan: anything above is a typo or an attack
 MAX_TRANSFERS_PER_POST = 10000   # bound on one posting call (a sync batch is far smaller)

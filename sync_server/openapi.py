@@ -8,6 +8,7 @@ sits in `_binding_paths` alone, so that its rules can change in one place.
 """
 from sync_server import numbers
 from sync_server.services import electricity, history, limits, recharge
+from sync_server.services import wallet_move
 
 ID = {"type": "integer", "minimum": 1, "maximum": numbers.MAX_ID}
 FEN = {"type": "integer"}
@@ -106,6 +107,18 @@ SCHEMAS = {
         dict({name: {"type": "integer", "nullable": True} for name in ("settled_fen", "settled_ml", "end_reason")},
              settled_via={"type": "string", "nullable": True},
              outcome={"type": "string", "enum": ["settled", "late", "already"]})),
+    "WalletMoveReceipt": _object({
+        "receipt_no": TEXT, "account_id": ID, "person_id": ID, "name": TEXT,
+        "staff_number": {"type": "string", "nullable": True},
+        "from_wallet": {"type": "string", "enum": ["main", "water", "legacy"]},
+        "to_wallet": {"type": "string", "enum": ["main", "water", "legacy"]}, "amount_fen": FEN,
+        "from_balance_fen_after": FEN, "to_balance_fen_after": FEN, "transfer_id": TEXT,
+        "operator": {"type": "string", "nullable": True, "description": "the clerk at the hall; null: the holder"},
+        "staff_action_id": {"type": "integer", "nullable": True}, "time_ms": {"type": "integer"},
+        "time": {"type": "string", "description": "Beijing time, YYYY-MM-DD HH:MM:SS"}},
+        {"repeated": {"type": "boolean", "description": "true: this request_id was booked before; nothing "
+                                                        "booked now, the first receipt"}}),
+    "WalletMoves": _object({"moves": {"type": "array", "items": _ref("WalletMoveReceipt")}}),
     "NotifyResult": _object({"result": {"type": "string", "enum": ["success"]}, "outcome": TEXT,
                              "order_id": TEXT, "status": TEXT}),
 }
@@ -274,11 +287,34 @@ def _paycode_paths():
     }
 
 
+def _wallet_move_paths():
+    """钱包间转账 by the holder: 圈存 main -> water only (sync_server/services/wallet_move.py); the
+    old-system balance moves into main at the service hall, never here."""
+    wallet = {"type": "string", "enum": ["main", "water", "legacy"]}
+    return {
+        "/wallet-move": {"post": _operation(
+            "圈存: move money from the main wallet to the water wallet (card PIN); the same request_id again "
+            "books nothing and answers the first receipt, with other details it is a 409", 200,
+            "WalletMoveReceipt", _errors(SIGNED_IN, WITH_BODY, WITH_PIN, (409,)), body=_body({
+                "from_wallet": dict(wallet, description="main (legacy -> main is done at the service hall: 403)"),
+                "to_wallet": dict(wallet, description="water"),
+                "amount_fen": {"type": "integer", "minimum": 1,
+                               "maximum": wallet_move.MAX_MOVE_FEN[("main", "water")],
+                               "description": "at most what the main wallet holds"},
+                "pin": PIN, "request_id": IDEMPOTENCY_KEY}))},
+        "/wallet-moves": {"get": _operation(
+            "the holder's wallet-move receipts, newest first", 200, "WalletMoves", _errors(SIGNED_IN, (400,)),
+            parameters=[_query("limit", {"type": "integer", "minimum": 1, "maximum": wallet_move.MAX_LISTED},
+                               "default 20")])},
+    }
+
+
 def document():
     """The whole OpenAPI document as a dict (JSON-ready)."""
     paths = {}
     for group in (_binding_paths(), _account_paths(), _water_paths(), _paycode_paths(), _channel_paths()):
         paths.update(group)
+    paths.update(_wallet_move_paths())
     paths["/openapi.json"] = {"get": {"summary": "this document", "security": [], "parameters": [], "responses": {
         "200": dict(_json({"type": "object"}), description="the OpenAPI document")}}}
     return {

@@ -13,6 +13,8 @@
     paycode-rotate-key                                       sign new certificates with a new pay-code key
     migration-import --people people.csv --water water_purses.csv [--json]   the old card centre's export
     migration-report [--json]                                old money, credited, outstanding (go-live)
+    wallet-move --number N --from main --to water --amount 12.50 [--request-id ID] [--json]
+                                                             圈存 / the old balance into main: prints the receipt
 
 Staff commands record who acted (`--operator`, default the login name). Output follows --lang; a PIN
 is never printed, nor any key.
@@ -21,10 +23,11 @@ import getpass
 import json
 import sys
 
-from sync_server import keys, registry
-from sync_server.cli_common import add_station_options, data_dir_of, open_database, open_station, say, write_at_station
+from sync_server import keys, numbers, registry
+from sync_server.cli_common import (add_station_options, data_dir_of, lang_of, open_database, open_station, say,
+                                    write_at_station)
 from sync_server.services import (cards, electricity, history, limits, paycode, people_import,
-                                  pins as pin_service, recharge, sticker)
+                                  pins as pin_service, recharge, sticker, wallet_move)
 
 
 def _operator(args):
@@ -220,6 +223,32 @@ def cmd_migration_report(args):
     _migration_lines(args, report)
 
 
+def cmd_wallet_move(args):
+    """钱包间转账 at the hall: the holder named by 学工号 (ID checked by the clerk), one move, its receipt."""
+    cap_fen = wallet_move.check_direction(args.from_wallet, args.to_wallet, _operator(args))
+    amount_fen = numbers.parse_yuan(args.amount)
+    if not amount_fen:
+        raise registry.HallError("金额无效：%s（应为大于 0 的元数，最多两位小数）" % args.amount,
+                                 "invalid amount: %s (yuan above 0, at most two decimals)" % args.amount)
+    if amount_fen > cap_fen:
+        raise registry.HallError("金额 %s 元超过单笔上限 %s 元" % (_yuan(amount_fen), _yuan(cap_fen)),
+                                 "%s yuan is above the per-move cap of %s yuan" % (_yuan(amount_fen), _yuan(cap_fen)))
+    conn = open_database(args)
+    row = conn.execute("SELECT a.id FROM persons p JOIN accounts a ON a.person_id = p.id WHERE p.staff_number = ? "
+                       "ORDER BY a.id LIMIT 1", (args.number,)).fetchone()
+    if row is None:
+        raise registry.HallError("学工号 %s 不存在" % args.number, "no person with staff/student number %s" % args.number)
+    receipt = wallet_move.move(conn, row[0], args.from_wallet, args.to_wallet, amount_fen, operator=_operator(args),
+                               request_id=args.request_id)
+    if args.json:
+        print(json.dumps(receipt, ensure_ascii=False, sort_keys=True))
+        return
+    print(wallet_move.receipt_text(receipt, lang_of(args)), end="")
+    if receipt["repeated"]:
+        say(args, "（该请求已办理过，未重复入账，以上为原凭证）",
+            "(this request was done before: nothing booked again; the receipt above is the first one)")
+
+
 def register(add):
     """Add the commands through sync_server/cli.py's `add(name, handler, help)`."""
     def staff(parser):
@@ -277,4 +306,13 @@ def register(add):
     p.add_argument("--account", type=int, required=True)
     p.add_argument("--amount-fen", type=int, required=True)
     p.add_argument("--channel", required=True, choices=recharge.ONLINE_CHANNELS)
+    p = staff(add("wallet-move", cmd_wallet_move, "钱包间转账：圈存（主钱包→小钱包），原一卡通余额→主钱包 / "
+                                                   "move money between a holder's wallets"))
+    p.add_argument("--number", required=True, help="学工号 staff/student number (ID card checked)")
+    p.add_argument("--from", dest="from_wallet", required=True, help="main or legacy")
+    p.add_argument("--to", dest="to_wallet", required=True, help="water or main")
+    p.add_argument("--amount", required=True, help="yuan, e.g. 12.50")
+    p.add_argument("--request-id", help="8-100 of A-Z a-z 0-9 - _: the same id again books nothing and "
+                                        "prints the first receipt")
+    p.add_argument("--json", action="store_true")
 
