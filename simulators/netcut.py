@@ -69,6 +69,10 @@ class Relay:
                 _hard_close(client)
                 continue
             upstream.settimeout(None)
+            # a relay forwards as it receives: Nagle's wait on either leg (against the peer's delayed
+            # ACK) would add ~40 ms to every request a cable does not add
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._open.update((client, upstream))
             for source, sink in ((client, upstream), (upstream, client)):
