@@ -88,6 +88,8 @@ class ActivationTerminal(SyncedShell):
         self.machine = activation.ActivationUnit({"terminal_id": self.terminal_id, "lang": lang})
         self._target = None
         self._view = None                   # the old card as this tap read it
+        self._ticket_source = None          # "server" or "cache" once this tap looked its ticket up
+        self._ticket_ms = None
         self._tap_id = None
         self._tap_started = None
         self._decisions = 0
@@ -131,7 +133,7 @@ class ActivationTerminal(SyncedShell):
             return None
         if taken is not None:
             self._tickets_at = time.monotonic()
-            self.emit({"type": "tickets", "taken": taken, "version": self.store.ticket_version()}, always=False)
+            self.emit({"type": "tickets", "taken": taken}, always=False)
         return taken
 
     def close(self):
@@ -188,6 +190,9 @@ class ActivationTerminal(SyncedShell):
                 "water_fen": outcome.water_fen}
         if self._tap_started is not None:
             line["elapsed_ms"] = round((time.monotonic() - self._tap_started) * 1000, 1)
+        if self._ticket_source is not None:       # where the ticket came from, and how long the server took
+            line["ticket"] = self._ticket_source
+            line["ticket_ms"] = self._ticket_ms
         if self._tap_id is not None:
             line["tap_id"] = self._tap_id
         self.emit(line)
@@ -219,13 +224,17 @@ class ActivationTerminal(SyncedShell):
 
     def _look_up(self, serial):
         """The server when it answers in time, else the cache; recorded here or there (module text)."""
+        started = time.monotonic()
         answer = self.sync_client.activation_ticket(serial, self._target.uid) if self.sync_client else None
+        self._ticket_ms = round((time.monotonic() - started) * 1000, 1)
         journaled = self.store.activation_seq(serial) is not None
         if answer is not None:
             entry = answer["ticket"]
             journaled = journaled or answer["recorded"]
+            self._ticket_source = "server"
         else:
             entry = self.store.ticket(serial)
+            self._ticket_source = "cache"
             if entry is None:
                 return activation.TicketLookupFailed("no ticket in the cache and no server")
         try:
@@ -263,6 +272,7 @@ class ActivationTerminal(SyncedShell):
             return False
         self._target = target
         self._tap_started = time.monotonic()
+        self._ticket_source = self._ticket_ms = None
         self.feed(activation.CardPresented(target.uid))
         return True
 

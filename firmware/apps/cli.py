@@ -7,6 +7,9 @@
     ykt dispenser --provision F --data-dir D [--reader sim:] [--pins gpio|mock] [--ble hci-socket:0]
                   [--script taps.jsonl | --script -] [--serve] [--virtual-clock]
 
+    ykt activation --provision F --data-dir D [--reader sim:] [--voice aplay|off|DIR] [--serve]
+                   [--script taps.jsonl | --script -] [--server-url URL] [--drain-timeout-s S]
+
 `ykt card readers | uid | info | dump` (firmware/apps/card_tool.py) is the technicians' card tool.
 
 Messages are Chinese first; `--lang en` (or YKT_LANG=en) switches them to English.
@@ -40,6 +43,7 @@ def register(subparsers):
     parser.set_defaults(handler=run_terminal)
 
     _register_dispenser(subparsers)
+    _register_activation(subparsers)
     from firmware.apps import card_tool      # `ykt card ...`: readers, uid, info, dump for technicians
     card_tool.register(subparsers)
 
@@ -80,6 +84,92 @@ def _register_dispenser(subparsers):
     parser.add_argument("--no-sync", action="store_true", help="never contact the server (bench use)")
     parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"))
     parser.set_defaults(handler=run_dispenser)
+
+
+def _register_activation(subparsers):
+    parser = subparsers.add_parser(
+        "activation", help="运行卡片激活机 / run a card activation unit",
+        description="卡片激活机：刷原校园卡，读出旧卡余额并锁定旧钱包，写入新系统卡片信息，语音提示"
+                    "「卡片激活中，请勿移开卡片」「卡片激活成功」。/ activation unit: tap an old campus card; its old "
+                    "balances are read and locked, the new card identity is written, with the spoken prompts.",
+        epilog="示例 / examples:  ykt activation --provision act-1.json --data-dir /var/lib/ykt --reader "
+               "pn532:/dev/ttyS0 --voice aplay --serve   |   ykt activation --provision a.json --data-dir d "
+               "--voice off --script taps.jsonl --drain-timeout-s 10")
+    parser.add_argument("--provision", required=True, help="provisioning JSON of an activation unit (`ykt hall "
+                                                           "terminal-register` under an activation merchant, "
+                                                           "category 4, after `ykt hall migration-import --old-keys`)")
+    parser.add_argument("--data-dir", required=True, help="where the unit keeps its journal and ticket cache")
+    parser.add_argument("--reader", default="sim:", help="reader URL: sim:, pn532:/dev/ttyS0, pcsc:ACR122, nfcpy:usb")
+    parser.add_argument("--voice", default="aplay",
+                        help="aplay: speak through the sound card (espeak-ng Mandarin); off: silent; a directory: "
+                             "write what is spoken there as WAV files (tests)")
+    parser.add_argument("--script", help="JSON lines of taps (a file, or - for stdin); see "
+                                         "firmware/apps/activation_terminal.py")
+    parser.add_argument("--serve", action="store_true", help="after the script (if any), keep activating cards "
+                                                             "until stopped")
+    parser.add_argument("--cards-dir", help="where card images named <uid>.card live (sim: reader)")
+    parser.add_argument("--server-url", help="override the server URL of the provisioning file")
+    parser.add_argument("--sync-interval-ms", type=int, help="default: the server's configuration")
+    parser.add_argument("--drain-timeout-s", type=float, default=0.0,
+                        help="at the end, sync until nothing is unacknowledged (at most this long)")
+    parser.add_argument("--decisions-only", action="store_true", help="print only decision lines")
+    parser.add_argument("--no-sync", action="store_true", help="never contact the server (bench use)")
+    parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"))
+    parser.set_defaults(handler=run_activation)
+
+
+def run_activation(args):
+    import signal
+    import threading
+
+    from firmware.apps.activation_terminal import ActivationTerminal
+    from firmware.apps.pos_terminal import load_provisioning
+    from reader_drivers.base import open_reader
+
+    try:
+        provisioning = load_provisioning(args.provision)
+    except (OSError, ValueError) as error:
+        print("终端配置文件无效 / bad provisioning file: %s" % error, file=sys.stderr)
+        return _EXIT_REFUSED
+    voice = None
+    if args.voice != "off":
+        from firmware.apps.voice import Voice, VoiceUnavailable
+        try:
+            voice = Voice(os.path.join(args.data_dir, "voice"), args.voice, lang=args.lang)
+        except VoiceUnavailable as error:
+            print(str(error), file=sys.stderr)
+            return _EXIT_REFUSED
+    reader = open_reader(args.reader)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        terminal = ActivationTerminal(provisioning, args.data_dir, reader, lang=args.lang,
+                                      display=not args.decisions_only, sync=not args.no_sync,
+                                      server_url=args.server_url, cards_dir=args.cards_dir,
+                                      sync_interval_ms=args.sync_interval_ms, voice=voice)
+    except ValueError as error:
+        print("激活机无法启动 / the activation unit cannot start: %s" % error, file=sys.stderr)
+        reader.close()
+        return _EXIT_REFUSED
+    try:
+        terminal.start_sync()
+        if args.script:
+            stream = sys.stdin if args.script == "-" else open(args.script, encoding="utf-8")
+            try:
+                terminal.run_script(stream)
+            finally:
+                if stream is not sys.stdin:
+                    stream.close()
+        while args.serve and not stop.is_set():
+            terminal.present_card(200)
+        if args.drain_timeout_s > 0:
+            terminal.drain(args.drain_timeout_s)
+        if voice is not None:
+            voice.wait_idle(10)
+    finally:
+        terminal.close()
+        reader.close()
+    return 0
 
 
 def run_dispenser(args):

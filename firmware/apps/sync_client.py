@@ -327,16 +327,17 @@ class SyncClient:
         when the server could not be reached."""
         taken = 0
         for _page in range(MAX_TICKET_PAGES):
+            # the store's connection is shared with the requests of the other thread: all under the lock
             with self._lock:
                 try:
                     answer, _ = self._post(ACTIVATION_TICKETS_PATH, {"after_version": self.store.ticket_version()})
                 except (httpx.HTTPError, OSError, SyncRefused) as error:
                     self.last_error = str(error)
                     return None
-            tickets, version = answer.get("tickets"), answer.get("version")
-            if not isinstance(tickets, list) or not isinstance(version, int):
-                return None
-            taken += self.store.save_tickets(tickets, version)
+                tickets, version = answer.get("tickets"), answer.get("version")
+                if not isinstance(tickets, list) or not isinstance(version, int):
+                    return None
+                taken += self.store.save_tickets(tickets, version)
             if answer.get("more") is not True:
                 break
         return taken
