@@ -10,12 +10,16 @@ def register(subparsers):
                     "merchants, terminals and thousands of cardholders, drives a seeded lunch rush through several "
                     "POS terminal processes (some cut off the network for a while, one card reported lost "
                     "mid-rush), then checks the ledger.",
-        epilog="示例 / examples:  ykt demo   |   ykt demo --seed 7 --json   |   "
+        epilog="示例 / examples:  ykt demo   |   ykt demo --seed 7 --json   |   ykt demo migrate --json   |   "
                "ykt demo --people 300 --terminals 3 --duration-s 10 --lang en   |   "
                "ykt demo --database postgresql://ykt@db/ykt")
+    parser.add_argument("scenario", nargs="?", choices=("rush", "migrate"), default="rush",
+                        help="rush: the lunch rush (default); migrate: go-live morning, old cards activated at the "
+                             "canteen doors (激活机) and their money moved in once (--terminals: activation units)")
     parser.add_argument("--seed", type=int, default=20261121, help="random seed; the same seed replays the same rush")
-    parser.add_argument("--people", type=int, default=3000, help="cardholders (default 3000)")
-    parser.add_argument("--terminals", type=int, default=6, help="POS terminals, one process each (default 6)")
+    parser.add_argument("--people", type=int, default=3000, help="cardholders, or old cards for migrate (default 3000)")
+    parser.add_argument("--terminals", type=int, default=6,
+                        help="POS terminals, or activation units for migrate, one process each (default 6)")
     parser.add_argument("--duration-s", type=float, default=40.0, help="length of the rush in seconds (default 40)")
     parser.add_argument("--data-dir", help="keep everything here (default: a fresh temporary directory)")
     parser.add_argument("--database", default=os.environ.get("YKT_DATABASE_URL") or None, metavar="postgresql://...",
@@ -47,4 +51,7 @@ def run_demo(args):
         pg_store.database_setting(args.database)
     except pg_store.StoreSettingError as error:
         args.parser.error(str(error))
+    if args.scenario == "migrate":
+        from simulators import migrate_day
+        return migrate_day.run(args)
     return fleet.run(args)

@@ -203,8 +203,9 @@ class ServerProcess:
 class TerminalProcess:
     """One `ykt terminal` process, fed JSON lines on stdin; its decisions collected by a thread."""
 
-    def __init__(self, index, document, relay, run_dir, cards_dir, decisions):
-        """`decisions` is the queue every terminal's reader thread puts (index, monotonic_s, line) on."""
+    def __init__(self, index, document, relay, run_dir, cards_dir, decisions, command=("terminal",)):
+        """`decisions` is the queue every terminal's reader thread puts (index, monotonic_s, line) on;
+        `command` the ykt subcommand and its own options (the canteen POS by default)."""
         self.index = index
         self.terminal_id = document["terminal_id"]
         self.relay = relay
@@ -220,7 +221,7 @@ class TerminalProcess:
             json.dump(document, stream)
         self._stderr = open(os.path.join(terminal_dir, "stderr.log"), "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ykt", "terminal", "--provision", provision_path, "--data-dir", terminal_dir,
+            [sys.executable, "-m", "ykt", *command, "--provision", provision_path, "--data-dir", terminal_dir,
              "--reader", "sim:", "--cards-dir", cards_dir, "--script", "-", "--decisions-only",
              "--sync-interval-ms", str(_SYNC_INTERVAL_MS), "--drain-timeout-s", str(_DRAIN_TIMEOUT_S)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1,
