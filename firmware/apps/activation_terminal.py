@@ -44,7 +44,9 @@ LEGACY_MASTER = "legacy_master"         # provisioning purpose of the old system
 TAP_TIMEOUT_MS = 5000
 MAX_EVENTS_PER_INPUT = 16
 DEFAULT_SYNC_INTERVAL_MS = 5000
-TICKET_REFRESH_MS = 60000               # the ticket cache is brought up to date this often while online
+TICKET_REFRESH_MS = 60000
+REMOVAL_POLL_MS = 100                   # --serve: how often a finished card is checked for leaving
+REMOVAL_TIMEOUT_S = 60.0                # ... and for how long at most (then the next tap is served)               # the ticket cache is brought up to date this often while online
 
 
 def keys_from_provisioning(document):
@@ -274,6 +276,23 @@ class ActivationTerminal(SyncedShell):
         self._tap_started = time.monotonic()
         self._ticket_source = self._ticket_ms = None
         self.feed(activation.CardPresented(target.uid))
+        return True
+
+    def serve_once(self, timeout_ms=200, removal_timeout_s=REMOVAL_TIMEOUT_S):
+        """One tap at the door (--serve): wait for a card, activate it, then wait until it leaves the
+        field, so a card left lying on the reader is not activated (and announced) again and again."""
+        if not self.present_card(timeout_ms):
+            return False
+        uid = self._target.uid
+        deadline = time.monotonic() + removal_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                again = self.reader.poll(REMOVAL_POLL_MS)
+            except ReaderError:
+                break
+            if again is None or again.uid != uid:
+                break
+            time.sleep(REMOVAL_POLL_MS / 1000.0)
         return True
 
     def run_line(self, line):

@@ -139,7 +139,12 @@ def run_activation(args):
         except VoiceUnavailable as error:
             print(str(error), file=sys.stderr)
             return _EXIT_REFUSED
-    reader = open_reader(args.reader)
+    from reader_drivers.base import ReaderError
+    try:
+        reader = open_reader(args.reader)
+    except (ReaderError, OSError, ValueError) as error:
+        print("无法打开读卡器 / cannot open the reader %s: %s" % (args.reader, error), file=sys.stderr)
+        return _EXIT_REFUSED
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -161,7 +166,7 @@ def run_activation(args):
                 if stream is not sys.stdin:
                     stream.close()
         while args.serve and not stop.is_set():
-            terminal.present_card(200)
+            terminal.serve_once(200)
         if args.drain_timeout_s > 0:
             terminal.drain(args.drain_timeout_s)
         if voice is not None:
