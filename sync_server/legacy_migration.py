@@ -429,3 +429,38 @@ def report(conn):
             "teacher_difference_fen": teacher_differ_fen, "water_unregistered_fen": water_unregistered_fen,
             "conservation_ok": credited_fen == ledger_fen and old_fen == credited_fen + outstanding_fen
             and moved_twice == 0}
+
+
+WALLET_NAMES = {"main": ("主钱包", "main"), "legacy": ("原卡余额", "old balance"), "water": ("小钱包", "water")}
+
+
+def report_lines(report, lang="zh"):
+    """The migration report for people (the hall's and finance's commands): cards by state, money
+    moved per category and wallet, outstanding, the invariant and the ledger's agreement."""
+    en = lang == "en"
+
+    def yuan(fen):
+        return "%.2f" % (fen / 100)
+    lines = [("old cards: %(cards_pending)d pending, %(cards_activated)d activated, %(cards_lost)d lost, "
+              "%(cards_duplicate)d with a shared serial" if en else
+              "旧卡：待激活 %(cards_pending)d，已激活 %(cards_activated)d，挂失 %(cards_lost)d，卡号重复 %(cards_duplicate)d")
+             % report]
+    lines.append("moved in, yuan:" if en else "已迁入（元）：")
+    for category in (TEACHER, STUDENT, TEMPORARY):
+        zh, english = CATEGORY_NAMES[category]
+        moved = report["moved"][english]
+        lines.append("  %s  %s" % (english if en else zh, "  ".join(
+            "%s %s" % (WALLET_NAMES[wallet][1 if en else 0], yuan(moved[wallet])) for wallet in ("main", "legacy", "water"))))
+    lines.append(("old money %s yuan = credited %s + outstanding %s; ledger %s; moved twice %d" if en else
+                  "旧系统余额 %s 元 = 已入账 %s 元 + 待迁移 %s 元；账本核对%s；重复迁入 %d 笔") % (
+        yuan(report["old_fen"]), yuan(report["credited_fen"]), yuan(report["outstanding_fen"]),
+        ("agrees" if report["conservation_ok"] else "DISAGREES") if en else
+        ("一致" if report["conservation_ok"] else "不一致"), report["moved_twice"]))
+    if report["teacher_cards_differing"]:
+        lines.append(("teachers' cards that differ from the export: %d, %s yuan (booked from the export)" if en else
+                      "教工卡内余额与导出不符 %d 张，差额 %s 元（按导出入账）")
+                     % (report["teacher_cards_differing"], yuan(report["teacher_difference_fen"])))
+    if report["water_unregistered_fen"]:
+        lines.append(("小钱包 not registered on activated cards: %s yuan (register at the hall)" if en else
+                      "已激活卡未登记的小钱包 %s 元（到服务大厅登记后转入）") % yuan(report["water_unregistered_fen"]))
+    return lines

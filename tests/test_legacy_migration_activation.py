@@ -4,6 +4,7 @@ money into the legacy wallet, registered 小钱包 into the water wallet, teache
 the export; the same serial from a second unit, a replayed batch or the hall books nothing more; a
 record naming an unknown serial or another card is stored unbooked with its reason; the hall
 replaces a broken card free and registers a late 小钱包; old money in = credited + outstanding."""
+import json
 import time
 
 import cbor2
@@ -229,3 +230,51 @@ def test_an_activation_merchant_takes_no_wallet_and_needs_the_old_keys(live_serv
         conn.close()
     assert set(document["sam_keys"]) >= {"card_key_b", "card_mac", "legacy_master", "terminal"}
     assert protocol.WALLET_LEGACY in protocol.WALLETS
+
+
+def _cli(server, *args):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, YKT_LANG="zh")
+    env.pop("YKT_DATABASE_URL", None)
+    if server.database and server.database.startswith("postgresql:"):
+        env["YKT_DATABASE_URL"] = server.database
+    return subprocess.run([sys.executable, "-m", "ykt", *args, "--data-dir", server.data_dir], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def test_the_hall_and_finance_commands_and_the_finance_page(live_server, campus, unit):
+    from test_finance_close import _signed_in
+    from sync_server.web import auth
+    serial, entry, _water = _pick(campus, migration.TEMPORARY, False)
+    done = _cli(live_server, "hall", "migration-replace", "--serial", str(serial), "--uid", "0a0b0c0e", "--json")
+    assert done.returncode == 0, done.stderr
+    replaced = json.loads(done.stdout)
+    assert replaced["fee_fen"] == 0 and replaced["booked_fen"] == entry["balance_fen"] and replaced["generation"] == 2
+    again = _cli(live_server, "hall", "migration-replace", "--serial", "99999999", "--uid", "0a0b0c0f")
+    assert again.returncode == 2 and "99999999" in again.stderr and "Traceback" not in again.stderr
+    conn = live_server.connect()
+    try:
+        pending = conn.execute("SELECT serial FROM legacy_cards WHERE state = 'pending' ORDER BY serial LIMIT 1").fetchone()[0]
+    finally:
+        conn.close()
+    refused = _cli(live_server, "hall", "migration-water", "--serial", str(pending))
+    assert refused.returncode == 2 and "尚未激活" in refused.stderr
+
+    done = _cli(live_server, "finance", "migration-report", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["conservation_ok"] and report["moved"]["temporary"]["legacy"] >= entry["balance_fen"]
+    assert "旧系统余额" in done.stderr and "原卡余额" in done.stderr
+
+    conn = live_server.connect()
+    try:
+        auth.add_staff_user(conn, "caiwu-mg", "财务二", ["finance"], "finance-password-2")
+    finally:
+        conn.close()
+    client = _signed_in(live_server, "caiwu-mg", "finance-password-2")
+    page = client.get("/finance/migration").text
+    assert 'id="invariant" class="ok"' in page and "已入账" in page and "原卡余额" in page
+    assert "%.2f" % (report["credited_fen"] / 100) in page
+    assert client.get("/finance/").status_code == 200 and 'id="finance-migration"' in client.get("/finance/").text

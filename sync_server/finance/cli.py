@@ -3,6 +3,8 @@
     ykt finance close --date YYYY-MM-DD [--json] [--before-day-end]   (default: yesterday, Beijing time)
     ykt finance import-statement --channel alipay --date D FILE
     ykt finance export --date D --out DIR                  CSV files and an Excel workbook
+    ykt finance migration-report [--json]                  the go-live migration: old money in = credited +
+                                                           outstanding, per category and wallet
 
 All take --data-dir (default $YKT_DATA_DIR or ./data) and --lang. `close --json` prints exactly one
 JSON line (totals, gaps, anomaly counts, balanced, ledger_check); the readable summary goes to stderr
@@ -135,6 +137,20 @@ def cmd_export(args):
         print(path)
 
 
+def cmd_migration_report(args):
+    """The go-live migration's money (sync_server/legacy_migration.py): exit 3 when it does not add up."""
+    from sync_server import legacy_migration
+    conn = _open(args)
+    try:
+        report = legacy_migration.report(conn)
+    finally:
+        conn.close()
+    print("\n".join(legacy_migration.report_lines(report, _lang(args))), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False, sort_keys=True))
+    return 0 if report["conservation_ok"] else EXIT_UNBALANCED
+
+
 def _guard(handler):
     def run(args):
         try:
@@ -165,6 +181,10 @@ def register(subparsers):
     parser.add_argument("--json", action="store_true")
     parser.add_argument("file", help="statement CSV")
     parser.set_defaults(handler=_guard(cmd_import_statement))
+    parser = commands.add_parser("migration-report", parents=[common],
+                                 help="旧卡迁移对账：已激活、按类别与钱包迁入、待迁移 / the go-live migration's money")
+    parser.add_argument("--json", action="store_true", help="print one JSON line of the figures")
+    parser.set_defaults(handler=_guard(cmd_migration_report))
     parser = commands.add_parser("export", parents=[common], help="导出 CSV 与 Excel / export CSV files and a workbook")
     parser.add_argument("--out", required=True, help="directory to write into")
     parser.set_defaults(handler=_guard(cmd_export))

@@ -6,6 +6,7 @@
     GET  /finance/<day>/<part>.csv     one table as CSV (parts: exports.PARTS)
     GET  /finance/<day>.xlsx           the whole report as an Excel workbook
     GET  /finance/<day>.json           the stored figures
+    GET  /finance/migration            the go-live migration: old money in = credited + outstanding
 
 Views only format what close.py / channel_statements.py compute. Who may see them is decided by
 `finance_required`, one swappable decorator (today: the staff sessions of sync_server/web/auth.py
@@ -60,6 +61,21 @@ def index():
     # only a day that has ended is offered (and only one can be closed here: no override on the page)
     next_day = None if last is not None and last >= yesterday else day_text(yesterday if last is None else last + 1)
     return render_template("finance/index.html", days=days, next_day=next_day)
+
+
+@finance_pages.get("/migration")
+@finance_required
+def migration():
+    """The go-live migration's money: cards by state, moved per category and wallet, outstanding."""
+    from sync_server import legacy_migration
+    report = legacy_migration.report(dbmod.get_db())
+    rows = []
+    for category in (legacy_migration.TEACHER, legacy_migration.STUDENT, legacy_migration.TEMPORARY):
+        zh, en = legacy_migration.CATEGORY_NAMES[category]
+        moved = report["moved"][en]
+        rows.append({"name": en if _lang() == "en" else zh, "main": moved["main"], "legacy": moved["legacy"],
+                     "water": moved["water"], "total": moved["main"] + moved["legacy"] + moved["water"]})
+    return render_template("finance/migration.html", report=report, rows=rows)
 
 
 @finance_pages.post("/close")

@@ -13,6 +13,8 @@
     paycode-rotate-key                                       sign new certificates with a new pay-code key
     migration-import --people people.csv --water water_purses.csv [--json]   the old card centre's export
     migration-report [--json]                                old money, credited, outstanding (go-live)
+    migration-replace --serial N [--reader R | --card-file F | --uid U]   a card broken by activation, free
+    migration-water --serial N                               a late 小钱包 registration, moved in once
     wallet-move --number N --from main --to water --amount 12.50 [--request-id ID] [--json]
                                                              圈存 / the old balance into main: prints the receipt
 
@@ -179,15 +181,8 @@ def cmd_paycode_rotate_key(args):
 
 
 def _migration_lines(args, report):
-    say(args, "旧卡：待激活 %(cards_pending)d，已激活 %(cards_activated)d，挂失 %(cards_lost)d，卡号重复 %(cards_duplicate)d"
-        % report, "old cards: %(cards_pending)d pending, %(cards_activated)d activated, %(cards_lost)d lost, "
-        "%(cards_duplicate)d with a shared serial" % report)
-    say(args, "旧系统余额 %s 元 = 已入账 %s 元 + 待迁移 %s 元；账本核对%s" % (
-        _yuan(report["old_fen"]), _yuan(report["credited_fen"]), _yuan(report["outstanding_fen"]),
-        "一致" if report["conservation_ok"] else "不一致"),
-        "old money %s yuan = credited %s + outstanding %s; ledger %s" % (
-        _yuan(report["old_fen"]), _yuan(report["credited_fen"]), _yuan(report["outstanding_fen"]),
-        "agrees" if report["conservation_ok"] else "DISAGREES"))
+    from sync_server import legacy_migration
+    print("\n".join(legacy_migration.report_lines(report, lang_of(args))))
 
 
 def cmd_migration_import(args):
@@ -212,6 +207,41 @@ def cmd_migration_import(args):
         "imported before; teachers' balances booked %(teacher_yuan)s yuan"
         % dict(result, teacher_yuan=_yuan(result["teacher_fen_booked"])))
     _migration_lines(args, result)
+
+
+def cmd_migration_replace(args):
+    """A card activation left broken (or one that could not be activated), replaced free against the
+    old card: its money booked once, a new card written at the issuing station."""
+    from sync_server import legacy_migration
+    conn = open_database(args)
+    station = open_station(args)
+    try:
+        uid = station.uid if station is not None else bytes.fromhex(args.uid)
+        identity, name, booked = legacy_migration.replace_broken(conn, args.serial, uid)
+        if station is not None:
+            write_at_station(args, conn, station, identity, name)
+    finally:
+        if station is not None:
+            station.close()
+    moved_fen = sum(fen for _id, fen in booked)
+    if args.json:
+        print(json.dumps({"serial": args.serial, "card_number": identity.card_number, "generation": identity.generation,
+                          "account_id": identity.account_id, "name": name, "fee_fen": 0, "booked_fen": moved_fen,
+                          "uid": uid.hex()}, ensure_ascii=False, sort_keys=True))
+        return
+    say(args, "旧卡 %d 已免费换卡：卡号 %d 第 %d 代，免收补卡费；本次迁入 %s 元；%s" % (
+        args.serial, identity.card_number, identity.generation, _yuan(moved_fen),
+        "新卡已写好" if station is not None else "请在发卡机上写卡"),
+        "old card %d replaced free: card %d generation %d, no reissue fee; %s yuan moved in now; %s" % (
+        args.serial, identity.card_number, identity.generation, _yuan(moved_fen),
+        "new card written" if station is not None else "write it at the issuing station"))
+
+
+def cmd_migration_water(args):
+    from sync_server import legacy_migration
+    fen = legacy_migration.register_water(open_database(args), args.serial)
+    say(args, "旧卡 %d 的小钱包已登记，转入水钱包 %s 元" % (args.serial, _yuan(fen)),
+        "old card %d: 小钱包 registered, %s yuan moved to the water wallet" % (args.serial, _yuan(fen)))
 
 
 def cmd_migration_report(args):
@@ -302,6 +332,14 @@ def register(add):
     p.add_argument("--json", action="store_true")
     p = add("migration-report", cmd_migration_report, "迁移对账：旧系统余额、已入账、待迁移 / the migration's money")
     p.add_argument("--json", action="store_true")
+    p = add("migration-replace", cmd_migration_replace,
+            "激活损坏的卡凭旧卡免费更换 / replace a card broken by activation, free, against the old card")
+    p.add_argument("--serial", type=int, required=True, help="the old card's 卡号 (printed on its face)")
+    add_station_options(p)
+    p.add_argument("--json", action="store_true")
+    p = add("migration-water", cmd_migration_water,
+            "登记已激活旧卡的小钱包并转入水钱包 / register an activated old card's 小钱包 and move it in")
+    p.add_argument("--serial", type=int, required=True, help="the old card's 卡号")
     p = add("recharge-channel", cmd_recharge_channel, "渠道充值（模拟支付）/ recharge through a channel (simulated)")
     p.add_argument("--account", type=int, required=True)
     p.add_argument("--amount-fen", type=int, required=True)
