@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 
-from firmware.core import wallets
+from firmware.core import messages, wallets
 from simulators import fleet, legacy_campus
 from simulators.netcut import Relay
 from sync_server import db as dbmod, keys, ledger, legacy_migration as migration, registry
@@ -317,7 +317,6 @@ def run(args):
 def _speech_s(run_dir, lang):
     """How long the unit with the speaker talks per card: both prompts, one after the other."""
     from firmware.apps.voice import Voice, VoiceError
-    from firmware.core import messages
     try:
         voice = Voice(os.path.join(run_dir, "voice-cache"), "off", lang=lang)
         return sum(voice.duration_s(messages.text(code, lang)) for code in (messages.ACTIVATING, messages.ACTIVATED))
@@ -381,9 +380,11 @@ def summarize(morning, units, report, wrong, ledger_problems, replaced, register
 def render(summary, lang):
     def yuan(fen):
         return "%.2f" % (fen / 100)
-    refused = "，".join("%s %d" % item for item in summary["refused"].items()) or "无"
+    refused = "；".join("%s %d 张" % (messages.text(reason, "zh"), count)
+                       for reason, count in summary["refused"].items()) or "无"
     if lang == "en":
-        refused = ", ".join("%s %d" % item for item in summary["refused"].items()) or "none"
+        refused = "; ".join("%s: %d" % (messages.text(reason, "en"), count)
+                            for reason, count in summary["refused"].items()) or "none"
         return "\n".join([
             "Go-live morning: %(cards_tapped)d old cards at %(units)d activation units in %(elapsed_s).0f s" % summary,
             "  activated %(activated)d (pulled early %(pulled_early)d, finished by a later tap "
