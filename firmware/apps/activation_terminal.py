@@ -25,18 +25,18 @@ Output: "decision" lines (exactly one per scripted tap: accepted, reason, seq, s
 main_fen, water_fen, elapsed_ms from the tap to the decision), and, with display on, "show", "beep",
 "speak", "sync"; "drained" at the end.
 """
+import contextlib
 import os
 import sqlite3
 import sys
-import threading
 import time
 import traceback
 
 from firmware.apps import legacy_card_io, provisioning as provisioning_keys
 from firmware.apps.pos_terminal import DB_FILE, make_owner_only
 from firmware.apps.store import StoreError, TerminalStore
-from firmware.apps.sync_client import SharedClock, SyncClient
-from firmware.apps.terminal_shell import SyncedShell
+from firmware.apps.sync_client import SharedClock
+from firmware.apps.terminal_shell import SyncedShell, card_path, scripted_card
 from firmware.core import activation, card_layout, legacy_card, messages, records, sam as sam_module
 from reader_drivers.base import AuthenticationError, CardGone, ReaderError
 
@@ -98,17 +98,7 @@ class ActivationTerminal(SyncedShell):
         self._last_shown = None
         self._first_sync_seen = False
         self._tickets_at = None             # monotonic time of the last ticket refresh
-        self._out_lock = threading.Lock()
-        self.sync_client = None
-        self._sync_thread = None
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        url = server_url or provisioning.get("server_url")
-        if sync and url:
-            self._sync_store = TerminalStore(db_path)
-            self.sync_client = SyncClient(self._sync_store, self.sam, self.terminal_id, url, self.clock)
-            self.sync_interval_ms = sync_interval_ms or self.store.config().get("sync_interval_ms") \
-                or DEFAULT_SYNC_INTERVAL_MS
+        self._open_sync(db_path, server_url, sync, sync_interval_ms, DEFAULT_SYNC_INTERVAL_MS)
         if self.voice is not None:
             # spoken from the first tap on without waiting for synthesis
             self.voice.prepare([messages.text(code, lang) for code in (messages.ACTIVATING, messages.ACTIVATED,
@@ -306,38 +296,21 @@ class ActivationTerminal(SyncedShell):
         if "card" in line or line.get("tap"):
             self._tap(line)
 
-    def _card_path(self, card):
-        if os.path.exists(card):
-            return card
-        return os.path.join(self.cards_dir, "%s.card" % card.lower())
-
     def _tap(self, line):
-        card = stop_write_through = cancel_pull = None
-        slot = self.card_slot
-        if line.get("card"):
-            if slot is None:
-                raise ValueError("脚本中的卡片映像需要模拟读卡器 / scripted card images need a card slot "
-                                 "(sim: reader or an emulator); %r has none" % (self.reader,))
-            from reader_drivers.sim.card_file import write_through
-            from reader_drivers.sim.classic_card import ClassicCard
-            path = self._card_path(line["card"])
-            card = ClassicCard.load(path)
-            stop_write_through = write_through(slot, card, path)
-            slot.place(card)
-            if line.get("pull_after"):
-                cancel_pull = slot.pull_after(int(line["pull_after"]), done=bool(line.get("pull_done", True)))
+        card = line.get("card")
+        with scripted_card(self.card_slot, card_path(self.cards_dir, card), line.get("pull_after"),
+                           line.get("pull_done", True), self.reader) if card else contextlib.nullcontext():
+            self._present_scripted()
+
+    def _present_scripted(self):
         decisions_before = self._decisions
         try:
             self.present_card()
             if self._decisions == decisions_before:
+                # a scripted tap always gets one decision line, even when no card answered
                 self._decisions += 1
                 self.emit({"type": "decision", "accepted": False, "reason": self._last_shown, "seq": None,
                            "serial": None, "card_number": None, "main_fen": None, "water_fen": None,
                            **({"tap_id": self._tap_id} if self._tap_id is not None else {})})
         finally:
             self._tap_started = None
-            if card is not None:
-                if cancel_pull is not None:
-                    cancel_pull()
-                slot.pull()
-                stop_write_through()

@@ -86,6 +86,25 @@ def _register_dispenser(subparsers):
     parser.set_defaults(handler=run_dispenser)
 
 
+def _provisioning(path, load_provisioning):
+    """The terminal's provisioning document, or None after a one-line error."""
+    try:
+        return load_provisioning(path)
+    except (OSError, ValueError) as error:
+        print("终端配置文件无效 / bad provisioning file: %s" % error, file=sys.stderr)
+        return None
+
+
+def _run_script(terminal, script):
+    """Scripted lines from a file, or from stdin for "-"."""
+    stream = sys.stdin if script == "-" else open(script, encoding="utf-8")
+    try:
+        terminal.run_script(stream)
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
 def _register_activation(subparsers):
     parser = subparsers.add_parser(
         "activation", help="运行卡片激活机 / run a card activation unit",
@@ -126,10 +145,8 @@ def run_activation(args):
     from firmware.apps.pos_terminal import load_provisioning
     from reader_drivers.base import open_reader
 
-    try:
-        provisioning = load_provisioning(args.provision)
-    except (OSError, ValueError) as error:
-        print("终端配置文件无效 / bad provisioning file: %s" % error, file=sys.stderr)
+    provisioning = _provisioning(args.provision, load_provisioning)
+    if provisioning is None:
         return _EXIT_REFUSED
     voice = None
     if args.voice != "off":
@@ -159,12 +176,7 @@ def run_activation(args):
     try:
         terminal.start_sync()
         if args.script:
-            stream = sys.stdin if args.script == "-" else open(args.script, encoding="utf-8")
-            try:
-                terminal.run_script(stream)
-            finally:
-                if stream is not sys.stdin:
-                    stream.close()
+            _run_script(terminal, args.script)
         while args.serve and not stop.is_set():
             terminal.serve_once(200)
         if args.drain_timeout_s > 0:
@@ -184,10 +196,8 @@ def run_dispenser(args):
     from firmware.apps.dispenser_terminal import DispenserTerminal, VirtualRawClock, load_provisioning
     from reader_drivers.base import open_reader
 
-    try:
-        provisioning = load_provisioning(args.provision)
-    except (OSError, ValueError) as error:
-        print("终端配置文件无效 / bad provisioning file: %s" % error, file=sys.stderr)
+    provisioning = _provisioning(args.provision, load_provisioning)
+    if provisioning is None:
         return _EXIT_REFUSED
     if not 0 <= args.flow_ml_per_s <= 1000:
         print("--flow-ml-per-s 须在 0 到 1000 之间 / must be 0 to 1000", file=sys.stderr)
@@ -219,12 +229,7 @@ def run_dispenser(args):
         if not args.virtual_clock:
             terminal.start_ticking()
         if args.script:
-            stream = sys.stdin if args.script == "-" else open(args.script, encoding="utf-8")
-            try:
-                terminal.run_script(stream)
-            finally:
-                if stream is not sys.stdin:
-                    stream.close()
+            _run_script(terminal, args.script)
         while args.serve and not stop.is_set():
             terminal.poll_card()
             stop.wait(0.05)
@@ -261,10 +266,8 @@ def run_terminal(args):
     from firmware.apps.pos_terminal import PosTerminal, load_provisioning
     from reader_drivers.base import open_reader
 
-    try:
-        provisioning = load_provisioning(args.provision)
-    except (OSError, ValueError) as error:
-        print("终端配置文件无效 / bad provisioning file: %s" % error, file=sys.stderr)
+    provisioning = _provisioning(args.provision, load_provisioning)
+    if provisioning is None:
         return _EXIT_REFUSED
     scanner = None
     if args.scanner:

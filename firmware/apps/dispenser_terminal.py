@@ -39,8 +39,8 @@ import traceback
 from firmware.apps import card_io, dispenser_hw, provisioning as provisioning_keys
 from firmware.apps.pos_terminal import DB_FILE, load_provisioning, make_owner_only
 from firmware.apps.store import StoreError, TerminalStore
-from firmware.apps.sync_client import SharedClock, SyncClient
-from firmware.apps.terminal_shell import SyncedShell
+from firmware.apps.sync_client import SharedClock
+from firmware.apps.terminal_shell import SyncedShell, scripted_card
 from firmware.core import card_layout, clock as clock_module, dispenser, messages, pos, records
 from firmware.core import sam as sam_module, wallets, water_grants
 from reader_drivers.base import CardGone, ReaderError
@@ -114,7 +114,6 @@ class DispenserTerminal(SyncedShell):
         self.raw_ms = raw_ms
         self.clock = SharedClock(self.store, raw_ms) if raw_ms else SharedClock(self.store)
         self._lock = threading.RLock()
-        self._out_lock = threading.Lock()
         self.machine = dispenser.Dispenser(self._machine_config())
         self.gate = self._new_gate()
         self.alarm = None                  # a message code while the dispenser is out of order
@@ -124,19 +123,11 @@ class DispenserTerminal(SyncedShell):
         self._present_uid = None           # the card in the field now (a tap is a card arriving)
         self._session_offline = False
         self.radio = None                  # firmware/apps/dispenser_ble.DispenserRadio, when attached
-        self.sync_client = None
-        self._sync_thread = None
         self._tick_thread = None
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        url = server_url or provisioning.get("server_url")
-        if sync and url:
-            self._sync_store = TerminalStore(db_path)
-            self.sync_client = SyncClient(self._sync_store, self.sam, self.terminal_id, url, self.clock,
-                                          firmware_version="ykt-water/0.1")
+        self._open_sync(db_path, server_url, sync, sync_interval_ms, DEFAULT_SYNC_INTERVAL_MS,
+                        firmware_version="ykt-water/0.1")
+        if self.sync_client is not None:
             self.sync_client.health_extra = self._health
-            self.sync_interval_ms = sync_interval_ms or self.store.config().get("sync_interval_ms") \
-                or DEFAULT_SYNC_INTERVAL_MS
         self._power_up()
 
     # -- configuration -------------------------------------------------------------------------
@@ -485,19 +476,9 @@ class DispenserTerminal(SyncedShell):
             self.sync_now()
 
     def _scripted_tap(self, path):
-        if self.card_slot is None:
-            raise ValueError("脚本中的卡片映像需要模拟读卡器 / scripted card images need the sim: reader")
-        from reader_drivers.sim.card_file import write_through
-        from reader_drivers.sim.classic_card import ClassicCard
-        card = ClassicCard.load(path)
-        stop_write_through = write_through(self.card_slot, card, path)
-        self.card_slot.place(card)
-        try:
+        with scripted_card(self.card_slot, path, owner=self.reader):
             self.poll_card(timeout_ms=500)
-        finally:
-            self.card_slot.pull()
-            stop_write_through()
-            self.poll_card(timeout_ms=10)       # the card has left: the next arrival is a new tap
+        self.poll_card(timeout_ms=10)       # the card has left: the next arrival is a new tap
 
     def _log_fault(self, step):
         print("开水机异常 / unexpected failure during %s:" % step, file=sys.stderr)

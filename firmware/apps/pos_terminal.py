@@ -23,19 +23,19 @@ rigs pass the PN532 emulator's field or a PC/SC card slot). Lines without "card"
 one is printed only once the record is committed; reason "no_card" when no card answered), and,
 with display on, "show", "beep", "speak", "sync"; "drained" at the end.
 """
+import contextlib
 import json
 import os
 import sqlite3
 import stat
 import sys
-import threading
 import time
 import traceback
 
 from firmware.apps import card_io, provisioning
 from firmware.apps.store import StoreError, TerminalStore
-from firmware.apps.sync_client import SharedClock, SyncClient
-from firmware.apps.terminal_shell import SyncedShell
+from firmware.apps.sync_client import SharedClock
+from firmware.apps.terminal_shell import SyncedShell, card_path, scripted_card
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -124,18 +124,7 @@ class PosTerminal(SyncedShell):
         self._code_credential = None   # the payment code under way: its credential once verified, else 0
         self._last_shown = None
         self._first_sync_seen = False  # once True it stays: a store never needs its first sync again
-        self._out_lock = threading.Lock()
-        self.sync_client = None
-        self._sync_thread = None
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        url = server_url or provisioning.get("server_url")
-        if sync and url:
-            # The sync thread gets its own connection: SQLite serialises the two writers.
-            self._sync_store = TerminalStore(db_path)
-            self.sync_client = SyncClient(self._sync_store, self.sam, self.terminal_id, url, self.clock)
-            self.sync_interval_ms = sync_interval_ms or self._server_config().get("sync_interval_ms") \
-                or DEFAULT_SYNC_INTERVAL_MS
+        self._open_sync(db_path, server_url, sync, sync_interval_ms, DEFAULT_SYNC_INTERVAL_MS)
         self._show_last_tap()
 
     def _show_last_tap(self):
@@ -360,11 +349,6 @@ class PosTerminal(SyncedShell):
         self.feed(pos.CardPresented(target.uid))
         return True
 
-    def _card_path(self, card):
-        if os.path.exists(card):
-            return card
-        return os.path.join(self.cards_dir, "%s.card" % card.lower())
-
     def run_line(self, line):
         """One scripted step (see the module docstring)."""
         self._refresh_config()
@@ -385,26 +369,10 @@ class PosTerminal(SyncedShell):
             self._scan(line)
 
     def _tap(self, line):
-        card = None
-        stop_write_through = None
-        cancel_pull = None
-        slot = self.card_slot
-        if line.get("card"):
-            if slot is None:
-                raise ValueError("脚本中的卡片映像需要模拟读卡器 / scripted card images need a card slot "
-                                 "(sim: reader or an emulator); %r has none" % (self.reader,))
-            from reader_drivers.sim.card_file import write_through  # only scripted sim taps need the model
-            from reader_drivers.sim.classic_card import ClassicCard
-            path = self._card_path(line["card"])
-            card = ClassicCard.load(path)
-            # The image is saved after each command that changes the card (tap counter included),
-            # like a card's EEPROM: a terminal killed mid-tap never leaves it behind the card.
-            stop_write_through = write_through(slot, card, path)
-            slot.place(card)
-            if line.get("pull_after"):
-                cancel_pull = slot.pull_after(int(line["pull_after"]), done=bool(line.get("pull_done", True)))
-        decisions_before = self._decisions
-        try:
+        card = line.get("card")
+        with scripted_card(self.card_slot, card_path(self.cards_dir, card), line.get("pull_after"),
+                           line.get("pull_done", True), self.reader) if card else contextlib.nullcontext():
+            decisions_before = self._decisions
             self.present_card()
             self._resolve_prompts(line)
             if self._decisions == decisions_before:
@@ -412,12 +380,6 @@ class PosTerminal(SyncedShell):
                 # before any card decision (no amount keyed, no card in the field).
                 self._decisions += 1
                 self._emit_decision(None, False, self._last_shown, self.machine.amount_fen, None, None)
-        finally:
-            if card is not None:
-                if cancel_pull is not None:
-                    cancel_pull()       # a pull this tap never reached must not hit the next one
-                slot.pull()
-                stop_write_through()
 
     def scan_code(self, text):
         """A payment code from the scanner (or typed by a wedge): one decision."""

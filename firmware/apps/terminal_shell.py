@@ -2,18 +2,70 @@
 thread, a sync in the foreground, draining the journal at the end, scripted input, JSON-line output.
 
 The canteen POS (pos_terminal.py) and the water dispenser (dispenser_terminal.py) mix this in. A shell
-sets, before using it: `store` (its TerminalStore), `sync_client` (a SyncClient or None),
-`_sync_store` (the sync thread's own store), `sync_interval_ms`, `_stop` and `_wake` (threading
-Events), `_sync_thread` (None), `out` and `_out_lock`; and it provides `_refresh_config()` and
-`run_line(line)`.
+sets `provisioning`, `terminal_id`, `sam`, `store` (its TerminalStore), `clock` and `out`, then calls
+`_open_sync` (the sync client, its thread's events, the output lock); and it provides
+`_refresh_config()` and `run_line(line)`.
 """
+import contextlib
 import json
+import os
 import threading
 import time
 
 
+@contextlib.contextmanager
+def scripted_card(slot, path, pull_after=None, pull_done=True, owner=None):
+    """A card image in the terminal's card slot for one scripted tap (pull_after: the card leaves at
+    that card command, pull_done: after it took effect). The image is saved after each command that
+    changes the card, like a card's EEPROM, so a terminal killed mid-tap never leaves it behind the
+    card; the card is pulled at the end, and a pull the tap never reached does not hit the next one."""
+    if slot is None:
+        raise ValueError("脚本中的卡片映像需要模拟读卡器 / scripted card images need a card slot "
+                         "(sim: reader or an emulator); %r has none" % (owner,))
+    from reader_drivers.sim.card_file import write_through  # only scripted taps need the card model
+    from reader_drivers.sim.classic_card import ClassicCard
+    card = ClassicCard.load(path)
+    stop_write_through = write_through(slot, card, path)
+    slot.place(card)
+    cancel_pull = slot.pull_after(int(pull_after), done=bool(pull_done)) if pull_after else None
+    try:
+        yield card
+    finally:
+        if cancel_pull is not None:
+            cancel_pull()
+        slot.pull()
+        stop_write_through()
+
+
+def card_path(cards_dir, card):
+    """A scripted "card": an image path, or a UID whose image is <cards_dir>/<uid>.card."""
+    if os.path.exists(card):
+        return card
+    return os.path.join(cards_dir, "%s.card" % card.lower())
+
+
 class SyncedShell:
     display = True
+
+    def _open_sync(self, db_path, server_url, sync, sync_interval_ms, default_interval_ms, **client_options):
+        """The output lock, the sync thread's events, and the sync client on a store connection of
+        its own (SQLite serialises the two writers) when `sync` and a server URL (the argument, else
+        the provisioning file's) are given; its interval: the argument, else the server's
+        configuration, else `default_interval_ms`."""
+        from firmware.apps.store import TerminalStore
+        from firmware.apps.sync_client import SyncClient
+        self._out_lock = threading.Lock()
+        self.sync_client = None
+        self._sync_thread = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        url = server_url or self.provisioning.get("server_url")
+        if sync and url:
+            self._sync_store = TerminalStore(db_path)
+            self.sync_client = SyncClient(self._sync_store, self.sam, self.terminal_id, url, self.clock,
+                                          **client_options)
+            self.sync_interval_ms = sync_interval_ms or self.store.config().get("sync_interval_ms") \
+                or default_interval_ms
 
     # -- background sync -----------------------------------------------------------------------
 
