@@ -28,10 +28,10 @@ import httpx
 from firmware.apps import card_io
 from firmware.core import records, sam as sam_module, wallets
 from reader_drivers.sim import SimReader
-from simulators import injected_faults, lunch, paycode_day, water_day
+from simulators import injected_faults, lunch, pay_gateways, paycode_day, water_day
 from reader_drivers.sim.classic_card import ClassicCard
 from simulators.netcut import Relay
-from simulators.phone import ChannelGateway, PhoneApp
+from simulators.phone import PhoneApp
 from sync_server import db as dbmod, keys, ledger, pg_store, pin_rules, registry
 from sync_server.cli import init_data_dir
 from sync_server.ledger_store import SqliteStore
@@ -51,7 +51,7 @@ _LOW_BALANCE_SHARE = 0.06             # cardholders who will run out mid-rush
 _DRAIN_TIMEOUT_S = 120.0
 _APP_RECHARGES = 12                   # low-balance cardholders who top up from the app mid-rush
 _APP_RECHARGE_CHANNELS = ("wechat", "ccb")   # (the anomaly injector's statement uses alipay)
-_NOTIFICATIONS_PER_PAYMENT = 2        # gateways retry: every payment is notified twice
+_NOTIFICATIONS_PER_PAYMENT = 2        # channels retry: every payment is notified twice
 _SERVER_START_TIMEOUT_S = 30.0
 _APP_JOIN_TIMEOUT_S = 120.0          # the app's top-ups still under way when the rush ends
 
@@ -268,14 +268,16 @@ class TerminalProcess:
 
 class AppActivity:
     """What cardholders do on their phones during the rush, over the server's cardholder API:
-    a few who are running out top up through WeChat Pay or CCB (the gateway notifies every payment
-    twice; each must credit once), and the owner of the lost card reports it with the card PIN."""
+    a few who are running out top up through WeChat Pay or CCB (the channel's sandbox,
+    simulators/pay_gateways.py, checks the order's signed request, then notifies the payment twice
+    in the channel's own format; each must credit once), and the owner of the lost card reports it
+    with the card PIN."""
 
-    def __init__(self, server_url, master_key, population, plan, exclude=()):
+    def __init__(self, server_url, gateways, population, plan, exclude=()):
         rng = random.Random(plan.seed ^ 0xA99)
         self.server_url = server_url
         self.population = population
-        self.gateway = ChannelGateway(server_url, master_key)
+        self.gateways = gateways
         low = [index for index, person in enumerate(population)
                if person.get("opening_fen", 0) < 1500 and index != plan.lost_person_index and index not in exclude]
         chosen = rng.sample(low, min(_APP_RECHARGES, len(low)))
@@ -311,8 +313,11 @@ class AppActivity:
                 phone = self._phone(index)
                 try:
                     order = phone.recharge_order(amount_fen, channel)
-                    self.outcomes.append((channel, amount_fen,
-                                          self.gateway.notify_paid(order, times=_NOTIFICATIONS_PER_PAYMENT)))
+                    answers = self.gateways.pay(self.server_url, order, times=_NOTIFICATIONS_PER_PAYMENT)
+                    self.outcomes.append((channel, amount_fen, [answer.outcome for answer in answers]))
+                    if not all(answer.accepted for answer in answers):
+                        self.errors.append("order %s: notices answered %s" % (
+                            order["order_id"], [(answer.status, answer.error) for answer in answers]))
                     status = phone.order(order["order_id"])["status"]
                     if status != "paid":
                         self.errors.append("order %s is %s after its notices" % (order["order_id"], status))
@@ -331,7 +336,7 @@ class AppActivity:
         self._due.put(None)
         self._worker.join(_APP_JOIN_TIMEOUT_S)
         self.owner.close()
-        self.gateway.close()
+        self.gateways.close()
 
     def summary(self):
         credited = [amount for _, amount, outcomes in self.outcomes if outcomes.count("credited") == 1]
@@ -753,6 +758,9 @@ def run(args):
     population, documents = provision(server_dir, database, cards_dir, args.people, args.terminals, args.seed,
                                       progress, lang)
     location = dbmod.store_location(server_dir, database)
+    # the payment channels' sandboxes: their test keys, and the server's channel configuration for them
+    gateways = pay_gateways.PayGateways()
+    gateways.install(server_dir)
     progress.step(_say(lang, "开通 %d 台开水机和住宿生……" % water_day.DISPENSERS,
                        "provisioning %d water dispensers and dorm residents..." % water_day.DISPENSERS))
     water_documents, residents = water_day.provision(location, keys.load_master_key(keys.master_key_path(server_dir)),
@@ -779,7 +787,7 @@ def run(args):
             relay = Relay("127.0.0.1", servers[index % len(servers)].port)
             relays.append(relay)
             fleet.append(TerminalProcess(index, document, relay, run_dir, cards_dir, decisions))
-        app = AppActivity(servers[-1].url, keys.load_master_key(keys.master_key_path(server_dir)), population, plan,
+        app = AppActivity(servers[-1].url, gateways, population, plan,
                           exclude=injector.taken if injector is not None else ())
         progress.step(_say(lang, "为 %d 名持卡人开通付款码……" % paycode_day.PAYERS,
                            "enabling the payment code for %d cardholders..." % paycode_day.PAYERS))
@@ -806,7 +814,7 @@ def run(args):
         result = reconcile(location, rush.outcomes, rush.unconfirmed_repeats)
         result.update(water_day.reconcile(location, water))
         if injector is not None:
-            injector.finish(server_dir, result, location)
+            injector.finish(server_dir, result, location, gateways)
     finally:
         if water is not None:
             water.close()

@@ -6,9 +6,10 @@
     --inject-clone              a copy of one card is made before the rush (its image file copied, as
                                 a cloner copies sectors); the card and its copy are used one after the
                                 other at two windows, so the same tap counter comes in twice
-    --inject-statement-mismatch a few cardholders recharge through the Alipay channel (signed
-                                notifications, sync_server/services/recharge.py) and the channel's
-                                statement of the day is written with one amount wrong
+    --inject-statement-mismatch a few cardholders recharge through the Alipay channel (its sandbox's
+                                RSA2-signed notices, simulators/pay_gateways.py, verified by the
+                                server's sync_server/channels/alipay.py) and the channel's statement
+                                of the day is written with one amount wrong
 
 What was injected goes to `injected.json` in the run directory (the day, the account, the card, the
 order), and the statement to `statement-alipay-<day>.csv`, ready for `ykt finance import-statement`.
@@ -21,7 +22,7 @@ import random
 import shutil
 
 from simulators import lunch
-from sync_server import db as dbmod, keys
+from sync_server import db as dbmod
 from sync_server.finance import day_of_ms, day_text
 
 STATEMENT_RECHARGES = 5
@@ -141,14 +142,14 @@ class Injector:
 
     # -- after the rush ----------------------------------------------------------------------------
 
-    def finish(self, server_dir, result, location):
+    def finish(self, server_dir, result, location, gateways=None):
         """Channel recharges and their statement; injected.json; the clone's own duplicate taps are
         reported apart from `duplicates` (they are the point, not a fault of the system)."""
         conn = dbmod.connect(location)
         try:
             self.record["day"] = day_text(day_of_ms(dbmod.now_ms()))
             if self.args.inject_statement_mismatch:
-                self._statement(conn, server_dir)
+                self._statement(conn, server_dir, gateways)
             if self.clone_card_number is not None:
                 repeated = conn.execute(
                     "SELECT count(*) - count(DISTINCT tap_counter) FROM terminal_records WHERE card_number = ?",
@@ -161,20 +162,20 @@ class Injector:
         with open(os.path.join(self.run_dir, "injected.json"), "w", encoding="utf-8") as handle:
             json.dump(self.record, handle, ensure_ascii=False, indent=2, sort_keys=True)
 
-    def _statement(self, conn, server_dir):
-        """Alipay recharges through signed notifications, and the channel's statement with one line
+    def _statement(self, conn, server_dir, gateways):
+        """Alipay recharges through the sandbox's signed notices (`gateways`: the demo's
+        pay_gateways.PayGateways, installed in server_dir), and the channel's statement with one line
         one yuan off."""
+        from sync_server import channels
         from sync_server.services import recharge
-        secret = recharge.channel_secret(keys.load_master_key(keys.master_key_path(server_dir)), "alipay")
-        channel = recharge.SimulatedChannel("alipay", secret)
+        handler = channels.load(channels.config_dir(server_dir))["alipay"]
         people = self.rng.sample(range(len(self.population)), STATEMENT_RECHARGES)
         lines = []
         for index in people:
             amount_fen = self.rng.randrange(10, 101) * 100
             order = recharge.create_order(conn, self.population[index]["account_id"], amount_fen, "alipay")
-            body, headers = channel.notification(order, "paid")
-            outcome, order = recharge.handle_notification(conn, "alipay", body, headers[recharge.SIGNATURE_HEADER],
-                                                          secret)
+            delivery = gateways.notice(order, "paid")
+            outcome, order = recharge.handle_notification(conn, "alipay", handler, delivery.headers, delivery.body)
             assert outcome == "credited", outcome
             lines.append([order["order_id"], order["channel_trade_no"], amount_fen, order["paid_ms"]])
         wrong = self.rng.randrange(len(lines))

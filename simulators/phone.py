@@ -3,13 +3,11 @@
 `PhoneApp` speaks the cardholder API (`/api/v1`) the way the campus app does: bind with name,
 staff/student number and card PIN (绑卡), list and remove the holder's bound phones, then query, report a card
 lost with the card PIN (挂失), recharge through a channel (卡充值), ask for Bluetooth water grants and hand in
-the dispensers' receipts (扫码用水). `ChannelGateway` plays Alipay / WeChat Pay / CCB: after the phone pays an order it
-sends the channel's signed asynchronous notification to the server's webhook - like real gateways,
-sometimes more than once. Used by the demo and the tests.
+the dispensers' receipts (扫码用水). The payment channels behind a recharge order (the order's `pay`
+request, their notifications to the server, retries) are simulators/pay_gateways.py's sandboxes.
+Used by the demo and the tests.
 """
 import httpx
-
-from sync_server.services import recharge
 
 _TIMEOUT_S = 30.0
 
@@ -100,26 +98,3 @@ class PhoneApp:
 
     def change_pin(self, old_pin, new_pin):
         return self._call("POST", "/accounts/%d/pin" % self.account_id, {"old_pin": old_pin, "new_pin": new_pin})
-
-
-class ChannelGateway:
-    """Sends a channel's signed payment notifications to the server (secrets from the site's key)."""
-
-    def __init__(self, server_url, master_key):
-        self.http = httpx.Client(base_url=server_url.rstrip("/") + "/api/v1", timeout=_TIMEOUT_S)
-        self._channels = {name: recharge.SimulatedChannel(name, recharge.channel_secret(master_key, name))
-                          for name in recharge.ONLINE_CHANNELS}
-
-    def close(self):
-        self.http.close()
-
-    def notify_paid(self, order, times=1):
-        """The channel reports the order paid, `times` times (gateways retry); returns the outcomes."""
-        body, headers = self._channels[order["channel"]].notification(order, recharge.NOTIFY_PAID)
-        outcomes = []
-        for _ in range(times):
-            response = self.http.post("/channels/%s/notify" % order["channel"], content=body, headers=headers)
-            if response.status_code >= 400:
-                raise PhoneError(response.status_code, response.text)
-            outcomes.append(response.json()["outcome"])
-        return outcomes

@@ -2,6 +2,8 @@
 
     YKT_DATA_DIR          data directory (default ./data): holds ykt.sqlite3 and master.key
     YKT_MASTER_KEY_FILE   site master key file (default <data_dir>/master.key), mode 0600
+    <data_dir>/channels/  the payment channels' settings and keys (config CHANNELS_DIR), one JSON file
+                          per channel (sync_server/channels/); a channel without one is not configured
     YKT_PROXY_HOPS        (config PROXY_HOPS) how many reverse proxies stand in front of the server
                           (default 0): their X-Forwarded-For / -Proto are then believed, so the
                           client's own address is what binding throttles by, not the proxy's. With
@@ -20,7 +22,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from firmware.core import protocol
-from sync_server import db, keys, messages, numbers, pg_store, private_dir, web
+from sync_server import channels, db, keys, messages, numbers, pg_store, private_dir, web
 
 # Cap on any request body (Flask MAX_CONTENT_LENGTH): forms and JSON are parsed in memory, and no
 # audience needs more (the terminal API has its own, lower protocol.MAX_BODY_BYTES).
@@ -118,6 +120,8 @@ def create_app(test_config=None):
         private_dir.create_private_file(app.config["DATABASE"])
     db.init_db(app.config["DATABASE"]).close()
     app.extensions["ykt"] = ServerState(keys.load_master_key(app.config["MASTER_KEY_FILE"]))
+    # the payment channels' keys and settings (sync_server/channels): read once, a bad file stops the start
+    app.extensions["ykt_channels"] = channels.load(app.config.get("CHANNELS_DIR") or channels.config_dir(data_dir))
 
     from sync_server.terminal_api import terminal_api
     app.url_map.converters["id"] = numbers.IdConverter   # before any route that uses <id:...>

@@ -12,8 +12,9 @@
     GET  /api/v1/accounts/<id>/balance
     GET  /api/v1/accounts/<id>/transactions   ?from=YYYY-MM-DD&to=YYYY-MM-DD&type=all|consumption|recharge
                                               &page=1&page_size=10
-    POST /api/v1/accounts/<id>/recharge-orders            {amount_fen, channel, wallet?}
-    GET  /api/v1/accounts/<id>/recharge-orders/<order_id>
+    POST /api/v1/accounts/<id>/recharge-orders            {amount_fen, channel, wallet?} -> the order, with
+                                              `pay`: what the phone needs to pay it in the channel
+    GET  /api/v1/accounts/<id>/recharge-orders/<order_id>   (`pay` again while the order is pending)
     POST /api/v1/accounts/<id>/report-loss    {pin}
     POST /api/v1/accounts/<id>/unfreeze       {pin}
     POST /api/v1/accounts/<id>/pin            {old_pin, new_pin, confirm_pin?}
@@ -36,7 +37,8 @@
                                               圈存: the signed-in holder's main -> water, booked once per
                                               request_id -> the receipt (services/wallet_move.py)
     GET  /api/v1/wallet-moves?limit=20        the holder's wallet-move receipts, newest first
-    POST /api/v1/channels/<channel>/notify    the channel's signed notification (no bearer token)
+    POST /api/v1/channels/<channel>/notify    the channel's own asynchronous notification, in its own
+                                              format, answered in its own format (no bearer token)
     GET  /api/v1/openapi.json                 all of the above as an OpenAPI 3 document (sync_server/openapi.py)
 
 Ids in paths and numbers in query strings are read by sync_server/numbers.py (ASCII or full-width
@@ -50,15 +52,15 @@ A payment the app may send twice (a retry after a lost answer, a double tap) car
 `idempotency_key` (8-100 of A-Z a-z 0-9 - _, new for each payment the holder means to make): every
 copy books once and gets the first one's answer; the same key with other details is a 409.
 
-Channel secrets: `CHANNEL_SECRETS_FILE` (default <data_dir>/channel_secrets.json, mode 0600, JSON
-{"alipay": "<hex>", ...}) holds the secrets channels gave us; a channel without one uses the key
-derived from the site master key. The notify answer is {"result": "success"} for every notification
-we accepted (also duplicates), so the channel stops retrying.
+Payment channels (sync_server/channels/): each configured by its file in <data_dir>/channels/,
+read at start-up; an unconfigured channel's orders and notices are refused (channel_not_configured).
+A notice is answered the way its channel expects - Alipay the plain text `success`, WeChat Pay
+{"code": "SUCCESS"}, CCB SUCCESS - for every notice we accepted (duplicates too) so the channel stops
+notifying, and in the channel's failure form with a 4xx otherwise. The headers X-Ykt-Outcome
+(credited, duplicate, closed, ignored) and X-Ykt-Order-Status, or X-Ykt-Error (the refusal's code),
+say what happened, for our own tools; channels ignore them.
 """
-import json
-import os
-
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from sync_server import db as dbmod, numbers, openapi
 from sync_server.services import (ServiceError, binding, cards, electricity, history, limits, paycode,
@@ -284,45 +286,59 @@ def create_order(account_id):
     conn = dbmod.get_db()
     _own(conn, account_id)
     message = _body()
-    order = recharge.create_order(conn, account_id, _int(message, "amount_fen"), _str(message, "channel"),
-                                  message.get("wallet", "main"))
-    return jsonify(order), 201
+    amount_fen, channel = _int(message, "amount_fen"), _str(message, "channel")
+    recharge.check_order(amount_fen, channel)
+    handler = _configured_channel(channel)
+    order = recharge.create_order(conn, account_id, amount_fen, channel, message.get("wallet", "main"))
+    return jsonify(_with_payment(order, handler)), 201
 
 
 @cardholder_api.get("/accounts/<id:account_id>/recharge-orders/<order_id>")
 def get_order(account_id, order_id):
     conn = dbmod.get_db()
     _own(conn, account_id)
-    return jsonify(recharge.get_order(conn, order_id, account_id))
+    order = recharge.get_order(conn, order_id, account_id)
+    return jsonify(_with_payment(order, current_app.extensions["ykt_channels"].get(order["channel"])))
 
 
-def channel_secrets(app):
-    """{channel: secret bytes} for this app (configured or derived), computed once."""
-    cached = app.extensions.get("ykt_channel_secrets")
-    if cached is None:
-        path = app.config.get("CHANNEL_SECRETS_FILE") or os.path.join(app.config["DATA_DIR"], "channel_secrets.json")
-        configured = {}
-        if os.path.exists(path):
-            if os.stat(path).st_mode & 0o077:
-                raise RuntimeError("渠道密钥文件权限过宽 / channel secrets file is readable by others; chmod 600 %s" % path)
-            with open(path) as handle:
-                configured = json.load(handle)
-        master_key = app.extensions["ykt"].master_key
-        cached = app.extensions["ykt_channel_secrets"] = {
-            name: recharge.channel_secret(master_key, name, configured) for name in recharge.ONLINE_CHANNELS}
-    return cached
+def _configured_channel(channel):
+    """The channel's handler (sync_server/channels), or channel_not_configured."""
+    handler = current_app.extensions["ykt_channels"].get(channel)
+    if handler is None:
+        raise ServiceError("channel_not_configured")
+    return handler
+
+
+def _with_payment(order, handler):
+    """The order; a pending one with `pay`, what the phone needs to pay it in the channel (the
+    channel's signed order string or URL, or for WeChat Pay the prepay request the server sends)."""
+    if order["status"] != recharge.STATUS_PENDING or handler is None:
+        return order
+    notify_url = url_for("cardholder_api.channel_notify", channel=order["channel"], _external=True)
+    pay = handler.payment_request(order, notify_url, request.remote_addr, now_s=dbmod.now_ms() / 1000.0,
+                                  expire_s=(order["created_ms"] + recharge.PENDING_ORDER_TTL_MS) / 1000.0)
+    return dict(order, pay=pay)
 
 
 @cardholder_api.post("/channels/<channel>/notify")
 def channel_notify(channel):
+    """A channel's asynchronous notification, verified its own way and answered in its own format."""
     if channel not in recharge.ONLINE_CHANNELS:
         raise ServiceError("unknown_channel")
+    handler = _configured_channel(channel)
     body = request.get_data(cache=False)[:recharge.MAX_NOTIFICATION_BYTES + 1]
-    secret = channel_secrets(current_app._get_current_object())[channel]
-    outcome, order = recharge.handle_notification(dbmod.get_db(), channel, body,
-                                                  request.headers.get(recharge.SIGNATURE_HEADER, ""), secret)
-    return jsonify({"result": "success", "outcome": outcome, "order_id": order["order_id"],
-                    "status": order["status"]})
+    try:
+        outcome, order = recharge.handle_notification(dbmod.get_db(), channel, handler, request.headers, body)
+    except ServiceError as refusal:
+        text, mimetype = handler.answer(False, "%s / %s" % (refusal.zh, refusal.en))
+        response = Response(text, refusal.status, mimetype=mimetype)
+        response.headers["X-Ykt-Error"] = refusal.code
+        return response
+    text, mimetype = handler.answer(True)
+    response = Response(text, 200, mimetype=mimetype)
+    response.headers["X-Ykt-Outcome"] = outcome
+    response.headers["X-Ykt-Order-Status"] = order["status"]
+    return response
 
 
 # --- card and account operations -----------------------------------------------------------------

@@ -70,9 +70,20 @@ SCHEMAS = {
     "Order": _object({
         "order_id": TEXT, "account_id": ID, "wallet": TEXT, "amount_fen": FEN, "channel": TEXT,
         "status": {"type": "string", "enum": ["pending", "paid", "closed"]}},
-        {name: {"type": kind, "nullable": True} for name, kind in (
+        dict({name: {"type": kind, "nullable": True} for name, kind in (
             ("channel_trade_no", "string"), ("transfer_id", "string"), ("operator", "string"),
-            ("created_ms", "integer"), ("paid_ms", "integer"), ("closed_ms", "integer"))}),
+            ("created_ms", "integer"), ("paid_ms", "integer"), ("closed_ms", "integer"))},
+             pay=_ref("PayRequest"))),
+    "PayRequest": dict(_object(
+        {"channel": {"type": "string", "enum": list(recharge.ONLINE_CHANNELS)},
+         "kind": {"type": "string", "enum": ["alipay.trade.wap.pay", "wechatpay.v3.h5_prepay", "ccb.520100"]},
+         "method": {"type": "string", "enum": ["GET", "POST"]}, "url": TEXT},
+        {"order_string": {"type": "string", "description": "Alipay: the order string signed RSA2 with our app key"},
+         "body": {"type": "object", "description": "WeChat Pay: the H5 prepay request the server sends (signed "
+                                                   "then with the merchant key); its answer's h5_url is opened"}}),
+        description="what the phone needs to pay a pending order in its channel: Alipay's and CCB's url is "
+                    "opened as it is (the order string signed RSA2; the MD5 MAC); present while the order is "
+                    "pending and its channel configured"),
     "CardChange": _object({"card_number": {"type": "integer"}, "generation": {"type": "integer"},
                            "deny_version": {"type": "integer"}}),
     "Limits": _object({"single_limit_fen": {"type": "integer", "nullable": True},
@@ -119,8 +130,7 @@ SCHEMAS = {
         {"repeated": {"type": "boolean", "description": "true: this request_id was booked before; nothing "
                                                         "booked now, the first receipt"}}),
     "WalletMoves": _object({"moves": {"type": "array", "items": _ref("WalletMoveReceipt")}}),
-    "NotifyResult": _object({"result": {"type": "string", "enum": ["success"]}, "outcome": TEXT,
-                             "order_id": TEXT, "status": TEXT}),
+    "WeChatPayAnswer": _object({"code": {"type": "string", "enum": ["SUCCESS", "FAIL"]}, "message": TEXT}),
 }
 
 
@@ -233,14 +243,74 @@ def _account_paths():
 
 
 def _channel_paths():
-    return {"/channels/{channel}/notify": {"post": _operation(
-        "a payment channel's signed notification (HMAC-SHA256 of the raw body, hex, in %s)"
-        % recharge.SIGNATURE_HEADER, 200, "NotifyResult", _errors(WITH_BODY, (401, 404, 409)), secured=False,
-        parameters=[{"name": "channel", "in": "path", "required": True,
-                     "schema": {"type": "string", "enum": list(recharge.ONLINE_CHANNELS)}},
-                    {"name": recharge.SIGNATURE_HEADER, "in": "header", "required": True, "schema": TEXT}],
-        body=_body({"order_id": TEXT, "status": {"type": "string", "enum": ["paid", "closed"]},
-                    "amount_fen": {"type": "integer"}, "trade_no": TEXT}))}}
+    """Each channel's asynchronous notification (sync_server/channels/), in the channel's own format and
+    answered in it; no bearer token: the channel's signature is the credential."""
+    def plain(*values):
+        return {"text/plain": {"schema": {"type": "string", "enum": list(values)}}}
+
+    wechat_answer = {"application/json": {"schema": _ref("WeChatPayAnswer")}}
+    error = {"application/json": {"schema": _ref("Error")}}
+    outcome_headers = {
+        "X-Ykt-Outcome": {"schema": {"type": "string", "enum": ["credited", "duplicate", "closed", "ignored"]}},
+        "X-Ykt-Order-Status": {"schema": {"type": "string", "enum": ["pending", "paid", "closed"]}}}
+    refused = {
+        400: "bad_notification (not the channel's format), bad_resource (WeChat Pay: does not decrypt)",
+        401: "bad_signature (forged, altered, unsigned), stale_notification (WeChat Pay: timestamp off by 5 min)",
+        404: "unknown_order; or, in the API's JSON error, channel_not_configured",
+        409: "amount_mismatch, wrong_channel, other_merchant (another app_id / mchid / POSID)"}
+
+    def notify(summary, body, accepted, failed, parameters=()):
+        responses = {"200": {"description": "received (duplicates too): the channel stops notifying",
+                             "headers": outcome_headers, "content": accepted},
+                     "413": {"description": ERROR_TEXT[413], "content": error}}
+        for status, text in refused.items():
+            content = dict(failed)
+            if status == 404:
+                content = {kind: {"schema": {"anyOf": [entry["schema"], _ref("Error")]}} if kind in error else entry
+                           for kind, entry in failed.items()}
+                content.setdefault("application/json", error["application/json"])
+            responses[str(status)] = {"description": "refused and logged, nothing changed: " + text,
+                                      "headers": {"X-Ykt-Error": {"schema": TEXT}}, "content": content}
+        return {"post": {"summary": summary, "parameters": list(parameters), "security": [], "responses": responses,
+                         "requestBody": {"required": True, "content": body}}}
+
+    def form(required, optional=None):
+        return {"application/x-www-form-urlencoded": {"schema": _object(required, optional)}}
+
+    yuan = {"type": "string", "pattern": "^[0-9]+(\\.[0-9]{1,2})?$", "description": "yuan"}
+    wechat_headers = [{"name": name, "in": "header", "required": True, "schema": schema} for name, schema in (
+        ("Wechatpay-Timestamp", {"type": "string", "pattern": "^[0-9]{1,12}$"}), ("Wechatpay-Nonce", TEXT),
+        ("Wechatpay-Signature", TEXT), ("Wechatpay-Serial", TEXT),
+        ("Wechatpay-Signature-Type", {"type": "string", "enum": ["WECHATPAY2-SHA256-RSA2048"]}))]
+    return {
+        "/channels/alipay/notify": notify(
+            "Alipay's asynchronous notification (trade_status_sync), RSA2-signed form; answered success / fail",
+            form({"notify_time": TEXT, "notify_type": {"type": "string", "enum": ["trade_status_sync"]},
+                  "notify_id": TEXT, "app_id": TEXT, "sign_type": {"type": "string", "enum": ["RSA2"]},
+                  "sign": TEXT, "trade_no": TEXT, "out_trade_no": TEXT,
+                  "trade_status": {"type": "string", "enum": ["TRADE_SUCCESS", "TRADE_FINISHED", "TRADE_CLOSED",
+                                                              "WAIT_BUYER_PAY"]},
+                  "total_amount": yuan}, {"charset": TEXT, "version": TEXT, "seller_id": TEXT}),
+            plain("success"), plain("fail")),
+        "/channels/wechat/notify": notify(
+            "WeChat Pay v3's payment notification: JSON with an AEAD_AES_256_GCM resource, signed in the "
+            "Wechatpay-* headers; answered {code: SUCCESS} or {code: FAIL, message}",
+            {"application/json": {"schema": _object(
+                {"id": TEXT, "create_time": TEXT, "event_type": TEXT,
+                 "resource_type": {"type": "string", "enum": ["encrypt-resource"]},
+                 "resource": _object({"algorithm": {"type": "string", "enum": ["AEAD_AES_256_GCM"]},
+                                      "ciphertext": TEXT, "nonce": TEXT},
+                                     {"associated_data": TEXT, "original_type": TEXT})},
+                {"summary": TEXT})}},
+            wechat_answer, wechat_answer, parameters=wechat_headers),
+        "/channels/ccb/notify": notify(
+            "CCB 龙支付's server notification, MD5withRSA-signed form (SIGN, hex); answered SUCCESS / FAIL",
+            form({"POSID": TEXT, "BRANCHID": TEXT, "ORDERID": TEXT, "PAYMENT": yuan,
+                  "CURCODE": {"type": "string", "enum": ["01"]}, "REMARK1": TEXT, "REMARK2": TEXT, "ACC_TYPE": TEXT,
+                  "SUCCESS": {"type": "string", "enum": ["Y", "N", "E"]}, "SIGN": TEXT},
+                 {"TYPE": TEXT, "REFERER": TEXT, "CLIENTIP": TEXT, "ACCDATE": TEXT}),
+            plain("SUCCESS"), plain("FAIL")),
+    }
 
 
 def _water_paths():

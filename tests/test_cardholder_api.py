@@ -15,9 +15,10 @@ import pytest
 from conftest import database_snapshot
 from server_process import running_server
 from firmware.core import card_layout, protocol
+from simulators import pay_gateways
 from sync_server import db as dbmod, ledger, pin_rules, registry
 from sync_server.ledger_store import SqliteStore, REASON_LOST, REASON_REPLACED
-from sync_server.services import binding, cards, recharge
+from sync_server.services import binding, cards
 
 _serial = itertools.count(1)
 
@@ -85,8 +86,21 @@ def _deny_entries(terminal, card_number, generation=1):
             and entry[1] == ref]
 
 
-def _channel(server, name):
-    return recharge.SimulatedChannel(name, recharge.channel_secret(server.master_key(), name))
+@pytest.fixture(scope="module")
+def gateways():
+    """The payment channels' sandboxes (simulators/pay_gateways.py): test keys of their own."""
+    gateways = pay_gateways.PayGateways()
+    yield gateways
+    gateways.close()
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory, module_database, gateways):
+    """This module's server (on each selected store), with the sandboxes configured as its channels."""
+    data_dir = tmp_path_factory.mktemp("server")
+    gateways.install(data_dir)
+    with running_server(data_dir, database=module_database) as server:
+        yield server
 
 
 def _error(answer, status, code):
@@ -253,36 +267,37 @@ def test_another_persons_account_is_refused_everywhere(live_server):
 
 # --- recharge ------------------------------------------------------------------------------------
 
-def _notify(http, channel, body, headers):
-    return http.post("/api/v1/channels/%s/notify" % channel, content=body, headers=headers)
+def _refused(answer, status, code):
+    """A notice refused: the status, our X-Ykt-Error, and the channel's own failure answer."""
+    assert answer.status == status and answer.error == code, answer
+    assert not answer.accepted and (answer.text in ("fail", "FAIL") or '"FAIL"' in answer.text), answer
 
 
-def test_channel_recharge_credits_each_order_once_in_any_order(live_server):
+def test_channel_recharge_credits_each_order_once_in_any_order(live_server, gateways):
     holder = Holder(live_server)
-    alipay = _channel(live_server, "alipay")
     first = holder.http.post(holder.url("recharge-orders"), json={"amount_fen": 5000, "channel": "alipay"})
     second = holder.http.post(holder.url("recharge-orders"), json={"amount_fen": 2000, "channel": "alipay"})
     assert first.status_code == second.status_code == 201
     first, second = first.json(), second.json()
     assert first["status"] == "pending" and first["order_id"] != second["order_id"]
+    assert first["pay"]["url"].startswith("https://openapi.alipay.com/gateway.do?")
+    assert gateways.alipay.check_request(first["pay"])[:2] == (first["order_id"], 5000)   # signed with our app key
 
     # the channel closes the second order, then delivers the first one's payment four times at once
-    answer = _notify(holder.http, "alipay", *alipay.notification(second, "closed"))
-    assert answer.json()["outcome"] == "closed"
-    body, headers = alipay.notification(first, "paid")
-
-    def deliver(_):
-        return httpx.post(live_server.url + "/api/v1/channels/alipay/notify", content=body, headers=headers,
-                          timeout=60).json()["outcome"]
+    answer = gateways.post(live_server.url, gateways.notice(second, "closed"))
+    assert answer.accepted and answer.text == "success" and answer.outcome == "closed"
+    delivery = gateways.notice(first, "paid")
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        outcomes = sorted(pool.map(deliver, range(4)))
-    assert outcomes == ["credited", "duplicate", "duplicate", "duplicate"]
+        answers = list(pool.map(lambda _: gateways.post(live_server.url, delivery), range(4)))
+    assert sorted(answer.outcome for answer in answers) == ["credited", "duplicate", "duplicate", "duplicate"]
+    assert all(answer.accepted for answer in answers)
     assert holder.balance()["wallets"]["main"] == 5000
     # a payment after the close still reaches the cardholder (the channel took the money) - once
-    assert _notify(holder.http, "alipay", *alipay.notification(second, "paid")).json()["outcome"] == "credited"
-    assert _notify(holder.http, "alipay", *alipay.notification(second, "closed")).json()["outcome"] == "ignored"
+    assert gateways.post(live_server.url, gateways.notice(second, "paid")).outcome == "credited"
+    assert gateways.post(live_server.url, gateways.notice(second, "closed")).outcome == "ignored"
     assert holder.balance()["wallets"]["main"] == 7000
-    assert holder.http.get(holder.url("recharge-orders/%s" % second["order_id"])).json()["status"] == "paid"
+    paid = holder.http.get(holder.url("recharge-orders/%s" % second["order_id"])).json()
+    assert paid["status"] == "paid" and "pay" not in paid
 
     conn = live_server.connect()
     try:
@@ -295,27 +310,29 @@ def test_channel_recharge_credits_each_order_once_in_any_order(live_server):
         conn.close()
 
 
-def test_forged_or_wrong_notifications_change_nothing_and_are_logged(live_server):
+def test_forged_or_wrong_notifications_change_nothing_and_are_logged(live_server, gateways):
     holder = Holder(live_server)
     order = holder.http.post(holder.url("recharge-orders"), json={"amount_fen": 3000, "channel": "wechat"}).json()
-    wechat = _channel(live_server, "wechat")
-    forger = recharge.SimulatedChannel("wechat", b"\x00" * 32)
+    assert order["pay"]["body"]["amount"] == {"total": 3000, "currency": "CNY"}
+    forger = pay_gateways.PayGateways()
     conn = live_server.connect()
     try:
         before = conn.execute("SELECT count(*) FROM transfers").fetchone()[0]
-        _error(_notify(holder.http, "wechat", *forger.notification(order)), 401, "bad_signature")
-        body, headers = wechat.notification(order)
-        _error(_notify(holder.http, "wechat", body, {}), 401, "bad_signature")
-        _error(_notify(holder.http, "alipay", body, headers), 401, "bad_signature")   # other channel's key
-        _error(_notify(holder.http, "wechat", *wechat.notification(order, amount_fen=300000)), 409, "amount_mismatch")
-        _error(_notify(holder.http, "wechat", *wechat.notification(dict(order, order_id="R404"))), 404,
-               "unknown_order")
-        _error(_notify(holder.http, "paypal", body, headers), 404, "unknown_channel")
+        logged_before = conn.execute("SELECT max(id) FROM channel_notifications").fetchone()[0] or 0
+        _refused(gateways.post(live_server.url, gateways.notice(order, signed_by=forger)), 401, "bad_signature")
+        genuine = gateways.notice(order)
+        _refused(gateways.post(live_server.url, genuine._replace(headers={"Content-Type": "application/json"})), 401,
+                 "bad_signature")
+        _refused(gateways.post(live_server.url, genuine._replace(channel="alipay")), 400, "bad_notification")
+        _refused(gateways.post(live_server.url, gateways.notice(order, amount_fen=300000)), 409, "amount_mismatch")
+        _refused(gateways.post(live_server.url, gateways.notice(dict(order, order_id="R404"))), 404, "unknown_order")
+        _error(httpx.post(live_server.url + "/api/v1/channels/paypal/notify", content=genuine.body,
+                          headers=genuine.headers, timeout=60), 404, "unknown_channel")
         assert conn.execute("SELECT count(*) FROM transfers").fetchone()[0] == before
         assert holder.balance()["wallets"]["main"] == 0
-        logged = [row[0] for row in conn.execute("SELECT outcome FROM channel_notifications WHERE body LIKE ?",
-                                                 ("%" + order["order_id"] + "%",))]
-        assert logged.count("bad_signature") == 3 and "amount_mismatch" in logged
+        logged = [row[0] for row in conn.execute("SELECT outcome FROM channel_notifications WHERE id > ? ORDER BY id",
+                                                 (logged_before,))]
+        assert logged == ["bad_signature", "bad_signature", "malformed", "amount_mismatch", "unknown_order"]
         assert "bad_signature" in live_server.log()
     finally:
         conn.close()

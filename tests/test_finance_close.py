@@ -293,17 +293,19 @@ def test_card_counter_gaps_reported_with_their_reason(server):
 
 
 def test_statement_matched_line_by_line_after_the_close(server, tmp_path):
+    from simulators import pay_gateways
+    from sync_server import channels
     from sync_server.services import recharge
     conn = server.connect()
     today = _today()
     account_id, _card = _person(conn, 0, b"\x31\x32\x33\x34")
-    secret = recharge.channel_secret(server.master_key(), "wechat")
-    channel = recharge.SimulatedChannel("wechat", secret)
+    gateways = pay_gateways.PayGateways()      # WeChat Pay's sandbox: encrypted, signed v3 notices
+    wechat = channels.load(gateways.install(tmp_path / "site"))["wechat"]
     orders = []
     for amount_fen in (1000, 2000, 3000):
         order = recharge.create_order(conn, account_id, amount_fen, "wechat")
-        body, headers = channel.notification(order, "paid")
-        recharge.handle_notification(conn, "wechat", body, headers[recharge.SIGNATURE_HEADER], secret)
+        delivery = gateways.notice(order, "paid")
+        assert recharge.handle_notification(conn, "wechat", wechat, delivery.headers, delivery.body)[0] == "credited"
         orders.append(order["order_id"])
     before, _ = _close(server, today, "--before-day-end")
     assert before["anomaly_counts"]["statement_mismatches"] == 0

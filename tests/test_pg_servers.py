@@ -22,6 +22,7 @@ import pytest
 import pg_cluster
 from firmware.core import protocol
 from server_process import running_server
+from simulators import pay_gateways
 from sync_server import db as dbmod, ledger, registry
 from sync_server.ledger_store import SqliteStore
 from sync_server.services import recharge
@@ -140,6 +141,9 @@ def _check_store(conn, terminals):
 def test_several_servers_share_one_database_and_store_each_record_once(postgresql_dsn, tmp_path):
     rng = random.Random(20261203)
     with contextlib.ExitStack() as stack:
+        gateways = pay_gateways.PayGateways()
+        gateways.install(tmp_path / "server")          # the servers' payment channels: the sandboxes
+        stack.callback(gateways.close)
         first = stack.enter_context(running_server(tmp_path / "server", database=postgresql_dsn, env=QUIET_ENV))
         others = [stack.enter_context(running_server(tmp_path / "server", database=postgresql_dsn, env=QUIET_ENV))
                   for _ in range(SERVERS - 1)]
@@ -152,12 +156,10 @@ def test_several_servers_share_one_database_and_store_each_record_once(postgresq
         # one payment delivered to every server, four times each, all at once: credited once
         account, _card = accounts[0]
         order = recharge.create_order(conn, account, 5000, "alipay")
-        alipay = recharge.SimulatedChannel("alipay", recharge.channel_secret(first.master_key(), "alipay"))
-        body, headers = alipay.notification(order)
+        delivery = gateways.notice(order, "paid")
 
         def deliver(url):
-            return httpx.post(url + "/api/v1/channels/alipay/notify", content=body, headers=headers,
-                              timeout=60).json()["outcome"]
+            return gateways.post(url, delivery).outcome
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             outcomes = sorted(pool.map(deliver, urls * 4))
         assert outcomes == ["credited"] + ["duplicate"] * (4 * len(urls) - 1)

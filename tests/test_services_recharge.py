@@ -1,16 +1,28 @@
-"""Recharge channel rules as a property, on a real SQLite file: whatever notifications arrive - repeated,
+"""Recharge channel rules as a property, on every store: whatever notifications arrive - repeated,
 interleaved across orders, `closed` before or after `paid`, forged ones mixed in - each order paid
-credits its wallet exactly once, nothing else moves money, and the ledger stays balanced."""
+credits its wallet exactly once, nothing else moves money, and the ledger stays balanced. The
+notices are the channels' own (simulators/pay_gateways.py's sandboxes, verified by sync_server/channels)."""
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, given, settings
 
 from firmware.core import card_layout
-from sync_server import db as dbmod, ledger, registry
+from simulators import pay_gateways
+from sync_server import channels, db as dbmod, ledger, registry
 from sync_server.ledger_store import SqliteStore
 from sync_server.services import recharge
 
-SECRETS = {name: bytes([index + 1]) * 32 for index, name in enumerate(recharge.ONLINE_CHANNELS)}
+# what each channel sends for an order that will not be paid: Alipay and WeChat Pay close it, CCB
+# reports a failed attempt (acknowledged, nothing changes)
+NOT_PAID = {"alipay": "closed", "wechat": "closed", "ccb": "failed"}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """(the sandboxes, the server's channel handlers for them, a forger with keys of its own)."""
+    gateways = pay_gateways.PayGateways()
+    return gateways, channels.load(gateways.install(tmp_path_factory.mktemp("site"))), pay_gateways.PayGateways()
+
 
 # (order index, status, forged?) for orders 0..3
 notifications = st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["paid", "closed"]), st.booleans()),
@@ -20,7 +32,8 @@ notifications = st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["paid", "
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=notifications, amounts=st.lists(st.integers(1, recharge.MAX_ORDER_FEN), min_size=4, max_size=4),
        channel_picks=st.lists(st.sampled_from(recharge.ONLINE_CHANNELS), min_size=4, max_size=4))
-def test_each_paid_order_credits_once(new_location, events, amounts, channel_picks):
+def test_each_paid_order_credits_once(new_location, site, events, amounts, channel_picks):
+    gateways, handlers, forger = site
     conn = dbmod.init_db(new_location())
     try:
         _, account_id = registry.add_person(conn, "周测试", card_layout.HOLDER_STUDENT, staff_number="P1",
@@ -31,11 +44,11 @@ def test_each_paid_order_credits_once(new_location, events, amounts, channel_pic
         for index, status, forged in events:
             order = orders[index]
             channel = order["channel"]
-            sender = recharge.SimulatedChannel(channel, b"\xee" * 32 if forged else SECRETS[channel])
-            body, headers = sender.notification(order, status)
+            delivery = gateways.notice(order, status if status == "paid" else NOT_PAID[channel],
+                                       signed_by=forger if forged else None)
             try:
-                outcome, _ = recharge.handle_notification(conn, channel, body, headers[recharge.SIGNATURE_HEADER],
-                                                          SECRETS[channel], now_ms=5000)
+                outcome, _ = recharge.handle_notification(conn, channel, handlers[channel], delivery.headers,
+                                                          delivery.body)
             except recharge.ChannelRefused as refusal:
                 assert forged and refusal.code == "bad_signature"
                 continue
@@ -95,12 +108,16 @@ def test_stale_pending_orders_close_and_pending_orders_are_bounded(database_loca
     recharge.create_order(conn, account_id, 100, "ccb", now_ms=2000 + recharge.PENDING_ORDER_TTL_MS)
 
 
-def test_a_forged_notification_holding_a_nul_is_refused_and_logged_on_every_store(database_location):
+def test_a_forged_notification_holding_a_nul_is_refused_and_logged_on_every_store(database_location, site):
     """PostgreSQL text cannot hold NUL; the refusal log shows it as U+FFFD rather than failing."""
     conn = dbmod.init_db(database_location)
-    secret = recharge.channel_secret(b"k" * 32, "alipay")
+    _gateways, handlers, _forger = site
     with pytest.raises(recharge.ChannelRefused):
-        recharge.handle_notification(conn, "alipay", b'{"order_id": "R\x001"}\x00', "00", secret)
-    assert conn.execute("SELECT outcome, body FROM channel_notifications").fetchall() == \
-        [("bad_signature", '{"order_id": "R\ufffd1"}\ufffd')]
+        recharge.handle_notification(conn, "alipay", handlers["alipay"], {}, b'{"order_id": "R\x001"}\x00')
+    form = b"out_trade_no=R%001&trade_status=TRADE_SUCCESS&sign_type=RSA2&sign=AAAA\x00"
+    with pytest.raises(recharge.ChannelRefused):
+        recharge.handle_notification(conn, "ccb", handlers["ccb"], {}, form)
+    assert conn.execute("SELECT channel, outcome, body FROM channel_notifications ORDER BY id").fetchall() == \
+        [("alipay", "malformed", '{"order_id": "R\ufffd1"}\ufffd'),
+         ("ccb", "malformed", "out_trade_no=R%001&trade_status=TRADE_SUCCESS&sign_type=RSA2&sign=AAAA\ufffd")]
     conn.close()

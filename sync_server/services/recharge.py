@@ -1,38 +1,39 @@
 """Recharge (充值) through payment channels, the way payment gateways behave.
 
     create_order(conn, account_id, amount_fen, channel)      -> order dict, status pending
-    handle_notification(conn, channel, body, signature_hex, secret) -> (outcome, order or None)
+    handle_notification(conn, channel, handler, headers, body) -> (outcome, order)
     cash_recharge(conn, account_id, amount_fen, operator, idempotency_key=None)
                                                              -> paid order dict (service-hall cash desk)
     close_stale_orders(conn, older_than_ms)                  -> orders closed
 
 Online channels (Alipay, WeChat Pay, CCB 龙支付) answer asynchronously: the cardholder pays in the
-channel's app and the channel POSTs a notification to /api/v1/channels/<name>/notify. Notifications
-are signed (HMAC-SHA256 over the raw body with the channel's secret), may arrive more than once and
-in any order. Rules:
+channel's app and the channel POSTs a notification to /api/v1/channels/<name>/notify, in its own
+format and signed its own way (Alipay RSA2 over the form, WeChat Pay v3 RSA over the body with an
+AES-GCM encrypted resource, CCB MD5withRSA): sync_server/channels/ verifies and reads each one into
+a Notice (order, paid / closed / other, amount, the channel's trade number). Notifications may
+arrive more than once and in any order. Rules:
 
-- A forged or unsigned notification is refused (ChannelRefused, 401) and logged; nothing changes.
+- A forged, altered or unsigned notification, one for another merchant account, or one whose
+  resource does not decrypt is refused (ChannelRefused) and logged; nothing changes.
 - `paid` credits the order's wallet exactly once: the transfer id is derived from the order id, so a
   duplicate (or a retry racing another worker) finds the transfer already there. The amount must
   equal the order's, else the notification is refused (amount_mismatch) and logged.
 - `paid` after we closed a pending order still credits it: the channel took the money, and the
   cardholder must not lose it (finance sees the late payment on the channel statement too).
-- `closed` only closes a pending order; after `paid` it is acknowledged and ignored.
+- `closed` only closes a pending order; after `paid` it is acknowledged and ignored, as is a notice
+  of anything else (a payment still waiting, a failed attempt).
 
 Each channel has its own ledger account (migration 10, table recharge_channels), so the channel's
 daily statement can be matched against its transfers; `channel_trade_no` is the channel's own number.
-Channel secrets come from configuration (see `channel_secret`), never from code, and are never logged.
-
-`SimulatedChannel` produces correctly signed notifications, for tests and the demo.
+Channel keys come from the channels' configuration (sync_server/channels/), never from code, and are
+never logged. simulators/pay_gateways.py plays the channels' sandboxes for tests and the demo.
 """
-import hashlib
-import hmac
-import json
 import logging
 import uuid
 
-from firmware.core import card_layout, crypto, protocol
+from firmware.core import card_layout, protocol
 from sync_server import db as dbmod, ledger, registry
+from sync_server.channels import CLOSED, MAX_NOTICE_BYTES, PAID, Notice, NoticeRefused
 from sync_server.ledger_store import SqliteStore, touch_accounts, update_debt_flags
 from sync_server.services import (ServiceError, check_amount, idempotent_id, now, person_row, register_messages,
                                   tx)
@@ -43,15 +44,14 @@ ONLINE_CHANNELS = ("alipay", "wechat", "ccb")
 CASH_CHANNEL = "cash"
 CHANNELS = ONLINE_CHANNELS + (CASH_CHANNEL,)
 STATUS_PENDING, STATUS_PAID, STATUS_CLOSED = "pending", "paid", "closed"
-NOTIFY_PAID, NOTIFY_CLOSED = "paid", "closed"
+NOTIFY_PAID, NOTIFY_CLOSED = PAID, CLOSED
 
 MAX_ORDER_FEN = 100000                 # ¥1000 per order, as the channels' campus products allow
 MAX_PENDING_ORDERS_PER_ACCOUNT = 20    # an app stuck in a loop cannot fill the table
 PENDING_ORDER_TTL_MS = 30 * 60 * 1000  # close_stale_orders() closes what stayed pending this long
-MAX_NOTIFICATION_BYTES = 4096
-MAX_LOGGED_BODY_CHARS = 1024
+MAX_NOTIFICATION_BYTES = MAX_NOTICE_BYTES
+MAX_LOGGED_BODY_CHARS = 4096
 MAX_LOGGED_REFUSALS = 10000            # refused notifications kept for the audit; oldest go first
-SIGNATURE_HEADER = "X-Ykt-Channel-Signature"
 
 register_messages({
     "unknown_channel": (404, "未知的充值渠道", "unknown recharge channel"),
@@ -61,27 +61,16 @@ register_messages({
     "amount_mismatch": (409, "通知金额与订单不符", "notified amount differs from the order"),
     "bad_notification": (400, "通知格式错误：%s", "malformed notification: %s"),
     "wrong_channel": (409, "订单不属于该渠道", "the order belongs to another channel"),
+    "channel_not_configured": (404, "该充值渠道未开通（本服务器没有它的配置）",
+                               "this recharge channel is not configured on this server"),
+    "other_merchant": (409, "通知不属于本商户", "the notice is for another merchant account"),
+    "bad_resource": (400, "通知的加密内容无法解密", "the notice's encrypted resource does not decrypt"),
+    "stale_notification": (401, "通知时间戳超出允许范围", "the notice's timestamp is too far from our clock"),
 })
 
 
 class ChannelRefused(ServiceError):
     """A notification refused before it could touch an order (the channel gets a 4xx)."""
-
-
-# --- configuration -------------------------------------------------------------------------------
-
-def channel_secret(master_key, channel, configured=None):
-    """The channel's notification key: the configured secret when there is one (the channel gave it
-    to us, hex in the 0600 secrets file), else derived from the site master key."""
-    if channel not in ONLINE_CHANNELS:
-        raise ServiceError("unknown_channel")
-    if configured and configured.get(channel):
-        return bytes.fromhex(configured[channel])
-    return crypto.derive(master_key, "channel", channel.encode())
-
-
-def sign(secret, body):
-    return hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
 # --- orders --------------------------------------------------------------------------------------
@@ -133,11 +122,16 @@ def _check_rechargeable(conn, account_id, wallet):
         raise ServiceError("bad_request", "wallet")
 
 
-def create_order(conn, account_id, amount_fen, channel, wallet=protocol.WALLET_MAIN, now_ms=None):
-    """A pending order for an online channel; the app hands order_id and amount to the channel."""
+def check_order(amount_fen, channel):
+    """The checks of an order's own fields (before the API asks whether the channel is configured)."""
     if channel not in ONLINE_CHANNELS:
         raise ServiceError("unknown_channel")
     check_amount(amount_fen, MAX_ORDER_FEN)
+
+
+def create_order(conn, account_id, amount_fen, channel, wallet=protocol.WALLET_MAIN, now_ms=None):
+    """A pending order for an online channel; the app hands order_id and amount to the channel."""
+    check_order(amount_fen, channel)
     now_ms = now(now_ms)
     with tx(conn):
         _check_rechargeable(conn, account_id, wallet)
@@ -210,7 +204,8 @@ def close_stale_orders(conn, now_ms=None, ttl_ms=PENDING_ORDER_TTL_MS, limit=100
 
 def _log_notification(conn, channel, order_id, status, outcome, body, now_ms):
     # NUL shown as U+FFFD: a forged body may carry one, and PostgreSQL text cannot hold it
-    text = body.decode("utf-8", "replace").replace("\x00", "\ufffd")[:MAX_LOGGED_BODY_CHARS]
+    text = body if isinstance(body, str) else body.decode("utf-8", "replace")
+    text = text.replace("\x00", "\ufffd")[:MAX_LOGGED_BODY_CHARS]
     conn.execute("INSERT INTO channel_notifications (channel, order_id, status, outcome, received_ms, body) "
                  "VALUES (?, ?, ?, ?, ?, ?)", (channel, order_id, status, outcome, now_ms, text))
 
@@ -225,42 +220,37 @@ def _log_refusal(conn, channel, order_id, status, outcome, body, now_ms):
                      "LIMIT -1 OFFSET ?)", (MAX_LOGGED_REFUSALS,))
 
 
-def _parse(body):
-    if len(body) > MAX_NOTIFICATION_BYTES:
-        raise ChannelRefused("bad_notification", "too large")
-    try:
-        message = json.loads(body)
-    except ValueError:
-        raise ChannelRefused("bad_notification", "not JSON")
-    if not isinstance(message, dict):
-        raise ChannelRefused("bad_notification", "not an object")
-    for field, kind in (("order_id", str), ("status", str), ("amount_fen", int), ("trade_no", str)):
-        if type(message.get(field)) is not kind:
-            raise ChannelRefused("bad_notification", field)
-    if message["status"] not in (NOTIFY_PAID, NOTIFY_CLOSED):
-        raise ChannelRefused("bad_notification", "status")
-    return message
+# a channel module's reason for refusing a notice -> the refusal's message code
+_REFUSALS = {"bad_signature": "bad_signature", "malformed": "bad_notification", "other_merchant": "other_merchant",
+             "bad_resource": "bad_resource", "stale_notification": "stale_notification"}
 
 
-def handle_notification(conn, channel, body, signature_hex, secret, now_ms=None):
+def handle_notification(conn, channel, handler, headers, body, now_ms=None):
     """Verify and apply one channel notification. Returns (outcome, order) where outcome is one of
     credited, duplicate, closed, ignored. Raises ChannelRefused / ServiceError (logged) otherwise.
 
-    `body` is the raw request body (the signature covers these exact bytes).
+    `handler` is the channel's module object (sync_server.channels.load), `headers` the request's
+    headers, `body` the raw request body (the signatures cover these exact bytes).
     """
-    if channel not in ONLINE_CHANNELS:
+    if channel not in ONLINE_CHANNELS or getattr(handler, "name", None) != channel:
         raise ServiceError("unknown_channel")
     now_ms = now(now_ms)
-    expected = sign(secret, body)
-    if not isinstance(signature_hex, str) or not hmac.compare_digest(expected, signature_hex.strip().lower()):
-        _log_refusal(conn, channel, None, None, "bad_signature", body, now_ms)
-        raise ChannelRefused("bad_signature")
     try:
-        message = _parse(body)
-    except ChannelRefused:
-        _log_refusal(conn, channel, None, None, "malformed", body, now_ms)
-        raise
-    order_id, status = message["order_id"], message["status"]
+        notice = handler.verify(headers, body, now_ms / 1000.0)
+    except NoticeRefused as refusal:
+        _log_refusal(conn, channel, refusal.order_id, None, refusal.reason, body[:MAX_NOTIFICATION_BYTES], now_ms)
+        code = _REFUSALS[refusal.reason]
+        if code == "bad_notification":
+            raise ChannelRefused(code, refusal.detail or "format")
+        raise ChannelRefused(code)
+    return apply_notice(conn, channel, notice, now_ms)
+
+
+def apply_notice(conn, channel, notice, now_ms=None):
+    """Apply a notice already verified (or the demo's simulated payment): (outcome, order), or
+    ChannelRefused (logged) for an unknown order, another channel's order or another amount."""
+    now_ms = now(now_ms)
+    order_id, status = notice.order_id, notice.status
     refusal = None
     with dbmod.transaction(conn):
         order = _order(conn, order_id)
@@ -268,18 +258,31 @@ def handle_notification(conn, channel, body, signature_hex, secret, now_ms=None)
             refusal = "unknown_order"
         elif order["channel"] != channel:
             refusal = "wrong_channel"
-        elif message["amount_fen"] != order["amount_fen"]:
+        elif notice.amount_fen != order["amount_fen"]:
             refusal = "amount_mismatch"
         else:
-            outcome = _apply(conn, channel, order, status, message["trade_no"], now_ms)
-            _log_notification(conn, channel, order_id, status, outcome, body, now_ms)
+            outcome = _apply(conn, channel, order, status, notice.trade_no, now_ms)
+            _log_notification(conn, channel, order_id, status, outcome, notice.text, now_ms)
             return outcome, _order(conn, order_id)
-    _log_refusal(conn, channel, order_id, status, refusal, body, now_ms)
+    _log_refusal(conn, channel, order_id, status, refusal, notice.text, now_ms)
     raise ChannelRefused(refusal)
+
+
+def simulate_payment(conn, order_id, now_ms=None):
+    """Demo only (the portal's simulated-payment button under SIMULATED_PAYMENTS, `ykt hall
+    recharge-channel`): book a pending order as paid by its channel without a channel notice, through
+    the same steps as a verified one. The channel never took this money: its statement will not list
+    it (a statement mismatch at the close, as it should be)."""
+    order = get_order(conn, order_id)
+    text = "simulated payment of %s (no channel notice)" % order_id
+    return apply_notice(conn, order["channel"], Notice(order_id, PAID, order["amount_fen"], "SIM-" + order_id, text),
+                        now_ms)
 
 
 def _apply(conn, channel, order, status, trade_no, now_ms):
     order_id = order["order_id"]
+    if status not in (NOTIFY_PAID, NOTIFY_CLOSED):
+        return "ignored"            # a payment still waiting, a failed attempt: nothing to do
     if status == NOTIFY_CLOSED:
         if order["status"] != STATUS_PENDING:
             return "ignored"        # paid stays paid; closed twice is still closed
@@ -293,31 +296,3 @@ def _apply(conn, channel, order, status, trade_no, now_ms):
     conn.execute("UPDATE recharge_orders SET status = 'paid', paid_ms = ?, channel_trade_no = ?, transfer_id = ? "
                  "WHERE order_id = ?", (now_ms, trade_no, transfer_id, order_id))
     return "credited"
-
-
-# --- simulator -----------------------------------------------------------------------------------
-
-class SimulatedChannel:
-    """A payment channel's notification sender for tests and the demo: correctly signed bodies.
-
-        channel = SimulatedChannel("alipay", secret)
-        body, headers = channel.notification(order, "paid")
-        httpx.post(url + "/api/v1/channels/alipay/notify", content=body, headers=headers)
-    """
-
-    def __init__(self, name, secret):
-        assert name in ONLINE_CHANNELS
-        self.name = name
-        self._secret = secret
-
-    def __repr__(self):
-        return "SimulatedChannel(%s, <secret hidden>)" % self.name
-
-    def notification(self, order, status=NOTIFY_PAID, amount_fen=None, trade_no=None):
-        """(body bytes, headers) of one notification for `order` (a dict with order_id, amount_fen).
-        The channel's trade number is the same on every retry of one payment, as channels do."""
-        message = {"channel": self.name, "order_id": order["order_id"], "status": status,
-                   "amount_fen": order["amount_fen"] if amount_fen is None else amount_fen,
-                   "trade_no": trade_no or "%s-%s" % (self.name.upper(), order["order_id"])}
-        body = json.dumps(message, sort_keys=True).encode()
-        return body, {SIGNATURE_HEADER: sign(self._secret, body), "Content-Type": "application/json"}
