@@ -20,7 +20,15 @@
     POST /api/v1/accounts/<id>/pin            {old_pin, new_pin, confirm_pin?}
     GET  /api/v1/accounts/<id>/limits
     PUT  /api/v1/accounts/<id>/limits         {pin, single_limit_fen, daily_limit_fen}
-    POST /api/v1/accounts/<id>/electricity    {pin, building, floor, room, amount_fen, idempotency_key?}
+    POST /api/v1/accounts/<id>/electricity    {pin, building, floor, room, amount_fen, kind?, idempotency_key?}
+                                              a room from the lists below; kind lighting (照明用电, default)
+                                              or aircon (空调用电) where the building sells it
+    GET  /api/v1/electricity/buildings        the hall's active buildings -> {buildings: [{code, name, name_en,
+                                              campus, floors, kinds, meter_system}]}
+    GET  /api/v1/electricity/buildings/<code>/floors/<floor>/rooms   -> {building, floor, kinds, rooms: [{room}]}
+    GET  /api/v1/electricity/rooms/<building>/<floor>/<room>/payments?limit=10   the room's recent payments,
+                                              newest first: time, amount, kind, payer (masked: 李*龙),
+                                              meter_status, mine - never an account id
     POST /api/v1/water/grants                 {dispenser_id, challenge (hex)} -> {grant_id, grant (hex), cap_fen,
                                               expires_ms}: money held until the session is settled
     POST /api/v1/water/receipts               {receipt (hex)}: the dispenser's usage receipt -> the grant's
@@ -389,10 +397,42 @@ def pay_electricity(account_id):
     conn = dbmod.get_db()
     _own(conn, account_id)
     message = _body()
+    kind = message.get("kind", electricity.DEFAULT_KIND)
+    if not isinstance(kind, str):
+        raise ServiceError("bad_request", "kind must be a string")
     result = electricity.pay(conn, account_id, _str(message, "building"), _int(message, "floor"),
                              _str(message, "room"), _int(message, "amount_fen"), pin=_str(message, "pin"),
-                             idempotency_key=message.get("idempotency_key"))
+                             idempotency_key=message.get("idempotency_key"), kind=kind)
     return jsonify(dict(result, parts=[list(part) for part in result["parts"]]))
+
+
+# --- dorm electricity: the service hall's room lists (选择楼栋，楼层，房间) --------------------------------
+
+@cardholder_api.get("/electricity/buildings")
+def electricity_buildings():
+    conn = dbmod.get_db()
+    _identity(conn)
+    return jsonify({"buildings": electricity.buildings(conn)})
+
+
+@cardholder_api.get("/electricity/buildings/<building>/floors/<floor>/rooms")
+def electricity_rooms(building, floor):
+    conn = dbmod.get_db()
+    _identity(conn)
+    return jsonify(electricity.rooms(conn, building, electricity.parse_floor(floor)))
+
+
+@cardholder_api.get("/electricity/rooms/<building>/<floor>/<room>/payments")
+def electricity_room_payments(building, floor, room):
+    """Anyone signed in may see a room's recent payments (roommates pay for one meter): masked names."""
+    conn = dbmod.get_db()
+    identity = _identity(conn)
+    limit = numbers.parse_page(request.args.get("limit"), electricity.MAX_LISTED_PAYMENTS,
+                               default=electricity.DEFAULT_LISTED_PAYMENTS)
+    if limit is None:
+        raise ServiceError("bad_request", "limit must be an integer from 1 to %d" % electricity.MAX_LISTED_PAYMENTS)
+    return jsonify(electricity.room_payments(conn, building, electricity.parse_floor(floor), room, limit,
+                                             viewer_account_id=identity["account_id"]))
 
 
 # --- moves between the holder's own wallets --------------------------------------------------------

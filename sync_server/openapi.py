@@ -17,12 +17,15 @@ PIN = {"type": "string", "description": "the card PIN: 6 digits"}
 IDEMPOTENCY_KEY = {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,100}$",
                    "description": "new for each payment the holder means to make; a repeat books once"}
 DATE = {"type": "string", "format": "date", "description": "a Beijing calendar date, YYYY-MM-DD"}
+METER_STATUS = {"type": "string", "enum": ["none", "pending", "delivered", "failed"],
+                "description": "none: the building has no meter system (booked only); pending: owed to the "
+                               "meter system; delivered: the meter has it; failed: flagged for the service hall"}
 
 ERROR_TEXT = {
     400: "the request is malformed: a bad id, number, date, PIN format, amount or body (`error` says which)",
     401: "no bearer token, or an expired or unknown one (bad_token); for channels: bad_signature",
     403: "another cardholder's account (not_yours), a wrong PIN (pin_wrong), binding refused (bind_failed)",
-    404: "no such account, order, card, bound phone or channel",
+    404: "no such account, order, card, bound phone or channel, or a room or building not on the hall's lists",
     405: "the method is not one the path takes",
     409: "refused in the current state (blocked, in debt, no card, insufficient balance, too many phones...)",
     413: "the request body is too large",
@@ -92,7 +95,25 @@ SCHEMAS = {
         "payment_id": TEXT, "repeated": {"type": "boolean"},
         "parts": {"type": "array", "items": {"type": "array", "items": {}, "minItems": 2, "maxItems": 2},
                   "description": "[wallet, fen] drawn, in order"},
-        "balances": {"type": "object", "additionalProperties": FEN}}),
+        "balances": {"type": "object", "additionalProperties": FEN},
+        "kind": {"type": "string", "enum": list(electricity.KINDS)}, "meter_status": METER_STATUS}),
+    "ElectricityBuildings": _object({"buildings": {"type": "array", "items": _object({
+        "code": TEXT, "name": TEXT, "name_en": TEXT, "campus": TEXT,
+        "floors": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": electricity.MAX_FLOOR}},
+        "kinds": {"type": "array", "items": _ref("ElectricityKind")},
+        "meter_system": {"type": "string", "enum": list(electricity.METER_SYSTEMS)}})}}),
+    "ElectricityKind": _object({"kind": {"type": "string", "enum": list(electricity.KINDS)},
+                                "name_zh": {"type": "string", "description": "照明用电, 空调用电"}, "name_en": TEXT}),
+    "ElectricityRooms": _object({
+        "building": TEXT, "floor": {"type": "integer"}, "kinds": {"type": "array", "items": _ref("ElectricityKind")},
+        "rooms": {"type": "array", "items": _object({"room": TEXT})}}),
+    "ElectricityRoomPayments": _object({
+        "building": TEXT, "floor": {"type": "integer"}, "room": TEXT, "payments": {"type": "array", "items": _object({
+            "time_ms": {"type": "integer"}, "time": {"type": "string", "description": "Beijing time"},
+            "amount_fen": FEN, "kind": {"type": "string", "enum": list(electricity.KINDS)},
+            "payer": {"type": "string", "description": "the payer's name masked: 李*龙"},
+            "meter_status": METER_STATUS,
+            "mine": {"type": "boolean", "description": "paid by the signed-in holder"}})}}),
     "PayCodeCertificate": _object({
         "credential_id": ID, "cert_serial": ID, "key_id": {"type": "integer", "minimum": 1, "maximum": 255},
         "certificate": {"type": "string", "description": "hex: the %d-byte certificate the phone puts in its "
@@ -232,13 +253,16 @@ def _account_paths():
                     "single_limit_fen": {"type": "integer", "minimum": 1, "maximum": limits.MAX_SINGLE_LIMIT_FEN},
                     "daily_limit_fen": {"type": "integer", "minimum": 1, "maximum": limits.MAX_DAILY_LIMIT_FEN}}))},
         "/accounts/{account_id}/electricity": {"post": _operation(
-            "pay dorm electricity (legacy wallet first, then main)", 200, "ElectricityPayment",
+            "pay dorm electricity for a room of the hall's lists (legacy wallet first, then main); unknown "
+            "room 404, a stopped one 409", 200, "ElectricityPayment",
             _errors(OWN, WITH_BODY, WITH_PIN, (409,)), parameters=[ACCOUNT], body=_body({
                 "pin": PIN, "building": {"type": "string", "pattern": "^[0-9A-Za-z\\u4e00-\\u9fff-]{1,16}$"},
                 "floor": {"type": "integer", "minimum": 1, "maximum": electricity.MAX_FLOOR},
                 "room": {"type": "string", "pattern": "^[0-9A-Za-z-]{1,8}$"},
                 "amount_fen": {"type": "integer", "minimum": 1, "maximum": electricity.MAX_PAYMENT_FEN}},
-                {"idempotency_key": IDEMPOTENCY_KEY}))},
+                {"idempotency_key": IDEMPOTENCY_KEY,
+                 "kind": {"type": "string", "enum": list(electricity.KINDS), "default": electricity.DEFAULT_KIND,
+                          "description": "lighting 照明用电; aircon 空调用电 where the building lists it (else 409)"}}))},
     }
 
 
@@ -379,12 +403,36 @@ def _wallet_move_paths():
     }
 
 
+def _electricity_paths():
+    """学生公寓电费: the service hall's room lists and a room's recent payments (services/electricity.py)."""
+    building = {"name": "building", "in": "path", "required": True, "description": "a building's code",
+                "schema": {"type": "string", "pattern": "^[0-9A-Za-z\\u4e00-\\u9fff-]{1,16}$"}}
+    floor = {"name": "floor", "in": "path", "required": True,
+             "schema": {"type": "integer", "minimum": 1, "maximum": electricity.MAX_FLOOR}}
+    room = {"name": "room", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9A-Za-z-]{1,8}$"}}
+    return {
+        "/electricity/buildings": {"get": _operation(
+            "the active buildings with their floors and kinds of electricity (选择楼栋)", 200, "ElectricityBuildings",
+            _errors(SIGNED_IN))},
+        "/electricity/buildings/{building}/floors/{floor}/rooms": {"get": _operation(
+            "the active rooms of a floor (选择房间); an unknown or stopped building is 404", 200, "ElectricityRooms",
+            _errors(SIGNED_IN, (400,)), parameters=[building, floor])},
+        "/electricity/rooms/{building}/{floor}/{room}/payments": {"get": _operation(
+            "a listed room's recent payments, newest first, payers' names masked (anyone signed in: roommates "
+            "pay for one meter)", 200, "ElectricityRoomPayments", _errors(SIGNED_IN, (400,)),
+            parameters=[building, floor, room, _query("limit", {"type": "integer", "minimum": 1,
+                                                                "maximum": electricity.MAX_LISTED_PAYMENTS},
+                                                      "default %d" % electricity.DEFAULT_LISTED_PAYMENTS)])},
+    }
+
+
 def document():
     """The whole OpenAPI document as a dict (JSON-ready)."""
     paths = {}
     for group in (_binding_paths(), _account_paths(), _water_paths(), _paycode_paths(), _channel_paths()):
         paths.update(group)
     paths.update(_wallet_move_paths())
+    paths.update(_electricity_paths())
     paths["/openapi.json"] = {"get": {"summary": "this document", "security": [], "parameters": [], "responses": {
         "200": dict(_json({"type": "object"}), description="the OpenAPI document")}}}
     return {

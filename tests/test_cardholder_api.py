@@ -348,6 +348,7 @@ def test_transaction_query_by_type_date_and_page(live_server):
     holder = Holder(live_server, balance_fen=10000)
     terminal = live_server.add_terminal()
     terminal.sync([terminal.record(holder.account_id, holder.card_number, 450, tap_counter=n) for n in (1, 2, 3)])
+    _list_rooms(live_server, "南2,3,305")
     paid = holder.http.post(holder.url("electricity"), json={"pin": holder.pin, "building": "南2", "floor": 3,
                                                              "room": "305", "amount_fen": 1200})
     assert paid.status_code == 200, paid.text
@@ -457,8 +458,19 @@ def test_limits_reach_the_terminals(live_server):
     assert mine and all(row[4:6] == [2000, 9000] for row in mine)
 
 
+def _list_rooms(server, *lines):
+    """Put rooms on the service hall's list ("楼栋,楼层,房间"): a payment must name a listed room."""
+    from sync_server.services import electricity
+    conn = server.connect()
+    try:
+        electricity.import_rooms(conn, "楼栋,楼层,房间,电表号\n" + "".join(line + ",\n" for line in lines))
+    finally:
+        conn.close()
+
+
 def test_electricity_draws_legacy_first_and_refuses_a_shortfall(live_server):
     holder = Holder(live_server, balance_fen=5000, legacy_fen=500)
+    _list_rooms(live_server, "南1,4,402")
     request = {"pin": holder.pin, "building": "南1", "floor": 4, "room": "402", "amount_fen": 800}
     answer = holder.http.post(holder.url("electricity"), json=request)
     assert answer.status_code == 200, answer.text
@@ -467,6 +479,7 @@ def test_electricity_draws_legacy_first_and_refuses_a_shortfall(live_server):
     _error(holder.http.post(holder.url("electricity"), json=dict(request, amount_fen=4701)), 409,
            "insufficient_funds")
     _error(holder.http.post(holder.url("electricity"), json=dict(request, room="4'; --")), 400, "bad_room")
+    _error(holder.http.post(holder.url("electricity"), json=dict(request, room="499")), 404, "unknown_room")
     _error(holder.http.post(holder.url("electricity"), json=dict(request, pin="111111")), 403, "pin_wrong")
     assert holder.balance()["wallets"]["main"] == 4700
 
@@ -475,6 +488,7 @@ def test_a_double_submitted_electricity_payment_is_booked_once(live_server):
     """The app sends the same idempotency key with a retried or double-tapped payment: one payment,
     the same receipt for every copy, even when the copies arrive at the same time."""
     holder = Holder(live_server, balance_fen=5000)
+    _list_rooms(live_server, "北3,2,215")
     request = {"pin": holder.pin, "building": "北3", "floor": 2, "room": "215", "amount_fen": 1200,
                "idempotency_key": "tap-0b7c2f9e4d1a"}
     with concurrent.futures.ThreadPoolExecutor(2) as pool:

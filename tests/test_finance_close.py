@@ -396,6 +396,7 @@ def test_electricity_paid_without_a_terminal_is_settled_to_its_merchant(tmp_path
     conn = dbmod.init_db(database_location)
     account_id, _card = _person(conn, 5000, b"\x91\x92\x93\x94")
     registry.recharge(conn, account_id, 1000, wallet=protocol.WALLET_LEGACY, channel=dbmod.LEDGER_LEGACY_SOURCE)
+    electricity.import_rooms(conn, "楼栋,楼层,房间,电表号\n7号楼,3,301,\n")     # the hall's room list
     paid_ms = dbmod.now_ms()
     payment = electricity.pay(conn, account_id, "7号楼", 3, "301", 2500, operator="hall-1", now_ms=paid_ms)
     assert len(payment["parts"]) == 2, "drawn on two wallets: two transfers, one sale"

@@ -91,6 +91,9 @@ def test_hall_service_commands(tmp_path):
     code, out = _run(data_dir, "hall", "recharge-channel", "--account", str(account_id), "--amount-fen", "3000",
                      "--channel", "ccb")
     assert code == 0 and "充值成功" in out and "30.00" in out
+    rooms = tmp_path / "rooms.csv"
+    rooms.write_text("楼栋,楼层,房间,电表号\n西山1,2,201,\n", encoding="utf-8")     # the hall's room list
+    assert _run(data_dir, "hall", "rooms-import", "--file", str(rooms))[0] == 0
     code, out = _run(data_dir, "hall", "electricity", "--account", str(account_id), "--building", "西山1",
                      "--floor", "2", "--room", "201", "--amount-fen", "500")
     assert code == 0 and "电费缴纳成功" in out

@@ -77,6 +77,7 @@ def test_portal_sign_in_hashes_outside_the_write_lock(site):
 
 def test_pin_checked_operations_hash_outside_the_write_lock(site):
     conn, account_id = site["conn"], site["account_id"]
+    electricity.import_rooms(conn, "楼栋,楼层,房间,电表号\n南1,2,201,\n")     # the hall's room list
     with pytest.raises(services.ServiceError) as refused:
         electricity.pay(conn, account_id, "南1", 2, "201", 100, pin="000000")
     assert refused.value.code == "pin_wrong"

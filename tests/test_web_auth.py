@@ -261,6 +261,8 @@ def test_a_double_clicked_cash_recharge_books_once_and_shows_one_receipt(site):
 def test_a_double_clicked_electricity_payment_is_charged_once(site):
     client = site["app"].test_client()
     sign_in_cardholder(client)
+    from sync_server.services import electricity
+    electricity.import_rooms(site["conn"], "楼栋,楼层,房间,电表号\n西1,3,305,\n")     # the hall's room list
     page = client.get("/portal/electricity")
     form = {"building": "西1", "floor": "3", "room": "305", "amount_yuan": "20", "pin": "190001",
             "csrf_token": token_of(page), "form_key": form_key_of(page, "electricity-form")}

@@ -15,6 +15,11 @@ YKT_FINANCE_CLOSE=off leaves the scheduler out (tests that close days themselves
 Each check also gives back the holds of Bluetooth water grants past their expiry
 (water_holds.release_expired), so money a phone never used returns without waiting for the next
 grant anyone asks for.
+
+Every `METER_INTERVAL_S` between checks it sends the dorm electricity payments owed to a meter system
+(sync_server/meter_gateway.py: one delivery pass of the outbox, with the data directory's
+meter_gateways.json), so a payment reaches its meter within seconds; a failed pass is logged and the
+rows wait for their next attempt.
 """
 import logging
 import os
@@ -22,12 +27,13 @@ import subprocess
 import sys
 import time
 
-from sync_server import db as dbmod, water_holds
+from sync_server import db as dbmod, meter_gateway, water_holds
 from sync_server.finance import close as close_module
 
 CHECK_INTERVAL_S = 60.0
 LOCATION_ENV = "YKT_CLOSE_DATABASE"      # the database when argv says "-"
 MAX_DAYS_PER_CHECK = 31      # a server off for a long time catches up a month per check
+METER_INTERVAL_S = 5.0       # dorm electricity payments owed to meter systems: one delivery pass this often
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +66,25 @@ def release_holds(conn, now_ms=None):
     return released
 
 
+def deliver_meter_payments(db_path, data_dir):
+    """One delivery pass of the meter outbox on a connection of its own; returns the counts or None."""
+    conn = dbmod.connect(db_path)
+    try:
+        counts = meter_gateway.deliver_from_config(conn, data_dir)
+    except Exception:       # a bad configuration or a database hiccup: the rows wait for the next pass
+        log.exception("meter delivery failed")
+        return None
+    finally:
+        conn.close()
+    if counts["delivered"] or counts["failed"]:
+        log.warning("meter payments: %s", counts)
+    return counts
+
+
 def loop(db_path, parent_pid, interval_s=CHECK_INTERVAL_S):
     """Check every interval until the parent (the server process) is gone."""
+    data_dir = os.environ.get("YKT_DATA_DIR") or os.path.dirname(os.path.abspath(db_path))
+    next_meter_pass = 0.0
     while os.getppid() == parent_pid:
         conn = dbmod.connect(db_path)
         try:
@@ -73,6 +96,9 @@ def loop(db_path, parent_pid, interval_s=CHECK_INTERVAL_S):
             conn.close()
         deadline = time.monotonic() + interval_s
         while time.monotonic() < deadline and os.getppid() == parent_pid:   # gone soon after the master
+            if time.monotonic() >= next_meter_pass:
+                deliver_meter_payments(db_path, data_dir)
+                next_meter_pass = time.monotonic() + METER_INTERVAL_S
             time.sleep(1.0)
 
 

@@ -5,7 +5,15 @@
     unfreeze --account A | --card N                         解挂 by staff (no PIN rule); alias cancel-loss
     set-limits --account A --single-fen N --daily-fen N     消费限额
     change-pin --account A [--new-pin-stdin]                staff reset (to the initial PIN by default)
-    electricity --account A --building B --floor N --room R --amount-fen N
+    electricity --account A --building B --floor N --room R --amount-fen N [--kind lighting|aircon]
+    rooms-import --file rooms.csv [--json]                  电费房间名单 (楼栋,楼层,房间,电表号), repeatable
+    rooms-list [--building B] [--json]                       the rooms, inactive ones marked
+    building-set --building B [--name-zh] [--name-en] [--campus] [--meter-system none|online] [--kinds K,K]
+    rooms-deactivate --building B [--floor N --room R]       stop payments for a room (or the building);
+    rooms-activate --building B [--floor N --room R]         rooms-activate takes them again
+    meter-deliver [--json]                                   send the payments due to meter systems (one pass)
+    meter-pending [--json]                                   payments not yet delivered to their meter
+    meter-retry (--payment P | --all)                        send flagged (failed) meter payments again
     recharge-channel --account A --amount-fen N --channel alipay|wechat|ccb   (simulated payment)
     dispenser-sticker --terminal T --out FILE.png|FILE.svg   the QR sticker of a water dispenser
     paycode-list --account A [--json]                        付款码: the phones with the code and their state
@@ -116,11 +124,125 @@ def cmd_change_pin(args):
 
 def cmd_electricity(args):
     result = electricity.pay(open_database(args), args.account, args.building, args.floor, args.room,
-                             args.amount_fen, operator=_operator(args))
+                             args.amount_fen, operator=_operator(args), kind=args.kind)
     say(args, "电费缴纳成功：%s %d层 %s 房间 %s 元（单号 %s）" % (args.building, args.floor, args.room,
                                                       _yuan(args.amount_fen), result["payment_id"]),
         "electricity paid: %s floor %d room %s, %s yuan (payment %s)" % (args.building, args.floor, args.room,
                                                                     _yuan(args.amount_fen), result["payment_id"]))
+
+
+def cmd_rooms_import(args):
+    try:
+        with open(args.file, encoding="utf-8-sig") as handle:
+            text = handle.read(electricity.MAX_CSV_BYTES + 1)
+    except (OSError, UnicodeDecodeError) as error:
+        raise registry.HallError("无法读取房间文件 %s：%s" % (args.file, error), "cannot read the rooms file %s: %s"
+                                 % (args.file, error))
+    report = electricity.import_rooms(open_database(args), text)
+    if args.json:
+        print(json.dumps(report))
+        return
+    say(args, "房间名单导入完成：新建 %(created)d，更新 %(updated)d，未变 %(unchanged)d（共 %(rows)d 行，新楼栋 "
+        "%(buildings_created)d）" % report,
+        "rooms imported: %(created)d created, %(updated)d updated, %(unchanged)d unchanged (%(rows)d rows, "
+        "%(buildings_created)d new buildings)" % report)
+
+
+def cmd_rooms_list(args):
+    conn = open_database(args)
+    rooms = electricity.list_rooms(conn, args.building)
+    if args.json:
+        print(json.dumps({"buildings": electricity.list_buildings(conn), "rooms": rooms}, ensure_ascii=False))
+        return
+    for building in electricity.list_buildings(conn):
+        if args.building is None or building["code"] == args.building:
+            say(args, "%s %s（%s）电控：%s，%s，%d 个房间（%d 个可缴费）%s" % (
+                building["code"], building["name_zh"], building["campus"] or "-",
+                {"none": "无（购电机）", "online": "在线"}[building["meter_system"]],
+                "、".join(electricity.KINDS[kind][0] for kind in building["kinds"]), building["rooms"],
+                building["active_rooms"], "" if building["active"] else "，已停用"),
+                "%s %s (%s) meters: %s, %s, %d rooms (%d take payments)%s" % (
+                building["code"], building["name_en"], building["campus"] or "-", building["meter_system"],
+                ", ".join(building["kinds"]), building["rooms"], building["active_rooms"],
+                "" if building["active"] else ", stopped"))
+    for room in rooms:
+        say(args, "  %s %d层 %s 电表 %s%s" % (room["building"], room["floor"], room["room"], room["meter_id"] or "-",
+                                          "" if room["active"] else "（已停用）"),
+            "  %s floor %d room %s meter %s%s" % (room["building"], room["floor"], room["room"], room["meter_id"] or "-",
+                                                 "" if room["active"] else " (stopped)"))
+
+
+def cmd_building_set(args):
+    kinds = [kind.strip() for kind in args.kinds.split(",")] if args.kinds else None
+    building = electricity.set_building(open_database(args), args.building, args.name_zh, args.name_en, args.campus,
+                                        args.meter_system, kinds)
+    if args.json:
+        print(json.dumps(building, ensure_ascii=False))
+        return
+    say(args, "楼栋已设置：%s %s，电控 %s，%s" % (building["code"], building["name_zh"], building["meter_system"],
+                                          "、".join(electricity.KINDS[kind][0] for kind in building["kinds"])),
+        "building set: %s %s, meters %s, %s" % (building["code"], building["name_en"], building["meter_system"],
+                                                ", ".join(building["kinds"])))
+
+
+def _set_rooms_active(args, active):
+    if (args.floor is None) != (args.room is None):
+        raise registry.HallError("请同时给出 --floor 和 --room，或都不给（整栋楼）",
+                                 "give both --floor and --room, or neither (the whole building)")
+    changed = electricity.set_active(open_database(args), args.building, args.floor, args.room, active)
+    what_zh = args.building if args.room is None else "%s %d层 %s" % (args.building, args.floor, args.room)
+    what_en = args.building if args.room is None else "%s floor %d room %s" % (args.building, args.floor, args.room)
+    say(args, "%s：%s%s" % (what_zh, "已恢复缴费" if active else "已停止缴费", "" if changed else "（原已如此）"),
+        "%s: %s%s" % (what_en, "takes payments again" if active else "payments stopped",
+                      "" if changed else " (already so)"))
+
+
+def cmd_rooms_deactivate(args):
+    _set_rooms_active(args, False)
+
+
+def cmd_rooms_activate(args):
+    _set_rooms_active(args, True)
+
+
+def cmd_meter_deliver(args):
+    from sync_server import meter_gateway
+    try:
+        counts = meter_gateway.deliver_from_config(open_database(args), data_dir_of(args))
+    except meter_gateway.ConfigError as error:
+        raise registry.HallError("电控网关配置无效：%s" % error, "meter gateway configuration invalid: %s" % error)
+    if args.json:
+        print(json.dumps(counts))
+        return
+    say(args, "电控缴费发送：到账 %(delivered)d，稍后重试 %(retrying)d，失败待处理 %(failed)d，未配置网关 %(unconfigured)d"
+        % counts, "meter payments: %(delivered)d delivered, %(retrying)d to retry, %(failed)d flagged, "
+        "%(unconfigured)d without a gateway" % counts)
+
+
+def cmd_meter_pending(args):
+    from sync_server import meter_gateway
+    rows = meter_gateway.undelivered(open_database(args))
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return
+    if not rows:
+        say(args, "没有未到账的电控缴费", "no meter payment is undelivered")
+    for row in rows:
+        state_zh = {"pending": "待发送", "failed": "失败，需处理"}[row["status"]]
+        say(args, "%s %s %s层 %s 电表 %s %s 元：%s（已试 %d 次）%s" % (
+            row["payment_id"], row["building"], row["floor"], row["room"], row["meter_id"], _yuan(row["amount_fen"]),
+            state_zh, row["attempts"], row["last_error"] or ""),
+            "%s %s floor %s room %s meter %s %s yuan: %s (%d attempts) %s" % (
+            row["payment_id"], row["building"], row["floor"], row["room"], row["meter_id"], _yuan(row["amount_fen"]),
+            row["status"], row["attempts"], row["last_error"] or ""))
+
+
+def cmd_meter_retry(args):
+    from sync_server import meter_gateway
+    count = meter_gateway.requeue(open_database(args), None if args.all else args.payment)
+    if not count and not args.all:
+        raise registry.HallError("没有失败待处理的缴费 %s" % args.payment, "no flagged meter payment %s" % args.payment)
+    say(args, "已重新排队 %d 笔电控缴费" % count, "%d meter payments queued again" % count)
 
 
 def cmd_recharge_channel(args):
@@ -309,6 +431,37 @@ def register(add):
     p.add_argument("--floor", type=int, required=True)
     p.add_argument("--room", required=True)
     p.add_argument("--amount-fen", type=int, required=True)
+    p.add_argument("--kind", default=electricity.DEFAULT_KIND, choices=sorted(electricity.KINDS),
+                   help="lighting 照明用电 (default) or aircon 空调用电")
+    p = add("rooms-import", cmd_rooms_import, "导入电费房间名单 / import the dorm rooms list (楼栋,楼层,房间,电表号)")
+    p.add_argument("--file", required=True)
+    p.add_argument("--json", action="store_true")
+    p = add("rooms-list", cmd_rooms_list, "查看电费房间名单 / list the dorm rooms")
+    p.add_argument("--building")
+    p.add_argument("--json", action="store_true")
+    p = add("building-set", cmd_building_set, "设置楼栋（名称、校区、电控系统）/ set a building's names and meter system")
+    p.add_argument("--building", required=True, help="the code the rooms file uses, e.g. 南1")
+    p.add_argument("--name-zh")
+    p.add_argument("--name-en")
+    p.add_argument("--campus")
+    p.add_argument("--meter-system", choices=electricity.METER_SYSTEMS,
+                   help="none: the old 购电机 (booked only); online: sent to the meter gateway")
+    p.add_argument("--kinds", help="comma list: lighting (照明用电), aircon (空调用电)")
+    p.add_argument("--json", action="store_true")
+    for name, handler, summary in (("rooms-deactivate", cmd_rooms_deactivate, "停止房间或楼栋缴费 / stop payments"),
+                                   ("rooms-activate", cmd_rooms_activate, "恢复房间或楼栋缴费 / take payments again")):
+        p = add(name, handler, summary)
+        p.add_argument("--building", required=True)
+        p.add_argument("--floor", type=int)
+        p.add_argument("--room")
+    p = add("meter-deliver", cmd_meter_deliver, "向电控系统发送待到账的电费 / send due payments to meter systems")
+    p.add_argument("--json", action="store_true")
+    p = add("meter-pending", cmd_meter_pending, "未到账的电控缴费 / payments not yet on their meter")
+    p.add_argument("--json", action="store_true")
+    p = add("meter-retry", cmd_meter_retry, "重新发送失败的电控缴费 / send flagged meter payments again")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--payment", help="the payment id (see meter-pending)")
+    which.add_argument("--all", action="store_true", help="every flagged payment")
     p = add("dispenser-sticker", cmd_dispenser_sticker, "开水机二维码贴纸 / a water dispenser's QR sticker")
     p.add_argument("--terminal", type=int, required=True, help="the dispenser's terminal id")
     p.add_argument("--out", required=True, help="FILE.png or FILE.svg")

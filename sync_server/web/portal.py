@@ -254,13 +254,36 @@ def electricity():
             if not amount_fen:
                 raise services.ServiceError("bad_amount", electricity_service.MAX_PAYMENT_FEN)
             # the form's one-time key: the same form submitted twice pays once and shows that receipt
-            done = electricity_service.pay(dbmod.get_db(), g.account_id, request.form.get("building", "").strip(),
-                                           floor, request.form.get("room", "").strip(), amount_fen,
-                                           pin=request.form.get("pin", ""), idempotency_key=form_key)
+            building, room = request.form.get("building", "").strip(), request.form.get("room", "").strip()
+            done = electricity_service.pay(dbmod.get_db(), g.account_id, building, floor, room, amount_fen,
+                                           pin=request.form.get("pin", ""), idempotency_key=form_key,
+                                           kind=request.form.get("kind") or electricity_service.DEFAULT_KIND)
         except services.ServiceError as error:
             flash(_error_text(error), "error")
         else:
             flash(t("电费缴纳成功：%s 元（单号 %s）" % (forms_yuan(amount_fen), done["payment_id"]),
                     "Electricity paid: %s yuan (payment %s)" % (forms_yuan(amount_fen), done["payment_id"])), "ok")
+            return redirect(url_for("portal.electricity", building=building, floor=floor, room=room))
         return redirect(url_for("portal.electricity"))
-    return _render("portal/electricity.html")
+    return _render("portal/electricity.html", **_room_pick(dbmod.get_db()))
+
+
+def _room_pick(conn):
+    """The hall's lists for the page (选择楼栋，楼层，房间, step by step through the query string), and
+    the picked room's recent payments with the payers' names masked."""
+    picked = {"buildings": electricity_service.buildings(conn), "building": None, "floors": [], "floor": None,
+              "rooms": [], "room": None, "kinds": [], "payments": None}
+    building = next((entry for entry in picked["buildings"] if entry["code"] == request.args.get("building")), None)
+    if building is None:
+        return picked
+    picked.update(building=building["code"], floors=building["floors"], kinds=building["kinds"])
+    floor = numbers.parse_int(request.args.get("floor"), 1, electricity_service.MAX_FLOOR)
+    if floor not in building["floors"]:
+        return picked
+    picked.update(floor=floor, rooms=[entry["room"] for entry in
+                                      electricity_service.rooms(conn, building["code"], floor)["rooms"]])
+    if request.args.get("room") in picked["rooms"]:
+        picked["room"] = request.args["room"]
+        picked["payments"] = electricity_service.room_payments(conn, building["code"], floor, picked["room"],
+                                                               viewer_account_id=g.account_id)["payments"]
+    return picked
