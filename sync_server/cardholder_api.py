@@ -9,6 +9,13 @@
                                               bound_ms, last_used_ms, this_phone}]}
     DELETE /api/v1/phones/<phone_id>          unbind one of them (its tokens stop at once); another
                                               holder's phone id is 404, like an unknown one
+    POST /api/v1/photos/<kind>                人脸采集 (face) / 证件照采集 (id_photo): the image itself as the body
+                                              (Content-Type image/jpeg or image/png, at most 1 MiB), checked on
+                                              the server (services/photos.py) -> {ok, kind, width, height, face:
+                                              {x, y, w, h}, checked_ms}; refused: 422 (413, 415) with the reason
+    GET  /api/v1/photos                       the holder's photos: {photos: [{kind, taken, checked_ms, source,
+                                              width, height}]}, never the images
+    GET  /api/v1/photos/<kind>                the holder's own stored photo (image/jpeg, no-store); none: 404
     GET  /api/v1/accounts/<id>/balance
     GET  /api/v1/accounts/<id>/transactions   ?from=YYYY-MM-DD&to=YYYY-MM-DD&type=all|consumption|recharge
                                               &page=1&page_size=10
@@ -74,6 +81,7 @@ from sync_server import db as dbmod, numbers, openapi
 from sync_server.services import (ServiceError, binding, cards, electricity, history, limits, paycode,
                                   pins as pin_service, recharge, register_messages, water)
 from sync_server.services import wallet_move
+from sync_server.services import photos
 
 cardholder_api = Blueprint("cardholder_api", __name__, url_prefix="/api/v1")
 
@@ -185,6 +193,48 @@ def remove_phone(phone_id):
     identity = _identity(conn)
     binding.remove_phone(conn, identity["person_id"], phone_id)
     return jsonify({"ok": True})
+
+
+# --- 人脸采集 / 证件照采集: the holder's own photos (sync_server/services/photos.py) -----------------------
+# Only the token's own person: there is no person id in these paths to try another one's with.
+
+PHOTO_CONTENT_TYPES = ("image/jpeg", "image/png")
+
+
+@cardholder_api.post("/photos/<kind>")
+def upload_photo(kind):
+    conn = dbmod.get_db()
+    identity = _identity(conn)
+    if kind not in photos.KINDS:
+        raise ServiceError("photo_kind_unknown")
+    if request.mimetype not in PHOTO_CONTENT_TYPES:
+        raise ServiceError("photo_content_type")
+    if (request.content_length or 0) > photos.MAX_PHOTO_BYTES:
+        raise ServiceError("photo_too_large")           # before reading a byte of it
+    request.max_content_length = photos.MAX_PHOTO_BYTES  # a body without a length is cut off there (413)
+    stored = photos.store_photo(conn, identity["person_id"], kind, request.get_data(cache=False), "app")
+    return jsonify({"ok": True, "kind": kind, "width": stored["width"], "height": stored["height"],
+                    "face": stored["face"], "checked_ms": stored["checked_ms"]})
+
+
+@cardholder_api.get("/photos")
+def list_photos():
+    conn = dbmod.get_db()
+    summary = photos.photo_summary(conn, _identity(conn)["person_id"])
+    return jsonify({"photos": [{"kind": kind, "taken": summary[kind] is not None,
+                                **{name: (summary[kind] or {}).get(name)
+                                   for name in ("checked_ms", "source", "width", "height")}}
+                               for kind in photos.KINDS]})
+
+
+@cardholder_api.get("/photos/<kind>")
+def own_photo(kind):
+    conn = dbmod.get_db()
+    image = photos.photo_image(conn, _identity(conn)["person_id"], kind)
+    response = Response(image, 200, mimetype="image/jpeg")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 # --- queries -------------------------------------------------------------------------------------

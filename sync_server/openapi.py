@@ -29,6 +29,9 @@ ERROR_TEXT = {
     405: "the method is not one the path takes",
     409: "refused in the current state (blocked, in debt, no card, insufficient balance, too many phones...)",
     413: "the request body is too large",
+    415: "the body is not of a content type the operation takes (photos: image/jpeg or image/png)",
+    422: "the photo was refused by its checks (`error` says which: no face, several faces, blurred, too dark...); "
+         "nothing was stored",
     423: "locked after too many wrong PINs or bindings; try later",
     429: "too many unfinished recharge orders, or water sessions",
 }
@@ -53,6 +56,16 @@ SCHEMAS = {
     "Phones": _object({"phones": {"type": "array", "items": _object({
         "phone_id": TEXT, "app_user": TEXT, "bound_ms": {"type": "integer"},
         "last_used_ms": {"type": "integer", "nullable": True}, "this_phone": {"type": "boolean"}})}}),
+    "PhotoStored": _object({
+        "ok": {"type": "boolean"}, "kind": {"type": "string", "enum": ["face", "id_photo"]},
+        "width": {"type": "integer", "minimum": 1}, "height": {"type": "integer", "minimum": 1},
+        "face": _object({name: {"type": "integer", "minimum": 0} for name in ("x", "y", "w", "h")}),
+        "checked_ms": {"type": "integer"}}),
+    "Photos": _object({"photos": {"type": "array", "items": _object(
+        {"kind": {"type": "string", "enum": ["face", "id_photo"]}, "taken": {"type": "boolean"}},
+        {"checked_ms": {"type": "integer", "nullable": True},
+         "source": {"type": "string", "nullable": True, "description": "app or hall"},
+         "width": {"type": "integer", "nullable": True}, "height": {"type": "integer", "nullable": True}})}}),
     "Card": _object({"card_number": {"type": "integer"}, "generation": {"type": "integer"}, "status": TEXT,
                      "expiry_yyyymmdd": {"type": "integer"}}),
     "Balance": _object({
@@ -208,6 +221,27 @@ def _binding_paths():
         "/phones/{phone_id}": {"delete": _operation(
             "unbind one of the holder's phones (its tokens stop at once); another holder's is 404", 200, "Ok",
             _errors(SIGNED_IN), parameters=[{"name": "phone_id", "in": "path", "required": True, "schema": TEXT}])},
+    }
+
+
+def _photo_paths():
+    """人脸采集 / 证件照采集: the holder's own photos, checked on the server (services/photos.py). The paths
+    carry no person: the token's own, so another holder's photo cannot even be named."""
+    kind = {"name": "kind", "in": "path", "required": True, "schema": {"type": "string", "enum": ["face", "id_photo"]},
+            "description": "face (人脸采集) or id_photo (证件照采集)"}
+    binary = {"type": "string", "format": "binary"}
+    upload = _operation(
+        "check and store the holder's photo of this kind (JPEG or PNG, at most 1 MiB, short side at least 480 "
+        "px, one frontal face, sharp and well lit); the previous one is kept as the one before", 200,
+        "PhotoStored", _errors(SIGNED_IN, (413, 415, 422)), parameters=[kind],
+        body={"required": True, "content": {"image/jpeg": {"schema": binary}, "image/png": {"schema": binary}}})
+    image = _operation("the holder's own stored photo: JPEG, upright, without metadata (Cache-Control: no-store)",
+                       200, "Ok", _errors(SIGNED_IN), parameters=[kind])
+    image["responses"]["200"] = {"description": image["summary"], "content": {"image/jpeg": {"schema": binary}}}
+    return {
+        "/photos": {"get": _operation("which photos the holder has and when they were checked (not the images)",
+                                      200, "Photos", _errors(SIGNED_IN))},
+        "/photos/{kind}": {"post": upload, "get": image},
     }
 
 
@@ -433,6 +467,7 @@ def document():
         paths.update(group)
     paths.update(_wallet_move_paths())
     paths.update(_electricity_paths())
+    paths.update(_photo_paths())
     paths["/openapi.json"] = {"get": {"summary": "this document", "security": [], "parameters": [], "responses": {
         "200": dict(_json({"type": "object"}), description="the OpenAPI document")}}}
     return {

@@ -5,14 +5,21 @@ Each action runs in one transaction together with its line in the staff action l
 whom, when), so there is never a change without its log line or a log line without its change. The
 log line's id is the receipt number. The cash recharge form carries a one-time key (auth.form_key):
 the same form submitted twice books once and both submissions land on the first receipt.
+
+Photos (人脸采集 / 证件照采集, sync_server/services/photos.py): the person page shows the person's face
+photo and ID photo (未采集 where none), served only to the hall role by /hall/person/<id>/photo/<kind>
+(no-store), and takes a new one (the same server checks as the phone app's, source "hall", logged).
+补办 goes through a confirmation page that shows the photos beside the new card's UID, so the clerk
+checks who is at the desk before the new card is written.
 """
 import json
 
-from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, flash, g, redirect, render_template, request, url_for
 
 from firmware.core import card_layout
 from sync_server import db as dbmod, numbers, registry
 from sync_server.services import cards, history, recharge as recharge_service
+from sync_server.services import ServiceError, photos
 from sync_server.web import auth
 from sync_server.web.page_text import error_text as _error_text, t
 
@@ -109,7 +116,8 @@ def person(person_id):
     recent = history.recent(conn, holder["account_id"], page_size=RECENT_TRANSACTIONS)["rows"]
     return render_template("hall/person.html", holder=holder, cards=cards, balances=balances,
                            total_fen=sum(balances.values()), recent=recent,
-                           actions=auth.actions_for_person(conn, person_id, 20))
+                           actions=auth.actions_for_person(conn, person_id, 20),
+                           photos=photos.photo_summary(conn, person_id), photo_kinds=PHOTO_KINDS)
 
 
 def _act(person_id, action, operation, own_transaction=False, **log_fields):
@@ -210,10 +218,85 @@ def reissue(person_id):
     return _act(person_id, "reissue", operation)
 
 
+@hall_pages.get("/person/<id:person_id>/reissue")
+@auth.staff_required("hall")
+def reissue_confirm(person_id):
+    """补办's confirmation: the holder's photos (or 未采集) beside the new UID, before anything happens."""
+    conn = dbmod.get_db()
+    holder = _person(conn, person_id)
+    uid = request.args.get("uid", "").strip()
+    fee_source = request.args.get("fee_source", "balance")
+    try:
+        valid = len(bytes.fromhex(uid)) in (4, 7)
+    except ValueError:
+        valid = False
+    if not valid or fee_source not in cards.FEE_SOURCES:
+        flash(t("卡片UID应为4或7字节的十六进制", "The card UID is 4 or 7 bytes in hex"), "error")
+        return redirect(url_for("hall_pages.person", person_id=person_id))
+    has_card = conn.execute("SELECT 1 FROM cards WHERE account_id = ?", (holder["account_id"],)).fetchone() is not None
+    return render_template("hall/reissue_confirm.html", holder=holder, uid=uid.lower(), fee_source=fee_source,
+                           has_card=has_card, fee_fen=dbmod.setting(conn, "reissue_fee_fen") if has_card else 0,
+                           photos=photos.photo_summary(conn, person_id), photo_kinds=PHOTO_KINDS)
+
+
+# --- photos: 人脸采集 / 证件照采集 --------------------------------------------------------------------
+
+PHOTO_KINDS = [(kind,) + photos.KIND_NAMES[kind] for kind in photos.KINDS]   # (kind, zh, en)
+PHOTO_FORM_ALLOWANCE = 64 * 1024     # the multipart wrapping around the photo
+
+
+@hall_pages.url_value_preprocessor
+def _photo_upload_limit(endpoint, _values):
+    """A photo form may carry a photo as large as the app's (photos.MAX_PHOTO_BYTES) plus its form;
+    set before check_csrf parses the form (URL value preprocessors run before before_request)."""
+    if endpoint == "hall_pages.upload_photo":
+        request.max_content_length = photos.MAX_PHOTO_BYTES + PHOTO_FORM_ALLOWANCE
+
+
+@hall_pages.get("/person/<id:person_id>/photo/<kind>")
+@auth.staff_required("hall")
+def person_photo(person_id, kind):
+    try:
+        image = photos.photo_image(dbmod.get_db(), person_id, kind)
+    except ServiceError:
+        abort(404)
+    response = Response(image, 200, mimetype="image/jpeg")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@hall_pages.post("/person/<id:person_id>/photo/<kind>")
+@auth.staff_required("hall")
+def upload_photo(person_id, kind):
+    """A photo taken at the desk (or brought on a file): the same checks as the app's; logged."""
+    conn = dbmod.get_db()
+    holder = _person(conn, person_id)
+    if kind not in photos.KINDS:
+        abort(404)
+    upload = request.files.get("photo")
+    data = upload.read(photos.MAX_PHOTO_BYTES + 1) if upload is not None else b""
+    zh, en = photos.KIND_NAMES[kind]
+    back = url_for("hall_pages.person", person_id=person_id) + "#photos"
+
+    def log(conn, stored):
+        auth.log_action(conn, g.staff, "photo", person_id=person_id, account_id=holder["account_id"],
+                        detail={"kind": kind, "width": stored["width"], "height": stored["height"],
+                                "sha256": stored["sha256"]}, now_ms=stored["checked_ms"])
+    try:
+        photos.store_photo(conn, person_id, kind, data, "hall", operator=g.staff["username"], also=log)
+    except registry.HallError as error:
+        flash(t("%s未通过检查：" % zh, "%s refused: " % en.capitalize()) + _error_text(error), "error")
+        return redirect(back)
+    flash(t("%s已采集" % zh, "%s taken" % en.capitalize()), "ok")
+    return redirect(back)
+
+
 # --- receipt -------------------------------------------------------------------------------------
 
 ACTION_NAMES = {"recharge": ("现金充值", "cash recharge"), "reissue": ("补办卡片", "card reissue"),
-                "unfreeze": ("解挂", "unfreeze"), "report_loss": ("挂失", "report loss")}
+                "unfreeze": ("解挂", "unfreeze"), "report_loss": ("挂失", "report loss"),
+                "photo": ("照片采集", "photo taken")}
 
 
 @hall_pages.app_template_filter("action_name")
