@@ -251,11 +251,11 @@ def test_the_page_has_no_inline_script_and_is_never_stored(live_server):
     worker = httpx.get(live_server.url + "/app/sw.js", timeout=30)
     assert worker.headers["Content-Type"].startswith("text/javascript") and "Content-Security-Policy" in worker.headers
     assets = re.findall(r'(?:src|href)="(/web/static/[^"]+)"', page.text)
-    assert len(assets) == 8 and all(asset.replace("&amp;", "&") in worker.text for asset in assets)
+    assert len(assets) == 10 and all(asset.replace("&amp;", "&") in worker.text for asset in assets)
     for asset in assets:
         assert httpx.get(live_server.url + asset.replace("&amp;", "&"), timeout=30).status_code == 200, asset
     manifest = httpx.get(live_server.url + "/app/manifest.webmanifest", timeout=30).json()
-    assert manifest["start_url"] == "/app/paycode"
+    assert manifest["start_url"] == "/app/"
 
 
 CSP_WATCH = """

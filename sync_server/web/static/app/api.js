@@ -4,7 +4,8 @@
    call() resolves to {answer, phone_ms}: phone_ms is the middle of the round trip on the phone's
    clock, so server_ms - phone_ms is the clock offset with at most half the trip as its error. It
    rejects with an ApiError: status 0 when the server could not be reached (offline: the caller keeps
-   what it has), else the server's status and its {error, message_zh, message_en}. */
+   what it has), else the server's status and its {error, message_zh, message_en}. options: token,
+   body (sent as JSON), raw ({data, type}: bytes sent as they are, e.g. a photo), timeout_ms. */
 "use strict";
 (function (ykt) {
   const BASE = "/api/v1";
@@ -34,12 +35,15 @@
     const headers = {"Accept": "application/json"};
     if (options.token) headers["Authorization"] = "Bearer " + options.token;
     const init = {method, headers, credentials: "omit", cache: "no-store"};
-    if (options.body !== undefined) {
+    if (options.raw !== undefined) {            // bytes as they are (a photo): {data: Blob, type}
+      headers["Content-Type"] = options.raw.type;
+      init.body = options.raw.data;
+    } else if (options.body !== undefined) {
       headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(options.body);
     }
     const controller = new AbortController();
-    const timer = setTimeout(() => controller.abort(), TIMEOUT_MS);
+    const timer = setTimeout(() => controller.abort(), options.timeout_ms || TIMEOUT_MS);
     init.signal = controller.signal;
     const sent_ms = Date.now();
     let response, text;

@@ -1,7 +1,7 @@
 /* The payment code page (/app/paycode): bind the card, enable the code, then show it - big, fresh
    each minute, with the balance above it - online or not.
 
-   Three views: bind (姓名, 学工号, 交易密码 -> /api/v1/bind), enable (交易密码 -> a key pair made here,
+   Three views: bind (app_shell.js's, shared by every page), enable (交易密码 -> a key pair made here,
    certified by the server; the change-PIN form appears when the PIN is still the initial one) and the
    code. The code view ticks each second (the countdown, and a new code when the campus's minute
    changes) and, online, asks the server every POLL_MS for the uses of this phone's codes: when the code
@@ -18,59 +18,31 @@
   const STOP_ARMED_MS = 5000;            // the second tap on 停用付款码 must come within this
   const QUIET_ZONE_MODULES = 4;          // ISO/IEC 18004: four modules of white around the symbol
   const MAX_QR_CSS_PX = 360;
-  const ApiError = ykt.api.ApiError;
-
-  const texts = JSON.parse(document.getElementById("app-texts").textContent);
-  const lang = document.documentElement.lang === "en" ? "en" : "zh";
+  const shell = ykt.shell;
+  const {ApiError, texts, lang, $, fill, say, show, yuan} = shell;
   const page = {session: null, wallet: null, online: true, polling: false, timers: [], drawn_text: null,
                 balance_at_ms: 0, balance_watch_until_ms: 0, paid_timer: null, stop_timer: null};
-
-  const $ = (id) => document.getElementById(id);
-  const fill = (template, value) => template.replace(/%[sd]/, value);
-
-  function say(id, text) {
-    $(id).textContent = text || "";
-  }
-
-  function yuan(fen) {
-    const sign = fen < 0 ? "-" : "";
-    const whole = Math.abs(fen);
-    return sign + Math.floor(whole / 100) + "." + String(whole % 100).padStart(2, "0");
-  }
 
   function clock_text(time_ms) {
     const at = new Date(time_ms);
     return String(at.getHours()).padStart(2, "0") + ":" + String(at.getMinutes()).padStart(2, "0");
   }
 
-  function show(view) {
-    for (const section of document.querySelectorAll("section.view")) section.hidden = section.id !== view;
-  }
+  // -- start: the session is there (the shell bound the card first when it was not) -------------------
 
-  // -- start ---------------------------------------------------------------------------------------
-
-  async function start() {
-    register_service_worker();
-    bind_handlers();
-    page.session = await ykt.store.get("session");
-    if (!page.session) return show_bind();
+  async function start(session, {just_bound}) {
+    page.session = session;
     page.wallet = await ykt.PayCodeWallet.load();
     if (page.wallet && page.wallet.state.account_id !== page.session.account_id) await forget_wallet();
-    const balance = await ykt.store.get("balance");
-    if (balance && balance.account_id === page.session.account_id) render_balance(balance);
+    const balance = await shell.stored_balance();
+    if (balance) render_balance(balance);
+    if (just_bound) await refresh_balance();
     if (!page.wallet) return show_enable("");
     show_code();
-    check_still_active();
-  }
-
-  function register_service_worker() {
-    if (!("serviceWorker" in navigator)) return;
-    navigator.serviceWorker.register(document.body.dataset.serviceWorker, {scope: document.body.dataset.scope})
-      .catch(() => {});              // no worker (a private window, say): the page works online all the same
+    check_still_active();           // unbinding a phone stops its codes: the sign-in may follow one
   }
 
   function bind_handlers() {
-    $("bind-form").addEventListener("submit", on_bind);
     $("enable-form").addEventListener("submit", on_enable);
     $("pin-form").addEventListener("submit", on_change_pin);
     $("refresh").addEventListener("click", on_refresh);
@@ -79,51 +51,9 @@
     window.addEventListener("resize", () => { page.drawn_text = null; tick(); });
   }
 
-  // -- bind ------------------------------------------------------------------------------------------
-
-  function show_bind() {
-    stop_timers();
-    show("view-bind");
-  }
-
-  async function device_id() {
-    let device = await ykt.store.get("device");
-    if (!device) {
-      device = {app_user_id: "h5-" + crypto.randomUUID()};
-      await ykt.store.put("device", device);
-    }
-    return device.app_user_id;
-  }
-
-  async function on_bind(event) {
-    event.preventDefault();
-    const name = $("bind-name").value.trim(), staff_number = $("bind-number").value.trim(), pin = $("bind-pin").value;
-    if (!name || !staff_number || !pin) return say("bind-error", texts.fields_required);
-    say("bind-error", "");
-    $("bind-submit").disabled = true;
-    try {
-      const {answer} = await ykt.api.call("POST", "/bind",
-        {body: {app_user_id: await device_id(), name, staff_number, pin}});
-      page.session = {token: answer.token, account_id: answer.account_id};
-      await ykt.store.put("session", page.session);
-      $("bind-pin").value = "";
-      page.wallet = await ykt.PayCodeWallet.load();
-      if (page.wallet && page.wallet.state.account_id !== page.session.account_id) await forget_wallet();
-      await refresh_balance();
-      if (!page.wallet) return show_enable("");
-      show_code();
-      check_still_active();           // unbinding a phone stops its codes: the sign-in may follow one
-    } catch (error) {
-      say("bind-error", error instanceof ApiError ? error.text(lang, texts) : texts.error);
-    } finally {
-      $("bind-submit").disabled = false;
-    }
-  }
-
   async function signed_out() {
-    await ykt.store.remove("session");
     page.session = null;
-    show_bind();
+    await shell.signed_out(texts.signed_out);      // stop_timers runs as the shell's on_signed_out
   }
 
   // -- enable, and the PIN change it may need first --------------------------------------------------
@@ -345,12 +275,8 @@
 
   async function refresh_balance() {
     try {
-      const {answer} = await ykt.api.call("GET", `/accounts/${page.session.account_id}/balance`,
-                                          {token: page.session.token});
-      const record = {account_id: page.session.account_id, wallets: answer.wallets, name: answer.name,
-                      staff_number: answer.staff_number, at_ms: Date.now()};
+      const {record} = await shell.fetch_balance();
       page.balance_at_ms = record.at_ms;
-      await ykt.store.put("balance", record);
       render_balance(record);
       set_online(true);
     } catch (error) {
@@ -377,5 +303,6 @@
     say("offline-tip", online ? "" : texts.offline_tip);
   }
 
-  start().catch(() => say("loading-note", texts.error));
+  bind_handlers();
+  shell.page(start, {on_signed_out: () => { page.session = null; stop_timers(); }});
 })(self.ykt = self.ykt || {});
