@@ -17,7 +17,7 @@
                                               width, height}]}, never the images
     GET  /api/v1/photos/<kind>                the holder's own stored photo (image/jpeg, no-store); none: 404
     GET  /api/v1/accounts/<id>/balance
-    GET  /api/v1/accounts/<id>/transactions   ?from=YYYY-MM-DD&to=YYYY-MM-DD&type=all|consumption|recharge
+    GET  /api/v1/accounts/<id>/transactions   ?from=YYYY-MM-DD&to=YYYY-MM-DD&type=all|consumption|recharge|water
                                               &page=1&page_size=10
     POST /api/v1/accounts/<id>/recharge-orders            {amount_fen, channel, wallet?} -> the order, with
                                               `pay`: what the phone needs to pay it in the channel

@@ -318,7 +318,7 @@ def register(subparsers):
     p.add_argument("--account", type=int, required=True)
     p.add_argument("--from", dest="date_from", help="first day, YYYY-MM-DD (default: a year ago)")
     p.add_argument("--to", dest="date_to", help="last day, YYYY-MM-DD (default: today)")
-    p.add_argument("--type", default="all", choices=("all", "consumption", "recharge"))
+    p.add_argument("--type", default="all", choices=("all", "consumption", "recharge", "water"))
     p.add_argument("--page", type=int, default=1)
     p.add_argument("--limit", type=int, default=50, help="rows per page (at most 100)")
     p = add("terminal-register", cmd_terminal_register, "登记终端 / register a terminal")

@@ -77,7 +77,10 @@ SCHEMAS = {
     "StatementRow": _object({
         "transfer_id": TEXT, "kind": TEXT, "type": {"type": "string", "enum": ["consumption", "recharge", "other"]},
         "time_ms": {"type": "integer"}, "time": TEXT, "place_zh": TEXT, "place_en": TEXT,
-        "wallet": TEXT, "amount_fen": FEN, "wallet_balance_fen_after": FEN, "balance_fen_after": FEN},
+        "wallet": TEXT, "amount_fen": FEN, "wallet_balance_fen_after": FEN, "balance_fen_after": FEN,
+        "category": {"type": "string", "nullable": True, "enum": list(history.CATEGORY_NAMES.values()) + [None],
+                     "description": "the merchant's category (water also for a Bluetooth water grant's hold "
+                                    "and release); null when no merchant is involved"}},
         {"place_kind": {"type": "string", "nullable": True}}),
     "Statement": _object({
         "rows": {"type": "array", "items": _ref("StatementRow")}, "page": {"type": "integer"},
@@ -257,7 +260,9 @@ def _account_paths():
                 ACCOUNT,
                 _query("from", DATE, "first day (default: 30 days ago)"),
                 _query("to", DATE, "last day (default: today); at most %d days in all" % history.MAX_RANGE_DAYS),
-                _query("type", {"type": "string", "enum": ["all", "consumption", "recharge"]}, "default all"),
+                _query("type", {"type": "string", "enum": list(history.KINDS)},
+                       "default all; water (用水): purchases at water merchants from any wallet, and the holds "
+                       "and releases of Bluetooth water grants"),
                 _query("page", {"type": "integer", "minimum": 1, "maximum": numbers.MAX_PAGE}, "default 1"),
                 _query("page_size", {"type": "integer", "minimum": 1, "maximum": history.MAX_PAGE_SIZE},
                        "default 10")])},

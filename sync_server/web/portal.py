@@ -22,7 +22,7 @@ portal.before_request(auth.check_csrf)
 
 PAGE_ROWS = 10                  # rows per page, as on the manual's page
 DEFAULT_RANGE_DAYS = 30         # the statement opens on the last month
-QUERY_TYPES = (history.KIND_CONSUMPTION, history.KIND_RECHARGE, history.KIND_ALL)
+QUERY_TYPES = (history.KIND_CONSUMPTION, history.KIND_RECHARGE, history.KIND_WATER, history.KIND_ALL)
 
 
 def _holder(conn, account_id):

@@ -1,8 +1,8 @@
 /* 用水 (/app/water): the water wallet (小钱包), how to start water (the native app's 扫码用水: the phone's
    Bluetooth talks to the dispenser, which a web page cannot do), and the holder's water use of the
-   last 30 days. The transaction history has no water type of its own, so the water lines are picked
-   from the spending lines: those drawn on the water wallet, and the holds and releases of the app's
-   Bluetooth water grants. */
+   last 30 days: the transaction history's water type (purchases at water dispensers, whichever wallet
+   paid, one line per wallet drawn on, and the holds and releases of the app's Bluetooth water
+   grants). */
 "use strict";
 (function (ykt) {
   const shell = ykt.shell;
@@ -10,11 +10,6 @@
   const DAYS = 30;
   const PAGE_SIZE = 100;
   const MAX_PAGES = 5;
-  const WATER_KINDS = ["hold", "release"];
-
-  function is_water(row) {
-    return row.wallet === "water" || WATER_KINDS.includes(row.kind);
-  }
 
   function line(row) {
     const item = document.createElement("li");
@@ -48,9 +43,9 @@
     say("water-status", texts.loading);
     try {
       for (let page = 1; page <= MAX_PAGES; page += 1) {
-        const query = new URLSearchParams({from, to, type: "consumption", page: String(page), page_size: String(PAGE_SIZE)});
+        const query = new URLSearchParams({from, to, type: "water", page: String(page), page_size: String(PAGE_SIZE)});
         const answer = await shell.call("GET", shell.account_path("/transactions?" + query));
-        found.push(...answer.rows.filter(is_water));
+        found.push(...answer.rows);
         if (page >= answer.total_pages) break;
       }
       $("water-sessions").replaceChildren(...found.map(line));
