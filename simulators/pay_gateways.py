@@ -12,22 +12,41 @@ with test keys of its own made here with `cryptography`.
                                              # twice (as channels retry) -> [Answer, Answer]
     delivery = gateways.notice(order, "paid", amount_fen=1)   # any notice, for tests: Delivery
     gateways.post(server_url, delivery)      # -> Answer(status, text, outcome, order_status, error)
+    gateways.close()                         # also stops WeChat Pay's API server (below)
 
 A Delivery is what goes on the wire: the body bytes and the headers (Alipay and CCB a form, WeChat
 Pay JSON with its Wechatpay-* headers). `after_signing={field: value}` changes fields after the
 signature was made (an altered notice); `signed_by` another sandbox's key makes a forged one. The
 channel's private keys stay in this process: the server only ever sees the public halves.
 Formats: sync_server/channels/ (the server's side of each, with the sources looked up).
+
+WeChat Pay's API: the server itself asks WeChat Pay for the page the phone opens (H5 下单), so the
+WeChat sandbox also serves `POST /v3/pay/transactions/h5` over HTTP on a free loopback port, started
+when the configuration is first written (its address is wechat.json's api_base_url) and stopped by
+close(). It verifies the request as WeChat Pay does: the Authorization header's RSA signature over
+"POST\n<path>\n<timestamp>\n<nonce>\n<body>\n" with our merchant key's public half, its mchid and
+serial_no, a fresh timestamp and an unseen nonce (401 SIGN_ERROR otherwise), then mchid / appid,
+amount, notify_url and the H5 scene (400 PARAM_ERROR / APPID_MCHID_NOT_MATCH), and answers
+{"h5_url": "https://wx.tenpay.com/cgi-bin/mmpayweb-bin/checkmweb?prepay_id=...&package=..."} signed
+with the platform key in Wechatpay-* headers. `wechat.api_calls` lists what it was sent;
+`with wechat.api_fault(kind):` makes it misbehave (API_FAULTS). Paying "opens" the URL the phone was
+handed (`wechat.open(url)`: the prepay it names, and the redirect_url to come back to), then notifies.
+Alipay's configuration sends the holder back to the phone page (return_url /app/recharge).
 """
 import base64
 import collections
+import contextlib
+import datetime
 import hashlib
 import json
 import os
+import re
 import secrets
 import string
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
@@ -36,7 +55,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sync_server import channels, keys
-from sync_server.channels import ccb as ccb_format
+from sync_server.channels import ccb as ccb_format, wechat as wechat_format
 
 _TIMEOUT_S = 30.0
 FORM = "application/x-www-form-urlencoded; charset=utf-8"
@@ -118,7 +137,7 @@ class AlipaySandbox:
         """{file name: (bytes, private)} of the server's channels directory."""
         config = {"app_id": self.app_id, "seller_id": self.seller_id,
                   "app_private_key_pem_file": "alipay_app_private_key.pem",
-                  "alipay_public_key_pem_file": "alipay_public_key.pem"}
+                  "alipay_public_key_pem_file": "alipay_public_key.pem", "return_url": "/app/recharge"}
         return {"alipay.json": (json.dumps(config, indent=2).encode(), False),
                 "alipay_app_private_key.pem": (private_pem(self._app_key), True),
                 "alipay_public_key.pem": (public_pem(self._alipay_key), False)}
@@ -171,8 +190,29 @@ class AlipaySandbox:
 
 # --- WeChat Pay v3 -----------------------------------------------------------------------------------
 
+H5_PAGE = "https://wx.tenpay.com/cgi-bin/mmpayweb-bin/checkmweb"
+API_FAULTS = {
+    "refuse": "answer 403 NO_AUTH (WeChat Pay refuses: this merchant may not use H5 payment)",
+    "system_error": "answer 500 SYSTEM_ERROR every time",
+    "slow": "hold the answer longer than the server waits for it, then close the connection",
+    "drop": "close the connection without an answer",
+    "forged_answer": "sign the answer with a key that is not the platform key",
+    "other_serial": "sign the answer under another platform serial (certificates would be needed)",
+}
+# the answer held back longer than the server's timeout
+_SLOW_S = wechat_format.PREPAY_TIMEOUT_S + 2.0
+_MAX_API_BODY = 64 * 1024
+_OUT_TRADE_NO = re.compile(r"^[0-9A-Za-z_|*-]{6,32}$")
+
+# one request to the sandbox's API: `authorized` when its Authorization verified
+ApiCall = collections.namedtuple("ApiCall", "method path out_trade_no authorized status code")
+# an h5_url the sandbox answered: what paying through it pays
+Prepay = collections.namedtuple("Prepay", "prepay_id package order_id amount_fen notify_url expires_s")
+
+
 class WeChatSandbox:
-    """WeChat Pay: encrypts the transaction under our APIv3 key, signs the body with the platform key."""
+    """WeChat Pay: encrypts the transaction under our APIv3 key, signs the body with the platform key;
+    answers the server's H5 prepay requests over HTTP (module text)."""
     name = "wechat"
 
     def __init__(self):
@@ -181,8 +221,16 @@ class WeChatSandbox:
         self.platform_serial = "PUB_KEY_ID_" + _digits(28)
         self.merchant_serial = secrets.token_hex(20).upper()
         self._apiv3_key = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
-        self._platform_key = _rsa_key()      # WeChat Pay's own: signs notices
+        self._platform_key = _rsa_key()      # WeChat Pay's own: signs notices and API answers
         self._merchant_key = _rsa_key()      # ours (apiclient_key.pem): signs our API requests
+        self._lock = threading.Lock()
+        self._http = None                    # the API server, once started
+        self._stopping = threading.Event()
+        self._fault = None
+        self._other_key = None
+        self._nonces = set()
+        self.prepays = {}                    # prepay_id -> Prepay
+        self.api_calls = []                  # [ApiCall]
 
     def __repr__(self):
         return "WeChatSandbox(mchid=%s, <keys hidden>)" % self.mchid
@@ -192,20 +240,181 @@ class WeChatSandbox:
                   "platform_public_key_pem_file": "wechat_platform_public_key.pem",
                   "platform_serial": self.platform_serial,
                   "merchant_private_key_pem_file": "wechat_merchant_private_key.pem",
-                  "merchant_serial": self.merchant_serial}
+                  "merchant_serial": self.merchant_serial, "api_base_url": self.api_base_url}
         return {"wechat.json": (json.dumps(config, indent=2).encode(), False),
                 "wechat_apiv3.key": (self._apiv3_key.encode(), True),
                 "wechat_platform_public_key.pem": (public_pem(self._platform_key), False),
                 "wechat_merchant_private_key.pem": (private_pem(self._merchant_key), True)}
 
+    # -- the API over HTTP ---------------------------------------------------------------------------
+
+    @property
+    def api_base_url(self):
+        """http://127.0.0.1:<port> of the sandbox's API, started on first use."""
+        with self._lock:
+            if self._http is None:
+                self._stopping.clear()
+                self._http = ThreadingHTTPServer(("127.0.0.1", 0), _ApiHandler)
+                self._http.daemon_threads = True
+                self._http.sandbox = self
+                threading.Thread(target=self._http.serve_forever, name="wechat-sandbox-api", daemon=True).start()
+            return "http://127.0.0.1:%d" % self._http.server_address[1]
+
+    def close(self):
+        with self._lock:
+            server, self._http = self._http, None
+        if server is not None:
+            self._stopping.set()             # a held ("slow") answer gives up at once
+            server.shutdown()
+            server.server_close()
+
+    @contextlib.contextmanager
+    def api_fault(self, kind):
+        """The API misbehaves in one of the API_FAULTS ways inside the block."""
+        assert kind in API_FAULTS, kind
+        self._fault = kind
+        try:
+            yield self
+        finally:
+            self._fault = None
+
+    def api(self, method, path, headers, body):
+        """One API request -> (status, headers, body bytes), or None: the connection is dropped."""
+        fault = self._fault
+        if method != "POST" or path != wechat_format.H5_PATH:
+            self._called(method, path, None, False, 404, "NOT_FOUND")
+            return self._error(404, "NOT_FOUND", "接口不存在")
+        authorized = self._authorization_holds(method, path, headers, body)
+        try:
+            request = json.loads(body)
+        except ValueError:
+            request = None
+        out_trade_no = request.get("out_trade_no") if isinstance(request, dict) else None
+        if not authorized:
+            self._called(method, path, out_trade_no, False, 401, "SIGN_ERROR")
+            return self._error(401, "SIGN_ERROR", "签名错误")
+        if fault == "drop":
+            self._called(method, path, out_trade_no, True, None, "dropped")
+            return None
+        if fault == "slow":                  # by the time it would answer, the server has given up
+            self._called(method, path, out_trade_no, True, None, "held")
+            self._stopping.wait(_SLOW_S)
+            return None
+        if fault in ("refuse", "system_error"):
+            status, code, message = (403, "NO_AUTH", "商户无此接口权限") if fault == "refuse" else \
+                (500, "SYSTEM_ERROR", "系统错误")
+            self._called(method, path, out_trade_no, True, status, code)
+            return self._error(status, code, message)
+        problem = self._prepay_problem(request)
+        if problem:
+            code, message = problem
+            self._called(method, path, out_trade_no, True, 400, code)
+            return self._error(400, code, message)
+        prepay = Prepay("wx%s%s" % (time.strftime("%d%H%M%S"), secrets.token_hex(12)), _digits(10),
+                        out_trade_no, request["amount"]["total"], request["notify_url"], time.time() + 300)
+        with self._lock:
+            self.prepays[prepay.prepay_id] = prepay
+        answer = json.dumps({"h5_url": "%s?prepay_id=%s&package=%s" % (H5_PAGE, prepay.prepay_id, prepay.package)}
+                            ).encode()
+        key, serial = None, None
+        if fault == "forged_answer":
+            key = self._other_key = self._other_key or _rsa_key()
+        elif fault == "other_serial":
+            serial = "PUB_KEY_ID_" + _digits(28)
+        self._called(method, path, out_trade_no, True, 200, None)
+        return 200, dict(self.signed_headers(answer, key=key, serial=serial), **{"Request-ID": str(uuid.uuid4())}), \
+            answer
+
+    def _called(self, *call):
+        with self._lock:
+            self.api_calls.append(ApiCall(*call))
+
+    @staticmethod
+    def _error(status, code, message):
+        return status, {"Content-Type": "application/json; charset=utf-8"}, \
+            json.dumps({"code": code, "message": message}, ensure_ascii=False).encode()
+
+    def _authorization_holds(self, method, path, headers, body):
+        """WECHATPAY2-SHA256-RSA2048 mchid="...",nonce_str="...",signature="...",timestamp="...",
+        serial_no="..." over "<method>\n<path>\n<timestamp>\n<nonce>\n<body>\n", our merchant key."""
+        scheme, _, rest = (headers.get("Authorization") or "").partition(" ")
+        fields = dict(re.findall(r'([a-z_]+)="([^"]*)"', rest))
+        timestamp, nonce = fields.get("timestamp", ""), fields.get("nonce_str", "")
+        if scheme != "WECHATPAY2-SHA256-RSA2048" or fields.get("mchid") != self.mchid or \
+                fields.get("serial_no") != self.merchant_serial or not (timestamp.isdigit() and len(timestamp) <= 12) \
+                or abs(int(timestamp) - time.time()) > 300 or not nonce:
+            return False
+        try:
+            signature = base64.b64decode(fields.get("signature", ""), validate=True)
+        except ValueError:
+            return False
+        message = b"%s\n%s\n%s\n%s\n%s\n" % (method.encode(), path.encode(), timestamp.encode(), nonce.encode(), body)
+        if not _verify_rsa(self._merchant_key.public_key(), signature, message, hashes.SHA256()):
+            return False
+        with self._lock:
+            if nonce in self._nonces:
+                return False                 # a replayed request
+            self._nonces.add(nonce)
+        return True
+
+    def _prepay_problem(self, request):
+        """(code, message) of what WeChat Pay would refuse in an H5 prepay request, or None."""
+        if not isinstance(request, dict):
+            return "PARAM_ERROR", "请求体不是 JSON 对象"
+        if request.get("mchid") != self.mchid or request.get("appid") != self.appid:
+            return "APPID_MCHID_NOT_MATCH", "appid 和 mch_id 不匹配"
+        amount, scene = request.get("amount"), request.get("scene_info")
+        notify = request.get("notify_url")
+        try:
+            notify_parts = urlsplit(notify) if isinstance(notify, str) else None
+            notify_host = notify_parts.hostname if notify_parts else None
+        except ValueError:
+            notify_parts = notify_host = None
+        if not isinstance(request.get("description"), str) or not 0 < len(request["description"]) <= 127:
+            return "PARAM_ERROR", "description 不合法"
+        if not isinstance(request.get("out_trade_no"), str) or not _OUT_TRADE_NO.match(request["out_trade_no"]):
+            return "PARAM_ERROR", "out_trade_no 不合法"
+        if not isinstance(amount, dict) or type(amount.get("total")) is not int or amount["total"] < 1 or \
+                amount.get("currency", "CNY") != "CNY":
+            return "PARAM_ERROR", "amount 不合法"
+        if notify_parts is None or not notify_host or notify_parts.query or notify_parts.fragment or \
+                len(notify) > 256 or not (notify_parts.scheme == "https" or (
+                    notify_parts.scheme == "http" and notify_host in ("127.0.0.1", "localhost"))):
+            return "PARAM_ERROR", "notify_url 不合法"
+        if not isinstance(scene, dict) or not scene.get("payer_client_ip") or \
+                not isinstance(scene.get("h5_info"), dict) or scene["h5_info"].get("type") not in ("Wap", "iOS",
+                                                                                                   "Android"):
+            return "PARAM_ERROR", "scene_info 不合法"
+        if "time_expire" in request:
+            try:
+                datetime.datetime.fromisoformat(request["time_expire"])
+            except (TypeError, ValueError):
+                return "PARAM_ERROR", "time_expire 不合法"
+        with self._lock:
+            earlier = [prepay for prepay in self.prepays.values() if prepay.order_id == request["out_trade_no"]]
+        if any((prepay.amount_fen, prepay.notify_url) != (amount["total"], notify) for prepay in earlier):
+            return "OUT_TRADE_NO_USED", "商户订单号重复"
+        return None
+
+    def open(self, url):
+        """The phone opens an h5_url the sandbox answered (with its redirect_url) -> (Prepay,
+        redirect_url or None); SandboxRefused for any other URL or an expired one."""
+        parts = urlsplit(url)
+        params = dict(parse_qsl(parts.query, keep_blank_values=True))
+        with self._lock:
+            prepay = self.prepays.get(params.get("prepay_id"))
+        if "%s://%s%s" % (parts.scheme, parts.netloc, parts.path) != H5_PAGE or prepay is None or \
+                params.get("package") != prepay.package:
+            raise SandboxRefused("wechat: not an h5_url of this sandbox")
+        if time.time() > prepay.expires_s:
+            raise SandboxRefused("wechat: the h5_url has expired")
+        return prepay, params.get("redirect_url")
+
     def check_request(self, pay):
-        """Read an H5 prepay request body as WeChat Pay would (the Authorization our server adds when
-        sending is not part of what the phone gets) -> (order id, amount in fen, notify_url)."""
-        body = pay["body"]
-        if body.get("mchid") != self.mchid or body.get("appid") != self.appid or \
-                body.get("amount", {}).get("currency") != "CNY" or not pay["url"].endswith("/v3/pay/transactions/h5"):
-            raise SandboxRefused("wechat: the prepay request is not for this merchant")
-        return body["out_trade_no"], body["amount"]["total"], body["notify_url"]
+        """Open the h5_url the phone was handed, as WeChat Pay's page does -> (order id, amount in fen,
+        notify_url of the prepay request)."""
+        prepay, _redirect_url = self.open(pay["url"])
+        return prepay.order_id, prepay.amount_fen, prepay.notify_url
 
     def transaction(self, order_id, amount_fen, trade_state="SUCCESS", mchid=None, appid=None):
         return {"mchid": mchid or self.mchid, "appid": appid or self.appid, "out_trade_no": order_id,
@@ -254,6 +463,38 @@ class WeChatSandbox:
     def retry(self, delivery):
         """WeChat Pay sends the same body again, signed with a new timestamp and nonce."""
         return delivery._replace(headers=self.signed_headers(delivery.body))
+
+
+class _ApiHandler(BaseHTTPRequestHandler):
+    """The HTTP side of WeChatSandbox.api()."""
+
+    def do_POST(self):
+        self._serve()
+
+    def do_GET(self):
+        self._serve()
+
+    def _serve(self):
+        length = self.headers.get("Content-Length", "0")
+        length = int(length) if length.isdigit() else 0
+        body = self.rfile.read(min(length, _MAX_API_BODY))
+        answer = self.server.sandbox.api(self.command, urlsplit(self.path).path, self.headers, body)
+        if answer is None:
+            self.close_connection = True
+            return
+        status, headers, data = answer
+        try:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            pass                              # the caller gave up waiting (a "slow" answer)
+
+    def log_message(self, *args):
+        pass
 
 
 # --- CCB 龙支付 --------------------------------------------------------------------------------------
@@ -355,6 +596,7 @@ class PayGateways:
         if self._http is not None:
             self._http.close()
             self._http = None
+        self.wechat.close()
 
     def post(self, server_url, delivery):
         """POST one notice to the server (to the notify_url our request named, else the channel's

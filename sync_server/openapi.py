@@ -98,11 +98,16 @@ SCHEMAS = {
          "kind": {"type": "string", "enum": ["alipay.trade.wap.pay", "wechatpay.v3.h5_prepay", "ccb.520100"]},
          "method": {"type": "string", "enum": ["GET", "POST"]}, "url": TEXT},
         {"order_string": {"type": "string", "description": "Alipay: the order string signed RSA2 with our app key"},
-         "body": {"type": "object", "description": "WeChat Pay: the H5 prepay request the server sends (signed "
-                                                   "then with the merchant key); its answer's h5_url is opened"}}),
-        description="what the phone needs to pay a pending order in its channel: Alipay's and CCB's url is "
-                    "opened as it is (the order string signed RSA2; the MD5 MAC); present while the order is "
-                    "pending and its channel configured"),
+         "body": {"type": "object", "description": "WeChat Pay: the H5 prepay request the server sent (signed "
+                                                   "with the merchant key)"},
+         "error": {"type": "string", "enum": ["channel_unavailable"],
+                   "description": "the channel could not start the payment now: no url to open (method POST)"},
+         "reason": {"type": "string", "enum": ["refused", "unreachable", "unavailable", "bad_answer"]},
+         "message": TEXT, "message_zh": TEXT, "message_en": TEXT}),
+        description="what the phone needs to pay a pending order in its channel: a url opened with GET (Alipay's "
+                    "order signed RSA2, CCB's MD5 MAC, WeChat's h5_url from the prepay the server sent, with a "
+                    "redirect_url back to /app/recharge); with `error` the order stays pending and `message` says "
+                    "to try again; present while the order is pending and its channel configured"),
     "CardChange": _object({"card_number": {"type": "integer"}, "generation": {"type": "integer"},
                            "deny_version": {"type": "integer"}}),
     "Limits": _object({"single_limit_fen": {"type": "integer", "nullable": True},

@@ -4,25 +4,31 @@ The channels' sandboxes (simulators/pay_gateways.py) make their own test keys, w
 channel configuration and sign (WeChat Pay: also encrypt) their notices exactly as Alipay, WeChat
 Pay v3 and CCB 龙支付 do; the server verifies them with python-alipay-sdk, wechatpayv3 and RSA-MD5
 (sync_server/channels/). Here: what the phone is handed to pay (checked by the sandbox as the channel
-would), each paid order credited once (retried, out of order, concurrently), every kind of bad
-notice refused in the channel's own failure form, logged, and changing nothing else, the answers the
-channels expect, and the configuration's own refusals.
+would; for WeChat Pay the h5_url the server got from the sandbox's API, which verified our request's
+signature first), an order still made, pending and uncredited, with a clear message when WeChat Pay
+refuses, fails, times out or answers unsigned, each paid order credited once (retried, out of order,
+concurrently), every kind of bad notice refused in the channel's own failure form, logged, and
+changing nothing else, the answers the channels expect, and the configuration's own refusals.
 """
 import concurrent.futures
 import json
 import os
 import shutil
 import time
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
+import httpx
 import hypothesis
 import pytest
 import schemathesis
+from cryptography.hazmat.primitives.asymmetric import rsa
 from schemathesis import GenerationMode
+from wechatpayv3.utils import build_authorization
 
 from server_process import running_server
 from simulators import pay_gateways
 from sync_server import channels, openapi
+from sync_server.channels import wechat as wechat_channel
 from sync_server.services import recharge
 from test_cardholder_api import Holder
 
@@ -89,11 +95,20 @@ def test_a_paid_order_is_credited_once_through_the_channels_own_formats(server, 
         assert biz["out_trade_no"] == order["order_id"] and biz["total_amount"] == "43.21"
         assert biz["product_code"] == "QUICK_WAP_WAY" and "time_expire" in biz
         assert params["notify_url"] == server.url + "/api/v1/channels/alipay/notify"
+        assert params["return_url"] == server.url + "/app/recharge"      # back to the phone page
     elif channel == "wechat":
-        assert pay["url"] == "https://api.mch.weixin.qq.com/v3/pay/transactions/h5"
-        assert pay["body"]["amount"] == {"total": 4321, "currency": "CNY"}
-        assert pay["body"]["notify_url"] == server.url + "/api/v1/channels/wechat/notify"
-        assert pay["body"]["scene_info"]["h5_info"] == {"type": "Wap"}
+        # the server sent the prepay request to the sandbox's API, which verified our signature, and
+        # hands the phone the h5_url it answered, with the way back to the phone page
+        assert pay["method"] == "GET" and "error" not in pay
+        prepay, redirect_url = gateways.wechat.open(pay["url"])
+        assert pay["url"] == "%s?prepay_id=%s&package=%s&redirect_url=%s" % (
+            pay_gateways.H5_PAGE, prepay.prepay_id, prepay.package, quote(server.url + "/app/recharge", safe=""))
+        assert redirect_url == server.url + "/app/recharge"
+        assert (prepay.order_id, prepay.amount_fen) == (order["order_id"], 4321)
+        assert prepay.notify_url == server.url + "/api/v1/channels/wechat/notify"
+        assert _api_calls(gateways, order) == [("POST", wechat_channel.H5_PATH, order["order_id"], True, 200, None)]
+        again = holder.http.get(holder.url("recharge-orders/%s" % order["order_id"])).json()
+        assert again["status"] == "pending" and again["pay"]["url"].startswith(pay_gateways.H5_PAGE)
     else:
         params = dict(parse_qsl(urlsplit(pay["url"]).query, keep_blank_values=True))
         assert params["CCB_IBSVersion"] == "V6" and params["TXCODE"] == "520100" and params["PAYMENT"] == "43.21"
@@ -112,6 +127,50 @@ def test_a_paid_order_is_credited_once_through_the_channels_own_formats(server, 
     assert paid["status"] == "paid" and "pay" not in paid
     if channel != "ccb":                                            # CCB's notice carries no number of its own
         assert paid["channel_trade_no"]
+
+
+def _api_calls(gateways, order):
+    return [tuple(call) for call in gateways.wechat.api_calls if call.out_trade_no == order["order_id"]]
+
+
+# (fault, reason in `pay`, attempts: a timeout, a dropped connection or a 5xx is tried once more)
+WECHAT_API_FAULTS = [("refuse", "refused", 1), ("system_error", "unavailable", 2), ("slow", "unreachable", 2),
+                     ("drop", "unreachable", 2), ("forged_answer", "bad_answer", 1), ("other_serial", "bad_answer", 1)]
+
+
+@pytest.mark.parametrize("fault, reason, attempts", WECHAT_API_FAULTS, ids=[fault for fault, _, _ in WECHAT_API_FAULTS])
+def test_without_wechats_h5_url_the_order_waits_pending_with_a_clear_message(server, gateways, fault, reason,
+                                                                             attempts):
+    holder = Holder(server)
+    with gateways.wechat.api_fault(fault):
+        answer = holder.http.post(holder.url("recharge-orders"), json={"amount_fen": 880, "channel": "wechat"})
+    assert answer.status_code == 201, answer.text                   # the order is made all the same, no 500
+    order = answer.json()
+    pay = order["pay"]
+    assert order["status"] == "pending" and (pay["error"], pay["reason"]) == ("channel_unavailable", reason)
+    assert pay["message_zh"] == "暂时无法发起微信支付，请稍后重试" and pay["message"].startswith(pay["message_zh"] + " / ")
+    assert pay["method"] == "POST" and not pay["url"].startswith(pay_gateways.H5_PAGE)    # nothing to open
+    calls = _api_calls(gateways, order)
+    assert len(calls) == attempts and all(call[3] for call in calls), calls     # our signature verified each time
+    assert not any(call.path == "/v3/certificates" for call in gateways.wechat.api_calls)   # never downloaded
+    assert "wechat prepay for order %s failed (%s)" % (order["order_id"], reason) in server.log()
+    assert _credited_once(server, order) == (0, None) and holder.balance()["wallets"]["main"] == 0
+    kept = holder.http.get(holder.url("recharge-orders/%s" % order["order_id"])).json()
+    assert kept["status"] == "pending"
+
+
+def test_the_sandbox_refuses_a_prepay_request_not_signed_with_our_merchant_key(server, gateways):
+    body = json.dumps({"appid": gateways.wechat.appid, "mchid": gateways.wechat.mchid, "out_trade_no": "R123456",
+                       "description": "x", "notify_url": server.url + "/api/v1/channels/wechat/notify",
+                       "amount": {"total": 1, "currency": "CNY"},
+                       "scene_info": {"payer_client_ip": "127.0.0.1", "h5_info": {"type": "Wap"}}})
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    authorization = build_authorization(wechat_channel.H5_PATH, "POST", gateways.wechat.mchid,
+                                        gateways.wechat.merchant_serial, stranger, data=body)
+    answer = httpx.post(gateways.wechat.api_base_url + wechat_channel.H5_PATH, content=body,
+                        headers={"Authorization": authorization, "Content-Type": "application/json"})
+    assert answer.status_code == 401 and answer.json()["code"] == "SIGN_ERROR"
+    assert not any(prepay.order_id == "R123456" for prepay in gateways.wechat.prepays.values())
 
 
 @pytest.mark.parametrize("channel", CHANNELS)
@@ -333,6 +392,38 @@ def test_configuration_is_checked_before_anything_is_served(tmp_path, gateways):
     refused(lambda site: open(os.path.join(site, "alipay_public_key.pem"), "w").write("not a key"), "does not load")
     refused(lambda site: open(os.path.join(site, "wechat_apiv3.key"), "w").write("short"), "32 characters")
     refused(lambda site: open(os.path.join(site, "ccb.json"), "w").write("[1, 2]"), "JSON object")
+    refused(edit("wechat.json", api_base_url="http://api.mch.weixin.qq.com"), "api_base_url", "https")
+    refused(edit("wechat.json", api_base_url="https://api.mch.weixin.qq.com/v3"), "api_base_url", "base URL")
+    refused(edit("wechat.json", redirect_url="javascript:alert(1)"), "redirect_url")
+    refused(edit("alipay.json", return_url="http://m.example.edu/app/recharge"), "return_url", "https")
+    refused(edit("alipay.json", return_url="//m.example.edu/app/recharge"), "return_url")
+    accepted = str(tmp_path / "accepted")
+    shutil.copytree(directory, accepted)
+    edit("wechat.json", api_base_url="https://api.mch.weixin.qq.com/", redirect_url="https://m.example.edu/app/recharge")(
+        accepted)
+    assert channels.load(accepted)["wechat"].api_base_url == "https://api.mch.weixin.qq.com"
+
+
+def test_alipays_signed_order_carries_return_url_only_when_configured(tmp_path, gateways):
+    directory = _site(tmp_path, gateways)
+    order = {"order_id": "R9", "amount_fen": 900, "channel": "alipay"}
+
+    def params_with(return_url):
+        with open(os.path.join(directory, "alipay.json"), encoding="utf-8") as handle:
+            config = json.load(handle)
+        config.pop("return_url", None)
+        if return_url is not None:
+            config["return_url"] = return_url
+        with open(os.path.join(directory, "alipay.json"), "w", encoding="utf-8") as handle:
+            json.dump(config, handle)
+        pay = channels.load(directory)["alipay"].payment_request(
+            order, "https://ykt.example.edu/api/v1/channels/alipay/notify")
+        assert gateways.alipay.check_request(pay)[:2] == ("R9", 900)       # return_url is under the signature
+        return dict(parse_qsl(urlsplit(pay["url"]).query))
+    assert params_with("/app/recharge")["return_url"] == "https://ykt.example.edu/app/recharge"
+    assert params_with("https://m.example.edu/app/recharge?from=alipay")["return_url"] == \
+        "https://m.example.edu/app/recharge?from=alipay"
+    assert "return_url" not in params_with(None)
 
 
 def test_ccbs_hex_public_key_works_as_the_bank_hands_it_over(tmp_path, gateways):

@@ -8,7 +8,7 @@ refused next to the field; 挂失, 解挂 refused with the initial PIN (the serv
 field), 修改密码 with its refusals (mismatch, weak, not six digits, a wrong old PIN from the server),
 then 解挂 works; the limits; the bound phones, another one removed (its token stops); 圈存 with its
 refusals, a double click and two submits in one tick booking one move each, the receipt; the water
-page listing a dispenser's session; 充值 through Alipay's sandbox following the page's own 去支付 link,
+page listing a dispenser's session; 充值 through Alipay's and WeChat Pay's sandboxes following the page's own 去支付 link,
 充值成功 with the new balance; the electricity lists, the room's payments and a payment; the face photo
 refused (a coffee cup) and accepted (scikit-image's astronaut), the server's reason next to the field;
 another holder's account id put into the phone's IndexedDB shows and changes nothing of theirs; every
@@ -475,33 +475,53 @@ def test_recharge_hands_the_phone_to_the_channel_then_shows_the_money(browser, s
         assert message in error_of(driver, "recharge-amount"), amount
     submit(driver, "recharge-pick-50")
     assert by_id(driver, "recharge-amount").get_attribute("value") == "50"
+    fill(driver, {"recharge-amount": "37.70"})              # and 12.30 through WeChat Pay below: 50 in all
     by_id(driver, "channel-alipay").click()
     submit(driver, "recharge-submit")
     wait(driver, lambda: shown(driver, "order-view") and by_id(driver, "order-status").text == "待支付", "the order")
     order_id = by_id(driver, "order-id").text
     assert query(site, "SELECT amount_fen, channel, status FROM recharge_orders WHERE order_id = ? AND account_id = ?",
-                 (order_id, a["account_id"])) == [(5000, "alipay", "pending")]
+                 (order_id, a["account_id"])) == [(3770, "alipay", "pending")]
     link = by_id(driver, "order-pay-link")
     assert link.is_displayed() and link.text == "去支付"
     pay_url = link.get_attribute("href")
     assert pay_url.startswith("https://openapi.alipay.com/gateway.do?")
     driver.save_screenshot(str(screens / "recharge_order.png"))
     # the holder pays in Alipay: the sandbox checks the link the page offered, then notifies us
-    answers = site["gateways"].pay(site["server"].url, {"order_id": order_id, "amount_fen": 5000, "channel": "alipay",
+    answers = site["gateways"].pay(site["server"].url, {"order_id": order_id, "amount_fen": 3770, "channel": "alipay",
                                                         "pay": {"url": pay_url}})
     assert [answer.outcome for answer in answers] == ["credited"]
     wait(driver, lambda: shown(driver, "order-result"), "充值成功")
-    assert by_id(driver, "order-result").text == "充值成功，余额 159.50 元"
+    assert by_id(driver, "order-result").text == "充值成功，余额 147.20 元"
     assert by_id(driver, "order-status").text == "已到账" and not link.is_displayed()
-    assert by_id(driver, "recharge-balance").text == "159.50"
+    assert by_id(driver, "recharge-balance").text == "147.20"
     driver.save_screenshot(str(screens / "recharge_paid.png"))
-    # WeChat Pay's answer holds a request for the server to send, not a page for the phone
+    # WeChat Pay refusing the server's prepay request: the order waits, the page says so, nothing to open
+    submit(driver, "order-new")
+    fill(driver, {"recharge-amount": "8.80"})
+    by_id(driver, "channel-wechat").click()
+    with site["gateways"].wechat.api_fault("refuse"):
+        submit(driver, "recharge-submit")
+        wait(driver, lambda: by_id(driver, "order-error").text == "暂时无法发起微信支付，请稍后重试", "no WeChat Pay")
+        assert by_id(driver, "order-amount").text == "8.80" and not by_id(driver, "order-pay-link").is_displayed()
+    # WeChat Pay: the page offers the h5_url the server got from WeChat Pay's API (the sandbox); the
+    # holder pays in WeChat, which notifies us and sends the phone back here (redirect_url)
     submit(driver, "order-new")
     fill(driver, {"recharge-amount": "12.30"})
     by_id(driver, "channel-wechat").click()
     submit(driver, "recharge-submit")
     wait(driver, lambda: shown(driver, "order-view") and by_id(driver, "order-amount").text == "12.30", "the order")
-    assert not by_id(driver, "order-pay-link").is_displayed() and "微信支付" in by_id(driver, "order-handoff").text
+    link, order_id = by_id(driver, "order-pay-link"), by_id(driver, "order-id").text
+    assert link.is_displayed() and link.text == "去支付" and "微信支付" in by_id(driver, "order-handoff").text
+    pay_url = link.get_attribute("href")
+    assert pay_url.startswith(pay_gateways.H5_PAGE + "?prepay_id=")
+    driver.get("about:blank")                                       # the phone is in WeChat now
+    answers = site["gateways"].pay(site["server"].url, {"order_id": order_id, "amount_fen": 1230, "channel": "wechat",
+                                                        "pay": {"url": pay_url}})
+    assert [answer.outcome for answer in answers] == ["credited"]
+    driver.get(site["gateways"].wechat.open(pay_url)[1])            # back to /app/recharge: the order picked up
+    wait(driver, lambda: shown(driver, "order-result"), "充值成功 after WeChat Pay")
+    assert by_id(driver, "order-result").text == "充值成功，余额 159.50 元" and driver.current_url.endswith("/app/recharge")
     no_problems(driver)
 
 

@@ -8,7 +8,17 @@ One module per channel (alipay.py, wechat.py, ccb.py), each a class that
                                                 sync_server/services/recharge.py's part)
     answer(accepted, message) -> (body, mimetype)   what the channel expects back
     payment_request(order, notify_url, client_ip, now_s) -> dict   what the phone needs to pay the
-                                                order in the channel (signed where the channel signs)
+                                                order in the channel (signed where the channel signs):
+                                                {channel, kind, method, url, ...}; `method` GET: the phone
+                                                opens `url`. `notify_url` is our own notify address as the
+                                                request reached us: the base of a configured path such as
+                                                "/app/recharge". WeChat Pay's sends the H5 prepay request
+                                                to WeChat first and hands on the h5_url it answers; when
+                                                WeChat refuses or cannot be reached the order stays pending
+                                                and `pay` says so instead: `error` channel_unavailable,
+                                                `reason`, `message_zh`, `message_en` and `message`
+                                                ("中文 / English"), `method` POST (nothing for the phone to
+                                                open). Never raises for the channel's own failures.
 
 Configuration: one JSON file per channel in the channels directory (`<data_dir>/channels/`, or the
 app's CHANNELS_DIR), read once when the app starts. A channel without its file is not configured:
@@ -21,9 +31,18 @@ master key must. A file that is missing, malformed or too open stops the server 
     alipay.json  {"app_id", "app_private_key_pem_file", "alipay_public_key_pem_file",
                   optional "seller_id", "gateway", "notify_url", "return_url"}
     wechat.json  {"mchid", "appid", "apiv3_key_file", "platform_public_key_pem_file", "platform_serial",
-                  "merchant_private_key_pem_file", "merchant_serial", optional "notify_url"}
+                  "merchant_private_key_pem_file", "merchant_serial",
+                  optional "notify_url", "api_base_url", "redirect_url"}
     ccb.json     {"merchant_id", "pos_id", "branch_id", "ccb_public_key_pem_file",
                   optional "gateway"}
+
+URLs in the files: https only (http only to 127.0.0.1 / localhost, for tests and the demo's
+sandboxes). Alipay's "return_url" and WeChat Pay's "redirect_url" (where the phone comes back after
+paying: the phone app's /app/recharge, which picks the open order up again) may also be a path on this
+server, "/app/recharge", completed with the address the phone reached us at; without return_url Alipay
+leaves the holder in its own page, without redirect_url WeChat Pay comes back to /app/recharge.
+WeChat Pay's "api_base_url" is where the server sends its API requests (default
+https://api.mch.weixin.qq.com: scheme, host and port only).
 
 Keys and key texts are never logged and never put in exceptions; `repr()` of a channel hides them.
 """
@@ -34,6 +53,7 @@ import os
 import re
 import stat
 import time
+from urllib.parse import urljoin, urlsplit
 
 from sync_server import keys
 
@@ -42,6 +62,7 @@ CONFIG_DIR_NAME = "channels"
 MAX_NOTICE_BYTES = 16 * 1024          # a notice is a few kB; anything larger is refused unread
 MAX_KEY_FILE_BYTES = 16 * 1024
 BEIJING = datetime.timezone(datetime.timedelta(hours=8))
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 PAID, CLOSED, OTHER = "paid", "closed", "other"
 
@@ -116,6 +137,22 @@ class Config:
             if key in self.values and not isinstance(self.values[key], str):
                 raise self.error("%s 应为字符串" % key, "%s must be a string" % key)
 
+    def url(self, key, default=None, base=False, path_ok=False):
+        """The setting `key` as a URL (or `default` when absent): https, or http to 127.0.0.1 / localhost;
+        `base`: scheme, host and port only (returned without a trailing slash); `path_ok`: a path on this
+        server ("/app/recharge") is taken as it is (see on_server())."""
+        value = self.values.get(key, default)
+        if value is None:
+            return None
+        if not _url_acceptable(value, base, path_ok):
+            zh_what = "https 根地址（协议、主机和端口）" if base else "https 地址"
+            en_what = "an https base URL (scheme, host and port)" if base else "an https URL"
+            if path_ok:
+                zh_what, en_what = zh_what + "或本服务器上的路径", en_what + " or a path on this server"
+            raise self.error("%s 应为%s（http 仅限 127.0.0.1 / localhost）" % (key, zh_what),
+                             "%s must be %s (http only to 127.0.0.1 / localhost)" % (key, en_what))
+        return value.rstrip("/") if base else value
+
     def get(self, key, default=None):
         return self.values.get(key, default)
 
@@ -144,6 +181,23 @@ class Config:
             raise self.error("%s 指定的文件不是 PEM 文本" % key, "the file %s names is not PEM text" % key)
 
 
+def _url_acceptable(value, base, path_ok):
+    if not value.isascii() or any(ord(char) <= 32 or ord(char) == 127 for char in value) or "\\" in value:
+        return False
+    if path_ok and value.startswith("/") and not value.startswith("//"):
+        return True
+    try:
+        parts = urlsplit(value)
+        host, _port = parts.hostname, parts.port        # a port that is not a number raises here
+    except ValueError:
+        return False
+    if not host or not (parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK_HOSTS)):
+        return False
+    if parts.username is not None or parts.password is not None or parts.fragment:
+        return False
+    return not base or (parts.path in ("", "/") and not parts.query)
+
+
 # --- shared helpers -------------------------------------------------------------------------------
 
 _YUAN = re.compile(r"^(0|[1-9][0-9]{0,9})(\.[0-9]{1,2})?$")
@@ -168,6 +222,14 @@ def beijing_time(now_s=None, fmt="%Y-%m-%d %H:%M:%S"):
 def rfc3339(now_s=None):
     """'2026-12-04T12:30:00+08:00', as WeChat Pay writes times."""
     return datetime.datetime.fromtimestamp(int(time.time() if now_s is None else now_s), BEIJING).isoformat()
+
+
+def on_server(url, server_url):
+    """A configured URL that is a path on this server ("/app/recharge") completed with the address
+    `server_url` (one of our own URLs as a request reached us); any other URL as it is."""
+    if url is None or not url.startswith("/"):
+        return url
+    return urljoin(server_url, url)
 
 
 def header(headers, name):

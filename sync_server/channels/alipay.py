@@ -17,7 +17,9 @@ order's, answer the plain text `success` (anything else and Alipay notifies agai
 Order (alipay.trade.wap.pay, 手机网站支付): the SDK's `client_api` signs the request parameters with the
 app private key (RSA2) into an order string; the phone opens `<gateway>?<order string>`.
 biz_content: out_trade_no, total_amount, subject, product_code QUICK_WAP_WAY, time_expire (when we
-close the order ourselves).
+close the order ourselves). With "return_url" configured (alipay.json; a path such as "/app/recharge"
+is completed with the address the phone reached us at) the signed order carries return_url: Alipay
+sends the holder's browser back there after paying, and the page picks the open order up again.
 
 Sources: python-alipay-sdk 3.4 (README "Notification verification" and alipay/__init__.py:
 `verify`, `sign_data`, `client_api`); Alipay open platform "异步通知说明" / antom.com "Verifying the
@@ -28,7 +30,7 @@ sign_type excluded, sorted k=v).
 from alipay import AliPay
 
 from sync_server.channels import (CLOSED, OTHER, PAID, Notice, NoticeRefused, beijing_time, fen_to_yuan, form_fields,
-                                  text_of, yuan_to_fen)
+                                  on_server, text_of, yuan_to_fen)
 
 GATEWAY = "https://openapi.alipay.com/gateway.do"
 REQUIRED = ("notify_time", "notify_type", "notify_id", "app_id", "sign_type", "sign", "trade_no", "out_trade_no",
@@ -47,7 +49,7 @@ class AlipayChannel:
         self.seller_id = config.get("seller_id")
         self.gateway = config.get("gateway", GATEWAY)
         self.notify_url = config.get("notify_url")
-        self.return_url = config.get("return_url")
+        self.return_url = config.url("return_url", path_ok=True)
         try:
             self._sdk = AliPay(appid=self.app_id, app_notify_url=None,
                                app_private_key_string=config.read_file("app_private_key_pem_file", private=True),
@@ -94,7 +96,8 @@ class AlipayChannel:
         if expire_s is not None:
             biz_content["time_expire"] = beijing_time(expire_s)
         order_string = self._sdk.client_api("alipay.trade.wap.pay", biz_content,
-                                            notify_url=self.notify_url or notify_url, return_url=self.return_url,
+                                            notify_url=self.notify_url or notify_url,
+                                            return_url=on_server(self.return_url, notify_url),
                                             timestamp=beijing_time(now_s))
         return {"channel": self.name, "kind": "alipay.trade.wap.pay", "method": "GET",
                 "url": "%s?%s" % (self.gateway, order_string), "order_string": order_string}

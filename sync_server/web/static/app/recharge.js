@@ -1,10 +1,12 @@
 /* 充值 (/app/recharge): the amount (yuan typed, fen sent) and the channel (支付宝, 微信支付, 建行龙支付) make
    an order (POST /accounts/<id>/recharge-orders); the phone is then handed to the channel with what
    the order's answer carries for it in `pay` - a URL the phone opens (`method` GET: Alipay's
-   alipay.trade.wap.pay, CCB's page; or an h5_url / mweb_url from WeChat Pay's H5 prepay answer) as the
-   link 去支付, or an order string / JSAPI parameters for the channel's own bridge when the page runs
-   inside that channel's app (the button 去支付). A request meant for the server to send (`method`
-   POST: WeChat Pay's prepay request) is never opened by the phone. Then
+   alipay.trade.wap.pay, CCB's page, WeChat Pay's h5_url the server obtained, with its redirect_url
+   back here) as the link 去支付, or an order string / JSAPI parameters for the channel's own bridge
+   when the page runs inside that channel's app (the button 去支付). Nothing with `method` POST is
+   ever opened by the phone: when the server could not get WeChat Pay's h5_url, `pay` says why in
+   message_zh / message_en (暂时无法发起微信支付，请稍后重试), shown as the order's error until a later
+   answer brings the URL. Then
    the order's status is asked every POLL_MS (and at once when the holder comes back to the page)
    until the channel's notification reached the server: 充值成功 with the new balance. The open order
    is kept on the phone ("recharge_order"), so the page picks it up again after the channel's app. */
@@ -62,8 +64,12 @@
     if (handoff.url) link.href = handoff.url;
     else link.removeAttribute("href");
     if (!pending) return say("order-handoff", "");
-    say("order-handoff", fill(handoff.url || handoff.order_string || handoff.jsapi ? texts.pay_go : texts.pay_waiting,
-                              channel_name(order.channel)));
+    const pay = order.pay && typeof order.pay === "object" ? order.pay : {};
+    const problem = !handoff.url && typeof pay.error === "string" ? (shell.lang === "en" ? pay.message_en : pay.message_zh) : "";
+    say("order-error", problem || "");
+    say("order-handoff", problem ? "" : fill(handoff.url || handoff.order_string || handoff.jsapi ? texts.pay_go
+                                                                                               : texts.pay_waiting,
+                                             channel_name(order.channel)));
   }
 
   /* An order string or JSAPI parameters: the channel's bridge, present only inside its own app. */
@@ -104,12 +110,16 @@
     if (page.asking || !page.order || page.order.status !== "pending") return;
     if (Date.now() > page.until_ms) return clearInterval(page.timer);
     page.asking = true;
+    const asked = page.order.order_id;
+    const still_shown = () => page.order && page.order.order_id === asked;   // not left for a new order meanwhile
     try {
-      const order = await shell.call("GET", shell.account_path("/recharge-orders/" + encodeURIComponent(page.order.order_id)));
+      const order = await shell.call("GET", shell.account_path("/recharge-orders/" + encodeURIComponent(asked)));
+      if (!still_shown()) return;
       say("order-error", "");
       render(order);
       if (order.status !== "pending") await finished(order);
     } catch (error) {
+      if (!still_shown()) return;
       if (error instanceof shell.ApiError && error.offline) shell.note_offline(true);
       else if (!(error instanceof shell.ApiError && error.status === 401)) say("order-error", shell.error_text(error));
     } finally {
