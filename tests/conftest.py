@@ -15,6 +15,15 @@ def live_server(tmp_path_factory, module_database):
         yield server
 
 
+@pytest.fixture(scope="module")
+def gateways():
+    """The payment channels' sandboxes (simulators/pay_gateways.py), with test keys of their own."""
+    from simulators import pay_gateways
+    sandboxes = pay_gateways.PayGateways()
+    yield sandboxes
+    sandboxes.close()
+
+
 @pytest.fixture
 def fresh_server(tmp_path, new_database):
     """A server of its own for one test, on an empty data directory and an empty database."""

@@ -87,14 +87,6 @@ def _deny_entries(terminal, card_number, generation=1):
 
 
 @pytest.fixture(scope="module")
-def gateways():
-    """The payment channels' sandboxes (simulators/pay_gateways.py): test keys of their own."""
-    gateways = pay_gateways.PayGateways()
-    yield gateways
-    gateways.close()
-
-
-@pytest.fixture(scope="module")
 def live_server(tmp_path_factory, module_database, gateways):
     """This module's server (on each selected store), with the sandboxes configured as its channels."""
     data_dir = tmp_path_factory.mktemp("server")

@@ -37,13 +37,6 @@ ACCEPTED_TEXT = {"alipay": ("success", "text/plain"), "ccb": ("SUCCESS", "text/p
 
 
 @pytest.fixture(scope="module")
-def gateways():
-    gateways = pay_gateways.PayGateways()
-    yield gateways
-    gateways.close()
-
-
-@pytest.fixture(scope="module")
 def forger():
     """Sandboxes with keys of their own: what they sign is a forgery to our server."""
     return pay_gateways.PayGateways()

@@ -59,6 +59,18 @@ class ServiceError(registry.HallError):
         self.status = status or known_status
 
 
+def csv_columns(header, columns):
+    """{field: column index} of a CSV header row, by the accepted titles of each field (`columns`:
+    {field: titles, lowercase}); a byte-order mark and case are ignored, the first match wins."""
+    found = {}
+    for index, title in enumerate(header):
+        title = title.strip().lstrip("\ufeff").lower()
+        for field, names in columns.items():
+            if title in names and field not in found:
+                found[field] = index
+    return found
+
+
 def register_messages(table):
     """Modules add their own codes at import time; a code means one thing only."""
     for code, entry in table.items():

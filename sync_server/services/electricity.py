@@ -32,7 +32,7 @@ import uuid
 from firmware.core import card_layout, protocol, wallets as wallet_rules
 from sync_server import db as dbmod, ledger, meter_gateway, numbers, registry
 from sync_server.ledger_store import SqliteStore, touch_accounts
-from sync_server.services import (ServiceError, check_amount, idempotent_id, now, person_row, register_messages,
+from sync_server.services import (ServiceError, check_amount, csv_columns, idempotent_id, now, person_row, register_messages,
                                   tx, with_pin)
 from sync_server.services.history import BEIJING
 
@@ -144,16 +144,6 @@ def _time_text(time_ms):
 
 # --- the hall's room lists -------------------------------------------------------------------------
 
-def _header_map(header):
-    found = {}
-    for index, title in enumerate(header):
-        title = title.strip().lstrip("\ufeff").lower()
-        for field, names in COLUMNS.items():
-            if title in names and field not in found:
-                found[field] = index
-    return found
-
-
 def parse_rooms(csv_text):
     """Rows {building, floor, room, meter_id, line} of a rooms file, or RoomsImportRefused naming
     every bad line (ServiceError rooms_bad_csv for a file that is no rooms file at all)."""
@@ -164,7 +154,7 @@ def parse_rooms(csv_text):
         header = next(reader)
     except (StopIteration, csv.Error):
         raise ServiceError("rooms_bad_csv", "no header")
-    columns = _header_map(header)
+    columns = csv_columns(header, COLUMNS)
     if set(columns) != set(COLUMNS):
         raise ServiceError("rooms_bad_csv", "columns 楼栋,楼层,房间,电表号 are required / 需要楼栋、楼层、房间、电表号四列")
     rows, errors, rooms_seen, meters_seen = [], [], {}, {}

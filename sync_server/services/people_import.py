@@ -20,7 +20,7 @@ import re
 
 from firmware.core import card_layout
 from sync_server import registry
-from sync_server.services import ServiceError, now, register_messages, tx
+from sync_server.services import ServiceError, csv_columns, now, register_messages, tx
 
 CATEGORIES = {
     "staff": card_layout.HOLDER_STAFF,
@@ -63,16 +63,6 @@ register_messages({
 })
 
 
-def _header_map(header):
-    found = {}
-    for index, title in enumerate(header):
-        title = title.strip().lstrip("\ufeff").lower()
-        for field, names in COLUMNS.items():
-            if title in names and field not in found:
-                found[field] = index
-    return found
-
-
 def _expiry(text):
     for form in ("%Y-%m-%d", "%Y%m%d", "%Y/%m/%d"):
         try:
@@ -94,7 +84,7 @@ def parse(csv_text, category_name):
         header = next(reader)
     except (StopIteration, csv.Error):
         raise ServiceError("bad_csv", "no header")
-    columns = _header_map(header)
+    columns = csv_columns(header, COLUMNS)
     if "name" not in columns or "staff_number" not in columns:
         raise ServiceError("bad_csv", "name and staff_number columns are required / 需要姓名和学工号列")
     rows, errors, seen = [], [], {}
