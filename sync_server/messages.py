@@ -45,6 +45,21 @@ MESSAGES = {
     "pin_locked": ("密码错误次数过多，已锁定，请稍后再试或到服务大厅办理",
                    "too many wrong PINs: locked, try later or visit the service hall"),
     "pin_format": ("密码应为6位数字", "the PIN must be 6 digits"),
+    "pin_wrong_tries": ("密码错误，还可尝试 %d 次", "wrong PIN: %d tries left"),
+    "pin_wrong_last_try": ("密码错误，还可尝试 1 次；再错将锁定 %d 分钟", "wrong PIN: 1 try left, then it locks for %d minutes"),
+    "pin_locked_until": ("密码错误次数过多，已锁定，请 %d 分钟后（北京时间 %s 以后）再试，或到服务大厅办理",
+                         "too many wrong PINs: locked, try again in %d minutes (after %s Beijing time) or visit "
+                         "the service hall"),
+    # a chosen PIN refused as too easy to guess (pin_rules.weak_pin_reason)
+    "pin_weak_same_digit": ("新密码不能是同一数字重复六次（如 111111），请另选",
+                            "the new PIN cannot be one digit six times (like 111111): choose another"),
+    "pin_weak_run": ("新密码不能是连续数字（如 123456、654321），请另选",
+                     "the new PIN cannot be a run of digits (like 123456 or 654321): choose another"),
+    "pin_weak_birthday": ("新密码不能含有身份证号中的出生日期（月日或年月），请另选",
+                          "the new PIN cannot contain the birth date of the ID number (month and day, or year and "
+                          "month): choose another"),
+    "pin_weak_initial": ("新密码不能是初始密码（身份证号后六位），请另选",
+                         "the new PIN cannot be the initial PIN (the last six of the ID number): choose another"),
     "account_unknown": ("账户不存在", "unknown account"),
     "account_blocked": ("账户已冻结", "account blocked"),
     "account_in_debt": ("账户余额为负，请先充值", "account balance negative: recharge first"),

@@ -9,12 +9,26 @@ scrypt costs tens of milliseconds and anyone can make us run it (a sign-in with 
 a check hashes before it takes the database's write lock (prepare_pin) and then records the outcome
 in a short transaction that re-checks the lockout (record_pin), so sign-in attempts never make a
 terminal sync wait. (check_pin called inside a caller's transaction still hashes under the lock.)
+
+What a person is told: a refused check's code is a PinOutcome that also carries the tries left after
+a wrong PIN or the end of a lockout; refusal_texts words it ("密码错误，还可尝试 3 次", "已锁定，请 30
+分钟后再试") and feedback gives the same as fields for the JSON API. A number nobody has is answered
+like a real one (a countdown, then a lockout; unknown_number), so the answers do not tell which
+numbers exist.
+
+Weak PINs (weak_pin_reason) are refused whenever a PIN is chosen: one digit six times, a straight
+run up or down (wrapping 9 -> 0, as 789012), the initial PIN, and the birth date of an 18-digit (or
+old 15-digit) ID number: any PIN holding its month and day as MMDD or DDMM (so YYMMDD, MMDDYY,
+DDMMYY and the like), or its year and month as YYYYMM or MMYYYY. A staff reset back to the initial
+PIN is not a choice and stays allowed.
 """
+import datetime
 import hashlib
 import hmac
+import math
 import os
 
-from sync_server import db as dbmod
+from sync_server import db as dbmod, messages
 
 PIN_DIGITS = 6
 MAX_PIN_FAILURES = 5
@@ -23,6 +37,30 @@ SCRYPT_PARAMS = {"n": 2 ** 14, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dkle
 # check_pin codes that prove the PIN was right (it reports a blocked or indebted account only after the
 # hash matched): such an account may still sign in to see its balance and recharge.
 PIN_ACCEPTED = ("pin_ok", "account_blocked", "account_in_debt")
+MAX_UNKNOWN_NUMBERS = 10000     # numbers nobody has whose wrong PINs are counted (the newest kept)
+UNKNOWN_NUMBER_KEY = "pin-number:"  # their rows in bind_guessers, apart from the binding throttle's own
+_RUNS = "0123456789012345"
+_BEIJING = datetime.timezone(datetime.timedelta(hours=8))
+
+
+class PinOutcome(str):
+    """A check's messages code - it is that string, so `== "pin_wrong"` holds - with what the person
+    is told about the lockout: `tries_left` after a wrong PIN, `locked_until_ms` while locked."""
+
+    def __new__(cls, code, tries_left=None, locked_until_ms=None):
+        outcome = str.__new__(cls, code)
+        outcome.tries_left, outcome.locked_until_ms = tries_left, locked_until_ms
+        return outcome
+
+    def __repr__(self):
+        return "PinOutcome(%s, tries_left=%r, locked_until_ms=%r)" % (str(self), self.tries_left, self.locked_until_ms)
+
+
+def _wrong(failures, now_ms):
+    """The outcome of a wrong PIN that made `failures` in a row: tries left, or the new lockout."""
+    if failures >= MAX_PIN_FAILURES:
+        return PinOutcome("pin_locked", locked_until_ms=now_ms + PIN_LOCKOUT_MS)
+    return PinOutcome("pin_wrong", tries_left=MAX_PIN_FAILURES - failures)
 
 
 class PinAttempt:
@@ -97,7 +135,7 @@ def prepare_pin(conn, account_id, pin, now_ms):
         return "account_unknown"
     pin_hash, salt, _, locked_until_ms, _, _, id_number, staff_number = row
     if locked_until_ms > now_ms:
-        return "pin_locked"
+        return PinOutcome("pin_locked", locked_until_ms=locked_until_ms)
     seed = None
     if pin_hash is None:        # the initial PIN is hashed on first use (see the module text)
         salt = os.urandom(16)
@@ -123,16 +161,16 @@ def record_pin(conn, account_id, attempt, now_ms):
         return "account_unknown"
     pin_hash, salt, failures, locked_until_ms, blocked, in_debt, _, _ = row
     if locked_until_ms > now_ms:
-        return "pin_locked"
+        return PinOutcome("pin_locked", locked_until_ms=locked_until_ms)
     matched = attempt.matched
     if pin_hash != attempt.pin_hash:
         matched = hmac.compare_digest(hash_pin(attempt.pin, salt), pin_hash)
     if not matched:
-        failures += 1
-        locked_until_ms = now_ms + PIN_LOCKOUT_MS if failures >= MAX_PIN_FAILURES else 0
+        outcome = _wrong(failures + 1, now_ms)
+        locked_until_ms = outcome.locked_until_ms or 0
         conn.execute("UPDATE accounts SET pin_failures = ?, pin_locked_until_ms = ? WHERE id = ?",
-                     (0 if locked_until_ms else failures, locked_until_ms, account_id))
-        return "pin_locked" if locked_until_ms else "pin_wrong"
+                     (0 if locked_until_ms else failures + 1, locked_until_ms, account_id))
+        return outcome
     if failures:
         conn.execute("UPDATE accounts SET pin_failures = 0 WHERE id = ?", (account_id,))
     if blocked:
@@ -144,6 +182,7 @@ def record_pin(conn, account_id, attempt, now_ms):
 
 def check_pin(conn, account_id, pin, now_ms):
     """Returns a messages code: pin_ok, pin_wrong, pin_locked, pin_format, account_unknown, ...
+    (pin_wrong and pin_locked as a PinOutcome: tries left, the end of the lockout).
 
     Failures and lockouts are written. Called outside a transaction, the hash runs without the write
     lock and the outcome is committed in a short transaction of its own. Called inside the caller's
@@ -156,3 +195,114 @@ def check_pin(conn, account_id, pin, now_ms):
         return attempt
     with dbmod.transaction(conn):
         return record_pin(conn, account_id, attempt, now_ms)
+
+
+# --- what a person is told -----------------------------------------------------------------------
+
+def lockout_minutes(locked_until_ms, now_ms):
+    """Whole minutes until the lockout ends, rounded up (never 0 while it lasts)."""
+    return max(1, math.ceil((locked_until_ms - now_ms) / 60000))
+
+
+def feedback(outcome, now_ms):
+    """The fields a refused check adds to what a program is told: {"tries_left"} after a wrong PIN,
+    {"locked_until_ms", "retry_after_s"} while locked; {} for any other code."""
+    tries_left = getattr(outcome, "tries_left", None)
+    locked_until_ms = getattr(outcome, "locked_until_ms", None)
+    if outcome == "pin_wrong" and tries_left is not None:
+        return {"tries_left": tries_left}
+    if outcome == "pin_locked" and locked_until_ms is not None:
+        return {"locked_until_ms": locked_until_ms,
+                "retry_after_s": max(1, math.ceil((locked_until_ms - now_ms) / 1000))}
+    return {}
+
+
+def refusal_texts(outcome, now_ms):
+    """(zh, en) a person reads for a check's code: the tries left after a wrong PIN (and a warning
+    before the last one), the minutes and the Beijing time a lockout ends; the plain message else."""
+    details = feedback(outcome, now_ms)
+    if "tries_left" in details:
+        if details["tries_left"] == 1:
+            return _texts("pin_wrong_last_try", PIN_LOCKOUT_MS // 60000)
+        return _texts("pin_wrong_tries", details["tries_left"])
+    if "locked_until_ms" in details:
+        until = datetime.datetime.fromtimestamp(details["locked_until_ms"] / 1000, _BEIJING).strftime("%H:%M")
+        return _texts("pin_locked_until", lockout_minutes(details["locked_until_ms"], now_ms), until)
+    return messages.MESSAGES[str(outcome)]
+
+
+def _texts(code, *parameters):
+    zh, en = messages.MESSAGES[code]
+    return zh % parameters, en % parameters
+
+
+def unknown_number(conn, number, pin, now_ms):
+    """The answer to a PIN for a staff/student number nobody has: the same work (scrypt, a short write)
+    and the same answers as a wrong PIN on a real account - a countdown, then a lockout - so they do
+    not tell whether a number exists. Counted in the guessers' table (the binding throttle's) under
+    UNKNOWN_NUMBER_KEY + number, shared by every server process; quiet rows go (the binding throttle's
+    clean-up), and these rows are capped on their own."""
+    if not valid_pin_format(pin):
+        return "pin_format"         # what a real account answers, before any hashing
+    hash_pin(pin, b"\0" * 16)
+    key = UNKNOWN_NUMBER_KEY + str(number or "").strip()[:100]
+    with dbmod.transaction(conn):
+        row = conn.execute("SELECT failures, locked_until_ms FROM bind_guessers WHERE guesser = ?", (key,)).fetchone()
+        failures, locked_until_ms = row if row is not None else (0, 0)
+        if locked_until_ms > now_ms:
+            return PinOutcome("pin_locked", locked_until_ms=locked_until_ms)
+        outcome = _wrong(failures + 1, now_ms)
+        conn.execute("INSERT INTO bind_guessers (guesser, failures, locked_until_ms, updated_ms) VALUES (?, ?, ?, ?) "
+                     "ON CONFLICT (guesser) DO UPDATE SET failures = excluded.failures, "
+                     "locked_until_ms = excluded.locked_until_ms, updated_ms = excluded.updated_ms",
+                     (key, 0 if outcome.locked_until_ms else failures + 1, outcome.locked_until_ms or 0, now_ms))
+        conn.execute("DELETE FROM bind_guessers WHERE guesser IN (SELECT guesser FROM bind_guessers WHERE guesser "
+                     "LIKE ? ORDER BY locked_until_ms > ? DESC, updated_ms DESC LIMIT -1 OFFSET ?)",
+                     (UNKNOWN_NUMBER_KEY + "%", now_ms, MAX_UNKNOWN_NUMBERS))
+    return outcome
+
+
+# --- weak PINs -----------------------------------------------------------------------------------
+
+def birth_date(id_number):
+    """The birth date in an 18-digit ID number (YYYYMMDD at positions 7-14) or an old 15-digit one
+    (YYMMDD at 7-12, 19YY), as a date; None when there is none or it is not a real date."""
+    id_number = (id_number or "").strip()
+    if len(id_number) == 18 and id_number[:17].isdigit():
+        digits = id_number[6:14]
+    elif len(id_number) == 15 and id_number.isdigit():
+        digits = "19" + id_number[6:12]
+    else:
+        return None
+    try:
+        return datetime.date(int(digits[:4]), int(digits[4:6]), int(digits[6:8]))
+    except ValueError:
+        return None
+
+
+def birthday_pins(born):
+    """(substrings, whole PINs) a PIN must not hold for a birth date: MMDD and DDMM anywhere in it
+    (YYMMDD, MMDDYY, DDMMYY, ...), and YYYYMM or MMYYYY as the whole PIN."""
+    year, month, day = "%04d" % born.year, "%02d" % born.month, "%02d" % born.day
+    return (month + day, day + month), (year + month, month + year)
+
+
+def weak_pin_reason(pin, id_number, staff_number=None):
+    """The messages code saying why a chosen 6-digit PIN is too easy to guess, or None: the initial
+    PIN (from the ID number, else the staff/student number), one digit six times, a straight run,
+    the ID number's birth date (see the module text). A PIN not of 6 digits is pin_format's business:
+    None here."""
+    if not valid_pin_format(pin):
+        return None
+    if (id_number or staff_number) and pin == initial_pin(id_number, staff_number):
+        return "pin_weak_initial"
+    if len(set(pin)) == 1:
+        return "pin_weak_same_digit"
+    if pin in _RUNS or pin[::-1] in _RUNS:
+        return "pin_weak_run"
+    born = birth_date(id_number)
+    if born is not None:
+        parts, wholes = birthday_pins(born)
+        if pin in wholes or any(part in pin for part in parts):
+            return "pin_weak_birthday"
+    return None
