@@ -61,7 +61,10 @@ digits, bounded; anything else is a 400). Every account endpoint needs `Authoriz
 (from bind or sign-in) and answers only for the cardholder the token is bound to: another account id
 is 403, whatever else is asked. Errors are JSON {"error": code, "message": "中文 / English",
 "message_zh", "message_en"} with a 4xx status, routing errors under /api/v1 (unknown path, wrong
-method) included. The views only translate HTTP to the functions of sync_server/services/.
+method) included. A wrong PIN (403 pin_wrong) adds `tries_left`; a PIN lockout (423 pin_locked) adds
+`locked_until_ms` and `retry_after_s`, with the same seconds in a Retry-After header; a chosen PIN
+too easy to guess is a 400 pin_weak_same_digit, pin_weak_run, pin_weak_birthday or pin_weak_initial.
+The views only translate HTTP to the functions of sync_server/services/.
 
 A payment the app may send twice (a retry after a lost answer, a double tap) carries an
 `idempotency_key` (8-100 of A-Z a-z 0-9 - _, new for each payment the holder means to make): every
@@ -78,14 +81,15 @@ say what happened, for our own tools; channels ignore them.
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from sync_server import db as dbmod, numbers, openapi
-from sync_server.services import (ServiceError, binding, cards, electricity, history, limits, paycode,
-                                  pins as pin_service, recharge, register_messages, water)
+from sync_server.services import (ServiceError, binding, cards, electricity, history, holder_actions, limits,
+                                  paycode, pins as pin_service, recharge, register_messages, water)
 from sync_server.services import wallet_move
 from sync_server.services import photos
 
 cardholder_api = Blueprint("cardholder_api", __name__, url_prefix="/api/v1")
 
 MAX_JSON_BYTES = 16 * 1024
+VIA = holder_actions.VIA_APP     # where the holder's own actions were taken, in the hall's action log
 DEFAULT_QUERY_DAYS = 30
 
 register_messages({
@@ -96,8 +100,14 @@ register_messages({
 
 @cardholder_api.errorhandler(ServiceError)
 def _service_error(error):
-    return jsonify({"error": error.code, "message": "%s / %s" % (error.zh, error.en), "message_zh": error.zh,
-                    "message_en": error.en}), error.status
+    body = dict(error.details)
+    body.update({"error": error.code, "message": "%s / %s" % (error.zh, error.en), "message_zh": error.zh,
+                 "message_en": error.en})
+    response = jsonify(body)
+    response.status_code = error.status
+    if "retry_after_s" in error.details:
+        response.headers["Retry-After"] = str(error.details["retry_after_s"])
+    return response
 
 
 def _body():
@@ -191,7 +201,7 @@ def list_phones():
 def remove_phone(phone_id):
     conn = dbmod.get_db()
     identity = _identity(conn)
-    binding.remove_phone(conn, identity["person_id"], phone_id)
+    binding.remove_phone(conn, identity["person_id"], phone_id, via=VIA)
     return jsonify({"ok": True})
 
 
@@ -212,7 +222,10 @@ def upload_photo(kind):
     if (request.content_length or 0) > photos.MAX_PHOTO_BYTES:
         raise ServiceError("photo_too_large")           # before reading a byte of it
     request.max_content_length = photos.MAX_PHOTO_BYTES  # a body without a length is cut off there (413)
-    stored = photos.store_photo(conn, identity["person_id"], kind, request.get_data(cache=False), "app")
+    stored = photos.store_photo(conn, identity["person_id"], kind, request.get_data(cache=False), "app",
+                                also=lambda conn, stored: holder_actions.record(
+                                    conn, identity["account_id"], "photo", VIA, now_ms=stored["checked_ms"],
+                                    detail={"kind": kind, "sha256": stored["sha256"]}))
     return jsonify({"ok": True, "kind": kind, "width": stored["width"], "height": stored["height"],
                     "face": stored["face"], "checked_ms": stored["checked_ms"]})
 
@@ -324,7 +337,7 @@ def paycode_renew(credential_id):
 @cardholder_api.post("/paycode/credentials/<id:credential_id>/stop")
 def paycode_stop(credential_id):
     conn = dbmod.get_db()
-    return jsonify(paycode.stop(conn, _identity(conn)["account_id"], credential_id))
+    return jsonify(paycode.stop(conn, _identity(conn)["account_id"], credential_id, via=VIA))
 
 
 @cardholder_api.get("/paycode/credentials/<id:credential_id>/uses")
@@ -405,14 +418,14 @@ def channel_notify(channel):
 def report_loss(account_id):
     conn = dbmod.get_db()
     _own(conn, account_id)
-    return jsonify(cards.report_loss(conn, account_id, pin=_str(_body(), "pin")))
+    return jsonify(cards.report_loss(conn, account_id, pin=_str(_body(), "pin"), via=VIA))
 
 
 @cardholder_api.post("/accounts/<id:account_id>/unfreeze")
 def unfreeze(account_id):
     conn = dbmod.get_db()
     _own(conn, account_id)
-    return jsonify(cards.unfreeze(conn, account_id, pin=_str(_body(), "pin")))
+    return jsonify(cards.unfreeze(conn, account_id, pin=_str(_body(), "pin"), via=VIA))
 
 
 @cardholder_api.post("/accounts/<id:account_id>/pin")
@@ -422,7 +435,7 @@ def change_pin(account_id):
     message = _body()
     confirm = message.get("confirm_pin")
     pin_service.change_pin(conn, account_id, _str(message, "old_pin"), _str(message, "new_pin"),
-                           confirm if isinstance(confirm, str) else None)
+                           confirm if isinstance(confirm, str) else None, via=VIA)
     return jsonify({"ok": True})
 
 
@@ -439,7 +452,7 @@ def set_limits(account_id):
     _own(conn, account_id)
     message = _body()
     return jsonify(limits.set_limits(conn, account_id, _int(message, "single_limit_fen"),
-                                     _int(message, "daily_limit_fen"), pin=_str(message, "pin")))
+                                     _int(message, "daily_limit_fen"), pin=_str(message, "pin"), via=VIA))
 
 
 @cardholder_api.post("/accounts/<id:account_id>/electricity")
@@ -496,7 +509,7 @@ def move_between_wallets():
     message = _body()
     receipt = wallet_move.move(conn, identity["account_id"], _str(message, "from_wallet"), _str(message, "to_wallet"),
                                _int(message, "amount_fen"), pin=_str(message, "pin"),
-                               request_id=_str(message, "request_id"))
+                               request_id=_str(message, "request_id"), via=VIA)
     return jsonify(receipt)
 
 

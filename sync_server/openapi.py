@@ -22,9 +22,11 @@ METER_STATUS = {"type": "string", "enum": ["none", "pending", "delivered", "fail
                                "meter system; delivered: the meter has it; failed: flagged for the service hall"}
 
 ERROR_TEXT = {
-    400: "the request is malformed: a bad id, number, date, PIN format, amount or body (`error` says which)",
+    400: "the request is malformed: a bad id, number, date, PIN format, amount or body (`error` says which); "
+         "or a new PIN too easy to guess (pin_weak_same_digit, pin_weak_run, pin_weak_birthday, pin_weak_initial)",
     401: "no bearer token, or an expired or unknown one (bad_token); for channels: bad_signature",
-    403: "another cardholder's account (not_yours), a wrong PIN (pin_wrong), binding refused (bind_failed)",
+    403: "another cardholder's account (not_yours), a wrong PIN (pin_wrong, with `tries_left`), binding refused "
+         "(bind_failed)",
     404: "no such account, order, card, bound phone or channel, or a room or building not on the hall's lists",
     405: "the method is not one the path takes",
     409: "refused in the current state (blocked, in debt, no card, insufficient balance, too many phones...)",
@@ -32,7 +34,8 @@ ERROR_TEXT = {
     415: "the body is not of a content type the operation takes (photos: image/jpeg or image/png)",
     422: "the photo was refused by its checks (`error` says which: no face, several faces, blurred, too dark...); "
          "nothing was stored",
-    423: "locked after too many wrong PINs or bindings; try later",
+    423: "locked after too many wrong PINs or bindings; try later (pin_locked: `locked_until_ms`, `retry_after_s` "
+         "and a Retry-After header say when)",
     429: "too many unfinished recharge orders, or water sessions",
 }
 
@@ -49,7 +52,10 @@ def _object(required, optional=None):
 
 SCHEMAS = {
     "Error": _object({"error": TEXT, "message": {"type": "string", "description": "中文 / English"},
-                      "message_zh": TEXT, "message_en": TEXT}),
+                      "message_zh": TEXT, "message_en": TEXT}, {
+        "tries_left": {"type": "integer", "minimum": 1, "description": "pin_wrong: tries before the lockout"},
+        "locked_until_ms": {"type": "integer", "description": "pin_locked: when the lockout ends"},
+        "retry_after_s": {"type": "integer", "minimum": 1, "description": "pin_locked: seconds until it ends"}}),
     "Ok": _object({"ok": {"type": "boolean"}}),
     "Token": _object({"token": TEXT, "person_id": ID, "account_id": ID, "expires_ms": {"type": "integer"},
                       "phone_id": TEXT}),
@@ -188,6 +194,9 @@ def _operation(summary, ok_status, ok_schema, errors, body=None, parameters=(), 
     responses = {str(ok_status): dict(_json(_ref(ok_schema)), description=summary)}
     for status in errors:
         responses[str(status)] = dict(_json(_ref("Error")), description=ERROR_TEXT[status])
+    if 423 in errors:
+        responses["423"]["headers"] = {"Retry-After": {"schema": {"type": "integer"},
+                                                       "description": "pin_locked: seconds until the lockout ends"}}
     operation = {"summary": summary, "parameters": list(parameters), "responses": responses}
     if body is not None:
         operation["requestBody"] = body

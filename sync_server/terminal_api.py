@@ -416,7 +416,9 @@ def pin_check():
     with dbmod.transaction(conn):
         _store_counter(conn, terminal["id"], counter, now_ms)
         code = pin_rules.record_pin(conn, account_id, attempt, now_ms)
-    return _cbor_response({"ok": code == "pin_ok", "code": code, "message": messages.both(code)})
+    answer = {"ok": code == "pin_ok", "code": str(code), "message": "%s / %s" % pin_rules.refusal_texts(code, now_ms)}
+    answer.update(pin_rules.feedback(code, now_ms))      # tries_left, or locked_until_ms and retry_after_s
+    return _cbor_response(answer)
 
 
 @terminal_api.post("/paycode-claim")

@@ -595,3 +595,45 @@ def test_without_trusted_proxies_a_forwarded_header_does_not_escape_the_throttle
             break
         _error(answer, 403, "bind_failed")
     _error(answer, 423, "bind_locked")
+
+
+def test_wrong_pins_say_the_tries_left_then_when_the_lockout_ends(live_server):
+    holder = Holder(live_server)
+    for tries_left in (4, 3, 2, 1):
+        body = _error(holder.http.post(holder.url("report-loss"), json={"pin": "000001"}), 403, "pin_wrong")
+        assert body["tries_left"] == tries_left and "还可尝试 %d 次" % tries_left in body["message_zh"]
+    assert "then it locks for 30 minutes" in body["message_en"]
+    before_ms = dbmod.now_ms()
+    answer = holder.http.post(holder.url("report-loss"), json={"pin": "000001"})
+    body = _error(answer, 423, "pin_locked")
+    assert before_ms + pin_rules.PIN_LOCKOUT_MS <= body["locked_until_ms"] <= dbmod.now_ms() + pin_rules.PIN_LOCKOUT_MS
+    assert 1790 <= body["retry_after_s"] <= 1800 and answer.headers["Retry-After"] == str(body["retry_after_s"])
+    assert "已锁定，请 30 分钟后" in body["message_zh"] and "tries_left" not in body
+    answer = holder.http.post(holder.url("report-loss"), json={"pin": holder.pin})       # right, but locked
+    assert _error(answer, 423, "pin_locked")["locked_until_ms"] == body["locked_until_ms"]
+    assert _card_status(live_server, holder.card_number) == ["active"]
+
+
+def test_a_sign_in_with_a_number_nobody_has_counts_down_like_a_real_one(live_server):
+    """A new connection each time: whichever server process answers, the count is the same one."""
+    nobody = {"app_user_id": "kiosk-9", "staff_number": "NOBODY-%d" % next(_serial), "pin": "802417"}
+
+    def sign_in():
+        return httpx.post(live_server.url + "/api/v1/sign-in", json=nobody, timeout=60)
+    told = [_error(sign_in(), 403, "pin_wrong")["tries_left"] for _ in range(4)]
+    assert told == [4, 3, 2, 1]
+    answer = sign_in()
+    assert _error(answer, 423, "pin_locked")["retry_after_s"] > 0 and answer.headers["Retry-After"]
+
+
+def test_a_new_pin_too_easy_to_guess_is_refused_with_the_rule_it_breaks(live_server):
+    holder = Holder(live_server)
+    for weak, code, rule in (("777777", "pin_weak_same_digit", "同一数字"), ("345678", "pin_weak_run", "连续数字"),
+                             ("109876", "pin_weak_run", "连续数字")):
+        body = _error(holder.http.post(holder.url("pin"), json={"old_pin": holder.pin, "new_pin": weak}), 400, code)
+        assert rule in body["message_zh"]
+    assert holder.http.post(holder.url("pin"), json={"old_pin": holder.pin, "new_pin": "802417"}).status_code == 200
+    _error(holder.http.post(holder.url("pin"), json={"old_pin": "802417", "new_pin": holder.pin}), 400,
+           "pin_weak_initial")
+    assert _pin_failures(live_server, holder.account_id) == (0, 0)
+    assert holder.http.post(holder.url("report-loss"), json={"pin": "802417"}).status_code == 200

@@ -301,7 +301,7 @@ def test_in_english_a_wrong_pin_is_refused_renewal_and_stopping(browser, live_se
         wait(driver, lambda: shown(driver, "view-enable"), "the enable form")
         fill(driver, {"enable-pin": "000000"})
         by_id(driver, "enable-submit").click()
-        wait(driver, lambda: by_id(driver, "enable-error").text == "wrong PIN", "the wrong-PIN refusal")
+        wait(driver, lambda: by_id(driver, "enable-error").text == "wrong PIN: 4 tries left", "the wrong-PIN refusal")
         enable_on_the_page(driver, NEW_PIN)
         assert "A new code every minute" in by_id(driver, "view-code").text
         # a certificate good for less than two days is renewed at the first poll, and the code follows

@@ -186,7 +186,8 @@ def test_bind_on_the_home_page_then_the_three_balances(browser, site, screens):
     assert error_of(driver, "bind-pin") == "交易密码应为6位数字" and error_of(driver, "bind-name") == ""
     fill(driver, {"bind-pin": "000000"})
     submit(driver, "bind-submit")
-    wait(driver, lambda: error_of(driver, "bind-pin") == "密码错误", "the server's wrong-PIN refusal next to the PIN")
+    wait(driver, lambda: error_of(driver, "bind-pin") == "密码错误，还可尝试 4 次",
+         "the server's wrong-PIN refusal next to the PIN")
     driver.save_screenshot(str(screens / "bind_refused.png"))
     fill(driver, {"bind-pin": a["pin"]})
     submit(driver, "bind-submit")
@@ -298,9 +299,12 @@ def test_loss_then_unfreeze_refused_with_the_initial_pin_until_it_is_changed(bro
         submit(driver, "pin-change-submit")
         assert message in error_of(driver, field), (values, error_of(driver, field))
         assert driver.switch_to.active_element.get_attribute("id") == field
+    fill(driver, {"pin-new": "980101", "pin-confirm": "980101"})        # A's birth date: only the server knows it
+    submit(driver, "pin-change-submit")
+    wait(driver, lambda: "出生日期" in error_of(driver, "pin-new"), "the server's birth-date refusal next to the new PIN")
     fill(driver, {"pin-old": "000000", "pin-new": NEW_PIN, "pin-confirm": NEW_PIN})
     submit(driver, "pin-change-submit")
-    wait(driver, lambda: error_of(driver, "pin-old") == "密码错误", "the server's refusal next to the old PIN")
+    wait(driver, lambda: error_of(driver, "pin-old") == "密码错误，还可尝试 4 次", "the server's refusal next to the old PIN")
     driver.save_screenshot(str(screens / "pin_refused.png"))
     fill(driver, {"pin-old": a["pin"]})
     submit(driver, "pin-change-submit")
@@ -336,7 +340,7 @@ def test_limits_refused_next_to_their_fields_then_saved(browser, site, screens):
         assert message in error_of(driver, field), (values, error_of(driver, field))
     fill(driver, {"limits-single": "４０", "limits-daily": "200.5", "limits-pin": "000000"})    # full-width digits
     submit(driver, "limits-submit")
-    wait(driver, lambda: error_of(driver, "limits-pin") == "密码错误", "the wrong PIN next to the PIN")
+    wait(driver, lambda: error_of(driver, "limits-pin") == "密码错误，还可尝试 4 次", "the wrong PIN next to the PIN")
     fill(driver, {"limits-pin": NEW_PIN})
     submit(driver, "limits-submit")
     wait(driver, lambda: by_id(driver, "limits-result").text == "限额已保存", "the limits saved")
@@ -408,7 +412,7 @@ def test_wallet_move_with_its_receipt_each_form_booked_once(browser, site, scree
         assert message in error_of(driver, "move-amount"), (amount, error_of(driver, "move-amount"))
     fill(driver, {"move-amount": "20.5", "move-pin": "000000"})
     submit(driver, "move-submit")
-    wait(driver, lambda: error_of(driver, "move-pin") == "密码错误", "the wrong PIN next to the PIN")
+    wait(driver, lambda: error_of(driver, "move-pin") == "密码错误，还可尝试 4 次", "the wrong PIN next to the PIN")
     assert moves(site) == []
     # a double click on 确认圈存: one move, one receipt
     driver.execute_script(COUNT_MOVES)

@@ -115,3 +115,85 @@ def test_a_pin_changed_while_a_check_was_hashing_is_checked_against_the_new_one(
     monkeypatch.setattr(pin_rules, "hash_pin", hash_then_change)
     assert pin_rules.check_pin(conn, account_id, PIN, dbmod.now_ms()) == "pin_wrong"
     assert pin_rules.check_pin(conn, account_id, "246802", dbmod.now_ms()) == "pin_ok"
+
+
+def test_wrong_pins_tell_the_tries_left_then_how_long_the_lockout_lasts(site):
+    conn, account_id = site["conn"], site["account_id"]
+    now_ms = dbmod.now_ms()
+    told = []
+    for _ in range(pin_rules.MAX_PIN_FAILURES):
+        with pytest.raises(services.ServiceError) as refused:
+            pin_service.change_pin(conn, account_id, "000000", "802417", now_ms=now_ms)
+        told.append(refused.value)
+    assert [e.code for e in told] == ["pin_wrong"] * 4 + ["pin_locked"]
+    assert [e.details for e in told[:4]] == [{"tries_left": n} for n in (4, 3, 2, 1)]
+    assert told[0].zh == "密码错误，还可尝试 4 次" and told[0].en == "wrong PIN: 4 tries left"
+    assert told[4].details == {"locked_until_ms": now_ms + pin_rules.PIN_LOCKOUT_MS, "retry_after_s": 1800}
+    assert "请 30 分钟后" in told[4].zh and told[4].status == 423
+    with pytest.raises(services.ServiceError) as refused:        # the right PIN ten minutes on: still locked
+        pin_service.change_pin(conn, account_id, PIN, "802417", now_ms=now_ms + 600000)
+    assert refused.value.details["retry_after_s"] == 1200 and "请 20 分钟后" in refused.value.zh
+    assert pin_rules.check_pin(conn, account_id, PIN, now_ms + pin_rules.PIN_LOCKOUT_MS + 1) == "pin_ok"
+
+
+def test_a_portal_sign_in_counts_down_alike_for_a_number_nobody_has(site):
+    conn, now_ms = site["conn"], dbmod.now_ms()
+    real = [auth.check_cardholder(conn, "P0001", "000000", now_ms) for _ in range(5)]
+    unknown = [auth.check_cardholder(conn, "NOBODY", "000000", now_ms) for _ in range(5)]
+    for outcomes in (real, unknown):
+        assert [o.tries_left for o in outcomes[:4]] == [4, 3, 2, 1] and outcomes[4] == "pin_locked"
+        assert outcomes[4].locked_until_ms == now_ms + pin_rules.PIN_LOCKOUT_MS
+    for number in ("P0001", "NOBODY"):
+        later = auth.check_cardholder(conn, number, "000000", now_ms + 60000)
+        assert later == "pin_locked" and later.locked_until_ms == now_ms + pin_rules.PIN_LOCKOUT_MS
+        after = auth.check_cardholder(conn, number, "000000", now_ms + pin_rules.PIN_LOCKOUT_MS + 1)
+        assert after == "pin_wrong" and after.tries_left == 4
+        assert auth.check_cardholder(conn, number, "12", now_ms) == "pin_format"
+    assert binding.sign_in(conn, "kiosk-1", "P0001", PIN, now_ms=now_ms + pin_rules.PIN_LOCKOUT_MS + 2)
+    with pytest.raises(services.ServiceError) as refused:      # the app's sign-in shares the count
+        binding.sign_in(conn, "kiosk-1", "NOBODY", "000000", now_ms=now_ms + pin_rules.PIN_LOCKOUT_MS + 2)
+    assert refused.value.details == {"tries_left": 3}
+
+
+def test_the_counts_of_numbers_nobody_has_stay_bounded_and_leave_the_binding_throttle_alone(site, monkeypatch):
+    conn, now_ms = site["conn"], dbmod.now_ms()
+    monkeypatch.setattr(pin_rules, "MAX_UNKNOWN_NUMBERS", 5)
+    monkeypatch.setattr(pin_rules, "hash_pin", lambda pin, salt: b"")        # the count, not the hashing
+    with dbmod.transaction(conn):
+        conn.execute("INSERT INTO bind_guessers (guesser, failures, locked_until_ms, updated_ms) "
+                     "VALUES ('app:guesser', 3, 0, ?)", (now_ms - 1000,))
+    for index in range(20):
+        pin_rules.unknown_number(conn, "N%02d" % index, "000000", now_ms + index)
+    rows = conn.execute("SELECT guesser FROM bind_guessers ORDER BY guesser").fetchall()
+    assert [r[0] for r in rows] == ["app:guesser"] + ["pin-number:N%02d" % i for i in range(15, 20)]
+
+
+@pytest.mark.parametrize("weak, code", [("222222", "pin_weak_same_digit"), ("456789", "pin_weak_run"),
+                                        ("876543", "pin_weak_run"), ("900101", "pin_weak_birthday"),
+                                        ("010190", "pin_weak_birthday"), ("199001", "pin_weak_birthday"),
+                                        (PIN, "pin_weak_initial")])
+def test_a_weak_new_pin_is_refused_and_nothing_changes(site, weak, code):
+    conn, account_id = site["conn"], site["account_id"]
+    pin_service.change_pin(conn, account_id, PIN, "802417")
+    with pytest.raises(services.ServiceError) as refused:
+        pin_service.change_pin(conn, account_id, "802417", weak)
+    assert refused.value.code == code and refused.value.status == 400 and "另选" in refused.value.zh
+    with pytest.raises(services.ServiceError) as refused:
+        pin_service.change_pin(conn, account_id, "000000", weak)     # refused before the old PIN is checked
+    assert refused.value.code == code
+    assert conn.execute("SELECT pin_failures FROM accounts WHERE id = ?", (account_id,)).fetchone()[0] == 0
+    assert pin_rules.check_pin(conn, account_id, "802417", dbmod.now_ms()) == "pin_ok"
+
+
+def test_a_staff_reset_refuses_a_weak_chosen_pin_but_not_the_initial_one(site):
+    conn, account_id = site["conn"], site["account_id"]
+    pin_service.change_pin(conn, account_id, PIN, "802417")
+    for weak in ("333333", "123456", "900101"):
+        with pytest.raises(services.ServiceError) as refused:
+            pin_service.reset_pin(conn, account_id, "clerk", weak)
+        assert refused.value.code.startswith("pin_weak_")
+    assert pin_rules.check_pin(conn, account_id, "802417", dbmod.now_ms()) == "pin_ok"
+    assert pin_service.reset_pin(conn, account_id, "clerk", PIN) is True        # typed: the initial PIN
+    assert pin_service.reset_pin(conn, account_id, "clerk", "802419") is False
+    assert pin_service.reset_pin(conn, account_id, "clerk") is True              # back to the initial PIN
+    assert pin_rules.check_pin(conn, account_id, PIN, dbmod.now_ms()) == "pin_ok"

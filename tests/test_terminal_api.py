@@ -289,10 +289,12 @@ def test_pin_check_initial_pin_wrong_pin_and_lockout(live_server):
     account, _card = _person(conn, 5000, "PIN-1", id_number="21020219950101123X")
     terminal = live_server.add_terminal()
     assert terminal.pin_check(account, "011230", 9000)["ok"] is True
-    for _attempt in range(4):
+    for tries_left in (4, 3, 2, 1):
         answer = terminal.pin_check(account, "999999", 9000)
-        assert answer["ok"] is False and answer["code"] == "pin_wrong"
-    assert terminal.pin_check(account, "999999", 9000)["code"] == "pin_locked"
+        assert answer["ok"] is False and answer["code"] == "pin_wrong" and answer["tries_left"] == tries_left
+    assert "还可尝试 1 次" in answer["message"]
+    locked = terminal.pin_check(account, "999999", 9000)
+    assert locked["code"] == "pin_locked" and 0 < locked["retry_after_s"] <= 1800 and "30 分钟后" in locked["message"]
     assert terminal.pin_check(account, "011230", 9000)["code"] == "pin_locked"   # even the right one, for now
     with pytest.raises(SyncRefused) as refused:
         decode_answer(terminal.post(b"\xff\xff"))

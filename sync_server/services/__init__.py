@@ -48,15 +48,19 @@ _IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_-]{8,100}$")
 
 
 class ServiceError(registry.HallError):
-    """A refused operation: `code` (stable, for programs), `status` (HTTP), zh / en texts."""
+    """A refused operation: `code` (stable, for programs), `status` (HTTP), zh / en texts, and
+    `details`: more fields for a program (a wrong PIN's tries_left), which `texts` words for people."""
 
-    def __init__(self, code, *parameters, status=None):
+    def __init__(self, code, *parameters, status=None, details=None, texts=None):
         known_status, zh, en = MESSAGES[code]
-        if parameters:
+        if texts is not None:
+            zh, en = texts
+        elif parameters:
             zh, en = zh % parameters, en % parameters
         registry.HallError.__init__(self, zh, en)
         self.code = code
         self.status = status or known_status
+        self.details = dict(details or {})
 
 
 def csv_columns(header, columns):
@@ -133,7 +137,7 @@ def with_pin(conn, account_id, pin, operator, now_ms, operation):
             raise ServiceError("pin_required")
         attempt = pin_rules.prepare_pin(conn, account_id, pin, now_ms)
         if isinstance(attempt, str) and attempt not in pin_rules.PIN_ACCEPTED:
-            raise ServiceError(attempt)     # known without writing anything: format, unknown, locked
+            raise pin_refused(attempt, now_ms)     # known without writing anything: format, unknown, locked
     refusal = None
     with dbmod.transaction(conn):
         person_row(conn, account_id)
@@ -143,4 +147,12 @@ def with_pin(conn, account_id, pin, operator, now_ms, operation):
                 refusal = code
         if refusal is None:
             return operation()
-    raise ServiceError(refusal)
+    raise pin_refused(refusal, now_ms)
+
+
+def pin_refused(outcome, now_ms):
+    """The ServiceError of a refused PIN check: its code, and after a wrong PIN or in a lockout the
+    tries left or the lockout's end, in the text and in `details` (the JSON API's error body)."""
+    details = pin_rules.feedback(outcome, now_ms)
+    return ServiceError(str(outcome), details=details,
+                        texts=pin_rules.refusal_texts(outcome, now_ms) if details else None)

@@ -17,7 +17,8 @@ user id and its client address (table bind_guessers) - never against the cardhol
 a stranger's guesses cannot lock the real holder out; a throttled guesser is refused before its PIN
 is looked at. An unknown number gets the same answer (and the same scrypt work) as a wrong name.
 Rows of guessers that stopped guessing are deleted and the table is capped, so it cannot be grown
-without bound. Behind a reverse proxy, set YKT_PROXY_HOPS (sync_server/app.py) so the address is
+without bound. (The table also holds the wrong-PIN counts of numbers nobody has, see
+pin_rules.unknown_number, capped apart.) Behind a reverse proxy, set YKT_PROXY_HOPS (sync_server/app.py) so the address is
 the client's own; several people may still share one address (a NAT), so its limit is higher.
 
 Every binding gets a random public id (`phone_id`); the holder lists bound phones with when each
@@ -32,7 +33,8 @@ import hashlib
 import secrets
 
 from sync_server import paycode, pin_rules
-from sync_server.services import (ServiceError, account_of_person, now, register_messages, tx, with_pin)
+from sync_server.services import (ServiceError, account_of_person, holder_actions, now, pin_refused,
+                                  register_messages, tx, with_pin)
 
 TOKEN_TTL_MS = 30 * 24 * 3600 * 1000
 MAX_TOKENS_PER_APP_USER = 5
@@ -83,6 +85,7 @@ def _issue_token(conn, app_user_id, person_id, now_ms):
                  (app_user_id, person_id, now_ms))
     conn.execute("DELETE FROM app_tokens WHERE token_hash IN (SELECT token_hash FROM app_tokens WHERE app_user_id = ? "
                  "ORDER BY created_ms DESC LIMIT -1 OFFSET ?)", (app_user_id, MAX_TOKENS_PER_APP_USER - 1))
+    before = conn.execute("SELECT person_id, binding_id FROM app_users WHERE app_user_id = ?", (app_user_id,)).fetchone()
     # SET expressions see the old row: an app user bound to this person already keeps its id and time
     conn.execute("UPDATE app_users SET bound_ms = coalesce(CASE WHEN person_id = ? THEN bound_ms END, ?), "
                  "binding_id = coalesce(CASE WHEN person_id = ? THEN binding_id END, ?), person_id = ?, "
@@ -93,8 +96,20 @@ def _issue_token(conn, app_user_id, person_id, now_ms):
     conn.execute("INSERT INTO app_tokens (token_hash, app_user_id, person_id, created_ms, expires_ms) "
                  "VALUES (?, ?, ?, ?, ?)", (_hash(token), app_user_id, person_id, now_ms, expires_ms))
     phone_id = conn.execute("SELECT binding_id FROM app_users WHERE app_user_id = ?", (app_user_id,)).fetchone()[0]
+    if before is None or before[0] != person_id:
+        _record_binding(conn, before, person_id, phone_id, now_ms)
     return {"token": token, "person_id": person_id, "account_id": account_of_person(conn, person_id),
             "expires_ms": expires_ms, "phone_id": phone_id}
+
+
+def _record_binding(conn, before, person_id, phone_id, now_ms):
+    """The holder's action log: this phone bound to `person_id`, and removed from whoever it was bound
+    to before (an app user holds one binding)."""
+    if before is not None and before[0] is not None:
+        holder_actions.record(conn, account_of_person(conn, before[0]), "phone_unbound", holder_actions.VIA_APP,
+                              detail={"phone_id": before[1], "bound_to_another": True}, now_ms=now_ms)
+    holder_actions.record(conn, account_of_person(conn, person_id), "phone_bound", holder_actions.VIA_APP,
+                          detail={"phone_id": phone_id}, now_ms=now_ms)
 
 
 def _guessers(app_user_id, client_address):
@@ -126,9 +141,10 @@ def _count_guess(conn, guessers, now_ms):
                 conn.execute("UPDATE bind_guessers SET failures = 0, locked_until_ms = ? WHERE guesser = ?",
                              (now_ms + BIND_LOCKOUT_MS, key))
                 locked = True
-        # the cap keeps locked guessers and the most recent ones
-        conn.execute("DELETE FROM bind_guessers WHERE guesser IN (SELECT guesser FROM bind_guessers "
-                     "ORDER BY locked_until_ms > ? DESC, updated_ms DESC LIMIT -1 OFFSET ?)", (now_ms, MAX_GUESSER_ROWS))
+        # the cap keeps locked guessers and the most recent ones (pin_rules.unknown_number caps its own rows)
+        conn.execute("DELETE FROM bind_guessers WHERE guesser IN (SELECT guesser FROM bind_guessers WHERE guesser "
+                     "NOT LIKE ? ORDER BY locked_until_ms > ? DESC, updated_ms DESC LIMIT -1 OFFSET ?)",
+                     (pin_rules.UNKNOWN_NUMBER_KEY + "%", now_ms, MAX_GUESSER_ROWS))
     return locked
 
 
@@ -165,9 +181,10 @@ def sign_in(conn, app_user_id, staff_number, pin, now_ms=None):
     now_ms = now(now_ms)
     row = conn.execute("SELECT a.id, p.id FROM persons p JOIN accounts a ON a.person_id = p.id "
                        "WHERE p.staff_number = ? ORDER BY a.id LIMIT 1", (str(staff_number or "").strip(),)).fetchone()
-    if row is None:
-        pin_rules.hash_pin(str(pin), b"\0" * 16)  # same answer, same work as a wrong PIN: numbers are not confirmed
-        raise ServiceError("pin_wrong")
+    if row is None:      # the same answers and the same work as a real account: numbers are not confirmed
+        if pin is None or pin == "":
+            raise ServiceError("pin_required")
+        raise pin_refused(pin_rules.unknown_number(conn, staff_number, pin, now_ms), now_ms)
     account_id, person_id = row
 
     def operation():
@@ -207,10 +224,10 @@ def phones(conn, person_id, this_app_user_id=None):
              "this_phone": row[1] == this_app_user_id} for row in rows]
 
 
-def remove_phone(conn, person_id, phone_id, now_ms=None):
+def remove_phone(conn, person_id, phone_id, now_ms=None, via=None):
     """Unbind one of the holder's phones and delete its tokens (they stop working at once); its payment
     codes stop too (every terminal refuses them after its next sync). Another holder's phone id is
-    phone_unknown like a made-up one, so ids do not leak."""
+    phone_unknown like a made-up one, so ids do not leak. Recorded in the holder's action log (`via`)."""
     now_ms = now(now_ms)
     if not isinstance(phone_id, str) or not 0 < len(phone_id) <= MAX_PHONE_ID_CHARS:
         raise ServiceError("phone_unknown")
@@ -225,6 +242,8 @@ def remove_phone(conn, person_id, phone_id, now_ms=None):
             paycode.revoke_credential(conn, credential_id, paycode.REASON_REVOKED, now_ms)
         conn.execute("UPDATE app_users SET person_id = NULL, bound_ms = NULL, binding_id = NULL, last_used_ms = NULL "
                      "WHERE app_user_id = ?", (row[0],))
+        holder_actions.record(conn, account_of_person(conn, person_id), "phone_unbound", via,
+                              detail={"phone_id": phone_id}, now_ms=now_ms)
 
 
 def sign_out(conn, token):

@@ -19,7 +19,7 @@ from the main wallet or, when paid in cash at the desk, from the cash desk accou
 from firmware.core import card_layout, protocol
 from sync_server import db as dbmod, ledger, pin_rules, registry
 from sync_server.ledger_store import SqliteStore, touch_accounts
-from sync_server.services import ServiceError, now, person_row, register_messages, tx, with_pin
+from sync_server.services import ServiceError, holder_actions, now, person_row, register_messages, tx, with_pin
 
 FEE_SOURCES = ("balance", "cash")
 
@@ -45,8 +45,9 @@ def _card(conn, account_id, status):
                         "ORDER BY generation DESC LIMIT 1", (account_id, status)).fetchone()
 
 
-def report_loss(conn, account_id, pin=None, operator=None, now_ms=None):
-    """挂失 the account's card in use. Needs the PIN unless staff act (`operator`)."""
+def report_loss(conn, account_id, pin=None, operator=None, now_ms=None, via=None):
+    """挂失 the account's card in use. Needs the PIN unless staff act (`operator`); the holder's own
+    report goes into their action log (`via`: where, services/holder_actions.py)."""
     now_ms = now(now_ms)
 
     def operation():
@@ -54,6 +55,9 @@ def report_loss(conn, account_id, pin=None, operator=None, now_ms=None):
         if card is None:
             raise ServiceError("already_lost" if _card(conn, account_id, "lost") else "no_card")
         version = registry.report_loss(conn, card[0], now_ms)
+        if operator is None:
+            holder_actions.record(conn, account_id, "report_loss", via, card_number=card[0],
+                                  detail={"generation": card[1]}, now_ms=now_ms)
         return {"card_number": card[0], "generation": card[1], "deny_version": version}
     return with_pin(conn, account_id, pin, operator, now_ms, operation)
 
@@ -63,8 +67,9 @@ def _pin_is_initial(conn, account_id, pin):
     return pin == pin_rules.initial_pin(holder["id_number"], holder["staff_number"])
 
 
-def unfreeze(conn, account_id, pin=None, operator=None, now_ms=None):
-    """解挂 a lost card that was found. A cardholder needs a PIN changed from the initial one."""
+def unfreeze(conn, account_id, pin=None, operator=None, now_ms=None, via=None):
+    """解挂 a lost card that was found. A cardholder needs a PIN changed from the initial one (and the
+    unfreeze goes into their action log, `via` naming where)."""
     now_ms = now(now_ms)
 
     def operation():
@@ -74,6 +79,9 @@ def unfreeze(conn, account_id, pin=None, operator=None, now_ms=None):
         if operator is None and _pin_is_initial(conn, account_id, pin):
             raise ServiceError("initial_pin_unfreeze")
         version = registry.cancel_loss(conn, card[0], now_ms)
+        if operator is None:
+            holder_actions.record(conn, account_id, "unfreeze", via, card_number=card[0],
+                                  detail={"generation": card[1]}, now_ms=now_ms)
         return {"card_number": card[0], "generation": card[1], "deny_version": version}
     return with_pin(conn, account_id, pin, operator, now_ms, operation)
 

@@ -7,15 +7,15 @@ new values on its next sync. Over a limit a terminal asks for the PIN, which onl
 accepts (terminal_api /pin-check). Bounds keep a typo from becoming an open purse.
 """
 from sync_server.ledger_store import touch_accounts
-from sync_server.services import ServiceError, now, register_messages, with_pin
+from sync_server.services import ServiceError, holder_actions, now, register_messages, with_pin
 
 MAX_SINGLE_LIMIT_FEN = 100000     # ¥1000 per transaction
 MAX_DAILY_LIMIT_FEN = 500000      # ¥5000 per day
 
 register_messages({
-    "bad_limits": (400, "限额无效：单笔 1 至 %d 分，每日 1 至 %d 分，且单笔不超过每日",
-                   "invalid limits: per transaction 1 to %d fen, per day 1 to %d fen, and per transaction "
-                   "not above per day"),
+    "bad_limits": (400, "限额无效：单笔 0.01 至 %s 元，每日 0.01 至 %s 元，且单笔不超过每日",
+                   "invalid limits: per transaction 0.01 to %s yuan, per day 0.01 to %s yuan, and per "
+                   "transaction not above per day"),
 })
 
 
@@ -31,7 +31,8 @@ def _check(single_limit_fen, daily_limit_fen):
           and 0 < single_limit_fen <= MAX_SINGLE_LIMIT_FEN and 0 < daily_limit_fen <= MAX_DAILY_LIMIT_FEN
           and single_limit_fen <= daily_limit_fen)
     if not ok:
-        raise ServiceError("bad_limits", MAX_SINGLE_LIMIT_FEN, MAX_DAILY_LIMIT_FEN)
+        raise ServiceError("bad_limits", "%d.%02d" % divmod(MAX_SINGLE_LIMIT_FEN, 100),
+                           "%d.%02d" % divmod(MAX_DAILY_LIMIT_FEN, 100))
 
 
 def _store(conn, account_id, single_limit_fen, daily_limit_fen):
@@ -41,8 +42,20 @@ def _store(conn, account_id, single_limit_fen, daily_limit_fen):
     return get_limits(conn, account_id)
 
 
-def set_limits(conn, account_id, single_limit_fen, daily_limit_fen, pin=None, operator=None, now_ms=None):
-    """Set both limits; a cardholder gives the PIN, staff name themselves as `operator`."""
+def set_limits(conn, account_id, single_limit_fen, daily_limit_fen, pin=None, operator=None, now_ms=None,
+               via=None, also=None):
+    """Set both limits; a cardholder gives the PIN (the change goes into their action log, `via`
+    naming where), staff name themselves as `operator`. `also(conn, before, after)` runs in the same
+    transaction (the hall page's staff log line)."""
     _check(single_limit_fen, daily_limit_fen)
-    return with_pin(conn, account_id, pin, operator, now(now_ms),
-                    lambda: _store(conn, account_id, single_limit_fen, daily_limit_fen))
+    now_ms = now(now_ms)
+
+    def operation():
+        before = get_limits(conn, account_id)
+        after = _store(conn, account_id, single_limit_fen, daily_limit_fen)
+        if operator is None:
+            holder_actions.record(conn, account_id, "limits", via, detail=dict(after, before=before), now_ms=now_ms)
+        if also is not None:
+            also(conn, before, after)
+        return after
+    return with_pin(conn, account_id, pin, operator, now_ms, operation)

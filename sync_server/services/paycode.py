@@ -13,7 +13,7 @@ import binascii
 from firmware.core import paycode as codes
 from sync_server import db as dbmod, paycode, pin_rules
 from sync_server.ledger_store import REASON_REVOKED
-from sync_server.services import ServiceError, now, person_row, register_messages, tx, with_pin
+from sync_server.services import ServiceError, holder_actions, now, person_row, register_messages, tx, with_pin
 
 register_messages({
     "paycode_bad_key": (400, "手机密钥格式错误", "malformed phone key"),
@@ -64,9 +64,12 @@ def enable(conn, master_key, account_id, app_user_id, public_key_hex, pin, now_m
 
     def operation():
         try:
-            return paycode.enable(conn, master_key, account_id, app_user_id, public_key, now_ms)
+            enabled = paycode.enable(conn, master_key, account_id, app_user_id, public_key, now_ms)
         except paycode.PayCodeRefused as refusal:
             _refused(refusal)
+        holder_actions.record(conn, account_id, "paycode_on", holder_actions.VIA_APP, now_ms=now_ms,
+                              detail={"credential_id": enabled["credential_id"]})
+        return enabled
     return _answer(with_pin(conn, account_id, pin, None, now_ms, operation), now_ms)
 
 
@@ -88,12 +91,16 @@ def renew(conn, master_key, account_id, credential_id, now_ms=None):
     return _answer(certificate, now_ms)
 
 
-def stop(conn, account_id, credential_id, now_ms=None):
-    """停用付款码 on one phone: every terminal refuses its codes after its next sync."""
+def stop(conn, account_id, credential_id, now_ms=None, via=None):
+    """停用付款码 on one phone: every terminal refuses its codes after its next sync. The holder's own
+    stop names where (`via`) and goes into their action log; the hall command line passes none."""
     now_ms = now(now_ms)
     with tx(conn):
         _own_credential(conn, account_id, credential_id)
         changed = paycode.revoke_credential(conn, credential_id, REASON_REVOKED, now_ms)
+        if changed and via is not None:
+            holder_actions.record(conn, account_id, "paycode_stop", via, now_ms=now_ms,
+                                  detail={"credential_id": credential_id})
     return {"credential_id": credential_id, "revoked": changed}
 
 

@@ -41,8 +41,8 @@ import uuid
 from firmware.core import card_layout, protocol
 from sync_server import ledger
 from sync_server.ledger_store import SqliteStore, touch_accounts, update_debt_flags
-from sync_server.services import (MESSAGES, ServiceError, check_amount, idempotent_id, now, person_row,
-                                  register_messages, with_pin)
+from sync_server.services import (MESSAGES, ServiceError, check_amount, holder_actions, idempotent_id, now,
+                                  person_row, register_messages, with_pin)
 from sync_server.services.history import BEIJING
 
 # (from, to) -> (cap in fen per move, the holder may do it themself)
@@ -152,9 +152,10 @@ def _log_action(conn, staff_user_id, username, holder, account_id, receipt, now_
 
 
 def move(conn, account_id, from_wallet, to_wallet, amount_fen, operator=None, pin=None, request_id=None,
-         now_ms=None):
+         now_ms=None, via=None):
     """Move `amount_fen` from one of the account's wallets to another (module text); returns the receipt
-    with `repeated` (True: this request id was booked before, nothing booked now)."""
+    with `repeated` (True: this request id was booked before, nothing booked now). The holder's own
+    move goes into their action log (`via`: where)."""
     cap_fen = check_direction(from_wallet, to_wallet, operator)
     check_amount(amount_fen, cap_fen)
     now_ms = now(now_ms)
@@ -197,6 +198,9 @@ def move(conn, account_id, from_wallet, to_wallet, amount_fen, operator=None, pi
                    "operator": None if staff is None else staff[1], "staff_action_id": None, "time_ms": now_ms}
         if staff is not None:
             receipt["staff_action_id"] = _log_action(conn, staff[0], staff[1], holder, account_id, receipt, now_ms)
+        else:
+            holder_actions.record(conn, account_id, ACTION, via, amount_fen=amount_fen, now_ms=now_ms,
+                                  detail={"receipt_no": receipt_no, "from_wallet": from_wallet, "to_wallet": to_wallet})
         conn.execute("INSERT INTO wallet_moves (%s) VALUES (%s)" % (", ".join(RECEIPT_FIELDS),
                                                                      ", ".join("?" * len(RECEIPT_FIELDS))),
                      tuple(receipt[field] for field in RECEIPT_FIELDS))

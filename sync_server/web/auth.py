@@ -170,13 +170,13 @@ def staff_user(conn, staff_id):
 
 def check_cardholder(conn, staff_number, pin, now_ms):
     """(person_id, account_id) when the staff/student number and card PIN match; a messages code
-    string otherwise (pin_wrong for an unknown number too, so numbers cannot be probed)."""
+    string otherwise (pin_rules.refusal_texts words it; an unknown number gets the same countdown as
+    a real one, so numbers cannot be probed)."""
     staff_number = (staff_number or "").strip()
     row = conn.execute("SELECT p.id, a.id FROM persons p JOIN accounts a ON a.person_id = p.id "
                        "WHERE p.staff_number = ? ORDER BY a.id LIMIT 1", (staff_number,)).fetchone()
     if row is None or not staff_number:
-        pin_rules.hash_pin(pin or "", _DUMMY_SALT)
-        return "pin_wrong"
+        return pin_rules.unknown_number(conn, staff_number, pin, now_ms)
     code = pin_rules.check_pin(conn, row[1], pin, now_ms)     # hashes before taking the write lock
     return (row[0], row[1]) if code in pin_rules.PIN_ACCEPTED else code
 

@@ -10,8 +10,8 @@ from flask import Blueprint, abort, current_app, flash, g, redirect, render_temp
 
 import datetime
 
-from sync_server import db as dbmod, messages, numbers, registry, services
-from sync_server.services import binding, cards, history
+from sync_server import db as dbmod, numbers, pin_rules, registry, services
+from sync_server.services import binding, cards, history, holder_actions
 from sync_server.services import electricity as electricity_service, limits as limit_service
 from sync_server.services import pins as pin_service, recharge as recharge_service
 from sync_server.web import auth
@@ -21,6 +21,7 @@ portal = Blueprint("portal", __name__, url_prefix="/portal")
 portal.before_request(auth.check_csrf)
 
 PAGE_ROWS = 10                  # rows per page, as on the manual's page
+VIA = holder_actions.VIA_PORTAL  # where the holder's own actions were taken, in the hall's action log
 DEFAULT_RANGE_DAYS = 30         # the statement opens on the last month
 QUERY_TYPES = (history.KIND_CONSUMPTION, history.KIND_RECHARGE, history.KIND_WATER, history.KIND_ALL)
 
@@ -49,12 +50,13 @@ def _render(template, **context):
 def sign_in():
     if request.method == "POST":
         conn = dbmod.get_db()
+        now_ms = dbmod.now_ms()
         result = auth.check_cardholder(conn, request.form.get("staff_number", ""), request.form.get("pin", ""),
-                                       dbmod.now_ms())
+                                       now_ms)
         if isinstance(result, tuple):
             auth.start_cardholder_session(conn, person_id=result[0], account_id=result[1])
             return redirect(url_for("portal.home"))
-        flash(messages.text(result, g.lang), "error")
+        flash(t(*pin_rules.refusal_texts(result, now_ms)), "error")
         return render_template("portal/sign_in.html", staff_number=request.form.get("staff_number", "")), 401
     return render_template("portal/sign_in.html", staff_number="")
 
@@ -113,7 +115,7 @@ def loss():
 @auth.cardholder_required
 def report_loss():
     try:
-        done = cards.report_loss(dbmod.get_db(), g.account_id, pin=request.form.get("pin", ""))
+        done = cards.report_loss(dbmod.get_db(), g.account_id, pin=request.form.get("pin", ""), via=VIA)
     except services.ServiceError as error:
         flash(_error_text(error), "error")
     else:
@@ -133,7 +135,7 @@ def phones():
 @auth.cardholder_required
 def remove_phone(phone_id):
     try:
-        binding.remove_phone(dbmod.get_db(), g.person_id, phone_id)
+        binding.remove_phone(dbmod.get_db(), g.person_id, phone_id, via=VIA)
     except services.ServiceError as error:
         if error.code == "phone_unknown":
             abort(404)       # another holder's phone id looks like a made-up one
@@ -146,7 +148,7 @@ def remove_phone(phone_id):
 @auth.cardholder_required
 def unfreeze():
     try:
-        cards.unfreeze(dbmod.get_db(), g.account_id, pin=request.form.get("pin", ""))
+        cards.unfreeze(dbmod.get_db(), g.account_id, pin=request.form.get("pin", ""), via=VIA)
     except services.ServiceError as error:
         flash(_error_text(error), "error")
     else:
@@ -160,7 +162,7 @@ def change_pin():
     if request.method == "POST":
         try:
             pin_service.change_pin(dbmod.get_db(), g.account_id, request.form.get("old_pin", ""),
-                                   request.form.get("new_pin", ""), request.form.get("new_pin_again", ""))
+                                   request.form.get("new_pin", ""), request.form.get("new_pin_again", ""), via=VIA)
         except services.ServiceError as error:
             flash(_error_text(error), "error")
         else:
@@ -180,7 +182,8 @@ def limits():
             flash(t("请输入金额（元，最多两位小数）", "Enter amounts in yuan (at most two decimals)"), "error")
             return redirect(url_for("portal.limits"))
         try:
-            limit_service.set_limits(dbmod.get_db(), g.account_id, single_fen, daily_fen, pin=request.form.get("pin", ""))
+            limit_service.set_limits(dbmod.get_db(), g.account_id, single_fen, daily_fen, pin=request.form.get("pin", ""),
+                                     via=VIA)
         except services.ServiceError as error:
             flash(_error_text(error), "error")
         else:

@@ -1,7 +1,8 @@
 /* 修改密码 (/app/pin): 旧密码, 新密码, 确认新密码 -> POST /accounts/<id>/pin {old_pin, new_pin, confirm_pin}.
    Refused here first, next to the field: empty, not 6 digits, a PIN anyone would guess (one digit six
    times, a straight run up or down), the two new ones differing, the new one the same as the old; the
-   server's own refusal (wrong old PIN, locked, ...) goes next to the field it is about. */
+   server's own refusal (wrong old PIN with the tries left, locked until when, a birth date or the initial
+   PIN as the new one, ...) goes next to the field it is about. */
 "use strict";
 (function (ykt) {
   const shell = ykt.shell;
@@ -9,6 +10,7 @@
   const RUNS = "0123456789012345";
   const SERVER_FIELDS = Object.assign(shell.pin_errors("pin-old"), {
     pin_format: "pin-new", pin_same: "pin-new", pin_weak: "pin-new", pin_too_simple: "pin-new",
+    pin_weak_same_digit: "pin-new", pin_weak_run: "pin-new", pin_weak_birthday: "pin-new", pin_weak_initial: "pin-new",
     pin_mismatch: "pin-confirm"});
 
   function weak(pin) {
