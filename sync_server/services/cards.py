@@ -116,13 +116,15 @@ def issue_card(conn, account_id, uid, operator=None, now_ms=None):
     return {"identity": identity, "name": name}
 
 
-def reissue(conn, account_id, uid, operator, fee_source="balance", now_ms=None):
+def reissue(conn, account_id, uid, operator, fee_source="balance", now_ms=None, fee_transfer_id=None,
+            fee_paid=False):
     """补办: the next generation of the account's card, the old one denied, the fee booked.
 
     Returns {identity, name, fee_fen, fee_source, fee_transfer_id, replaced_generation, balances}.
-    All of it commits together or not at all.
+    All of it commits together or not at all. A card job (services/card_jobs.py) books its fee under
+    its own `fee_transfer_id` on its first card and passes `fee_paid` for the cards after a torn write.
     """
-    if fee_source not in FEE_SOURCES:
+    if fee_source not in FEE_SOURCES and not fee_paid:
         raise ServiceError("bad_fee_source")
     uid = _uid(uid)
     now_ms = now(now_ms)
@@ -131,13 +133,13 @@ def reissue(conn, account_id, uid, operator, fee_source="balance", now_ms=None):
         if conn.execute("SELECT 1 FROM cards WHERE account_id = ? LIMIT 1", (account_id,)).fetchone() is None:
             raise ServiceError("no_card_yet")
         _check_uid_free(conn, uid)
-        fee_fen = dbmod.setting(conn, "reissue_fee_fen")
+        fee_fen = 0 if fee_paid else dbmod.setting(conn, "reissue_fee_fen")
         identity, name = registry.issue_card_record(conn, account_id, uid, now_ms, _expiry(holder))
-        fee_transfer_id = None
         if fee_fen > 0:
-            fee_transfer_id = _charge_fee(conn, holder, account_id, identity, fee_fen, fee_source, now_ms)
+            fee_transfer_id = _charge_fee(conn, holder, account_id, identity, fee_fen, fee_source, now_ms,
+                                          fee_transfer_id)
         else:
-            fee_source = "none"
+            fee_source, fee_transfer_id = "none", None
         conn.execute("INSERT INTO card_reissues (card_number, generation, account_id, fee_fen, fee_source, "
                      "fee_transfer_id, operator, time_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                      (identity.card_number, identity.generation, account_id, fee_fen, fee_source,
@@ -148,16 +150,23 @@ def reissue(conn, account_id, uid, operator, fee_source="balance", now_ms=None):
             "fee_transfer_id": fee_transfer_id, "replaced_generation": identity.generation - 1, "balances": balances}
 
 
-def _charge_fee(conn, holder, account_id, identity, fee_fen, fee_source, now_ms):
-    if fee_source == "balance":
-        if holder["category"] == card_layout.HOLDER_IDENTITY_ONLY:
-            raise ServiceError("fee_needs_cash", fee_fen / 100)
-        source = registry.wallet_ledger_id(conn, account_id, protocol.WALLET_MAIN)
-        if SqliteStore(conn).balances([source])[source] < fee_fen:
-            raise ServiceError("fee_needs_cash", fee_fen / 100)
-    else:
-        source = dbmod.LEDGER_CASH_DESK
-    transfer_id = "fee/reissue/%d/%d" % (identity.card_number, identity.generation)
+def fee_payer(conn, holder, account_id, fee_fen, fee_source):
+    """The ledger account the reissue fee comes from; fee_needs_cash when the balance cannot pay it."""
+    if fee_source not in FEE_SOURCES:
+        raise ServiceError("bad_fee_source")
+    if fee_source == "cash":
+        return dbmod.LEDGER_CASH_DESK
+    if holder["category"] == card_layout.HOLDER_IDENTITY_ONLY:
+        raise ServiceError("fee_needs_cash", fee_fen / 100)
+    source = registry.wallet_ledger_id(conn, account_id, protocol.WALLET_MAIN)
+    if SqliteStore(conn).balances([source])[source] < fee_fen:
+        raise ServiceError("fee_needs_cash", fee_fen / 100)
+    return source
+
+
+def _charge_fee(conn, holder, account_id, identity, fee_fen, fee_source, now_ms, transfer_id=None):
+    source = fee_payer(conn, holder, account_id, fee_fen, fee_source)
+    transfer_id = transfer_id or "fee/reissue/%d/%d" % (identity.card_number, identity.generation)
     ledger.post(SqliteStore(conn), [ledger.Transfer(
         transfer_id, source, dbmod.LEDGER_FEE_INCOME, fee_fen, ledger.KIND_FEE,
         "reissue %d/%d" % (identity.card_number, identity.generation), now_ms)])
