@@ -39,7 +39,8 @@ def register(subparsers):
                "ykt phone water --ble bleak --sticker sticker.png")
     parser.add_argument("--profile", default=DEFAULT_PROFILE, help="where the binding is kept (default %s)"
                         % DEFAULT_PROFILE)
-    parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"))
+    parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"),
+                        help="language of messages (default $YKT_LANG, else zh)")
     commands = parser.add_subparsers(dest="phone_command", metavar="STEP")
     commands.required = True
     bind = commands.add_parser("bind", help="绑卡 / bind this phone to a cardholder")

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from sync_server import cli, private_dir
+from sync_server import cli, mistakes, private_dir
 
 
 def main(argv=None):
@@ -13,8 +13,7 @@ def main(argv=None):
     subparsers.required = True
     cli.register(subparsers)
     args = parser.parse_args(argv)
-    result = args.handler(args)
-    return 0 if result is None else result
+    return mistakes.run_command(args)
 
 
 if __name__ == "__main__":

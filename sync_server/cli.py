@@ -4,8 +4,8 @@
                [--idle-timeout-s S] [--request-timeout-s S] [--max-connections C]
     ykt server init [--data-dir D]
     ykt hall merchant-add | person-add | card-issue | recharge | report-loss | transactions |
-             terminal-register | terminal-revoke | staff-add | staff-password | staff-disable
-             [--data-dir D] [--lang en]
+             terminal-register | terminal-revoke | staff-add | staff-password | staff-disable |
+             recharge-reverse | cash-close | cash-limits  [--data-dir D] [--lang en]
     (and the cardholder-service commands of sync_server/services/hall_cli.py: reissue, unfreeze
     alias cancel-loss, ...)
 
@@ -18,10 +18,12 @@ import os
 import sys
 
 from firmware.core import card_layout, wallets as wallet_rules
-from sync_server import db as dbmod, keys, pg_store, private_dir, registry, serving
-from sync_server.cli_common import (add_station_options, data_dir_of, lang_of, open_database, open_station, say,
-                                    write_at_station)
-from sync_server.services import cards, hall_cli, history, recharge as recharge_service
+from sync_server import db as dbmod, keys, numbers, pg_store, private_dir, registry, serving, services
+from sync_server.cli_common import (account_of, add_person_options, add_station_options, carry_card_job,
+                                    check_output_file, data_dir_of, lang_of, open_database, open_station, print_table,
+                                    require_known, say, uid_of, write_at_station)
+from sync_server.mistakes import MalformedInput
+from sync_server.services import card_jobs, cards, cash_desk, hall_cli, history
 
 DEFAULT_PORT = 8080
 
@@ -107,26 +109,38 @@ def cmd_person_add(args):
         "person %d created with account %d (initial PIN: last six of the ID number)" % (person_id, account_id))
 
 
-def cmd_card_issue(args):
-    """The account's first card. An account that has a card gets a reissue (`ykt hall reissue`), which
-    books the fee and its record; the checks (UID not in use, no card yet) are services.cards'."""
-    conn = open_database(args)
+def _issue_now(args, conn, account_id):
     station = open_station(args)
     try:
-        uid = station.uid if station is not None else bytes.fromhex(args.uid)
-        issued = cards.issue_card(conn, args.account, uid, operator=args.operator or getpass.getuser())
+        uid = station.uid if station is not None else uid_of(args)
+        issued = cards.issue_card(conn, account_id, uid, operator=args.operator or getpass.getuser())
         identity, name = issued["identity"], issued["name"]
         if station is not None:
             write_at_station(args, conn, station, identity, name)
     finally:
         if station is not None:
             station.close()
-    written = station is not None
+    return identity, name, uid, station is not None, None
+
+
+def cmd_card_issue(args):
+    """The account's first card. An account that has a card gets a reissue (`ykt hall reissue`), which
+    books the fee and its record; the checks (UID not in use, no card yet) are services.cards'. When the
+    hall page asked for the account's card (a card job, first or reissue), that job is carried through
+    here, its fee booked once."""
+    conn = open_database(args)
+    account_id = account_of(conn, args)
+    job = card_jobs.open_job(conn, account_id)
+    if job is not None:
+        job, identity, name, uid, written = carry_card_job(args, conn, job)
+        job_id = job["id"]
+    else:
+        identity, name, uid, written, job_id = _issue_now(args, conn, account_id)
     if args.json:
         print(json.dumps({"card_number": identity.card_number, "account_id": identity.account_id,
                           "generation": identity.generation, "holder_category": identity.holder_category,
                           "expiry_yyyymmdd": identity.expiry_yyyymmdd, "name": name, "uid": uid.hex(),
-                          "written": written}, ensure_ascii=False))
+                          "written": written, "job_id": job_id}, ensure_ascii=False))
         return
     say(args, "发卡：卡号 %d 第 %d 代，账户 %d，持卡人 %s，有效期至 %d，UID %s；%s"
         % (identity.card_number, identity.generation, identity.account_id, name, identity.expiry_yyyymmdd, uid.hex(),
@@ -136,21 +150,120 @@ def cmd_card_issue(args):
            "card written" if written else "write it at the issuing station"))
 
 
+def _approver_password(username):
+    """The approver's / supervisor's password: a prompt on a terminal, else the first line of stdin
+    (never the command line, which every user of the machine can read)."""
+    if sys.stdin.isatty():
+        return getpass.getpass("%s 的密码 / password of %s: " % (username, username))
+    return sys.stdin.readline().rstrip("\n")
+
+
+def _signed_in(conn, username):
+    """The web staff user `username` after their password: the second person of a cash-desk action."""
+    from sync_server.web import auth     # Flask: imported only by the commands that need it
+    try:
+        staff_id = auth.check_staff_password(conn, username, _approver_password(username), dbmod.now_ms())
+    except auth.AuthError as error:
+        raise registry.HallError("%s：%s" % (username, error.zh), "%s: %s" % (username, error.en))
+    return auth.staff_user(conn, staff_id)
+
+
+def _yuan_argument(text, what_zh, what_en):
+    fen = numbers.parse_yuan(text or "", maximum_fen=10 ** 9)
+    if fen is None:
+        raise MalformedInput("%s应为元，最多两位小数，如 12.50" % what_zh,
+                             "%s is in yuan with at most two decimals, like 12.50" % what_en)
+    return fen
+
+
 def cmd_recharge(args):
-    """Cash at the desk: a paid cash order with the staff member on it (services.recharge), as the
-    hall page books it; the order id is the receipt number."""
+    """Cash at the desk, by the person's staff/student number and an amount in yuan: the same rules as
+    the hall page (services.cash_desk): above the cap a second staff member (`--approver`, with their
+    password) approves, above the maximum it is refused. The receipt number is the action log's."""
     conn = open_database(args)
-    order = recharge_service.cash_recharge(conn, args.account, args.amount_fen, args.operator or getpass.getuser(),
-                                           wallet=args.wallet)
-    after = registry.balances_of(conn, args.account)[args.wallet]
-    say(args, "充值成功：%.2f 元，%s 钱包余额 %.2f 元（单号 %s）" % (args.amount_fen / 100, args.wallet, after / 100,
-                                                           order["order_id"]),
-        "recharged %.2f yuan; %s wallet balance %.2f yuan (receipt %s)" % (args.amount_fen / 100, args.wallet,
-                                                                         after / 100, order["order_id"]))
+    amount_fen = _yuan_argument(args.amount, "金额", "the amount")
+    account_id = cash_desk.account_of_number(conn, args.number)
+    clerk = args.operator or getpass.getuser()
+    needs_approval = cash_desk.check_amount_allowed(conn, amount_fen)
+    if needs_approval and not args.approver:
+        cap = cash_desk.yuan(cash_desk.limits(conn)["cap_fen"])
+        raise registry.HallError("金额 %s 元超过单笔限额 %s 元：需另一位工作人员审批（--approver 用户名，密码从标准输入读取）"
+                                 % (cash_desk.yuan(amount_fen), cap),
+                                 "%s yuan is above the per-transaction cap of %s yuan: a second staff member "
+                                 "approves it (--approver USER, password on stdin)" % (cash_desk.yuan(amount_fen), cap))
+    approver = _signed_in(conn, args.approver) if needs_approval else None
+    done = cash_desk.recharge(conn, account_id, amount_fen, clerk, wallet=args.wallet, approver=approver)
+    holder = services.person_row(conn, account_id)
+    after = registry.balances_of(conn, account_id)[args.wallet]
+    order = done["order"]
+    say(args, "充值成功：%s（%s）%s %s 元，余额 %s 元（单号 %s，回执 %d%s）"
+        % (holder["name"], holder["staff_number"], cash_desk.wallet_name(args.wallet), cash_desk.yuan(amount_fen),
+           cash_desk.yuan(after), order["order_id"], done["receipt_id"], "，审批人 %s" % args.approver if approver else ""),
+        "recharged %s (%s): %s yuan into the %s, balance %s yuan (order %s, receipt %d%s)"
+        % (holder["name"], holder["staff_number"], cash_desk.yuan(amount_fen), cash_desk.wallet_name(args.wallet, "en"),
+           cash_desk.yuan(after), order["order_id"], done["receipt_id"],
+           ", approved by %s" % args.approver if approver else ""))
+
+
+def cmd_recharge_reverse(args):
+    """冲正: a supervisor (their password) takes back a mistaken cash recharge with a reason."""
+    conn = open_database(args)
+    supervisor = _signed_in(conn, args.supervisor)
+    done = cash_desk.reverse(conn, args.order, supervisor, args.reason)
+    say(args, "已冲正：单号 %s，%s退回 %s 元，余额 %s 元（原经办人 %s，主管 %s，回执 %d）"
+        % (done["order_id"], cash_desk.wallet_name(done["wallet"]), cash_desk.yuan(done["amount_fen"]),
+           cash_desk.yuan(done["balance_fen_after"]), done["clerk"], done["supervisor"], done["staff_action_id"]),
+        "reversed order %s: %s yuan back out of the %s, balance %s yuan (booked by %s, reversed by %s, receipt %d)"
+        % (done["order_id"], cash_desk.yuan(done["amount_fen"]), cash_desk.wallet_name(done["wallet"], "en"),
+           cash_desk.yuan(done["balance_fen_after"]), done["clerk"], done["supervisor"], done["staff_action_id"]))
+
+
+def cmd_cash_close(args):
+    """结账: what the clerk took in since their last close; with --counted the shift is closed."""
+    conn = open_database(args)
+    clerk = args.operator or getpass.getuser()
+    en = lang_of(args) == "en"
+    if args.counted is None:
+        shift = cash_desk.open_shift(conn, clerk)
+        lines, expected_fen = shift["lines"], shift["expected_fen"]
+    else:
+        close = cash_desk.close_shift(conn, clerk, _yuan_argument(args.counted, "清点现金", "the cash counted"),
+                                      note=args.note)
+        lines, expected_fen = close["lines"], close["expected_fen"]
+    if args.json:
+        print(json.dumps(close if args.counted is not None else shift, ensure_ascii=False, sort_keys=True))
+        return
+    for line in lines:
+        name = cash_desk.KIND_NAMES[line["kind"]][1 if en else 0]
+        wallet = "" if line["kind"] == cash_desk.KIND_FEE else cash_desk.wallet_name(line["wallet"], lang_of(args))
+        print("%s %s: %d, %s" % (name, wallet, line["count"], cash_desk.yuan(line["fen"])))
+    say(args, "应收现金 %s 元" % cash_desk.yuan(expected_fen), "cash expected: %s yuan" % cash_desk.yuan(expected_fen))
+    if args.counted is not None:
+        say(args, "已结账：结账单 %d，实收 %s 元，%s" % (close["id"], cash_desk.yuan(close["counted_fen"]),
+                                              cash_desk.difference_text(close["difference_fen"])),
+            "closed: close %d, counted %s yuan, %s" % (close["id"], cash_desk.yuan(close["counted_fen"]),
+                                                     cash_desk.difference_text(close["difference_fen"], "en")))
+
+
+def cmd_cash_limits(args):
+    """Show, or with --cap / --maximum set, the cash recharge cap (above it a second person approves)
+    and the absolute maximum (above it refused), in yuan."""
+    conn = open_database(args)
+    if args.cap is not None or args.maximum is not None:
+        cap = None if args.cap is None else _yuan_argument(args.cap, "单笔限额", "the cap")
+        maximum = None if args.maximum is None else _yuan_argument(args.maximum, "上限", "the maximum")
+        cash_desk.set_limits(conn, cap, maximum, operator=args.operator or getpass.getuser())
+    bounds = cash_desk.limits(conn)
+    say(args, "现金充值：单笔限额 %s 元（以上须另一人审批），上限 %s 元（以上拒绝）"
+        % (cash_desk.yuan(bounds["cap_fen"]), cash_desk.yuan(bounds["maximum_fen"])),
+        "cash recharge: cap %s yuan (above it a second person approves), maximum %s yuan (above it refused)"
+        % (cash_desk.yuan(bounds["cap_fen"]), cash_desk.yuan(bounds["maximum_fen"])))
 
 
 def cmd_report_loss(args):
     conn = open_database(args)
+    require_known(conn, "SELECT 1 FROM cards WHERE card_number = ?", (args.card,), "卡号 %d 不存在" % args.card,
+                  "card %d does not exist" % args.card)
     version = registry.report_loss(conn, args.card)
     say(args, "挂失成功：卡号 %d（黑名单版本 %d）" % (args.card, version),
         "card %d reported lost (deny version %d)" % (args.card, version))
@@ -159,19 +272,17 @@ def cmd_report_loss(args):
 def cmd_transactions(args):
     """One page of the statement, newest first: the same query as the portal and the app."""
     conn = open_database(args)
+    account_id = account_of(conn, args)
     if args.date_from or args.date_to:
-        latest = history.recent(conn, args.account, page_size=1)     # its from_date / to_date are the defaults
-        result = history.query(conn, args.account, args.date_from or latest["from_date"],
+        latest = history.recent(conn, account_id, page_size=1)     # its from_date / to_date are the defaults
+        result = history.query(conn, account_id, args.date_from or latest["from_date"],
                                args.date_to or latest["to_date"], args.type, args.page, args.limit)
     else:
-        result = history.recent(conn, args.account, args.type, args.page, args.limit)
+        result = history.recent(conn, account_id, args.type, args.page, args.limit)
     en = lang_of(args) == "en"
-    print("%-19s  %-20s  %10s  %10s" % (("time", "place", "amount", "balance") if en else
-                                        ("时间", "地点", "金额(元)", "余额(元)")))
-    for row in result["rows"]:
-        place = row["place_en"] if en else row["place_zh"]
-        print("%-19s  %-20s  %10.2f  %10.2f" % (row["time"], place, row["amount_fen"] / 100,
-                                                row["balance_fen_after"] / 100))
+    print_table(args, (("时间", "time"), ("地点", "place"), ("金额(元)", "amount"), ("余额(元)", "balance")),
+                [(row["time"], row["place_en"] if en else row["place_zh"], "%.2f" % (row["amount_fen"] / 100),
+                  "%.2f" % (row["balance_fen_after"] / 100)) for row in result["rows"]], right=(2, 3))
     if not result["rows"]:
         say(args, "（无交易）", "(no transactions)")
     elif result["total_pages"] > 1:
@@ -182,6 +293,9 @@ def cmd_transactions(args):
 def cmd_terminal_register(args):
     conn = open_database(args)
     master_key = keys.load_master_key(keys.master_key_path(data_dir_of(args)))
+    require_known(conn, "SELECT 1 FROM merchants WHERE id = ?", (args.merchant,), "商户 %d 不存在" % args.merchant,
+                  "merchant %d does not exist" % args.merchant)
+    check_output_file(args.out)
     terminal_id = registry.register_terminal(conn, args.merchant)
     document = registry.provisioning_document(conn, master_key, terminal_id, args.server_url,
                                               keys.load_legacy_key(data_dir_of(args)))
@@ -192,6 +306,8 @@ def cmd_terminal_register(args):
 
 def cmd_terminal_revoke(args):
     conn = open_database(args)
+    require_known(conn, "SELECT 1 FROM terminals WHERE id = ?", (args.terminal,), "终端 %d 不存在" % args.terminal,
+                  "terminal %d does not exist" % args.terminal)
     registry.revoke_terminal(conn, args.terminal)
     say(args, "终端 %d 已停用" % args.terminal, "terminal %d revoked" % args.terminal)
 
@@ -206,11 +322,17 @@ def _read_password(args):
     return password
 
 
+def _known_staff(conn, username):
+    require_known(conn, "SELECT 1 FROM web_staff_users WHERE username = ?", (username,),
+                  "没有用户名为 %s 的工作人员" % username[:40], "no staff user named %s" % username[:40])
+
+
 def cmd_staff_password(args):
     """Change or reset a staff user's password (stdin or prompt, as staff-add); every web session of
     that user ends at once."""
     from sync_server.web import auth     # Flask: imported only by the commands that need it
     conn = open_database(args)
+    _known_staff(conn, args.username)
     try:
         auth.set_staff_password(conn, args.username, _read_password(args))
     except auth.AuthError as error:
@@ -223,6 +345,7 @@ def cmd_staff_disable(args):
     """Disable a staff user (or enable again with --enable); every web session of that user ends."""
     from sync_server.web import auth     # Flask: imported only by the commands that need it
     conn = open_database(args)
+    _known_staff(conn, args.username)
     try:
         auth.set_staff_disabled(conn, args.username, disabled=not args.enable)
     except auth.AuthError as error:
@@ -246,23 +369,16 @@ def cmd_staff_add(args):
 
 
 def _guard(handler):
-    def run(args):
-        try:
-            return handler(args)
-        except registry.HallError as error:
-            print(error.text(lang_of(args)), file=sys.stderr)
-            return 2
-        except keys.MasterKeyError as error:        # a key file missing, unreadable or of the wrong size
-            print(error, file=sys.stderr)
-            return 2
-    return run
+    """The command as it is: a mistake it raises is reported by the front door (`ykt`, `python -m
+    sync_server`) through sync_server/mistakes.py, with the exit code of its kind."""
+    return handler
 
 
 def register(subparsers):
     common = _common_parser()
     server = subparsers.add_parser("server", parents=[common], help="运行同步服务器 / run the sync server")
-    server.add_argument("--host", default="127.0.0.1")
-    server.add_argument("--port", type=int, default=DEFAULT_PORT)
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    server.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on (default %d)" % DEFAULT_PORT)
     server.add_argument("--workers", type=int, default=serving.DEFAULT_WORKERS,
                         help="worker processes (each uses a core for booking)")
     server.add_argument("--threads", type=int, default=serving.DEFAULT_THREADS,
@@ -291,52 +407,72 @@ def register(subparsers):
         return parser
 
     p = add("merchant-add", cmd_merchant_add, "添加商户 / add a merchant")
-    p.add_argument("--name-zh", required=True)
-    p.add_argument("--name-en")
+    p.add_argument("--name-zh", required=True, help="the merchant's Chinese name, e.g. 二食堂")
+    p.add_argument("--name-en", help="English name (default: the Chinese one)")
     p.add_argument("--category", type=int, default=wallet_rules.CATEGORY_CANTEEN,
                    help="1 食堂 canteen, 2 热水 water, 3 电费 electricity, 4 激活机 activation units")
     p = add("person-add", cmd_person_add, "建档 / create a person and account")
-    p.add_argument("--name", required=True)
-    p.add_argument("--id-number")
-    p.add_argument("--staff-number")
+    p.add_argument("--name", required=True, help="the person's name")
+    p.add_argument("--id-number", help="ID card number (its last six digits are the initial PIN)")
+    p.add_argument("--staff-number", help="staff/student number (学工号), how the hall finds the person")
     p.add_argument("--category", type=int, default=card_layout.HOLDER_STUDENT,
                    help="1 教工 staff, 2 学生 student, 3 自聘 self-employed, 4 临时 temporary, 5 身份卡 identity")
     p = add("card-issue", cmd_card_issue, "发卡（在发卡机上写卡；已有卡请补办）/ issue the first card (written at "
                                           "the issuing station; an account with a card gets a reissue)")
-    p.add_argument("--account", type=int, required=True)
+    add_person_options(p)
     p.add_argument("--operator", help="staff user acting (default: login name)")
     add_station_options(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--station", help="this station's name for card jobs (default: the machine's name)")
+    p.add_argument("--json", action="store_true", help="print the new card as JSON")
     p = add("recharge", cmd_recharge, "现金充值 / cash recharge")
-    p.add_argument("--account", type=int, required=True)
-    p.add_argument("--amount-fen", type=int, required=True)
-    p.add_argument("--wallet", default="main", choices=("main", "water", "legacy"))
+    p.add_argument("--number", required=True, help="the person's staff/student number (学工号)")
+    p.add_argument("--amount", required=True, help="amount in yuan, like 12.50")
+    p.add_argument("--wallet", default="main", choices=("main", "water", "legacy"), help="wallet credited")
     p.add_argument("--operator", help="staff user who took the cash (default: login name)")
+    p.add_argument("--approver", help="a second staff user (hall or supervisor role) approving an amount above "
+                                      "the cap; their password is read from stdin or a prompt")
+    p = add("recharge-reverse", cmd_recharge_reverse, "现金充值冲正 / reverse a mistaken cash recharge")
+    p.add_argument("--order", required=True, help="the cash recharge's order number (单号)")
+    p.add_argument("--reason", required=True, help="why it is reversed (kept in the log)")
+    p.add_argument("--supervisor", required=True, help="staff user with the supervisor role; password from "
+                                                       "stdin or a prompt")
+    p = add("cash-close", cmd_cash_close, "收款结账 / close a clerk's cash desk shift")
+    p.add_argument("--operator", help="the clerk (default: login name)")
+    p.add_argument("--counted", help="cash counted, in yuan: closes the shift (without it: only show the figures)")
+    p.add_argument("--note", help="a note kept with the close")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p = add("cash-limits", cmd_cash_limits, "现金充值限额 / the cash recharge cap and maximum")
+    p.add_argument("--cap", help="per-transaction cap in yuan; above it a second staff member approves")
+    p.add_argument("--maximum", help="absolute maximum in yuan; above it refused")
+    p.add_argument("--operator", help="who changes them (default: login name)")
     p = add("report-loss", cmd_report_loss, "挂失 / report a card lost")
-    p.add_argument("--card", type=int, required=True)
-    p = add("transactions", cmd_transactions, "流水查询（最新在前）/ an account's statement, newest first")
-    p.add_argument("--account", type=int, required=True)
+    p.add_argument("--card", type=int, required=True, help="the card number (卡号)")
+    p = add("transactions", cmd_transactions, "流水查询（最新在前）/ a person's statement, newest first")
+    add_person_options(p)
     p.add_argument("--from", dest="date_from", help="first day, YYYY-MM-DD (default: a year ago)")
     p.add_argument("--to", dest="date_to", help="last day, YYYY-MM-DD (default: today)")
-    p.add_argument("--type", default="all", choices=("all", "consumption", "recharge", "water"))
-    p.add_argument("--page", type=int, default=1)
+    p.add_argument("--type", default="all", choices=("all", "consumption", "recharge", "water"),
+                   help="which transactions (default: all)")
+    p.add_argument("--page", type=int, default=1, help="page number, 1 the newest")
     p.add_argument("--limit", type=int, default=50, help="rows per page (at most 100)")
     p = add("terminal-register", cmd_terminal_register, "登记终端 / register a terminal")
-    p.add_argument("--merchant", type=int, required=True)
+    p.add_argument("--merchant", type=int, required=True, help="the merchant's id (from merchant-add)")
     p.add_argument("--out", required=True, help="provisioning file to write (mode 0600)")
-    p.add_argument("--server-url", default="http://127.0.0.1:%d" % DEFAULT_PORT)
+    p.add_argument("--server-url", default="http://127.0.0.1:%d" % DEFAULT_PORT,
+                   help="the sync server the terminal talks to")
     p = add("terminal-revoke", cmd_terminal_revoke, "停用终端 / revoke a terminal")
-    p.add_argument("--terminal", type=int, required=True)
+    p.add_argument("--terminal", type=int, required=True, help="the terminal's id")
     p = add("staff-add", cmd_staff_add, "添加网页工作人员 / add a web staff user")
-    p.add_argument("--username", required=True)
+    p.add_argument("--username", required=True, help="sign-in name")
     p.add_argument("--name", help="display name")
-    p.add_argument("--role", action="append", required=True, choices=("hall", "finance", "admin"))
+    p.add_argument("--role", action="append", required=True, choices=("hall", "finance", "admin", "supervisor"),
+                   help="a role; repeat for several")
     p.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     p = add("staff-password", cmd_staff_password, "更改或重置网页工作人员密码 / change or reset a staff password")
-    p.add_argument("--username", required=True)
+    p.add_argument("--username", required=True, help="the staff user's sign-in name")
     p.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     p = add("staff-disable", cmd_staff_disable, "停用网页工作人员 / disable a web staff user")
-    p.add_argument("--username", required=True)
+    p.add_argument("--username", required=True, help="the staff user's sign-in name")
     p.add_argument("--enable", action="store_true", help="enable the user again instead")
     hall_cli.register(add)     # cardholder services: import-people, reissue, unfreeze, ...
 
@@ -347,5 +483,6 @@ def _common_parser(suppress=False):
     default = argparse.SUPPRESS if suppress else None
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", default=default, help="data directory (default $YKT_DATA_DIR or ./data)")
-    common.add_argument("--lang", choices=("zh", "en"), default=default)
+    common.add_argument("--lang", choices=("zh", "en"), default=default,
+                        help="language of messages (default $YKT_LANG, else zh)")
     return common

@@ -1,12 +1,16 @@
 """What the `ykt server` / `ykt hall` commands share: the data directory, the output language, opening
-the database, and the issuing station's card.
+the database, the issuing station's card, and carrying a hall card job (发卡/补卡任务) through.
 
 sync_server/cli.py (server and core hall commands) and sync_server/services/hall_cli.py (the
 cardholder-service commands) both build on these; neither imports the other's helpers.
 """
+import argparse
 import os
+import socket
 
-from sync_server import db as dbmod, keys, messages, pg_store, private_dir, registry
+from sync_server import db as dbmod, keys, messages, numbers, pg_store, private_dir, registry, services
+from sync_server.mistakes import DeviceMistake, FileMistake, MalformedInput, NoCardYet, NotReady, UnknownRecord
+from sync_server.services import card_jobs, cash_desk
 
 
 def data_dir_of(args):
@@ -22,12 +26,15 @@ def say(args, zh, en):
 
 
 def open_database(args):
-    """The data directory's database (or $YKT_DATABASE_URL's), upgraded; HallError when `ykt server
-    init` has not run."""
-    path = dbmod.store_location(data_dir_of(args))
+    """The data directory's database (or $YKT_DATABASE_URL's), upgraded; NotReady when `ykt server
+    init` has not run, FileMistake when the data directory is a file."""
+    data_dir = data_dir_of(args)
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise FileMistake("数据目录 %s 不是目录" % data_dir, "the data directory %s is not a directory" % data_dir)
+    path = dbmod.store_location(data_dir)
     if not pg_store.is_postgresql(path) and not os.path.exists(path):
-        raise registry.HallError("数据目录尚未初始化，请先运行 ykt server init",
-                                 "data directory not initialised: run ykt server init")
+        raise NotReady("数据目录 %s 尚未初始化，请先运行 ykt server init --data-dir %s" % (data_dir, data_dir),
+                       "data directory %s not initialised: run ykt server init --data-dir %s" % (data_dir, data_dir))
     private_dir.secure_dir(data_dir_of(args))
     return dbmod.init_db(path)
 
@@ -42,8 +49,15 @@ def open_station(args):
     station = issuing_station(args)
     try:
         return station.StationCard(args.reader, args.card_file, args.uid)
+    except station.NoCard as error:
+        raise NoCardYet(error.zh, error.en)
     except station.StationError as error:
+        if isinstance(error.__context__, station.ReaderError):
+            raise DeviceMistake(error.zh, error.en)
         raise registry.HallError(error.zh, error.en)
+    except ValueError as error:          # a --card-file that is not a card image
+        raise MalformedInput("卡片映像 %s 无效：%s" % (args.card_file, error),
+                             "the card image %s is not valid: %s" % (args.card_file, error))
 
 
 def issuing_station(args):
@@ -73,3 +87,149 @@ def add_station_options(parser):
     parser.add_argument("--reader", help="issuing station reader, e.g. pcsc:ACR122 or pn532:/dev/ttyUSB0: reads the "
                                          "blank card's UID and writes the card")
     parser.add_argument("--card-file", help="a virtual card image on the sim: reader (created blank if missing)")
+
+
+def add_person_options(parser, card=False):
+    """--number (学工号, what people know), or with `card` the card number; --account (the internal
+    id) still works for the scripts written before, but is no longer shown."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--number", help="the person's staff/student number (学工号)")
+    if card:
+        which.add_argument("--card", type=int, help="the card number instead of the staff/student number")
+    which.add_argument("--account", type=int, help=argparse.SUPPRESS)
+    return which
+
+
+def account_of(conn, args):
+    """The account named on the command line: by --number, --card (when the command has it) or
+    --account; an unknown one is refused with exit code 6 (services' 404s)."""
+    if getattr(args, "number", None) is not None:
+        return cash_desk.account_of_number(conn, args.number)
+    if getattr(args, "card", None) is not None:
+        row = conn.execute("SELECT account_id FROM cards WHERE card_number = ? LIMIT 1", (args.card,)).fetchone()
+        if row is None:
+            raise UnknownRecord("卡号 %d 不存在" % args.card, "card %d does not exist" % args.card)
+        return row[0]
+    services.person_row(conn, args.account)
+    return args.account
+
+
+def yuan_of(text, what_zh="金额", what_en="the amount"):
+    """Fen from a yuan amount as people type it ("12.50"); MalformedInput for "12..5" and the like."""
+    fen = numbers.parse_yuan(text or "", maximum_fen=10 ** 9)
+    if fen is None:
+        raise MalformedInput("%s %s 无效：应为元，最多两位小数，如 12.50" % (what_zh, (text or "")[:40]),
+                             "%s %s is not valid: yuan with at most two decimals, like 12.50" % (what_en,
+                                                                                              (text or "")[:40]))
+    return fen
+
+
+def station_name(args):
+    """--station, else this machine's name: a restarted station finds the jobs it left half-written."""
+    return card_jobs.check_station(getattr(args, "station", None) or socket.gethostname()[:card_jobs.MAX_STATION_CHARS])
+
+
+def job_receipt(conn, job):
+    """The staff action log line of a card job done (its receipt), in the name of the clerk who asked."""
+    from sync_server.web import auth     # Flask: imported only by the commands that need it
+    return auth.log_action(conn, {"id": job["requested_user_id"], "username": job["requested_by"]}, job["kind"],
+                           person_id=job["person_id"], account_id=job["account_id"], card_number=job["card_number"],
+                           detail={"job_id": job["id"], "generation": job["generation"], "uid": job["uid"],
+                                   "fee_fen": job["fee_fen"], "fee_source": job["fee_source"],
+                                   "station": job["claimed_by"], "attempts": job["attempts"]})
+
+
+def carry_card_job(args, conn, job, fee_source=None):
+    """`ykt hall card-issue / reissue` on an account the hall page asked a card for: that job, carried
+    through here (its fee booked once, whoever books it). Returns (job, identity, name, uid, written)."""
+    name = station_name(args)
+    if job["status"] == "writing":
+        if job["claimed_by"] != name:
+            raise registry.HallError("发卡任务 #%d 正在发卡机 %s 上写卡，请稍候" % (job["id"], job["claimed_by"]),
+                                     "card job #%d is being written at station %s: wait for it"
+                                     % (job["id"], job["claimed_by"]))
+        card_jobs.recover(conn, name)                   # this machine stopped mid-write: that card is void
+        job = card_jobs.get(conn, job["id"])
+    if job["status"] == "failed":
+        job = card_jobs.retry(conn, job["id"], fee_source)
+    station = open_station(args)
+    desk = card_jobs.StationDesk(conn, name, receipt=job_receipt)
+    try:
+        uid = station.uid if station is not None else uid_of(args)
+        identity, holder_name = desk.claim(job["id"], uid)
+        if station is not None:
+            try:
+                station.write(keys.load_master_key(keys.master_key_path(data_dir_of(args))), identity, holder_name)
+            except issuing_station(args).StationError as error:
+                failed = desk.torn(job["id"], error.zh, error.en)
+                raise registry.HallError(failed["reason_zh"], failed["reason_en"])
+        job = desk.written(job["id"])
+    finally:
+        if station is not None:
+            station.close()
+    return job, identity, holder_name, uid, station is not None
+
+
+def uid_of(args):
+    try:
+        return bytes.fromhex(args.uid)
+    except ValueError:
+        raise MalformedInput("卡片 UID 应为十六进制：%s" % args.uid[:40], "the card UID is hex: %s" % args.uid[:40])
+
+
+def read_text_file(path, max_chars):
+    """A UTF-8 text file people hand over (a CSV export), at most `max_chars` (the caller refuses a
+    longer one); one that is not UTF-8 is malformed input (exit code 7), a missing one exit code 4."""
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            return handle.read(max_chars)
+    except UnicodeDecodeError as error:
+        raise MalformedInput("文件 %s 不是 UTF-8 文本（第 %d 字节）：请另存为 UTF-8 的 CSV" % (path, error.start),
+                             "%s is not UTF-8 text (byte %d): save it as a UTF-8 CSV" % (path, error.start))
+
+
+def print_table(args, headers, rows, right=()):
+    """A table whose columns line up with Chinese text (rich measures East Asian width). `headers`
+    are (zh, en) pairs, `right` the indexes of right-aligned (number) columns. On a terminal it is
+    drawn with a header rule; piped, it is plain aligned text without colour or wrapping, one row a
+    line, for `grep` and `awk` (`--json` is the form for programs)."""
+    import io
+    import sys
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    terminal = sys.stdout.isatty()
+    en = lang_of(args) == "en"
+    table = Table(box=box.SIMPLE_HEAD if terminal else None, show_edge=False, pad_edge=False,
+                  header_style="bold" if terminal else None)
+    for index, (zh, english) in enumerate(headers):
+        table.add_column(english if en else zh, justify="right" if index in right else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*["" if value is None else str(value) for value in row])
+    buffer = io.StringIO()
+    Console(file=buffer, width=100000, force_terminal=terminal, color_system="standard" if terminal else None,
+            markup=False, highlight=False, emoji=False).print(table)
+    for line in buffer.getvalue().splitlines():
+        print(line.rstrip())
+
+
+def require_known(conn, sql, parameters, zh, en):
+    """The row `sql` finds, or UnknownRecord (exit code 6) with the message naming what is unknown:
+    the command line checks a number people typed before it changes anything."""
+    row = conn.execute(sql, parameters).fetchone()
+    if row is None:
+        raise UnknownRecord(zh, en)
+    return row
+
+
+def check_output_file(path):
+    """Refuse, before anything is booked, an output file that cannot be written where it is asked
+    for: its folder missing or not a folder, or the path itself a folder (exit code 4)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise FileMistake("%s 是一个目录，请给出文件名" % path, "%s is a directory: give a file name" % path)
+    if not os.path.isdir(folder):
+        raise FileMistake("目录不存在：%s" % folder, "no such folder: %s" % folder)
+    if not os.access(folder, os.W_OK):
+        raise FileMistake("目录 %s 不可写" % folder, "the folder %s is not writable" % folder)

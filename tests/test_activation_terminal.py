@@ -183,4 +183,4 @@ def test_a_unit_without_the_old_keys_or_with_a_wrong_reader_says_so(hall, live_s
     assert done.returncode == 2 and "legacy_master" in done.stderr and "Traceback" not in done.stderr
     done = _cli(live_server, "activation", "--provision", str(provision), "--data-dir", str(tmp_path / "b"),
                 "--voice", "off", "--reader", "pn532:/dev/no-such-reader", "--script", "-", stdin="")
-    assert done.returncode == 2 and "/dev/no-such-reader" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 5 and "/dev/no-such-reader" in done.stderr and "Traceback" not in done.stderr

@@ -145,7 +145,7 @@ def test_dump_without_keys_marks_the_sectors_it_cannot_open(tool):
     assert mifare.TRANSPORT_KEY.hex() not in text       # transport sectors' key B is readable: masked
 
 
-def test_info_on_another_sites_card_is_refused_with_exit_3(tool, provision_file):
+def test_info_on_another_sites_card_is_refused_as_unknown(tool, provision_file):
     code, out, err = tool(issued_card(master_key=OTHER_SITE_KEY), "info", "--provision", str(provision_file))
     assert code == card_tool.EXIT_NOT_OUR_CARD and out == ""
     assert "密钥不符：不是本系统的卡片" in err
@@ -165,16 +165,21 @@ def test_info_on_a_blank_card_says_so(tmp_path, capsys, provision_file):
 def test_no_card_in_the_field_is_exit_1(capsys):
     code, _, err = run_tool(capsys, ["uid", "--timeout-ms", "50"])
     assert code == card_tool.EXIT_NO_CARD and "50 毫秒内未检测到卡片" in err
+    assert err.startswith("请刷卡")                 # said while it waited, on stderr: stdout is the result
 
 
-def test_unusable_provisioning_file_and_reader_are_exit_2(tmp_path, capsys):
+def test_unusable_provisioning_file_and_reader_have_their_exit_codes(tmp_path, capsys):
     image = tmp_path / "card.bin"
     issued_card().save(str(image))
     missing = tmp_path / "missing.json"
     code, _, err = run_tool(capsys, ["info", "--card-file", str(image), "--provision", str(missing)])
-    assert code == card_tool.EXIT_UNUSABLE and "无法读取终端配置文件" in err
+    assert code == card_tool.EXIT_FILE == 4 and "无法读取终端配置文件" in err
+    garbled = tmp_path / "garbled.json"
+    garbled.write_text("{not json")
+    code, _, err = run_tool(capsys, ["info", "--card-file", str(image), "--provision", str(garbled)])
+    assert code == card_tool.EXIT_MALFORMED == 7 and "格式错误" in err
     code, _, err = run_tool(capsys, ["uid", "--reader", "nosuch:", "--lang", "en"])
-    assert code == card_tool.EXIT_UNUSABLE and "cannot open the reader" in err
+    assert code == card_tool.EXIT_READER == 5 and "cannot open the reader" in err
 
 
 def test_card_file_needs_the_sim_reader(tmp_path, capsys):
@@ -183,7 +188,7 @@ def test_card_file_needs_the_sim_reader(tmp_path, capsys):
     issued_card().save(str(image))
     with Pn532Emulator() as emulator:
         code, _, err = run_tool(capsys, ["uid", "--reader", "pn532:" + emulator.path, "--card-file", str(image)])
-    assert code == card_tool.EXIT_UNUSABLE and "--card-file 只用于模拟读卡器" in err
+    assert code == card_tool.EXIT_REFUSED and "--card-file 只用于模拟读卡器" in err
 
 
 # --- a separate process, the way a technician runs it -------------------------------------------

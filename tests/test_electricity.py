@@ -249,7 +249,7 @@ def test_the_hall_keeps_the_lists_and_pays_for_a_listed_room(tmp_path, store_env
     bad = tmp_path / "bad.csv"
     bad.write_text(ROOMS_CSV + "南1,61,6101,\n南1,1,1 01,\n", encoding="utf-8")
     code, out = _run(data_dir, "hall", "rooms-import", "--file", str(bad))
-    assert code == 2 and "2 行有错误" in out and "第 8 行" in out and "第 9 行" in out
+    assert code == 7 and "2 行有错误" in out and "第 8 行" in out and "第 9 行" in out
     code, out = _run(data_dir, "hall", "building-set", "--building", "南1", "--name-zh", "南校区南1栋", "--campus",
                      "南校区", "--meter-system", "online", "--kinds", "lighting,aircon")
     assert code == 0 and "online" in out and "空调用电" in out
@@ -265,8 +265,8 @@ def test_the_hall_keeps_the_lists_and_pays_for_a_listed_room(tmp_path, store_env
         account_id, _pin = _holder(conn, "孙小美", "S20250001", balance_fen=3000)
     finally:
         conn.close()
-    pay = ("hall", "electricity", "--account", str(account_id), "--building", "南1", "--floor", "2", "--room", "201",
-           "--amount-fen", "500")
+    pay = ("hall", "electricity", "--number", "S20250001", "--building", "南1", "--floor", "2", "--room", "201",
+           "--amount", "5")
     code, out = _run(data_dir, *pay)
     assert code == 2 and "该房间已停止缴费" in out
     assert _run(data_dir, "hall", "rooms-activate", "--building", "南1", "--floor", "2", "--room", "201")[0] == 0

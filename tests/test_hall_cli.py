@@ -54,7 +54,7 @@ def test_registry_import_is_repeatable_and_all_or_nothing(tmp_path):
     bad.write_text(HR_CSV + "孙错误,T1002,,重复行\n,T1009,,没有姓名\n", encoding="utf-8")
     snapshot = database_snapshot(conn)
     code, out = _run(data_dir, "hall", "import-people", "--file", str(bad), "--category", "staff", lang="en")
-    assert code == 2 and "import refused: 2 bad rows" in out and "4: staff/student number repeats line 3" in out
+    assert code == 7 and "import refused: 2 bad rows" in out and "4: staff/student number repeats line 3" in out
     assert database_snapshot(conn) == snapshot
 
     temporary = tmp_path / "temporary.csv"
@@ -62,7 +62,7 @@ def test_registry_import_is_repeatable_and_all_or_nothing(tmp_path):
     assert _run(data_dir, "hall", "import-people", "--file", str(temporary), "--category", "temporary")[0] == 0
     temporary.write_text(TEMPORARY_CSV.replace(",2027-06-30", ","), encoding="utf-8")
     code, out = _run(data_dir, "hall", "import-people", "--file", str(temporary), "--category", "temporary")
-    assert code == 2 and "临时卡需要有效期" in out
+    assert code == 7 and "临时卡需要有效期" in out
     row = conn.execute("SELECT p.category, p.expiry_yyyymmdd, a.id FROM persons p JOIN accounts a ON a.person_id = p.id "
                        "WHERE staff_number = 'L2001'").fetchone()
     assert row[:2] == (4, 20270630)
@@ -88,23 +88,28 @@ def test_hall_service_commands(tmp_path):
     data_dir, conn, account_id = _staff_site(tmp_path)
     identity, _ = registry.issue_card_record(conn, account_id, b"\x01\x02\x03\x04")
 
-    code, out = _run(data_dir, "hall", "recharge-channel", "--account", str(account_id), "--amount-fen", "3000",
-                     "--channel", "ccb")
+    code, out = _run(data_dir, "hall", "recharge-channel", "--number", "T1001", "--amount", "30", "--channel", "ccb")
     assert code == 0 and "充值成功" in out and "30.00" in out
     rooms = tmp_path / "rooms.csv"
     rooms.write_text("楼栋,楼层,房间,电表号\n西山1,2,201,\n", encoding="utf-8")     # the hall's room list
     assert _run(data_dir, "hall", "rooms-import", "--file", str(rooms))[0] == 0
-    code, out = _run(data_dir, "hall", "electricity", "--account", str(account_id), "--building", "西山1",
-                     "--floor", "2", "--room", "201", "--amount-fen", "500")
-    assert code == 0 and "电费缴纳成功" in out
-    code, out = _run(data_dir, "hall", "set-limits", "--account", str(account_id), "--single-fen", "2000",
-                     "--daily-fen", "1000")
+    code, out = _run(data_dir, "hall", "electricity", "--number", "T1001", "--building", "西山1",
+                     "--floor", "2", "--room", "201", "--amount", "5.00")
+    assert code == 0 and "电费缴纳成功" in out and "5.00 元" in out
+    code, out = _run(data_dir, "hall", "set-limits", "--number", "T1001", "--single", "20", "--daily", "10")
     assert code == 2 and "限额无效" in out
-    assert _run(data_dir, "hall", "set-limits", "--account", str(account_id), "--single-fen", "2000",
-                "--daily-fen", "10000")[0] == 0
+    code, out = _run(data_dir, "hall", "set-limits", "--number", "T1001", "--single", "20", "--daily", "100.5")
+    assert code == 0 and "单笔 20.00 元，每日 100.50 元" in out
+    assert conn.execute("SELECT single_limit_fen, daily_limit_fen FROM accounts WHERE id = ?",
+                        (account_id,)).fetchone() == (2000, 10050)
+    code, out = _run(data_dir, "hall", "set-limits", "--number", "T1001", "--single", "12..5", "--daily", "100")
+    assert code == 7 and "12..5" in out and "Traceback" not in out
+    code, out = _run(data_dir, "hall", "electricity", "--number", "T9999", "--building", "西山1",
+                     "--floor", "2", "--room", "201", "--amount", "5")
+    assert code == 6 and "T9999" in out
 
     registry.report_loss(conn, identity.card_number)
-    code, out = _run(data_dir, "hall", "unfreeze", "--account", str(account_id), "--operator", "hall-3")
+    code, out = _run(data_dir, "hall", "unfreeze", "--number", "T1001", "--operator", "hall-3")
     assert code == 0 and "解挂成功" in out     # staff unfreeze does not need a changed PIN
     code, out = _run(data_dir, "hall", "reissue", "--account", str(account_id), "--uid", "a1a2a3a4", "--json",
                      "--operator", "hall-3")
@@ -113,12 +118,11 @@ def test_hall_service_commands(tmp_path):
     assert reissued["balances"]["main"] == 3000 - 500 - 1000
     assert conn.execute("SELECT operator, fee_source FROM card_reissues").fetchall() == [("hall-3", "balance")]
 
-    code, out = _run(data_dir, "hall", "change-pin", "--account", str(account_id), "--new-pin-stdin",
-                     stdin="246802\n")
+    code, out = _run(data_dir, "hall", "change-pin", "--number", "T1001", "--new-pin-stdin", stdin="246802\n")
     assert code == 0 and "246802" not in out
     with dbmod.transaction(conn):
         assert pin_rules.check_pin(conn, account_id, "246802", dbmod.now_ms()) == "pin_ok"
-    code, out = _run(data_dir, "hall", "change-pin", "--account", str(account_id), "--lang", "en")
+    code, out = _run(data_dir, "hall", "change-pin", "--account", str(account_id), "--lang", "en")  # hidden alias
     assert code == 0 and "initial" in out
     with dbmod.transaction(conn):
         initial = pin_rules.initial_pin("21020219800101002X", None)
@@ -135,22 +139,24 @@ def test_hall_service_commands(tmp_path):
 def test_hall_lists_and_stops_a_lost_phones_payment_code(tmp_path):
     from sync_server import paycode
     data_dir, conn, account_id = _staff_site(tmp_path)
-    code, out = _run(data_dir, "hall", "paycode-list", "--account", str(account_id))
+    code, out = _run(data_dir, "hall", "paycode-list", "--number", "T1001")
     assert code == 0 and "未开通" in out
     master_key = keys.load_master_key(keys.master_key_path(str(data_dir)))
     with dbmod.transaction(conn):
         for seed in (1, 2):
             phone_key = paycode.public_key_bytes(paycode.signing_key(bytes([seed]) * 32, 1))
             paycode.enable(conn, master_key, account_id, None, phone_key, dbmod.now_ms())
-    code, out = _run(data_dir, "hall", "paycode-list", "--account", str(account_id), "--json")
+    code, out = _run(data_dir, "hall", "paycode-list", "--number", "T1001", "--json")
     credentials = json.loads(out)
     assert code == 0 and [line["status"] for line in credentials] == ["active", "active"]
-    code, out = _run(data_dir, "hall", "paycode-stop", "--account", str(account_id), "--credential", "999")
-    assert code == 2 and "999" in out
-    code, out = _run(data_dir, "hall", "paycode-stop", "--account", str(account_id), "--credential",
+    code, out = _run(data_dir, "hall", "paycode-list", "--number", "T1001")
+    assert code == 0 and "使用中" in out and str(credentials[0]["credential_id"]) in out
+    code, out = _run(data_dir, "hall", "paycode-stop", "--number", "T1001", "--credential", "999")
+    assert code == 6 and "999" in out
+    code, out = _run(data_dir, "hall", "paycode-stop", "--number", "T1001", "--credential",
                      str(credentials[0]["credential_id"]), "--operator", "hall-1")
     assert code == 0 and "1 台" in out
-    code, out = _run(data_dir, "hall", "paycode-stop", "--account", str(account_id), "--all", "--lang", "en")
+    code, out = _run(data_dir, "hall", "paycode-stop", "--number", "T1001", "--all", "--lang", "en")
     assert code == 0 and "1 phone" in out
     assert conn.execute("SELECT count(*) FROM deny_entries WHERE kind = 'credential' AND active = 1").fetchone()[0] == 2
     code, out = _run(data_dir, "hall", "paycode-rotate-key")
@@ -174,8 +180,8 @@ def test_hall_imports_the_old_card_centres_export_once_and_reports_the_money(tmp
     code, out = _run(data_dir, "hall", "migration-report")
     assert code == 0 and "待迁移" in out and "一致" in out
     code, out = _run(data_dir, "hall", "migration-import", "--people", str(tmp_path / "missing.csv"), "--water", water)
-    assert code == 2 and "missing.csv" in out and "Traceback" not in out
+    assert code == 4 and "missing.csv" in out and "Traceback" not in out
     bad = tmp_path / "bad.csv"
     bad.write_text("姓名,学工号,证件号码,身份,卡号,卡状态,余额(元)\n王,T1,,教师,1,正常,1.00\n", encoding="utf-8")
     code, out = _run(data_dir, "hall", "migration-import", "--people", str(bad), "--water", water, lang="en")
-    assert code == 2 and "import refused: 1 bad rows" in out
+    assert code == 7 and "import refused: 1 bad rows" in out

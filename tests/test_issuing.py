@@ -39,7 +39,7 @@ def hall_dir(tmp_path):
     data_dir = tmp_path / "data"
     assert ykt(data_dir, "server", "init")[0] == 0
     assert ykt(data_dir, "hall", "person-add", "--name", "王小红", "--staff-number", "S2024007")[0] == 0
-    assert ykt(data_dir, "hall", "recharge", "--account", "1", "--amount-fen", "5000")[0] == 0
+    assert ykt(data_dir, "hall", "recharge", "--number", "S2024007", "--amount", "50")[0] == 0
     return data_dir
 
 

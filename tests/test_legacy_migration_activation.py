@@ -253,7 +253,7 @@ def test_the_hall_and_finance_commands_and_the_finance_page(live_server, campus,
     replaced = json.loads(done.stdout)
     assert replaced["fee_fen"] == 0 and replaced["booked_fen"] == entry["balance_fen"] and replaced["generation"] == 2
     again = _cli(live_server, "hall", "migration-replace", "--serial", "99999999", "--uid", "0a0b0c0f")
-    assert again.returncode == 2 and "99999999" in again.stderr and "Traceback" not in again.stderr
+    assert again.returncode == 6 and "99999999" in again.stderr and "Traceback" not in again.stderr
     conn = live_server.connect()
     try:
         pending = conn.execute("SELECT serial FROM legacy_cards WHERE state = 'pending' ORDER BY serial LIMIT 1").fetchone()[0]

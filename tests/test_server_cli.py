@@ -21,11 +21,12 @@ def test_hall_flow_and_keys_stay_out_of_output(tmp_path):
     master_key_hex = key_file.read_bytes().hex()
 
     assert _run(data_dir, "hall", "merchant-add", "--name-zh", "二食堂", "--name-en", "Canteen 2")[0] == 0
-    code, out = _run(data_dir, "hall", "person-add", "--name", "张小明", "--id-number", "110101200001011234")
+    code, out = _run(data_dir, "hall", "person-add", "--name", "张小明", "--id-number", "110101200001011234",
+                     "--staff-number", "S2000001")
     assert code == 0 and "账户 1" in out
     code, out = _run(data_dir, "hall", "card-issue", "--account", "1", "--uid", "0a0b0c0d", "--json")
     assert code == 0 and json.loads(out)["card_number"] == 100001
-    assert _run(data_dir, "hall", "recharge", "--account", "1", "--amount-fen", "2550")[0] == 0
+    assert _run(data_dir, "hall", "recharge", "--number", "S2000001", "--amount", "25.50")[0] == 0
     code, out = _run(data_dir, "hall", "transactions", "--account", "1", "--lang", "en")
     assert code == 0 and "balance" in out and "25.50" in out
 
@@ -49,9 +50,10 @@ def test_card_issue_refuses_an_account_that_has_a_card_and_a_uid_in_use(tmp_path
     to reissue, which books the fee. A UID already on someone's card is refused too."""
     data_dir = tmp_path / "data"
     assert _run(data_dir, "server", "init")[0] == 0
-    assert _run(data_dir, "hall", "person-add", "--name", "张小明", "--id-number", "110101200001011234")[0] == 0
+    assert _run(data_dir, "hall", "person-add", "--name", "张小明", "--id-number", "110101200001011234",
+                "--staff-number", "S2000001")[0] == 0
     assert _run(data_dir, "hall", "person-add", "--name", "李小红", "--id-number", "110101200002022345")[0] == 0
-    assert _run(data_dir, "hall", "recharge", "--account", "1", "--amount-fen", "5000")[0] == 0
+    assert _run(data_dir, "hall", "recharge", "--number", "S2000001", "--amount", "50")[0] == 0
     assert _run(data_dir, "hall", "card-issue", "--account", "1", "--uid", "0a0b0c0d")[0] == 0
     code, out = _run(data_dir, "hall", "card-issue", "--account", "1", "--uid", "01020304")
     assert code == 2 and "补卡" in out
@@ -74,8 +76,9 @@ def test_hall_recharge_unfreeze_and_statement_go_through_the_services(tmp_path):
     the staff member on it, cancel-loss is unfreeze under its old name, the statement is the portal's."""
     data_dir = tmp_path / "data"
     assert _run(data_dir, "server", "init")[0] == 0
-    assert _run(data_dir, "hall", "person-add", "--name", "张小明", "--id-number", "110101200001011234")[0] == 0
-    code, out = _run(data_dir, "hall", "recharge", "--account", "1", "--amount-fen", "2550", "--operator", "desk1")
+    assert _run(data_dir, "hall", "person-add", "--name", "张小明", "--id-number", "110101200001011234",
+                "--staff-number", "S2000001")[0] == 0
+    code, out = _run(data_dir, "hall", "recharge", "--number", "S2000001", "--amount", "25.50", "--operator", "desk1")
     assert code == 0 and "25.50" in out
     conn = sqlite3.connect(str(data_dir / "ykt.sqlite3"))
     try:

@@ -248,7 +248,7 @@ def test_the_hall_command_prints_the_receipt_and_refuses_in_one_line(tmp_path):
             assert code != 0 and len(err.strip().splitlines()) == 1 and words in err, (arguments, err)
         code, out, err = _run(data_dir, "hall", "wallet-move", "--number", "NOBODY", "--from", "main", "--to",
                               "water", "--amount", "1", lang="en")
-        assert code != 0 and err.strip() == "no person with staff/student number NOBODY"
+        assert code == 6 and err.strip() == "nobody has the staff/student number NOBODY"
         assert database_snapshot(conn) == snapshot
         assert ledger.check_balances(SqliteStore(conn)) == []
     finally:

@@ -15,8 +15,13 @@ may be readable under some access conditions; both are masked). Names are shown 
 The tool only reads. A failed authentication halts a MIFARE Classic card, so after one the card is
 selected again (poll) before the next key is tried; a card that leaves meanwhile ends the command.
 
-Exit codes: 0 done; 1 no card, or the card left; 2 reader or provisioning file unusable; 3 the card
-is not one this site's keys read (blank, foreign, corrupted).
+While it waits for a card it says so on stderr (请刷卡 / tap a card), so stdout stays the result.
+
+Exit codes (the table of sync_server/mistakes.py, repeated here because the terminal side does not
+import the server; tests/test_mistakes.py checks they agree): 0 done; 1 no card, or the card left;
+2 a usage the tool refuses (--card-file off the sim: reader); 4 the provisioning file or card image
+cannot be read; 5 the reader cannot be opened or fails; 6 the card is not one this site's keys read
+(blank, foreign, corrupted); 7 the provisioning file or card image is malformed.
 """
 import json
 import os
@@ -30,8 +35,11 @@ DEFAULT_TIMEOUT_MS = 10000
 REPOLL_TIMEOUT_MS = 500          # the card was just there: re-selecting it is quick or it left
 EXIT_OK = 0
 EXIT_NO_CARD = 1
-EXIT_UNUSABLE = 2
-EXIT_NOT_OUR_CARD = 3
+EXIT_REFUSED = 2
+EXIT_FILE = 4
+EXIT_READER = 5
+EXIT_NOT_OUR_CARD = 6
+EXIT_MALFORMED = 7
 MASKED_KEY = "-" * (2 * mifare.KEY_SIZE)
 
 KEY_DIVERSIFIED_A = "diversified_a"
@@ -68,18 +76,21 @@ def card_keys_from_provisioning(document):
         return sam_module.SoftwareSAM(provisioning.purpose_keys(
             document, (sam_module.CARD_KEY_A, sam_module.CARD_KEY_B, sam_module.CARD_MAC)))
     except ValueError:
-        raise ToolError(EXIT_UNUSABLE, "终端配置文件中的密钥格式错误", "the provisioning file's keys are not hex")
+        raise ToolError(EXIT_MALFORMED, "终端配置文件中的密钥格式错误", "the provisioning file's keys are not hex")
 
 
 def load_card_keys(path):
     try:
         with open(path, encoding="utf-8") as handle:
             document = json.load(handle)
-    except (OSError, ValueError) as error:
-        # The error text names the file and the JSON position, never its content.
-        raise ToolError(EXIT_UNUSABLE, "无法读取终端配置文件：%s" % error, "cannot read the provisioning file: %s" % error)
+    except OSError as error:
+        raise ToolError(EXIT_FILE, "无法读取终端配置文件：%s" % error, "cannot read the provisioning file: %s" % error)
+    except ValueError as error:
+        # The error text names the JSON position, never the file's content.
+        raise ToolError(EXIT_MALFORMED, "无法读取终端配置文件（格式错误）：%s" % error,
+                        "cannot read the provisioning file (malformed): %s" % error)
     if not isinstance(document, dict):
-        raise ToolError(EXIT_UNUSABLE, "终端配置文件格式错误", "the provisioning file is not a JSON object")
+        raise ToolError(EXIT_MALFORMED, "终端配置文件格式错误", "the provisioning file is not a JSON object")
     return card_keys_from_provisioning(document)
 
 
@@ -98,7 +109,10 @@ def sector_key_candidates(key_holder, uid, sector):
 
 # --- the card operations ------------------------------------------------------------------------
 
-def wait_for_card(reader, timeout_ms):
+def wait_for_card(reader, timeout_ms, lang="zh"):
+    """The card in the field; while waiting, 请刷卡 on stderr (stdout is the result, for scripts)."""
+    print(_pick(lang, "请刷卡（%d 秒内）…", "tap a card (within %d s)...") % max(1, round(timeout_ms / 1000)),
+          file=sys.stderr, flush=True)
     target = reader.poll(timeout_ms)
     if target is None:
         raise ToolError(EXIT_NO_CARD, "%d 毫秒内未检测到卡片" % timeout_ms, "no card within %d ms" % timeout_ms)
@@ -120,7 +134,7 @@ def card_info(reader, key_holder, target):
     """UID and what the card says about its holder (MAC checked), name masked."""
     for purpose in (sam_module.CARD_KEY_A, sam_module.CARD_MAC):
         if not key_holder.has(purpose):
-            raise ToolError(EXIT_UNUSABLE, "终端配置文件缺少密钥 %s" % purpose,
+            raise ToolError(EXIT_MALFORMED, "终端配置文件缺少密钥 %s" % purpose,
                             "the provisioning file lacks the %s key" % purpose)
     try:
         view = card_io.read_card(reader, key_holder, target)
@@ -242,7 +256,8 @@ def register(subparsers):
     lang_default = "en" if os.environ.get("YKT_LANG", "zh").startswith("en") else "zh"
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    output.add_argument("--lang", choices=("zh", "en"), default=lang_default)
+    output.add_argument("--lang", choices=("zh", "en"), default=lang_default,
+                        help="language of messages (default $YKT_LANG, else zh)")
     reading = argparse.ArgumentParser(add_help=False, parents=[output])
     reading.add_argument("--reader", default="sim:", help="reader URL: sim:, pn532:/dev/ttyS0, pcsc:ACR122, nfcpy:usb")
     reading.add_argument("--card-file", help="sim: only - place this card image in the field")
@@ -270,18 +285,21 @@ def _open(args):
     try:
         reader = open_reader(args.reader)
     except ReaderError as error:
-        raise ToolError(EXIT_UNUSABLE, "无法打开读卡器：%s" % error, "cannot open the reader: %s" % error)
+        raise ToolError(EXIT_READER, "无法打开读卡器：%s" % error, "cannot open the reader: %s" % error)
     if args.card_file:
         field = getattr(reader, "field", None)
         if field is None:
             reader.close()
-            raise ToolError(EXIT_UNUSABLE, "--card-file 只用于模拟读卡器 sim:", "--card-file works with the sim: reader only")
+            raise ToolError(EXIT_REFUSED, "--card-file 只用于模拟读卡器 sim:", "--card-file works with the sim: reader only")
         from reader_drivers.sim.classic_card import ClassicCard
         try:
             field.place(ClassicCard.load(args.card_file))
-        except (OSError, ValueError) as error:
+        except OSError as error:
             reader.close()
-            raise ToolError(EXIT_UNUSABLE, "无法读取卡片映像：%s" % error, "cannot load the card image: %s" % error)
+            raise ToolError(EXIT_FILE, "无法读取卡片映像：%s" % error, "cannot load the card image: %s" % error)
+        except ValueError as error:
+            reader.close()
+            raise ToolError(EXIT_MALFORMED, "卡片映像格式错误：%s" % error, "the card image is malformed: %s" % error)
     return reader
 
 
@@ -295,7 +313,7 @@ def run_card(args):
         key_holder = load_card_keys(args.provision) if getattr(args, "provision", None) else None
         reader = _open(args)
         try:
-            target = wait_for_card(reader, max(0, args.timeout_ms))
+            target = wait_for_card(reader, max(0, args.timeout_ms), lang)
             if args.card_action == "uid":
                 result = describe_target(target)
                 if getattr(reader, "atr", None):
@@ -317,8 +335,8 @@ def run_card(args):
         _fail(args, EXIT_NO_CARD, "卡片已移开，请重新放卡" if lang == "zh" else "the card left: place it again")
         return EXIT_NO_CARD
     except ReaderError as error:
-        _fail(args, EXIT_UNUSABLE, ("读卡器错误：%s" if lang == "zh" else "reader error: %s") % error)
-        return EXIT_UNUSABLE
+        _fail(args, EXIT_READER, ("读卡器错误：%s" if lang == "zh" else "reader error: %s") % error)
+        return EXIT_READER
     _print(args, result, text)
     return EXIT_OK
 

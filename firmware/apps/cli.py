@@ -12,12 +12,18 @@
 
 `ykt card readers | uid | info | dump` (firmware/apps/card_tool.py) is the technicians' card tool.
 
-Messages are Chinese first; `--lang en` (or YKT_LANG=en) switches them to English.
+Messages are Chinese first; `--lang en` (or YKT_LANG=en) switches them to English. A mistake is one
+line on stderr and the exit code of its kind, the table of sync_server/mistakes.py (`ykt --help`);
+the terminal side does not import the server, so the few codes it uses are repeated here, and
+tests/test_mistakes.py checks that they agree.
 """
 import os
 import sys
 
 _EXIT_REFUSED = 2
+_EXIT_FILE = 4
+_EXIT_DEVICE = 5
+_EXIT_MALFORMED = 7
 
 
 def register(subparsers):
@@ -39,7 +45,8 @@ def register(subparsers):
                         help="after the script, sync until nothing is unacknowledged (at most this long)")
     parser.add_argument("--decisions-only", action="store_true", help="print only decision lines")
     parser.add_argument("--no-sync", action="store_true", help="never contact the server (bench use)")
-    parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"))
+    parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"),
+                        help="language of the display and messages (default $YKT_LANG, else zh)")
     parser.set_defaults(handler=run_terminal)
 
     _register_dispenser(subparsers)
@@ -82,17 +89,30 @@ def _register_dispenser(subparsers):
     parser.add_argument("--drain-timeout-s", type=float, default=0.0,
                         help="at the end, sync until nothing is unacknowledged (at most this long)")
     parser.add_argument("--no-sync", action="store_true", help="never contact the server (bench use)")
-    parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"))
+    parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"),
+                        help="language of the display and messages (default $YKT_LANG, else zh)")
     parser.set_defaults(handler=run_dispenser)
 
 
 def _provisioning(path, load_provisioning):
-    """The terminal's provisioning document, or None after a one-line error."""
+    """(the terminal's provisioning document, None), or (None, exit code) after a one-line error."""
     try:
-        return load_provisioning(path)
-    except (OSError, ValueError) as error:
+        return load_provisioning(path), None
+    except OSError as error:
+        print("无法读取终端配置文件 / cannot read the provisioning file %s: %s" % (path, error.strerror or error),
+              file=sys.stderr)
+        return None, _EXIT_FILE
+    except ValueError as error:
         print("终端配置文件无效 / bad provisioning file: %s" % error, file=sys.stderr)
-        return None
+        return None, _EXIT_MALFORMED
+
+
+def _data_dir_problem(path):
+    """The exit code after a one-line error when the journal's directory cannot be one, else None."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        print("数据目录 %s 不是目录 / the data directory %s is not a directory" % (path, path), file=sys.stderr)
+        return _EXIT_FILE
+    return None
 
 
 def _run_script(terminal, script):
@@ -133,7 +153,8 @@ def _register_activation(subparsers):
                         help="at the end, sync until nothing is unacknowledged (at most this long)")
     parser.add_argument("--decisions-only", action="store_true", help="print only decision lines")
     parser.add_argument("--no-sync", action="store_true", help="never contact the server (bench use)")
-    parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"))
+    parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"),
+                        help="language of the display and messages (default $YKT_LANG, else zh)")
     parser.set_defaults(handler=run_activation)
 
 
@@ -145,9 +166,10 @@ def run_activation(args):
     from firmware.apps.pos_terminal import load_provisioning
     from reader_drivers.base import open_reader
 
-    provisioning = _provisioning(args.provision, load_provisioning)
-    if provisioning is None:
-        return _EXIT_REFUSED
+    provisioning, refused = _provisioning(args.provision, load_provisioning)
+    refused = refused or _data_dir_problem(args.data_dir)
+    if refused:
+        return refused
     voice = None
     if args.voice != "off":
         from firmware.apps.voice import Voice, VoiceUnavailable
@@ -155,13 +177,13 @@ def run_activation(args):
             voice = Voice(os.path.join(args.data_dir, "voice"), args.voice, lang=args.lang)
         except VoiceUnavailable as error:
             print(str(error), file=sys.stderr)
-            return _EXIT_REFUSED
+            return _EXIT_DEVICE
     from reader_drivers.base import ReaderError
     try:
         reader = open_reader(args.reader)
     except (ReaderError, OSError, ValueError) as error:
         print("无法打开读卡器 / cannot open the reader %s: %s" % (args.reader, error), file=sys.stderr)
-        return _EXIT_REFUSED
+        return _EXIT_DEVICE
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -196,15 +218,16 @@ def run_dispenser(args):
     from firmware.apps.dispenser_terminal import DispenserTerminal, VirtualRawClock, load_provisioning
     from reader_drivers.base import open_reader
 
-    provisioning = _provisioning(args.provision, load_provisioning)
-    if provisioning is None:
-        return _EXIT_REFUSED
+    provisioning, refused = _provisioning(args.provision, load_provisioning)
+    refused = refused or _data_dir_problem(args.data_dir)
+    if refused:
+        return refused
     if not 0 <= args.flow_ml_per_s <= 1000:
         print("--flow-ml-per-s 须在 0 到 1000 之间 / must be 0 to 1000", file=sys.stderr)
         return _EXIT_REFUSED
     hardware = _dispenser_pins(args)
     if hardware is None:
-        return _EXIT_REFUSED
+        return _EXIT_DEVICE
     valve, meter, sim_meter = hardware
     reader = open_reader(args.reader)
     stop = threading.Event()
@@ -224,7 +247,7 @@ def run_dispenser(args):
                 terminal.attach_radio(args.ble)
             except RuntimeError as error:
                 print(str(error), file=sys.stderr)
-                return _EXIT_REFUSED
+                return _EXIT_DEVICE
         terminal.start_sync()
         if not args.virtual_clock:
             terminal.start_ticking()
@@ -266,9 +289,10 @@ def run_terminal(args):
     from firmware.apps.pos_terminal import PosTerminal, load_provisioning
     from reader_drivers.base import open_reader
 
-    provisioning = _provisioning(args.provision, load_provisioning)
-    if provisioning is None:
-        return _EXIT_REFUSED
+    provisioning, refused = _provisioning(args.provision, load_provisioning)
+    refused = refused or _data_dir_problem(args.data_dir)
+    if refused:
+        return refused
     scanner = None
     if args.scanner:
         from firmware.apps.code_scanner import ScannerError, open_scanner
@@ -276,11 +300,16 @@ def run_terminal(args):
             scanner = open_scanner(args.scanner)
         except ScannerError as error:
             print("无法打开扫码枪 / cannot open the scanner: %s" % error, file=sys.stderr)
-            return _EXIT_REFUSED
+            return _EXIT_DEVICE
     reader = open_reader(args.reader)
-    terminal = PosTerminal(provisioning, args.data_dir, reader, lang=args.lang, display=not args.decisions_only,
-                           sync=not args.no_sync, server_url=args.server_url, cards_dir=args.cards_dir,
-                           sync_interval_ms=args.sync_interval_ms, scanner=scanner)
+    try:
+        terminal = PosTerminal(provisioning, args.data_dir, reader, lang=args.lang, display=not args.decisions_only,
+                               sync=not args.no_sync, server_url=args.server_url, cards_dir=args.cards_dir,
+                               sync_interval_ms=args.sync_interval_ms, scanner=scanner)
+    except ValueError as error:
+        print("消费机无法启动 / the terminal cannot start: %s" % error, file=sys.stderr)
+        reader.close()
+        return _EXIT_REFUSED
     try:
         terminal.start_sync()
         if args.script and args.script != "-":
