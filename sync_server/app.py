@@ -62,6 +62,14 @@ def bad_id(error):
 API_HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed"}
 
 
+def http_error(error):
+    """An HTTP error (403, 404, 500 and the rest) in the shape its audience reads: the APIs under
+    /api/ as before (api_http_error), the pages get a page that leads somewhere (web/error_pages.py)."""
+    if request.path.startswith("/api/"):
+        return api_http_error(error)
+    return web.error_page(error)
+
+
 def api_http_error(error):
     """The JSON API answers its routing errors (unknown path, wrong method) in JSON like its own."""
     if not request.path.startswith("/api/v1/") or error.code not in API_HTTP_ERRORS:
@@ -128,7 +136,7 @@ def create_app(test_config=None):
     app.register_blueprint(health)
     app.register_error_handler(413, request_too_large)
     app.register_error_handler(numbers.BadId, bad_id)
-    app.register_error_handler(HTTPException, api_http_error)
+    app.register_error_handler(HTTPException, http_error)      # an unexpected exception arrives as a 500
     app.register_blueprint(terminal_api)
     from sync_server.cardholder_api import cardholder_api
     app.register_blueprint(cardholder_api)   # phone app and kiosks: /api/v1 (JSON, bearer tokens)

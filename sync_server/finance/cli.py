@@ -9,19 +9,21 @@
 All take --data-dir (default $YKT_DATA_DIR or ./data) and --lang. `close --json` prints exactly one
 JSON line (totals, gaps, anomaly counts, balanced, ledger_check); the readable summary goes to stderr
 then. `balanced` is decided under the close's lock; `ledger_check` is the full ledger check run right
-after it. Exit status: 0 done, 2 refused (message says why), 3 closed but not balanced or the full
-ledger check found problems.
+after it. The readable summary ends with the day's unusual totals (unusual.py: a channel or the cash
+desk far above its usual, a cash recharge above the cap); they do not change the exit status.
+Exit status: 0 done, 2 refused (message says why), 3 closed but not balanced or the full
+ledger check found problems; the other mistakes (a missing file, a malformed date, an uninitialised
+data directory) have the codes of sync_server/mistakes.py.
 """
 import json
 import os
 import sys
 
-from sync_server import db as dbmod, messages, pg_store, private_dir, registry
+from sync_server import db as dbmod, messages, pg_store, private_dir
+from sync_server.mistakes import EXIT_UNBALANCED, FileMistake, MalformedInput, NotReady
 from sync_server.finance import FinanceError, day_number, day_of_ms, day_text
 from sync_server.finance import channel_statements, close as close_module, report as report_module
 
-EXIT_REFUSED = 2
-EXIT_UNBALANCED = 3
 MAX_PROBLEMS_PRINTED = 20
 
 
@@ -31,17 +33,28 @@ def _lang(args):
 
 def _open(args):
     data_dir = os.path.abspath(args.data_dir or os.environ.get("YKT_DATA_DIR", "./data"))
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise FileMistake("数据目录 %s 不是目录" % data_dir, "the data directory %s is not a directory" % data_dir)
     path = dbmod.store_location(data_dir)
     if not pg_store.is_postgresql(path) and not os.path.exists(path):
-        raise FinanceError("数据目录尚未初始化：%s" % data_dir, "data directory not initialised: %s" % data_dir)
+        raise NotReady("数据目录尚未初始化：%s" % data_dir, "data directory not initialised: %s" % data_dir)
     private_dir.secure_dir(data_dir)
     return dbmod.init_db(path)
 
 
 def _day(args):
     if args.date:
-        return day_number(args.date)
+        try:
+            return day_number(args.date)
+        except FinanceError as error:       # not a date at all: malformed input, not a refusal
+            raise MalformedInput(error.zh, error.en)
     return day_of_ms(dbmod.now_ms()) - 1
+
+
+def _cells(text, width):
+    """`text` padded to `width` terminal cells (a Chinese character takes two): merchant names line up."""
+    from rich.cells import cell_len
+    return text + " " * max(0, width - cell_len(text))
 
 
 def readable(report, lang):
@@ -54,7 +67,8 @@ def readable(report, lang):
                  % (summary["sales_count"], yuan(summary["gross_fen"]), yuan(summary["refunds_fen"]),
                     yuan(summary["net_fen"])))
     for row in report["merchants"]:
-        lines.append("    %-24s %6d  %12s" % (row["name_en"] if en else row["name_zh"], row["count"], yuan(row["net_fen"])))
+        lines.append("    %s %6d  %12s" % (_cells(row["name_en"] if en else row["name_zh"], 24), row["count"],
+                                         yuan(row["net_fen"])))
     lines.append(("  late records booked today %d, recharges %s yuan" if en else "  补入往日记录 %d 笔，充值 %s 元")
                  % (summary["late_records"], yuan(summary["recharges_fen"])))
     lines.append(("  open gaps %d, silent terminals %d, anomalies %d" if en else "  未补齐缺号段 %d，当日未同步终端 %d，异常 %d")
@@ -74,6 +88,10 @@ def readable(report, lang):
                  % (("yes" if en else "是") if summary["balanced"] else ("NO" if en else "否"),
                     summary["trial_balance_fen"]))
     lines.append(("  full ledger check: %s" if en else "  全账核对：%s") % report_module.ledger_check_text(report, lang))
+    flags = report_module.unusual_lines(report, lang)
+    if flags:
+        lines.append(("  UNUSUAL, please check (%d):" if en else "  异常大额，请核实（%d 项）：") % len(flags))
+        lines.extend("    " + flag for flag in flags)
     for problem in (report.get("ledger_check") or {}).get("problems", [])[:MAX_PROBLEMS_PRINTED]:
         lines.append("    " + problem)
     return "\n".join(lines)
@@ -125,6 +143,12 @@ def cmd_import_statement(args):
 def cmd_export(args):
     from sync_server.finance import exports
     lang = _lang(args)
+    existing = os.path.abspath(args.out)
+    while not os.path.exists(existing):          # the export makes the missing folders; a file in the way stops it
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise FileMistake("无法在 %s 写入导出文件：%s 是文件，不是目录" % (args.out, existing),
+                          "cannot write the exports into %s: %s is a file, not a folder" % (args.out, existing))
     conn = _open(args)
     try:
         report = close_module.load_report(conn, _day(args))
@@ -152,20 +176,16 @@ def cmd_migration_report(args):
 
 
 def _guard(handler):
-    def run(args):
-        try:
-            return handler(args)
-        except (FinanceError, registry.HallError) as error:
-            print(error.text(_lang(args)), file=sys.stderr)
-            return EXIT_REFUSED
-    return run
+    """The command as it is: `ykt` reports a refusal (FinanceError: EXIT_REFUSED) and the other mistakes
+    through sync_server/mistakes.py."""
+    return handler
 
 
 def register(subparsers):
     import argparse
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", help="data directory (default $YKT_DATA_DIR or ./data)")
-    common.add_argument("--lang", choices=("zh", "en"))
+    common.add_argument("--lang", choices=("zh", "en"), help="language of messages (default $YKT_LANG, else zh)")
     common.add_argument("--date", help="business day YYYY-MM-DD, Beijing time (default: yesterday)")
     finance = subparsers.add_parser("finance", help="财务日结与对账 / finance: day close and reconciliation")
     commands = finance.add_subparsers(dest="finance_command", metavar="COMMAND")
@@ -178,7 +198,7 @@ def register(subparsers):
     parser.set_defaults(handler=_guard(cmd_close))
     parser = commands.add_parser("import-statement", parents=[common], help="导入渠道对账单 / import a channel statement")
     parser.add_argument("--channel", required=True, help="channel name (alipay, wechat, ccb) or ledger account id")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="also print the import's summary as JSON")
     parser.add_argument("file", help="statement CSV")
     parser.set_defaults(handler=_guard(cmd_import_statement))
     parser = commands.add_parser("migration-report", parents=[common],

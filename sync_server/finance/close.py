@@ -14,15 +14,18 @@ The report's sections come from:
     anomalies.py     negative accounts, suspected clones (denied), impossible times, unbooked records
     counter_gaps.py  card tap-counter gaps still missing, each with its reason
     ledger_check.py  the invariants decided under the lock, and the full check after the commit
+    unusual.py       recharge and cash totals far above the usual, cash recharges above the cap
 """
 import json
 
 from sync_server import db as dbmod
 from sync_server.business_day import day_of_ms, day_start_ms, day_text
 from sync_server.finance import (FinanceError, anomalies, channel_statements, counter_gaps, day_number, ledger_check,
-                                 settlement)
+                                 settlement, unusual)
 from sync_server.finance.close_window import CloseWindow
+from sync_server.finance import report as report_module
 from sync_server.finance.ledger_check import stored_ledger_check, verify_ledger
+from sync_server.services import cash_desk
 
 
 def closed_days(conn):
@@ -44,13 +47,17 @@ def stored_report(conn, day):
 
 def load_report(conn, day):
     """The report of a closed day: the stored figures plus the channel statements matched so far
-    (a statement may be imported after the close; both sides are then frozen) and the full ledger
-    check run after the close (`ledger_check`, None until it has run). None when open."""
+    (a statement may be imported after the close; both sides are then frozen), the full ledger
+    check run after the close (`ledger_check`, None until it has run) and the service hall clerks'
+    shift closes of the day (`cash_desk`: each is stored once and never changes, but a clerk may close
+    after the day close ran). None when open."""
     report = stored_report(conn, day)
     if report is None:
         return None
     report = channel_statements.with_matches(conn, report)
     report["ledger_check"] = stored_ledger_check(conn, day)
+    number = day if isinstance(day, int) else day_number(day)
+    report["cash_desk"] = report_module.cash_desk_section(cash_desk.closes_of_day(conn, number))
     return report
 
 
@@ -128,6 +135,7 @@ def _close(window):
         "anomalies": anomalies.report_section(window, scan),
         "card_counter_gaps": counter_gaps.report_section(window, terminals, scan["settled"]),
         "paycode": {name: scan["paycodes"][name] for name in ("count", "fen", "offline_count")},
+        "unusual": unusual.report_section(window, transfers["channels"]),
     }
     report["invariants"] = ledger_check.invariants(window, transfers, merchants, report["merchants"], scan)
     report["terminals_silent"] = [row["terminal_id"] for row in report["terminals"] if row["silent"]]

@@ -1,6 +1,9 @@
 """A closed day for the finance office: CSV files (one per table) and one Excel workbook.
 
-Both are built from `report.tables()`, so they hold exactly what the HTML page shows. CSV is UTF-8
+Both are built from `report.tables()`, so they hold exactly what the HTML page shows: headers and
+codes in words (names.py: 食堂, 支付宝, 已停用, never `canteen`, `alipay`, `revoked`), ids and amounts as
+numbers. No code column is kept beside the words: programs read the day's .json (the stored figures,
+codes and all); these files are for people. CSV is UTF-8
 with a BOM (Excel opens it with the Chinese intact); in the workbook amounts are numbers with two
 decimals (Decimal, never float arithmetic), so the office can sum them.
 
@@ -20,7 +23,7 @@ from openpyxl.styles import Font
 from sync_server.finance import report as report_module
 
 PARTS = ("summary", "merchants", "by_hour", "terminals", "channels", "anomalies", "card_gaps", "invariants",
-         "merchant_checks")
+         "merchant_checks", "unusual")
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -41,12 +44,13 @@ def csv_text(report, part, lang="zh"):
     return out.getvalue()
 
 
-def _is_number(value):
+def is_number(value):
+    """Counts, ids and amounts: written as numbers, shown right-aligned."""
     return isinstance(value, (int, report_module.Yuan)) and not isinstance(value, bool)
 
 
 def _csv_cell(value):
-    if _is_number(value) or value is None:
+    if is_number(value) or value is None:
         return value
     text = str(value)
     return "'" + text if text.startswith(FORMULA_STARTS) else text
@@ -57,7 +61,7 @@ def _set_sheet_cell(cell, value):
     if isinstance(value, report_module.Yuan):
         cell.value = decimal.Decimal(value)
         cell.number_format = "0.00"
-    elif _is_number(value) or value is None:
+    elif is_number(value) or value is None:
         cell.value = value
     else:
         text = str(value)

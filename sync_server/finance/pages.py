@@ -1,5 +1,8 @@
 """The finance section of the web pages (/finance/...), for signed-in staff with the finance role.
 
+    GET  /finance/sign-in              finance's front door (POST: username + password, CSRF checked);
+                                       lands on `next` (a staff page of this site only) or by role
+    POST /finance/sign-out             ends this user's sessions, back to the front door
     GET  /finance/                     closed days, newest first; close the next day that has ended
     POST /finance/close                close a day (form field `day`, CSRF checked; never today)
     GET  /finance/<day>                the day's report: tables and SVG charts
@@ -10,7 +13,9 @@
 
 Views only format what close.py / channel_statements.py compute. Who may see them is decided by
 `finance_required`, one swappable decorator (today: the staff sessions of sync_server/web/auth.py
-with the "finance" role).
+with the "finance" role): a visitor not signed in is sent to /finance/sign-in, a signed-in user
+without the role gets the 403 page (sync_server/web/error_pages.py) saying so. Codes are shown by
+their names (names.py), amounts in yuan.
 """
 from flask import Blueprint, Response, abort, flash, g, jsonify, redirect, render_template, request, url_for
 from markupsafe import Markup
@@ -37,6 +42,21 @@ def _lang():
     return getattr(g, "lang", "zh")
 
 
+def numeric_columns(rows, header):
+    """[bool] per column: every filled cell of it is a number (count, id, amount: report.Yuan), so the
+    column and its header are right-aligned in tabular figures; a number in a mixed column is too."""
+    columns = []
+    for index in range(len(header)):
+        filled = [row[index] for row in rows if index < len(row) and row[index] not in (None, "")]
+        columns.append(bool(filled) and all(exports.is_number(cell) for cell in filled))
+    return columns
+
+
+@finance_pages.context_processor
+def _table_helpers():
+    return {"numeric_columns": numeric_columns, "is_number": exports.is_number}
+
+
 def _report_or_404(day):
     try:
         number = day_number(day)
@@ -46,6 +66,18 @@ def _report_or_404(day):
     if report is None:
         abort(404)
     return report
+
+
+@finance_pages.route("/sign-in", methods=("GET", "POST"))
+def sign_in():
+    return auth.staff_sign_in("finance", "finance/sign_in.html")
+
+
+@finance_pages.post("/sign-out")
+def sign_out():
+    auth.check_csrf()
+    auth.end_staff_sessions(dbmod.get_db())    # a copied cookie of this user ends too
+    return redirect(url_for("finance_pages.sign_in"))
 
 
 @finance_pages.get("/")
@@ -97,9 +129,12 @@ def day(day):
     report = _report_or_404(day)
     lang = _lang()
     svg = {name: Markup(text) for name, text in charts.day_charts(report, lang).items()}
+    tables = report_module.tables(report, lang)
     return render_template("finance/day.html", report=report, summary=report_module.summary(report),
                            ledger_check_text=report_module.ledger_check_text(report, lang),
-                           tables=report_module.tables(report, lang), parts=exports.PARTS, charts=svg)
+                           tables=tables, parts=exports.PARTS, charts=svg,
+                           downloads=[(part, name) for part, (name, _header, _rows) in zip(exports.PARTS, tables)],
+                           unusual=report_module.unusual_lines(report, lang))
 
 
 @finance_pages.get("/<day>/<part>.csv")

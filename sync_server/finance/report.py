@@ -2,7 +2,7 @@
 the report as flat tables (the CSV files, the workbook sheets and the HTML tables are all built from
 `tables()`, so they always say the same thing).
 """
-from firmware.core import wallets as wallet_rules
+from sync_server.finance import names as code_names, unusual
 
 ANOMALY_KINDS = (
     # key in report["anomalies"] (count), Chinese, English
@@ -67,6 +67,7 @@ def summary(report):
         "anomaly_counts": counts,
         "trial_balance_fen": report["invariants"]["trial_balance_fen"],
         "ledger_check": ledger_check_summary(report),
+        "unusual": unusual.flagged_count(report),
         "closed_ms": report["closed_ms"],
     }
 
@@ -142,7 +143,7 @@ def tables(report, lang="zh"):
                    [t("商户号", "merchant"), t("商户", "name"), t("类别", "category"), t("笔数", "count"),
                     t("交易额（元）", "gross (yuan)"), t("退款笔数", "refunds"), t("退款（元）", "refunds (yuan)"),
                     t("净额（元）", "net (yuan)"), t("往日补入笔数", "late count"), t("往日补入（元）", "late (yuan)")],
-                   [[row["merchant_id"], _name(row, lang), wallet_rules.CATEGORY_NAMES.get(row["category"], ""),
+                   [[row["merchant_id"], _name(row, lang), code_names.name("merchant_category", row["category"], lang),
                      row["count"], yuan(row["gross_fen"]), row["refund_count"], yuan(row["refunds_fen"]),
                      yuan(row["net_fen"]), row["late_count"], yuan(row["late_fen"])] for row in report["merchants"]]))
     hour_rows = []
@@ -158,7 +159,8 @@ def tables(report, lang="zh"):
                     t("缺失序号数", "missing seqs"), t("距上次同步（秒）", "since last sync (s)"),
                     t("时钟偏差（毫秒）", "clock offset (ms)"), t("脱机记录", "offline records"),
                     t("脱机时段", "offline periods"), t("当日未同步", "silent")],
-                   [[row["terminal_id"], _name(row, lang), row["status"], row["records"], row["first_seq"],
+                   [[row["terminal_id"], _name(row, lang), code_names.name("terminal_status", row["status"], lang),
+                     row["records"], row["first_seq"],
                      row["last_seq"], row["open_gap_count"], row["missing_seqs"],
                      _duration_s(row["since_last_sync_ms"]), row["clock_offset_ms"], row["offline_records"],
                      " ".join("%s-%s(%d)" % (_clock(p[0]), _clock(p[1]), p[2]) for p in row["offline_periods"]),
@@ -166,7 +168,8 @@ def tables(report, lang="zh"):
     channel_rows = []
     for row in report["channels"]:
         statement = row.get("statement")
-        channel_rows.append([row["ledger_account_id"], _name(row, lang), row["kind"], row["count"],
+        channel_rows.append([row["ledger_account_id"], _name(row, lang), code_names.name("ledger_kind", row["kind"], lang),
+                             row["count"],
                              yuan(row["total_fen"]), row["late_count"],
                              "" if not statement else statement["matched"],
                              "" if not statement else statement["missing_ours_count"],
@@ -188,7 +191,8 @@ def tables(report, lang="zh"):
     result.append((t("试算", "invariants"),
                    [t("账户类型", "account kind"), t("期初（元）", "opening (yuan)"), t("发生额（元）", "movements (yuan)"),
                     t("期末（元）", "closing (yuan)"), t("相符", "ok")],
-                   [[kind, yuan(row["opening_fen"]), yuan(row["movements_fen"]), yuan(row["closing_fen"]),
+                   [[code_names.name("ledger_kind", kind, lang), yuan(row["opening_fen"]), yuan(row["movements_fen"]),
+                     yuan(row["closing_fen"]),
                      t("是", "yes") if row["ok"] else t("否", "no")] for kind, row in sorted(kinds.items())]))
     names = {row["merchant_id"]: _name(row, lang) for row in report["merchants"]}
     result.append((t("商户核对", "merchant checks"),
@@ -200,6 +204,10 @@ def tables(report, lang="zh"):
                      yuan(row["movement_fen"]), yuan(row["net_fen"]), yuan(row["closing_pending_fen"]),
                      "" if row["ok"] is None else (t("是", "yes") if row["ok"] else t("否", "no"))]
                     for row in invariants.get("merchants", ())]))
+    result.append((t("异常大额", "unusual totals"),
+                   [t("项目", "line"), t("笔数", "count"), t("当日（元）", "today (yuan)"),
+                    t("通常（元）", "usual (yuan)"), t("参考天数", "days of history"), t("提示", "flag")],
+                   unusual_rows(report, lang)))
     return result
 
 
@@ -236,11 +244,13 @@ def anomaly_rows(report, lang="zh"):
     rows = []
     for item in anomalies["negative_accounts"]:
         rows.append([t("脱机透支", "driven negative"), t("账户 %d 余额 %s，%s", "account %d balances %s, %s") % (
-            item["account_id"], ", ".join("%s %s" % (w, yuan(f)) for w, f in sorted(item["wallets_fen"].items())),
+            item["account_id"], ", ".join("%s %s" % (code_names.name("wallet", w, lang), yuan(f))
+                                   for w, f in sorted(item["wallets_fen"].items())),
             t("已冻结", "blocked") if item["blocked"] else t("未冻结", "not blocked"))])
     for item in anomalies["cloned_cards"]:
         rows.append([t("疑似复制卡", "cloned card"), t("卡号 %d 第 %d 代（%s），%s", "card %d generation %d (%s), %s") % (
-            item["card_number"], item["generation"], ", ".join(item["kinds"]),
+            item["card_number"], item["generation"],
+            ", ".join(code_names.name("clone_kind", kind, lang) for kind in item["kinds"]),
             t("已禁用", "denied") if item["denied"] else t("未禁用", "not denied"))])
     for item in anomalies["revoked_terminal_records"]:
         rows.append([t("停用终端记录", "revoked terminal"), t("终端 %d 序号 %d", "terminal %d seq %d")
@@ -250,7 +260,7 @@ def anomaly_rows(report, lang="zh"):
                      % (item["terminal_id"], item["seq"])])
     for item in anomalies["unbooked_records"]:
         rows.append([t("未入账", "not booked"), t("终端 %d 序号 %d（%s）", "terminal %d seq %d (%s)")
-                     % (item["terminal_id"], item["seq"], item["reason"])])
+                     % (item["terminal_id"], item["seq"], code_names.name("unbooked_reason", item["reason"], lang))])
     for item in anomalies.get("card_mismatches", ()):
         owner = item["owner_account_id"]
         rows.append([t("卡号与账户不符", "card not the account's"),
@@ -278,6 +288,16 @@ def anomaly_rows(report, lang="zh"):
     return rows
 
 
+def cash_desk_section(closes):
+    """The day's cash-desk closes (结账, sync_server/services/cash_desk.py) with their totals: what the
+    clerks should have held, what they counted, and the closes that did not match (短款 / 长款)."""
+    return {"closes": closes,
+            "expected_fen": sum(close["expected_fen"] for close in closes),
+            "counted_fen": sum(close["counted_fen"] for close in closes),
+            "difference_fen": sum(close["difference_fen"] for close in closes),
+            "with_difference": sum(1 for close in closes if close["difference_fen"])}
+
+
 def sales_by_hour(report):
     """[(hour, count, fen)] over all merchants (own-day records)."""
     hours = [[0, 0] for _ in range(24)]
@@ -287,3 +307,52 @@ def sales_by_hour(report):
             hours[hour][1] += fen
     return [(hour, count, fen) for hour, (count, fen) in enumerate(hours)]
 
+
+
+def unusual_line_name(line, lang="zh"):
+    """A checked line's name: the channel's or the cash desk's, else the name stored with the line."""
+    if line["key"] in code_names.CHECKED_TOTALS:
+        return code_names.name("checked_total", line["key"], lang)
+    return (line.get("name_en") if lang == "en" else line.get("name_zh")) or line["key"]
+
+
+def unusual_rows(report, lang="zh"):
+    """The checked lines and the cash recharges above the cap as table rows (unusual.py); a day
+    closed before the check has none."""
+    section = report.get("unusual")
+    if section is None:
+        return []
+    en = lang == "en"
+    t = (lambda zh, english: english if en else zh)
+    factor = section["rule"]["factor"]
+    rows = [[unusual_line_name(line, lang), line["count"], yuan(line["total_fen"]), yuan(line["usual_fen"]),
+             line["history_days"],
+             t("超过通常的 %d 倍", "above %d times the usual") % factor if line["flagged"] else ""]
+            for line in section["lines"]]
+    for item in section["large_cash_recharges"]:
+        rows.append([t("单笔现金充值 %s %s（收款员 %s）", "one cash recharge %s %s (clerk %s)") % (
+            item["staff_number"] or "", item["person_name"] or "", item["clerk"] or ""), 1, yuan(item["amount_fen"]),
+            "", "", t("超过单笔上限 %s 元", "above the per-transaction cap of %s yuan") % yuan(section["cash_cap_fen"])])
+    return rows
+
+
+def unusual_lines(report, lang="zh"):
+    """The flags of the day in words, one per line (the CLI summary and the day page's banner)."""
+    section = report.get("unusual")
+    if section is None:
+        return []
+    en = lang == "en"
+    lines = []
+    for line in section["lines"]:
+        if line["flagged"]:
+            lines.append(("%s: %s yuan, above %d times the usual %s yuan" if en else "%s：%s 元，超过通常（%s 元）的 %d 倍")
+                         % ((unusual_line_name(line, lang), yuan(line["total_fen"]), section["rule"]["factor"],
+                             yuan(line["usual_fen"])) if en else
+                            (unusual_line_name(line, lang), yuan(line["total_fen"]), yuan(line["usual_fen"]),
+                             section["rule"]["factor"])))
+    for item in section["large_cash_recharges"]:
+        lines.append(("one cash recharge of %s yuan to %s by %s, above the cap of %s yuan" if en else
+                      "单笔现金充值 %s 元（%s，收款员 %s），超过单笔上限 %s 元")
+                     % (yuan(item["amount_fen"]), item["staff_number"] or "?", item["clerk"] or "?",
+                        yuan(section["cash_cap_fen"])))
+    return lines

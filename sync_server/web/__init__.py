@@ -10,13 +10,15 @@ and render. Business rules live in `sync_server/registry.py` and `sync_server/se
     YKT_COOKIE_SECURE=1        (config COOKIE_SECURE) marks every cookie the server sets Secure, for a
                                site served over HTTPS (also behind a TLS-terminating proxy); off by
                                default so plain-HTTP test and demo sites keep working
-Session timeouts: see sync_server/web/auth.py.
+Session timeouts: see sync_server/web/auth.py. Error pages (403, 404, 500 of the pages, not of the
+APIs): sync_server/web/error_pages.py, called by the app factory's HTTP error handler.
 """
 import os
 
 from flask import Blueprint, request
 
 from sync_server.web import auth
+from sync_server.web.error_pages import error_page  # noqa: F401  (the app factory's HTTP error handler uses it)
 from sync_server.web.hall_pages import hall_pages
 from sync_server.web.phone_app import phone_app
 from sync_server.web.page_text import (beijing_time, expiry_date, pick_lang, remember_lang, signed_yuan, t,

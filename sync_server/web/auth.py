@@ -37,13 +37,13 @@ import os
 import secrets
 
 import itsdangerous
-from flask import abort, current_app, g, redirect, request, session, url_for
+from flask import abort, current_app, flash, g, redirect, render_template, request, session, url_for
 
 from firmware.core import crypto
 from sync_server import db as dbmod, pin_rules
 from sync_server.messages import BilingualError
 
-ROLES = ("hall", "finance", "admin")
+ROLES = ("hall", "finance", "admin", "supervisor")   # supervisor: approves large cash recharges, reverses them
 MIN_PASSWORD_CHARS = 10
 MAX_USERNAME_CHARS = 64
 MAX_LOG_ROWS_SHOWN = 200
@@ -343,21 +343,96 @@ def cardholder_required(view):
     return wrapped
 
 
+# The staff areas of the pages: (role, home endpoint, sign-in endpoint, path prefix), in the order a
+# user with several roles lands on them. Each area has its own front door (sign-in page).
+STAFF_AREAS = (("hall", "hall_pages.search", "hall_pages.sign_in", "/hall/"),
+               ("finance", "finance_pages.index", "finance_pages.sign_in", "/finance/"))
+
+
+def safe_next(target):
+    """`target` when it is a path of a staff area of this site ("/finance/2024-05-01"), else None: a
+    sign-in never sends anyone to another site ("//evil.example", "https://...", "/\\evil") nor
+    to a path outside the staff pages."""
+    if not isinstance(target, str) or not target.startswith("/") or target.startswith("//"):
+        return None
+    if "\\" in target or any(ord(char) < 0x20 or ord(char) == 0x7f for char in target):
+        return None
+    if not any(target == prefix[:-1] or target.startswith(prefix) for _r, _h, _s, prefix in STAFF_AREAS):
+        return None
+    return target
+
+
+def staff_landing(roles, area=None):
+    """Where a signed-in staff user goes: the home of `area` ("hall", "finance") when they have its
+    role, else the first area they have a role for; None when their roles open no page."""
+    homes = [(role, home) for role, home, _sign_in, _prefix in STAFF_AREAS if role in roles]
+    for role, home in homes:
+        if role == area:
+            return url_for(home)
+    return url_for(homes[0][1]) if homes else None
+
+
+def after_staff_sign_in(conn, staff_id, area):
+    """Where a staff sign-in at `area`'s front door goes: the `next` page asked for (a staff page of
+    this site only), else the user's landing by role; an area home when their roles open no page
+    (its 403 page then says which role is needed)."""
+    asked = safe_next(request.values.get("next"))
+    if asked:
+        return asked
+    user = staff_user(conn, staff_id)
+    landing = staff_landing(user["roles"] if user else (), area)
+    return landing or url_for(next(home for role, home, _s, _p in STAFF_AREAS if role == area))
+
+
+def staff_sign_in(area, template):
+    """The sign-in view of a staff area's front door (GET the form, POST username + password; the
+    CSRF token is checked first). The form carries `next` (safe_next) through the POST."""
+    username = ""
+    if request.method == "POST":
+        check_csrf()
+        conn = dbmod.get_db()
+        username = request.form.get("username", "").strip()
+        try:
+            staff_id = check_staff_password(conn, username, request.form.get("password", ""), dbmod.now_ms())
+        except AuthError as error:
+            flash(error.text(g.lang), "error")
+            return render_template(template, username=username, next=safe_next(request.values.get("next"))), 401
+        start_staff_session(conn, staff_id)
+        return redirect(after_staff_sign_in(conn, staff_id, area))
+    return render_template(template, username=username, next=safe_next(request.args.get("next")))
+
+
+def staff_sign_in_url(role, next_path=None):
+    """The sign-in page of the area that needs `role` (the hall's for roles without pages of their own)."""
+    endpoint = next((sign_in for area, _home, sign_in, _p in STAFF_AREAS if area == role), "hall_pages.sign_in")
+    return url_for(endpoint, next=next_path) if next_path else url_for(endpoint)
+
+
+def _asked_path():
+    """The page to come back to after signing in: only a page (GET), never a form's target, and its
+    path only (a search's query string is not echoed on the sign-in page)."""
+    return request.path if request.method == "GET" else None
+
+
 def staff_required(role):
+    """The view runs only for a signed-in staff user with `role` (g.staff). Not signed in, or the
+    session has ended: to the area's sign-in page with `next` back here. Signed in without the
+    role: 403, the error page says which role is needed (g.needed_role) and where the user can go."""
     assert role in ROLES
 
     def decorate(view):
         @functools.wraps(view)
         def wrapped(*args, **kwargs):
             if session.get("kind") != "staff":
-                return redirect(url_for("hall_pages.sign_in", next=request.path))
+                return redirect(staff_sign_in_url(role, _asked_path()))
             user = staff_user(dbmod.get_db(), session.get("staff_id"))
             if user is None or not _session_current("staff", user["session_generation"]):
                 end_session()     # disabled, signed out, password changed, idle or too old
-                return redirect(url_for("hall_pages.sign_in"))
-            if role not in user["roles"]:
-                abort(403)
+                return redirect(staff_sign_in_url(role, _asked_path()))
             g.staff = user
+            if role not in user["roles"]:
+                g.needed_role = role
+                abort(403)
             return view(*args, **kwargs)
         return wrapped
     return decorate
@@ -378,12 +453,34 @@ def log_action(conn, staff, action, person_id=None, account_id=None, card_number
          json.dumps(detail or {}, ensure_ascii=False, sort_keys=True), now_ms)).fetchone()[0]
 
 
-def actions_for_person(conn, person_id, limit=50):
+_ACTION_FIELDS = ("source", "id", "username", "display_name", "via", "action", "card_number", "amount_fen",
+                  "detail", "time_ms")
+
+
+def actions_for_person(conn, person_id, limit=50, offset=0):
+    """Everything done on a person, newest first: the staff action log (`source` staff: `id` is the
+    receipt number, `username` / `display_name` the clerk) and the holder's own actions in the portal
+    or the app (`source` holder, `via` where; services/holder_actions.py). At most MAX_LOG_ROWS_SHOWN
+    rows from `offset`; count_actions_for_person gives the total for paging."""
     limit = max(1, min(limit, MAX_LOG_ROWS_SHOWN))
-    rows = conn.execute("SELECT id, username, action, card_number, amount_fen, detail, time_ms FROM staff_actions "
-                        "WHERE person_id = ? ORDER BY id DESC LIMIT ?", (person_id, limit)).fetchall()
-    return [{"id": r[0], "username": r[1], "action": r[2], "card_number": r[3], "amount_fen": r[4],
-             "detail": json.loads(r[5] or "{}"), "time_ms": r[6]} for r in rows]
+    rows = conn.execute(
+        "SELECT 'staff' AS source, s.id, s.username, u.display_name, NULL AS via, s.action, s.card_number, "
+        "s.amount_fen, s.detail, s.time_ms FROM staff_actions s LEFT JOIN web_staff_users u ON u.id = s.staff_user_id "
+        "WHERE s.person_id = ? UNION ALL "
+        "SELECT 'holder', h.id, NULL, NULL, h.via, h.action, h.card_number, h.amount_fen, h.detail, h.time_ms "
+        "FROM holder_actions h WHERE h.person_id = ? "
+        "ORDER BY time_ms DESC, source DESC, id DESC LIMIT ? OFFSET ?",
+        (person_id, person_id, limit, max(0, offset))).fetchall()
+    actions = [dict(zip(_ACTION_FIELDS, row)) for row in rows]
+    for entry in actions:
+        entry["detail"] = json.loads(entry["detail"] or "{}")
+    return actions
+
+
+def count_actions_for_person(conn, person_id):
+    """How many lines actions_for_person has for the person, staff and holder together."""
+    return conn.execute("SELECT (SELECT count(*) FROM staff_actions WHERE person_id = ?) + "
+                        "(SELECT count(*) FROM holder_actions WHERE person_id = ?)", (person_id, person_id)).fetchone()[0]
 
 
 def action(conn, action_id):
