@@ -182,17 +182,24 @@ def test_hall_cash_recharge_reads_yuan_in_full_width_only(live_server, clerk, ho
     person = "/hall/person/%d" % holder.person_id
     conn = live_server.connect()
     before = database_snapshot(conn)
-    for text in ["١٢", "1e3", "-1", str(2 ** 64), "", GIANT, "12.345", "1000000.01"]:
+    for text, message in [("١٢", "请输入充值金额"), ("1e3", "请输入充值金额"), ("-1", "请输入充值金额"),
+                          (str(2 ** 64), "请输入充值金额"), ("", "请输入充值金额"), (GIANT, "请输入充值金额"),
+                          ("12.345", "请输入充值金额"), ("1000000.01", "超过现金充值单笔上限")]:
         page = clerk.get(person).text
         answer = clerk.post(person + "/recharge", data={"csrf_token": _csrf(page), "form_key": _form_key(page),
                                                         "amount_yuan": text}, follow_redirects=True)
-        assert answer.status_code == 200 and "请输入充值金额" in answer.text, text[:20]
+        assert answer.status_code == 200 and message in answer.text, text[:20]
     assert database_snapshot(conn) == before
     conn.close()
     start_fen = holder.balance()["wallets"]["main"]
     page = clerk.get(person).text
-    answer = clerk.post(person + "/recharge", data={"csrf_token": _csrf(page), "form_key": _form_key(page),
-                                                    "amount_yuan": "１２．５"})
+    confirm = clerk.post(person + "/recharge", data={"csrf_token": _csrf(page), "form_key": _form_key(page),
+                                                     "amount_yuan": "１２．５"})
+    assert confirm.status_code == 200 and 'id="confirm-amount"><strong>12.50<' in confirm.text
+    assert holder.balance()["wallets"]["main"] == start_fen           # the confirmation page books nothing
+    answer = clerk.post(person + "/recharge/confirm", data={"csrf_token": _csrf(confirm.text), "step": "book",
+                                                            "form_key": _form_key(confirm.text),
+                                                            "amount_yuan": "12.50", "wallet": "main"})
     assert answer.status_code == 302 and "/hall/receipt/" in answer.headers["Location"]
     assert holder.balance()["wallets"]["main"] == start_fen + 1250
 

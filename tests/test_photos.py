@@ -27,7 +27,8 @@ from server_process import running_server
 from sync_server import app as app_module, db as dbmod, pin_rules, registry, serving
 from sync_server.app import create_app
 from sync_server.cli import init_data_dir
-from sync_server.services import MESSAGES, ServiceError, photos
+from sync_server import cli_common
+from sync_server.services import MESSAGES, ServiceError, card_jobs, photos
 from sync_server.web import auth
 from sync_server.web.hall_pages import PHOTO_FORM_ALLOWANCE
 from test_cardholder_api import Holder, _error
@@ -560,21 +561,21 @@ def test_photos_are_for_the_hall_role_only(hall):
 
 def test_the_reissue_confirmation_shows_the_photo_before_the_card_is_written(hall):
     client, person_id = _signed_in(hall["app"]), hall["person_id"]
-    page = client.get("/hall/person/%d/reissue?uid=A1B2C3D4&fee_source=cash" % person_id).get_data(as_text=True)
+    page = client.get("/hall/person/%d/reissue?fee_source=cash" % person_id).get_data(as_text=True)
     assert "此人尚未采集照片" in page and 'id="photo-face-missing"' in page and 'id="photo-id_photo-missing"' in page
     photos.store_photo(hall["conn"], person_id, "id_photo", jpeg(head_and_shoulders()), "hall", operator="clerk")
-    page = client.get("/hall/person/%d/reissue?uid=A1B2C3D4&fee_source=cash" % person_id).get_data(as_text=True)
+    page = client.get("/hall/person/%d/reissue?fee_source=cash" % person_id).get_data(as_text=True)
     assert '<img id="photo-id_photo-image"' in page and "此人尚未采集照片" not in page and 'id="photo-face-form"' not in page
-    assert "a1b2c3d4" in page and "**************1234" in page and "10.00" in page and "现金支付" in page
+    assert "**************1234" in page and "10.00" in page and "现金支付" in page
     assert hall["conn"].execute("SELECT count(*) FROM cards").fetchone()[0] == 1      # nothing done yet
-    for query in ("uid=zz", "uid=0102", "uid=A1B2C3D4&fee_source=gift", ""):
+    for query in ("fee_source=gift", "station=" + "x" * 41):
         answer = client.get("/hall/person/%d/reissue?%s" % (person_id, query))
         assert answer.status_code == 302 and answer.location.endswith("/hall/person/%d" % person_id)
     answer = client.post("/hall/person/%d/reissue" % person_id,
-                         data={"csrf_token": _token(client.get("/hall/person/%d" % person_id)), "uid": "a1b2c3d4",
-                               "fee_source": "cash"})
-    assert answer.status_code == 302 and "/hall/receipt/" in answer.location
-    assert "补办卡片" in client.get(answer.location).get_data(as_text=True)
+                         data={"csrf_token": _token(client.get("/hall/person/%d" % person_id)), "fee_source": "cash"})
+    assert answer.status_code == 302 and "/hall/card-job/" in answer.location     # the issuing station writes it
+    assert "等待发卡机" in client.get(answer.location).get_data(as_text=True)
+    assert hall["conn"].execute("SELECT count(*) FROM cards").fetchone()[0] == 1
 
 
 # --- the hall in headless Chromium, against the real server --------------------------------------------
@@ -596,6 +597,8 @@ def browser_site(tmp_path_factory, module_database):
 
 
 def test_a_clerk_takes_a_photo_and_checks_it_at_the_reissue(browser_site, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
     url, person_id = browser_site["server"].url, browser_site["person_id"]
     photo_file = tmp_path / "desk-camera.jpg"
     photo_file.write_bytes(exif_jpeg(head_and_shoulders()))
@@ -614,13 +617,24 @@ def test_a_clerk_takes_a_photo_and_checks_it_at_the_reissue(browser_site, tmp_pa
                                          "return i.complete ? i.naturalWidth : 0", element_id)
         assert shown("photo-id_photo-image") == 483
         driver.save_screenshot(str(tmp_path / "hall_person_photos.png"))
-        fill(driver, {"uid": "A1B2C3D5"})
+        fill(driver, {"station": "desk-1"})
         click(driver, "reissue")
         assert "核对身份" in driver.page_source and shown("photo-id_photo-image") == 483
-        assert by_id(driver, "confirm-uid").text == "a1b2c3d5"
+        assert by_id(driver, "confirm-station").text == "desk-1"
         driver.save_screenshot(str(tmp_path / "hall_reissue_confirm.png"))
         by_id(driver, "identity-checked").click()
         click(driver, "reissue-confirm")
+        assert by_id(driver, "job-status").text == "等待发卡机"
+        job_id = int(driver.current_url.rsplit("/", 1)[1])
+        conn = browser_site["server"].connect()
+        try:                  # the station writes the card; the page follows by itself
+            card_jobs.claim(conn, job_id, "desk-1", b"\xa1\xb2\xc3\xd5")
+            card_jobs.complete(conn, job_id, "desk-1", cli_common.job_receipt)
+        finally:
+            conn.close()
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "job-receipt"))
+        assert by_id(driver, "job-status").text == "已完成"
+        click(driver, "job-receipt")
         assert "补办卡片" in by_id(driver, "receipt-action").text
         # the image address on its own, after signing out: not shown
         driver.delete_all_cookies()
@@ -628,7 +642,8 @@ def test_a_clerk_takes_a_photo_and_checks_it_at_the_reissue(browser_site, tmp_pa
         assert "/hall/sign-in" in driver.current_url
     conn = browser_site["server"].connect()
     try:
-        assert conn.execute("SELECT action FROM staff_actions ORDER BY id").fetchall() == [("photo",), ("reissue",)]
+        assert conn.execute("SELECT action FROM staff_actions ORDER BY id").fetchall() == \
+            [("photo",), ("card_job",), ("reissue",)]
         assert photos.photo_summary(conn, person_id)["id_photo"]["source"] == "hall"
     finally:
         conn.close()

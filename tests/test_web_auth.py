@@ -134,10 +134,10 @@ def test_hall_pages_need_the_hall_role(site):
 def test_staff_action_is_logged_with_who_did_it_and_has_a_receipt(site):
     client = site["app"].test_client()
     sign_in_staff(client)
-    page = client.get("/hall/person/%d" % site["person_id"])
-    response = client.post("/hall/person/%d/recharge" % site["person_id"],
-                           data={"amount_yuan": "12.30", "csrf_token": token_of(page),
-                                 "form_key": form_key_of(page, "recharge-form")})
+    confirm, form = recharge_confirmation(client, site["person_id"], "12.30")
+    assert "12.30" in confirm.get_data(as_text=True) and "张三" in confirm.get_data(as_text=True)
+    assert site["conn"].execute("SELECT count(*) FROM staff_actions").fetchone()[0] == 0
+    response = client.post("/hall/person/%d/recharge/confirm" % site["person_id"], data=form)
     assert response.status_code == 302 and "/hall/receipt/" in response.location
     receipt = client.get(response.location).get_data(as_text=True)
     assert "12.30" in receipt and "clerk" in receipt and "张三" in receipt
@@ -237,23 +237,35 @@ def form_key_of(response, form_id):
     return re.search(r'name="form_key" value="([^"]+)"', form).group(1)
 
 
+def recharge_confirmation(client, person_id, amount_yuan):
+    """The person page's recharge form sent: (the confirmation page, the form its 确认充值 posts)."""
+    page = client.get("/hall/person/%d" % person_id)
+    confirm = client.post("/hall/person/%d/recharge" % person_id,
+                          data={"amount_yuan": amount_yuan, "wallet": "main", "csrf_token": token_of(page),
+                                "form_key": form_key_of(page, "recharge-form")})
+    assert confirm.status_code == 200
+    form = {"amount_yuan": re.search(r'name="amount_yuan" value="([^"]+)"', confirm.get_data(as_text=True)).group(1),
+            "wallet": "main", "step": "book", "csrf_token": token_of(confirm),
+            "form_key": form_key_of(confirm, "recharge-confirm-form")}
+    return confirm, form
+
+
 def test_a_double_clicked_cash_recharge_books_once_and_shows_one_receipt(site):
     client = site["app"].test_client()
     sign_in_staff(client)
-    page = client.get("/hall/person/%d" % site["person_id"])
-    form = {"amount_yuan": "50", "csrf_token": token_of(page), "form_key": form_key_of(page, "recharge-form")}
-    first = client.post("/hall/person/%d/recharge" % site["person_id"], data=form)
-    second = client.post("/hall/person/%d/recharge" % site["person_id"], data=form)
+    _confirm, form = recharge_confirmation(client, site["person_id"], "50")
+    first = client.post("/hall/person/%d/recharge/confirm" % site["person_id"], data=form)
+    second = client.post("/hall/person/%d/recharge/confirm" % site["person_id"], data=form)
     assert first.status_code == second.status_code == 302
     assert "/hall/receipt/" in first.location and second.location == first.location
     assert registry.balances_of(site["conn"], site["account_id"])["main"] == 6955 + 5000
     assert site["conn"].execute("SELECT count(*) FROM recharge_orders").fetchone()[0] == 1
     assert site["conn"].execute("SELECT count(*) FROM staff_actions").fetchone()[0] == 1
-    page = client.get("/hall/person/%d" % site["person_id"])     # the next form is a new submission
-    client.post("/hall/person/%d/recharge" % site["person_id"],
-                data=dict(form, form_key=form_key_of(page, "recharge-form")))
+    _confirm, again = recharge_confirmation(client, site["person_id"], "50")   # the next form: a new submission
+    client.post("/hall/person/%d/recharge/confirm" % site["person_id"], data=again)
     assert registry.balances_of(site["conn"], site["account_id"])["main"] == 6955 + 10000
-    forged = client.post("/hall/person/%d/recharge" % site["person_id"], data=dict(form, form_key="made-up-key"))
+    forged = client.post("/hall/person/%d/recharge/confirm" % site["person_id"],
+                         data=dict(form, form_key="made-up-key"))
     assert forged.status_code == 302 and "/hall/receipt/" not in forged.location
     assert registry.balances_of(site["conn"], site["account_id"])["main"] == 6955 + 10000
 

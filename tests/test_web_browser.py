@@ -168,6 +168,9 @@ def test_hall_finds_a_person_takes_cash_and_prints_a_receipt(fresh, site, tmp_pa
     driver.save_screenshot(str(tmp_path / "hall_person.png"))
     fill(driver, {"amount-yuan": "30"})
     click(driver, "recharge")
+    assert by_id(driver, "confirm-name").text == b["name"] and by_id(driver, "confirm-amount").text == "30.00"
+    assert by_id(driver, "confirm-wallet").text == "主钱包"
+    click(driver, "recharge-confirm")
     assert "现金充值" in by_id(driver, "receipt-action").text and by_id(driver, "receipt-amount").text == "30.00"
     assert by_id(driver, "receipt-clerk").text == "clerk"
     driver.save_screenshot(str(tmp_path / "hall_receipt.png"))
