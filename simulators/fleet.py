@@ -9,7 +9,9 @@ at the service hall; its thief keeps trying it at every online window until each
 
 At the end every terminal syncs until nothing is unacknowledged, and the demo checks what matters:
 every tap a terminal showed as accepted is on the server exactly once, nothing is on the server that
-no terminal journaled, and the ledger sums to zero with every balance equal to its transfers.
+no terminal journaled, and the ledger sums to zero with every balance equal to its transfers. Last
+come the next steps on the demo's data (simulators/demo_guide.py): the server command, the pages,
+cardholders and staff users to sign in as, and the command that closes today.
 """
 import json
 import os
@@ -28,7 +30,7 @@ import httpx
 from firmware.apps import card_io
 from firmware.core import records, sam as sam_module, wallets
 from reader_drivers.sim import SimReader
-from simulators import injected_faults, lunch, pay_gateways, paycode_day, water_day
+from simulators import demo_guide, injected_faults, lunch, pay_gateways, paycode_day, water_day
 from reader_drivers.sim.classic_card import ClassicCard
 from simulators.netcut import Relay
 from simulators.phone import PhoneApp
@@ -831,7 +833,9 @@ def run(args):
     summary["ok"] = summary["ok"] and summary["notifications_credited_twice"] == 0 and not summary["app_errors"] \
         and water_day.water_ok(summary) \
         and paycode_day.paycode_ok(summary)
+    next_steps = demo_guide.render(server_dir, database, demo_guide.prepare(location), lang)
     print(render(summary, lang), file=sys.stderr if args.json else sys.stdout)
+    print(next_steps, file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(summary, ensure_ascii=False, sort_keys=True))
     return 0 if summary["ok"] else 1
