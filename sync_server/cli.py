@@ -20,8 +20,9 @@ import sys
 from firmware.core import card_layout, wallets as wallet_rules
 from sync_server import db as dbmod, keys, numbers, pg_store, private_dir, registry, serving, services
 from sync_server.cli_common import (account_of, add_person_options, add_station_options, carry_card_job,
-                                    check_output_file, data_dir_of, lang_of, open_database, open_station, print_table,
-                                    require_known, say, uid_of, write_at_station)
+                                    check_output_file, data_dir_of, lang_of, log_staff_action, open_database,
+                                    open_station, operator_of, print_table, require_known, say, uid_of,
+                                    write_at_station)
 from sync_server.mistakes import MalformedInput
 from sync_server.services import card_jobs, cards, cash_desk, hall_cli, history
 
@@ -261,12 +262,19 @@ def cmd_cash_limits(args):
 
 
 def cmd_report_loss(args):
+    """挂失 by staff: the card number of a found-lost card, or the holder's staff/student number (the
+    card in use); logged on the person's action log."""
     conn = open_database(args)
-    require_known(conn, "SELECT 1 FROM cards WHERE card_number = ?", (args.card,), "卡号 %d 不存在" % args.card,
-                  "card %d does not exist" % args.card)
-    version = registry.report_loss(conn, args.card)
-    say(args, "挂失成功：卡号 %d（黑名单版本 %d）" % (args.card, version),
-        "card %d reported lost (deny version %d)" % (args.card, version))
+    account_id = account_of(conn, args)
+    if args.card is not None:
+        version = registry.report_loss(conn, args.card)
+        card_number = args.card
+    else:
+        done = cards.report_loss(conn, account_id, operator=operator_of(args))
+        card_number, version = done["card_number"], done["deny_version"]
+    log_staff_action(conn, args, "report_loss", account_id, card_number=card_number)
+    say(args, "挂失成功：卡号 %d（黑名单版本 %d）" % (card_number, version),
+        "card %d reported lost (deny version %d)" % (card_number, version))
 
 
 def cmd_transactions(args):
@@ -446,7 +454,8 @@ def register(subparsers):
     p.add_argument("--maximum", help="absolute maximum in yuan; above it refused")
     p.add_argument("--operator", help="who changes them (default: login name)")
     p = add("report-loss", cmd_report_loss, "挂失 / report a card lost")
-    p.add_argument("--card", type=int, required=True, help="the card number (卡号)")
+    add_person_options(p, card=True)
+    p.add_argument("--operator", help="staff user acting (default: login name)")
     p = add("transactions", cmd_transactions, "流水查询（最新在前）/ a person's statement, newest first")
     add_person_options(p)
     p.add_argument("--from", dest="date_from", help="first day, YYYY-MM-DD (default: a year ago)")

@@ -5,6 +5,8 @@ sync_server/cli.py (server and core hall commands) and sync_server/services/hall
 cardholder-service commands) both build on these; neither imports the other's helpers.
 """
 import argparse
+import getpass
+import json
 import os
 import socket
 
@@ -112,6 +114,28 @@ def account_of(conn, args):
         return row[0]
     services.person_row(conn, args.account)
     return args.account
+
+
+def operator_of(args):
+    """Who acts at the command line: --operator, else the login name."""
+    return getattr(args, "operator", None) or getpass.getuser()
+
+
+def log_staff_action(conn, args, action, account_id, card_number=None, amount_fen=None, detail=None):
+    """The staff action log's line for a `ykt hall` command, so the person's log on the hall pages
+    shows what was done at the command line too (staff_user_id 0: a login name, not a web user).
+    Runs in the caller's transaction when there is one, else in its own right after the change."""
+    def insert(conn):
+        person = conn.execute("SELECT person_id FROM accounts WHERE id = ?", (account_id,)).fetchone()
+        conn.execute("INSERT INTO staff_actions (staff_user_id, username, action, person_id, account_id, card_number, "
+                     "amount_fen, detail, time_ms) VALUES (0, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     (operator_of(args), action, person[0] if person else None, account_id, card_number, amount_fen,
+                      json.dumps(dict(detail or {}, via="cli"), ensure_ascii=False, sort_keys=True), dbmod.now_ms()))
+    if conn.in_transaction:
+        insert(conn)
+    else:
+        with dbmod.transaction(conn):
+            insert(conn)
 
 
 def yuan_of(text, what_zh="金额", what_en="the amount"):

@@ -1,6 +1,7 @@
 """`ykt hall` service commands run as staff run them (subprocesses) on a temp data directory: registry
 import (repeatable, all-or-nothing), reissue with its fee, staff unfreeze, limits, PIN reset,
 electricity and a simulated channel recharge."""
+import getpass
 import json
 import os
 
@@ -11,6 +12,7 @@ import sys
 from conftest import database_snapshot
 from sync_server import db as dbmod, keys, pin_rules, registry
 from sync_server.services import history
+from sync_server.web import auth
 
 pytestmark = pytest.mark.usefixtures("store_environment")   # each store (--store)
 
@@ -127,6 +129,21 @@ def test_hall_service_commands(tmp_path):
     with dbmod.transaction(conn):
         initial = pin_rules.initial_pin("21020219800101002X", None)
         assert pin_rules.check_pin(conn, account_id, initial, dbmod.now_ms()) == "pin_ok"
+    code, out = _run(data_dir, "hall", "report-loss", "--number", "T1001", "--operator", "hall-3")
+    assert code == 0 and "挂失成功：卡号 %d" % identity.card_number in out
+    assert conn.execute("SELECT status FROM cards WHERE account_id = ? AND generation = 2",
+                        (account_id,)).fetchone()[0] == "lost"
+
+    # what was done at the command line is on the person's action log of the hall pages, with who did it
+    person_id = conn.execute("SELECT person_id FROM accounts WHERE id = ?", (account_id,)).fetchone()[0]
+    logged = [(line["action"], line["username"]) for line in auth.actions_for_person(conn, person_id)
+              if line["source"] == "staff"]
+    login = getpass.getuser()
+    for expected in (("electricity", login), ("limits", login), ("unfreeze", "hall-3"), ("pin_reset", login),
+                     ("report_loss", "hall-3")):
+        assert expected in logged, (expected, logged)
+    assert logged.count(("pin_reset", login)) == 2
+    assert logged[0] == ("report_loss", "hall-3")         # newest first
 
     listing = history.query(conn, account_id, "2000-01-01", "2000-12-31")
     assert listing["rows"] == []

@@ -42,8 +42,8 @@ import sys
 from sync_server import keys, registry
 from sync_server.cli_common import (account_of, add_person_options, add_station_options, carry_card_job,
                                     check_output_file, data_dir_of, issuing_station, job_receipt, lang_of,
-                                    open_database, open_station, print_table, read_text_file, require_known, say,
-                                    station_name, uid_of, write_at_station, yuan_of)
+                                    log_staff_action, open_database, open_station, print_table, read_text_file,
+                                    require_known, say, station_name, uid_of, write_at_station, yuan_of)
 from sync_server.mistakes import UnknownRecord
 from sync_server.services import (card_jobs, cards, electricity, history, limits, paycode, people_import,
                                   pins as pin_service, recharge, sticker, wallet_move)
@@ -141,7 +141,9 @@ def cmd_station(args):
 
 def cmd_unfreeze(args):
     conn = open_database(args)
-    result = cards.unfreeze(conn, account_of(conn, args), operator=_operator(args))
+    account_id = account_of(conn, args)
+    result = cards.unfreeze(conn, account_id, operator=_operator(args))
+    log_staff_action(conn, args, "unfreeze", account_id, card_number=result["card_number"])
     say(args, "解挂成功：卡号 %(card_number)d（黑名单版本 %(deny_version)d）" % result,
         "card %(card_number)d unfrozen (deny version %(deny_version)d)" % result)
 
@@ -150,7 +152,11 @@ def cmd_set_limits(args):
     single_fen, daily_fen = yuan_of(args.single, "单笔限额", "the per-payment limit"), yuan_of(args.daily, "每日限额",
                                                                                              "the daily limit")
     conn = open_database(args)
-    result = limits.set_limits(conn, account_of(conn, args), single_fen, daily_fen, operator=_operator(args))
+    account_id = account_of(conn, args)
+
+    def log(conn, before, after):
+        log_staff_action(conn, args, "limits", account_id, detail=dict(after, before=before))
+    result = limits.set_limits(conn, account_id, single_fen, daily_fen, operator=_operator(args), also=log)
     say(args, "限额已设置：单笔 %s 元，每日 %s 元" % (_yuan(result["single_limit_fen"]),
                                                _yuan(result["daily_limit_fen"])),
         "limits set: %s yuan per transaction, %s yuan per day" % (_yuan(result["single_limit_fen"]),
@@ -160,7 +166,10 @@ def cmd_set_limits(args):
 def cmd_change_pin(args):
     new_pin = sys.stdin.readline().strip() if args.new_pin_stdin else None
     conn = open_database(args)
-    initial = pin_service.reset_pin(conn, account_of(conn, args), _operator(args), new_pin)
+    account_id = account_of(conn, args)
+    initial = pin_service.reset_pin(conn, account_id, _operator(args), new_pin,
+                                    also=lambda conn: log_staff_action(conn, args, "pin_reset", account_id,
+                                                                       detail={"to_initial": new_pin is None}))
     if initial:
         say(args, "密码已重置为初始密码（证件号后六位），请持卡人尽快修改",
             "PIN reset to the initial one (last six of the ID number); the holder should change it")
@@ -171,8 +180,12 @@ def cmd_change_pin(args):
 def cmd_electricity(args):
     amount_fen = yuan_of(args.amount)
     conn = open_database(args)
-    result = electricity.pay(conn, account_of(conn, args), args.building, args.floor, args.room, amount_fen,
+    account_id = account_of(conn, args)
+    result = electricity.pay(conn, account_id, args.building, args.floor, args.room, amount_fen,
                              operator=_operator(args), kind=args.kind)
+    log_staff_action(conn, args, "electricity", account_id, amount_fen=amount_fen,
+                     detail={"payment_id": result["payment_id"], "room": "%s %d %s" % (args.building, args.floor,
+                                                                                     args.room)})
     say(args, "电费缴纳成功：%s %d层 %s 房间 %s 元（单号 %s）" % (args.building, args.floor, args.room,
                                                       _yuan(amount_fen), result["payment_id"]),
         "electricity paid: %s floor %d room %s, %s yuan (payment %s)" % (args.building, args.floor, args.room,
@@ -340,6 +353,7 @@ def cmd_paycode_stop(args):
                             "the account has no active payment code credential %s" % args.credential)
     for credential_id in wanted:
         paycode.stop(conn, account_id, credential_id)
+        log_staff_action(conn, args, "paycode_stop", account_id, detail={"credential_id": credential_id})
     say(args, "已停用付款码：%d 台手机，终端下次同步后拒收" % len(wanted),
         "payment code stopped on %d phone(s): terminals refuse it after their next sync" % len(wanted))
 

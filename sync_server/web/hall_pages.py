@@ -754,7 +754,8 @@ ACTION_NAMES = {"recharge": ("现金充值", "cash recharge"), "reissue": ("补�
                 "pin_reset": ("重置交易密码", "PIN reset"), "pin_change": ("修改交易密码", "PIN changed"),
                 "limits": ("设置消费限额", "limits set"), "phone_bound": ("绑定手机", "phone bound"),
                 "phone_unbound": ("解除手机绑定", "phone removed"), "wallet_move": ("钱包转账", "wallet transfer"),
-                "paycode_on": ("开通付款码", "payment code on"), "paycode_stop": ("停用付款码", "payment code stopped")}
+                "paycode_on": ("开通付款码", "payment code on"), "paycode_stop": ("停用付款码", "payment code stopped"),
+                "electricity": ("缴纳电费", "electricity paid")}
 ACTION_NAMES.update(cash_desk.ACTION_NAMES)
 ACTION_NAMES.update(card_jobs.ACTION_NAMES)
 
