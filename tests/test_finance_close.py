@@ -218,9 +218,10 @@ def test_a_card_not_of_the_named_account_is_unsettled_at_the_close(server, tmp_p
     anomalies_csv = [path for path in paths if path.endswith("-anomalies.csv")][0]
     with open(anomalies_csv, encoding="utf-8-sig") as handle:
         text = handle.read()
-    assert "terminal %d seq 1: card %d named account %d, the card is account %d; 9.00 yuan not charged" % (
-        terminal.terminal_id, thief_card, victim, thief) in text
-    assert "seq 2: card 987654 named account %d, the card is nobody's; 7.00 yuan" % victim in text
+    # people are named by name and staff/student number, not by the internal account id
+    assert "terminal %d seq 1: card %d named 测试（T31323334）, the card is 测试（T41424344）; 9.00 yuan not charged" % (
+        terminal.terminal_id, thief_card) in text
+    assert "seq 2: card 987654 named 测试（T31323334）, the card is nobody's; 7.00 yuan" in text
     conn.close()
 
 

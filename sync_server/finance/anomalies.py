@@ -54,6 +54,15 @@ def find_clones(window, watched_taps, repeats, settled):
     return found
 
 
+def holder_of(conn, account_id):
+    """{name, staff_number} of an account's holder, how finance names people in the report (the
+    internal account id means nothing to a person); empty for no account."""
+    row = None if account_id is None else conn.execute(
+        "SELECT p.name, p.staff_number FROM accounts a JOIN persons p ON p.id = a.person_id WHERE a.id = ?",
+        (account_id,)).fetchone()
+    return {"name": row[0], "staff_number": row[1]} if row else {}
+
+
 def report_section(window, scan):
     """The anomalies section: negative accounts, cards denied as cloned (a side effect), records of
     revoked terminals, impossible times, unbooked records (cards not the named account's apart) and late
@@ -69,8 +78,8 @@ def report_section(window, scan):
             "SELECT la.wallet, b.balance_fen FROM ledger_accounts la JOIN balances b ON b.ledger_account_id = la.id "
             "WHERE la.account_id = ?", (account_id,)))
         flag = conn.execute("SELECT in_debt FROM accounts WHERE id = ?", (account_id,)).fetchone()
-        negative.append({"account_id": account_id, "wallets_fen": wallets,
-                         "blocked": bool(flag and flag[0])})
+        negative.append(dict(holder_of(conn, account_id), account_id=account_id, wallets_fen=wallets,
+                             blocked=bool(flag and flag[0])))
     clones = []
     for (card, generation), finding in sorted(scan["clones"].items()):
         clones.append(deny_clone(window, card, generation, finding))
@@ -155,5 +164,6 @@ def card_mismatches(conn, unbooked):
                 found[(terminal_id, seq)] = {"terminal_id": terminal_id, "seq": seq, "card_number": card,
                                              "generation": generation, "named_account_id": named,
                                              "owner_account_id": owner, "amount_fen": amount_fen,
-                                             "reason": "card_mismatch"}
+                                             "reason": "card_mismatch", "named": holder_of(conn, named),
+                                             "owner": holder_of(conn, owner)}
     return found

@@ -237,14 +237,22 @@ def gap_rows(report, lang="zh"):
     return rows
 
 
+def _who(holder, account_id, lang):
+    """A person as finance reads them: name and staff/student number; the account id only in a
+    report stored before holders were named."""
+    if holder and holder.get("staff_number"):
+        return "%s（%s）" % (holder["name"], holder["staff_number"])
+    return ("account %d" if lang == "en" else "账户 %d") % account_id
+
+
 def anomaly_rows(report, lang="zh"):
     en = lang == "en"
     t = (lambda zh, english: english if en else zh)
     anomalies = report["anomalies"]
     rows = []
     for item in anomalies["negative_accounts"]:
-        rows.append([t("脱机透支", "driven negative"), t("账户 %d 余额 %s，%s", "account %d balances %s, %s") % (
-            item["account_id"], ", ".join("%s %s" % (code_names.name("wallet", w, lang), yuan(f))
+        rows.append([t("脱机透支", "driven negative"), t("%s 余额 %s，%s", "%s balances %s, %s") % (
+            _who(item, item["account_id"], lang), ", ".join("%s %s" % (code_names.name("wallet", w, lang), yuan(f))
                                    for w, f in sorted(item["wallets_fen"].items())),
             t("已冻结", "blocked") if item["blocked"] else t("未冻结", "not blocked"))])
     for item in anomalies["cloned_cards"]:
@@ -264,10 +272,11 @@ def anomaly_rows(report, lang="zh"):
     for item in anomalies.get("card_mismatches", ()):
         owner = item["owner_account_id"]
         rows.append([t("卡号与账户不符", "card not the account's"),
-                     t("终端 %d 序号 %d：卡号 %d 记在账户 %d 名下，卡属于%s，%s 元未扣款、未结算",
-                       "terminal %d seq %d: card %d named account %d, the card is %s; %s yuan not charged, not settled")
-                     % (item["terminal_id"], item["seq"], item["card_number"], item["named_account_id"],
-                        (t("账户 %d", "account %d") % owner) if owner is not None else t("无人", "nobody's"),
+                     t("终端 %d 序号 %d：卡号 %d 记在 %s 名下，卡属于%s，%s 元未扣款、未结算",
+                       "terminal %d seq %d: card %d named %s, the card is %s; %s yuan not charged, not settled")
+                     % (item["terminal_id"], item["seq"], item["card_number"],
+                        _who(item.get("named"), item["named_account_id"], lang),
+                        _who(item.get("owner"), owner, lang) if owner is not None else t("无人", "nobody's"),
                         yuan(item["amount_fen"]))])
     for channel in report["channels"]:
         statement = channel.get("statement")
