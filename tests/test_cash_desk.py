@@ -16,7 +16,7 @@ from conftest import database_snapshot
 from firmware.core import card_layout
 from sync_server import db as dbmod, ledger, registry
 from sync_server.ledger_store import SqliteStore
-from sync_server.services import ServiceError, cards, cash_desk
+from sync_server.services import ServiceError, cards, cash_desk, history
 from sync_server.web import auth
 
 PASSWORD = "correct horse battery"
@@ -190,6 +190,10 @@ def test_a_supervisor_reverses_a_recharge_once_with_new_transfers_and_both_names
     assert (username, action, amount_fen) == ("boss", "recharge_reverse", 50000)
     assert (detail["clerk"], detail["supervisor"], detail["reason"]) == ("clerk", "boss", "多输了一个0")
     assert cash_desk.cash_recharges(conn, desk["account_id"])[0]["reversal"]["supervisor"] == "boss"
+    # the holder's statement lists the reversal with the recharges, named for what it is
+    listed = history.recent(conn, desk["account_id"], history.KIND_RECHARGE)["rows"]
+    assert [(row["place_zh"], row["amount_fen"], row["type"]) for row in listed][:2] == [
+        ("现金充值冲正", -50000, history.KIND_RECHARGE), ("服务大厅现金", 50000, history.KIND_RECHARGE)]
 
     before = database_snapshot(conn)
     _refused("cash_already_reversed", lambda: cash_desk.reverse(conn, order["order_id"], desk["boss"], "again"))

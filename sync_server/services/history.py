@@ -7,7 +7,7 @@
                                                                      allowed, ending today
 
 Dates are Beijing calendar dates ("YYYY-MM-DD", both ends included). `kind` is consumption (purchases
-and fees), recharge (channel and cash recharges, old-card balances moved in), water (用水: purchases
+and fees), recharge (channel and cash recharges and their reversals 冲正, old-card balances moved in), water (用水: purchases
 at merchants of the water category, whichever wallet paid, and the holds and releases of Bluetooth
 water grants, which net to what a session drew) or all. Rows are newest first; each shows the place
 (merchant, channel or fee, zh and en), the time, the signed amount (+ in, - out) and the balance
@@ -32,7 +32,8 @@ _GRANT_KINDS = (ledger.KIND_HOLD, ledger.KIND_RELEASE)
 TRANSFER_KINDS = {
     # a Bluetooth water grant's hold and the release of its rest net to what the session drew
     KIND_CONSUMPTION: (ledger.KIND_PURCHASE, ledger.KIND_FEE) + _GRANT_KINDS,
-    KIND_RECHARGE: (ledger.KIND_RECHARGE, ledger.KIND_MIGRATION),
+    # a cash recharge's reversal (冲正) is a correction: listed with the recharges it takes back
+    KIND_RECHARGE: (ledger.KIND_RECHARGE, ledger.KIND_MIGRATION, ledger.KIND_CORRECTION),
     KIND_ALL: ledger.KINDS,
     KIND_WATER: _GRANT_KINDS,
 }
@@ -165,13 +166,18 @@ def recent(conn, account_id, kind=KIND_ALL, page=1, page_size=10, now_ms=None):
 
 
 FEE_PLACES = {"reissue": ("补卡费", "card reissue fee")}
+CORRECTION_PLACES = {"reversal": ("现金充值冲正", "cash recharge reversed")}
 
 
 def _fee_place(transfer_kind, reference):
-    """A fee shows what it was for, not the fee-income account it went to."""
-    if transfer_kind != ledger.KIND_FEE:
+    """A fee shows what it was for, not the fee-income account it went to; a correction what it
+    corrected (a reversal is not the cash desk paying in)."""
+    if transfer_kind == ledger.KIND_FEE:
+        zh, en = FEE_PLACES.get((reference or "").split(" ")[0], ("手续费", "fee"))
+    elif transfer_kind == ledger.KIND_CORRECTION:
+        zh, en = CORRECTION_PLACES.get((reference or "").split(" ")[0], ("更正", "correction"))
+    else:
         return {}
-    zh, en = FEE_PLACES.get((reference or "").split(" ")[0], ("手续费", "fee"))
     return {"place_zh": zh, "place_en": en}
 
 
