@@ -100,7 +100,9 @@ class Session:
             self.counter += 1
             return pos.TapCounted(self.counter)
         if isinstance(action, pos.CheckPin):
-            return pos.PinChecked(data.draw(st.sampled_from([True, False, None]), label="pin answer"))
+            return pos.PinChecked(data.draw(st.sampled_from([True, False, None]), label="pin answer"),
+                                  data.draw(st.sampled_from([None, 1, 4]), label="tries left"),
+                                  data.draw(st.sampled_from([None, None, 30]), label="locked minutes"))
         if isinstance(action, pos.Journal):
             amount_fen = action.record_fields["amount_fen"]
             assert self.due_at_tap is not None, "charged %d fen with no amount on the screen" % amount_fen
@@ -300,7 +302,9 @@ class PosMachine(RuleBasedStateMachine):
             self.feed(pos.TapCounted(self.counters[self.card_number]) if pulled is None
                       else pos.TapCountFailed(pos.READ_FAILURE_GONE))
         elif waiting == "pin":
-            self.feed(pos.PinChecked(data.draw(st.sampled_from([True, False, None]), label="pin ok")))
+            self.feed(pos.PinChecked(data.draw(st.sampled_from([True, False, None]), label="pin ok"),
+                                    data.draw(st.sampled_from([None, 2]), label="tries left"),
+                                    data.draw(st.sampled_from([None, None, 30]), label="locked minutes")))
         elif waiting == "journal":
             failed = data.draw(st.integers(0, 9), label="journal failed") == 0
             self.feed(pos.JournalFailed("disk full") if failed else pos.Journaled(len(self.charged)))

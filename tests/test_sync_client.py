@@ -177,7 +177,9 @@ def test_pin_over_the_limit_is_checked_online(campus):
     amount_fen = single_limit_fen + 100
     terminal.run_line({"amount_fen": amount_fen, "card": alice_card, "pin": "000000"})
     assert [(d["accepted"], d["reason"]) for d in decisions(out)] == [(False, "cancelled")]
-    assert "pin_wrong" in [json.loads(line).get("code") for line in out.getvalue().splitlines()]
+    shown = [json.loads(line) for line in out.getvalue().splitlines()]
+    wrong = [line for line in shown if line.get("code") == "pin_wrong_tries"]
+    assert wrong and "还可尝试4次" in wrong[0]["text"], shown       # the server's count, on the screen
     # The initial PIN is the last six characters of the student number.
     terminal.run_line({"amount_fen": amount_fen, "card": alice_card, "pin": "240001"})
     last = decisions(out)[-1]

@@ -248,9 +248,9 @@ class PosTerminal(SyncedShell):
         elif kind is pos.JournalPayCode:
             return self._journal(action.record_fields, paycode=True)
         elif kind is pos.CheckPin:
-            ok = self.sync_client.check_pin(action.account_id, action.pin, action.amount_fen) \
+            answer = self.sync_client.check_pin(action.account_id, action.pin, action.amount_fen) \
                 if self.sync_client is not None else None
-            return pos.PinChecked(ok)
+            return pos.PinChecked(*answer) if answer is not None else pos.PinChecked(None, None, None)
         else:
             raise AssertionError("unknown action %r" % (action,))
         return None

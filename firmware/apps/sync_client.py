@@ -272,7 +272,9 @@ class SyncClient:
         return result
 
     def check_pin(self, account_id, pin, amount_fen):
-        """True/False from the server; None when it cannot be asked (offline): PIN needs the network."""
+        """(ok, tries_left, locked_minutes) from the server - the count after a wrong PIN and the
+        lockout's length in whole minutes, None where not told; None when it cannot be asked
+        (offline): the PIN needs the network."""
         with self._lock:
             try:
                 answer, _ = self._post(PIN_CHECK_PATH, {"account_id": account_id, "pin": pin,
@@ -280,7 +282,10 @@ class SyncClient:
             except (httpx.HTTPError, OSError, SyncRefused) as error:
                 self.last_error = str(error)
                 return None
-            return bool(answer.get("ok"))
+            tries_left = answer.get("tries_left")
+            retry_after_s = answer.get("retry_after_s")
+            locked_minutes = -(-retry_after_s // 60) if isinstance(retry_after_s, int) and retry_after_s > 0 else None
+            return (bool(answer.get("ok")), tries_left if isinstance(tries_left, int) else None, locked_minutes)
 
     def claim_paycode(self, credential_id, cert_serial, time_step, counter, account_id, amount_fen):
         """The server's answer to a payment code (pos.CLAIM_*), or None when it cannot be asked now:

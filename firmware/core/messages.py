@@ -28,6 +28,8 @@ OVER_DAILY_LIMIT_PIN = "over_daily_limit_pin"
 PIN_NEEDS_NETWORK = "pin_needs_network"
 PIN_CHECKING = "pin_checking"
 PIN_WRONG = "pin_wrong"
+PIN_WRONG_TRIES = "pin_wrong_tries"
+PIN_LOCKED = "pin_locked"
 PIN_INVALID = "pin_invalid"
 PIN_TIMEOUT = "pin_timeout"
 OFFLINE_CAP_REACHED = "offline_cap_reached"
@@ -91,6 +93,8 @@ TEXTS = {
     PIN_NEEDS_NETWORK: ("超过限额，脱机无法验证密码", "Over the limit: the PIN cannot be checked offline"),
     PIN_CHECKING: ("正在验证密码", "Checking the PIN"),
     PIN_WRONG: ("密码错误", "Wrong PIN"),
+    PIN_WRONG_TRIES: ("密码错误，还可尝试%(tries)s次", "Wrong PIN: %(tries)s tries left"),
+    PIN_LOCKED: ("密码已锁定，请%(minutes)s分钟后再试", "PIN locked: try again in %(minutes)s minutes"),
     PIN_INVALID: ("请输入6位数字密码", "The PIN is 6 digits"),
     PIN_TIMEOUT: ("密码输入超时", "PIN entry timed out"),
     OFFLINE_CAP_REACHED: ("脱机消费已达上限", "Offline spending cap reached"),
@@ -157,7 +161,7 @@ def text(code, lang="zh", **fields):
     if "amount_fen" in fields and "%(amount)s" not in template:
         template += DUE_SUFFIX[1 if lang == "en" else 0]
     values = {"amount": "", "balance": "", "name": "", "time": "", "card_number": "", "seq": "", "main": "",
-              "water": ""}
+              "water": "", "tries": "", "minutes": ""}
     for name in fields:
         value = fields[name]
         values[name] = value

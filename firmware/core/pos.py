@@ -74,7 +74,9 @@ TapCountFailed = namedtuple("TapCountFailed", ("reason",))
 Journaled = namedtuple("Journaled", ("seq",))
 JournalFailed = namedtuple("JournalFailed", ("reason",))
 PinEntered = namedtuple("PinEntered", ("pin",))
-PinChecked = namedtuple("PinChecked", ("ok",))                # True, False, or None (no network)
+# ok: True, False, or None (no network); after a wrong PIN the server's count: tries_left (None when
+# not told), locked_minutes (None unless the account's PIN is now locked)
+PinChecked = namedtuple("PinChecked", ("ok", "tries_left", "locked_minutes"))
 CashierConfirmed = namedtuple("CashierConfirmed", ())
 Tick = namedtuple("Tick", ("now_ms",))    # the shell feeds one before each event, results included
 SyncAnswered = namedtuple("SyncAnswered", ("online",))
@@ -234,10 +236,12 @@ class CanteenPos:
     def _today(self):
         return clock.date_yyyymmdd(self.now_ms, self._config("utc_offset_min"))
 
-    def _refuse(self, code, state, card_number=0):
+    def _refuse(self, code, state, card_number=0, fields=None):
         # Back at WAIT_CARD the amount is still due, so the refusal shows it too: what a tap charges
         # is always on the screen (messages.text adds "应付…元" to a refusal given amount_fen).
-        fields = {"amount_fen": self.amount_fen} if state == WAIT_CARD else {}
+        fields = dict(fields or {})
+        if state == WAIT_CARD:
+            fields["amount_fen"] = self.amount_fen
         return state, [Show(code, fields), Beep(BEEP_ERROR),
                        Outcome(False, code, None, self.amount_fen, None, card_number)]
 
@@ -363,11 +367,17 @@ class CanteenPos:
         if event.ok is None:
             return self._refuse(messages.PIN_NEEDS_NETWORK, WAIT_CARD, pending.view.identity.card_number)
         if not event.ok:
+            card_number = pending.view.identity.card_number
+            if event.locked_minutes:        # the server locked the PIN: no point asking again at this till
+                return self._refuse(messages.PIN_LOCKED, WAIT_CARD, card_number, {"minutes": event.locked_minutes})
+            code, fields = messages.PIN_WRONG, {}
+            if event.tries_left is not None:
+                code, fields = messages.PIN_WRONG_TRIES, {"tries": event.tries_left}
             pending.pin_attempts += 1
             if pending.pin_attempts >= self._config("max_pin_attempts"):
-                return self._refuse(messages.PIN_WRONG, WAIT_CARD, pending.view.identity.card_number)
+                return self._refuse(code, WAIT_CARD, card_number, fields)
             pending.pin_since_ms = self.now_ms
-            return WAIT_PIN, [Show(messages.PIN_WRONG, {}), Beep(BEEP_ERROR)]
+            return WAIT_PIN, [Show(code, fields), Beep(BEEP_ERROR)]
         self.pin_verified_for = (pending.view.identity.card_number, self.amount_fen)
         return self._decide()
 

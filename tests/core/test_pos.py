@@ -172,7 +172,7 @@ def test_pin_timeout_and_refusal_show_the_amount_still_due():
     m = machine()
     tap_to_counting(m, 3000, card_facts=facts(single=2000))
     m.handle(pos.PinEntered("123456"))
-    assert m.handle(pos.PinChecked(None))[0] == pos.Show(messages.PIN_NEEDS_NETWORK, {"amount_fen": 3000})
+    assert m.handle(pos.PinChecked(None, None, None))[0] == pos.Show(messages.PIN_NEEDS_NETWORK, {"amount_fen": 3000})
 
 
 def test_tap_without_amount_asks_for_amount():
@@ -310,7 +310,7 @@ def test_pin_path_online():
     assert pos.CheckPin(501, "123456", 3000) in actions
     assert m.state == pos.CHECKING_PIN
     assert m.handle(pos.Cancel()) == []
-    actions = m.handle(pos.PinChecked(True))
+    actions = m.handle(pos.PinChecked(True, None, None))
     assert actions == [pos.CountTap(5)]
     journal = m.handle(pos.TapCounted(6))[0].record_fields
     assert journal["flags"] == records.FLAG_PIN_VERIFIED
@@ -321,11 +321,27 @@ def test_wrong_pin_retries_then_gives_up():
     m = machine(max_pin_attempts=2)
     tap_to_counting(m, 3000, card_facts=facts(single=2000))
     m.handle(pos.PinEntered("000000"))
-    assert shown(m.handle(pos.PinChecked(False))) == [messages.PIN_WRONG]
+    assert shown(m.handle(pos.PinChecked(False, None, None))) == [messages.PIN_WRONG]
     assert m.state == pos.WAIT_PIN
     m.handle(pos.PinEntered("000001"))
-    actions = m.handle(pos.PinChecked(False))
+    actions = m.handle(pos.PinChecked(False, None, None))
     assert shown(actions) == [messages.PIN_WRONG] and outcome(actions).accepted is False
+    assert m.state == pos.WAIT_CARD
+
+
+def test_a_wrong_pin_says_the_tries_left_and_a_lockout_its_minutes():
+    m = machine(max_pin_attempts=3)
+    tap_to_counting(m, 3000, card_facts=facts(single=2000))
+    m.handle(pos.PinEntered("000000"))
+    actions = m.handle(pos.PinChecked(False, 4, None))
+    assert actions[0] == pos.Show(messages.PIN_WRONG_TRIES, {"tries": 4})
+    assert messages.text(messages.PIN_WRONG_TRIES, **actions[0].fields) == "密码错误，还可尝试4次"
+    assert m.state == pos.WAIT_PIN
+    m.handle(pos.PinEntered("000001"))
+    actions = m.handle(pos.PinChecked(False, None, 30))        # the server locked the PIN: no more tries here
+    assert actions[0] == pos.Show(messages.PIN_LOCKED, {"minutes": 30, "amount_fen": 3000})
+    assert outcome(actions).accepted is False and outcome(actions).message_code == messages.PIN_LOCKED
+    assert messages.text(messages.PIN_LOCKED, "en", **actions[0].fields).startswith("PIN locked: try again in 30 minutes")
     assert m.state == pos.WAIT_CARD
 
 
@@ -333,7 +349,7 @@ def test_pin_check_without_network_declines():
     m = machine()
     tap_to_counting(m, 3000, card_facts=facts(single=2000))
     m.handle(pos.PinEntered("123456"))
-    assert shown(m.handle(pos.PinChecked(None))) == [messages.PIN_NEEDS_NETWORK]
+    assert shown(m.handle(pos.PinChecked(None, None, None))) == [messages.PIN_NEEDS_NETWORK]
     assert m.state == pos.WAIT_CARD
 
 
@@ -377,7 +393,7 @@ def test_card_pulled_after_pin_then_tap_again_needs_no_second_pin():
     m = machine()
     tap_to_counting(m, 3000, card_facts=facts(single=2000))
     m.handle(pos.PinEntered("123456"))
-    m.handle(pos.PinChecked(True))
+    m.handle(pos.PinChecked(True, None, None))
     assert shown(m.handle(pos.TapCountFailed(pos.READ_FAILURE_GONE))) == [messages.TAP_AGAIN]
     m.handle(pos.CardPresented(UID))
     assert m.handle(pos.CardRead(view(), facts(single=2000))) == [pos.CountTap(5)]
@@ -400,7 +416,7 @@ def test_coming_back_online_lifts_offline_caps():
 
 def test_unexpected_events_are_errors():
     m = machine()
-    for event in (pos.TapCounted(1), pos.Journaled(1), pos.CardRead(view(), facts()), pos.PinChecked(True),
+    for event in (pos.TapCounted(1), pos.Journaled(1), pos.CardRead(view(), facts()), pos.PinChecked(True, None, None),
                   pos.CashierConfirmed(), pos.PinEntered("123456")):
         try:
             m.handle(event)
