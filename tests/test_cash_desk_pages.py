@@ -167,7 +167,8 @@ def test_a_supervisor_reverses_a_recharge_and_every_page_shows_it(site):
     reverse_url = "/hall/person/%d/reverse/%s" % (site["person_id"], order_id)
     person = clerk.get("/hall/person/%d" % site["person_id"]).get_data(as_text=True)
     assert 'id="cash-%s"' % order_id in person and 'class="reverse"' not in person    # no 冲正 link for a clerk
-    assert clerk.get(reverse_url).status_code == 403
+    refused = clerk.get(reverse_url)
+    assert refused.status_code == 403 and "此页需要「主管」角色" in refused.get_data(as_text=True)
     assert clerk.post(reverse_url, data={"csrf_token": token_of(person), "reason": "x"}).status_code == 403
 
     boss = signed_in(site, "boss")

@@ -656,6 +656,7 @@ def refuse_request(request_id):
 
 def _supervisor_only():
     if cash_desk.SUPERVISOR_ROLE not in g.staff["roles"]:
+        g.needed_role = cash_desk.SUPERVISOR_ROLE      # the 403 page names the role the clerk lacks
         abort(403)
 
 
