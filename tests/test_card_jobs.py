@@ -202,3 +202,29 @@ def test_refusals_at_the_station(site):
     with pytest.raises(ServiceError) as refused:
         card_jobs.create(conn, account_id, "balance", "clerk1", station="x" * 41)
     assert refused.value.code == "bad_station"
+
+
+def test_a_write_whose_station_went_silent_is_abandoned_then_retried_elsewhere_fee_once(site):
+    conn, account_id = site["conn"], site["account_id"]
+    start_ms = dbmod.now_ms()
+    job = card_jobs.create(conn, account_id, "balance", "clerk1", now_ms=start_ms)
+    card_jobs.claim(conn, job["id"], "desk-A", _uid(7), now_ms=start_ms)
+    half_written = card_jobs.get(conn, job["id"])
+    snapshot = database_snapshot(conn)
+    with pytest.raises(ServiceError) as refused:            # the station may still be writing: not yet
+        card_jobs.abandon(conn, job["id"], "clerk2", now_ms=start_ms + card_jobs.STUCK_WRITING_MS - 1)
+    assert refused.value.code == "job_not_stuck" and database_snapshot(conn) == snapshot
+
+    abandoned = card_jobs.abandon(conn, job["id"], "clerk2", now_ms=start_ms + card_jobs.STUCK_WRITING_MS)
+    assert abandoned["status"] == "failed" and "desk-A" in abandoned["reason_zh"] and "clerk2" in abandoned["reason_zh"]
+    assert conn.execute("SELECT status FROM cards WHERE card_number = ? AND generation = ?",
+                        (half_written["card_number"], half_written["generation"])).fetchone()[0] == "lost"
+    with pytest.raises(ServiceError) as late:                # desk-A comes back: the job is no longer its own
+        card_jobs.complete(conn, job["id"], "desk-A")
+    assert late.value.code == "job_not_writing"
+
+    card_jobs.retry(conn, job["id"])
+    card_jobs.claim(conn, job["id"], "desk-B", _uid(8))
+    assert card_jobs.complete(conn, job["id"], "desk-B")["status"] == "done"
+    assert [amount for _id, amount, _from in _fee_transfers(conn, account_id)] == [1000]     # booked once
+    assert [status for _generation, status in _cards(conn, account_id)][-1] == "active"

@@ -7,6 +7,7 @@
     fail(conn, job_id, station, zh, en) -> job                      the write tore: that card is void
     retry(conn, job_id, fee_source=None) -> job                     a failed job waits for a new blank card
     cancel(conn, job_id, who) -> job                                before any card was written
+    abandon(conn, job_id, who) -> job                               a station silent mid-write: card void
     recover(conn, station) -> [job]                                 what the station left half-written
 
 A job moves only along TRANSITIONS, each move a conditional UPDATE on the status it leaves, so two
@@ -39,8 +40,12 @@ KIND_NAMES = {"issue": ("发卡", "first card"), "reissue": ("补卡", "reissue"
 # the staff action log's names for what the hall does with card jobs (the receipt is "issue" / "reissue")
 ACTION_NAMES = {"issue": ("发卡", "card issue"), "card_job": ("提交发卡/补卡任务", "card job asked"),
                 "card_job_retry": ("重试发卡/补卡任务", "card job retried"),
-                "card_job_cancel": ("取消发卡/补卡任务", "card job cancelled")}
+                "card_job_cancel": ("取消发卡/补卡任务", "card job cancelled"),
+                "card_job_abandon": ("中止无响应的写卡", "stuck card write abandoned")}
 MAX_STATIONS_LISTED = 20
+# A write takes seconds; a job still `writing` this long after its station took it has a station that
+# stopped (unplugged, crashed) and may never come back to recover it: the hall may abandon it.
+STUCK_WRITING_MS = 2 * 60 * 1000
 # Refusals about the card on the reader, not the account: the job waits for another blank card.
 CARD_REFUSALS = ("bad_uid", "uid_in_use")
 
@@ -53,6 +58,8 @@ register_messages({
                             "card job #%d is being written or is over: it cannot be cancelled"),
     "job_fee_booked": (409, "发卡任务 #%d 的补卡费已收取，不能取消：请换一张空白卡重试",
                        "the fee of card job #%d is booked: it cannot be cancelled; retry with a new blank card"),
+    "job_not_stuck": (409, "发卡任务 #%d 不在写卡中，或发卡机仍可能在写卡（%d 分钟内），请稍候",
+                      "card job #%d is not being written, or its station may still be writing (within %d minutes)"),
     "job_not_failed": (409, "发卡任务 #%d 没有失败，无需重试", "card job #%d has not failed: nothing to retry"),
     "bad_station": (400, "发卡机名称应为 1 至 %d 个字符", "the station name is 1 to %d characters"),
 })
@@ -280,6 +287,25 @@ def cancel(conn, job_id, who, now_ms=None):
         _move(conn, job_id, job["status"], "cancelled", now_ms, "job_not_cancellable",
               reason_zh="%s 已取消" % who, reason_en="cancelled by %s" % who)
         return get(conn, job_id)
+
+
+def is_stuck(job, now_ms=None):
+    """True when the job has been `writing` longer than any write takes (see STUCK_WRITING_MS)."""
+    return job["status"] == "writing" and now(now_ms) - job["updated_ms"] >= STUCK_WRITING_MS
+
+
+def abandon(conn, job_id, who, now_ms=None):
+    """writing -> failed for a job whose station went silent mid-write (is_stuck): its card is voided
+    (reported lost) as a torn write is, so the half-written card never pays, and the job can be
+    retried at another station with its fee already booked. Should the station come back, its
+    `written` is refused (the job is no longer its to finish) and the card it held stays void."""
+    now_ms = now(now_ms)
+    with tx(conn):
+        job = get(conn, job_id)
+        if not is_stuck(job, now_ms):
+            raise ServiceError("job_not_stuck", job_id, STUCK_WRITING_MS // 60000)
+        return fail(conn, job_id, job["claimed_by"], "发卡机 %s 写卡时无响应，%s 已中止" % (job["claimed_by"], who),
+                    "station %s went silent while writing; %s abandoned it" % (job["claimed_by"], who), now_ms)
 
 
 class StationDesk:

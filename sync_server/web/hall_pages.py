@@ -301,7 +301,7 @@ def card_job(job_id):
     conn = dbmod.get_db()
     job = _job_or_404(conn, job_id)
     return render_template("hall/card_job.html", job=job, holder=_person(conn, job["person_id"]),
-                           fee_due_fen=card_jobs.fee_due_fen(conn, job))
+                           fee_due_fen=card_jobs.fee_due_fen(conn, job), stuck=card_jobs.is_stuck(job))
 
 
 @hall_pages.get("/card-job/<id:job_id>/status")
@@ -330,6 +330,13 @@ def _job_action(job_id, action, change):
 @auth.staff_required("hall")
 def cancel_card_job(job_id):
     return _job_action(job_id, "card_job_cancel", lambda conn, job: card_jobs.cancel(conn, job_id, g.staff["username"]))
+
+
+@hall_pages.post("/card-job/<id:job_id>/abandon")
+@auth.staff_required("hall")
+def abandon_card_job(job_id):
+    return _job_action(job_id, "card_job_abandon",
+                       lambda conn, job: card_jobs.abandon(conn, job_id, g.staff["username"]))
 
 
 @hall_pages.post("/card-job/<id:job_id>/retry")
