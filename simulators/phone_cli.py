@@ -23,6 +23,8 @@ import re
 import sys
 import uuid
 
+from sync_server import mistakes
+
 _EXIT_REFUSED = 2
 DEFAULT_PROFILE = "ykt-phone.json"
 MAX_SECONDS = 600
@@ -95,10 +97,18 @@ def _read_profile(args):
             raise ValueError("not a JSON object")
         return profile
     except FileNotFoundError:
+        args.exit_code = mistakes.EXIT_NOT_READY
         print(_say(args, "尚未绑卡，请先运行 ykt phone bind", "not bound yet: run `ykt phone bind` first"), file=sys.stderr)
     except (OSError, ValueError) as error:
+        args.exit_code = mistakes.EXIT_MALFORMED if isinstance(error, ValueError) else mistakes.EXIT_FILE
         print(_say(args, "手机配置文件无效：%s" % error, "bad phone profile: %s" % error), file=sys.stderr)
     return None
+
+
+def _profile_refused(args):
+    """The exit code of a profile _read_profile / _load could not use (sync_server/mistakes.py): 9 not
+    bound yet, 4 unreadable, 7 not a profile."""
+    return getattr(args, "exit_code", None) or _EXIT_REFUSED
 
 
 def _write_profile(path, profile):
@@ -122,6 +132,7 @@ def _load(args):
         app = PhoneApp(profile["server"], profile["app_user_id"])
         app.token, app.account_id = profile["token"], profile["account_id"]
     except (KeyError, TypeError) as error:
+        args.exit_code = mistakes.EXIT_MALFORMED
         print(_say(args, "手机配置文件无效：缺少 %s，请重新绑卡" % error, "bad phone profile: %s missing; bind again"
                    % error), file=sys.stderr)
         return None
@@ -138,7 +149,7 @@ def _bind(args):
         return _EXIT_REFUSED
     except Exception as error:          # the server is not there: httpx says how
         print(_say(args, "无法连接服务器：%s", "cannot reach the server: %s") % error, file=sys.stderr)
-        return _EXIT_REFUSED
+        return mistakes.EXIT_NOT_READY
     finally:
         app.close()
     profile = {"server": args.server, "app_user_id": app.app_user_id, "token": answer["token"],
@@ -159,7 +170,7 @@ def _balance(args):
     from simulators.phone import PhoneError
     app = _load(args)
     if app is None:
-        return _EXIT_REFUSED
+        return _profile_refused(args)
     try:
         balance = app.balance()
     except PhoneError as error:
@@ -187,7 +198,7 @@ def _water(args):
         return _EXIT_REFUSED
     app = _load(args)
     if app is None:
-        return _EXIT_REFUSED
+        return _profile_refused(args)
     try:
         result = asyncio.run(_water_session(args, app))
     except (PhoneBleError, PhoneError) as error:
@@ -280,7 +291,7 @@ def _paycode_call(args, step):
     profile = _read_profile(args)
     app = _load(args) if profile is not None else None
     if app is None:
-        return _EXIT_REFUSED
+        return _profile_refused(args)
     try:
         return step(app, profile)
     except PhoneError as error:
@@ -288,7 +299,7 @@ def _paycode_call(args, step):
         return _EXIT_REFUSED
     except OSError as error:            # httpx's connection errors are OSErrors underneath
         print(_say(args, "无法连接服务器：%s", "cannot reach the server: %s") % error, file=sys.stderr)
-        return _EXIT_REFUSED
+        return mistakes.EXIT_NOT_READY
     finally:
         app.close()
 
@@ -325,7 +336,7 @@ def _yuan(fen):
 def _paycode_show(args):
     profile = _read_profile(args)
     if profile is None:
-        return _EXIT_REFUSED
+        return _profile_refused(args)
     wallet = _wallet(args, profile)
     if wallet is None:
         return _EXIT_REFUSED
@@ -352,7 +363,7 @@ def _paycode_show(args):
             qr.save(args.png, scale=6, border=4)
         except OSError as error:
             print(_say(args, "无法写入图片：%s", "cannot write the picture: %s") % error, file=sys.stderr)
-            return _EXIT_REFUSED
+            return mistakes.EXIT_FILE
     if args.json:
         from firmware.core import paycode
         code = paycode.parse(text)
@@ -368,7 +379,9 @@ def _paycode_show(args):
 
 def _paycode_paid(args):
     profile = _read_profile(args)
-    wallet = _wallet(args, profile) if profile is not None else None
+    if profile is None:
+        return _profile_refused(args)
+    wallet = _wallet(args, profile)
     if wallet is None:
         return _EXIT_REFUSED
     wallet.used()

@@ -14,8 +14,9 @@ exit code that says which kind of mistake it was, so a script can tell "the file
     70   an internal error (a bug): the traceback is shown, to be reported
     130  interrupted (Ctrl-C)
 
-2 stays what it always was (finance's EXIT_REFUSED, the phone and terminal commands, the scripts that
-test for it), so the new codes only split off kinds that used to share it. An exception none of these
+2 stays what it always was (finance's EXIT_REFUSED, the terminal commands' and the phone's refusals,
+the scripts that test for it), so the new codes only split off kinds that used to share it (`ykt
+phone`: a profile missing is 9, not bound yet; unreadable 4; not a profile 7; no server 9). An exception none of these
 kinds claims is a bug, and bugs keep their traceback: hiding it would make the one report that helps
 fixing it useless, and the mistakes test (tests/test_mistakes.py) fails on any traceback, so a mistake
 that slips through is found there. YKT_DEBUG=1 shows the traceback of a mistake too.

@@ -125,9 +125,9 @@ NOT_FED = {
     ("activation", "--script"): "read after the unit's provisioning is checked (an activation merchant's, with the "
                                 "old system's keys); the script's mistakes are fed to `terminal`",
 }
-# The phone commands are the developer's phone (simulators/phone_cli.py): a profile it cannot use
-# and a server it cannot reach are its refusals, exit code 2, as its own tests say.
-PHONE_PROFILE_CODE = mistakes.EXIT_REFUSED
+# The phone commands are the developer's phone (simulators/phone_cli.py): a profile that is not one
+# (here a file that is not UTF-8) is malformed input; a missing one is "not bound yet" (9).
+PHONE_PROFILE_CODE = mistakes.EXIT_MALFORMED
 
 
 def leaf_commands(parser, prefix=()):

@@ -136,6 +136,6 @@ def test_a_phone_finds_the_dispenser_nearby_draws_water_and_pays_once(water_site
 def test_the_phone_explains_what_went_wrong(water_site, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "ykt", "phone", "--profile", str(tmp_path / "none.json"),
                               "balance"], capture_output=True, text=True, timeout=_TIMEOUT_S)
-    assert missing.returncode == 2 and "ykt phone bind" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode == 9 and "ykt phone bind" in missing.stderr and "Traceback" not in missing.stderr
     nobody = _phone(water_site, "--dispenser", "999999", "--seconds", "1")
     assert nobody.returncode == 2 and "附近没有找到开水机" in nobody.stderr and "Traceback" not in nobody.stderr
