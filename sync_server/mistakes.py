@@ -140,7 +140,7 @@ def classify(error, device_errors=()):
     if isinstance(error, legacy_migration.ExportRefused):
         return EXIT_MALFORMED, error.zh, error.en
     if isinstance(error, messages.BilingualError):
-        return EXIT_REFUSED, error.zh, error.en
+        return (EXIT_MALFORMED if getattr(error, "malformed", False) else EXIT_REFUSED), error.zh, error.en
     if device_errors and isinstance(error, device_errors):
         zh, en = getattr(error, "zh", None), getattr(error, "en", None)
         return EXIT_DEVICE, zh or "设备错误：%s" % error, en or "device error: %s" % error

@@ -120,8 +120,6 @@ NOT_FED = {
     ("hall migration-replace", "--uid"): "needs an old card imported first; fed to card-issue and reissue",
     ("finance migration-report", "--date"): "the migration report has no day (--date is the finance commands' "
                                             "shared option)",
-    ("finance import-statement", "file"): "a statement that is not UTF-8/GB18030 is refused (2) by "
-                                          "finance/channel_statements.py; the missing and directory cases are fed",
     ("activation", "--script"): "read after the unit's provisioning is checked (an activation merchant's, with the "
                                 "old system's keys); the script's mistakes are fed to `terminal`",
 }

@@ -26,9 +26,15 @@ class FinanceError(BilingualError):
     """A finance operation refused (day not closable, bad statement file...): zh and en texts."""
 
 
+class MalformedFinanceInput(FinanceError):
+    """Input that cannot be read at all (a date, a statement's encoding, columns or lines), as opposed
+    to a refusal: the command line's exit code 7 (sync_server/mistakes.py)."""
+    malformed = True
+
+
 def day_number(text):
     """'YYYY-MM-DD' -> day number; FinanceError when it is not a date."""
     date = numbers.parse_date(str(text))
     if date is None:
-        raise FinanceError("日期格式错误（应为 YYYY-MM-DD）：%s" % text, "dates are YYYY-MM-DD: %s" % text)
+        raise MalformedFinanceInput("日期格式错误（应为 YYYY-MM-DD）：%s" % text, "dates are YYYY-MM-DD: %s" % text)
     return (date - EPOCH_DATE).days

@@ -28,7 +28,7 @@ import io
 import json
 
 from sync_server import db as dbmod
-from sync_server.finance import FinanceError, day_number, day_text
+from sync_server.finance import FinanceError, MalformedFinanceInput, day_number, day_text
 
 MAX_STATEMENT_BYTES = 64 * 1024 * 1024
 MAX_STATEMENT_LINES = 500000
@@ -47,7 +47,7 @@ def _decode(data):
             return data.decode(encoding)
         except UnicodeDecodeError:
             continue
-    raise FinanceError("对账单编码无法识别（应为 UTF-8 或 GB18030）", "statement is neither UTF-8 nor GB18030")
+    raise MalformedFinanceInput("对账单编码无法识别（应为 UTF-8 或 GB18030）", "statement is neither UTF-8 nor GB18030")
 
 
 def _column(header, names):
@@ -67,7 +67,7 @@ def parse_statement(data):
     order_at = _column(header, _ORDER_COLUMNS)
     fen_at, yuan_at = _column(header, _FEN_COLUMNS), _column(header, _YUAN_COLUMNS)
     if order_at is None or (fen_at is None and yuan_at is None):
-        raise FinanceError("对账单缺少“商户订单号”或“金额”列", "statement needs an order column and an amount column")
+        raise MalformedFinanceInput("对账单缺少“商户订单号”或“金额”列", "statement needs an order column and an amount column")
     channel_at, time_at = _column(header, _CHANNEL_COLUMNS), _column(header, _TIME_COLUMNS)
     lines = []
     for number, row in enumerate(rows, start=2):
@@ -87,7 +87,7 @@ def parse_statement(data):
             if not order_ref or amount_fen <= 0:
                 raise ValueError("empty order or amount not positive")
         except (IndexError, ValueError, decimal.InvalidOperation) as error:
-            raise FinanceError("对账单第 %d 行无法识别：%s" % (number, error), "statement line %d: %s" % (number, error))
+            raise MalformedFinanceInput("对账单第 %d 行无法识别：%s" % (number, error), "statement line %d: %s" % (number, error))
         channel_ref = row[channel_at].strip() if channel_at is not None and channel_at < len(row) else None
         time_text = row[time_at].strip() if time_at is not None and time_at < len(row) else None
         lines.append((number, order_ref, channel_ref, amount_fen, time_text))
