@@ -8,9 +8,7 @@ back on a terminal as the holder's new card, and the fee must be booked once. `y
 the page only while no card has been written for it.
 """
 import json
-import os
 import queue
-import re
 import subprocess
 import sys
 import threading
@@ -18,16 +16,13 @@ import threading
 import pytest
 
 from firmware.core import protocol
+from staff_site import new_site, signed_in, token_of
 from sync_server import db as dbmod, ledger, registry
-from sync_server.app import create_app
-from sync_server.cli import init_data_dir
 from sync_server.services import card_jobs, cash_desk
-from sync_server.web import auth
 from test_issuing import read_as_terminal
 
 pytestmark = pytest.mark.usefixtures("store_environment")   # each store (--store)
 
-PASSWORD = "correct horse battery"
 NUMBER = "S20240007"
 NEWCOMER = "S20250001"
 FEE_FEN = 1000
@@ -35,30 +30,18 @@ FEE_FEN = 1000
 
 @pytest.fixture
 def site(tmp_path):
-    data_dir = str(tmp_path / "data")
-    init_data_dir(data_dir, os.environ.get("YKT_DATABASE_URL"))
-    app = create_app({"DATA_DIR": data_dir, "TESTING": True})
-    conn = dbmod.connect(dbmod.store_location(data_dir))
+    app, conn, data_dir = new_site(tmp_path, [("clerk", "王老师", ["hall"])])
     person_id, account_id = registry.add_person(conn, "王小红", 2, staff_number=NUMBER, id_number="11010520000101123X")
     old_card, _ = registry.issue_card_record(conn, account_id, b"\x01\x02\x03\x04")
     registry.recharge(conn, account_id, 5000)
     newcomer_id, newcomer_account = registry.add_person(conn, "李新生", 2, staff_number=NEWCOMER)
-    auth.add_staff_user(conn, "clerk", "王老师", ["hall"], PASSWORD)
     yield {"app": app, "conn": conn, "data_dir": data_dir, "person_id": person_id, "account_id": account_id,
            "old_card": old_card, "newcomer_id": newcomer_id, "newcomer_account": newcomer_account}
     conn.close()
 
 
-def token_of(response):
-    return re.search(r'name="csrf_token" value="([^"]+)"', response.get_data(as_text=True)).group(1)
-
-
 def clerk(site):
-    client = site["app"].test_client()
-    token = token_of(client.get("/hall/sign-in"))
-    assert client.post("/hall/sign-in", data={"username": "clerk", "password": PASSWORD,
-                                              "csrf_token": token}).status_code == 302
-    return client
+    return signed_in(site["app"], "clerk")
 
 
 def ask_for_card(client, person_id, fee_source="balance", station=""):

@@ -6,43 +6,32 @@ supervisor reverses a recharge and the receipts and the person page show it; a c
 and finance's day report lists the close with its difference. Last, the printable close page in
 headless Chromium, with its buttons hidden when printed.
 """
-import os
 import re
 
 import pytest
 
 from browser import by_id, chromium, click, fill
 from conftest import database_snapshot
-from sync_server import db as dbmod, registry
-from sync_server.app import create_app
+import staff_site
+from staff_site import PASSWORD, new_site, token_of
+from sync_server import registry
 from sync_server.business_day import day_text
-from sync_server.cli import init_data_dir
 from sync_server.finance import close as close_module
 from sync_server.web import auth
 
-PASSWORD = "correct horse battery"
 USERS = (("clerk", "王老师", ["hall"]), ("clerk2", "赵老师", ["hall"]), ("boss", "主管", ["hall", "supervisor"]),
          ("auditor", "财务", ["finance"]))
 
 
 @pytest.fixture
 def site(tmp_path, store_environment):
-    data_dir = str(tmp_path / "data")
-    init_data_dir(data_dir, os.environ.get("YKT_DATABASE_URL"))
-    app = create_app({"DATA_DIR": data_dir, "TESTING": True})
-    conn = dbmod.connect(dbmod.store_location(data_dir))
+    app, conn, _data_dir = new_site(tmp_path, USERS)
     person_id, account_id = registry.add_person(conn, "张三", 2, staff_number="S20190001")
     card, _ = registry.issue_card_record(conn, account_id, b"\x01\x02\x03\x04")
     registry.recharge(conn, account_id, 2000)
-    for username, name, roles in USERS:
-        auth.add_staff_user(conn, username, name, roles, PASSWORD)
     yield {"app": app, "conn": conn, "person_id": person_id, "account_id": account_id,
            "card_number": card.card_number}
     conn.close()
-
-
-def token_of(page):
-    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
 
 
 def form_of(page, form_id):
@@ -53,12 +42,7 @@ def form_of(page, form_id):
 
 
 def signed_in(site, username):
-    client = site["app"].test_client()
-    page = client.get("/hall/sign-in").get_data(as_text=True)
-    answer = client.post("/hall/sign-in", data={"username": username, "password": PASSWORD,
-                                                "csrf_token": token_of(page)})
-    assert answer.status_code == 302
-    return client
+    return staff_site.signed_in(site["app"], username)
 
 
 def main_fen(site):

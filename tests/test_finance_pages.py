@@ -7,7 +7,6 @@ the CSV and Excel files - with numbers right-aligned (computed style in headless
 import csv
 import html.parser
 import io
-import os
 import re
 
 import httpx
@@ -17,49 +16,27 @@ import pytest
 from browser import by_id, chromium, click, fill
 from firmware.core import wallets as wallet_rules
 from server_process import ServerHandle
+import staff_site
+from staff_site import PASSWORD, sign_in, token_of
 from sync_server import db as dbmod, registry
-from sync_server.app import create_app
 from sync_server.business_day import day_of_ms, day_text
-from sync_server.cli import init_data_dir
 from sync_server.finance import close as close_module, exports, names
 from sync_server.services import recharge
 from sync_server.web import auth
 
-PASSWORD = "correct horse battery"
 USERS = (("caiwu", "财务一", ["finance"]), ("dating", "大厅一", ["hall"]), ("both", "两者", ["hall", "finance"]),
          ("admin", "管理员", ["admin"]))
 
 
 @pytest.fixture
 def site(tmp_path, store_environment):
-    data_dir = str(tmp_path / "data")
-    init_data_dir(data_dir, os.environ.get("YKT_DATABASE_URL"))
-    app = create_app({"DATA_DIR": data_dir, "TESTING": True})
-    conn = dbmod.connect(dbmod.store_location(data_dir))
-    for username, name, roles in USERS:
-        auth.add_staff_user(conn, username, name, roles, PASSWORD)
+    app, conn, data_dir = staff_site.new_site(tmp_path, USERS)
     yield {"app": app, "conn": conn, "data_dir": data_dir}
     conn.close()
 
 
-def token_of(page):
-    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-
-
-def sign_in(client, door, username, next_path=None):
-    """POST the sign-in form of a front door ("/hall/sign-in", "/finance/sign-in"); the answer."""
-    page = client.get(door + ("?next=" + next_path if next_path else "")).get_data(as_text=True)
-    data = {"csrf_token": token_of(page), "username": username, "password": PASSWORD}
-    hidden_next = re.search(r'name="next" value="([^"]*)"', page)
-    if hidden_next:
-        data["next"] = hidden_next.group(1)
-    return client.post(door, data=data)
-
-
 def signed_in(site, username, door="/finance/sign-in"):
-    client = site["app"].test_client()
-    assert sign_in(client, door, username).status_code == 302
-    return client
+    return staff_site.signed_in(site["app"], username, door)
 
 
 def closed_day(site):
@@ -81,7 +58,7 @@ def test_an_unsigned_visitor_is_sent_to_the_finance_front_door_and_back(site):
     assert "Finance staff sign-in" in page                                 # ?lang=en was remembered
     assert 'name="next" value="/finance/%s"' % day in page
     assert "q=S2019" not in client.get("/hall/?q=S20190001").location     # a search is not echoed
-    landed = sign_in(client, "/finance/sign-in", "caiwu", "/finance/%s" % day)
+    landed = sign_in(client, "/finance/sign-in", "caiwu", next_path="/finance/%s" % day)
     assert landed.status_code == 302 and landed.location == "/finance/%s" % day
     assert "Day report" in client.get(landed.location).get_data(as_text=True)
     for path in ("/finance/", "/finance/migration", "/finance/%s.xlsx" % day, "/finance/%s/summary.csv" % day):

@@ -4,33 +4,25 @@ and for the cash desk, a cash recharge above the cap is listed, and the flags sh
 the day page (highlighted) and in `ykt finance close`; an ordinary day shows none.
 """
 import json
-import os
 import re
 import subprocess
 import sys
 
 import pytest
 
+from staff_site import new_site, signed_in
 from sync_server import db as dbmod, registry
-from sync_server.app import create_app
 from sync_server.business_day import HOUR_MS, day_of_ms, day_start_ms, day_text
-from sync_server.cli import init_data_dir
 from sync_server.finance import close as close_module, report as report_module, unusual
 from sync_server.services import recharge
-from sync_server.web import auth
 
-PASSWORD = "correct horse battery"
 HISTORY = 7
 
 
 @pytest.fixture
 def site(tmp_path, store_environment):
-    data_dir = str(tmp_path / "data")
-    init_data_dir(data_dir, os.environ.get("YKT_DATABASE_URL"))
-    app = create_app({"DATA_DIR": data_dir, "TESTING": True})
-    conn = dbmod.connect(dbmod.store_location(data_dir))
+    app, conn, data_dir = new_site(tmp_path, [("caiwu", "财务一", ["finance"])])
     _person_id, account_id = registry.add_person(conn, "张三", 2, staff_number="S20190001")
-    auth.add_staff_user(conn, "caiwu", "财务一", ["finance"], PASSWORD)
     yield {"app": app, "conn": conn, "data_dir": data_dir, "account_id": account_id}
     conn.close()
 
@@ -54,14 +46,6 @@ def book_day(site, day, cash_yuan, alipay_yuan, extra_cash_fen=()):
 
 def lines_of(report):
     return {line["key"]: line for line in report["unusual"]["lines"]}
-
-
-def signed_in(site):
-    client = site["app"].test_client()
-    page = client.get("/finance/sign-in").get_data(as_text=True)
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-    client.post("/finance/sign-in", data={"csrf_token": token, "username": "caiwu", "password": PASSWORD})
-    return client
 
 
 def cli_close(site, day):
@@ -101,7 +85,7 @@ def test_a_cash_day_far_above_the_usual_is_flagged_and_an_ordinary_day_is_not(si
     assert "单笔现金充值 2000.00 元（S20190001，收款员 dating），超过单笔上限 1000.00 元" in output
     assert "异常大额" not in cli_close(site, today - 1)
 
-    client = signed_in(site)
+    client = signed_in(site["app"], "caiwu", "/finance/sign-in")
     page = client.get("/finance/%s" % day_text(today)).get_data(as_text=True)
     assert 'id="unusual-flags"' in page and 'id="unusual-count" class="alarm"' in page
     table = page[page.index('id="table-unusual"'):]

@@ -6,7 +6,6 @@ What a clerk relies on: a reset PIN is the initial one and the old one stops wor
 identity check or a mistyped limit changes nothing; a search never drops people silently; the log
 on the person page names who did what - the holder in the portal or the app included.
 """
-import os
 import re
 import urllib.parse
 
@@ -14,15 +13,13 @@ import pytest
 
 from conftest import database_snapshot
 from firmware.core import card_layout
+from staff_site import new_site, signed_in, token_of
 from sync_server import db as dbmod, pin_rules, registry
-from sync_server.app import create_app
-from sync_server.cli import init_data_dir
 from sync_server.services import pins as pin_service
 from sync_server.web import auth
 
 pytestmark = pytest.mark.usefixtures("store_environment")   # each store (--store)
 
-PASSWORD = "correct horse battery"
 ID_NUMBER = "11010519900307123X"          # initial PIN 071230 (the last six, X read as 0)
 INITIAL_PIN = "071230"
 OWN_PIN = "740258"
@@ -30,31 +27,19 @@ OWN_PIN = "740258"
 
 @pytest.fixture
 def site(tmp_path):
-    data_dir = str(tmp_path / "data")
-    init_data_dir(data_dir, os.environ.get("YKT_DATABASE_URL"))
-    app = create_app({"DATA_DIR": data_dir, "TESTING": True})
-    conn = dbmod.connect(dbmod.store_location(data_dir))
+    app, conn, _data_dir = new_site(tmp_path, [("clerk", "王老师", ["hall"])])
     person_id, account_id = registry.add_person(conn, "张三", card_layout.HOLDER_STUDENT, id_number=ID_NUMBER,
                                                 staff_number="S20190001")
     with dbmod.transaction(conn):
         conn.execute("UPDATE persons SET department = '计算机学院' WHERE id = ?", (person_id,))
     identity, _ = registry.issue_card_record(conn, account_id, b"\x01\x02\x03\x04")
-    auth.add_staff_user(conn, "clerk", "王老师", ["hall"], PASSWORD)
     yield {"app": app, "conn": conn, "person_id": person_id, "account_id": account_id,
            "card_number": identity.card_number}
     conn.close()
 
 
-def token_of(response):
-    return re.search(r'name="csrf_token" value="([^"]+)"', response.get_data(as_text=True)).group(1)
-
-
 def clerk(site):
-    client = site["app"].test_client()
-    token = token_of(client.get("/hall/sign-in"))
-    assert client.post("/hall/sign-in", data={"username": "clerk", "password": PASSWORD,
-                                              "csrf_token": token}).status_code == 302
-    return client
+    return signed_in(site["app"], "clerk")
 
 
 def page_text(client, url):
