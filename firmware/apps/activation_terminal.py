@@ -72,7 +72,8 @@ def ticket_from(entry):
 
 class ActivationTerminal(SyncedShell):
     def __init__(self, provisioning, data_dir, reader, lang="zh", out=None, display=True, sync=True,
-                 server_url=None, cards_dir=None, sync_interval_ms=None, raw_ms=None, card_slot=None, voice=None):
+                 server_url=None, cards_dir=None, sync_interval_ms=None, raw_ms=None, card_slot=None, voice=None,
+                 beeper=None):
         make_owner_only(data_dir)
         self.provisioning = provisioning
         self.terminal_id = provisioning["terminal_id"]
@@ -83,6 +84,7 @@ class ActivationTerminal(SyncedShell):
         self.display = display
         self.cards_dir = cards_dir or os.path.join(data_dir, "cards")
         self.voice = voice                  # firmware.apps.voice.Voice or None
+        self.beeper = beeper                # firmware.apps.beeper.Beeper or None
         self.sam, self._legacy_master = keys_from_provisioning(provisioning)
         db_path = os.path.join(data_dir, DB_FILE)
         self.store = TerminalStore(db_path)
@@ -158,6 +160,8 @@ class ActivationTerminal(SyncedShell):
                 self.voice.say(action.text)
             self.emit({"type": "speak", "text": action.text}, always=False)
         elif kind is activation.Beep:
+            if self.beeper is not None:
+                self.beeper.beep(action.kind)
             self.emit({"type": "beep", "kind": action.kind}, always=False)
         elif kind is activation.Outcome:
             self._emit_decision(action)

@@ -39,6 +39,7 @@ def register(subparsers):
                                           "or evdev:/dev/input/... (keyboard wedge); script lines {\"scan\": true} "
                                           "wait for it")
     parser.add_argument("--cards-dir", help="where card images named <uid>.card live (sim: reader)")
+    _add_beeper_option(parser)
     parser.add_argument("--server-url", help="override the server URL of the provisioning file")
     parser.add_argument("--sync-interval-ms", type=int, help="default: the server's configuration")
     parser.add_argument("--drain-timeout-s", type=float, default=0.0,
@@ -91,6 +92,7 @@ def _register_dispenser(subparsers):
     parser.add_argument("--no-sync", action="store_true", help="never contact the server (bench use)")
     parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"),
                         help="language of the display and messages (default $YKT_LANG, else zh)")
+    _add_beeper_option(parser)
     parser.set_defaults(handler=run_dispenser)
 
 
@@ -155,7 +157,27 @@ def _register_activation(subparsers):
     parser.add_argument("--no-sync", action="store_true", help="never contact the server (bench use)")
     parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"),
                         help="language of the display and messages (default $YKT_LANG, else zh)")
+    _add_beeper_option(parser)
     parser.set_defaults(handler=run_activation)
+
+
+def _add_beeper_option(parser):
+    parser.add_argument("--beeper", help="the buzzer's pin through gpiozero, e.g. GPIO18 (mock:GPIO18: gpiozero's "
+                                         "mock pins): one short beep accepted, three short refused, two long for "
+                                         "the cashier")
+
+
+def _open_beeper(args):
+    """(firmware.apps.beeper.Beeper or None, None), or (None, exit code) after a clear error."""
+    if not args.beeper:
+        return None, None
+    from firmware.apps.beeper import open_beeper
+    try:
+        return open_beeper(args.beeper), None
+    except Exception as error:       # gpiozero says BadPinFactory / PinInvalidPin etc. off a Pi
+        print("无法打开蜂鸣器引脚 / cannot open the beeper pin %s (%s): %s; off a Raspberry Pi use mock:%s"
+              % (args.beeper, type(error).__name__, error, args.beeper), file=sys.stderr)
+        return None, _EXIT_DEVICE
 
 
 def run_activation(args):
@@ -184,16 +206,22 @@ def run_activation(args):
     except (ReaderError, OSError, ValueError) as error:
         print("无法打开读卡器 / cannot open the reader %s: %s" % (args.reader, error), file=sys.stderr)
         return _EXIT_DEVICE
+    beeper, refused = _open_beeper(args)
+    if refused:
+        reader.close()
+        return refused
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         terminal = ActivationTerminal(provisioning, args.data_dir, reader, lang=args.lang,
                                       display=not args.decisions_only, sync=not args.no_sync,
                                       server_url=args.server_url, cards_dir=args.cards_dir,
-                                      sync_interval_ms=args.sync_interval_ms, voice=voice)
+                                      sync_interval_ms=args.sync_interval_ms, voice=voice, beeper=beeper)
     except ValueError as error:
         print("激活机无法启动 / the activation unit cannot start: %s" % error, file=sys.stderr)
         reader.close()
+        if beeper is not None:
+            beeper.close()
         return _EXIT_REFUSED
     try:
         terminal.start_sync()
@@ -208,6 +236,8 @@ def run_activation(args):
     finally:
         terminal.close()
         reader.close()
+        if beeper is not None:
+            beeper.close()
     return 0
 
 
@@ -229,6 +259,11 @@ def run_dispenser(args):
     if hardware is None:
         return _EXIT_DEVICE
     valve, meter, sim_meter = hardware
+    beeper, refused = _open_beeper(args)
+    if refused:
+        valve.shut()
+        meter.close()
+        return refused
     reader = open_reader(args.reader)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -236,9 +271,12 @@ def run_dispenser(args):
         terminal = DispenserTerminal(provisioning, args.data_dir, reader, valve, meter, lang=args.lang,
                                      sync=not args.no_sync, server_url=args.server_url,
                                      sync_interval_ms=args.sync_interval_ms,
-                                     raw_ms=VirtualRawClock() if args.virtual_clock else None, sim_meter=sim_meter)
+                                     raw_ms=VirtualRawClock() if args.virtual_clock else None, sim_meter=sim_meter,
+                                     beeper=beeper)
     except ValueError as error:
         print("开水机无法启动 / the dispenser cannot start: %s" % error, file=sys.stderr)
+        if beeper is not None:
+            beeper.close()
         return _EXIT_REFUSED
     terminal.flow_ml_per_s = args.flow_ml_per_s if sim_meter is not None else 0
     try:
@@ -263,6 +301,8 @@ def run_dispenser(args):
         reader.close()
         valve.shut()
         meter.close()
+        if beeper is not None:
+            beeper.close()
     return 0
 
 
@@ -301,14 +341,21 @@ def run_terminal(args):
         except ScannerError as error:
             print("无法打开扫码枪 / cannot open the scanner: %s" % error, file=sys.stderr)
             return _EXIT_DEVICE
+    beeper, refused = _open_beeper(args)
+    if refused:
+        if scanner is not None:
+            scanner.close()
+        return refused
     reader = open_reader(args.reader)
     try:
         terminal = PosTerminal(provisioning, args.data_dir, reader, lang=args.lang, display=not args.decisions_only,
                                sync=not args.no_sync, server_url=args.server_url, cards_dir=args.cards_dir,
-                               sync_interval_ms=args.sync_interval_ms, scanner=scanner)
+                               sync_interval_ms=args.sync_interval_ms, scanner=scanner, beeper=beeper)
     except ValueError as error:
         print("消费机无法启动 / the terminal cannot start: %s" % error, file=sys.stderr)
         reader.close()
+        if beeper is not None:
+            beeper.close()
         return _EXIT_REFUSED
     try:
         terminal.start_sync()
@@ -324,4 +371,6 @@ def run_terminal(args):
         reader.close()
         if scanner is not None:
             scanner.close()
+        if beeper is not None:
+            beeper.close()
     return 0

@@ -93,7 +93,7 @@ class VirtualRawClock:
 class DispenserTerminal(SyncedShell):
     def __init__(self, provisioning, data_dir, reader, valve, meter, lang="zh", out=None, sync=True,
                  server_url=None, sync_interval_ms=None, raw_ms=None, sim_meter=None, random_bytes=os.urandom,
-                 card_slot=None):
+                 card_slot=None, beeper=None):
         if provisioning.get("category") != wallets.CATEGORY_WATER:
             raise ValueError("终端不是开水机 / this terminal is not registered as a water dispenser")
         make_owner_only(data_dir)
@@ -104,6 +104,7 @@ class DispenserTerminal(SyncedShell):
         self.valve = valve
         self.meter = meter
         self.sim_meter = sim_meter
+        self.beeper = beeper            # firmware.apps.beeper.Beeper or None
         self.flow_ml_per_s = 0
         self.lang = lang
         self.out = out if out is not None else sys.stdout
@@ -205,6 +206,8 @@ class DispenserTerminal(SyncedShell):
             self.emit({"type": "show", "code": action.message_code,
                        "text": messages.text(action.message_code, self.lang, **action.fields)})
         elif kind is dispenser.Beep:
+            if self.beeper is not None:
+                self.beeper.beep(action.kind)
             self.emit({"type": "beep", "kind": action.kind})
         elif kind is dispenser.Alarm:
             self.alarm = action.message_code

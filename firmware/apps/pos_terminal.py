@@ -94,7 +94,8 @@ def make_owner_only(data_dir):
 
 class PosTerminal(SyncedShell):
     def __init__(self, provisioning, data_dir, reader, lang="zh", out=None, display=True, sync=True,
-                 server_url=None, cards_dir=None, sync_interval_ms=None, raw_ms=None, card_slot=None, scanner=None):
+                 server_url=None, cards_dir=None, sync_interval_ms=None, raw_ms=None, card_slot=None, scanner=None,
+                 beeper=None):
         make_owner_only(data_dir)
         self.provisioning = provisioning
         self.terminal_id = provisioning["terminal_id"]
@@ -113,6 +114,7 @@ class PosTerminal(SyncedShell):
         self.clock = SharedClock(self.store, raw_ms) if raw_ms else SharedClock(self.store)
         self.machine = pos.CanteenPos(self._machine_config())
         self.scanner = scanner          # firmware.apps.code_scanner: payment codes, or None
+        self.beeper = beeper            # firmware.apps.beeper: the core's Beep as a sound, or None
         self._paycode_keys = self._load_paycode_keys()
         self._remember_codes()
         self._target = None
@@ -227,6 +229,8 @@ class PosTerminal(SyncedShell):
             self.emit({"type": "show", "code": action.message_code,
                        "text": messages.text(action.message_code, self.lang, **action.fields)}, always=False)
         elif kind is pos.Beep:
+            if self.beeper is not None:
+                self.beeper.beep(action.kind)
             self.emit({"type": "beep", "kind": action.kind}, always=False)
         elif kind is pos.Speak:
             self.emit({"type": "speak", "text": action.text}, always=False)
