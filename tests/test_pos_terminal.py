@@ -288,3 +288,30 @@ def test_script_lines_do_not_reread_the_configuration(rig, monkeypatch):
         terminal.run_line({"amount_fen": amount_fen, "card": card_path})
     assert [d["accepted"] for d in lines(out, "decision")] == [True, True, True]
     assert reads == []
+
+
+def test_ykt_terminal_says_each_accepted_payment_aloud(tmp_path):
+    """`--voice DIR`: the sentence on the screen after the commit is spoken (espeak-ng Mandarin, the
+    sink directory in place of the sound card), each to its end; a refusal is not spoken."""
+    data_dir = tmp_path / "t"
+    data_dir.mkdir()
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    issue_card_image(cards)
+    seed_cache(data_dir)
+    provision = tmp_path / "provision.json"
+    provision.write_text(json.dumps(provisioning()))
+    speaker = tmp_path / "speaker"
+    script = "\n".join(json.dumps(line) for line in (
+        {"amount_fen": 300, "card": UID.hex()}, {"amount_fen": 99999999, "card": UID.hex()},
+        {"amount_fen": 400, "card": UID.hex()}))
+    result = subprocess.run(
+        [sys.executable, "-m", "ykt", "terminal", "--provision", str(provision), "--data-dir", str(data_dir),
+         "--reader", "sim:", "--cards-dir", str(cards), "--decisions-only", "--no-sync", "--voice", str(speaker),
+         "--script", "-"], input=script, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    with open(speaker / "played.jsonl", encoding="utf-8") as stream:
+        played = [json.loads(line) for line in stream]
+    assert [p["text"] for p in played] == ["交易成功 消费3.00元 余额97.00元 张*明", "交易成功 消费4.00元 余额93.00元 张*明"]
+    assert played[1]["start_s"] >= played[0]["end_s"]                     # never cut off, never overlapping
+    assert all(os.path.getsize(speaker / os.path.basename(p["wav"])) > 10000 for p in played)   # real speech

@@ -40,6 +40,10 @@ def register(subparsers):
                                           "wait for it")
     parser.add_argument("--cards-dir", help="where card images named <uid>.card live (sim: reader)")
     _add_beeper_option(parser)
+    parser.add_argument("--voice", default="off",
+                        help="say each accepted payment (交易成功 消费…元 余额…元): aplay through the sound card "
+                             "(espeak-ng Mandarin, each sentence made once and cached); off (default): silent; "
+                             "a directory: write what is spoken there as WAV files (tests)")
     parser.add_argument("--server-url", help="override the server URL of the provisioning file")
     parser.add_argument("--sync-interval-ms", type=int, help="default: the server's configuration")
     parser.add_argument("--drain-timeout-s", type=float, default=0.0,
@@ -341,6 +345,16 @@ def run_terminal(args):
         except ScannerError as error:
             print("无法打开扫码枪 / cannot open the scanner: %s" % error, file=sys.stderr)
             return _EXIT_DEVICE
+    voice = None
+    if args.voice != "off":
+        from firmware.apps.voice import Voice, VoiceUnavailable
+        try:
+            voice = Voice(os.path.join(args.data_dir, "voice"), args.voice, lang=args.lang)
+        except VoiceUnavailable as error:
+            print(str(error), file=sys.stderr)
+            if scanner is not None:
+                scanner.close()
+            return _EXIT_DEVICE
     beeper, refused = _open_beeper(args)
     if refused:
         if scanner is not None:
@@ -350,7 +364,8 @@ def run_terminal(args):
     try:
         terminal = PosTerminal(provisioning, args.data_dir, reader, lang=args.lang, display=not args.decisions_only,
                                sync=not args.no_sync, server_url=args.server_url, cards_dir=args.cards_dir,
-                               sync_interval_ms=args.sync_interval_ms, scanner=scanner, beeper=beeper)
+                               sync_interval_ms=args.sync_interval_ms, scanner=scanner, beeper=beeper,
+                               voice=voice)
     except ValueError as error:
         print("消费机无法启动 / the terminal cannot start: %s" % error, file=sys.stderr)
         reader.close()
@@ -366,6 +381,8 @@ def run_terminal(args):
             terminal.run_script(sys.stdin)
         if args.drain_timeout_s > 0:
             terminal.drain(args.drain_timeout_s)
+        if voice is not None:
+            voice.wait_idle(10)
     finally:
         terminal.close()
         reader.close()

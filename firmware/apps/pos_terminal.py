@@ -95,7 +95,7 @@ def make_owner_only(data_dir):
 class PosTerminal(SyncedShell):
     def __init__(self, provisioning, data_dir, reader, lang="zh", out=None, display=True, sync=True,
                  server_url=None, cards_dir=None, sync_interval_ms=None, raw_ms=None, card_slot=None, scanner=None,
-                 beeper=None):
+                 beeper=None, voice=None):
         make_owner_only(data_dir)
         self.provisioning = provisioning
         self.terminal_id = provisioning["terminal_id"]
@@ -115,6 +115,7 @@ class PosTerminal(SyncedShell):
         self.machine = pos.CanteenPos(self._machine_config())
         self.scanner = scanner          # firmware.apps.code_scanner: payment codes, or None
         self.beeper = beeper            # firmware.apps.beeper: the core's Beep as a sound, or None
+        self.voice = voice              # firmware.apps.voice.Voice: the core's Speak aloud, or None
         self._paycode_keys = self._load_paycode_keys()
         self._remember_codes()
         self._target = None
@@ -233,6 +234,8 @@ class PosTerminal(SyncedShell):
                 self.beeper.beep(action.kind)
             self.emit({"type": "beep", "kind": action.kind}, always=False)
         elif kind is pos.Speak:
+            if self.voice is not None:
+                self.voice.say(action.text)
             self.emit({"type": "speak", "text": action.text}, always=False)
         elif kind is pos.Outcome:
             self._decisions += 1
