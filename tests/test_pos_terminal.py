@@ -291,8 +291,9 @@ def test_script_lines_do_not_reread_the_configuration(rig, monkeypatch):
 
 
 def test_ykt_terminal_says_each_accepted_payment_aloud(tmp_path):
-    """`--voice DIR`: the sentence on the screen after the commit is spoken (espeak-ng Mandarin, the
-    sink directory in place of the sound card), each to its end; a refusal is not spoken."""
+    """`--voice DIR`: the screen's sentence after the commit is spoken, without the holder's name (the
+    queue hears it), in espeak-ng Mandarin with the sink directory in place of the sound card, each to
+    its end; a refusal is not spoken."""
     data_dir = tmp_path / "t"
     data_dir.mkdir()
     cards = tmp_path / "cards"
@@ -312,6 +313,6 @@ def test_ykt_terminal_says_each_accepted_payment_aloud(tmp_path):
     assert result.returncode == 0, result.stderr
     with open(speaker / "played.jsonl", encoding="utf-8") as stream:
         played = [json.loads(line) for line in stream]
-    assert [p["text"] for p in played] == ["交易成功 消费3.00元 余额97.00元 张*明", "交易成功 消费4.00元 余额93.00元 张*明"]
+    assert [p["text"] for p in played] == ["交易成功 消费3.00元 余额97.00元", "交易成功 消费4.00元 余额93.00元"]
     assert played[1]["start_s"] >= played[0]["end_s"]                     # never cut off, never overlapping
     assert all(os.path.getsize(speaker / os.path.basename(p["wav"])) > 10000 for p in played)   # real speech

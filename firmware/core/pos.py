@@ -408,7 +408,9 @@ class CanteenPos:
         identity = pending.view.identity
         fields = {"amount_fen": self.amount_fen, "balance_fen": pending.balance_after_fen,
                   "name": card_layout.mask_name(pending.view.name)}
-        spoken = messages.text(messages.ACCEPTED, self._config("lang"), **fields)
+        # spoken without the name: the queue behind the cardholder hears the amount and balance only
+        spoken = messages.text(messages.ACCEPTED, self._config("lang"), amount_fen=fields["amount_fen"],
+                               balance_fen=fields["balance_fen"])
         if isinstance(pending.view, _CodeView):
             self.codes_seen.add(paycode.use_key(pending.view.code), self.now_ms)
         else:
