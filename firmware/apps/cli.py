@@ -184,6 +184,19 @@ def _open_beeper(args):
         return None, _EXIT_DEVICE
 
 
+def _open_voice(args):
+    """(firmware.apps.voice.Voice or None for --voice off, None), or (None, exit code) after a clear
+    error (espeak-ng or its Mandarin voice missing); its WAV cache lives in the data directory."""
+    if args.voice == "off":
+        return None, None
+    from firmware.apps.voice import Voice, VoiceUnavailable
+    try:
+        return Voice(os.path.join(args.data_dir, "voice"), args.voice, lang=args.lang), None
+    except VoiceUnavailable as error:
+        print(str(error), file=sys.stderr)
+        return None, _EXIT_DEVICE
+
+
 def run_activation(args):
     import signal
     import threading
@@ -196,14 +209,9 @@ def run_activation(args):
     refused = refused or _data_dir_problem(args.data_dir)
     if refused:
         return refused
-    voice = None
-    if args.voice != "off":
-        from firmware.apps.voice import Voice, VoiceUnavailable
-        try:
-            voice = Voice(os.path.join(args.data_dir, "voice"), args.voice, lang=args.lang)
-        except VoiceUnavailable as error:
-            print(str(error), file=sys.stderr)
-            return _EXIT_DEVICE
+    voice, refused = _open_voice(args)
+    if refused:
+        return refused
     from reader_drivers.base import ReaderError
     try:
         reader = open_reader(args.reader)
@@ -345,16 +353,11 @@ def run_terminal(args):
         except ScannerError as error:
             print("无法打开扫码枪 / cannot open the scanner: %s" % error, file=sys.stderr)
             return _EXIT_DEVICE
-    voice = None
-    if args.voice != "off":
-        from firmware.apps.voice import Voice, VoiceUnavailable
-        try:
-            voice = Voice(os.path.join(args.data_dir, "voice"), args.voice, lang=args.lang)
-        except VoiceUnavailable as error:
-            print(str(error), file=sys.stderr)
-            if scanner is not None:
-                scanner.close()
-            return _EXIT_DEVICE
+    voice, refused = _open_voice(args)
+    if refused:
+        if scanner is not None:
+            scanner.close()
+        return refused
     beeper, refused = _open_beeper(args)
     if refused:
         if scanner is not None:
