@@ -238,7 +238,9 @@ def test_journal_survives_restart_and_seq_continues(tmp_path):
     assert stored[1]["time_ms"] > stored[0]["time_ms"]
 
 
-def test_ykt_terminal_command_runs_a_script(tmp_path):
+def run_ykt_terminal(tmp_path, *options):
+    """`ykt terminal` as a process on a card image and a seeded cache, fed ¥3.00, an impossible amount
+    and ¥4.00 with the same card; its finished process."""
     data_dir = tmp_path / "t"
     data_dir.mkdir()
     cards = tmp_path / "cards"
@@ -250,10 +252,14 @@ def test_ykt_terminal_command_runs_a_script(tmp_path):
     script = "\n".join(json.dumps(line) for line in (
         {"amount_fen": 300, "card": UID.hex()}, {"amount_fen": 99999999, "card": UID.hex()},
         {"amount_fen": 400, "card": UID.hex()}))
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "ykt", "terminal", "--provision", str(provision), "--data-dir", str(data_dir),
-         "--reader", "sim:", "--cards-dir", str(cards), "--decisions-only", "--no-sync", "--script", "-"],
+         "--reader", "sim:", "--cards-dir", str(cards), "--decisions-only", "--no-sync", *options, "--script", "-"],
         input=script, capture_output=True, text=True, timeout=120)
+
+
+def test_ykt_terminal_command_runs_a_script(tmp_path):
+    result = run_ykt_terminal(tmp_path)
     assert result.returncode == 0, result.stderr
     decisions = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(d["seq"], d["accepted"], d["amount_fen"]) for d in decisions] == \
@@ -294,22 +300,8 @@ def test_ykt_terminal_says_each_accepted_payment_aloud(tmp_path):
     """`--voice DIR`: the screen's sentence after the commit is spoken, without the holder's name (the
     queue hears it), in espeak-ng Mandarin with the sink directory in place of the sound card, each to
     its end; a refusal is not spoken."""
-    data_dir = tmp_path / "t"
-    data_dir.mkdir()
-    cards = tmp_path / "cards"
-    cards.mkdir()
-    issue_card_image(cards)
-    seed_cache(data_dir)
-    provision = tmp_path / "provision.json"
-    provision.write_text(json.dumps(provisioning()))
     speaker = tmp_path / "speaker"
-    script = "\n".join(json.dumps(line) for line in (
-        {"amount_fen": 300, "card": UID.hex()}, {"amount_fen": 99999999, "card": UID.hex()},
-        {"amount_fen": 400, "card": UID.hex()}))
-    result = subprocess.run(
-        [sys.executable, "-m", "ykt", "terminal", "--provision", str(provision), "--data-dir", str(data_dir),
-         "--reader", "sim:", "--cards-dir", str(cards), "--decisions-only", "--no-sync", "--voice", str(speaker),
-         "--script", "-"], input=script, capture_output=True, text=True, timeout=120)
+    result = run_ykt_terminal(tmp_path, "--voice", str(speaker))
     assert result.returncode == 0, result.stderr
     with open(speaker / "played.jsonl", encoding="utf-8") as stream:
         played = [json.loads(line) for line in stream]
