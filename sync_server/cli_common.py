@@ -6,7 +6,6 @@ cardholder-service commands) both build on these; neither imports the other's he
 """
 import argparse
 import getpass
-import json
 import os
 import socket
 
@@ -125,12 +124,13 @@ def log_staff_action(conn, args, action, account_id, card_number=None, amount_fe
     """The staff action log's line for a `ykt hall` command, so the person's log on the hall pages
     shows what was done at the command line too (staff_user_id 0: a login name, not a web user).
     Runs in the caller's transaction when there is one, else in its own right after the change."""
+    from sync_server.web import auth     # Flask: imported only by the commands that need it
+
     def insert(conn):
         person = conn.execute("SELECT person_id FROM accounts WHERE id = ?", (account_id,)).fetchone()
-        conn.execute("INSERT INTO staff_actions (staff_user_id, username, action, person_id, account_id, card_number, "
-                     "amount_fen, detail, time_ms) VALUES (0, ?, ?, ?, ?, ?, ?, ?, ?)",
-                     (operator_of(args), action, person[0] if person else None, account_id, card_number, amount_fen,
-                      json.dumps(dict(detail or {}, via="cli"), ensure_ascii=False, sort_keys=True), dbmod.now_ms()))
+        auth.log_action(conn, {"id": 0, "username": operator_of(args)}, action,
+                        person_id=person[0] if person else None, account_id=account_id, card_number=card_number,
+                        amount_fen=amount_fen, detail=dict(detail or {}, via="cli"))
     if conn.in_transaction:
         insert(conn)
     else:

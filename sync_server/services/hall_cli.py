@@ -34,7 +34,6 @@ Staff commands record who acted (`--operator`, default the login name). Output f
 is never printed, nor any key. Lists are tables (cli_common.print_table) that line up with Chinese
 text on a terminal; `--json` is the form for scripts.
 """
-import getpass
 import json
 import signal
 import sys
@@ -42,15 +41,12 @@ import sys
 from sync_server import keys, registry
 from sync_server.cli_common import (account_of, add_person_options, add_station_options, carry_card_job,
                                     check_output_file, data_dir_of, issuing_station, job_receipt, lang_of,
-                                    log_staff_action, open_database, open_station, print_table, read_text_file,
-                                    require_known, say, station_name, uid_of, write_at_station, yuan_of)
+                                    log_staff_action, open_database, open_station, operator_of, print_table,
+                                    read_text_file, require_known, say, station_name, uid_of, write_at_station,
+                                    yuan_of)
 from sync_server.mistakes import UnknownRecord
 from sync_server.services import (card_jobs, cards, electricity, history, limits, paycode, people_import,
                                   pins as pin_service, recharge, sticker, wallet_move)
-
-
-def _operator(args):
-    return args.operator or getpass.getuser()
 
 
 def _yuan(fen):
@@ -73,7 +69,7 @@ def _reissue_now(args, conn, account_id):
     station = open_station(args)
     try:
         uid = station.uid if station is not None else uid_of(args)
-        result = cards.reissue(conn, account_id, uid, _operator(args),
+        result = cards.reissue(conn, account_id, uid, operator_of(args),
                                fee_source="cash" if args.fee_cash else "balance")
         if station is not None:
             write_at_station(args, conn, station, result["identity"], result["name"])
@@ -142,7 +138,7 @@ def cmd_station(args):
 def cmd_unfreeze(args):
     conn = open_database(args)
     account_id = account_of(conn, args)
-    result = cards.unfreeze(conn, account_id, operator=_operator(args))
+    result = cards.unfreeze(conn, account_id, operator=operator_of(args))
     log_staff_action(conn, args, "unfreeze", account_id, card_number=result["card_number"])
     say(args, "解挂成功：卡号 %(card_number)d（黑名单版本 %(deny_version)d）" % result,
         "card %(card_number)d unfrozen (deny version %(deny_version)d)" % result)
@@ -156,7 +152,7 @@ def cmd_set_limits(args):
 
     def log(conn, before, after):
         log_staff_action(conn, args, "limits", account_id, detail=dict(after, before=before))
-    result = limits.set_limits(conn, account_id, single_fen, daily_fen, operator=_operator(args), also=log)
+    result = limits.set_limits(conn, account_id, single_fen, daily_fen, operator=operator_of(args), also=log)
     say(args, "限额已设置：单笔 %s 元，每日 %s 元" % (_yuan(result["single_limit_fen"]),
                                                _yuan(result["daily_limit_fen"])),
         "limits set: %s yuan per transaction, %s yuan per day" % (_yuan(result["single_limit_fen"]),
@@ -167,7 +163,7 @@ def cmd_change_pin(args):
     new_pin = sys.stdin.readline().strip() if args.new_pin_stdin else None
     conn = open_database(args)
     account_id = account_of(conn, args)
-    initial = pin_service.reset_pin(conn, account_id, _operator(args), new_pin,
+    initial = pin_service.reset_pin(conn, account_id, operator_of(args), new_pin,
                                     also=lambda conn: log_staff_action(conn, args, "pin_reset", account_id,
                                                                        detail={"to_initial": new_pin is None}))
     if initial:
@@ -182,7 +178,7 @@ def cmd_electricity(args):
     conn = open_database(args)
     account_id = account_of(conn, args)
     result = electricity.pay(conn, account_id, args.building, args.floor, args.room, amount_fen,
-                             operator=_operator(args), kind=args.kind)
+                             operator=operator_of(args), kind=args.kind)
     log_staff_action(conn, args, "electricity", account_id, amount_fen=amount_fen,
                      detail={"payment_id": result["payment_id"], "room": "%s %d %s" % (args.building, args.floor,
                                                                                      args.room)})
@@ -444,7 +440,7 @@ def cmd_migration_report(args):
 
 def cmd_wallet_move(args):
     """钱包间转账 at the hall: the holder named by 学工号 (ID checked by the clerk), one move, its receipt."""
-    cap_fen = wallet_move.check_direction(args.from_wallet, args.to_wallet, _operator(args))
+    cap_fen = wallet_move.check_direction(args.from_wallet, args.to_wallet, operator_of(args))
     amount_fen = yuan_of(args.amount)
     if not amount_fen:
         raise registry.HallError("金额无效：%s（应为大于 0 的元数，最多两位小数）" % args.amount,
@@ -453,7 +449,7 @@ def cmd_wallet_move(args):
         raise registry.HallError("金额 %s 元超过单笔上限 %s 元" % (_yuan(amount_fen), _yuan(cap_fen)),
                                  "%s yuan is above the per-move cap of %s yuan" % (_yuan(amount_fen), _yuan(cap_fen)))
     conn = open_database(args)
-    receipt = wallet_move.move(conn, account_of(conn, args), args.from_wallet, args.to_wallet, amount_fen, operator=_operator(args),
+    receipt = wallet_move.move(conn, account_of(conn, args), args.from_wallet, args.to_wallet, amount_fen, operator=operator_of(args),
                                request_id=args.request_id)
     if args.json:
         print(json.dumps(receipt, ensure_ascii=False, sort_keys=True))
