@@ -29,7 +29,7 @@ tests give it one whose `fd` is a pipe carrying real `struct input_event` bytes:
 path - select, read, partial events split across reads, unpacking, decoding, silence, the
 capability check, a refused grab, the re-sync after SYN_DROPPED - runs as it does on a device.
 `unpack_events` is checked against python-evdev's own C reader on the same bytes. Only
-`_open_input_device` (evdev.InputDevice on a path: its errors for a missing path, a file that is
+`open_input_device` (evdev.InputDevice on a path: its errors for a missing path, a file that is
 not an input device and permission denied are tested) and the kernel's side of grab(),
 capabilities() and active_keys() need a real /dev/input device.
 
@@ -255,22 +255,23 @@ class WedgeDecoder:
         self._modifiers = held & self._other_modifier_keys
 
 
-def _open_input_device(path):
-    """evdev.InputDevice(path), its errors as ScannerError. Needs a real device beyond the errors."""
+def open_input_device(path, error_type=ScannerError, device_zh="扫码枪", device_en="scanner"):
+    """evdev.InputDevice(path), its errors as `error_type` naming the device in both languages (the
+    cashier's keypad opens its device here too). Needs a real device beyond the errors."""
     evdev = _evdev()
     try:
         return evdev.InputDevice(path)
     except FileNotFoundError:
-        raise ScannerError("找不到扫码枪 %s / no such device: %s" % (path, path))
+        raise error_type("找不到%s %s / no such device: %s" % (device_zh, path, path))
     except PermissionError:
-        raise ScannerError("没有权限打开扫码枪 %s / permission denied opening %s (the terminal's user needs the "
-                           "input group, or a udev rule for the scanner)" % (path, path))
+        raise error_type("没有权限打开%s %s / permission denied opening %s (the terminal's user needs the "
+                         "input group, or a udev rule for the %s)" % (device_zh, path, path, device_en))
     except OSError as error:
         if error.errno in (errno.ENOTTY, errno.EINVAL, errno.EISDIR):
-            raise ScannerError("不是输入设备 %s / %s is not an input event device" % (path, path))
+            raise error_type("不是输入设备 %s / %s is not an input event device" % (path, path))
         if error.errno in (errno.ENODEV, errno.ENXIO):
-            raise ScannerError("找不到扫码枪 %s / no such device: %s" % (path, path))
-        raise ScannerError("无法打开扫码枪 %s / cannot open %s: %s" % (path, path, error))
+            raise error_type("找不到%s %s / no such device: %s" % (device_zh, path, path))
+        raise error_type("无法打开%s %s / cannot open %s: %s" % (device_zh, path, path, error))
 
 
 def parse_name(name, **keywords):
@@ -300,7 +301,7 @@ class EvdevScanner(CodeScanner):
         self.url = name
         self.path, self.options = parse_name(name, **options)
         self._decoder = None
-        self.device = device if device is not None else _open_input_device(self.path)
+        self.device = device if device is not None else open_input_device(self.path)
         try:
             self._check_keyboard()
             self._decoder = WedgeDecoder(self.options["suffix"], self.options["max_chars"], self.options["gap_ms"],
