@@ -73,8 +73,9 @@ def ticket_from(entry):
 class ActivationTerminal(SyncedShell):
     def __init__(self, provisioning, data_dir, reader, lang="zh", out=None, display=True, sync=True,
                  server_url=None, cards_dir=None, sync_interval_ms=None, raw_ms=None, card_slot=None, voice=None,
-                 beeper=None):
+                 beeper=None, face=None):
         make_owner_only(data_dir)
+        self.face = face            # firmware.apps.face.Face: the cardholder's screen, or None
         self.provisioning = provisioning
         self.terminal_id = provisioning["terminal_id"]
         self.reader = reader

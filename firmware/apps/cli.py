@@ -1,6 +1,7 @@
 """`ykt terminal`: run a canteen POS terminal (the shell in firmware/apps/pos_terminal.py).
 
     ykt terminal --provision F --data-dir D [--reader sim:] [--script taps.jsonl | --script -]
+                 [--serve --keypad evdev:/dev/input/... --face 8800]
                  [--scanner serial:/dev/ttyACM0 | evdev:/dev/input/...]
                  [--server-url URL] [--drain-timeout-s S] [--decisions-only] [--no-sync]
 
@@ -39,6 +40,14 @@ def register(subparsers):
                                           "or evdev:/dev/input/... (keyboard wedge); script lines {\"scan\": true} "
                                           "wait for it")
     parser.add_argument("--cards-dir", help="where card images named <uid>.card live (sim: reader)")
+    parser.add_argument("--serve", action="store_true",
+                        help="after the script (if any), serve the counter until stopped: keys from --keypad and "
+                             "the screen's buttons, cards from the reader, codes from --scanner")
+    parser.add_argument("--keypad", metavar="evdev:/dev/input/...",
+                        help="the cashier's USB numeric keypad or keyboard: digits and . key an amount, Enter (or "
+                             "keypad +) confirms, Backspace corrects, Esc/Del (or keypad -) cancels, F1-F12 pick "
+                             "dishes; the cardholder's PIN is typed here and never shown or logged")
+    _add_face_option(parser)
     _add_beeper_option(parser)
     parser.add_argument("--voice", default="off",
                         help="say each accepted payment (交易成功 消费…元 余额…元): aplay through the sound card "
@@ -96,6 +105,7 @@ def _register_dispenser(subparsers):
     parser.add_argument("--no-sync", action="store_true", help="never contact the server (bench use)")
     parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"),
                         help="language of the display and messages (default $YKT_LANG, else zh)")
+    _add_face_option(parser)
     _add_beeper_option(parser)
     parser.set_defaults(handler=run_dispenser)
 
@@ -161,6 +171,7 @@ def _register_activation(subparsers):
     parser.add_argument("--no-sync", action="store_true", help="never contact the server (bench use)")
     parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"),
                         help="language of the display and messages (default $YKT_LANG, else zh)")
+    _add_face_option(parser)
     _add_beeper_option(parser)
     parser.set_defaults(handler=run_activation)
 
@@ -198,6 +209,7 @@ def _open_voice(args):
 
 
 def run_activation(args):
+    import contextlib
     import signal
     import threading
 
@@ -222,18 +234,21 @@ def run_activation(args):
     if refused:
         reader.close()
         return refused
+    screens = contextlib.ExitStack()
+    face, refused = _open_face(args, "activation", provisioning, screens)
+    if refused:
+        _release(reader, beeper)
+        return refused
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         terminal = ActivationTerminal(provisioning, args.data_dir, reader, lang=args.lang,
                                       display=not args.decisions_only, sync=not args.no_sync,
                                       server_url=args.server_url, cards_dir=args.cards_dir,
-                                      sync_interval_ms=args.sync_interval_ms, voice=voice, beeper=beeper)
+                                      sync_interval_ms=args.sync_interval_ms, voice=voice, beeper=beeper, face=face)
     except ValueError as error:
         print("激活机无法启动 / the activation unit cannot start: %s" % error, file=sys.stderr)
-        reader.close()
-        if beeper is not None:
-            beeper.close()
+        _release(screens, reader, beeper)
         return _EXIT_REFUSED
     try:
         terminal.start_sync()
@@ -247,6 +262,7 @@ def run_activation(args):
             voice.wait_idle(10)
     finally:
         terminal.close()
+        screens.close()
         reader.close()
         if beeper is not None:
             beeper.close()
@@ -254,6 +270,7 @@ def run_activation(args):
 
 
 def run_dispenser(args):
+    import contextlib
     import signal
     import threading
 
@@ -277,6 +294,12 @@ def run_dispenser(args):
         meter.close()
         return refused
     reader = open_reader(args.reader)
+    screens = contextlib.ExitStack()
+    face, refused = _open_face(args, "dispenser", provisioning, screens)
+    if refused:
+        valve.shut()
+        _release(reader, meter, beeper)
+        return refused
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -284,11 +307,11 @@ def run_dispenser(args):
                                      sync=not args.no_sync, server_url=args.server_url,
                                      sync_interval_ms=args.sync_interval_ms,
                                      raw_ms=VirtualRawClock() if args.virtual_clock else None, sim_meter=sim_meter,
-                                     beeper=beeper)
+                                     beeper=beeper, face=face)
     except ValueError as error:
         print("开水机无法启动 / the dispenser cannot start: %s" % error, file=sys.stderr)
-        if beeper is not None:
-            beeper.close()
+        valve.shut()
+        _release(screens, reader, meter, beeper)
         return _EXIT_REFUSED
     terminal.flow_ml_per_s = args.flow_ml_per_s if sim_meter is not None else 0
     try:
@@ -310,6 +333,7 @@ def run_dispenser(args):
             terminal.drain(args.drain_timeout_s)
     finally:
         terminal.close()
+        screens.close()
         reader.close()
         valve.shut()
         meter.close()
@@ -338,59 +362,136 @@ def _dispenser_pins(args):
 
 
 def run_terminal(args):
+    import contextlib
+    import queue
+    import signal
+    import threading
+
     from firmware.apps.pos_terminal import PosTerminal, load_provisioning
+    from firmware.apps.terminal_shell import pump
     from reader_drivers.base import open_reader
 
     provisioning, refused = _provisioning(args.provision, load_provisioning)
     refused = refused or _data_dir_problem(args.data_dir)
     if refused:
         return refused
-    scanner = None
-    if args.scanner:
-        from firmware.apps.code_scanner import ScannerError, open_scanner
-        try:
-            scanner = open_scanner(args.scanner)
-        except ScannerError as error:
-            print("无法打开扫码枪 / cannot open the scanner: %s" % error, file=sys.stderr)
-            return _EXIT_DEVICE
-    voice, refused = _open_voice(args)
-    if refused:
-        if scanner is not None:
-            scanner.close()
-        return refused
-    beeper, refused = _open_beeper(args)
-    if refused:
-        if scanner is not None:
-            scanner.close()
-        return refused
-    reader = open_reader(args.reader)
-    try:
-        terminal = PosTerminal(provisioning, args.data_dir, reader, lang=args.lang, display=not args.decisions_only,
-                               sync=not args.no_sync, server_url=args.server_url, cards_dir=args.cards_dir,
-                               sync_interval_ms=args.sync_interval_ms, scanner=scanner, beeper=beeper,
-                               voice=voice)
-    except ValueError as error:
-        print("消费机无法启动 / the terminal cannot start: %s" % error, file=sys.stderr)
-        reader.close()
+    stop = threading.Event()
+    with contextlib.ExitStack() as devices:
+        scanner = None
+        if args.scanner:
+            from firmware.apps.code_scanner import ScannerError, open_scanner
+            try:
+                scanner = devices.enter_context(open_scanner(args.scanner))
+            except ScannerError as error:
+                print("无法打开扫码枪 / cannot open the scanner: %s" % error, file=sys.stderr)
+                return _EXIT_DEVICE
+        keypad = None
+        if args.keypad:
+            from firmware.apps.keypad import KeypadError, open_keypad
+            try:
+                keypad = devices.enter_context(open_keypad(args.keypad))
+            except KeypadError as error:
+                print(str(error), file=sys.stderr)
+                return _EXIT_DEVICE
+        voice, refused = _open_voice(args)
+        if refused:
+            return refused
+        beeper, refused = _open_beeper(args)
+        if refused:
+            return refused
         if beeper is not None:
-            beeper.close()
-        return _EXIT_REFUSED
-    try:
+            devices.callback(beeper.close)
+        face, refused = _open_face(args, "pos", provisioning, devices)
+        if refused:
+            return refused
+        reader = open_reader(args.reader)
+        devices.callback(reader.close)
+        try:
+            terminal = PosTerminal(provisioning, args.data_dir, reader, lang=args.lang,
+                                   display=not args.decisions_only, sync=not args.no_sync,
+                                   server_url=args.server_url, cards_dir=args.cards_dir,
+                                   sync_interval_ms=args.sync_interval_ms, scanner=scanner, beeper=beeper,
+                                   voice=voice, face=face)
+        except ValueError as error:
+            print("消费机无法启动 / the terminal cannot start: %s" % error, file=sys.stderr)
+            return _EXIT_REFUSED
+        devices.callback(terminal.close)
+        devices.callback(stop.set)         # first of all at the end: the input threads stop reading
         terminal.start_sync()
         if args.script and args.script != "-":
             with open(args.script, encoding="utf-8") as stream:
                 terminal.run_script(stream)
-        else:
+        elif not args.serve or args.script == "-":
             terminal.run_script(sys.stdin)
+        if args.serve:
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            inputs = face.keys if face is not None else queue.Queue(64)
+            threads = [pump(lambda: keypad.read_key(200), inputs, stop, "keypad")] if keypad else []
+            if scanner is not None:
+                threads.append(pump(lambda: _scanned(scanner), inputs, stop, "scanner"))
+            try:
+                terminal.serve(inputs, stop)
+            except KeyboardInterrupt:
+                pass
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=5)
         if args.drain_timeout_s > 0:
             terminal.drain(args.drain_timeout_s)
         if voice is not None:
             voice.wait_idle(10)
-    finally:
-        terminal.close()
-        reader.close()
-        if scanner is not None:
-            scanner.close()
-        if beeper is not None:
-            beeper.close()
     return 0
+
+
+def _release(*devices):
+    """Close what was opened before a refusal (None: never opened)."""
+    for device in devices:
+        if device is not None:
+            device.close()
+
+
+def _scanned(scanner):
+    """The scanner's next code as a ("code", text) input, a garbled one as an empty code (which the
+    POS refuses as unreadable), or None when nothing came."""
+    from firmware.apps.code_scanner import ScanError
+    try:
+        text = scanner.read_code(200)
+    except ScanError:
+        return ("code", "")
+    return ("code", text) if text is not None else None
+
+
+def _add_face_option(parser):
+    parser.add_argument("--face", metavar="[HOST:]PORT",
+                        help="serve the terminal's screens on this port for Chromium's kiosk mode: /cashier (POS) "
+                             "and /holder (the cardholder's side), e.g. --face 8800 and then "
+                             "`chromium --kiosk http://127.0.0.1:8800/`; loopback unless a host is given")
+
+
+def _open_face(args, kind, provisioning, devices):
+    """(firmware.apps.face.Face or None, None), or (None, exit code) after a clear error; its server
+    runs until `devices` closes."""
+    if not args.face:
+        return None, None
+    from firmware.apps.face import Face, FaceServer
+    from firmware.core import keypad
+    host, _, port = args.face.rpartition(":")
+    try:
+        port = int(port)
+        if not 0 <= port <= 65535:
+            raise ValueError(port)
+    except ValueError:
+        print("--face 须为端口或 主机:端口 / --face takes a port or host:port, not %r" % args.face, file=sys.stderr)
+        return None, _EXIT_REFUSED
+    dishes = provisioning.get("dishes") or {}
+    face = Face(kind, args.lang, provisioning["terminal_id"], dishes=dishes,
+                dish_keys=keypad.dish_shortcuts(dishes))
+    try:
+        server = FaceServer(face, host or "127.0.0.1", port).start()
+    except OSError as error:
+        print("无法提供终端屏幕 / cannot serve the screens on %s: %s" % (args.face, error.strerror or error),
+              file=sys.stderr)
+        return None, _EXIT_DEVICE
+    devices.callback(server.close)
+    print("终端屏幕 / screens: %s/" % server.url, file=sys.stderr, flush=True)
+    return face, None

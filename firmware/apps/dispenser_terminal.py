@@ -93,11 +93,12 @@ class VirtualRawClock:
 class DispenserTerminal(SyncedShell):
     def __init__(self, provisioning, data_dir, reader, valve, meter, lang="zh", out=None, sync=True,
                  server_url=None, sync_interval_ms=None, raw_ms=None, sim_meter=None, random_bytes=os.urandom,
-                 card_slot=None, beeper=None):
+                 card_slot=None, beeper=None, face=None):
         if provisioning.get("category") != wallets.CATEGORY_WATER:
             raise ValueError("终端不是开水机 / this terminal is not registered as a water dispenser")
         make_owner_only(data_dir)
         self.provisioning = provisioning
+        self.face = face            # firmware.apps.face.Face: the cardholder's screen, or None
         self.terminal_id = provisioning["terminal_id"]
         self.reader = reader
         self.card_slot = card_slot if card_slot is not None else getattr(reader, "field", None)
@@ -218,6 +219,8 @@ class DispenserTerminal(SyncedShell):
             progress = action.progress
             self.store.save_water_progress(None if progress is None else
                                            [list(progress.source), progress.cap_fen, progress.start_ms, progress.ml])
+            if self.face is not None and progress is not None:
+                self.face.set(dispensed_ml=progress.ml)     # saved first: the screen never runs ahead
         elif kind is dispenser.Journal:
             return self._journal(action.record_fields)
         else:

@@ -5,7 +5,12 @@ Thin on purpose. Decisions live in the core state machine; this file only
   - carries out actions: card steps through `firmware.apps.card_io`, the journal through
     `firmware.apps.store` (success is printed only after `Journaled`, i.e. after the commit),
     PIN checks through the sync client, display/beep/voice as JSON lines on stdout,
-  - runs the sync client in a background thread with its own SQLite connection.
+  - runs the sync client in a background thread with its own SQLite connection,
+  - and, with a face (firmware/apps/face.py), keeps the screens told where the machine stands.
+
+At the counter (`serve`, `ykt terminal --serve`): keys by name from the keypad's thread and the
+screen's buttons (firmware/core/keypad.py turns them into AmountKeyed, DishChosen, PinEntered, ...),
+payment codes from the scanner's thread, and the reader polled while an amount is due.
 
 Scripted mode (tests, the demo, a cashier keyboard wedge): one JSON object per line (an optional
 "tap_id" is echoed in the decision line), e.g.
@@ -16,6 +21,7 @@ Scripted mode (tests, the demo, a cashier keyboard wedge): one JSON object per l
     {"card": "...", "pull_after": 3, "pull_done": false}      the card leaves at its 3rd command
     {"amount_fen": 800, "code": "YK1:..."}                    a payment code, as the scanner typed it
     {"amount_fen": 800, "scan": true}                         wait for the code scanner (--scanner)
+    {"keys": ["1", "2", ".", "5", "enter"]}                   keypad keys by name (firmware/core/keypad.py)
     {"cancel": true} | {"sync": true} | {"sleep_ms": 200}
 Card images go into the terminal's card slot (`card_slot=`, by default the sim: reader's field; test
 rigs pass the PN532 emulator's field or a PC/SC card slot). Lines without "card" wait for a real tap. Output lines carry a "type": "decision"
@@ -26,6 +32,7 @@ with display on, "show", "beep", "speak", "sync"; "drained" at the end.
 import contextlib
 import json
 import os
+import queue
 import sqlite3
 import stat
 import sys
@@ -39,7 +46,8 @@ from firmware.apps.terminal_shell import SyncedShell, card_path, scripted_card
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from firmware.core import card_layout, clock as clock_module, messages, paycode, pos, records, sam as sam_module
+from firmware.core import card_layout, clock as clock_module, keypad, messages, paycode, pos, records, \
+    sam as sam_module
 from reader_drivers.base import AuthenticationError, CardGone, ReaderError
 
 DB_FILE = "terminal.db"
@@ -49,6 +57,9 @@ DEFAULT_SYNC_INTERVAL_MS = 5000
 # Server configuration keys the POS machine takes over (same names on both sides).
 SERVER_CONFIG_KEYS = ("offline_cap_count", "offline_cap_amount_fen", "double_tap_window_ms", "paycode_skew_ms")
 SCAN_TIMEOUT_MS = 10000             # a scripted {"scan": true} waits this long for the scanner
+SERVE_POLL_MS = 150                 # serve(): one reader poll, or the wait for a key, at most this long
+FACE_PHASES = {pos.IDLE: "idle", pos.WAIT_CARD: "wait_card", pos.WAIT_PIN: "wait_pin",
+               pos.WAIT_CONFIRM: "wait_confirm"}      # any other state: "busy" (a card or code under way)
 
 
 def load_provisioning(path):
@@ -95,7 +106,7 @@ def make_owner_only(data_dir):
 class PosTerminal(SyncedShell):
     def __init__(self, provisioning, data_dir, reader, lang="zh", out=None, display=True, sync=True,
                  server_url=None, cards_dir=None, sync_interval_ms=None, raw_ms=None, card_slot=None, scanner=None,
-                 beeper=None, voice=None):
+                 beeper=None, voice=None, face=None):
         make_owner_only(data_dir)
         self.provisioning = provisioning
         self.terminal_id = provisioning["terminal_id"]
@@ -116,6 +127,8 @@ class PosTerminal(SyncedShell):
         self.scanner = scanner          # firmware.apps.code_scanner: payment codes, or None
         self.beeper = beeper            # firmware.apps.beeper: the core's Beep as a sound, or None
         self.voice = voice              # firmware.apps.voice.Voice: the core's Speak aloud, or None
+        self.face = face                # firmware.apps.face.Face: the screens, or None
+        self.keys = keypad.KeyEntry(keypad.dish_shortcuts(self.machine.config["dishes"]))
         self._paycode_keys = self._load_paycode_keys()
         self._remember_codes()
         self._target = None
@@ -127,6 +140,7 @@ class PosTerminal(SyncedShell):
         self._code_credential = None   # the payment code under way: its credential once verified, else 0
         self._last_shown = None
         self._first_sync_seen = False  # once True it stays: a store never needs its first sync again
+        self._lingering_uid = None     # serve(): the last tapped card, until it leaves the field
         self._open_sync(db_path, server_url, sync, sync_interval_ms, DEFAULT_SYNC_INTERVAL_MS)
         self._show_last_tap()
 
@@ -144,6 +158,8 @@ class PosTerminal(SyncedShell):
         fields = records.decode(bytes(rows[0][1]))
         values = {"seq": fields["seq"], "card_number": fields["card_number"], "amount_fen": fields["amount_fen"],
                   "time": clock_module.clock_text(fields["time_ms"], self.machine.config["utc_offset_min"])}
+        if self.face is not None:
+            self.face.restore_last_tap(fields["seq"], fields["amount_fen"], fields["card_number"], values["time"])
         self.emit({"type": "show", "code": messages.LAST_TAP, "seq": fields["seq"],
                    "text": messages.text(messages.LAST_TAP, self.lang, **values)}, always=False)
 
@@ -222,6 +238,18 @@ class PosTerminal(SyncedShell):
                     # PIN prompt's timeout, the repeat window) from when the result came back.
                     queue.append(pos.Tick(self.clock.peek_ms()))
                     queue.append(follow)
+        self._show_moment()
+
+    def _show_moment(self):
+        """The screens' view of where the machine stands: its phase, what is due, what the cashier is
+        typing, and how many PIN digits (never which) are typed."""
+        if self.face is None:
+            return
+        state = self.machine.state
+        waiting_pin = state == pos.WAIT_PIN
+        self.face.set(phase=FACE_PHASES.get(state, "busy"),
+                      amount_fen=self.machine.amount_fen if state != pos.IDLE else None,
+                      entry=self.keys.entry, pin_digits=self.keys.pin_digits if waiting_pin else None)
 
     def _execute(self, action):
         kind = type(action)
@@ -366,6 +394,8 @@ class PosTerminal(SyncedShell):
             self.sync_now()
         if line.get("sleep_ms"):
             time.sleep(min(int(line["sleep_ms"]), 60000) / 1000.0)
+        for key in line.get("keys") or ():
+            self.press(key)
         if "amount_fen" in line:
             self.feed(pos.AmountKeyed(line["amount_fen"]))
         for dish_id in line.get("dishes") or ():
@@ -420,6 +450,51 @@ class PosTerminal(SyncedShell):
         if self._decisions == decisions_before:
             self._decisions += 1
             self._emit_decision(None, False, self._last_shown, self.machine.amount_fen, None, None)
+
+    # -- the counter: keys, codes and taps as they come -------------------------------------------
+
+    def press(self, key):
+        """One key by name (firmware/core/keypad.py): from the keypad, or a button on the screen."""
+        for event in self.keys.press(key, self.machine.state):
+            self.feed(event)
+        self._show_moment()
+
+    def serve(self, inputs, stop, poll_ms=SERVE_POLL_MS):
+        """Serve the counter until `stop` is set. `inputs` is the bounded queue the keypad's and the
+        scanner's threads and the screen's buttons put into: a key name, or ("code", text) for a
+        payment code. While an amount is due the reader is polled between inputs; otherwise the
+        machine gets a Tick now and then, so a PIN prompt times out with nobody pressing anything."""
+        while not stop.is_set():
+            self._refresh_config()
+            waiting = self.machine.state == pos.WAIT_CARD
+            watching = self._lingering_uid is not None and self.machine.state == pos.IDLE
+            try:
+                item = inputs.get(timeout=0 if waiting or watching else poll_ms / 1000.0)
+            except queue.Empty:
+                item = None
+            if isinstance(item, tuple):
+                self.scan_code(item[1])
+            elif item is not None:
+                self.press(item)
+            elif waiting and self._lingering_uid is None:
+                if self.present_card(poll_ms):
+                    self._lingering_uid = self._target.uid
+            elif waiting or watching:
+                self._watch_lift(poll_ms)
+            else:
+                self.feed(pos.Tick(self.clock.peek_ms()))
+
+    def _watch_lift(self, poll_ms):
+        """Poll until the card of the last tap has left the field. Until then it is not taken again:
+        the next order must not be charged to a card its holder left lying on the reader (a repeat
+        within the window would only ask the cashier). Watched between orders too, so a holder who
+        lifts the card and taps again is served at once."""
+        try:
+            target = self.reader.poll(poll_ms)
+        except ReaderError:
+            return
+        if target is None or target.uid != self._lingering_uid:
+            self._lingering_uid = None
 
     def _resolve_prompts(self, line):
         pins = line.get("pin")

@@ -1,5 +1,7 @@
 """What every terminal shell does around its journal besides its own trade: the background sync
-thread, a sync in the foreground, draining the journal at the end, scripted input, JSON-line output.
+thread, a sync in the foreground, draining the journal at the end, scripted input, JSON-line output
+(which also feeds the screens, when the shell has a face), and the threads that move a device's
+input onto the counter's bounded queue.
 
 The canteen POS (pos_terminal.py) and the water dispenser (dispenser_terminal.py) mix this in. A shell
 sets `provisioning`, `terminal_id`, `sam`, `store` (its TerminalStore), `clock` and `out`, then calls
@@ -9,6 +11,8 @@ sets `provisioning`, `terminal_id`, `sam`, `store` (its TerminalStore), `clock` 
 import contextlib
 import json
 import os
+import queue
+import sys
 import threading
 import time
 
@@ -44,8 +48,31 @@ def card_path(cards_dir, card):
     return os.path.join(cards_dir, "%s.card" % card.lower())
 
 
+def pump(read, inputs, stop, name):
+    """A thread moving what `read()` returns (None: nothing yet) onto the bounded `inputs` queue
+    until `stop`; a device that fails stops its thread with one line on stderr."""
+    def run():
+        while not stop.is_set():
+            try:
+                item = read()
+            except Exception as error:       # the device is gone: the counter goes on without it
+                print("输入设备已停止 / the %s stopped: %s" % (name, error), file=sys.stderr)
+                return
+            if item is None:
+                continue
+            try:
+                inputs.put(item, timeout=1.0)
+            except queue.Full:
+                print("输入过多，已丢弃一个 / the counter is behind; one %s input dropped" % name, file=sys.stderr)
+
+    thread = threading.Thread(target=run, name="ykt-%s" % name, daemon=True)
+    thread.start()
+    return thread
+
+
 class SyncedShell:
     display = True
+    face = None         # firmware.apps.face.Face: the screens, fed every line emitted (display or not)
 
     def _open_sync(self, db_path, server_url, sync, sync_interval_ms, default_interval_ms, **client_options):
         """The output lock, the sync thread's events, and the sync client on a store connection of
@@ -55,6 +82,8 @@ class SyncedShell:
         from firmware.apps.store import TerminalStore
         from firmware.apps.sync_client import SyncClient
         self._out_lock = threading.Lock()
+        if self.face is not None:           # what an earlier run journaled and never uploaded
+            self.face.set(backlog=self.store.unacked_count())
         self.sync_client = None
         self._sync_thread = None
         self._stop = threading.Event()
@@ -78,8 +107,9 @@ class SyncedShell:
         self._sync_thread.start()
 
     def _on_sync(self, result):
+        # unacked: the offline backlog, counted on the sync thread's own connection
         self.emit({"type": "sync", "online": result.online, "sent": result.sent, "acked_seq": result.acked_seq,
-                   "error": result.error}, always=False)
+                   "error": result.error, "unacked": self._sync_store.unacked_count()}, always=False)
 
     def sync_now(self):
         """Sync in the foreground (scripted {"sync": true}); returns the SyncResult or None."""
@@ -122,6 +152,8 @@ class SyncedShell:
             self.run_line(json.loads(raw))
 
     def emit(self, line, always=True):
+        if self.face is not None:
+            self.face.observe(line)
         if not always and not self.display:
             return
         text = json.dumps(line, ensure_ascii=False, sort_keys=True)
