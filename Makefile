@@ -92,8 +92,10 @@ $(PG_STAMP): pyproject.toml $(PY_STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,postgresql]'
 	touch $@
 
+# `make demo FACE=1` shows POS 1's screens during the rush (port 8800); FACE=8801 picks the port.
+DEMO_FACE = $(if $(filter 1 yes,$(FACE)),--face,$(if $(FACE),--face $(FACE)))
 demo: $(PY_STAMP)
-	$(BIN)/ykt demo $(DEMO_ARGS)
+	$(BIN)/ykt demo $(DEMO_FACE) $(DEMO_ARGS)
 
 test: lint $(NODE_STAMP) $(PCSC_STAMP) $(CHROMIUM_STAMP) $(PG_STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --reader=all --store=both $(PYTEST_ARGS)

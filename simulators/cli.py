@@ -26,6 +26,10 @@ def register(subparsers):
                         help="服务器数据放在这个 PostgreSQL 空库中，由两个服务器进程共用（默认 $YKT_DATABASE_URL，否则"
                              "数据目录中的 SQLite）/ keep the server's data in this empty PostgreSQL database, shared "
                              "by two server processes (default $YKT_DATABASE_URL, else SQLite in the data directory)")
+    parser.add_argument("--face", type=int, nargs="?", const=8800, metavar="PORT",
+                        help="显示 1 号消费机的屏幕（收银员与持卡人两面，默认端口 8800），有显示器时自动打开 / show POS "
+                             "1's screens during the rush (cashier and cardholder, port 8800 unless given); opened "
+                             "in Chromium when this machine has a display, else open the printed addresses")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of results")
     parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"),
                         help="进度与总结的语言 / language of progress and summary (default zh, or YKT_LANG)")
@@ -37,6 +41,20 @@ def register(subparsers):
 
 
 _LIMITS = (("people", 20, 200000), ("terminals", 2, 32), ("duration_s", 5, 3600))
+
+
+def _face_port_problem(port):
+    """Why the screens cannot be served on this local port, or None."""
+    import socket
+    if not 1 <= port <= 65535:
+        return "--face 端口须在 1 到 65535 之间 / the port must be 1 to 65535"
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return "端口 %d 已被占用，请换一个：--face 端口 / port %d is in use; pick another with --face PORT" % (
+                port, port)
+    return None
 
 
 def run_demo(args):
@@ -51,6 +69,11 @@ def run_demo(args):
         pg_store.database_setting(args.database)
     except pg_store.StoreSettingError as error:
         args.parser.error(str(error))
+    if args.face is not None:
+        problem = _face_port_problem(args.face) if args.scenario == "rush" else \
+            "--face 只用于午餐高峰 / --face is for the rush scenario"
+        if problem:
+            args.parser.error(problem)
     if args.scenario == "migrate":
         from simulators import migrate_day
         return migrate_day.run(args)

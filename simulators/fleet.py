@@ -17,6 +17,7 @@ import json
 import os
 import queue
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -205,9 +206,10 @@ class ServerProcess:
 class TerminalProcess:
     """One `ykt terminal` process, fed JSON lines on stdin; its decisions collected by a thread."""
 
-    def __init__(self, index, document, relay, run_dir, cards_dir, decisions, command=("terminal",)):
+    def __init__(self, index, document, relay, run_dir, cards_dir, decisions, command=("terminal",), face_port=None):
         """`decisions` is the queue every terminal's reader thread puts (index, monotonic_s, line) on;
-        `command` the ykt subcommand and its own options (the canteen POS by default)."""
+        `command` the ykt subcommand and its own options (the canteen POS by default); face_port: serve
+        its screens there (`ykt demo --face`)."""
         self.index = index
         self.terminal_id = document["terminal_id"]
         self.relay = relay
@@ -225,7 +227,8 @@ class TerminalProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ykt", *command, "--provision", provision_path, "--data-dir", terminal_dir,
              "--reader", "sim:", "--cards-dir", cards_dir, "--script", "-", "--decisions-only",
-             "--sync-interval-ms", str(_SYNC_INTERVAL_MS), "--drain-timeout-s", str(_DRAIN_TIMEOUT_S)],
+             "--sync-interval-ms", str(_SYNC_INTERVAL_MS), "--drain-timeout-s", str(_DRAIN_TIMEOUT_S)]
+            + (["--face", "127.0.0.1:%d" % face_port] if face_port else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1,
             start_new_session=True)
         self._decisions = decisions
@@ -737,6 +740,23 @@ def render(summary, lang):
     return "\n".join(lines)
 
 
+def show_face(port, run_dir, progress, lang):
+    """Say where the first POS's screens are, and open them when this machine has a display."""
+    base = "http://127.0.0.1:%d" % port
+    progress.step(_say(lang, "1 号消费机的屏幕：收银员 %s/cashier ，持卡人 %s/holder" % (base, base),
+                       "POS 1's screens: cashier %s/cashier, cardholder %s/holder" % (base, base)))
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None or not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        progress.step(_say(lang, "（本机没有显示器：用浏览器打开上面的地址即可）",
+                           "(no display here: open the addresses above in a browser)"))
+        return
+    for view in ("cashier", "holder"):
+        profile = os.path.join(run_dir, "face-browser-%s" % view)
+        subprocess.Popen([browser, "--app=%s/%s" % (base, view), "--user-data-dir=%s" % profile,
+                          "--no-first-run", "--window-size=800,480"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
 def run(args):
     lang = args.lang
     progress = Progress(lang)
@@ -788,7 +808,10 @@ def run(args):
         for index, document in enumerate(documents):
             relay = Relay("127.0.0.1", servers[index % len(servers)].port)
             relays.append(relay)
-            fleet.append(TerminalProcess(index, document, relay, run_dir, cards_dir, decisions))
+            fleet.append(TerminalProcess(index, document, relay, run_dir, cards_dir, decisions,
+                                         face_port=args.face if index == 0 else None))
+        if args.face:
+            show_face(args.face, run_dir, progress, lang)
         app = AppActivity(servers[-1].url, gateways, population, plan,
                           exclude=injector.taken if injector is not None else ())
         progress.step(_say(lang, "为 %d 名持卡人开通付款码……" % paycode_day.PAYERS,
