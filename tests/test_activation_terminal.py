@@ -9,6 +9,7 @@ first prompt to its end; the old money is in the app once the unit synced, once;
 refused with 到原一卡通中心处理; with the network cut the unit activates from its ticket cache and
 the server books the record when it is back; a unit without the old keys or with a wrong reader
 path says so in one line."""
+import io
 import json
 import os
 import subprocess
@@ -184,3 +185,27 @@ def test_a_unit_without_the_old_keys_or_with_a_wrong_reader_says_so(hall, live_s
     done = _cli(live_server, "activation", "--provision", str(provision), "--data-dir", str(tmp_path / "b"),
                 "--voice", "off", "--reader", "pn532:/dev/no-such-reader", "--script", "-", stdin="")
     assert done.returncode == 5 and "/dev/no-such-reader" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_units_screen_says_what_the_speaker_says(hall, live_server, tmp_path):
+    """`--face`: the cardholder's screen at the door shows the prompt and the result as the unit
+    decides them, and counts the activation as waiting to upload until a sync takes it."""
+    from firmware.apps.face import Face
+    from firmware.apps.pos_terminal import load_provisioning
+    _work, campus, provision, truth = hall
+    card = _cards(truth, category="student", lost=False)[-1]
+    document = load_provisioning(str(provision))
+    face = Face("activation", "zh", document["terminal_id"])
+    unit = ActivationTerminal(document, str(tmp_path / "unit"), open_reader("sim:"), out=io.StringIO(),
+                              cards_dir=str(campus), face=face, sync_interval_ms=60000)
+    try:
+        unit.run_line({"sync": True})
+        unit.run_line({"card": str(campus / card["file"])})
+        state = face.snapshot()
+        assert state["result"]["accepted"] is True and state["result"]["code"] == "activated"
+        assert state["message"]["tone"] == "ok" and "卡片激活成功" in state["message"]["text"]
+        assert state["backlog"] == 1
+        unit.run_line({"sync": True})
+        assert face.snapshot()["backlog"] == 0 and face.snapshot()["network"]["online"] is True
+    finally:
+        unit.close()
