@@ -18,9 +18,9 @@ import os
 import sys
 
 from firmware.core import card_layout, wallets as wallet_rules
-from sync_server import db as dbmod, keys, numbers, pg_store, private_dir, registry, serving, services
+from sync_server import backups, db as dbmod, keys, numbers, pg_store, private_dir, registry, serving, services
 from sync_server.cli_common import (account_of, add_person_options, add_station_options, carry_card_job,
-                                    check_output_file, data_dir_of, lang_of, log_staff_action, open_database,
+                                    check_output_file, data_dir_checked, data_dir_of, lang_of, log_staff_action, open_database,
                                     open_station, operator_of, print_table, require_known, say, uid_of,
                                     write_at_station)
 from sync_server.mistakes import MalformedInput
@@ -56,9 +56,32 @@ def cmd_server_init(args):
         "data directory ready: %s (%d files created)" % (data_dir, len(created)))
 
 
+def cmd_server_backup(args):
+    backups.check_keep(args.keep)
+    data_dir = data_dir_checked(args)
+    manifest = backups.take_backup(dbmod.store_location(data_dir), os.path.abspath(args.to), args.keep)
+    say(args, "已备份：%s（%.1f MB，SHA-256 %s…）%s" % (
+        os.path.join(args.to, manifest["file"]), manifest["bytes"] / 1e6, manifest["sha256"][:16],
+        "，移除旧备份 %d 个" % len(manifest["removed"]) if manifest["removed"] else ""),
+        "backed up: %s (%.1f MB, SHA-256 %s...)%s" % (
+        os.path.join(args.to, manifest["file"]), manifest["bytes"] / 1e6, manifest["sha256"][:16],
+        "; %d old backups removed" % len(manifest["removed"]) if manifest["removed"] else ""))
+
+
+def cmd_server_restore(args):
+    data_dir = data_dir_checked(args)
+    manifest, replaced = backups.restore_backup(os.path.abspath(args.file), data_dir, args.force)
+    taken = backups.time_text(manifest["taken_ms"])
+    say(args, "已恢复 %s（备份于 %s）到 %s%s" % (manifest["file"], taken, data_dir,
+                                         "；原数据库保留为 %s" % replaced if replaced else ""),
+        "restored %s (taken %s) into %s%s" % (manifest["file"], taken, data_dir,
+                                            "; the replaced database is kept as %s" % replaced if replaced else ""))
+
+
 def cmd_server(args):
-    if getattr(args, "server_command", None) == "init":
-        return cmd_server_init(args)
+    command = getattr(args, "server_command", None)
+    if command is not None:
+        return {"init": cmd_server_init, "backup": cmd_server_backup, "restore": cmd_server_restore}[command](args)
     bounds = serving.option_bounds_error(args.workers, args.threads, args.idle_timeout_s, args.request_timeout_s,
                                          args.max_connections)
     if bounds:
@@ -82,8 +105,16 @@ def cmd_server(args):
                                  "cannot listen on %s:%d: %s" % (args.host, args.port, error.strerror or error))
     options = serving.server_options(args.threads, args.idle_timeout_s, args.request_timeout_s, args.max_connections)
     start_close = stop_close = None
-    if os.environ.get("YKT_FINANCE_CLOSE", "on") != "off":   # the nightly close (sync_server/finance)
-        from sync_server.finance import scheduler
+    if args.backup_dir:                # taken by the scheduler process, never by a worker
+        if database_url is not None:
+            backups.refuse_postgresql(database_url)
+        backups.check_interval_s(args.backup_interval_s)
+        backups.check_keep(args.backup_keep)
+        os.environ.update({scheduler_env: str(value) for scheduler_env, value in (
+            ("YKT_BACKUP_DIR", os.path.abspath(args.backup_dir)), ("YKT_BACKUP_INTERVAL_S", args.backup_interval_s),
+            ("YKT_BACKUP_KEEP", args.backup_keep))})
+    if os.environ.get("YKT_FINANCE_CLOSE", "on") != "off" or args.backup_dir:
+        from sync_server.finance import scheduler     # the nightly close (sync_server/finance), backups
         start_close, stop_close = scheduler.hooks(dbmod.store_location(data_dir, database_url))
     where = data_dir if database_url is None else "%s，%s" % (data_dir, pg_store.describe(database_url))
     say(args, "同步服务器启动：http://%s:%d（数据目录 %s，%d 个进程 × %d 线程）"
@@ -400,10 +431,39 @@ def register(subparsers):
     server.add_argument("--database", default=None,
                         help="postgresql://... to keep the data in PostgreSQL (default $YKT_DATABASE_URL, "
                              "else SQLite in the data directory)")
+    server.add_argument("--backup-dir", help="take an online backup of the SQLite file into this directory "
+                                             "every --backup-interval-s (sync_server/backups.py)")
+    server.add_argument("--backup-interval-s", type=int, default=3600, help="seconds between backups (default 3600)")
+    server.add_argument("--backup-keep", type=int, default=backups.DEFAULT_KEEP,
+                        help="backups kept, the oldest removed first (default %d)" % backups.DEFAULT_KEEP)
     server.set_defaults(handler=_guard(cmd_server))
-    server_commands = server.add_subparsers(dest="server_command", metavar="init")
+    server_commands = server.add_subparsers(dest="server_command", metavar="{init,backup,restore}")
     server_commands.add_parser("init", parents=[_common_parser(suppress=True)], help="初始化数据目录与主密钥 / create data dir and master key") \
         .set_defaults(handler=_guard(cmd_server_init))
+    backup = server_commands.add_parser(
+        "backup", parents=[_common_parser(suppress=True)],
+        help="立即在线备份数据库 / take an online backup of the database now",
+        description="服务器运行时也可备份：复制为一个完整一致的 SQLite 文件，附校验清单。主密钥不在备份中，须另行保管。"
+                    " / Works while the server runs: one consistent SQLite file with a manifest (SHA-256). The "
+                    "master key is not in it; keep that apart.",
+        epilog="示例 / example:  ykt server backup --data-dir /var/lib/ykt --to /mnt/backup/ykt --keep 30")
+    backup.add_argument("--to", required=True, metavar="DIR", help="the backup directory (made owner-only)")
+    backup.add_argument("--keep", type=int, default=backups.DEFAULT_KEEP,
+                        help="backups kept there, the oldest removed first (default %d)" % backups.DEFAULT_KEEP)
+    backup.set_defaults(handler=_guard(cmd_server_backup))
+    restore = server_commands.add_parser(
+        "restore", parents=[_common_parser(suppress=True)],
+        help="从备份恢复数据库（先停止服务器）/ put a backup back (stop the server first)",
+        description="校验备份（清单哈希与 SQLite 完整性检查）后放回数据目录；原数据库改名保留，不删除。"
+                    " / Verifies the backup (its manifest's hash, SQLite's integrity check) and puts it in the data "
+                    "directory; the database it replaces is renamed and kept, never deleted.",
+        epilog="示例 / example:  ykt server restore --data-dir /var/lib/ykt --file /mnt/backup/ykt/"
+               "ykt-20261204T031500000Z.db --force")
+    restore.add_argument("--file", required=True, metavar="FILE", help="a backup's .db file (its .json manifest "
+                                                                        "beside it)")
+    restore.add_argument("--force", action="store_true", help="replace the database already there (kept as "
+                                                               "ykt.db.replaced-<time>)")
+    restore.set_defaults(handler=_guard(cmd_server_restore))
 
     hall_parser = subparsers.add_parser("hall", help="服务大厅业务 / service hall operations")
     commands = hall_parser.add_subparsers(dest="hall_command", metavar="COMMAND")

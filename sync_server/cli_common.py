@@ -26,12 +26,18 @@ def say(args, zh, en):
     print(en if lang_of(args) == "en" else zh)
 
 
-def open_database(args):
-    """The data directory's database (or $YKT_DATABASE_URL's), upgraded; NotReady when `ykt server
-    init` has not run, FileMistake when the data directory is a file."""
+def data_dir_checked(args):
+    """The data directory; FileMistake when it is a file."""
     data_dir = data_dir_of(args)
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise FileMistake("数据目录 %s 不是目录" % data_dir, "the data directory %s is not a directory" % data_dir)
+    return data_dir
+
+
+def open_database(args):
+    """The data directory's database (or $YKT_DATABASE_URL's), upgraded; NotReady when `ykt server
+    init` has not run, FileMistake when the data directory is a file."""
+    data_dir = data_dir_checked(args)
     path = dbmod.store_location(data_dir)
     if not pg_store.is_postgresql(path) and not os.path.exists(path):
         raise NotReady("数据目录 %s 尚未初始化，请先运行 ykt server init --data-dir %s" % (data_dir, data_dir),

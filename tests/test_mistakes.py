@@ -30,6 +30,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = {
     "server": ["--data-dir", "{d}", "--port", "1"],
     "server init": ["--data-dir", "{d}"],
+    "server backup": ["--data-dir", "{d}", "--to", "{d}/backups"],
+    "server restore": ["--data-dir", "{d}", "--file", "{d}/backups/none.db"],
     "hall merchant-add": ["--data-dir", "{d}", "--name-zh", "三食堂"],
     "hall person-add": ["--data-dir", "{d}", "--name", "王五"],
     "hall card-issue": ["--data-dir", "{d}", "--number", "S1", "--uid", "01020304"],
@@ -92,7 +94,7 @@ COMMANDS = {
 }
 
 # The server's data directory (not the terminals' journal directory, not the demo's own one).
-SERVER_DATA_DIR = {name for name in COMMANDS if name.split()[0] in ("hall", "finance")}
+SERVER_DATA_DIR = {name for name in COMMANDS if name.split()[0] in ("hall", "finance")} | {"server backup"}
 # Options naming a file the command reads; what a file of the wrong content gives.
 INPUT_FILES = {"--file": mistakes.EXIT_MALFORMED, "--people": mistakes.EXIT_MALFORMED,
                "--water": mistakes.EXIT_MALFORMED, "--provision": mistakes.EXIT_MALFORMED,

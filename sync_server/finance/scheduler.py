@@ -10,7 +10,10 @@ Every `CHECK_INTERVAL_S` it asks close.days_due(): once today's Beijing clock is
 yesterday is closed, oldest first. Closing is idempotent and days close in order, so a restart, a
 second server on the same file, or a finance officer closing by hand first changes nothing: the
 day is closed once. A failed close is logged and tried again at the next check.
-YKT_FINANCE_CLOSE=off leaves the scheduler out (tests that close days themselves).
+YKT_FINANCE_CLOSE=off leaves the close out (tests that close days themselves).
+
+With `ykt server --backup-dir` (YKT_BACKUP_DIR, _INTERVAL_S, _KEEP in its environment) it also takes
+an online backup at start-up and every interval (sync_server/backups.py), here and not in a worker.
 
 Each check also gives back the holds of Bluetooth water grants past their expiry
 (water_holds.release_expired), so money a phone never used returns without waiting for the next
@@ -27,7 +30,7 @@ import subprocess
 import sys
 import time
 
-from sync_server import db as dbmod, meter_gateway, water_holds
+from sync_server import backups, db as dbmod, meter_gateway, water_holds
 from sync_server.finance import close as close_module
 
 CHECK_INTERVAL_S = 60.0
@@ -81,24 +84,44 @@ def deliver_meter_payments(db_path, data_dir):
     return counts
 
 
+def take_backup(db_path, backup_dir, keep):
+    """One scheduled backup (sync_server/backups.py); a failure is logged and tried at the next time."""
+    try:
+        manifest = backups.take_backup(db_path, backup_dir, keep)
+    except Exception:       # a full disk, an unplugged backup drive: the server goes on serving
+        log.exception("backup failed")
+        return None
+    log.warning("backup taken: %s (%d bytes)", manifest["file"], manifest["bytes"])
+    return manifest
+
+
 def loop(db_path, parent_pid, interval_s=CHECK_INTERVAL_S):
     """Check every interval until the parent (the server process) is gone."""
     data_dir = os.environ.get("YKT_DATA_DIR") or os.path.dirname(os.path.abspath(db_path))
+    closing = os.environ.get("YKT_FINANCE_CLOSE", "on") != "off"
+    backup_dir = os.environ.get("YKT_BACKUP_DIR")
+    backup_interval_s = int(os.environ.get("YKT_BACKUP_INTERVAL_S", "3600"))
+    backup_keep = int(os.environ.get("YKT_BACKUP_KEEP", str(backups.DEFAULT_KEEP)))
     next_meter_pass = 0.0
+    next_backup = time.monotonic()          # one at start-up, then every interval
     while os.getppid() == parent_pid:
-        conn = dbmod.connect(db_path)
-        try:
-            release_holds(conn)
-            run_due(conn)
-        except Exception:   # keep going: the next check tries again (FinanceError included)
-            log.exception("finance close failed")
-        finally:
-            conn.close()
+        if closing:
+            conn = dbmod.connect(db_path)
+            try:
+                release_holds(conn)
+                run_due(conn)
+            except Exception:   # keep going: the next check tries again (FinanceError included)
+                log.exception("finance close failed")
+            finally:
+                conn.close()
         deadline = time.monotonic() + interval_s
         while time.monotonic() < deadline and os.getppid() == parent_pid:   # gone soon after the master
-            if time.monotonic() >= next_meter_pass:
+            if closing and time.monotonic() >= next_meter_pass:
                 deliver_meter_payments(db_path, data_dir)
                 next_meter_pass = time.monotonic() + METER_INTERVAL_S
+            if backup_dir and time.monotonic() >= next_backup:
+                take_backup(db_path, backup_dir, backup_keep)
+                next_backup = time.monotonic() + backup_interval_s
             time.sleep(1.0)
 
 
