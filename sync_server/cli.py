@@ -18,7 +18,7 @@ import os
 import sys
 
 from firmware.core import card_layout, wallets as wallet_rules
-from sync_server import backups, db as dbmod, keys, numbers, pg_store, private_dir, registry, serving, services
+from sync_server import backups, db as dbmod, fleet_status, keys, numbers, pg_store, private_dir, registry, serving, services
 from sync_server.cli_common import (account_of, add_person_options, add_station_options, carry_card_job,
                                     check_output_file, data_dir_checked, data_dir_of, lang_of, log_staff_action, open_database,
                                     open_station, operator_of, print_table, require_known, say, uid_of,
@@ -123,6 +123,33 @@ def cmd_server(args):
         % (args.host, args.port, where.replace("，", ", "), args.workers, args.threads))
     sys.stdout.flush()
     return serving.serve(app, listener, args.workers, options, start_close, stop_close)
+
+
+# --- fleet ----------------------------------------------------------------------------------------
+
+def cmd_fleet_status(args):
+    if not 1 <= args.stale_min <= 7 * 24 * 60:
+        raise registry.HallError("--stale-min 须在 1 到 10080 之间", "--stale-min must be 1 to 10080")
+    conn = open_database(args)
+    rows = fleet_status.fleet(conn, stale_after_ms=args.stale_min * 60000)
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return
+    en = lang_of(args) == "en"
+    table = []
+    for row in rows:
+        problems = "、".join(fleet_status.problem_text(key, lang_of(args)) for key in row["problems"])
+        offset = row["clock_offset_ms"]
+        table.append([row["terminal_id"], row["kind"] if en else row["kind_zh"],
+                      row["location_en"] if en else row["location"], row["firmware"] or "—",
+                      fleet_status.since_text(row["since_sync_s"], lang_of(args)),
+                      "—" if offset is None else "%+.1f s" % (offset / 1000), row["backlog"], row["reader_errors"],
+                      (row["status"] if row["status"] != "active" else "") + problems or ("ok" if en else "正常")])
+    print_table(args, [("编号", "id"), ("类型", "kind"), ("位置", "location"), ("固件", "firmware"),
+                       ("上次同步", "last sync"), ("时钟偏差", "clock"), ("积压", "backlog"),
+                       ("读卡器故障", "reader errors"), ("状态", "state")], table, right=(0, 6, 7))
+    failing = sum(1 for row in rows if row["problems"])
+    say(args, "共 %d 台终端，%d 台需要处理" % (len(rows), failing), "%d terminals, %d need attention" % (len(rows), failing))
 
 
 # --- hall -----------------------------------------------------------------------------------------
@@ -464,6 +491,22 @@ def register(subparsers):
     restore.add_argument("--force", action="store_true", help="replace the database already there (kept as "
                                                                "ykt.db.replaced-<time>)")
     restore.set_defaults(handler=_guard(cmd_server_restore))
+
+    fleet_parser = subparsers.add_parser("fleet", help="终端运维 / the terminals, for technicians")
+    fleet_commands = fleet_parser.add_subparsers(dest="fleet_command", metavar="COMMAND")
+    fleet_commands.required = True
+    status = fleet_commands.add_parser(
+        "status", parents=[_common_parser(suppress=True)],
+        help="各终端状态，异常与久未同步的在前 / every terminal, failing and stale first",
+        description="每台终端：类型、位置、固件版本、上次同步、时钟偏差、积压、读卡器故障、上传被拒、报警。"
+                    " / Every terminal: kind, location, firmware, last sync, clock offset, backlog, reader "
+                    "errors, upload refusals, alarms; failing and stale first (also on /admin/fleet).",
+        epilog="示例 / examples:  ykt fleet status   |   ykt fleet status --stale-min 30 --json")
+    status.add_argument("--stale-min", type=int, default=fleet_status.STALE_AFTER_MS // 60000,
+                        help="minutes without a sync before a terminal counts as stale (default %d)"
+                             % (fleet_status.STALE_AFTER_MS // 60000))
+    status.add_argument("--json", action="store_true", help="one JSON list (for programs)")
+    status.set_defaults(handler=_guard(cmd_fleet_status))
 
     hall_parser = subparsers.add_parser("hall", help="服务大厅业务 / service hall operations")
     commands = hall_parser.add_subparsers(dest="hall_command", metavar="COMMAND")

@@ -52,7 +52,7 @@ MAX_HEALTH_BYTES = 4096
 # these keys are kept, each bounded, so the stored JSON is always whole and small; the rest is dropped
 # (health is advisory, it never refuses a sync).
 HEALTH_COUNT_KEYS = ("journal_unacked", "journal_depth", "last_seq", "acked_seq", "seq_jumped_from",
-                     "deny_entries", "balance_rows", "uptime_s", "water_sessions")
+                     "deny_entries", "balance_rows", "uptime_s", "water_sessions", "reader_errors")
 # upload_refused: why our last records were refused; alarm: a message code while a terminal is out of
 # order (a water dispenser whose meter stalled with the valve open); water_state: its machine's state
 HEALTH_TEXT_KEYS = ("firmware", "upload_refused", "alarm", "water_state")

@@ -141,7 +141,10 @@ class PosTerminal(SyncedShell):
         self._last_shown = None
         self._first_sync_seen = False  # once True it stays: a store never needs its first sync again
         self._lingering_uid = None     # serve(): the last tapped card, until it leaves the field
+        self.reader_errors = 0         # the reader itself failed (not a card): reported in health
         self._open_sync(db_path, server_url, sync, sync_interval_ms, DEFAULT_SYNC_INTERVAL_MS)
+        if self.sync_client is not None:
+            self.sync_client.health_extra = lambda: {"reader_errors": self.reader_errors}
         self._show_last_tap()
 
     def _show_last_tap(self):
@@ -300,9 +303,11 @@ class PosTerminal(SyncedShell):
         except AuthenticationError:
             return pos.CardReadFailed(pos.READ_FAILURE_AUTH)
         except ReaderError:
+            self.reader_errors += 1
             return pos.CardReadFailed(pos.READ_FAILURE_READER)
         except Exception:               # a driver bug must not leave the tap stuck half-way
             self._log_fault("read_card")
+            self.reader_errors += 1
             return pos.CardReadFailed(pos.READ_FAILURE_READER)
         self._read_target = self._target
         identity = view.identity
@@ -375,6 +380,7 @@ class PosTerminal(SyncedShell):
             target = self.reader.poll(timeout_ms)
         except ReaderError:
             # No Target to go on (a silent chip, a reader that gave no UID): say so, state unchanged.
+            self.reader_errors += 1
             self._execute(pos.Show(messages.READER_ERROR, self.machine.due_fields()))
             return False
         if target is None:

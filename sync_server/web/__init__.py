@@ -67,4 +67,6 @@ def init_app(app):
                                      static_url_path="/web/static"))
     app.register_blueprint(portal)
     app.register_blueprint(hall_pages)
+    from sync_server.web.admin_pages import admin_pages
+    app.register_blueprint(admin_pages)      # administrators and technicians (/admin)
     app.register_blueprint(phone_app)

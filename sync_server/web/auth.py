@@ -346,7 +346,8 @@ def cardholder_required(view):
 # The staff areas of the pages: (role, home endpoint, sign-in endpoint, path prefix), in the order a
 # user with several roles lands on them. Each area has its own front door (sign-in page).
 STAFF_AREAS = (("hall", "hall_pages.search", "hall_pages.sign_in", "/hall/"),
-               ("finance", "finance_pages.index", "finance_pages.sign_in", "/finance/"))
+               ("finance", "finance_pages.index", "finance_pages.sign_in", "/finance/"),
+               ("admin", "admin_pages.fleet", "admin_pages.sign_in", "/admin/"))
 
 
 def safe_next(target):
