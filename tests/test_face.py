@@ -267,27 +267,33 @@ def test_a_rebound_host_cannot_read_the_state_cross_origin(served):
     assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
 
 
-def test_a_dispensers_screen_follows_the_water(live_server, tmp_path):
+def test_a_dispensers_screen_follows_the_water(tmp_path):
     """The dispenser's cardholder screen: the volume as each progress is saved (never ahead of it),
-    then the session's charge once journaled."""
+    then the session's charge once journaled (the server on SQLite: the screen is the terminal's)."""
+    from server_process import running_server
     from test_dispenser_terminal import Rig
-    rig = Rig(live_server, tmp_path)
-    try:
-        face = Face("dispenser", "zh", rig.terminal_id)
-        rig.terminal.face = face
-        rig.run({"sync": True}, {"flow_ml_per_s": 50}, {"card": rig.card_path}, {"advance_ms": 2000})
-        state = face.snapshot()
-        assert state["message"]["code"] == "water_dispensing" and state["result"] is None
-        saved = rig.terminal.store.water_progress()
-        assert saved is not None and state["dispensed_ml"] == saved[3]
-        rig.run({"advance_ms": 2000}, {"card": rig.card_path})
-        state = face.snapshot()
-        (session,) = rig.lines("session")
-        assert state["dispensed_ml"] == session["ml"] == 200
-        assert state["result"]["accepted"] and state["result"]["amount_fen"] == session["fen"]
-        assert state["last_tap"]["seq"] == session["seq"] and state["backlog"] >= 1
-    finally:
-        rig.close()
+    with running_server(tmp_path / "server", database=None) as server:
+        rig = Rig(server, tmp_path)
+        try:
+            check_the_water(rig)
+        finally:
+            rig.close()
+
+
+def check_the_water(rig):
+    face = Face("dispenser", "zh", rig.terminal_id)
+    rig.terminal.face = face
+    rig.run({"sync": True}, {"flow_ml_per_s": 50}, {"card": rig.card_path}, {"advance_ms": 2000})
+    state = face.snapshot()
+    assert state["message"]["code"] == "water_dispensing" and state["result"] is None
+    saved = rig.terminal.store.water_progress()
+    assert saved is not None and state["dispensed_ml"] == saved[3]
+    rig.run({"advance_ms": 2000}, {"card": rig.card_path})
+    state = face.snapshot()
+    (session,) = rig.lines("session")
+    assert state["dispensed_ml"] == session["ml"] == 200
+    assert state["result"]["accepted"] and state["result"]["amount_fen"] == session["fen"]
+    assert state["last_tap"]["seq"] == session["seq"] and state["backlog"] >= 1
 
 
 # --- `ykt terminal --face / --keypad` mistakes -----------------------------------------------------

@@ -33,6 +33,7 @@ from firmware.apps.terminal_shell import pump
 from firmware.core import card_layout, sam, wallets
 from reader_drivers.base import open_reader
 from reader_drivers.sim.classic_card import ClassicCard
+from server_process import running_server
 from sync_server import pin_rules, registry
 
 from test_keypad import PipeDevice, Typist
@@ -41,6 +42,14 @@ from test_pos_terminal import UID, issue_card_image, journal, provisioning, seed
 
 DEADLINE_S = 30
 PANEL = {"width": 800, "height": 480, "deviceScaleFactor": 1, "mobile": False}
+
+
+@pytest.fixture(scope="module")
+def sqlite_server(tmp_path_factory):
+    """The real server on its SQLite file: the screens are the terminal's, whatever store the server
+    keeps (both stores are tested against terminals elsewhere)."""
+    with running_server(tmp_path_factory.mktemp("server"), database=None) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +154,8 @@ class Keyboard:
         self.device.write(self.typist.tap(*names))
 
 
-def test_a_lunch_at_the_counter(live_server, tmp_path, screens):
-    with counter(live_server, tmp_path) as site, chromium(tmp_path) as driver:
+def test_a_lunch_at_the_counter(sqlite_server, tmp_path, screens):
+    with counter(sqlite_server, tmp_path) as site, chromium(tmp_path) as driver:
         terminal, face, keyboard, reader, pin = site.terminal, site.face, site.keyboard, site.reader, site.pin
         first = driver.current_window_handle
         cashier = window(driver, site.url + "/cashier")
