@@ -19,6 +19,7 @@ Every HTTP call (sync and PIN check) holds one lock: the server requires strictl
 so two requests of one terminal must never race each other.
 """
 import logging
+import os
 import re
 import threading
 import time
@@ -106,6 +107,9 @@ class SyncResult:
             self.online, self.sent, self.acked_seq, self.more, self.error)
 
 
+FIRMWARE_VERSION_ENV = "YKT_FIRMWARE_VERSION"
+
+
 class SyncClient:
     def __init__(self, store, sam, terminal_id, server_url, clock, utc_offset_min=480,
                  timeout_s=DEFAULT_TIMEOUT_S, transport=None, firmware_version="ykt-pos/0.1"):
@@ -114,7 +118,8 @@ class SyncClient:
         self.terminal_id = terminal_id
         self.clock = clock
         self.utc_offset_min = utc_offset_min
-        self.firmware_version = firmware_version
+        # the slots' supervisor says which bundle runs (firmware/apps/slots.py); else the build's own name
+        self.firmware_version = os.environ.get(FIRMWARE_VERSION_ENV) or firmware_version
         self.online = False
         self.last_error = None
         self.failures = 0

@@ -48,6 +48,18 @@ def card_path(cards_dir, card):
     return os.path.join(cards_dir, "%s.card" % card.lower())
 
 
+SYNC_MARK_ENV = "YKT_SYNC_MARK"      # a file touched after every answered sync (firmware/apps/slots.py)
+
+
+def mark_synced():
+    """Tell the slots' supervisor this version reached the server: it confirms an update on trial."""
+    path = os.environ.get(SYNC_MARK_ENV)
+    if path:
+        with open(path, "a"):
+            pass
+        os.utime(path)
+
+
 def pump(read, inputs, stop, name):
     """A thread moving what `read()` returns (None: nothing yet) onto the bounded `inputs` queue
     until `stop`; a device that fails stops its thread with one line on stderr."""
@@ -107,6 +119,8 @@ class SyncedShell:
         self._sync_thread.start()
 
     def _on_sync(self, result):
+        if result.online:
+            mark_synced()
         # unacked: the offline backlog, counted on the sync thread's own connection
         self.emit({"type": "sync", "online": result.online, "sent": result.sent, "acked_seq": result.acked_seq,
                    "error": result.error, "unacked": self._sync_store.unacked_count()}, always=False)

@@ -1,0 +1,248 @@
+"""A/B firmware slots on a terminal, and the supervisor that starts the terminal from the active one
+and rolls a bad update back by itself.
+
+    <root>/a/, <root>/b/      two copies of the firmware (the packages of a bundle, bundles.py)
+    <root>/state.json         {"active": "a", "version": "1.2.0", "trial": null, "history": [...]}
+
+`install(bundle)` verifies the bundle against the running version, unpacks it into the inactive slot
+(emptied first) and makes it active *on trial*: state.json names the slot it came from. The trial's
+time (`trial_s`, 300 s by default) runs from the new version's first start. The
+supervisor (`python -m firmware.apps.slots --root R --data-dir D -- terminal ...`, what the systemd
+unit runs) then starts `ykt` from the active slot and watches the trial:
+
+  - the new version syncs with the server (the shell touches <data-dir>/synced after each answered
+    sync; its time must pass the trial's start): confirmed, the trial ends;
+  - it exits with an error, or is still running without a sync when `--trial-s` has passed: the
+    supervisor stops it, makes the previous slot active again (rolled back, with the reason in the
+    history) and starts that.
+
+The journal lives in the data directory, never in a slot, and every version opens it the same way,
+so an update or a rollback loses nothing journaled: records made on trial are uploaded by whichever
+version runs next. A confirmed version that crashes is restarted (with a growing pause), not rolled
+back: rollback is for a version that never proved itself. state.json is replaced atomically (written,
+flushed, renamed, the directory flushed), so a power cut leaves the old state or the new, never half.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from firmware.apps import bundles
+from firmware.apps.sync_client import FIRMWARE_VERSION_ENV
+from firmware.apps.terminal_shell import SYNC_MARK_ENV
+
+SLOTS = ("a", "b")
+STATE_FILE = "state.json"
+SYNC_MARK = "synced"               # in the data directory: touched by the shell after an answered sync
+DEFAULT_TRIAL_S = 300
+MAX_HISTORY = 50
+RESTART_PAUSES_S = (1, 2, 5, 10, 30)
+
+
+def _now_ms():
+    return int(time.time() * 1000)
+
+
+class Slots:
+    def __init__(self, root):
+        self.root = os.path.abspath(root)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def state(self):
+        try:
+            with open(os.path.join(self.root, STATE_FILE), encoding="utf-8") as handle:
+                state = json.load(handle)
+        except FileNotFoundError:
+            return None
+        assert state["active"] in SLOTS, state
+        return state
+
+    def _save(self, state):
+        state["history"] = state.get("history", [])[-MAX_HISTORY:]
+        path = os.path.join(self.root, STATE_FILE)
+        partial = path + ".partial"
+        with open(partial, "w", encoding="utf-8") as handle:
+            json.dump(state, handle, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+        descriptor = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    def slot_dir(self, name):
+        return os.path.join(self.root, name)
+
+    def active_dir(self):
+        return self.slot_dir(self.state()["active"])
+
+    # -- changes --------------------------------------------------------------------------------
+
+    def first_install(self, bundle, kind, keys):
+        """The factory install (tools/flash.py): into slot a, confirmed at once."""
+        if self.state() is not None:
+            raise bundles.BundleRefused("installed", "已安装固件，请用升级", "firmware is installed already: update it")
+        os.makedirs(self.root, mode=0o755, exist_ok=True)
+        manifest = bundles.unpack_bundle(bundle, kind, None, keys, self._emptied("a"))
+        self._save({"active": "a", "version": manifest["version"], "kind": kind, "trial": None,
+                    "history": [{"at_ms": _now_ms(), "event": "installed", "version": manifest["version"]}]})
+        return manifest
+
+    def install(self, bundle, keys, trial_s=DEFAULT_TRIAL_S):
+        """Unpack a newer bundle into the inactive slot and make it active on trial."""
+        state = self.state()
+        if state is None:
+            raise bundles.BundleRefused("not_installed", "尚未安装固件", "no firmware installed yet")
+        if state["trial"] is not None:
+            raise bundles.BundleRefused("on_trial", "上一次升级仍在试运行", "the last update is still on trial")
+        target = "b" if state["active"] == "a" else "a"
+        manifest = bundles.unpack_bundle(bundle, state["kind"], state["version"], keys, self._emptied(target))
+        now_ms = _now_ms()
+        state["trial"] = {"slot": target, "version": manifest["version"], "previous": state["active"],
+                          "previous_version": state["version"], "trial_s": trial_s, "since_ms": None,
+                          "deadline_ms": None}
+        state["active"], state["version"] = target, manifest["version"]
+        state["history"].append({"at_ms": now_ms, "event": "trial", "version": manifest["version"]})
+        self._save(state)
+        return manifest
+
+    def start_trial(self):
+        """The trial's clock starts when the new version first starts, not at install: a sync by the
+        old version in between proves nothing, and a supervisor restarted mid-trial keeps the deadline."""
+        state = self.state()
+        trial = state["trial"]
+        if trial is None or trial["since_ms"] is not None:
+            return
+        trial["since_ms"] = _now_ms()
+        trial["deadline_ms"] = trial["since_ms"] + trial["trial_s"] * 1000
+        self._save(state)
+
+    def confirm(self):
+        state = self.state()
+        if state["trial"] is None:
+            return False
+        state["trial"] = None
+        state["history"].append({"at_ms": _now_ms(), "event": "confirmed", "version": state["version"]})
+        self._save(state)
+        return True
+
+    def rollback(self, reason):
+        """Back to the slot the trial came from; the failed slot stays for a look until the next install."""
+        state = self.state()
+        trial = state["trial"]
+        if trial is None:
+            return False
+        state["active"], state["version"], state["trial"] = trial["previous"], trial["previous_version"], None
+        state["history"].append({"at_ms": _now_ms(), "event": "rolled_back", "version": trial["version"],
+                                 "reason": reason})
+        self._save(state)
+        return True
+
+    def _emptied(self, name):
+        path = self.slot_dir(name)
+        shutil.rmtree(path, ignore_errors=True)
+        return path
+
+
+# -- the supervisor ------------------------------------------------------------------------------
+
+def synced_since(data_dir, since_ms):
+    try:
+        return os.stat(os.path.join(data_dir, SYNC_MARK)).st_mtime * 1000 >= since_ms
+    except FileNotFoundError:
+        return False
+
+
+def supervise(slots, data_dir, command, stop, poll_s=0.2, log=print):
+    """Run `python -m ykt <command>` from the active slot until `stop()` is true (see the module
+    docstring); returns the last exit code."""
+    restarts = 0
+    code = 0
+    while not stop():
+        slots.start_trial()
+        state = slots.state()
+        env = dict(os.environ, PYTHONPATH=slots.active_dir(), **{
+            SYNC_MARK_ENV: os.path.join(data_dir, SYNC_MARK),
+            FIRMWARE_VERSION_ENV: "ykt-%s/%s" % (state["kind"], state["version"])})
+        log("启动固件 %s（槽 %s）/ starting firmware %s from slot %s" % (state["version"], state["active"],
+                                                                   state["version"], state["active"]))
+        child = subprocess.Popen([sys.executable, "-m", "ykt", *command], cwd=slots.active_dir(), env=env)
+        code, reason = _watch(slots, data_dir, child, stop, poll_s)
+        if reason is not None:
+            log("固件 %s 试运行失败（%s），回退 / the trial of %s failed (%s): rolling back"
+                % (state["version"], reason, state["version"], reason))
+            slots.rollback(reason)
+            restarts = 0
+            continue
+        if stop():
+            break
+        pause = RESTART_PAUSES_S[min(restarts, len(RESTART_PAUSES_S) - 1)]
+        log("固件退出（%s），%d 秒后重启 / firmware exited (%s); restarting in %d s" % (code, pause, code, pause))
+        restarts += 1
+        deadline = time.monotonic() + pause
+        while time.monotonic() < deadline and not stop():
+            time.sleep(poll_s)
+    return code
+
+
+def _watch(slots, data_dir, child, stop, poll_s):
+    """(exit code, rollback reason or None) of one run of the child."""
+    while True:
+        trial = slots.state()["trial"]
+        if trial is not None and synced_since(data_dir, trial["since_ms"]):
+            slots.confirm()
+            trial = None
+        code = child.poll()
+        if code is not None:
+            if trial is not None and code != 0:
+                return code, "exited with %d" % code
+            return code, None
+        if trial is not None and _now_ms() > trial["deadline_ms"]:
+            _stop_child(child)
+            return child.returncode, "no sync within the trial"
+        if stop():
+            _stop_child(child)
+            return child.returncode, None
+        time.sleep(poll_s)
+
+
+def _stop_child(child):
+    child.send_signal(signal.SIGTERM)
+    try:
+        child.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m firmware.apps.slots",
+        description="从当前固件槽启动终端，新版本试运行失败时自动回退 / run the terminal from the active firmware "
+                    "slot; roll a new version back when its trial fails",
+        epilog="示例 / example:  python -m firmware.apps.slots --root /opt/ykt --data-dir /var/lib/ykt -- terminal "
+               "--provision /etc/ykt/terminal.json --data-dir /var/lib/ykt --serve --face 8800")
+    parser.add_argument("--root", required=True, help="the slots' directory")
+    parser.add_argument("--data-dir", required=True, help="the terminal's data directory (its journal)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the ykt command to run")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    slots = Slots(args.root)
+    if slots.state() is None:
+        print("尚未安装固件：%s / no firmware installed in %s" % (args.root, args.root), file=sys.stderr)
+        return 4
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    return supervise(slots, args.data_dir, command, lambda: bool(stopping),
+                     log=lambda text: print(text, file=sys.stderr, flush=True))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

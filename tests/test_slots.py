@@ -1,0 +1,210 @@
+"""A/B firmware slots and their supervisor (firmware/apps/slots.py) with real signed bundles of this
+tree (tools/release.py), the real server process and the POS terminal as a process started from the
+active slot:
+
+  1. a tap is journaled offline by the running version (its network cut through a relay);
+  2. an update whose terminal crashes at start is rolled back by itself, and the old version, back
+     on the network, uploads the offline tap;
+  3. an update that runs but never reaches the server (the network cut again) is rolled back when
+     its trial time is up;
+  4. a good update syncs on trial and is confirmed; the server sees its version in the terminal's
+     health, and the tap is on the server exactly once with the journal row untouched.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from firmware.apps import bundles
+from firmware.apps.slots import Slots
+from firmware.apps.store import TerminalStore
+from firmware.core import card_layout
+from reader_drivers.base import open_reader
+from reader_drivers.sim.classic_card import ClassicCard
+from server_process import running_server
+from simulators.netcut import Relay
+from sync_server import registry
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import release  # noqa: E402
+
+DEADLINE_S = 90
+UID = bytes.fromhex("0badc0de")
+
+
+def public_hex(key):
+    return key.public_key().public_bytes_raw().hex()
+
+
+def broken_tree(tmp_path):
+    """This tree, but the POS shell raises at import: a build that cannot start."""
+    files = release.tree_files()
+    broken = tmp_path / "pos_terminal.py"
+    with open(files["firmware/apps/pos_terminal.py"], encoding="utf-8") as handle:
+        broken.write_text(handle.read() + "\nraise RuntimeError('a broken build')\n", encoding="utf-8")
+    return dict(files, **{"firmware/apps/pos_terminal.py": str(broken)})
+
+
+def until(what, predicate):
+    deadline = time.monotonic() + DEADLINE_S
+    while not predicate():
+        assert time.monotonic() < deadline, "never: %s" % what
+        time.sleep(0.2)
+
+
+def records_on_server(server, terminal_id):
+    conn = server.connect()
+    try:
+        return conn.execute("SELECT seq FROM terminal_records WHERE terminal_id = ?", (terminal_id,)).fetchall()
+    finally:
+        conn.close()
+
+
+def health_on_server(server, terminal_id):
+    conn = server.connect()
+    try:
+        text = conn.execute("SELECT health FROM terminals WHERE id = ?", (terminal_id,)).fetchone()[0]
+        return json.loads(text) if text else {}
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def till(tmp_path):
+    """(server, relay, provisioning path, data dir, card image path, terminal id)."""
+    with running_server(tmp_path / "server", database=None) as server:
+        relay = Relay("127.0.0.1", urllib.parse.urlsplit(server.url).port)
+        client = server.add_terminal()
+        document = dict(client.document, server_url=relay.url)
+        client.close()
+        provision = tmp_path / "terminal.json"
+        provision.write_text(json.dumps(document))
+        conn = server.connect()
+        try:
+            _person, account_id = registry.add_person(conn, "升级", card_layout.HOLDER_STUDENT, staff_number="U0001",
+                                                      set_initial_pin=False)
+            registry.recharge(conn, account_id, 5000)
+            identity, _name = registry.issue_card_record(conn, account_id, UID)
+        finally:
+            conn.close()
+        from firmware.apps import card_io
+        from firmware.core import sam
+        issuer = sam.SoftwareSAM(sam.site_purpose_keys(server.master_key(), include_issuer=True))
+        reader = open_reader("sim:")
+        card = ClassicCard(UID)
+        reader.field.place(card)
+        card_io.issue_card(reader, issuer, reader.poll(100), identity, "升级")
+        card_path = str(tmp_path / "card.card")
+        card.save(card_path)
+        try:
+            yield server, relay, str(provision), str(tmp_path / "terminal"), card_path, document["terminal_id"]
+        finally:
+            relay.close()
+
+
+def run_script(provision, data_dir, lines):
+    done = subprocess.run([sys.executable, "-m", "ykt", "terminal", "--provision", provision, "--data-dir", data_dir,
+                           "--script", "-", "--decisions-only", "--sync-interval-ms", "600000"],
+                          input="".join(json.dumps(line) + "\n" for line in lines), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+class Supervisor:
+    def __init__(self, root, data_dir, provision):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "firmware.apps.slots", "--root", root, "--data-dir", data_dir, "--", "terminal", "--provision", provision, "--data-dir", data_dir, "--serve",
+             "--reader", "sim:", "--sync-interval-ms", "500"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        output, _ = self.process.communicate(timeout=DEADLINE_S)
+        return self.process.returncode, output
+
+
+def test_updates_on_trial_roll_back_by_themselves_and_lose_nothing(till, tmp_path):
+    server, relay, provision, data_dir, card_path, terminal_id = till
+    key = Ed25519PrivateKey.generate()
+    keys = bundles.public_keys([public_hex(key)])
+    dist = str(tmp_path / "dist")
+    slots = Slots(str(tmp_path / "slots"))
+    slots.first_install(release.build("pos", "1.2.0", key, dist), "pos", keys)
+
+    # 1. synced once, then the network goes: a tap is journaled offline
+    run_script(provision, data_dir, [{"sync": True}])
+    relay.cut()
+    (decision,) = run_script(provision, data_dir, [{"amount_fen": 700, "card": card_path}])
+    assert decision["accepted"] and decision["seq"] == 1
+    store = TerminalStore(os.path.join(data_dir, "terminal.db"))
+    ((seq, journaled, acked),) = store.journal()
+    store.close()
+    assert (seq, acked) == (1, 0)
+
+    # 2. a build that crashes at start: rolled back, the old version uploads the tap
+    slots.install(release.build("pos", "1.3.0", key, dist, files=broken_tree(tmp_path)), keys, trial_s=60)
+    relay.restore()
+    supervisor = Supervisor(slots.root, data_dir, provision)
+    until("the rollback", lambda: slots.state()["trial"] is None)
+    until("the offline tap on the server", lambda: len(records_on_server(server, terminal_id)) == 1)
+    code, output = supervisor.stop()
+    assert "a broken build" in output and "回退" in output and code == 0, output
+    state = slots.state()
+    assert (state["active"], state["version"]) == ("a", "1.2.0")
+    assert state["history"][-1]["event"] == "rolled_back" and "exited" in state["history"][-1]["reason"]
+
+    # 3. an update that never reaches the server: rolled back when its trial is up
+    slots.install(release.build("pos", "1.3.1", key, dist), keys, trial_s=4)
+    relay.cut()
+    supervisor = Supervisor(slots.root, data_dir, provision)
+    until("the trial's end", lambda: slots.state()["trial"] is None)
+    supervisor.stop()
+    assert slots.state()["version"] == "1.2.0"
+    assert slots.state()["history"][-1]["reason"] == "no sync within the trial"
+
+    # 4. a good update that syncs: confirmed, and the server sees it run
+    relay.restore()
+    slots.install(release.build("pos", "1.3.2", key, dist), keys, trial_s=60)
+    supervisor = Supervisor(slots.root, data_dir, provision)
+    until("the confirmation", lambda: slots.state()["trial"] is None)
+    until("the new version's health", lambda: health_on_server(server, terminal_id).get("firmware") == "ykt-pos/1.3.2")
+    code, _output = supervisor.stop()
+    state = slots.state()
+    assert (state["active"], state["version"]) == ("b", "1.3.2") and code == 0
+    assert [entry["event"] for entry in state["history"]] == ["installed", "trial", "rolled_back", "trial",
+                                                              "rolled_back", "trial", "confirmed"]
+    assert records_on_server(server, terminal_id) == [(1,)]                        # once
+    store = TerminalStore(os.path.join(data_dir, "terminal.db"))
+    ((seq_after, journaled_after, acked_after),) = store.journal()
+    store.close()
+    assert (seq_after, bytes(journaled_after), acked_after) == (1, bytes(journaled), 1)
+
+
+def test_an_update_is_refused_on_trial_or_when_not_newer(tmp_path):
+    key = Ed25519PrivateKey.generate()
+    keys = bundles.public_keys([public_hex(key)])
+    dist = str(tmp_path / "dist")
+    slots = Slots(str(tmp_path / "slots"))
+    files = {"firmware/__init__.py": release.tree_files()["firmware/__init__.py"]}
+    slots.first_install(release.build("pos", "1.2.0", key, dist, files=files), "pos", keys)
+    with pytest.raises(bundles.BundleRefused) as again:
+        slots.first_install(release.build("pos", "1.2.1", key, dist, files=files), "pos", keys)
+    assert again.value.code == "installed"
+    with pytest.raises(bundles.BundleRefused) as older:
+        slots.install(release.build("pos", "1.1.0", key, dist, files=files), keys)
+    assert older.value.code == "not_newer" and not os.path.exists(os.path.join(slots.root, "b"))
+    slots.install(release.build("pos", "1.3.0", key, dist, files=files), keys)
+    with pytest.raises(bundles.BundleRefused) as busy:
+        slots.install(release.build("pos", "1.4.0", key, dist, files=files), keys)
+    assert busy.value.code == "on_trial" and slots.state()["version"] == "1.3.0"
+    done = subprocess.run([sys.executable, "-m", "firmware.apps.slots", "--root", str(tmp_path / "none"),
+                           "--data-dir", str(tmp_path), "--", "terminal"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 4 and "尚未安装固件" in done.stderr
