@@ -1,11 +1,7 @@
 """Firmware bundles: what a terminal installs, and the checks it makes before it trusts one.
 
-A bundle is a zip file made by `tools/release.py build`:
-
-    manifest.json     {"format": 1, "kind": "pos", "version": "1.3.0", "created_ms": ...,
-                       "files": {"firmware/apps/pos_terminal.py": {"sha256": "...", "bytes": 1234}, ...}}
-    manifest.sig      Ed25519 signature of manifest.json's exact bytes, by the site's release key
-    files/<path>      each file the manifest lists, and nothing else
+A bundle is a zip file made by `tools/release.py build`, in the format of firmware/core/bundle_format.py
+(whose rules the server applies too when a release is registered).
 
 The release key's private half never touches the server or a terminal: it is kept offline by whoever
 signs releases. A terminal holds only public keys (its provisioning file's `release_keys`, several
@@ -24,51 +20,17 @@ so a key can be replaced) and refuses a bundle unless:
 into an empty directory (the inactive slot of an A/B install), each written and hashed again.
 """
 import hashlib
-import json
 import os
-import re
 import stat
 import zipfile
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-FORMAT = 1
-KINDS = ("pos", "dispenser", "activation")
-MANIFEST = "manifest.json"
-SIGNATURE = "manifest.sig"
-FILES_PREFIX = "files/"
-MAX_BUNDLE_BYTES = 64 << 20
-MAX_FILE_BYTES = 16 << 20
-MAX_TOTAL_BYTES = 128 << 20
-MAX_FILES = 4000
-MAX_MANIFEST_BYTES = 1 << 20
-_VERSION = re.compile(r"^(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})$")
-_PATH_PART = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-class BundleRefused(Exception):
-    """A bundle that must not be installed: Chinese, then English, and the reason's code."""
-
-    def __init__(self, code, zh, en):
-        super().__init__("%s / %s" % (zh, en))
-        self.code = code
-
-
-def parse_version(text):
-    """'1.3.0' -> (1, 3, 0); anything else refused (no leading zeros, no suffixes)."""
-    match = _VERSION.match(text) if isinstance(text, str) else None
-    if match is None:
-        raise BundleRefused("bad_version", "版本号无效：%r" % (text,), "bad version: %r" % (text,))
-    return tuple(int(part) for part in match.groups())
-
-
-def check_path(path):
-    """A bundle path: relative, forward slashes, plain names only."""
-    parts = path.split("/") if isinstance(path, str) else []
-    if not parts or len(path) > 240 or any(part in ("", ".", "..") or not _PATH_PART.match(part) for part in parts):
-        raise BundleRefused("bad_path", "固件包中的路径不安全：%r" % (path,), "unsafe path in the bundle: %r" % (path,))
-    return path
+from firmware.core.bundle_format import (  # noqa: F401 - the format's names, for the tools and tests
+    FILES_PREFIX, FORMAT, KINDS, MANIFEST, MAX_BUNDLE_BYTES, MAX_FILE_BYTES, MAX_MANIFEST_BYTES, SIGNATURE,
+    BundleRefused, check_manifest, check_members, check_names, check_path, parse_version, signed_manifest,
+)
 
 
 def public_keys(hex_keys):
@@ -94,58 +56,30 @@ def verify_bundle(path, kind, installed_version, keys):
 
 
 def _verify_archive(archive, kind, installed_version, keys):
-    members = archive.infolist()
-    names = [member.filename for member in members]
-    if len(names) != len(set(names)):
-        raise BundleRefused("duplicate", "固件包中有重复的文件", "the bundle holds a file twice")
-    by_name = {member.filename: member for member in members}
-    for name in (MANIFEST, SIGNATURE):
-        if name not in by_name or by_name[name].file_size > MAX_MANIFEST_BYTES:
-            raise BundleRefused("not_a_bundle", "固件包缺少 %s" % name, "the bundle lacks %s" % name)
-    manifest_bytes = archive.read(MANIFEST)
-    signature = archive.read(SIGNATURE)
-    if not any(_signed_by(key, signature, manifest_bytes) for key in keys):
-        raise BundleRefused("bad_signature", "固件包签名无效（不是本校发布的版本，或已被改动）",
-                            "the bundle's signature is not valid (not a release of this site, or altered)")
-    try:
-        manifest = json.loads(manifest_bytes.decode("utf-8"))
-    except ValueError:
-        raise BundleRefused("bad_manifest", "固件包清单无法读取", "the bundle's manifest cannot be read")
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
-        raise BundleRefused("bad_manifest", "固件包清单格式不对", "the bundle's manifest has the wrong format")
-    if manifest.get("kind") != kind:
-        raise BundleRefused("wrong_kind", "固件包是给%s的，本机是%s" % (manifest.get("kind"), kind),
-                            "the bundle is for %s terminals; this one is a %s" % (manifest.get("kind"), kind))
-    version = parse_version(manifest.get("version"))
-    if installed_version is not None and version <= parse_version(installed_version):
-        raise BundleRefused("not_newer", "固件版本 %s 不比已安装的 %s 新" % (manifest["version"], installed_version),
-                            "version %s is not newer than the installed %s" % (manifest["version"], installed_version))
-    listed = manifest["files"]
-    if len(listed) > MAX_FILES:
-        raise BundleRefused("too_large", "固件包文件过多", "too many files in the bundle")
-    total = 0
-    for path, entry in listed.items():
-        check_path(path)
-        member = by_name.get(FILES_PREFIX + path)
-        if member is None or not isinstance(entry, dict):
-            raise BundleRefused("incomplete", "固件包缺少文件 %s" % path, "the bundle lacks %s" % path)
-        if stat.S_ISLNK(member.external_attr >> 16) or member.is_dir():
-            raise BundleRefused("bad_path", "固件包中有链接或目录项 %s" % path, "a link or directory entry: %s" % path)
-        if member.file_size != entry.get("bytes") or member.file_size > MAX_FILE_BYTES:
-            raise BundleRefused("altered", "文件 %s 的大小与清单不符" % path, "%s does not have its listed size" % path)
-        total += member.file_size
-        if total > MAX_TOTAL_BYTES:
-            raise BundleRefused("too_large", "固件包解压后过大", "the bundle is too large once unpacked")
-    unlisted = [name for name in names if name not in (MANIFEST, SIGNATURE)
-                and not (name.startswith(FILES_PREFIX) and name[len(FILES_PREFIX):] in listed)]
-    if unlisted:
-        raise BundleRefused("unlisted", "固件包中有清单外的文件 %s" % unlisted[0], "a file not in the manifest: %s"
-                            % unlisted[0])
-    for path, entry in listed.items():
+    manifest, members = read_signed_manifest(archive, keys)
+    check_manifest(manifest, kind, installed_version)
+    check_members(manifest["files"], members)
+    for path, entry in manifest["files"].items():
         if _sha256_member(archive, FILES_PREFIX + path) != entry.get("sha256"):
             raise BundleRefused("altered", "文件 %s 与清单不符（已被改动）" % path, "%s does not match the manifest "
                                 "(altered)" % path)
     return manifest
+
+
+def read_signed_manifest(archive, keys):
+    """(the manifest, {member name: (size, is a link or directory)} of the other members) of an open
+    bundle whose manifest is signed by one of `keys`; BundleRefused otherwise."""
+    infos = archive.infolist()
+    check_names([(info.filename, info.file_size) for info in infos])
+    manifest = signed_manifest(archive.read(MANIFEST), archive.read(SIGNATURE),
+                               lambda signature, message: any(_signed_by(key, signature, message) for key in keys))
+    return manifest, members_of(infos)
+
+
+def members_of(infos):
+    """{member name: (size, is a link or directory)} of zip entries, the manifest and signature left out."""
+    return {info.filename: (info.file_size, info.is_dir() or stat.S_ISLNK(info.external_attr >> 16))
+            for info in infos if info.filename not in (MANIFEST, SIGNATURE)}
 
 
 def _signed_by(key, signature, message):
