@@ -18,7 +18,8 @@ import os
 import sys
 
 from firmware.core import card_layout, wallets as wallet_rules
-from sync_server import backups, db as dbmod, fleet_status, keys, numbers, pg_store, private_dir, registry, serving, services
+from sync_server import (backups, db as dbmod, fleet_status, keys, numbers, pg_store, private_dir, registry,
+                         releases, serving, services)
 from sync_server.cli_common import (account_of, add_person_options, add_station_options, carry_card_job,
                                     check_output_file, data_dir_checked, data_dir_of, lang_of, log_staff_action, open_database,
                                     open_station, operator_of, print_table, require_known, say, uid_of,
@@ -150,6 +151,40 @@ def cmd_fleet_status(args):
                        ("读卡器故障", "reader errors"), ("状态", "state")], table, right=(0, 6, 7))
     failing = sum(1 for row in rows if row["problems"])
     say(args, "共 %d 台终端，%d 台需要处理" % (len(rows), failing), "%d terminals, %d need attention" % (len(rows), failing))
+
+
+def cmd_fleet_release_key_add(args):
+    conn = open_database(args)
+    key = releases.add_release_key(conn, args.key)
+    say(args, "已登记发布公钥 %s…；此后登记的终端配置文件中都会带上它" % key[:16],
+        "release key %s... registered; terminals provisioned from now on carry it" % key[:16])
+
+
+def cmd_fleet_release_add(args):
+    conn = open_database(args)
+    release_id = releases.add_release(conn, data_dir_of(args), os.path.abspath(args.file))
+    say(args, "已登记固件版本，编号 %d" % release_id, "release registered: id %d" % release_id)
+
+
+def cmd_fleet_rollout(args):
+    conn = open_database(args)
+    rollout_id = releases.add_rollout(conn, args.release, args.terminal, args.merchant)
+    scope_zh = "终端 %d" % args.terminal if args.terminal else "商户 %d 的终端" % args.merchant if args.merchant \
+        else "全部同类终端"
+    scope_en = "terminal %d" % args.terminal if args.terminal else "merchant %d's terminals" % args.merchant \
+        if args.merchant else "every terminal of its kind"
+    say(args, "已推送（第 %d 次）：%s 在下次同步时升级" % (rollout_id, scope_zh),
+        "rollout %d: %s update at their next sync" % (rollout_id, scope_en))
+
+
+def cmd_fleet_releases(args):
+    rows = releases.list_releases(open_database(args))
+    if args.json:
+        print(json.dumps(rows))
+        return
+    print_table(args, [("编号", "id"), ("类型", "kind"), ("版本", "version"), ("大小", "bytes"), ("推送", "rollouts")],
+                [[row["id"], row["kind"], row["version"], row["bytes"], row["rollouts"]] for row in rows],
+                right=(0, 3, 4))
 
 
 # --- hall -----------------------------------------------------------------------------------------
@@ -507,6 +542,33 @@ def register(subparsers):
                              % (fleet_status.STALE_AFTER_MS // 60000))
     status.add_argument("--json", action="store_true", help="one JSON list (for programs)")
     status.set_defaults(handler=_guard(cmd_fleet_status))
+    key = fleet_commands.add_parser(
+        "release-key-add", parents=[_common_parser(suppress=True)],
+        help="登记发布公钥（私钥离线保管）/ trust bundles signed by this release key (its public half)",
+        epilog="示例 / example:  ykt fleet release-key-add --key $(python tools/release.py keygen --out k)")
+    key.add_argument("--key", required=True, metavar="HEX", help="the public key tools/release.py keygen printed")
+    key.set_defaults(handler=_guard(cmd_fleet_release_key_add))
+    release_add = fleet_commands.add_parser(
+        "release-add", parents=[_common_parser(suppress=True)],
+        help="登记固件包（先校验签名）/ register a signed firmware bundle (its signature checked first)",
+        epilog="示例 / example:  ykt fleet release-add --file dist/ykt-pos-1.3.0.zip")
+    release_add.add_argument("--file", required=True, help="a bundle from tools/release.py build")
+    release_add.set_defaults(handler=_guard(cmd_fleet_release_add))
+    rollout = fleet_commands.add_parser(
+        "rollout", parents=[_common_parser(suppress=True)],
+        help="分阶段推送：一台、一个商户、全部 / offer a release to one terminal, a merchant's, or all",
+        epilog="示例 / examples:  ykt fleet rollout --release 3 --terminal 12   |   ykt fleet rollout --release 3 "
+               "--merchant 2   |   ykt fleet rollout --release 3 --all")
+    rollout.add_argument("--release", required=True, type=int, help="the release id (ykt fleet releases)")
+    scope = rollout.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--terminal", type=int, help="one terminal first")
+    scope.add_argument("--merchant", type=int, help="then a merchant's terminals")
+    scope.add_argument("--all", action="store_true", help="then every terminal of the release's kind")
+    rollout.set_defaults(handler=_guard(cmd_fleet_rollout))
+    listing = fleet_commands.add_parser("releases", parents=[_common_parser(suppress=True)],
+                                        help="已登记的固件版本 / registered releases")
+    listing.add_argument("--json", action="store_true", help="one JSON list (for programs)")
+    listing.set_defaults(handler=_guard(cmd_fleet_releases))
 
     hall_parser = subparsers.add_parser("hall", help="服务大厅业务 / service hall operations")
     commands = hall_parser.add_subparsers(dest="hall_command", metavar="COMMAND")

@@ -26,6 +26,7 @@ MESSAGES = {
     "terminal_revoked": ("终端已停用", "terminal revoked"),
     "not_activation_unit": ("该终端不是激活机", "this terminal is not an activation unit"),
     "replayed_counter": ("请求计数器未递增（重放）", "request counter not increasing (replay)"),
+    "no_release": ("没有向本终端推送这个固件版本", "this release is not offered to this terminal"),
     "body_too_large": ("请求体过大", "request body too large"),
     "batch_too_large": ("一次上传的记录过多", "too many records in one batch"),
     "malformed_cbor": ("请求体不是有效的 CBOR", "request body is not valid CBOR"),

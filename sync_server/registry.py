@@ -279,6 +279,9 @@ def provisioning_document(conn, master_key, terminal_id, server_url, legacy_mast
         "key_version": row["key_version"],
         "server_url": server_url,
         "sam_keys": {purpose: key.hex() for purpose, key in sorted(keys.items())},
+        # the public halves of the site's release keys: the only signatures a firmware update may carry
+        "release_keys": [row[0] for row in conn.execute("SELECT public_hex FROM release_keys "
+                                                        "ORDER BY added_ms, public_hex")],
     }
 
 

@@ -30,18 +30,20 @@ from a few set-based queries.
 import hashlib
 import hmac
 import json
+import os
 
 import cbor2
 from flask import Blueprint, Response, current_app, g, request
 
 from firmware.core import legacy_card, protocol, records as record_codec, sam as sam_keys
 from firmware.core import wallets as wallet_rules
-from sync_server import db as dbmod, ingest, legacy_migration, messages, numbers, paycode, pin_rules
+from sync_server import db as dbmod, ingest, legacy_migration, messages, numbers, paycode, pin_rules, releases
 from sync_server.business_day import day_of_ms
 
 terminal_api = Blueprint("terminal_api", __name__, url_prefix="/api/terminal/v1")
 
 PIN_CHECK_PATH = "/api/terminal/v1/pin-check"
+FIRMWARE_PATH = "/api/terminal/v1/firmware"     # a release's bundle (sync_server/releases.py)
 PAYCODE_CLAIM_PATH = "/api/terminal/v1/paycode-claim"
 ACTIVATION_TICKET_PATH = "/api/terminal/v1/activation-ticket"
 ACTIVATION_TICKETS_PATH = "/api/terminal/v1/activation-tickets"
@@ -373,6 +375,11 @@ def sync():
     commands = [{"op": "resend", "from_seq": low, "to_seq": high} for low, high in holes]
     if abs(offset_ms) > dbmod.setting(conn, "clock_tolerance_ms"):
         commands.append({"op": "set_time", "server_ms": answer_ms})
+    firmware = health.get("firmware")
+    offer = releases.offer_for(conn, terminal_id, terminal["merchant_category"], firmware) \
+        if isinstance(firmware, str) else None
+    if offer is not None:
+        commands.append(offer)
     with dbmod.read_snapshot(conn):          # the deltas and versions of one committed state
         config = current_config(conn, config_version, current_app.extensions["ykt"].master_key, answer_ms)
         answer = {
@@ -396,6 +403,24 @@ def _log_card_mismatches(terminal_id, mismatches):
     current_app.logger.warning("terminal %d flagged: %d records whose card is not the named account's, stored and "
                                "not booked: %s%s", terminal_id, len(mismatches), listed,
                                " ..." if len(mismatches) > MAX_LOGGED_MISMATCHES else "")
+
+
+@terminal_api.post("/firmware")
+def firmware_bundle():
+    """The bundle of a release this terminal is offered (the sync answer's update command); the
+    terminal checks its signature itself, so this only hands the file over."""
+    conn = dbmod.get_db()
+    body = _read_body()
+    terminal, counter = authenticate(conn, FIRMWARE_PATH, body)
+    release_id = _int_field(_decode_map(body), "release_id", minimum=1)
+    with dbmod.transaction(conn):
+        _store_counter(conn, terminal["id"], counter, dbmod.now_ms())
+    path = releases.release_file(conn, current_app.config["DATA_DIR"], terminal["id"], terminal["merchant_category"],
+                                 release_id)
+    if path is None or not os.path.isfile(path):
+        raise ApiError(404, "no_release", "release %d is not offered to this terminal" % release_id)
+    with open(path, "rb") as handle:
+        return Response(handle.read(), mimetype="application/zip")
 
 
 @terminal_api.post("/pin-check")

@@ -32,6 +32,11 @@ COMMANDS = {
     "server init": ["--data-dir", "{d}"],
     "server backup": ["--data-dir", "{d}", "--to", "{d}/backups"],
     "server restore": ["--data-dir", "{d}", "--file", "{d}/backups/none.db"],
+    "fleet status": ["--data-dir", "{d}"],
+    "fleet releases": ["--data-dir", "{d}"],
+    "fleet release-key-add": ["--data-dir", "{d}", "--key", "ab" * 32],
+    "fleet release-add": ["--data-dir", "{d}", "--file", "{d}/none.zip"],
+    "fleet rollout": ["--data-dir", "{d}", "--release", "1", "--terminal", "1"],
     "hall merchant-add": ["--data-dir", "{d}", "--name-zh", "三食堂"],
     "hall person-add": ["--data-dir", "{d}", "--name", "王五"],
     "hall card-issue": ["--data-dir", "{d}", "--number", "S1", "--uid", "01020304"],
@@ -94,7 +99,7 @@ COMMANDS = {
 }
 
 # The server's data directory (not the terminals' journal directory, not the demo's own one).
-SERVER_DATA_DIR = {name for name in COMMANDS if name.split()[0] in ("hall", "finance")} | {"server backup"}
+SERVER_DATA_DIR = {name for name in COMMANDS if name.split()[0] in ("hall", "finance", "fleet")} | {"server backup"}
 # Options naming a file the command reads; what a file of the wrong content gives.
 INPUT_FILES = {"--file": mistakes.EXIT_MALFORMED, "--people": mistakes.EXIT_MALFORMED,
                "--water": mistakes.EXIT_MALFORMED, "--provision": mistakes.EXIT_MALFORMED,
@@ -266,8 +271,11 @@ def mistakes_for(name, parser, site):
     for option, value in UNKNOWN.items():
         if option in options and (name, option) not in NOT_FED and not name.startswith("phone"):
             mistaken = _replace(argv, option, value)
-            if option in ("--number", "--card", "--account"):      # one of them names the person
-                for other in ("--number", "--card", "--account"):
+            for alternatives in (("--number", "--card", "--account"),      # one of them names the person
+                                 ("--terminal", "--merchant")):             # a rollout's one scope
+                if option not in alternatives:
+                    continue
+                for other in alternatives:
                     if other != option and other in mistaken:
                         del mistaken[mistaken.index(other):mistaken.index(other) + 2]
             fed.append(("an unknown %s" % option, mistaken, mistakes.EXIT_UNKNOWN))

@@ -471,6 +471,9 @@ class PosTerminal(SyncedShell):
         payment code. While an amount is due the reader is polled between inputs; otherwise the
         machine gets a Tick now and then, so a PIN prompt times out with nobody pressing anything."""
         while not stop.is_set():
+            if self.restart_wanted.is_set() and self.machine.state == pos.IDLE:
+                self.emit({"type": "restart", "why": "firmware update installed"})
+                return                  # between orders: the supervisor starts the new version
             self._refresh_config()
             waiting = self.machine.state == pos.WAIT_CARD
             watching = self._lingering_uid is not None and self.machine.state == pos.IDLE

@@ -33,14 +33,26 @@ import time
 
 from firmware.apps import bundles
 from firmware.apps.sync_client import FIRMWARE_VERSION_ENV
-from firmware.apps.terminal_shell import SYNC_MARK_ENV
 
+SYNC_MARK_ENV = "YKT_SYNC_MARK"      # a file the shell touches after every answered sync
+SLOTS_ROOT_ENV = "YKT_SLOTS_ROOT"    # where the supervisor keeps the slots (an update goes there)
+TRIAL_ENV = "YKT_TRIAL_S"            # how long an update taken through sync has to reach the server
 SLOTS = ("a", "b")
 STATE_FILE = "state.json"
 SYNC_MARK = "synced"               # in the data directory: touched by the shell after an answered sync
 DEFAULT_TRIAL_S = 300
 MAX_HISTORY = 50
 RESTART_PAUSES_S = (1, 2, 5, 10, 30)
+
+
+def mark_synced():
+    """Tell the supervisor this version reached the server: it confirms an update on trial. (The
+    shell calls this; outside a supervisor the variable is unset and nothing is written.)"""
+    path = os.environ.get(SYNC_MARK_ENV)
+    if path:
+        with open(path, "a"):
+            pass
+        os.utime(path)
 
 
 def _now_ms():
@@ -160,7 +172,7 @@ def synced_since(data_dir, since_ms):
         return False
 
 
-def supervise(slots, data_dir, command, stop, poll_s=0.2, log=print):
+def supervise(slots, data_dir, command, stop, poll_s=0.2, log=print, trial_s=DEFAULT_TRIAL_S):
     """Run `python -m ykt <command>` from the active slot until `stop()` is true (see the module
     docstring); returns the last exit code."""
     restarts = 0
@@ -169,12 +181,13 @@ def supervise(slots, data_dir, command, stop, poll_s=0.2, log=print):
         slots.start_trial()
         state = slots.state()
         env = dict(os.environ, PYTHONPATH=slots.active_dir(), **{
-            SYNC_MARK_ENV: os.path.join(data_dir, SYNC_MARK),
+            SYNC_MARK_ENV: os.path.join(data_dir, SYNC_MARK), SLOTS_ROOT_ENV: slots.root,
+            TRIAL_ENV: str(trial_s),
             FIRMWARE_VERSION_ENV: "ykt-%s/%s" % (state["kind"], state["version"])})
         log("启动固件 %s（槽 %s）/ starting firmware %s from slot %s" % (state["version"], state["active"],
                                                                    state["version"], state["active"]))
         child = subprocess.Popen([sys.executable, "-m", "ykt", *command], cwd=slots.active_dir(), env=env)
-        code, reason = _watch(slots, data_dir, child, stop, poll_s)
+        code, reason = _watch(slots, data_dir, child, stop, poll_s, state["active"])
         if reason is not None:
             log("固件 %s 试运行失败（%s），回退 / the trial of %s failed (%s): rolling back"
                 % (state["version"], reason, state["version"], reason))
@@ -192,10 +205,14 @@ def supervise(slots, data_dir, command, stop, poll_s=0.2, log=print):
     return code
 
 
-def _watch(slots, data_dir, child, stop, poll_s):
-    """(exit code, rollback reason or None) of one run of the child."""
+def _watch(slots, data_dir, child, stop, poll_s, running_slot):
+    """(exit code, rollback reason or None) of one run of the child, started from `running_slot`. A
+    trial is this run's only when it is of that slot and has started: an update the running version
+    installed itself is on trial from the next start."""
     while True:
         trial = slots.state()["trial"]
+        if trial is not None and (trial["slot"] != running_slot or trial["since_ms"] is None):
+            trial = None
         if trial is not None and synced_since(data_dir, trial["since_ms"]):
             slots.confirm()
             trial = None
@@ -231,6 +248,9 @@ def main(argv=None):
                "--provision /etc/ykt/terminal.json --data-dir /var/lib/ykt --serve --face 8800")
     parser.add_argument("--root", required=True, help="the slots' directory")
     parser.add_argument("--data-dir", required=True, help="the terminal's data directory (its journal)")
+    parser.add_argument("--trial-s", type=int, default=DEFAULT_TRIAL_S,
+                        help="how long an update taken through sync has to reach the server (default %d)"
+                             % DEFAULT_TRIAL_S)
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the ykt command to run")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -241,7 +261,7 @@ def main(argv=None):
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     return supervise(slots, args.data_dir, command, lambda: bool(stopping),
-                     log=lambda text: print(text, file=sys.stderr, flush=True))
+                     log=lambda text: print(text, file=sys.stderr, flush=True), trial_s=args.trial_s)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,8 @@ class SyncResult:
 
 
 FIRMWARE_VERSION_ENV = "YKT_FIRMWARE_VERSION"
+FIRMWARE_PATH = "/api/terminal/v1/firmware"
+FETCH_TIMEOUT_S = 120
 
 
 class SyncClient:
@@ -121,6 +123,7 @@ class SyncClient:
         # the slots' supervisor says which bundle runs (firmware/apps/slots.py); else the build's own name
         self.firmware_version = os.environ.get(FIRMWARE_VERSION_ENV) or firmware_version
         self.online = False
+        self.update_offer = None       # the last sync answer's firmware update command, until taken
         self.last_error = None
         self.failures = 0
         self.upload_refused = None     # the server's refusal of our last upload, until one is taken
@@ -135,7 +138,40 @@ class SyncClient:
 
     def _post(self, path, message, timeout_s=None):
         """Sign and send one request (counter committed first); returns (answer map, raw send/recv ms)."""
-        body = cbor2.dumps(message)
+        response, midpoint_raw_ms = self._send(path, cbor2.dumps(message), timeout_s)
+        try:
+            answer = cbor2.loads(response.content) if response.content else {}
+        except Exception as error:  # cbor2 raises several types for broken input
+            raise httpx.DecodingError("answer is not CBOR: %s" % error)
+        if response.status_code != 200:
+            answer = answer if isinstance(answer, dict) else {}
+            raise SyncRefused(response.status_code, answer.get("error"), answer.get("message"))
+        if not isinstance(answer, dict):
+            raise httpx.DecodingError("answer is not a CBOR map")
+        return answer, midpoint_raw_ms
+
+    def fetch_release(self, release_id, path):
+        """The bundle of an offered release into `path` (written whole, then renamed); the caller
+        checks its signature (firmware/apps/bundles.py) before it is trusted."""
+        response, _midpoint = self._send(FIRMWARE_PATH, cbor2.dumps({"release_id": release_id}), FETCH_TIMEOUT_S)
+        if response.status_code != 200:
+            raise SyncRefused(response.status_code, "no_release", "release %d not offered" % release_id)
+        with open(path + ".partial", "wb") as handle:
+            handle.write(response.content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(path + ".partial", path)
+        return path
+
+    def _note_offer(self, answer):
+        """Keep the sync answer's update command (sync_server/releases.py) for the shell to take."""
+        for command in answer.get("commands") or ():
+            if isinstance(command, dict) and command.get("op") == "update" and type(command.get("release_id")) is int \
+                    and isinstance(command.get("version"), str):
+                self.update_offer = command
+
+    def _send(self, path, body, timeout_s=None):
+        """Sign and send one request body; returns (the authenticated response, raw send/recv ms)."""
         counter = self.store.next_request_counter(self.clock.peek_ms())
         headers = protocol.auth_headers(self.sam, "POST", path, self.terminal_id, counter, body)
         headers["Content-Type"] = protocol.CONTENT_TYPE
@@ -151,16 +187,7 @@ class SyncClient:
             # Not from our server (or altered on the way): apply nothing - no acknowledgement that
             # would prune records, no deny list or balances, no time, no revocation.
             raise httpx.DecodingError("answer not authenticated (status %d)" % response.status_code)
-        try:
-            answer = cbor2.loads(response.content) if response.content else {}
-        except Exception as error:  # cbor2 raises several types for broken input
-            raise httpx.DecodingError("answer is not CBOR: %s" % error)
-        if response.status_code != 200:
-            answer = answer if isinstance(answer, dict) else {}
-            raise SyncRefused(response.status_code, answer.get("error"), answer.get("message"))
-        if not isinstance(answer, dict):
-            raise httpx.DecodingError("answer is not a CBOR map")
-        return answer, (sent_raw_ms + received_raw_ms) // 2
+        return response, (sent_raw_ms + received_raw_ms) // 2
 
     def sync_once(self):
         """One request/answer. Never raises for network trouble: returns SyncResult(online=False)."""
@@ -258,6 +285,7 @@ class SyncClient:
                                           sent_through_seq=batch[-1][0] if batch else 0)
         if applied.config_changed:
             self.config_changed.set()
+        self._note_offer(answer)
         explicit = applied.set_time_ms is not None
         server_ms = applied.set_time_ms if explicit else answer.get("server_ms")
         if isinstance(server_ms, int):

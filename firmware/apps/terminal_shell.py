@@ -16,6 +16,9 @@ import sys
 import threading
 import time
 
+from firmware.apps import bundles, slots
+from firmware.apps.slots import SLOTS_ROOT_ENV, TRIAL_ENV, mark_synced
+
 
 @contextlib.contextmanager
 def scripted_card(slot, path, pull_after=None, pull_done=True, owner=None):
@@ -46,18 +49,6 @@ def card_path(cards_dir, card):
     if os.path.exists(card):
         return card
     return os.path.join(cards_dir, "%s.card" % card.lower())
-
-
-SYNC_MARK_ENV = "YKT_SYNC_MARK"      # a file touched after every answered sync (firmware/apps/slots.py)
-
-
-def mark_synced():
-    """Tell the slots' supervisor this version reached the server: it confirms an update on trial."""
-    path = os.environ.get(SYNC_MARK_ENV)
-    if path:
-        with open(path, "a"):
-            pass
-        os.utime(path)
 
 
 def pump(read, inputs, stop, name):
@@ -94,6 +85,9 @@ class SyncedShell:
         from firmware.apps.store import TerminalStore
         from firmware.apps.sync_client import SyncClient
         self._out_lock = threading.Lock()
+        self._data_dir = os.path.dirname(os.path.abspath(db_path))
+        self._updates_refused = set()      # versions whose bundle was refused: not fetched again
+        self.restart_wanted = threading.Event()    # an update is installed: stop when idle
         if self.face is not None:           # what an earlier run journaled and never uploaded
             self.face.set(backlog=self.store.unacked_count())
         self.sync_client = None
@@ -121,9 +115,38 @@ class SyncedShell:
     def _on_sync(self, result):
         if result.online:
             mark_synced()
+            if self.sync_client is not None and self.sync_client.update_offer is not None:
+                self._take_update(self.sync_client.update_offer)
         # unacked: the offline backlog, counted on the sync thread's own connection
         self.emit({"type": "sync", "online": result.online, "sent": result.sent, "acked_seq": result.acked_seq,
                    "error": result.error, "unacked": self._sync_store.unacked_count()}, always=False)
+
+    def _take_update(self, offer):
+        """A firmware update the server offers (on the sync thread): fetched, checked against the
+        provisioning file's release keys and put in the inactive slot on trial (firmware/apps/slots.py);
+        then the shell is asked to stop once idle, and the supervisor starts the new version. Without
+        slots (a development run) or after a refusal of that version, nothing happens."""
+        self.sync_client.update_offer = None
+        root = os.environ.get(SLOTS_ROOT_ENV)
+        if not root or offer["version"] in self._updates_refused:
+            return
+        path = os.path.join(self._data_dir, "incoming-firmware.zip")
+        try:
+            self.sync_client.fetch_release(offer["release_id"], path)
+            slots.Slots(root).install(path, bundles.public_keys(self.provisioning.get("release_keys") or []),
+                                      int(os.environ.get(TRIAL_ENV, slots.DEFAULT_TRIAL_S)))
+        except bundles.BundleRefused as error:
+            self._updates_refused.add(offer["version"])
+            self.emit({"type": "update", "version": offer["version"], "installed": False, "error": str(error)})
+            return
+        except Exception as error:       # the network or the disk: tried again at the next offer
+            self.emit({"type": "update", "version": offer["version"], "installed": False, "error": str(error)})
+            return
+        finally:
+            if os.path.exists(path):
+                os.remove(path)
+        self.emit({"type": "update", "version": offer["version"], "installed": True})
+        self.restart_wanted.set()
 
     def sync_now(self):
         """Sync in the foreground (scripted {"sync": true}); returns the SyncResult or None."""
