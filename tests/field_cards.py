@@ -5,7 +5,8 @@ straight off a card or a saved card image file (a test's view, bypassing every r
 Each test module keeps its own site (issuer, identity, name, UIDs) and passes it in.
 """
 from firmware.apps import card_io
-from firmware.core import card_layout, mifare
+from firmware.core import card_layout, mifare, sam
+from reader_drivers.base import open_reader
 from reader_drivers.sim.classic_card import ClassicCard
 
 
@@ -15,6 +16,16 @@ def issue_blank_card(field, reader, issuer, identity, name, uid):
     field.place(card)
     card_io.issue_card(reader, issuer, reader.poll(1000), identity, name)
     return card
+
+
+def card_image(master_key, identity, name, uid, path):
+    """A blank card issued with the site's keys on a sim: field and saved at `path`; -> path."""
+    issuer = sam.SoftwareSAM(sam.site_purpose_keys(master_key, include_issuer=True))
+    reader = open_reader("sim:")
+    card = issue_blank_card(reader.field, reader, issuer, identity, name, uid)
+    reader.field.pull()
+    card.save(str(path))
+    return str(path)
 
 
 def counter_on(card):

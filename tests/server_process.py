@@ -129,6 +129,28 @@ class ServerHandle:
     def master_key(self):
         return keys.load_master_key(keys.master_key_path(self.data_dir))
 
+    def add_cardholder(self, name, staff_number, balance_fen, uid, **person):
+        """A student with `balance_fen` in the main wallet and a card record for `uid`; -> (account id,
+        the card's identity). field_cards.card_image writes the card itself."""
+        conn = self.connect()
+        try:
+            _person, account_id = registry.add_person(conn, name, 2, staff_number=staff_number, **person)
+            if balance_fen:
+                registry.recharge(conn, account_id, balance_fen)
+            identity, _name = registry.issue_card_record(conn, account_id, uid)
+        finally:
+            conn.close()
+        return account_id, identity
+
+    def ykt(self, *args):
+        """`ykt ARGS --data-dir <this server's>` as a process, on this server's store."""
+        env = dict(os.environ)
+        env.pop("YKT_DATABASE_URL", None)
+        if self.store == "postgresql":
+            env["YKT_DATABASE_URL"] = self.database
+        return subprocess.run([sys.executable, "-m", "ykt", *args, "--data-dir", self.data_dir],
+                              capture_output=True, text=True, timeout=120, env=env)
+
     def add_terminal(self, merchant_id=None, category=wallet_rules.CATEGORY_CANTEEN, legacy_master_key=None):
         """Register a terminal (and a merchant when none is given) and return its SyncClient; its
         provisioning document (keys included) is the client's `document`."""

@@ -25,17 +25,17 @@ import types
 import pytest
 
 from browser import by_id, chromium
-from firmware.apps import card_io
 from firmware.apps.face import Face, FaceServer, card_tail
 from firmware.apps.keypad import open_keypad
 from firmware.apps.pos_terminal import PosTerminal
 from firmware.apps.terminal_shell import pump
-from firmware.core import card_layout, sam, wallets
+from firmware.core import wallets
 from reader_drivers.base import open_reader
 from reader_drivers.sim.classic_card import ClassicCard
 from server_process import running_server
 from sync_server import pin_rules, registry
 
+from field_cards import card_image
 from test_keypad import PipeDevice, Typist
 from test_phone_app_pages import WATCH, no_problems
 from test_pos_terminal import UID, issue_card_image, journal, provisioning, seed_cache
@@ -101,22 +101,14 @@ def counter(server, tmp_path):
         merchant = registry.add_merchant(conn, "一食堂", "canteen 1", wallets.CATEGORY_CANTEEN)
         terminal_id = registry.register_terminal(conn, merchant)
         document = registry.provisioning_document(conn, server.master_key(), terminal_id, server.url)
-        staff_number, id_number = "F%06d" % terminal_id, "11010120000404%04d" % terminal_id
-        _person, account_id = registry.add_person(conn, "张小明", card_layout.HOLDER_STUDENT, id_number=id_number,
-                                                  staff_number=staff_number, single_limit_fen=5000)
-        registry.recharge(conn, account_id, 10000)
-        identity, _name = registry.issue_card_record(conn, account_id, UID)
     finally:
         conn.close()
+    staff_number, id_number = "F%06d" % terminal_id, "11010120000404%04d" % terminal_id
+    _account_id, identity = server.add_cardholder("张小明", staff_number, 10000, UID, id_number=id_number,
+                                                  single_limit_fen=5000)
     document["dishes"] = provisioning()["dishes"]
-    issuer = sam.SoftwareSAM(sam.site_purpose_keys(server.master_key(), include_issuer=True))
+    card_path = card_image(server.master_key(), identity, "张小明", UID, tmp_path / "card.card")
     reader = open_reader("sim:")
-    card = ClassicCard(UID)
-    reader.field.place(card)
-    card_io.issue_card(reader, issuer, reader.poll(100), identity, "张小明")
-    reader.field.pull()
-    card_path = str(tmp_path / "card.card")
-    card.save(card_path)
     face = Face("pos", "zh", terminal_id, dishes=document["dishes"], dish_keys={"f1": "pork", "f2": "rice"})
     terminal = PosTerminal(document, str(tmp_path / "terminal"), reader, out=io.StringIO(), face=face,
                            sync_interval_ms=60000)

@@ -5,9 +5,6 @@ as a technician runs it (table and JSON) and /admin/fleet as an administrator op
 and stale first, the revoked last; other roles and visitors are kept out.
 """
 import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -18,15 +15,6 @@ from sync_server import db as dbmod, fleet_status, registry
 from staff_site import new_site, signed_in
 
 MINUTE_MS = 60 * 1000
-
-
-def ykt(server, *args):
-    env = dict(os.environ)
-    env.pop("YKT_DATABASE_URL", None)
-    if server.store == "postgresql":
-        env["YKT_DATABASE_URL"] = server.database
-    return subprocess.run([sys.executable, "-m", "ykt", *args, "--data-dir", server.data_dir], capture_output=True,
-                          text=True, timeout=120, env=env)
 
 
 @pytest.fixture
@@ -65,7 +53,7 @@ def fleet_site(fresh_server):
 
 def test_ykt_fleet_status_puts_the_failing_and_stale_first(fleet_site):
     server, ids = fleet_site
-    done = ykt(server, "fleet", "status", "--json")
+    done = server.ykt("fleet", "status", "--json")
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     by_id = {row["terminal_id"]: row for row in rows}
@@ -79,23 +67,23 @@ def test_ykt_fleet_status_puts_the_failing_and_stale_first(fleet_site):
     assert by_id[ids["fine"]]["problems"] == [] and by_id[ids["fine"]]["since_sync_s"] < 600
     assert by_id[ids["never"]]["last_sync_ms"] is None and by_id[ids["revoked"]]["problems"] == []
 
-    table = ykt(server, "fleet", "status")
+    table = server.ykt("fleet", "status")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert "固件" in lines[0] and "上次同步" in lines[0]
     assert "报警" in lines[1] and "上传被拒" in lines[2] and "从未同步" in lines[3] and "长时间未同步" in lines[4]
     assert "共 7 台终端，5 台需要处理" in table.stdout and "revoked" in lines[-2]
-    english = ykt(server, "fleet", "status", "--lang", "en")
+    english = server.ykt("fleet", "status", "--lang", "en")
     assert english.returncode == 0 and "7 terminals, 5 need attention" in english.stdout
     assert "not synced lately" in english.stdout and "water dispenser" in english.stdout
-    patient = json.loads(ykt(server, "fleet", "status", "--stale-min", "180", "--json").stdout)
+    patient = json.loads(server.ykt("fleet", "status", "--stale-min", "180", "--json").stdout)
     assert next(row for row in patient if row["terminal_id"] == ids["quiet"])["problems"] == ["backlog"]
 
 
 def test_impossible_stale_minutes(fleet_site):
     server, _ids = fleet_site
     for value in ("0", "99999999"):
-        done = ykt(server, "fleet", "status", "--stale-min", value)
+        done = server.ykt("fleet", "status", "--stale-min", value)
         assert done.returncode == 2 and "--stale-min" in done.stderr
 
 

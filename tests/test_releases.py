@@ -25,6 +25,7 @@ from firmware.core import wallets
 from sync_server import registry, releases
 from sync_server.terminal_api import FIRMWARE_PATH
 
+from field_cards import card_image
 from test_slots import UID, health_on_server, records_on_server, run_script, until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,21 +33,12 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import release  # noqa: E402
 
 
-def ykt(server, *args):
-    env = dict(os.environ)
-    env.pop("YKT_DATABASE_URL", None)
-    if server.store == "postgresql":
-        env["YKT_DATABASE_URL"] = server.database
-    return subprocess.run([sys.executable, "-m", "ykt", *args, "--data-dir", server.data_dir], capture_output=True,
-                          text=True, timeout=120, env=env)
-
-
 @pytest.fixture
 def site(fresh_server, tmp_path):
     """(server, release key, its public hex, dist directory) with the key registered."""
     key = Ed25519PrivateKey.generate()
     public = key.public_key().public_bytes_raw().hex()
-    done = ykt(fresh_server, "fleet", "release-key-add", "--key", public)
+    done = fresh_server.ykt("fleet", "release-key-add", "--key", public)
     assert done.returncode == 0, done.stderr
     return fresh_server, key, public, str(tmp_path / "dist")
 
@@ -57,23 +49,8 @@ def provision_till(server, tmp_path):
     client.close()
     provision = tmp_path / "till.json"
     provision.write_text(json.dumps(client.document))
-    conn = server.connect()
-    try:
-        _person, account_id = registry.add_person(conn, "更新", 2, staff_number="R0001", set_initial_pin=False)
-        registry.recharge(conn, account_id, 5000)
-        identity, _name = registry.issue_card_record(conn, account_id, UID)
-    finally:
-        conn.close()
-    from firmware.apps import card_io
-    from firmware.core import sam
-    from reader_drivers.base import open_reader
-    from reader_drivers.sim.classic_card import ClassicCard
-    issuer = sam.SoftwareSAM(sam.site_purpose_keys(server.master_key(), include_issuer=True))
-    reader = open_reader("sim:")
-    card = ClassicCard(UID)
-    reader.field.place(card)
-    card_io.issue_card(reader, issuer, reader.poll(100), identity, "更新")
-    card.save(str(tmp_path / "card.card"))
+    _account_id, identity = server.add_cardholder("更新", "R0001", 5000, UID, set_initial_pin=False)
+    card_image(server.master_key(), identity, "更新", UID, tmp_path / "card.card")
     return client, str(provision), str(tmp_path / "card.card")
 
 
@@ -96,10 +73,10 @@ def test_a_rollout_reaches_a_running_pos_through_sync(site, tmp_path):
         until("the running version reported", lambda: health_on_server(server, client.terminal_id).get("firmware")
               == "ykt-pos/1.2.0")
         bundle = release.build("pos", "1.3.0", key, dist)
-        added = ykt(server, "fleet", "release-add", "--file", bundle)
+        added = server.ykt("fleet", "release-add", "--file", bundle)
         assert added.returncode == 0, added.stderr
         release_id = int(added.stdout.split("编号")[1].strip())
-        rolled = ykt(server, "fleet", "rollout", "--release", str(release_id), "--terminal", str(client.terminal_id))
+        rolled = server.ykt("fleet", "rollout", "--release", str(release_id), "--terminal", str(client.terminal_id))
         assert rolled.returncode == 0, rolled.stderr
         until("the new version confirmed", lambda: slots.state()["version"] == "1.3.0"
               and slots.state()["trial"] is None)
@@ -113,7 +90,7 @@ def test_a_rollout_reaches_a_running_pos_through_sync(site, tmp_path):
     store = TerminalStore(os.path.join(data_dir, "terminal.db"))
     assert [(seq, acked) for seq, _raw, acked in store.journal()] == [(1, 1)]
     store.close()
-    listed = json.loads(ykt(server, "fleet", "releases", "--json").stdout)
+    listed = json.loads(server.ykt("fleet", "releases", "--json").stdout)
     assert [(row["kind"], row["version"], row["rollouts"]) for row in listed] == [("pos", "1.3.0", 1)]
 
 
@@ -151,7 +128,7 @@ def test_only_terminals_a_rollout_names_are_offered_it(site, tmp_path):
 def test_bundles_the_site_did_not_sign_are_refused_at_the_desk(site, tmp_path):
     server, key, _public, dist = site
     stranger = release.build("pos", "1.3.0", Ed25519PrivateKey.generate(), str(tmp_path / "stranger"))
-    done = ykt(server, "fleet", "release-add", "--file", stranger)
+    done = server.ykt("fleet", "release-add", "--file", stranger)
     assert done.returncode == 7 and "签名无效" in done.stderr
     good = release.build("pos", "1.3.1", key, dist)
     altered = str(tmp_path / "altered.zip")
@@ -159,13 +136,13 @@ def test_bundles_the_site_did_not_sign_are_refused_at_the_desk(site, tmp_path):
         for info in source.infolist():
             data = source.read(info.filename)
             target.writestr(info, data + b"#" if info.filename.endswith("pos.py") else data)
-    done = ykt(server, "fleet", "release-add", "--file", altered)
+    done = server.ykt("fleet", "release-add", "--file", altered)
     assert done.returncode == 7 and "不符" in done.stderr
-    assert ykt(server, "fleet", "release-add", "--file", str(tmp_path / "none.zip")).returncode == 4
-    assert ykt(server, "fleet", "rollout", "--release", "77", "--all").returncode == 6
-    assert ykt(server, "fleet", "release-key-add", "--key", "abc").returncode == 7
-    assert ykt(server, "fleet", "release-add", "--file", good).returncode == 0
-    again = ykt(server, "fleet", "release-add", "--file", good)
+    assert server.ykt("fleet", "release-add", "--file", str(tmp_path / "none.zip")).returncode == 4
+    assert server.ykt("fleet", "rollout", "--release", "77", "--all").returncode == 6
+    assert server.ykt("fleet", "release-key-add", "--key", "abc").returncode == 7
+    assert server.ykt("fleet", "release-add", "--file", good).returncode == 0
+    again = server.ykt("fleet", "release-add", "--file", good)
     assert again.returncode == 2 and "已登记" in again.stderr
 
 

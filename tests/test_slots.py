@@ -24,12 +24,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from firmware.apps import bundles
 from firmware.apps.slots import Slots
 from firmware.apps.store import TerminalStore
-from firmware.core import card_layout
-from reader_drivers.base import open_reader
-from reader_drivers.sim.classic_card import ClassicCard
+from field_cards import card_image
 from server_process import running_server
 from simulators.netcut import Relay
-from sync_server import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -86,23 +83,8 @@ def till(tmp_path):
         client.close()
         provision = tmp_path / "terminal.json"
         provision.write_text(json.dumps(document))
-        conn = server.connect()
-        try:
-            _person, account_id = registry.add_person(conn, "升级", card_layout.HOLDER_STUDENT, staff_number="U0001",
-                                                      set_initial_pin=False)
-            registry.recharge(conn, account_id, 5000)
-            identity, _name = registry.issue_card_record(conn, account_id, UID)
-        finally:
-            conn.close()
-        from firmware.apps import card_io
-        from firmware.core import sam
-        issuer = sam.SoftwareSAM(sam.site_purpose_keys(server.master_key(), include_issuer=True))
-        reader = open_reader("sim:")
-        card = ClassicCard(UID)
-        reader.field.place(card)
-        card_io.issue_card(reader, issuer, reader.poll(100), identity, "升级")
-        card_path = str(tmp_path / "card.card")
-        card.save(card_path)
+        _account_id, identity = server.add_cardholder("升级", "U0001", 5000, UID, set_initial_pin=False)
+        card_path = card_image(server.master_key(), identity, "升级", UID, tmp_path / "card.card")
         try:
             yield server, relay, str(provision), str(tmp_path / "terminal"), card_path, document["terminal_id"]
         finally:
