@@ -410,13 +410,13 @@ class PipeDevice:
     """What EvdevScanner asks of an evdev.InputDevice, with `fd` a pipe the test writes event bytes
     into; the kernel's side (capabilities, grab, held keys) is played by attributes."""
 
-    def __init__(self, keys=None, grab_error=None):
+    def __init__(self, keys=None, grab_error=None, name="pipe scanner"):
         self.fd, self._writer = os.pipe()
         os.set_blocking(self.fd, False)
         fcntl.fcntl(self._writer, fcntl.F_SETPIPE_SZ, 1 << 20)      # room for a 1025-key code
         self.keys = list(range(1, 249)) if keys is None else keys
         self.grab_error = grab_error
-        self.name = "pipe scanner"
+        self.name = name
         self.held = []
         self.grabbed = self.closed = False
 

@@ -9,12 +9,10 @@ virtual keypad through uinput is typed on when this kernel has one.
 """
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import select
 import shutil
-import struct
 import subprocess
 import sys
 import threading
@@ -24,14 +22,15 @@ import pytest
 from evdev import ecodes
 
 from firmware.apps import keypad as keypad_module
+from firmware.apps.code_scanner import wedge
 from firmware.apps.keypad import EvdevKeypad, KeypadError, open_keypad
 from firmware.core import keypad as key_entry, pos
 
+import test_code_scanner as scanner_tests
+from test_code_scanner import DOWN, EV_KEY, EV_SYN, K, REPEAT, UP, record
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WAIT_MS = 3000          # upper bound for a key already on its way; returns as soon as it is
-K = ecodes.ecodes
-EV_KEY, EV_SYN, EV_MSC = ecodes.EV_KEY, ecodes.EV_SYN, ecodes.EV_MSC
-DOWN, UP, REPEAT = 1, 0, 2
 NAME = "evdev:/dev/input/by-id/usb-test-keypad-event-kbd"
 
 # What each key of a keypad or keyboard is to the till, written out on its own.
@@ -57,27 +56,11 @@ KEYPAD_ONLY = [K[name] for name in ("KEY_KP0", "KEY_KP1", "KEY_KP2", "KEY_KP3", 
                                     "KEY_BACKSPACE")]
 
 
-def record(time_us, event_type, code, value):
-    """One `struct input_event` as the kernel hands it to read(2): timeval (long sec, long usec),
-    u16 type, u16 code, s32 value, native byte order."""
-    return struct.pack("@llHHi", time_us // 1_000_000, time_us % 1_000_000, event_type, code, value)
-
-
-class Typist:
-    """Bytes of a USB keypad: for each key event an MSC_SCAN, the key event and a SYN_REPORT."""
-
-    def __init__(self, time_us=1_764_800_000_000_000):
-        self.time_us = time_us
-
-    def report(self, *events):
-        out = b"".join(record(self.time_us, event_type, code, value) for event_type, code, value in events)
-        out += record(self.time_us, EV_SYN, ecodes.SYN_REPORT, 0)
-        self.time_us += 8000
-        return out
+class Typist(scanner_tests.Typist):
+    """The scanner tests' keyboard, typing keys by name, several at a time, or held down."""
 
     def key(self, name, value):
-        code = K[name]
-        return self.report((EV_MSC, ecodes.MSC_SCAN, 0x70000 + code), (EV_KEY, code, value))
+        return scanner_tests.Typist.key(self, K[name] if isinstance(name, str) else name, value)
 
     def tap(self, *names):
         return b"".join(self.key(name, DOWN) + self.key(name, UP) for name in names)
@@ -86,43 +69,11 @@ class Typist:
         return self.key(name, DOWN) + b"".join(self.key(name, REPEAT) for _ in range(repeats)) + self.key(name, UP)
 
 
-class PipeDevice:
-    """What EvdevKeypad asks of an evdev.InputDevice, with `fd` a pipe the test writes event bytes
-    into; the kernel's side (capabilities, grab) is played by attributes."""
+class PipeDevice(scanner_tests.PipeDevice):
+    """The scanner tests' pipe device, named as a keypad."""
 
     def __init__(self, keys=None, grab_error=None, name="pipe keypad"):
-        self.fd, self._writer = os.pipe()
-        os.set_blocking(self.fd, False)
-        fcntl.fcntl(self._writer, fcntl.F_SETPIPE_SZ, 1 << 20)
-        self.keys = list(range(1, 249)) if keys is None else keys
-        self.grab_error = grab_error
-        self.name = name
-        self.grabbed = self.closed = False
-
-    def capabilities(self, absinfo=True):
-        return {ecodes.EV_SYN: [0], ecodes.EV_KEY: self.keys}
-
-    def grab(self):
-        if self.grab_error:
-            raise self.grab_error
-        self.grabbed = True
-
-    def ungrab(self):
-        self.grabbed = False
-
-    def write(self, data):
-        os.write(self._writer, data)
-
-    def hang_up(self):
-        os.close(self._writer)
-        self._writer = None
-
-    def close(self):
-        if not self.closed:
-            self.closed = True
-            os.close(self.fd)
-            if self._writer is not None:
-                os.close(self._writer)
+        scanner_tests.PipeDevice.__init__(self, keys, grab_error, name)
 
 
 @contextlib.contextmanager
@@ -194,7 +145,7 @@ def test_releases_and_modifiers_type_nothing():
 def test_an_event_split_across_reads_is_put_together():
     with keypad_rig() as (keypad, device, typist):
         data = typist.tap("KEY_4", "KEY_2", "KEY_ENTER")
-        cut = keypad_module.EVENT_BYTES * 7 + 7                # inside the record of the 2's press
+        cut = wedge.EVENT_BYTES * 7 + 7                # inside the record of the 2's press
         device.write(data[:cut])
         assert keypad.read_key(WAIT_MS) == "4"
         assert keypad.read_key(0) is None

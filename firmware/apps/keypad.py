@@ -26,13 +26,11 @@ to the next SYN_REPORT; a key lost that way is missing from the entry line the c
 on a pipe; only opening a real device needs one.
 """
 import collections
-import errno
 import logging
-import os
 import select
 
 from firmware.apps.code_scanner.base import now_ms
-from firmware.apps.code_scanner.wedge import EVENT_BYTES, READ_EVENTS, open_input_device, unpack_events
+from firmware.apps.code_scanner.wedge import EventDevice, import_evdev, open_input_device
 
 log = logging.getLogger("ykt.keypad")
 
@@ -57,12 +55,7 @@ class KeypadError(Exception):
 
 
 def _evdev():
-    try:
-        import evdev
-    except ImportError as error:
-        raise KeypadError("未安装 python-evdev / python-evdev is not installed (pip install 'ykt[scanner]'): %s"
-                          % error)
-    return evdev
+    return import_evdev(KeypadError)
 
 
 _KEY_MAP = None
@@ -96,8 +89,10 @@ def open_keypad(name, device=None):
     return EvdevKeypad(name, device)
 
 
-class EvdevKeypad:
+class EvdevKeypad(EventDevice):
     """A numeric keypad or keyboard on an event device (see the module docstring)."""
+    error_type = KeypadError
+    device_zh, device_en = "数字键盘", "keypad"
 
     def __init__(self, name, device=None):
         """device: an already open evdev.InputDevice-like object (tests); otherwise the name's
@@ -131,14 +126,6 @@ class EvdevKeypad:
             raise KeypadError("不是数字键盘 %s / %s (%s) is not a numeric keypad or keyboard: it has no %s"
                               % (self.path, self.path, getattr(self.device, "name", "?"), " and no ".join(missing)))
 
-    def _grab(self):
-        try:
-            self.device.grab()
-        except OSError as error:
-            if error.errno == errno.EBUSY:
-                raise KeypadError("数字键盘已被其他程序独占 / another program has grabbed %s" % self.path)
-            raise KeypadError("无法独占数字键盘 %s / cannot grab %s: %s" % (self.path, self.path, error))
-
     def read_key(self, timeout_ms):
         """The next key pressed, by name, or None when none is pressed within timeout_ms (an int,
         0 = only what has already arrived). Raises KeypadError when the keypad is gone."""
@@ -165,21 +152,6 @@ class EvdevKeypad:
             return False
         self._take(events)
         return True
-
-    def _read(self):
-        """One read(2) of whole events: the events, or None when nothing was there."""
-        try:
-            data = os.read(self.device.fd, EVENT_BYTES * READ_EVENTS)
-        except BlockingIOError:
-            return None
-        except OSError as error:
-            raise KeypadError("数字键盘已断开 / the keypad on %s is gone: %s" % (self.path, error))
-        if not data:
-            raise KeypadError("数字键盘已断开 / the keypad on %s is gone: end of input" % self.path)
-        data = self._split + data
-        whole = len(data) - len(data) % EVENT_BYTES
-        self._split = data[whole:]
-        return unpack_events(data[:whole])
 
     def _take(self, events):
         ecodes = _evdev().ecodes

@@ -84,13 +84,17 @@ _OTHER_MODIFIERS = ("KEY_LEFTCTRL", "KEY_RIGHTCTRL", "KEY_LEFTALT", "KEY_RIGHTAL
 _REQUIRED_KEYS = ("KEY_ENTER",) + tuple("KEY_%d" % digit for digit in range(10))
 
 
-def _evdev():
+def import_evdev(error_type=ScannerError):
+    """python-evdev, or `error_type` saying how to install it (the keypad reads through it too)."""
     try:
         import evdev
     except ImportError as error:
-        raise ScannerError("未安装 python-evdev / python-evdev is not installed (pip install 'ykt[scanner]'): %s"
-                           % error)
+        raise error_type("未安装 python-evdev / python-evdev is not installed (pip install 'ykt[scanner]'): %s"
+                         % error)
     return evdev
+
+
+_evdev = import_evdev
 
 
 _KEY_MAP = None
@@ -291,7 +295,41 @@ def parse_name(name, **keywords):
                   "max_chars": int_option("max_chars", given.get("max_chars", DEFAULT_MAX_CHARS), 1, 1 << 16)}
 
 
-class EvdevScanner(CodeScanner):
+class EventDevice:
+    """What the wedge scanner and the cashier's keypad (firmware/apps/keypad.py) share: grabbing the
+    device and reading whole events from it, their errors naming the device. Needs `device`, `path`
+    and `_split` (the start of an event whose rest is in the next read)."""
+    error_type = ScannerError
+    device_zh, device_en = "扫码枪", "scanner"
+
+    def _grab(self):
+        try:
+            self.device.grab()
+        except OSError as error:
+            if error.errno == errno.EBUSY:
+                raise self.error_type("%s已被其他程序独占 / another program has grabbed %s" % (self.device_zh, self.path))
+            raise self.error_type("无法独占%s %s / cannot grab %s: %s" % (self.device_zh, self.path, self.path, error))
+
+    def _read(self):
+        """One read(2) of whole events: the events, or None when nothing was there."""
+        try:
+            data = os.read(self.device.fd, EVENT_BYTES * READ_EVENTS)
+        except BlockingIOError:
+            return None
+        except OSError as error:
+            raise self.error_type("%s已断开 / the %s on %s is gone: %s" % (self.device_zh, self.device_en, self.path,
+                                                                        error))
+        if not data:
+            raise self.error_type("%s已断开 / the %s on %s is gone: end of input" % (self.device_zh, self.device_en,
+                                                                                   self.path))
+        self._last_input_ms = now_ms()
+        data = self._split + data
+        whole = len(data) - len(data) % EVENT_BYTES
+        self._split = data[whole:]
+        return unpack_events(data[:whole])
+
+
+class EvdevScanner(EventDevice, CodeScanner):
     """A keyboard-wedge scanner on an event device (see the module docstring)."""
 
     def __init__(self, name, device=None, **options):
@@ -321,14 +359,6 @@ class EvdevScanner(CodeScanner):
             raise ScannerError("不是键盘式扫码枪 %s / %s (%s) is not a keyboard-wedge scanner: it has no %s"
                                % (self.path, self.path, getattr(self.device, "name", "?"), ", ".join(missing)))
 
-    def _grab(self):
-        try:
-            self.device.grab()
-        except OSError as error:
-            if error.errno == errno.EBUSY:
-                raise ScannerError("扫码枪已被其他程序独占 / another program has grabbed %s" % self.path)
-            raise ScannerError("无法独占扫码枪 %s / cannot grab %s: %s" % (self.path, self.path, error))
-
     @property
     def holds_partial(self):
         return self._decoder.partial
@@ -337,22 +367,6 @@ class EvdevScanner(CodeScanner):
     def dropped_scans(self):
         """Codes dropped because they were too long or cut by silence (each also logged)."""
         return self._decoder.dropped_codes
-
-    def _read(self):
-        """One read(2) of whole events: the events, or None when nothing was there."""
-        try:
-            data = os.read(self.device.fd, EVENT_BYTES * READ_EVENTS)
-        except BlockingIOError:
-            return None
-        except OSError as error:
-            raise ScannerError("扫码枪已断开 / the scanner on %s is gone: %s" % (self.path, error))
-        if not data:
-            raise ScannerError("扫码枪已断开 / the scanner on %s is gone: end of input" % self.path)
-        self._last_input_ms = now_ms()
-        data = self._split + data
-        whole = len(data) - len(data) % EVENT_BYTES
-        self._split = data[whole:]
-        return unpack_events(data[:whole])
 
     def _pump(self, wait_ms):
         decoder = self._decoder
