@@ -75,7 +75,8 @@ def test_sign_in_lands_by_role_at_either_door(site):
         ("/hall/sign-in", "caiwu"): "/finance/", ("/finance/sign-in", "caiwu"): "/finance/",
         ("/hall/sign-in", "dating"): "/hall/", ("/finance/sign-in", "dating"): "/hall/",
         ("/hall/sign-in", "both"): "/hall/", ("/finance/sign-in", "both"): "/finance/",
-        ("/hall/sign-in", "admin"): "/hall/", ("/finance/sign-in", "admin"): "/finance/",
+        # the admin role has its own pages now: an admin-only user lands there from any door
+        ("/hall/sign-in", "admin"): "/admin/fleet", ("/finance/sign-in", "admin"): "/admin/fleet",
     }
 
 

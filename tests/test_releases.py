@@ -26,6 +26,7 @@ from sync_server import registry, releases
 from sync_server.terminal_api import FIRMWARE_PATH
 
 from field_cards import card_image
+from server_process import running_server
 from test_slots import UID, health_on_server, records_on_server, run_script, until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,14 +34,26 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import release  # noqa: E402
 
 
-@pytest.fixture
-def site(fresh_server, tmp_path):
+def with_release_key(server, tmp_path):
     """(server, release key, its public hex, dist directory) with the key registered."""
     key = Ed25519PrivateKey.generate()
     public = key.public_key().public_bytes_raw().hex()
-    done = fresh_server.ykt("fleet", "release-key-add", "--key", public)
+    done = server.ykt("fleet", "release-key-add", "--key", public)
     assert done.returncode == 0, done.stderr
-    return fresh_server, key, public, str(tmp_path / "dist")
+    return server, key, public, str(tmp_path / "dist")
+
+
+@pytest.fixture
+def site(fresh_server, tmp_path):
+    return with_release_key(fresh_server, tmp_path)
+
+
+@pytest.fixture
+def sqlite_site(tmp_path):
+    """As `site`, on SQLite only: the end-to-end update is the terminal's, whatever the server's store
+    (the offers, downloads and refusals are tested on both)."""
+    with running_server(tmp_path / "server", database=None) as server:
+        yield with_release_key(server, tmp_path)
 
 
 def provision_till(server, tmp_path):
@@ -54,8 +67,8 @@ def provision_till(server, tmp_path):
     return client, str(provision), str(tmp_path / "card.card")
 
 
-def test_a_rollout_reaches_a_running_pos_through_sync(site, tmp_path):
-    server, key, public, dist = site
+def test_a_rollout_reaches_a_running_pos_through_sync(sqlite_site, tmp_path):
+    server, key, public, dist = sqlite_site
     client, provision, card_path = provision_till(server, tmp_path)
     assert json.loads(open(provision).read())["release_keys"] == [public]
     data_dir = str(tmp_path / "terminal")
