@@ -172,17 +172,8 @@ class EvdevKeypad(EventDevice):
                 continue
             self._ready.append(key)
 
-    def fileno(self):
-        """The descriptor to select() on. Keys of one read that read_key has not returned yet are
-        held here, not on the descriptor: select() only after read_key returned None."""
-        return self.device.fd
-
-    def close(self):
-        try:
-            self.device.ungrab()
-        except OSError:
-            pass                       # unplugged, or already closed
-        self.device.close()
+    # fileno() (EventDevice): select() on it only after read_key returned None - keys of one read
+    # that read_key has not returned yet are held here, not on the descriptor.
 
     def __enter__(self):
         return self

@@ -328,6 +328,16 @@ class EventDevice:
         self._split = data[whole:]
         return unpack_events(data[:whole])
 
+    def fileno(self):
+        return self.device.fd
+
+    def close(self):
+        try:
+            self.device.ungrab()
+        except OSError:
+            pass                       # unplugged, or already closed
+        self.device.close()
+
 
 class EvdevScanner(EventDevice, CodeScanner):
     """A keyboard-wedge scanner on an event device (see the module docstring)."""
@@ -394,12 +404,3 @@ class EvdevScanner(EventDevice, CodeScanner):
             self._decoder.feed_all(events)
         self._decoder.reset_code()
 
-    def fileno(self):
-        return self.device.fd
-
-    def close(self):
-        try:
-            self.device.ungrab()
-        except OSError:
-            pass                       # unplugged, or already closed
-        self.device.close()
