@@ -19,7 +19,6 @@ import hashlib
 import os
 import re
 import shutil
-import stat
 import zipfile
 
 from cryptography.exceptions import InvalidSignature
@@ -110,9 +109,7 @@ def _checked_manifest(bundle_path, keys):
             raise bundle_format.BundleRefused("wrong_kind", "固件包的终端类型未知：%r" % (kind,),
                                               "unknown terminal kind %r" % (kind,))
         bundle_format.check_manifest(manifest, kind, None)
-        bundle_format.check_members(manifest["files"], {
-            info.filename: (info.file_size, info.is_dir() or stat.S_ISLNK(info.external_attr >> 16))
-            for info in infos if info.filename not in (bundle_format.MANIFEST, bundle_format.SIGNATURE)})
+        bundle_format.check_members(manifest["files"], bundle_format.members_of(infos))
     return manifest
 
 

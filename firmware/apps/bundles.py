@@ -21,7 +21,6 @@ into an empty directory (the inactive slot of an A/B install), each written and 
 """
 import hashlib
 import os
-import stat
 import zipfile
 
 from cryptography.exceptions import InvalidSignature
@@ -29,7 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from firmware.core.bundle_format import (  # noqa: F401 - the format's names, for the tools and tests
     FILES_PREFIX, FORMAT, KINDS, MANIFEST, MAX_BUNDLE_BYTES, MAX_FILE_BYTES, MAX_MANIFEST_BYTES, SIGNATURE,
-    BundleRefused, check_manifest, check_members, check_names, check_path, parse_version, signed_manifest,
+    BundleRefused, check_manifest, check_members, check_names, check_path, members_of, parse_version,
+    signed_manifest,
 )
 
 
@@ -74,12 +74,6 @@ def read_signed_manifest(archive, keys):
     manifest = signed_manifest(archive.read(MANIFEST), archive.read(SIGNATURE),
                                lambda signature, message: any(_signed_by(key, signature, message) for key in keys))
     return manifest, members_of(infos)
-
-
-def members_of(infos):
-    """{member name: (size, is a link or directory)} of zip entries, the manifest and signature left out."""
-    return {info.filename: (info.file_size, info.is_dir() or stat.S_ISLNK(info.external_attr >> 16))
-            for info in infos if info.filename not in (MANIFEST, SIGNATURE)}
 
 
 def _signed_by(key, signature, message):

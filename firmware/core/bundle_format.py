@@ -75,6 +75,16 @@ def check_manifest(manifest, kind, installed_version):
     return version
 
 
+_S_IFMT, _S_IFLNK = 0o170000, 0o120000      # stat.h's file type bits, as zip keeps them in external_attr
+
+
+def members_of(infos):
+    """{member name: (size, is a link or directory)} of zip entries (zipfile.ZipInfo, or anything with
+    filename, file_size, external_attr and is_dir()), the manifest and its signature left out."""
+    return {info.filename: (info.file_size, info.is_dir() or (info.external_attr >> 16) & _S_IFMT == _S_IFLNK)
+            for info in infos if info.filename not in (MANIFEST, SIGNATURE)}
+
+
 def check_members(listed, members):
     """`listed`: the manifest's files; `members`: {archive name: (size, is a link or directory)} of
     every member but the manifest and its signature. Each listed path must be a member of its size,
