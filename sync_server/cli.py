@@ -187,6 +187,16 @@ def cmd_fleet_releases(args):
                 right=(0, 3, 4))
 
 
+def cmd_fleet_rotate_key(args):
+    conn = open_database(args)
+    require_known(conn, "SELECT 1 FROM terminals WHERE id = ?", (args.terminal,), "终端 %d 不存在" % args.terminal,
+                  "terminal %d does not exist" % args.terminal)
+    version = registry.rotate_terminal_key(conn, args.terminal)
+    say(args, "终端 %d 将在下次同步时换用第 %d 版密钥，之后旧密钥失效" % (args.terminal, version),
+        "terminal %d takes key version %d at its next sync; the old key stops working after that"
+        % (args.terminal, version))
+
+
 # --- hall -----------------------------------------------------------------------------------------
 
 def cmd_merchant_add(args):
@@ -569,6 +579,13 @@ def register(subparsers):
                                         help="已登记的固件版本 / registered releases")
     listing.add_argument("--json", action="store_true", help="one JSON list (for programs)")
     listing.set_defaults(handler=_guard(cmd_fleet_releases))
+    rotate = fleet_commands.add_parser(
+        "rotate-key", parents=[_common_parser(suppress=True)],
+        help="更换终端密钥：下次同步时下发新密钥，旧密钥随后失效 / give a terminal a new key at its next sync; "
+             "the old one stops working after that",
+        epilog="示例 / example:  ykt fleet rotate-key --terminal 12   (ykt fleet status shows when it is done)")
+    rotate.add_argument("--terminal", required=True, type=int, help="the terminal's id")
+    rotate.set_defaults(handler=_guard(cmd_fleet_rotate_key))
 
     hall_parser = subparsers.add_parser("hall", help="服务大厅业务 / service hall operations")
     commands = hall_parser.add_subparsers(dest="hall_command", metavar="COMMAND")

@@ -24,6 +24,8 @@ MESSAGES = {
     "unknown_terminal": ("未登记的终端", "unknown terminal"),
     "bad_mac": ("请求签名无效", "request MAC does not verify"),
     "terminal_revoked": ("终端已停用", "terminal revoked"),
+    "key_retired": ("终端密钥已更换，旧密钥不再有效：请重新刷机（tools/flash.py）",
+                    "this terminal's key was replaced and the old one no longer works: flash it again (tools/flash.py)"),
     "not_activation_unit": ("该终端不是激活机", "this terminal is not an activation unit"),
     "replayed_counter": ("请求计数器未递增（重放）", "request counter not increasing (replay)"),
     "no_release": ("没有向本终端推送这个固件版本", "this release is not offered to this terminal"),

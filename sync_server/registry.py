@@ -243,6 +243,25 @@ def revoke_terminal(conn, terminal_id, now_ms=None):
         add_deny_entries(conn, [(protocol.DENY_TERMINAL, terminal_id, 1, REASON_REVOKED)], now_ms)
 
 
+def rotate_terminal_key(conn, terminal_id, now_ms=None):
+    """Start moving a terminal to a new key (sync_server/key_rotation.py): returns the new key_version.
+
+    Its next sync answer carries the new keys sealed to that request's one-time public key; the first
+    sync signed with them retires the old key. Asking again while a rotation is pending changes
+    nothing (the same new version: the terminal may already hold it)."""
+    now_ms = dbmod.now_ms() if now_ms is None else now_ms
+    with _tx(conn):
+        row = conn.execute("SELECT key_version, next_key_version, status FROM terminals WHERE id = ?"
+                           + dbmod.for_update(conn), (terminal_id,)).fetchone()
+        if row is None or row[2] != "active":
+            raise HallError("终端 %d 不存在或已停用" % terminal_id, "terminal %d unknown or revoked" % terminal_id)
+        if row[1] is not None:
+            return row[1]
+        conn.execute("UPDATE terminals SET next_key_version = ?, next_key_asked_ms = ? WHERE id = ?",
+                     (row[0] + 1, now_ms, terminal_id))
+        return row[0] + 1
+
+
 LEGACY_MASTER = "legacy_master"     # provisioning purpose name of the old system's master key
 
 

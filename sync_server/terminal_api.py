@@ -37,7 +37,8 @@ from flask import Blueprint, Response, current_app, g, request
 
 from firmware.core import legacy_card, protocol, records as record_codec, sam as sam_keys
 from firmware.core import wallets as wallet_rules
-from sync_server import db as dbmod, ingest, legacy_migration, messages, numbers, paycode, pin_rules, releases
+from sync_server import (db as dbmod, ingest, key_rotation, legacy_migration, messages, numbers, paycode, pin_rules,
+                         releases)
 from sync_server.business_day import day_of_ms
 
 terminal_api = Blueprint("terminal_api", __name__, url_prefix="/api/terminal/v1")
@@ -138,17 +139,32 @@ def authenticate(conn, path, body):
         raise ApiError(401, "bad_auth")
     # the merchant comes along: its category bounds the records, its ledger account takes the money
     terminal = dbmod.fetch_named(
-        conn, "SELECT t.id, t.merchant_id, t.key_version, t.status, m.category AS merchant_category, "
-        "m.ledger_account_id AS merchant_ledger_id FROM terminals t JOIN merchants m ON m.id = t.merchant_id "
-        "WHERE t.id = ?", (terminal_id,))
+        conn, "SELECT t.id, t.merchant_id, t.key_version, t.next_key_version, t.status, "
+        "m.category AS merchant_category, m.ledger_account_id AS merchant_ledger_id "
+        "FROM terminals t JOIN merchants m ON m.id = t.merchant_id WHERE t.id = ?", (terminal_id,))
     if terminal is None:
         raise ApiError(401, "unknown_terminal")
-    # From here on every answer, refusals included, is signed for this terminal (see _sign_answer).
-    g.answer_signing = (path, terminal_id, terminal["key_version"], counter)
+    # The key the terminal says it signed with: the current one, or the next during a rotation
+    # (sync_server/key_rotation.py). No header: the current one (terminals before rotation existed).
+    version = terminal["key_version"]
+    if request.headers.get(protocol.HEADER_KEY_VERSION) is not None:
+        version = numbers.parse_int(request.headers.get(protocol.HEADER_KEY_VERSION), 1, 0xFFFF)
+        if version is None:
+            raise ApiError(401, "bad_auth")
+    retired = version < terminal["key_version"]
+    never_given = version > terminal["key_version"] and version != terminal["next_key_version"]
+    # From here on every answer, refusals included, is signed for this terminal (see _sign_answer) with
+    # the key it used, so a terminal holding a retired key can still tell the refusal is real.
+    g.answer_signing = (path, terminal_id, terminal["key_version"] if never_given else version, counter)
+    if never_given:
+        raise ApiError(401, "bad_auth", "key version %d was never given out" % version)
+    g.key_version = version
     signing = protocol.signing_string("POST", path, terminal_id, counter, body)
-    expected = hmac.new(_terminal_key(terminal_id, terminal["key_version"]), signing, hashlib.sha256).digest()
+    expected = hmac.new(_terminal_key(terminal_id, version), signing, hashlib.sha256).digest()
     if not hmac.compare_digest(expected, mac):
         raise ApiError(401, "bad_mac")
+    if retired:
+        raise ApiError(401, "key_retired", "key version %d" % version)
     if terminal["status"] != "active":
         raise ApiError(403, "terminal_revoked")
     _check_counter(conn, terminal_id, counter)
@@ -358,11 +374,15 @@ def sync():
 
     # shared: syncs of different terminals store their own rows side by side (pg_store.transaction)
     with dbmod.transaction(conn, shared=True):
-        state = conn.execute("SELECT acked_seq, max_seq, status FROM terminals WHERE id = ?" + dbmod.for_update(conn),
-                             (terminal_id,)).fetchone()
+        state = conn.execute("SELECT acked_seq, max_seq, status, key_version, next_key_version FROM terminals "
+                             "WHERE id = ?" + dbmod.for_update(conn), (terminal_id,)).fetchone()
         _store_counter(conn, terminal_id, counter, received_ms)
         if state[2] != "active":
             raise ApiError(403, "terminal_revoked")
+        if g.key_version == state[4]:           # the first sync with the new key: the old one retires
+            conn.execute(key_rotation.PROMOTE_SQL, (received_ms, terminal_id, state[4]))
+        elif g.key_version != state[3]:         # promoted by a sync that committed since we looked
+            raise ApiError(401, "key_retired", "key version %d" % g.key_version)
         try:
             acked_seq, max_seq, holes = ingest.store(conn, batch, state[0], state[1])
         except ingest.JournalMismatch as mismatch:   # rolls back: nothing of the batch is kept
@@ -380,6 +400,11 @@ def sync():
         if isinstance(firmware, str) else None
     if offer is not None:
         commands.append(offer)
+    rekey_public = message.get("rekey_public")
+    if state[4] is not None and g.key_version == state[3] and isinstance(rekey_public, bytes) \
+            and len(rekey_public) == protocol.REKEY_PUBLIC_BYTES:
+        commands.append(key_rotation.seal_command(current_app.extensions["ykt"].master_key, terminal_id, state[4],
+                                                  terminal["merchant_category"], rekey_public))
     with dbmod.read_snapshot(conn):          # the deltas and versions of one committed state
         config = current_config(conn, config_version, current_app.extensions["ykt"].master_key, answer_ms)
         answer = {

@@ -82,12 +82,13 @@ class SyncClient:
         message.update(extra)
         return cbor2.dumps(message)
 
-    def post(self, body, path=protocol.SYNC_PATH, counter=None, mac_sam=None):
+    def post(self, body, path=protocol.SYNC_PATH, counter=None, mac_sam=None, key_version=None):
         """Send raw body bytes signed with the next counter; returns the httpx response."""
         if counter is None:
             self.counter += 1
             counter = self.counter
-        headers = protocol.auth_headers(mac_sam or self.sam, "POST", path, self.terminal_id, counter, body)
+        headers = protocol.auth_headers(mac_sam or self.sam, "POST", path, self.terminal_id, counter, body,
+                                        key_version)
         headers["Content-Type"] = protocol.CONTENT_TYPE
         return self.http.post(path, content=body, headers=headers)
 

@@ -37,6 +37,7 @@ COMMANDS = {
     "fleet release-key-add": ["--data-dir", "{d}", "--key", "ab" * 32],
     "fleet release-add": ["--data-dir", "{d}", "--file", "{d}/none.zip"],
     "fleet rollout": ["--data-dir", "{d}", "--release", "1", "--terminal", "1"],
+    "fleet rotate-key": ["--data-dir", "{d}", "--terminal", "1"],
     "hall merchant-add": ["--data-dir", "{d}", "--name-zh", "三食堂"],
     "hall person-add": ["--data-dir", "{d}", "--name", "王五"],
     "hall card-issue": ["--data-dir", "{d}", "--number", "S1", "--uid", "01020304"],

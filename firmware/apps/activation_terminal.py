@@ -75,6 +75,7 @@ class ActivationTerminal(SyncedShell):
                  server_url=None, cards_dir=None, sync_interval_ms=None, raw_ms=None, card_slot=None, voice=None,
                  beeper=None, face=None):
         make_owner_only(data_dir)
+        provisioning = provisioning_keys.with_rotated_keys(provisioning, data_dir)   # its rotated keys, if any
         self.face = face            # firmware.apps.face.Face: the cardholder's screen, or None
         self.provisioning = provisioning
         self.terminal_id = provisioning["terminal_id"]

@@ -97,6 +97,7 @@ class DispenserTerminal(SyncedShell):
         if provisioning.get("category") != wallets.CATEGORY_WATER:
             raise ValueError("终端不是开水机 / this terminal is not registered as a water dispenser")
         make_owner_only(data_dir)
+        provisioning = provisioning_keys.with_rotated_keys(provisioning, data_dir)   # its rotated keys, if any
         self.provisioning = provisioning
         self.face = face            # firmware.apps.face.Face: the cardholder's screen, or None
         self.terminal_id = provisioning["terminal_id"]

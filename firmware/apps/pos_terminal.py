@@ -39,7 +39,7 @@ import sys
 import time
 import traceback
 
-from firmware.apps import card_io, provisioning
+from firmware.apps import card_io, provisioning as provisioning_keys
 from firmware.apps.store import StoreError, TerminalStore
 from firmware.apps.sync_client import SharedClock
 from firmware.apps.terminal_shell import SyncedShell, card_path, scripted_card
@@ -75,7 +75,7 @@ def load_provisioning(path):
 def sam_from_provisioning(document):
     """Only the purpose keys a POS needs; key bytes never leave the key holder afterwards."""
     wanted = (sam_module.TERMINAL, sam_module.CARD_KEY_A, sam_module.CARD_MAC)
-    keys = provisioning.purpose_keys(document, wanted)
+    keys = provisioning_keys.purpose_keys(document, wanted)
     missing = [purpose for purpose in wanted if purpose not in keys]
     if missing:
         raise ValueError("provisioning file lacks keys: %s" % ", ".join(missing))
@@ -108,6 +108,7 @@ class PosTerminal(SyncedShell):
                  server_url=None, cards_dir=None, sync_interval_ms=None, raw_ms=None, card_slot=None, scanner=None,
                  beeper=None, voice=None, face=None):
         make_owner_only(data_dir)
+        provisioning = provisioning_keys.with_rotated_keys(provisioning, data_dir)   # its rotated keys, if any
         self.provisioning = provisioning
         self.terminal_id = provisioning["terminal_id"]
         self.reader = reader

@@ -26,9 +26,16 @@ import time
 
 import cbor2
 import httpx
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from firmware.apps import provisioning as provisioning_keys
 from firmware.core import clock as clock_module
 from firmware.core import protocol
+from firmware.core import sam as sam_module
 
 PIN_CHECK_PATH = "/api/terminal/v1/pin-check"
 PAYCODE_CLAIM_PATH = "/api/terminal/v1/paycode-claim"
@@ -47,6 +54,8 @@ _LAST_COUNTER = re.compile(r"last (\d+)\s*$")
 MAX_REFUSAL_TEXT = 300
 
 _log = logging.getLogger("ykt.sync")
+ROTATING_PURPOSES = {sam_module.TERMINAL, sam_module.WATER}
+ROTATED_KEY_BYTES = 32
 
 
 def raw_clock_ms():
@@ -114,10 +123,15 @@ FETCH_TIMEOUT_S = 120
 
 class SyncClient:
     def __init__(self, store, sam, terminal_id, server_url, clock, utc_offset_min=480,
-                 timeout_s=DEFAULT_TIMEOUT_S, transport=None, firmware_version="ykt-pos/0.1"):
+                 timeout_s=DEFAULT_TIMEOUT_S, transport=None, firmware_version="ykt-pos/0.1", key_version=None,
+                 data_dir=None):
         self.store = store
         self.sam = sam
         self.terminal_id = terminal_id
+        # the version of the key the SAM holds (sent with each request); a key rotation moves it on, and
+        # keeps the new keys in `data_dir` (provisioning.ROTATED_KEYS_FILE); without one, none is taken
+        self.key_version = key_version
+        self.data_dir = data_dir
         self.clock = clock
         self.utc_offset_min = utc_offset_min
         # the slots' supervisor says which bundle runs (firmware/apps/slots.py); else the build's own name
@@ -170,10 +184,39 @@ class SyncClient:
                     and isinstance(command.get("version"), str):
                 self.update_offer = command
 
+    def _take_rekey(self, answer, one_time):
+        """The answer's rekey command (sync_server/key_rotation.py): the new keys opened with this
+        request's one-time secret, stored, then used from the next request on. One that does not open
+        or is not newer is ignored: the old key keeps working until the server has seen the new one."""
+        for command in answer.get("commands") or ():
+            if not isinstance(command, dict) or command.get("op") != "rekey":
+                continue
+            version = command.get("key_version")
+            if type(version) is not int or not version > self.key_version:
+                continue
+            try:
+                shared = one_time.exchange(X25519PublicKey.from_public_bytes(bytes(command["server_public"])))
+                key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=protocol.REKEY_INFO).derive(shared)
+                plain = AESGCM(key).decrypt(bytes(command["nonce"]), bytes(command["sealed"]),
+                                            protocol.rekey_aad(self.terminal_id, version))
+                keys = {purpose: bytes(value) for purpose, value in cbor2.loads(plain).items()}
+                if sam_module.TERMINAL not in keys or not set(keys) <= ROTATING_PURPOSES \
+                        or any(len(key) != ROTATED_KEY_BYTES for key in keys.values()):
+                    raise ValueError("not a rotation's keys")
+            except (KeyError, TypeError, ValueError, InvalidTag) as error:
+                _log.warning("密钥更换指令无法解开，忽略 / a key rotation that does not open was ignored: %s",
+                             type(error).__name__)
+                continue
+            # stored before used (under the request lock: no request is signed half way through)
+            provisioning_keys.save_rotated_keys(self.data_dir, self.terminal_id, version, keys)
+            self.sam.rotate(keys)
+            self.key_version = version
+            _log.warning("终端密钥已更换为第 %d 版 / this terminal's key is now version %d", version, version)
+
     def _send(self, path, body, timeout_s=None):
         """Sign and send one request body; returns (the authenticated response, raw send/recv ms)."""
         counter = self.store.next_request_counter(self.clock.peek_ms())
-        headers = protocol.auth_headers(self.sam, "POST", path, self.terminal_id, counter, body)
+        headers = protocol.auth_headers(self.sam, "POST", path, self.terminal_id, counter, body, self.key_version)
         headers["Content-Type"] = protocol.CONTENT_TYPE
         sent_raw_ms = self.clock.raw_ms()
         response = self._http.post(path, content=body, headers=headers,
@@ -279,6 +322,11 @@ class SyncClient:
             "config_version": config_version,
             "health": health,
         }
+        one_time = None
+        if self.data_dir is not None and self.key_version is not None:
+            one_time = X25519PrivateKey.generate()      # a rotation's new keys come sealed to it
+            message["rekey_public"] = one_time.public_key().public_bytes(serialization.Encoding.Raw,
+                                                                         serialization.PublicFormat.Raw)
         answer, midpoint_raw_ms = self._post(protocol.SYNC_PATH, message)
         today = clock_module.date_yyyymmdd(self.clock.peek_ms(), self.utc_offset_min)
         applied = self.store.apply_answer(answer, today, self.terminal_id,
@@ -286,6 +334,8 @@ class SyncClient:
         if applied.config_changed:
             self.config_changed.set()
         self._note_offer(answer)
+        if one_time is not None:
+            self._take_rekey(answer, one_time)
         explicit = applied.set_time_ms is not None
         server_ms = applied.set_time_ms if explicit else answer.get("server_ms")
         if isinstance(server_ms, int):

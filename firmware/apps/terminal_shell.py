@@ -98,7 +98,8 @@ class SyncedShell:
         if sync and url:
             self._sync_store = TerminalStore(db_path)
             self.sync_client = SyncClient(self._sync_store, self.sam, self.terminal_id, url, self.clock,
-                                          **client_options)
+                                          key_version=self.provisioning.get("key_version", 1),
+                                          data_dir=self._data_dir, **client_options)
             self.sync_interval_ms = sync_interval_ms or self.store.config().get("sync_interval_ms") \
                 or default_interval_ms
 

@@ -53,6 +53,17 @@ HEADER_TERMINAL = "X-Ykt-Terminal"
 HEADER_COUNTER = "X-Ykt-Counter"
 HEADER_MAC = "X-Ykt-Mac"
 HEADER_ANSWER_MAC = "X-Ykt-Answer-Mac"
+# Which of the terminal's keys signed the request (its provisioning's key_version). Absent: the key the
+# server holds as current. During a key rotation the server takes the current and the next version;
+# the first sync signed with the next one retires the old key (sync_server/key_rotation.py).
+HEADER_KEY_VERSION = "X-Ykt-Key-Version"
+
+# Key rotation: every sync request carries a fresh X25519 public key ("rekey_public", 32 bytes). While
+# a rotation is pending, the answer's "rekey" command carries the new keys sealed to it: AES-256-GCM
+# under HKDF-SHA256(the X25519 shared secret, info=REKEY_INFO), with rekey_aad() as associated data.
+# Someone holding the old key who only listens cannot open it.
+REKEY_INFO = b"ykt-rekey-v1"
+REKEY_PUBLIC_BYTES = 32
 
 WALLET_MAIN = "main"
 WALLET_WATER = "water"
@@ -109,7 +120,15 @@ def card_deny_ref(card_number, generation):
     return card_number * 256 + generation
 
 
-def auth_headers(sam, method, path, terminal_id, counter, body):
+def auth_headers(sam, method, path, terminal_id, counter, body, key_version=None):
     """Headers for one request, the MAC made by the terminal's key holder."""
     mac = sam.sign_request(signing_string(method, path, terminal_id, counter, body))
-    return {HEADER_TERMINAL: str(terminal_id), HEADER_COUNTER: str(counter), HEADER_MAC: mac.hex()}
+    headers = {HEADER_TERMINAL: str(terminal_id), HEADER_COUNTER: str(counter), HEADER_MAC: mac.hex()}
+    if key_version is not None:
+        headers[HEADER_KEY_VERSION] = str(key_version)
+    return headers
+
+
+def rekey_aad(terminal_id, key_version):
+    """What a sealed rekey is bound to: this terminal and the version it brings."""
+    return ("ykt-rekey-v1\n%d\n%d" % (terminal_id, key_version)).encode()

@@ -63,6 +63,13 @@ class SoftwareSAM:
     def has(self, purpose):
         return purpose in self._keys
 
+    def rotate(self, keys):
+        """A key rotation's new keys replace the old ones of the same purposes (only the per-terminal
+        ones rotate: TERMINAL, WATER). The caller has stored them first."""
+        for name in keys:
+            assert name in (TERMINAL, WATER), "purpose %r does not rotate" % name
+        self._keys.update(keys)
+
     def card_sector_key(self, uid, sector, key_type):
         """The 6-byte MIFARE key of one sector of one card (diversified by UID)."""
         purpose = CARD_KEY_A if key_type == "A" else CARD_KEY_B
