@@ -261,3 +261,15 @@ def test_a_power_cut_mid_dispense_is_settled_once_from_the_persisted_volume(rig)
     rig.run({"sync": True})
     assert rig.balances()["water"] == 100 - sessions[0]["fen"]
     assert_ledger_sound(rig.server)
+
+
+def test_an_installed_update_waits_until_the_water_stops(rig):
+    """An update taken through sync (restart_wanted) ends the serve loop only between sessions."""
+    rig.run({"sync": True}, {"flow_ml_per_s": 50}, {"card": rig.card_path})
+    assert rig.valve.is_open
+    rig.terminal.restart_wanted.set()
+    assert not rig.terminal.leaving_for_update()          # mid-session: the water keeps running
+    rig.run({"advance_ms": 2000}, {"card": rig.card_path})
+    assert not rig.valve.is_open and len(rig.lines("session")) == 1
+    assert rig.terminal.leaving_for_update()
+    assert rig.lines("restart") == [{"type": "restart", "why": "firmware update installed"}]

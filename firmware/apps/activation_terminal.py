@@ -274,6 +274,9 @@ class ActivationTerminal(SyncedShell):
         self.feed(activation.CardPresented(target.uid))
         return True
 
+    def idle_for_update(self):
+        return self.machine.state == activation.IDLE
+
     def serve_once(self, timeout_ms=200, removal_timeout_s=REMOVAL_TIMEOUT_S):
         """One tap at the door (--serve): wait for a card, activate it, then wait until it leaves the
         field, so a card left lying on the reader is not activated (and announced) again and again."""

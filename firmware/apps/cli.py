@@ -254,7 +254,7 @@ def run_activation(args):
         terminal.start_sync()
         if args.script:
             _run_script(terminal, args.script)
-        while args.serve and not stop.is_set():
+        while args.serve and not stop.is_set() and not terminal.leaving_for_update():
             terminal.serve_once(200)
         if args.drain_timeout_s > 0:
             terminal.drain(args.drain_timeout_s)
@@ -326,7 +326,7 @@ def run_dispenser(args):
             terminal.start_ticking()
         if args.script:
             _run_script(terminal, args.script)
-        while args.serve and not stop.is_set():
+        while args.serve and not stop.is_set() and not terminal.leaving_for_update():
             terminal.poll_card()
             stop.wait(0.05)
         if args.drain_timeout_s > 0:

@@ -286,6 +286,10 @@ class DispenserTerminal(SyncedShell):
                 self.sim_meter.flow(self.flow_ml_per_s, TICK_MS / 1000.0)
             self.tick()
 
+    def idle_for_update(self):
+        """No water running and no grant waiting for its Start (a phone session is kept to its end)."""
+        return self.machine.state == dispenser.IDLE
+
     def start_ticking(self):
         if self._tick_thread is None:
             self._tick_thread = threading.Thread(target=self._tick_loop, name="ykt-water-tick", daemon=True)

@@ -460,6 +460,9 @@ class PosTerminal(SyncedShell):
 
     # -- the counter: keys, codes and taps as they come -------------------------------------------
 
+    def idle_for_update(self):
+        return self.machine.state == pos.IDLE
+
     def press(self, key):
         """One key by name (firmware/core/keypad.py): from the keypad, or a button on the screen."""
         for event in self.keys.press(key, self.machine.state):
@@ -472,8 +475,7 @@ class PosTerminal(SyncedShell):
         payment code. While an amount is due the reader is polled between inputs; otherwise the
         machine gets a Tick now and then, so a PIN prompt times out with nobody pressing anything."""
         while not stop.is_set():
-            if self.restart_wanted.is_set() and self.machine.state == pos.IDLE:
-                self.emit({"type": "restart", "why": "firmware update installed"})
+            if self.leaving_for_update():
                 return                  # between orders: the supervisor starts the new version
             self._refresh_config()
             waiting = self.machine.state == pos.WAIT_CARD

@@ -149,6 +149,18 @@ class SyncedShell:
         self.emit({"type": "update", "version": offer["version"], "installed": True})
         self.restart_wanted.set()
 
+    def idle_for_update(self):
+        """Between customers: nothing under way that a restart would cut (each shell says)."""
+        raise NotImplementedError
+
+    def leaving_for_update(self):
+        """True once an installed update waits and the terminal is between customers: its serve loop
+        ends there, and the supervisor (firmware/apps/slots.py) starts the new version."""
+        if not self.restart_wanted.is_set() or not self.idle_for_update():
+            return False
+        self.emit({"type": "restart", "why": "firmware update installed"})
+        return True
+
     def sync_now(self):
         """Sync in the foreground (scripted {"sync": true}); returns the SyncResult or None."""
         if self.sync_client is None:
