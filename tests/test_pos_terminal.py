@@ -155,6 +155,23 @@ def test_repeat_tap_needs_cashier_then_is_flagged(rig):
                                                                          (2, "accepted")]
 
 
+def test_a_quick_repeat_after_a_restart_still_needs_the_cashier(rig, tmp_path):
+    """Power cut, crash or firmware update between a payment and the same card tapped again for the
+    same amount: the restarted terminal reads the window's payments back from its journal."""
+    terminal, card_path, out = rig
+    terminal.run_line({"amount_fen": 800, "card": card_path})
+    terminal.close()
+    out = io.StringIO()
+    again = PosTerminal(provisioning(), str(tmp_path / "terminal"), open_reader("sim:"), out=out, sync=False)
+    try:
+        again.run_line({"amount_fen": 800, "card": card_path})                     # no confirmation
+        assert "repeat_tap" in [line["code"] for line in lines(out, "show")]
+        again.run_line({"amount_fen": 900, "card": card_path})                     # another amount: paid
+        assert [(row["seq"], row["amount_fen"]) for row in journal(again)] == [(1, 800), (2, 900)]
+    finally:
+        again.close()
+
+
 @pytest.mark.parametrize("operation", range(1, 10))
 @pytest.mark.parametrize("done", [False, True])
 def test_card_pulled_at_any_command_charges_only_with_a_record(rig, operation, done):

@@ -132,6 +132,7 @@ class PosTerminal(SyncedShell):
         self.keys = keypad.KeyEntry(keypad.dish_shortcuts(self.machine.config["dishes"]))
         self._paycode_keys = self._load_paycode_keys()
         self._remember_codes()
+        self._remember_successes()
         self._target = None
         # The selection read_card last read in full: its counter sector is still authenticated.
         self._read_target = None
@@ -206,6 +207,20 @@ class PosTerminal(SyncedShell):
         window_ms = paycode.live_until_ms(0, self.machine.config["paycode_skew_ms"])
         for key in self.store.paycode_uses_since(now_ms - window_ms):
             self.machine.remember_code(tuple(key), now_ms)
+
+    def _remember_successes(self):
+        """The card payments of the repeat-tap window, from the journal: a restart (a power cut, an
+        update) between a payment and a quick second tap of the same card must not charge it again
+        without the cashier."""
+        last_seq = self.store.last_seq()
+        if not last_seq:
+            return
+        since_ms = self.clock.peek_ms() - self.machine.config["double_tap_window_ms"]
+        for _seq, raw, _acked in self.store.journal(from_seq=max(1, last_seq - pos.RECENT_SUCCESSES + 1),
+                                                    limit=pos.RECENT_SUCCESSES):
+            fields = records.decode(bytes(raw))
+            if fields["kind"] == records.KIND_PURCHASE and fields["time_ms"] >= since_ms:
+                self.machine.remember_success(fields["card_number"], fields["amount_fen"], fields["time_ms"])
 
     def close(self):
         self.stop_sync()

@@ -60,7 +60,7 @@ STATES = (IDLE, WAIT_CARD, READING, WAIT_CONFIRM, WAIT_PIN, CHECKING_PIN, COUNTI
 
 # Committed taps remembered for repeat detection: every one still inside the repeat window, up to this
 # bound (a till clearing a backlog after an outage can commit dozens within the window).
-_RECENT_SUCCESSES = 256
+RECENT_SUCCESSES = 256
 
 # Events
 AmountKeyed = namedtuple("AmountKeyed", ("amount_fen",))
@@ -201,6 +201,13 @@ class CanteenPos:
         self.recent_successes = []
         self.pin_verified_for = None  # (card_number, amount_fen) verified online for this amount
         self.codes_seen = paycode.ReplayCache(self.config["paycode_skew_ms"])
+
+    def remember_success(self, card_number, amount_fen, time_ms):
+        """A card payment this terminal journaled before a restart (the shell replays its journal at
+        start, oldest first): a quick repeat of it right after the restart still asks the cashier."""
+        self.recent_successes.append((card_number, amount_fen, time_ms))
+        if len(self.recent_successes) > RECENT_SUCCESSES:
+            self.recent_successes.pop(0)
 
     def remember_code(self, key, now_ms):
         """A payment code this terminal journaled before (the shell replays its journal at start)."""
@@ -418,7 +425,7 @@ class CanteenPos:
             self.recent_successes = [success for success in self.recent_successes
                                      if 0 <= self.now_ms - success[2] <= window_ms]
             self.recent_successes.append((identity.card_number, self.amount_fen, self.now_ms))
-            if len(self.recent_successes) > _RECENT_SUCCESSES:
+            if len(self.recent_successes) > RECENT_SUCCESSES:
                 self.recent_successes.pop(0)
         return IDLE, [Show(messages.ACCEPTED, fields), Beep(BEEP_OK), Speak(spoken),
                       Outcome(True, messages.ACCEPTED, event.seq, self.amount_fen, pending.balance_after_fen,
