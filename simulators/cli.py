@@ -30,6 +30,9 @@ def register(subparsers):
                         help="显示 1 号消费机的屏幕（收银员与持卡人两面，默认端口 8800），有显示器时自动打开 / show POS "
                              "1's screens during the rush (cashier and cardholder, port 8800 unless given); opened "
                              "in Chromium when this machine has a display, else open the printed addresses")
+    parser.add_argument("--no-rollout", dest="rollout", action="store_false",
+                        help="高峰中不升级固件（默认：给三分之一的消费机分两阶段推送 1.1.0）/ skip the firmware update "
+                             "rolled out in two stages to a third of the POS terminals mid-rush (done by default)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of results")
     parser.add_argument("--lang", choices=("zh", "en"), default=os.environ.get("YKT_LANG", "zh"),
                         help="进度与总结的语言 / language of progress and summary (default zh, or YKT_LANG)")

@@ -31,7 +31,7 @@ import httpx
 from firmware.apps import card_io
 from firmware.core import records, sam as sam_module, wallets
 from reader_drivers.sim import SimReader
-from simulators import demo_guide, injected_faults, lunch, pay_gateways, paycode_day, water_day
+from simulators import demo_guide, injected_faults, lunch, pay_gateways, paycode_day, rollout_day, water_day
 from reader_drivers.sim.classic_card import ClassicCard
 from simulators.netcut import Relay
 from simulators.phone import PhoneApp
@@ -206,18 +206,24 @@ class ServerProcess:
 class TerminalProcess:
     """One `ykt terminal` process, fed JSON lines on stdin; its decisions collected by a thread."""
 
-    def __init__(self, index, document, relay, run_dir, cards_dir, decisions, command=("terminal",), face_port=None):
+    def __init__(self, index, document, relay, run_dir, cards_dir, decisions, command=("terminal",), face_port=None,
+                 rollout=None):
         """`decisions` is the queue every terminal's reader thread puts (index, monotonic_s, line) on;
         `command` the ykt subcommand and its own options (the canteen POS by default); face_port: serve
-        its screens there (`ykt demo --face`)."""
+        its screens there (`ykt demo --face`); rollout: a simulators.rollout_day.RolloutDay that runs
+        this terminal from A/B slots under the supervisor, as a flashed terminal runs."""
         self.index = index
         self.terminal_id = document["terminal_id"]
         self.relay = relay
         self.in_flight = 0
         self.lock = threading.Lock()
         self.drained = None
+        self.updates = []               # the terminal's "update" lines: versions it installed
         terminal_dir = os.path.join(run_dir, "terminal-%d" % self.terminal_id)
         os.makedirs(terminal_dir, exist_ok=True)
+        self.supervised = rollout is not None
+        supervisor = [sys.executable, "-m", "firmware.apps.slots", "--root", rollout.install(index, terminal_dir),
+                      "--data-dir", terminal_dir, "--"] if self.supervised else [sys.executable, "-m", "ykt"]
         provision_path = os.path.join(terminal_dir, "provision.json")
         document = dict(document, server_url=relay.url)
         descriptor = os.open(provision_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -225,7 +231,7 @@ class TerminalProcess:
             json.dump(document, stream)
         self._stderr = open(os.path.join(terminal_dir, "stderr.log"), "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ykt", *command, "--provision", provision_path, "--data-dir", terminal_dir,
+            [*supervisor, *command, "--provision", provision_path, "--data-dir", terminal_dir,
              "--reader", "sim:", "--cards-dir", cards_dir, "--script", "-", "--decisions-only",
              "--sync-interval-ms", str(_SYNC_INTERVAL_MS), "--drain-timeout-s", str(_DRAIN_TIMEOUT_S)]
             + (["--face", "127.0.0.1:%d" % face_port] if face_port else []),
@@ -244,6 +250,11 @@ class TerminalProcess:
         self.process.stdin.write(json.dumps(line) + "\n")
         self.process.stdin.flush()
 
+    def clear(self):
+        """The cashier presses 取消: an amount still due is dropped (no decision line comes of it)."""
+        self.process.stdin.write(json.dumps({"cancel": True}) + "\n")
+        self.process.stdin.flush()
+
     def _read(self):
         for raw in self.process.stdout:
             try:
@@ -256,9 +267,17 @@ class TerminalProcess:
                 self._decisions.put((self.index, time.monotonic(), line))
             elif line.get("type") == "drained":
                 self.drained = line
+            elif line.get("type") == "update":
+                self.updates.append(line)
 
     def finish(self, timeout_s):
         self.process.stdin.close()
+        if self.supervised:
+            # the supervisor would start the terminal again: stop it once the terminal has uploaded all
+            deadline = time.monotonic() + timeout_s
+            while self.drained is None and time.monotonic() < deadline and self.process.poll() is None:
+                time.sleep(0.05)
+            self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -358,8 +377,9 @@ class AppActivity:
 class Rush:
     """Feeds the plan to the terminals in real time and keeps the score."""
 
-    def __init__(self, plan, population, fleet, decisions, log_path, progress, lang, app, codes=None):
+    def __init__(self, plan, population, fleet, decisions, log_path, progress, lang, app, codes=None, rollout=None):
         self.app = app
+        self.rollout = rollout          # simulators.rollout_day.RolloutDay: a firmware update mid-rush
         self.codes = codes              # simulators.paycode_day.PayCodeDay: phones paying by code
         self.plan = plan
         self.population = population
@@ -398,6 +418,8 @@ class Rush:
             if self.loss_reported_s is not None:
                 self._probe(now_s, cut)
             self.app.run_due(now_s)
+            if self.rollout is not None:
+                self.rollout.run_due(now_s, self.fleet, self.progress, lambda zh, en: _say(self.lang, zh, en))
             if self.codes is not None:
                 self._send_code_lines(now_s, cut)
             while waiting and self._try_send(waiting[0]):
@@ -408,7 +430,8 @@ class Rush:
                     waiting.append(tap)
             self._show(now_s, cut)
             probing = (self.loss_reported_s is not None and len(self.first_refusal_s) < len(self.fleet) or
-                       self.codes is not None and self.codes.probing()) and now_s < self.plan.duration_s * 3
+                       self.codes is not None and self.codes.probing() or
+                       self.rollout is not None and self.rollout.pending()) and now_s < self.plan.duration_s * 3
             if not pending and not waiting and not probing and now_s >= self.plan.duration_s:
                 break
             time.sleep(0.005)
@@ -731,6 +754,10 @@ def render(summary, lang):
             summary.get("paycode_replays_shown", 0), summary.get("paycode_replays_accepted", 0))),
         row("手机被盗停用后生效用时（秒）", "stolen phone's code refused after (s)",
             summary.get("paycode_revoked_after_s")),
+        row("高峰中固件升级", "firmware updated mid-rush", ("%s：%d / %d 台，回退 %d" if zh else
+                                                          "%s: %d of %d terminals, %d rolled back") % (
+            summary["rollout_version"], summary["rollout_updated"], summary["rollout_terminals"],
+            summary["rollout_rolled_back"]) if "rollout_terminals" in summary else "-"),
         row("用时（秒）", "elapsed (s)", summary["elapsed_s"]),
         "",
         ("结论：" if zh else "verdict: ") + (("一笔不丢、一笔不重，账本平衡。" if zh else
@@ -797,6 +824,13 @@ def run(args):
     relays = []
     decisions = queue.Queue()
     water = None
+    rollout = None
+    if args.rollout and rollout_day.available():
+        progress.step(_say(lang, "生成发布密钥，签名固件 %s 与 %s……" % (rollout_day.OLD_VERSION, rollout_day.NEW_VERSION),
+                           "making the release key, signing firmware %s and %s..."
+                           % (rollout_day.OLD_VERSION, rollout_day.NEW_VERSION)))
+        rollout = rollout_day.RolloutDay(run_dir, location, keys.load_master_key(keys.master_key_path(server_dir)),
+                                         documents, args.duration_s)
     try:
         for _ in range(1 if database is None else 2):
             servers.append(ServerProcess(server_dir, os.path.join(run_dir, "server-%d.log" % (len(servers) + 1)
@@ -809,7 +843,8 @@ def run(args):
             relay = Relay("127.0.0.1", servers[index % len(servers)].port)
             relays.append(relay)
             fleet.append(TerminalProcess(index, document, relay, run_dir, cards_dir, decisions,
-                                         face_port=args.face if index == 0 else None))
+                                         face_port=args.face if index == 0 else None,
+                                         rollout=rollout if rollout is not None and index in rollout.group else None))
         if args.face:
             show_face(args.face, run_dir, progress, lang)
         app = AppActivity(servers[-1].url, gateways, population, plan,
@@ -820,7 +855,7 @@ def run(args):
                                        servers[-1].url, population, plan,
                                        exclude=injector.taken if injector is not None else ())
         rush = Rush(plan, population, fleet, decisions, os.path.join(run_dir, "decisions.jsonl"), progress, lang,
-                    app, codes)
+                    app, codes, rollout)
         water = water_day.WaterDay([s.url for s in servers], servers[0].port, run_dir, water_documents, residents,
                                    args.seed, args.duration_s, progress, lang)
         progress.step(_say(lang, "启动 %d 台开水机与蓝牙……" % water_day.DISPENSERS,
@@ -853,9 +888,11 @@ def run(args):
     summary = summarize(plan, rush, result, time.monotonic() - started, args.terminals, args.people)
     summary.update(app.summary())
     summary.update(codes.summary())
+    if rollout is not None:
+        summary.update(rollout.summary())
     summary["ok"] = summary["ok"] and summary["notifications_credited_twice"] == 0 and not summary["app_errors"] \
         and water_day.water_ok(summary) \
-        and paycode_day.paycode_ok(summary)
+        and paycode_day.paycode_ok(summary) and rollout_day.rollout_ok(summary)
     next_steps = demo_guide.render(server_dir, database, demo_guide.prepare(location), lang)
     print(render(summary, lang), file=sys.stderr if args.json else sys.stdout)
     print(next_steps, file=sys.stderr if args.json else sys.stdout)

@@ -89,6 +89,20 @@ def test_the_rush_really_had_outages_declines_and_an_enforced_loss(demo):
     assert len(decisions) == summary["taps"]
 
 
+def test_a_firmware_update_reached_part_of_the_fleet_mid_rush(demo):
+    """POS 4 runs from A/B slots under the supervisor; 1.1.0 is rolled out to it mid-rush, it restarts
+    between customers on the new version, is confirmed, and no tap is lost or stored twice."""
+    _, summary, run_dir, _ = demo
+    assert (summary["rollout_version"], summary["rollout_terminals"], summary["rollout_updated"],
+            summary["rollout_rolled_back"]) == ("1.1.0", 1, 1, 0)
+    [[_at_s, [pos_number]]] = summary["rollout_stages"]
+    with open(run_dir / ("terminal-%d" % pos_number) / "slots" / "state.json", encoding="utf-8") as handle:
+        state = json.load(handle)
+    assert [(entry["event"], entry["version"]) for entry in state["history"]] == [
+        ("installed", "1.0.0"), ("trial", "1.1.0"), ("confirmed", "1.1.0")]
+    assert summary["lost"] == 0 and summary["duplicates"] == 0 and summary["unexpected_on_server"] == 0
+
+
 def test_same_seed_same_plan():
     from simulators.lunch import make_plan
 

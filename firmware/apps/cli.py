@@ -18,7 +18,9 @@ line on stderr and the exit code of its kind, the table of sync_server/mistakes.
 the terminal side does not import the server, so the few codes it uses are repeated here, and
 tests/test_mistakes.py checks that they agree.
 """
+import io
 import os
+import select
 import sys
 
 _EXIT_REFUSED = 2
@@ -133,12 +135,29 @@ def _data_dir_problem(path):
 
 def _run_script(terminal, script):
     """Scripted lines from a file, or from stdin for "-"."""
-    stream = sys.stdin if script == "-" else open(script, encoding="utf-8")
-    try:
+    if script == "-":
+        terminal.run_script(_stdin_lines(terminal.leaving_for_update))
+        return
+    with open(script, encoding="utf-8") as stream:
         terminal.run_script(stream)
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
+
+
+def _stdin_lines(leaving, poll_s=0.2):
+    """Standard input a line at a time, never read ahead of the line being run: a terminal that
+    leaves for a firmware update under the slots' supervisor (`leaving()` true, checked while no line
+    is waiting) leaves every later line in the pipe, where the new version, started with the same
+    standard input, takes it up. Nothing fed is lost."""
+    raw = io.FileIO(sys.stdin.fileno(), "rb", closefd=False)
+    while True:
+        ready, _, _ = select.select([raw], [], [], poll_s)
+        if not ready:
+            if leaving():
+                return
+            continue
+        line = raw.readline()           # a raw file's readline reads byte by byte: nothing buffered
+        if not line:
+            return
+        yield line.decode("utf-8")
 
 
 def _register_activation(subparsers):

@@ -196,6 +196,8 @@ def supervise(slots, data_dir, command, stop, poll_s=0.2, log=print, trial_s=DEF
             continue
         if stop():
             break
+        if slots.state()["active"] != state["active"]:
+            continue        # it installed an update and left for it: the new version starts at once
         pause = RESTART_PAUSES_S[min(restarts, len(RESTART_PAUSES_S) - 1)]
         log("固件退出（%s），%d 秒后重启 / firmware exited (%s); restarting in %d s" % (code, pause, code, pause))
         restarts += 1

@@ -195,11 +195,15 @@ class SyncedShell:
     # -- scripts and output --------------------------------------------------------------------
 
     def run_script(self, stream):
+        """Run JSON lines until the stream ends, or until an installed update is waiting and the
+        terminal is between customers (the rest of the stream is for the new version)."""
         for raw in stream:
             raw = raw.strip()
             if not raw or raw.startswith("#"):
                 continue
             self.run_line(json.loads(raw))
+            if self.leaving_for_update():
+                return
 
     def emit(self, line, always=True):
         if self.face is not None:
