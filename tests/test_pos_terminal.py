@@ -325,3 +325,31 @@ def test_ykt_terminal_says_each_accepted_payment_aloud(tmp_path):
     assert [p["text"] for p in played] == ["交易成功 消费3.00元 余额97.00元", "交易成功 消费4.00元 余额93.00元"]
     assert played[1]["start_s"] >= played[0]["end_s"]                     # never cut off, never overlapping
     assert all(os.path.getsize(speaker / os.path.basename(p["wav"])) > 10000 for p in played)   # real speech
+
+
+def test_the_servers_dish_menu_replaces_the_provisioning_files_and_bad_rows_are_left_out(tmp_path):
+    """The admin console sets a till's menu; it arrives in the sync answer's configuration (the store
+    keeps it). A malformed row is dropped, not fatal: the till keeps selling."""
+    from firmware.apps.face import Face
+    data_dir = tmp_path / "terminal"
+    data_dir.mkdir()
+    card_path = issue_card_image(tmp_path)
+    seed_cache(data_dir)
+    store = TerminalStore(os.path.join(str(data_dir), "terminal.db"))
+    store.apply_answer({"acked_seq": 0, "server_ms": 0, "commands": [],
+                        "config": {"version": 2, "dishes": {"noodles": ["牛肉面", 1200], "bad": ["汤", -5],
+                                                            "worse": "x", "soup": ["汤", 300]}}},
+                       20250310, TERMINAL_ID)
+    store.close()
+    face = Face("pos", "zh", TERMINAL_ID, dishes=provisioning()["dishes"])
+    out = io.StringIO()
+    terminal = PosTerminal(provisioning(), str(data_dir), open_reader("sim:"), out=out, sync=False, face=face)
+    try:
+        assert terminal.machine.config["dishes"] == {"noodles": ["牛肉面", 1200], "soup": ["汤", 300]}
+        assert terminal.keys.dish_keys == {"f1": "noodles", "f2": "soup"}
+        assert [(dish["id"], dish["key"]) for dish in face.snapshot()["dishes"]] == [("noodles", "F1"),
+                                                                                     ("soup", "F2")]
+        terminal.run_line({"keys": ["f1", "f2"], "card": card_path})
+        assert [(row["seq"], row["amount_fen"]) for row in journal(terminal)] == [(1, 1500)]
+    finally:
+        terminal.close()

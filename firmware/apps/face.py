@@ -62,6 +62,13 @@ def card_tail(card_number):
     return "…%04d" % (int(card_number) % 10000)
 
 
+def _menu(dishes, dish_keys):
+    """The screen's dish buttons: {dish_id: [name, price_fen]} in id order, with their F-key."""
+    shortcut_of = {dish_id: key.upper() for key, dish_id in (dish_keys or {}).items()}
+    return [{"id": dish_id, "name": entry[0], "price_fen": entry[1], "key": shortcut_of.get(dish_id)}
+            for dish_id, entry in sorted((dishes or {}).items())]
+
+
 class Face:
     """The state both screens render, with a version that grows on every change (thread-safe: the
     main loop, the sync thread and the HTTP threads all touch it)."""
@@ -71,13 +78,10 @@ class Face:
         assert kind in KINDS, kind
         self._changed = threading.Condition()
         self._clock_text = clock_text or (lambda: time.strftime("%H:%M:%S"))
-        shortcut_of = {dish_id: key.upper() for key, dish_id in (dish_keys or {}).items()}
         self._state = {
             "version": 1, "kind": kind, "lang": lang, "terminal_id": terminal_id, "phase": "idle",
             "message": {"code": "", "text": "", "tone": "info"}, "amount_fen": None, "entry": "",
-            "pin_digits": None, "result": None, "last_tap": None,
-            "dishes": [{"id": dish_id, "name": entry[0], "price_fen": entry[1], "key": shortcut_of.get(dish_id)}
-                       for dish_id, entry in sorted((dishes or {}).items())],
+            "pin_digits": None, "result": None, "last_tap": None, "dishes": _menu(dishes, dish_keys),
             "network": {"online": None, "last_sync": None, "error": None}, "backlog": int(backlog),
             "dispensed_ml": None,
         }
@@ -141,6 +145,14 @@ class Face:
             changed = {name: value for name, value in fields.items() if state.get(name) != value}
             if changed:
                 state.update(changed)
+                self._bump()
+
+    def set_menu(self, dishes, dish_keys):
+        """A new dish menu (the server's configuration changed it): the screen's buttons follow."""
+        with self._changed:
+            menu = _menu(dishes, dish_keys)
+            if menu != self._state["dishes"]:
+                self._state["dishes"] = menu
                 self._bump()
 
     def restore_last_tap(self, seq, amount_fen, card_number, time_text):

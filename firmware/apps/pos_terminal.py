@@ -62,6 +62,16 @@ FACE_PHASES = {pos.IDLE: "idle", pos.WAIT_CARD: "wait_card", pos.WAIT_PIN: "wait
                pos.WAIT_CONFIRM: "wait_confirm"}      # any other state: "busy" (a card or code under way)
 
 
+def menu_of(dishes):
+    """The dish menu of the server's configuration ({dish_id: [name, price_fen]}, set per till on the
+    admin console), its malformed entries left out: a bad row must not stop the till; {} when none."""
+    if not isinstance(dishes, dict):
+        return {}
+    return {dish_id: [entry[0], entry[1]] for dish_id, entry in dishes.items()
+            if isinstance(dish_id, str) and isinstance(entry, (list, tuple)) and len(entry) == 2
+            and isinstance(entry[0], str) and type(entry[1]) is int and entry[1] > 0}
+
+
 def load_provisioning(path):
     """The JSON a technician gets from `ykt hall terminal-register --out F` (mode 0600, holds keys)."""
     with open(path, encoding="utf-8") as handle:
@@ -130,6 +140,8 @@ class PosTerminal(SyncedShell):
         self.voice = voice              # firmware.apps.voice.Voice: the core's Speak aloud, or None
         self.face = face                # firmware.apps.face.Face: the screens, or None
         self.keys = keypad.KeyEntry(keypad.dish_shortcuts(self.machine.config["dishes"]))
+        if face is not None:            # the menu the server last sent, else the provisioning file's
+            face.set_menu(self.machine.config["dishes"], self.keys.dish_keys)
         self._paycode_keys = self._load_paycode_keys()
         self._remember_codes()
         self._remember_successes()
@@ -174,21 +186,28 @@ class PosTerminal(SyncedShell):
         return self.store.config()
 
     def _machine_config(self):
+        server = self._server_config()
         config = {"terminal_id": self.terminal_id, "merchant_id": self.provisioning["merchant_id"],
                   "category": self.provisioning["category"], "lang": self.lang,
-                  "dishes": self.provisioning.get("dishes") or {}}
-        server = self._server_config()
+                  "dishes": menu_of(server.get("dishes")) or self.provisioning.get("dishes") or {}}
         for key in SERVER_CONFIG_KEYS:
             if server.get(key) is not None:
                 config[key] = server[key]
         return config
 
     def _refresh_config(self):
-        """Take over the server's configuration once a sync (either thread) brought a new one."""
+        """Take over the server's configuration once a sync (either thread) brought a new one: its
+        limits, pay-code keys and this till's dish menu (keys and screen buttons with it)."""
         if self.sync_client is not None and self.sync_client.config_changed.is_set():
             self.sync_client.config_changed.clear()     # before reading: a newer one sets it again
+            dishes_before = self.machine.config["dishes"]
             self.machine.config.update(self._machine_config())
             self._paycode_keys = self._load_paycode_keys()
+            dishes = self.machine.config["dishes"]
+            if dishes != dishes_before:
+                self.keys.dish_keys = keypad.dish_shortcuts(dishes)
+                if self.face is not None:
+                    self.face.set_menu(dishes, self.keys.dish_keys)
 
     def _load_paycode_keys(self):
         """{key_id: Ed25519PublicKey} of the server's pay-code keys (the configuration's hex list)."""

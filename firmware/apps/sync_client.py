@@ -442,7 +442,8 @@ class SyncClient:
         return min(cap_ms, max(MIN_BACKOFF_MS, interval_ms) * 2 ** min(self.failures - 1, 10))
 
     def run(self, stop_event, interval_ms, on_result=None, wake_event=None):
-        """Sync until stop_event is set. wake_event (optional) triggers an early sync (a new record)."""
+        """Sync until stop_event is set. wake_event (optional) triggers an early sync (a new record).
+        interval_ms: a number, or a callable asked before each wait (the configuration may change it)."""
         while not stop_event.is_set():
             try:
                 result = self.sync_until_settled()
@@ -452,7 +453,7 @@ class SyncClient:
                 self.online = False
                 self.failures += 1
                 self.last_error = "sync failed: %s: %s" % (type(error).__name__, error)
-            wait_s = self.backoff_ms(interval_ms) / 1000.0
+            wait_s = self.backoff_ms(interval_ms() if callable(interval_ms) else interval_ms) / 1000.0
             if wake_event is not None and self.failures == 0:
                 if wake_event.wait(wait_s):
                     wake_event.clear()

@@ -73,6 +73,11 @@ def pump(read, inputs, stop, name):
     return thread
 
 
+# what a configured interval may be; outside it the shell's default holds (a bad value must not stop sync)
+MIN_SYNC_INTERVAL_MS = 200
+MAX_SYNC_INTERVAL_MS = 3600 * 1000
+
+
 class SyncedShell:
     display = True
     face = None         # firmware.apps.face.Face: the screens, fed every line emitted (display or not)
@@ -100,8 +105,8 @@ class SyncedShell:
             self.sync_client = SyncClient(self._sync_store, self.sam, self.terminal_id, url, self.clock,
                                           key_version=self.provisioning.get("key_version", 1),
                                           data_dir=self._data_dir, **client_options)
-            self.sync_interval_ms = sync_interval_ms or self.store.config().get("sync_interval_ms") \
-                or default_interval_ms
+            self._interval_asked_ms = sync_interval_ms
+            self._default_interval_ms = default_interval_ms
 
     # -- background sync -----------------------------------------------------------------------
 
@@ -112,6 +117,17 @@ class SyncedShell:
             target=self.sync_client.run, name="ykt-sync",
             args=(self._stop, self.sync_interval_ms, self._on_sync, self._wake), daemon=True)
         self._sync_thread.start()
+
+    def sync_interval_ms(self):
+        """Between syncs: the command line's, else the server's configuration as it is now (the admin
+        console sets it per terminal; read on the sync thread's own connection before each wait), else
+        the shell's default."""
+        if self._interval_asked_ms:
+            return self._interval_asked_ms
+        configured = self._sync_store.config().get("sync_interval_ms")
+        if type(configured) is int and MIN_SYNC_INTERVAL_MS <= configured <= MAX_SYNC_INTERVAL_MS:
+            return configured
+        return self._default_interval_ms
 
     def _on_sync(self, result):
         if result.online:
