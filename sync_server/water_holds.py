@@ -34,6 +34,7 @@ RELEASED = "released"
 VIA_PHONE = "phone"
 VIA_DISPENSER = "dispenser"
 MAX_RELEASES_PER_CALL = 200          # bound on one sweep; the next call takes the rest
+RETIRED_KEY_RECEIPTS_MS = 60 * 60 * 1000   # a rotated-out water key's receipts are taken this long
 _WATER_ORDER = wallet_rules.WALLET_ORDER[wallet_rules.CATEGORY_WATER]
 
 
@@ -235,7 +236,23 @@ def check_receipt(conn, master_key, receipt_bytes):
     dispenser = dispenser_row(conn, receipt.dispenser_id)
     if dispenser is None:
         raise water_grants.WaterMessageError(water_grants.REFUSED_OTHER_DISPENSER, "receipt names no dispenser")
-    return water_grants.decode_receipt(receipt_bytes, grant_mac(master_key, receipt.dispenser_id, dispenser[1]))
+    versions = receipt_key_versions(conn, receipt.dispenser_id, dispenser[1], dbmod.now_ms())
+    return water_grants.decode_receipt(receipt_bytes, tuple(grant_mac(master_key, receipt.dispenser_id, version)
+                                                            for version in versions))
+
+
+def receipt_key_versions(conn, dispenser_id, key_version, now_ms):
+    """The water keys a receipt may carry: the current one; during a key rotation the next one too
+    (the dispenser has switched, the server has not seen it sync yet); and for RETIRED_KEY_RECEIPTS_MS
+    after one, the retired key (a session granted and ended just before, its receipt handed in late)."""
+    versions = [key_version]
+    row = conn.execute("SELECT next_key_version, key_rotated_ms FROM terminals WHERE id = ?",
+                       (dispenser_id,)).fetchone()
+    if row[0] is not None:
+        versions.append(row[0])
+    if row[1] is not None and key_version > 1 and now_ms - row[1] < RETIRED_KEY_RECEIPTS_MS:
+        versions.append(key_version - 1)
+    return versions
 
 
 def grant_mac(master_key, dispenser_id, key_version):

@@ -273,3 +273,31 @@ def test_an_installed_update_waits_until_the_water_stops(rig):
     assert not rig.valve.is_open and len(rig.lines("session")) == 1
     assert rig.terminal.leaving_for_update()
     assert rig.lines("restart") == [{"type": "restart", "why": "firmware update installed"}]
+
+
+def test_a_key_rotation_keeps_phone_water_running(rig):
+    """ykt fleet rotate-key on a dispenser: its next sync brings the new keys, yet the grant the server
+    makes right after (still under the old water key: it has not seen the dispenser use the new one)
+    opens the valve, and its receipt settles; after the sync that retires the old key, grants are under
+    the new key and work too."""
+    rig.run({"sync": True}, {"flow_ml_per_s": 100})
+    done = rig.server.ykt("fleet", "rotate-key", "--terminal", str(rig.terminal_id))
+    assert done.returncode == 0, done.stderr
+    rig.run({"sync": True})
+    assert rig.terminal.sync_client.key_version == 2
+    for phone in ("phone-1", "phone-2"):
+        terminal = rig.terminal
+        granted = rig.phone.water_grant(rig.terminal_id, terminal.read_challenge(phone))
+        terminal.write_grant(phone, granted["grant"] + bytes([w.CONTROL_START]))
+        assert rig.valve.is_open, phone
+        rig.run({"advance_ms": 1000})
+        terminal.write_control(phone, bytes([w.CONTROL_END]))
+        assert rig.phone.water_receipt(terminal.read_receipt(phone))["outcome"] == "settled"
+        rig.run({"sync": True})                 # the first one retires the old key
+    conn = rig.server.connect()
+    try:
+        assert conn.execute("SELECT key_version, next_key_version FROM terminals WHERE id = ?",
+                            (rig.terminal_id,)).fetchone() == (2, None)
+    finally:
+        conn.close()
+    assert_ledger_sound(rig.server)

@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from firmware.apps import provisioning
 from firmware.apps.pos_terminal import PosTerminal
-from firmware.core import protocol, sam
+from firmware.core import protocol, sam, water_grants
 from firmware.core import wallets as wallet_rules
 from reader_drivers.base import open_reader
-from sync_server import key_rotation, registry
+from sync_server import db as dbmod, key_rotation, registry, water_holds
 from server_process import running_server
 
 pytestmark = pytest.mark.usefixtures("store_environment")   # each store (--store)
@@ -192,3 +192,34 @@ def test_versions_never_given_out_and_unknown_terminals_are_refused(site):
     refused = server.ykt("fleet", "rotate-key", "--terminal", str(raw.terminal_id))
     assert refused.returncode == 2 and "终端 %d 不存在或已停用" % raw.terminal_id in refused.stderr
     assert key_columns(conn, raw.terminal_id) == (1, None, False)
+
+
+def test_receipts_under_the_new_or_just_retired_water_key_are_taken(site):
+    """A dispenser signs receipts with its new water key as soon as it has it (before the server has
+    seen it sync), and a phone may hand in a receipt of a session ended just before the rotation."""
+    server, conn = site
+    raw = server.add_terminal(category=wallet_rules.CATEGORY_WATER)
+    master = server.master_key()
+
+    def receipt(version):
+        mac = water_grants.grant_mac_fn(sam.water_key(master, raw.terminal_id, version))
+        return water_grants.encode_receipt(mac, water_grants.Receipt(raw.terminal_id, 41, 3, 500, 15, 300, 20000,
+                                                                     water_grants.END_BUTTON))
+
+    def taken(version):
+        try:
+            return water_holds.check_receipt(conn, master, receipt(version)).grant_id == 41
+        except water_grants.WaterMessageError as error:
+            assert error.code == water_grants.REFUSED_FORGED
+            return False
+
+    assert (taken(1), taken(2)) == (True, False)
+    rotate(server, raw.terminal_id)
+    assert (taken(1), taken(2), taken(3)) == (True, True, False)        # pending: both
+    new_sam = sam.SoftwareSAM({"terminal": sam.terminal_key(master, raw.terminal_id, 2)})
+    assert raw.post(raw.body(), mac_sam=new_sam, key_version=2).status_code == 200
+    assert (taken(1), taken(2)) == (True, True)                         # just retired: still taken
+    with dbmod.transaction(conn):
+        conn.execute("UPDATE terminals SET key_rotated_ms = key_rotated_ms - ? WHERE id = ?",
+                     (water_holds.RETIRED_KEY_RECEIPTS_MS, raw.terminal_id))
+    assert (taken(1), taken(2)) == (False, True)                        # an hour on: refused

@@ -50,6 +50,9 @@ MAX_EVENTS_PER_INPUT = 16
 DEFAULT_SYNC_INTERVAL_MS = 5000
 CARD_POLL_MS = 50
 CHALLENGE_LIFETIME_MS = 120000       # a challenge waits at most this long for its grant
+# After a key rotation the server makes grants under the old water key until it has seen this
+# dispenser sign with the new one (its next sync); those stay good this long (GrantGate.previous_key).
+PREVIOUS_WATER_KEY_MS = 10 * 60 * 1000
 # The dispenser's own calibration (its provisioning file may override): the meter's pulses per
 # litre and how often progress is persisted (<= 100 ml: at most that much goes free on a power cut).
 DEFAULTS = {"pulses_per_litre": 450, "persist_interval_ml": 50, "idle_timeout_ms": 30000, "stall_ms": 5000,
@@ -129,9 +132,18 @@ class DispenserTerminal(SyncedShell):
         self._tick_thread = None
         self._open_sync(db_path, server_url, sync, sync_interval_ms, DEFAULT_SYNC_INTERVAL_MS,
                         firmware_version="ykt-water/0.1")
+        self._previous_key_until_ms = None
         if self.sync_client is not None:
             self.sync_client.health_extra = self._health
+            self.sync_client.on_rekey = self._rekeyed
         self._power_up()
+
+    def _rekeyed(self, key_version):
+        """The sync thread took a rotation's keys: the old water key's grants keep working a while."""
+        with self._lock:
+            if self.sam.has_previous_water():
+                self.gate.previous_key(self.sam.previous_water_mac)
+                self._previous_key_until_ms = self.clock.peek_ms() + PREVIOUS_WATER_KEY_MS
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -270,6 +282,10 @@ class DispenserTerminal(SyncedShell):
         except dispenser_hw.MeterOverflow:
             pulses = dispenser.Pulses(dispenser.MAX_PULSES_PER_EVENT)
         with self._lock:
+            if self._previous_key_until_ms is not None and self.clock.peek_ms() >= self._previous_key_until_ms:
+                self.gate.previous_key(None)
+                self.sam.forget_previous()
+                self._previous_key_until_ms = None
             self._feed(dispenser.Tick(self.clock.peek_ms()))
             if pulses.count:
                 self._feed(pulses)

@@ -142,6 +142,7 @@ class SyncClient:
         self.failures = 0
         self.upload_refused = None     # the server's refusal of our last upload, until one is taken
         self.health_extra = None       # a shell's own health fields: a callable returning a dict
+        self.on_rekey = None           # called (on the sync thread) with the new key version after a rotation
         self.config_changed = threading.Event()    # set when an answer brought new configuration
         self._lock = threading.Lock()
         self._started_raw_ms = clock.raw_ms()
@@ -211,6 +212,8 @@ class SyncClient:
             provisioning_keys.save_rotated_keys(self.data_dir, self.terminal_id, version, keys)
             self.sam.rotate(keys)
             self.key_version = version
+            if self.on_rekey is not None:
+                self.on_rekey(version)
             _log.warning("终端密钥已更换为第 %d 版 / this terminal's key is now version %d", version, version)
 
     def _send(self, path, body, timeout_s=None):

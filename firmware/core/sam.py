@@ -53,6 +53,7 @@ class SoftwareSAM:
         for name in keys:
             assert name in _PURPOSES or name in (TERMINAL, WATER), "unknown key purpose %r" % name
         self._keys = dict(keys)
+        self._previous_water = None      # the water key a rotation replaced, for a while (rotate)
 
     def _key(self, purpose):
         key = self._keys.get(purpose)
@@ -65,10 +66,23 @@ class SoftwareSAM:
 
     def rotate(self, keys):
         """A key rotation's new keys replace the old ones of the same purposes (only the per-terminal
-        ones rotate: TERMINAL, WATER). The caller has stored them first."""
+        ones rotate: TERMINAL, WATER). The caller has stored them first. The old water key stays
+        for previous_water_mac until forget_previous()."""
         for name in keys:
             assert name in (TERMINAL, WATER), "purpose %r does not rotate" % name
+        if WATER in keys and WATER in self._keys:
+            self._previous_water = self._keys[WATER]
         self._keys.update(keys)
+
+    def previous_water_mac(self, message):
+        """water_mac under the water key a rotation replaced (grants the server made just before it)."""
+        return crypto.hmac_sha256(self._previous_water, message)
+
+    def has_previous_water(self):
+        return self._previous_water is not None
+
+    def forget_previous(self):
+        self._previous_water = None
 
     def card_sector_key(self, uid, sector, key_type):
         """The 6-byte MIFARE key of one sector of one card (diversified by UID)."""

@@ -165,13 +165,22 @@ def encode_grant(mac_fn, grant):
     return body + _mac(mac_fn, b"ykt-water-grant/", body)
 
 
+def _verifies(mac_fns, label, body, mac):
+    """The MAC is right under one of the keys (a function, or a tuple of them: see GrantGate)."""
+    for mac_fn in mac_fns if isinstance(mac_fns, tuple) else (mac_fns,):
+        if crypto.equal(_mac(mac_fn, label, body), mac):
+            return True
+    return False
+
+
 def decode_grant(data, mac_fn=None):
-    """A Grant from its bytes; with `mac_fn`, also checks the MAC (WaterMessageError REFUSED_FORGED)."""
+    """A Grant from its bytes; with `mac_fn` (one, or a tuple that any may verify), also checks the MAC
+    (WaterMessageError REFUSED_FORGED)."""
     data = bytes(data)
     if len(data) != GRANT_SIZE or data[0] != VERSION:
         raise WaterMessageError(REFUSED_MALFORMED, "not a grant (%d bytes)" % len(data))
     body, mac = data[:-MAC_BYTES], data[-MAC_BYTES:]
-    if mac_fn is not None and not crypto.equal(_mac(mac_fn, b"ykt-water-grant/", body), mac):
+    if mac_fn is not None and not _verifies(mac_fn, b"ykt-water-grant/", body, mac):
         raise WaterMessageError(REFUSED_FORGED, "grant MAC does not verify")
     values = struct.unpack(_GRANT_BODY, body)
     return Grant(*values[1:])
@@ -192,12 +201,13 @@ def encode_receipt(mac_fn, receipt):
 
 
 def decode_receipt(data, mac_fn=None):
-    """A Receipt from its bytes; with `mac_fn`, also checks the MAC (WaterMessageError REFUSED_FORGED)."""
+    """A Receipt from its bytes; with `mac_fn` (one, or a tuple that any may verify), also checks the
+    MAC (WaterMessageError REFUSED_FORGED)."""
     data = bytes(data)
     if len(data) != RECEIPT_SIZE or data[0] != VERSION:
         raise WaterMessageError(REFUSED_MALFORMED, "not a receipt (%d bytes)" % len(data))
     body, mac = data[:-MAC_BYTES], data[-MAC_BYTES:]
-    if mac_fn is not None and not crypto.equal(_mac(mac_fn, b"ykt-water-receipt/", body), mac):
+    if mac_fn is not None and not _verifies(mac_fn, b"ykt-water-receipt/", body, mac):
         raise WaterMessageError(REFUSED_FORGED, "receipt MAC does not verify")
     receipt = Receipt(*struct.unpack(_RECEIPT_BODY, body)[1:])
     if receipt.end_reason not in END_REASONS or receipt.fen > receipt.cap_fen or receipt.seq < 1:
@@ -290,10 +300,17 @@ class GrantGate:
         assert lifetime_ms > 0 and max_cap_fen > 0
         self.dispenser_id = dispenser_id
         self._mac_fn = mac_fn
+        self._previous_mac_fn = None
         self.max_cap_fen = max_cap_fen
         self.lifetime_ms = lifetime_ms
         self._live = []            # [(challenge, issued_ms)], oldest first
         self.refusals = 0
+
+    def previous_key(self, mac_fn):
+        """After a key rotation (sync_server/key_rotation.py), for a while: grants the server made
+        under the old water key, before it saw this dispenser use the new one, still open the valve.
+        None ends that."""
+        self._previous_mac_fn = mac_fn
 
     def challenge(self, random_bytes, now_ms):
         """Issue a fresh challenge (the oldest live one retires when there are too many); returns the
@@ -325,7 +342,8 @@ class GrantGate:
             if grant.dispenser_id != self.dispenser_id:
                 raise WaterMessageError(REFUSED_OTHER_DISPENSER, "grant names dispenser %d" % grant.dispenser_id)
             issued_ms = self._take(grant.challenge)
-            decode_grant(data, self._mac_fn)
+            keys = self._mac_fn if self._previous_mac_fn is None else (self._mac_fn, self._previous_mac_fn)
+            decode_grant(data, keys)
             if issued_ms is None:
                 raise WaterMessageError(REFUSED_NO_CHALLENGE, "grant is not for a live challenge")
             age_ms = now_ms - issued_ms

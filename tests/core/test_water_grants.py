@@ -122,3 +122,27 @@ def test_advertisement_and_sticker():
     for text in ("https://example.com", "ykt://water?d=x&a=C0:7A:00:00:00:07", "ykt://water?d=7&a=zz",
                  "ykt://water?d=7", None, "ykt://water?d=99999999999&a=C0:7A:00:00:00:07"):
         assert refused(w.parse_sticker, text) == w.REFUSED_MALFORMED
+
+
+def test_after_a_key_rotation_the_old_keys_grants_open_the_valve_until_it_is_forgotten():
+    holder = sam.SoftwareSAM({sam.WATER: OTHER_KEY})           # the dispenser before the rotation
+    holder.rotate({sam.WATER: KEY})
+    assert holder.has_previous_water()
+    g = w.GrantGate(7, holder.water_mac, max_cap_fen=500, lifetime_ms=90000)
+    old_mac = w.grant_mac_fn(OTHER_KEY)
+    g.challenge(CHALLENGE, 1000)
+    assert refused(g.accept, w.encode_grant(old_mac, grant()), 2000) == w.REFUSED_FORGED
+    g.previous_key(holder.previous_water_mac)
+    g.challenge(CHALLENGE, 3000)
+    assert g.accept(w.encode_grant(old_mac, grant()), 4000).grant_id == 41        # made just before
+    g.challenge(bytes(16), 5000)
+    assert g.accept(w.encode_grant(MAC, grant(challenge=bytes(16), grant_id=42)), 6000).grant_id == 42
+    g.previous_key(None)
+    holder.forget_previous()
+    assert not holder.has_previous_water()
+    g.challenge(CHALLENGE, 7000)
+    assert refused(g.accept, w.encode_grant(old_mac, grant()), 8000) == w.REFUSED_FORGED
+    # receipts: one key or any of several
+    receipt = w.encode_receipt(old_mac, w.Receipt(7, 41, 12, 1500, 45, 300, 61000, w.END_CAP))
+    assert w.decode_receipt(receipt, (MAC, old_mac)).grant_id == 41
+    assert refused(w.decode_receipt, receipt, (MAC,)) == w.REFUSED_FORGED
