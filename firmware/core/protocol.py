@@ -13,6 +13,8 @@ Request body (a CBOR map):
     balance_version  int    highest balance version the terminal holds (0 = none)
     config_version   int    configuration version the terminal runs (0 = none)
     health           map    free-form str -> int/str (journal depth, firmware, uptime_s, ...)
+    rekey_public     bytes  a one-time X25519 public key (32 bytes): a key rotation's new keys come
+                            sealed to it (optional; below, REKEY_INFO)
 
 Answer body (a CBOR map):
 
@@ -25,7 +27,10 @@ Answer body (a CBOR map):
     balances         {"version": int, "rows": [[account_id, wallet, balance_fen,
                       spent_today_fen, single_limit_fen, daily_limit_fen], ...], "more": bool}
     config           map or None   (new configuration when config_version is behind)
-    commands         [{"op": "resend", "from_seq": a, "to_seq": b} | {"op": "set_time", "server_ms": t}]
+    commands         [{"op": "resend", "from_seq": a, "to_seq": b} | {"op": "set_time", "server_ms": t} |
+                      {"op": "update", "release_id": n, "version": "1.3.0", ...} (sync_server/releases.py) |
+                      {"op": "rekey", "key_version": v, "server_public": bytes, "nonce": bytes,
+                       "sealed": bytes} (sync_server/key_rotation.py)]
 
 Errors are HTTP 4xx with a CBOR map {"error": code, "message": text}.
 
@@ -35,6 +40,7 @@ Authentication headers (every request):
     X-Ykt-Counter    request counter (decimal), strictly increasing per terminal: a replay or an
                      old counter is refused; the terminal persists it before sending
     X-Ykt-Mac        hex HMAC-SHA256 over signing_string(...) with the terminal's key
+    X-Ykt-Key-Version  which of its keys signed (optional: the server's current one when absent)
 
 Every answer, refusals included, carries X-Ykt-Answer-Mac: hex HMAC-SHA256 with the same key over
 answer_signing_string(...) - the request's counter, the status and the body - so a terminal applies
