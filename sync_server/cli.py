@@ -19,7 +19,7 @@ import sys
 
 from firmware.core import card_layout, wallets as wallet_rules
 from sync_server import (backups, db as dbmod, fleet_status, keys, numbers, pg_store, private_dir, registry,
-                         releases, serving, services)
+                         releases, serving, services, terminal_settings)
 from sync_server.cli_common import (account_of, add_person_options, add_station_options, carry_card_job,
                                     check_output_file, data_dir_checked, data_dir_of, lang_of, log_staff_action, open_database,
                                     open_station, operator_of, print_table, require_known, say, uid_of,
@@ -142,7 +142,7 @@ def cmd_fleet_status(args):
         problems = "、".join(fleet_status.problem_text(key, lang_of(args)) for key in row["problems"])
         offset = row["clock_offset_ms"]
         table.append([row["terminal_id"], row["kind"] if en else row["kind_zh"],
-                      row["location_en"] if en else row["location"], row["firmware"] or "—",
+                      row["where_en"] if en else row["where"], row["firmware"] or "—",
                       fleet_status.since_text(row["since_sync_s"], lang_of(args)),
                       "—" if offset is None else "%+.1f s" % (offset / 1000), row["backlog"], row["reader_errors"],
                       (row["status"] if row["status"] != "active" else "") + problems or ("ok" if en else "正常")])
@@ -195,6 +195,47 @@ def cmd_fleet_rotate_key(args):
     say(args, "终端 %d 将在下次同步时换用第 %d 版密钥，之后旧密钥失效" % (args.terminal, version),
         "terminal %d takes key version %d at its next sync; the old key stops working after that"
         % (args.terminal, version))
+
+
+def _setting_assignment(text):
+    """KEY=VALUE of `--set` as (key, value); values as terminal_settings reads them (fen, ms, counts
+    as whole numbers, the menu as JSON)."""
+    key, equals, value = text.partition("=")
+    if not equals:
+        raise MalformedInput("--set 应为 键=值，如 offline_cap_count=3：%s" % text[:40],
+                             "--set takes KEY=VALUE, like offline_cap_count=3: %s" % text[:40])
+    return key.strip(), terminal_settings.value_from_text(key.strip(), value.strip())
+
+
+def cmd_fleet_settings(args):
+    """Show a terminal's settings (its own and the site's), or change them: every --set and --clear
+    is checked first, then all are stored together (and every terminal fetches config at its next
+    sync)."""
+    conn = open_database(args)
+    require_known(conn, "SELECT 1 FROM terminals WHERE id = ?", (args.terminal,), "终端 %d 不存在" % args.terminal,
+                  "terminal %d does not exist" % args.terminal)
+    changes = dict(_setting_assignment(text) for text in args.set or ())
+    if changes or args.clear:
+        terminal_settings.set_settings(conn, args.terminal, changes, operator_of(args), clear=args.clear or ())
+    own = terminal_settings.settings_of(conn, args.terminal)
+    site = terminal_settings.site_settings(conn)
+    if args.json:
+        effective = dict(site, **{terminal_settings.DISHES: {}})
+        effective.update(own)
+        print(json.dumps({"terminal_id": args.terminal, "settings": own, "site": site, "effective": effective},
+                         ensure_ascii=False))
+        return
+    en = lang_of(args) == "en"
+    rows = [[setting.key, setting.en if en else setting.zh, own.get(setting.key, "—"), site[setting.key]]
+            for setting in terminal_settings.SETTINGS]
+    menu = own.get(terminal_settings.DISHES) or {}
+    rows.append([terminal_settings.DISHES, "menu" if en else "菜单",
+                 ", ".join("%s %s %s" % (dish_id, name, cash_desk.yuan(price_fen))
+                           for dish_id, (name, price_fen) in menu.items()) or "—", "—"])
+    print_table(args, [("键", "key"), ("设置", "setting"), ("本终端", "this terminal"), ("全站", "site")], rows,
+                right=(2, 3))
+    if changes or args.clear:
+        say(args, "已保存；各终端下次同步时取得新配置", "saved; terminals fetch the new configuration at their next sync")
 
 
 # --- hall -----------------------------------------------------------------------------------------
@@ -407,7 +448,8 @@ def cmd_terminal_register(args):
     require_known(conn, "SELECT 1 FROM merchants WHERE id = ?", (args.merchant,), "商户 %d 不存在" % args.merchant,
                   "merchant %d does not exist" % args.merchant)
     check_output_file(args.out)
-    terminal_id = registry.register_terminal(conn, args.merchant)
+    location = terminal_settings.clean_location(args.location)
+    terminal_id = registry.register_terminal(conn, args.merchant, location=location)
     document = registry.provisioning_document(conn, master_key, terminal_id, args.server_url,
                                               keys.load_legacy_key(data_dir_of(args)))
     keys.write_private_file(args.out, json.dumps(document, indent=2).encode())
@@ -586,6 +628,22 @@ def register(subparsers):
         epilog="示例 / example:  ykt fleet rotate-key --terminal 12   (ykt fleet status shows when it is done)")
     rotate.add_argument("--terminal", required=True, type=int, help="the terminal's id")
     rotate.set_defaults(handler=_guard(cmd_fleet_rotate_key))
+    settings = fleet_commands.add_parser(
+        "settings", parents=[_common_parser(suppress=True)],
+        help="终端自己的设置（同步间隔、离线限额、菜单等）/ a terminal's own settings (sync interval, offline caps, "
+             "menu, ...)",
+        description="不带 --set/--clear 时显示；金额以分计，时间以毫秒计，菜单为 JSON。可设：%s。"
+                    " / Without --set or --clear it shows them; money in fen, times in ms, the menu as JSON. Keys: %s."
+                    % ("、".join(terminal_settings.KEYS), ", ".join(terminal_settings.KEYS)),
+        epilog="示例 / examples:  ykt fleet settings --terminal 12   |   ykt fleet settings --terminal 12 --set "
+               "offline_cap_count=3 --set 'dishes={\"rice\": [\"米饭\", 100]}'   |   ykt fleet settings --terminal 12 "
+               "--clear offline_cap_count")
+    settings.add_argument("--terminal", required=True, type=int, help="the terminal's id")
+    settings.add_argument("--set", action="append", metavar="KEY=VALUE", help="set one (repeat for several)")
+    settings.add_argument("--clear", action="append", metavar="KEY", help="back to the site's value (repeat for several)")
+    settings.add_argument("--operator", help="who changes them (default: login name)")
+    settings.add_argument("--json", action="store_true", help="one JSON object (for programs)")
+    settings.set_defaults(handler=_guard(cmd_fleet_settings))
 
     hall_parser = subparsers.add_parser("hall", help="服务大厅业务 / service hall operations")
     commands = hall_parser.add_subparsers(dest="hall_command", metavar="COMMAND")
@@ -648,6 +706,8 @@ def register(subparsers):
     p.add_argument("--limit", type=int, default=50, help="rows per page (at most 100)")
     p = add("terminal-register", cmd_terminal_register, "登记终端 / register a terminal")
     p.add_argument("--merchant", type=int, required=True, help="the merchant's id (from merchant-add)")
+    p.add_argument("--location", help="where it stands, e.g. 一食堂二楼 3号窗口 (at most %d characters)"
+                   % terminal_settings.MAX_LOCATION_CHARS)
     p.add_argument("--out", required=True, help="provisioning file to write (mode 0600)")
     p.add_argument("--server-url", default="http://127.0.0.1:%d" % DEFAULT_PORT,
                    help="the sync server the terminal talks to")

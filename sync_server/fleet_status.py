@@ -33,7 +33,8 @@ PROBLEMS = (
 _RANK = {key: rank for rank, (key, _zh, _en) in enumerate(PROBLEMS)}
 
 _QUERY = ("SELECT t.id, t.status, t.last_sync_ms, t.clock_offset_ms, t.health, t.card_mismatch_count, "
-          "m.name_zh, m.name_en, m.category FROM terminals t JOIN merchants m ON m.id = t.merchant_id")
+          "m.name_zh, m.name_en, m.category, t.merchant_id, t.location, t.key_version, t.next_key_version "
+          "FROM terminals t JOIN merchants m ON m.id = t.merchant_id")
 
 
 def fleet(conn, now_ms=None, stale_after_ms=STALE_AFTER_MS):
@@ -48,7 +49,8 @@ def fleet(conn, now_ms=None, stale_after_ms=STALE_AFTER_MS):
 
 
 def _row(values, now_ms, stale_after_ms):
-    terminal_id, status, last_sync_ms, offset_ms, health_text, mismatches, name_zh, name_en, category = values
+    (terminal_id, status, last_sync_ms, offset_ms, health_text, mismatches, name_zh, name_en, category, merchant_id,
+     location, key_version, next_key_version) = values
     try:
         health = json.loads(health_text) if health_text else {}
     except ValueError:
@@ -56,8 +58,12 @@ def _row(values, now_ms, stale_after_ms):
     if not isinstance(health, dict):
         health = {}
     kind_zh, kind_en = KINDS.get(category, ("终端", "terminal"))
-    row = {"terminal_id": terminal_id, "status": status, "kind": kind_en, "kind_zh": kind_zh,
-           "location": name_zh, "location_en": name_en or name_zh, "firmware": health.get("firmware"),
+    # where: the merchant, and the spot the terminal stands at when one was recorded (migration 95)
+    row = {"terminal_id": terminal_id, "status": status, "kind": kind_en, "kind_zh": kind_zh, "category": category,
+           "merchant_id": merchant_id, "merchant": name_zh, "merchant_en": name_en or name_zh, "location": location,
+           "where": "%s · %s" % (name_zh, location) if location else name_zh,
+           "where_en": "%s · %s" % (name_en or name_zh, location) if location else name_en or name_zh,
+           "key_version": key_version, "next_key_version": next_key_version, "firmware": health.get("firmware"),
            "last_sync_ms": last_sync_ms,
            "since_sync_s": None if last_sync_ms is None else max(0, (now_ms - last_sync_ms) // 1000),
            "clock_offset_ms": offset_ms, "backlog": _count(health, "journal_unacked"),

@@ -48,6 +48,18 @@ def add_merchant(conn, name_zh, name_en, category):
 
 # --- persons and accounts ------------------------------------------------------------------------
 
+def rename_merchant(conn, merchant_id, name_zh, name_en):
+    """New names for a merchant and its ledger account (statements and reports show them); the caller
+    holds the transaction. Returns {"before": [zh, en], "after": [zh, en]} for the action log."""
+    row = conn.execute("SELECT name_zh, name_en, ledger_account_id FROM merchants WHERE id = ?"
+                       + dbmod.for_update(conn), (merchant_id,)).fetchone()
+    if row is None:
+        raise HallError("商户 %d 不存在" % merchant_id, "merchant %d does not exist" % merchant_id)
+    conn.execute("UPDATE merchants SET name_zh = ?, name_en = ? WHERE id = ?", (name_zh, name_en, merchant_id))
+    conn.execute("UPDATE ledger_accounts SET name_zh = ?, name_en = ? WHERE id = ?", (name_zh, name_en, row[2]))
+    return {"before": [row[0], row[1]], "after": [name_zh, name_en]}
+
+
 def _create_account_rows(conn, person_id, single_limit_fen, daily_limit_fen, now_ms):
     account_id = conn.execute("INSERT INTO accounts (person_id, single_limit_fen, daily_limit_fen, created_ms) "
                               "VALUES (?, ?, ?, ?) RETURNING id", (person_id, single_limit_fen, daily_limit_fen, now_ms)).fetchone()[0]
@@ -224,13 +236,15 @@ def cancel_loss(conn, card_number, now_ms=None):
 
 # --- terminals -----------------------------------------------------------------------------------
 
-def register_terminal(conn, merchant_id, now_ms=None):
+def register_terminal(conn, merchant_id, now_ms=None, location=None):
+    """A new active terminal of the merchant; `location` is where it stands, as
+    terminal_settings.clean_location leaves it (None: not recorded). Returns its id."""
     now_ms = dbmod.now_ms() if now_ms is None else now_ms
     with _tx(conn):
         if conn.execute("SELECT 1 FROM merchants WHERE id = ?", (merchant_id,)).fetchone() is None:
             raise HallError("商户 %d 不存在" % merchant_id, "merchant %d does not exist" % merchant_id)
-        return conn.execute("INSERT INTO terminals (merchant_id, key_version, status, created_ms) "
-                            "VALUES (?, 1, 'active', ?) RETURNING id", (merchant_id, now_ms)).fetchone()[0]
+        return conn.execute("INSERT INTO terminals (merchant_id, key_version, status, created_ms, location) "
+                            "VALUES (?, 1, 'active', ?, ?) RETURNING id", (merchant_id, now_ms, location)).fetchone()[0]
 
 
 def revoke_terminal(conn, terminal_id, now_ms=None):

@@ -38,7 +38,7 @@ from flask import Blueprint, Response, current_app, g, request
 from firmware.core import legacy_card, protocol, records as record_codec, sam as sam_keys
 from firmware.core import wallets as wallet_rules
 from sync_server import (db as dbmod, ingest, key_rotation, legacy_migration, messages, numbers, paycode, pin_rules,
-                         releases)
+                         releases, terminal_settings)
 from sync_server.business_day import day_of_ms
 
 terminal_api = Blueprint("terminal_api", __name__, url_prefix="/api/terminal/v1")
@@ -324,16 +324,18 @@ def _balance_delta(conn, since_version, now_ms):
     return {"version": rows[-1][6], "rows": [list(row[:6]) for row in rows], "more": more}
 
 
-def current_config(conn, known_version=None, master_key=None, now_ms=None):
+def current_config(conn, known_version=None, master_key=None, now_ms=None, terminal_id=None):
     """The configuration terminals run, or None when `known_version` is current already (the common
     case: one counter read per sync instead of every setting). With the master key it carries the
-    pay-code public keys a POS verifies certificates with ([[key_id, hex], ...])."""
+    pay-code public keys a POS verifies certificates with ([[key_id, hex], ...]). With a terminal,
+    its own settings (sync_server/terminal_settings.py) over the site's, and its dish menu ("dishes",
+    {} when it has none); changing them moves the one counter, so the fast path stays one read."""
     version = dbmod.counter_value(conn, "config_version")
     if known_version is not None and known_version >= version:
         return None
     keys = paycode.terminal_keys(conn, master_key, now_ms if now_ms is not None else dbmod.now_ms()) \
         if master_key is not None else {}
-    return {
+    config = {
         "paycode_keys": [[key_id, public.hex()] for key_id, public in sorted(keys.items())],
         "paycode_skew_ms": dbmod.setting(conn, "paycode_skew_ms"),
         "version": version,
@@ -347,7 +349,11 @@ def current_config(conn, known_version=None, master_key=None, now_ms=None):
         "water_max_grant_fen": dbmod.setting(conn, "water_max_grant_fen"),
         "water_grant_valid_ms": dbmod.setting(conn, "water_grant_valid_ms"),
         "water_max_session_ms": dbmod.setting(conn, "water_max_session_ms"),
+        terminal_settings.DISHES: {},
     }
+    if terminal_id is not None:
+        config.update(terminal_settings.settings_of(conn, terminal_id))
+    return config
 
 
 @terminal_api.post("/sync")
@@ -406,7 +412,8 @@ def sync():
         commands.append(key_rotation.seal_command(current_app.extensions["ykt"].master_key, terminal_id, state[4],
                                                   terminal["merchant_category"], rekey_public))
     with dbmod.read_snapshot(conn):          # the deltas and versions of one committed state
-        config = current_config(conn, config_version, current_app.extensions["ykt"].master_key, answer_ms)
+        config = current_config(conn, config_version, current_app.extensions["ykt"].master_key, answer_ms,
+                                terminal_id)
         answer = {
             "acked_seq": acked_seq,
             "server_ms": answer_ms,

@@ -13,7 +13,7 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCE_FOLDERS = ("firmware", "reader_drivers", "sync_server", "simulators", "benchmarks", "ykt")
 ASPECTS = ("_properties", "_faults", "_crash", "_fsync_order", "_clock", "_nfcpy", "_on_every_driver",
-           "_benchmark", "_types", "_paycode", "_activation", "_pages")
+           "_benchmark", "_types", "_paycode", "_activation", "_pages", "_browser")
 ABOUT_THE_WHOLE = {
     "core_imports": "firmware/core as a whole: nothing MicroPython lacks",
     "import_layers": "every package: imports point one way, no cycles",

@@ -493,3 +493,19 @@ def test_terminal_data_directory_is_owner_only(campus, tmp_path, capsys):
     assert "terminal data directory made owner-only (3 entries)" in capsys.readouterr().err
     assert [_mode(path) for path in (old, old / "cards", old / "cards" / "left.card", old / "terminal.db")] == \
         [0o700, 0o700, 0o600, 0o600]
+
+
+def test_a_menu_set_on_the_admin_console_reaches_the_till_at_its_next_sync(campus):
+    """The admin console (terminal_settings) sets this till's menu and sync interval: the next sync
+    brings them, the keypad's F-keys follow, and a dish order is charged at the new price."""
+    from sync_server import terminal_settings
+    server, conn, relay, terminal, people, out = campus
+    (alice, alice_card), _bob = people
+    assert terminal.sync_now().online
+    terminal_settings.set_settings(conn, terminal.terminal_id, {"dishes": {"noodles": ["牛肉面", 1350]},
+                                                                "sync_interval_ms": 7000}, "admin")
+    assert terminal.keys.dish_keys == {}
+    assert terminal.sync_now().online
+    assert terminal.keys.dish_keys == {"f1": "noodles"} and terminal.sync_interval_ms() == 7000
+    terminal.run_line({"keys": ["f1"], "card": alice_card})
+    assert decisions(out)[-1]["accepted"] and decisions(out)[-1]["amount_fen"] == 1350
