@@ -271,6 +271,7 @@ class TerminalProcess:
                 self.updates.append(line)
 
     def finish(self, timeout_s):
+        self.drained = None             # only the drain after the end of its input counts
         self.process.stdin.close()
         if self.supervised:
             # the supervisor would start the terminal again: stop it once the terminal has uploaded all
@@ -658,6 +659,8 @@ def _unconfirmed_repeats_charged(outcomes, unconfirmed_repeats, stored, window_m
 
 
 def summarize(plan, rush, result, elapsed_s, terminals, people):
+    undecided = sorted(tap_id for tap_id, (kind, _person, _window) in rush.sent.items()
+                       if kind != "skipped" and tap_id not in rush.outcomes)
     declined = {}
     accepted = 0
     for line in rush.outcomes.values():
@@ -673,6 +676,10 @@ def summarize(plan, rush, result, elapsed_s, terminals, people):
         "people": people,
         "terminals": terminals,
         "taps": len(rush.outcomes),
+        # handed to a terminal and never decided: a tap that vanished (say, read and dropped by a
+        # terminal restarting for an update) - it must be none
+        "undecided": len(undecided),
+        "undecided_taps": [[tap_id] + list(rush.sent[tap_id]) for tap_id in undecided[:10]],   # id, kind, person, window
         "accepted": accepted,
         "declined": dict(sorted(declined.items())),
         "deny_enforced_after_s": round(max(enforced), 3) if enforced and
@@ -683,6 +690,7 @@ def summarize(plan, rush, result, elapsed_s, terminals, people):
     }
     summary.update(result)
     summary["ok"] = (result["lost"] == 0 and result["duplicates"] == 0 and result["unexpected_on_server"] == 0
+                     and summary["undecided"] == 0
                      and summary["repeat_taps_charged_without_confirmation"] == 0
                      and result["ledger_imbalance_fen"] == 0 and not result["ledger_problems"]
                      and result["accepted_fen"] == result["merchant_credited_fen"])
@@ -725,6 +733,7 @@ def render(summary, lang):
         row("本地记账", "journaled", summary["journaled"]),
         row("服务器已入账", "on server", summary["on_server"]),
         row("丢失", "lost", summary["lost"]),
+        row("未处理的刷卡", "taps never decided", summary["undecided"]),
         row("重复", "duplicates", summary["duplicates"]),
         row("账本不平衡（分）", "ledger imbalance (fen)", summary["ledger_imbalance_fen"]),
         row("商户入账（分）", "merchants credited (fen)", summary["merchant_credited_fen"]),

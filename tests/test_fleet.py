@@ -75,6 +75,7 @@ def test_nothing_lost_nothing_twice_ledger_balanced(demo):
     assert summary["journaled"] == summary["accepted"] > 0
     assert summary["on_server"] == summary["journaled"], "seed %d" % SEED
     assert summary["lost"] == 0 and summary["duplicates"] == 0 and summary["unexpected_on_server"] == 0
+    assert summary["undecided"] == 0, "seed %d: a tap handed to a terminal was never decided" % SEED
     assert summary["ledger_imbalance_fen"] == 0 and summary["ledger_problems"] == []
     assert summary["merchant_credited_fen"] == summary["accepted_fen"]
 

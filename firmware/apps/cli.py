@@ -275,8 +275,8 @@ def run_activation(args):
             _run_script(terminal, args.script)
         while args.serve and not stop.is_set() and not terminal.leaving_for_update():
             terminal.serve_once(200)
-        if args.drain_timeout_s > 0:
-            terminal.drain(args.drain_timeout_s)
+        if args.drain_timeout_s > 0 and not terminal.restart_wanted.is_set():
+            terminal.drain(args.drain_timeout_s)       # (leaving for an update: the new version uploads)
         if voice is not None:
             voice.wait_idle(10)
     finally:
@@ -348,8 +348,8 @@ def run_dispenser(args):
         while args.serve and not stop.is_set() and not terminal.leaving_for_update():
             terminal.poll_card()
             stop.wait(0.05)
-        if args.drain_timeout_s > 0:
-            terminal.drain(args.drain_timeout_s)
+        if args.drain_timeout_s > 0 and not terminal.restart_wanted.is_set():
+            terminal.drain(args.drain_timeout_s)       # (leaving for an update: the new version uploads)
     finally:
         terminal.close()
         screens.close()
@@ -441,7 +441,7 @@ def run_terminal(args):
             with open(args.script, encoding="utf-8") as stream:
                 terminal.run_script(stream)
         elif not args.serve or args.script == "-":
-            terminal.run_script(sys.stdin)
+            terminal.run_script(_stdin_lines(terminal.leaving_for_update))
         if args.serve:
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             inputs = face.keys if face is not None else queue.Queue(64)
@@ -455,8 +455,8 @@ def run_terminal(args):
             stop.set()
             for thread in threads:
                 thread.join(timeout=5)
-        if args.drain_timeout_s > 0:
-            terminal.drain(args.drain_timeout_s)
+        if args.drain_timeout_s > 0 and not terminal.restart_wanted.is_set():
+            terminal.drain(args.drain_timeout_s)       # (leaving for an update: the new version uploads)
         if voice is not None:
             voice.wait_idle(10)
     return 0
