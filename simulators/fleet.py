@@ -771,7 +771,8 @@ def render(summary, lang):
         "",
         ("结论：" if zh else "verdict: ") + (("一笔不丢、一笔不重，账本平衡。" if zh else
                                             "nothing lost, nothing twice, ledger balanced.")
-                                           if summary["ok"] else ("发现问题，见上。" if zh else "problems found, see above.")),
+                                           if summary["ok"] else ("发现问题（%s），见上。" if zh else "problems found (%s), see above.")
+                                           % ", ".join(summary.get("failed_parts") or ["canteen"])),
     ]
     return "\n".join(lines)
 
@@ -835,7 +836,7 @@ def run(args):
     water = None
     rollout = None
     # not with injected faults: their offline double spend needs its two windows to keep their timing
-    if args.rollout and rollout_day.available() and injector is None:
+    if args.rollout and rollout_day.available() and injector is None and args.terminals >= rollout_day.MIN_FLEET:
         progress.step(_say(lang, "生成发布密钥，签名固件 %s 与 %s……" % (rollout_day.OLD_VERSION, rollout_day.NEW_VERSION),
                            "making the release key, signing firmware %s and %s..."
                            % (rollout_day.OLD_VERSION, rollout_day.NEW_VERSION)))
@@ -900,9 +901,13 @@ def run(args):
     summary.update(codes.summary())
     if rollout is not None:
         summary.update(rollout.summary())
-    summary["ok"] = summary["ok"] and summary["notifications_credited_twice"] == 0 and not summary["app_errors"] \
-        and water_day.water_ok(summary) \
-        and paycode_day.paycode_ok(summary) and rollout_day.rollout_ok(summary)
+    # which part failed, named in the JSON and the verdict (a red run says where to look)
+    parts = (("canteen", summary["ok"]),
+             ("app", summary["notifications_credited_twice"] == 0 and not summary["app_errors"]),
+             ("water", water_day.water_ok(summary)), ("paycode", paycode_day.paycode_ok(summary)),
+             ("rollout", rollout_day.rollout_ok(summary)))
+    summary["failed_parts"] = [name for name, good in parts if not good]
+    summary["ok"] = not summary["failed_parts"]
     next_steps = demo_guide.render(server_dir, database, demo_guide.prepare(location), lang)
     print(render(summary, lang), file=sys.stderr if args.json else sys.stdout)
     print(next_steps, file=sys.stderr if args.json else sys.stdout)

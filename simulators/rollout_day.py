@@ -24,6 +24,7 @@ from sync_server import db as dbmod, registry, releases
 
 OLD_VERSION = "1.0.0"
 NEW_VERSION = "1.1.0"
+MIN_FLEET = 3                         # fewer POS terminals: no third of the fleet to update
 STAGE_ONE_AT = 0.25                  # share of the rush before the first terminal is offered the update
 TOOLS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 

@@ -41,7 +41,7 @@ def demo_run(tmp_path):
     completed = subprocess.run([sys.executable, "-m", "ykt", "demo", "--people", "20", "--terminals", "2",
                                 "--duration-s", "5", "--data-dir", str(tmp_path / "run")],
                                capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.returncode == 0, completed.stderr[-3000:] + completed.stdout[-2500:]
     return completed.stdout, tmp_path / "run"
 
 
