@@ -27,6 +27,9 @@ from sync_server import legacy_migration as migration, registry
 
 SEED = 12
 
+# the unit's side; the server's activation booking is tested on both stores (test_legacy_migration_activation.py)
+pytestmark = pytest.mark.stores("sqlite")
+
 
 def _cli(server, *args, stdin=None):
     env = dict(os.environ, YKT_LANG="zh")

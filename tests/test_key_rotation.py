@@ -149,6 +149,7 @@ def test_every_sync_brings_a_new_sealed_copy_only_its_own_key_opens(site):
     assert water["water"] == sam.water_key(server.master_key(), raw.terminal_id, 2).hex()
 
 
+@pytest.mark.stores("sqlite")   # the terminal's side: the store adds nothing
 def test_a_forged_or_unwanted_rekey_changes_nothing(site, tmp_path):
     server, conn = site
     raw = server.add_terminal()

@@ -596,6 +596,7 @@ def browser_site(tmp_path_factory, module_database):
         yield {"server": server, "person_id": person_id}
 
 
+@pytest.mark.stores("sqlite")   # the browser's side; the checks run on both stores above
 def test_a_clerk_takes_a_photo_and_checks_it_at_the_reissue(browser_site, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

@@ -17,7 +17,8 @@ import httpx
 from server_process import running_server
 from sync_server import registry, serving
 
-pytestmark = pytest.mark.usefixtures("store_environment")   # each store (--store)
+# the HTTP server's own behaviour: the store adds nothing
+pytestmark = [pytest.mark.usefixtures("store_environment"), pytest.mark.stores("sqlite")]
 
 IDLE_TIMEOUT_S = 2
 SILENT_CONNECTIONS = 50

@@ -186,6 +186,7 @@ def test_pin_over_the_limit_is_checked_online(campus):
     assert last["accepted"] and last["amount_fen"] == amount_fen
 
 
+@pytest.mark.stores("sqlite")   # the terminal's side: the store adds nothing
 def test_background_sync_thread_uploads_while_taps_go_on(tmp_path):
     with running_server(tmp_path / "server") as server:
         conn = server.connect()
@@ -269,6 +270,7 @@ def wait_until(condition, what):
         time.sleep(0.02)
 
 
+@pytest.mark.stores("sqlite")   # the terminal's side: the store adds nothing
 def test_malformed_answers_never_stop_the_sync_thread(tmp_path):
     """However broken an answer, the sync thread keeps trying, the terminal counts as offline while
     answers cannot be applied, and it is back online once they can."""
@@ -338,6 +340,7 @@ def test_replaced_terminal_storage_waits_for_its_first_sync_then_numbers_after_t
         replaced.close()
 
 
+@pytest.mark.stores("sqlite")   # the terminal's side: the store adds nothing
 def test_new_store_on_a_board_clock_in_1970_catches_up_with_the_servers_counter(tmp_path):
     with running_server(tmp_path / "server") as server:
         old = server.add_terminal()
@@ -440,6 +443,7 @@ class _Impostor:
            "config": None}),
     (403, {"error": "terminal_revoked", "message": "revoked"}),
 ])
+@pytest.mark.stores("sqlite")   # the terminal's side: the store adds nothing
 def test_answers_without_the_servers_mac_change_nothing(campus, status, answer):
     """A forged acknowledgement would prune unsent taps, a forged 403 would disable the terminal."""
     server, conn, relay, terminal, people, out = campus
@@ -468,6 +472,7 @@ def _mode(path):
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
+@pytest.mark.stores("sqlite")   # the terminal's side: the store adds nothing
 def test_terminal_data_directory_is_owner_only(campus, tmp_path, capsys):
     """The journal holds card numbers and accounts: the directory 0700 and the journal, its WAL and
     SHM 0600 after taps and a sync; a directory an older version left loose is tightened, with a note."""

@@ -27,6 +27,9 @@ B_AMOUNT_TEXT = "777.77"
 PURCHASES = 14
 PURCHASE_FEN = 350
 
+# what the browser does; the pages' server side is tested on both stores over HTTP
+pytestmark = pytest.mark.stores("sqlite")
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, module_database):
