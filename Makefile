@@ -27,6 +27,8 @@ BLUEZ_DEBS := bluez dbus-daemon
 # The terminals' voice prompts (firmware/apps/voice.py): espeak-ng synthesizes the Mandarin WAVs,
 # alsa-utils' aplay plays them on a device; the tests play them into a sound sink.
 VOICE_DEBS := espeak-ng alsa-utils
+# The flashing tool's ssh target (tests/test_flash.py): a real sshd on a loopback port stands in for a Pi.
+SSH_DEBS := openssh-server
 # Python packages built from source on install (python-evdev for the keyboard-wedge scanners, pyscard):
 # a C compiler, Python's headers and the kernel's input headers.
 BUILD_DEBS := gcc python3-dev linux-libc-dev
@@ -77,9 +79,9 @@ $(PCSC_STAMP): pyproject.toml $(PY_STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,pcsc]'
 	touch $@
 
-# Asks apt only for the browser (and strace, bluez, dbus-daemon, espeak-ng, alsa-utils) packages that are missing.
+# Asks apt only for the browser (and strace, bluez, dbus-daemon, espeak-ng, alsa-utils, openssh-server) packages that are missing.
 $(CHROMIUM_STAMP): Makefile
-	@missing=$$(for package in $(CHROMIUM_DEBS) $(TRACE_DEBS) $(BLUEZ_DEBS) $(VOICE_DEBS); do dpkg-query -W -f='$${Status}' $$package 2>/dev/null \
+	@missing=$$(for package in $(CHROMIUM_DEBS) $(TRACE_DEBS) $(BLUEZ_DEBS) $(VOICE_DEBS) $(SSH_DEBS); do dpkg-query -W -f='$${Status}' $$package 2>/dev/null \
 		| grep -q 'install ok installed' || echo $$package; done); \
 	if [ -n "$$missing" ]; then echo "installing $$missing"; $(APT_INSTALL) $$missing; fi
 	@mkdir -p $(VENV) && touch $@

@@ -11,7 +11,7 @@ or listed.
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SOURCE_FOLDERS = ("firmware", "reader_drivers", "sync_server", "simulators", "benchmarks", "ykt")
+SOURCE_FOLDERS = ("firmware", "reader_drivers", "sync_server", "simulators", "benchmarks", "ykt", "tools")
 ASPECTS = ("_properties", "_faults", "_crash", "_fsync_order", "_clock", "_nfcpy", "_on_every_driver",
            "_benchmark", "_types", "_paycode", "_activation", "_pages", "_browser")
 ABOUT_THE_WHOLE = {

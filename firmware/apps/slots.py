@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 
-from firmware.apps import bundles
+from firmware.apps import bundles, systemd_notify
 from firmware.apps.sync_client import FIRMWARE_VERSION_ENV
 
 SYNC_MARK_ENV = "YKT_SYNC_MARK"      # a file the shell touches after every answered sync
@@ -177,6 +177,7 @@ def supervise(slots, data_dir, command, stop, poll_s=0.2, log=print, trial_s=DEF
     docstring); returns the last exit code."""
     restarts = 0
     code = 0
+    notifier = systemd_notify.Notifier()     # READY/WATCHDOG for the Type=notify unit (tools/flash.py)
     while not stop():
         slots.start_trial()
         state = slots.state()
@@ -187,7 +188,8 @@ def supervise(slots, data_dir, command, stop, poll_s=0.2, log=print, trial_s=DEF
         log("启动固件 %s（槽 %s）/ starting firmware %s from slot %s" % (state["version"], state["active"],
                                                                    state["version"], state["active"]))
         child = subprocess.Popen([sys.executable, "-m", "ykt", *command], cwd=slots.active_dir(), env=env)
-        code, reason = _watch(slots, data_dir, child, stop, poll_s, state["active"])
+        notifier.ready("firmware %s, slot %s" % (state["version"], state["active"]))
+        code, reason = _watch(slots, data_dir, child, stop, poll_s, state["active"], notifier.alive)
         if reason is not None:
             log("固件 %s 试运行失败（%s），回退 / the trial of %s failed (%s): rolling back"
                 % (state["version"], reason, state["version"], reason))
@@ -203,15 +205,17 @@ def supervise(slots, data_dir, command, stop, poll_s=0.2, log=print, trial_s=DEF
         restarts += 1
         deadline = time.monotonic() + pause
         while time.monotonic() < deadline and not stop():
+            notifier.alive()
             time.sleep(poll_s)
     return code
 
 
-def _watch(slots, data_dir, child, stop, poll_s, running_slot):
+def _watch(slots, data_dir, child, stop, poll_s, running_slot, alive=lambda: None):
     """(exit code, rollback reason or None) of one run of the child, started from `running_slot`. A
     trial is this run's only when it is of that slot and has started: an update the running version
     installed itself is on trial from the next start."""
     while True:
+        alive()
         trial = slots.state()["trial"]
         if trial is not None and (trial["slot"] != running_slot or trial["since_ms"] is None):
             trial = None
