@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -29,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import flash_board  # noqa: E402
 from virtual_board import BoardControlError, VirtualBoard  # noqa: E402
+from test_virtual_board import until as wait_until  # noqa: E402
 
 DEADLINE_S = 30         # giving up on an answer, not a performance bound
 VALVE_PIN = 4           # dispenser_main's wiring
@@ -41,13 +41,7 @@ FLASH_SCRIPT = os.path.join(ROOT, "tools", "flash_board.py")
 
 
 def until(what, predicate):
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "never: %s" % what
-        time.sleep(0.05)
+    return wait_until(what, predicate, DEADLINE_S)
 
 
 def register(server, tmp_path, category, name):

@@ -26,8 +26,8 @@ MPREMOTE_TIMEOUT_S = 60
 BANNER = b'Type "help()" for more information.\r\n>>> '
 
 
-def until(what, predicate):
-    deadline = time.monotonic() + DEADLINE_S
+def until(what, predicate, deadline_s=DEADLINE_S):
+    deadline = time.monotonic() + deadline_s
     while True:
         value = predicate()
         if value:
