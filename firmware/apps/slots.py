@@ -38,6 +38,7 @@ SYNC_MARK_ENV = "YKT_SYNC_MARK"      # a file the shell touches after every answ
 SLOTS_ROOT_ENV = "YKT_SLOTS_ROOT"    # where the supervisor keeps the slots (an update goes there)
 TRIAL_ENV = "YKT_TRIAL_S"            # how long an update taken through sync has to reach the server
 SLOTS = ("a", "b")
+STATE_MODE = 0o644
 STATE_FILE = "state.json"
 SYNC_MARK = "synced"               # in the data directory: touched by the shell after an answered sync
 DEFAULT_TRIAL_S = 300
@@ -78,7 +79,10 @@ class Slots:
         state["history"] = state.get("history", [])[-MAX_HISTORY:]
         path = os.path.join(self.root, STATE_FILE)
         partial = path + ".partial"
-        with open(partial, "w", encoding="utf-8") as handle:
+        # 0644 whatever the process's umask: the flashing tool's manifest records it (tools/flash.py verify)
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, STATE_MODE)
+        os.fchmod(descriptor, STATE_MODE)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             json.dump(state, handle, sort_keys=True)
             handle.flush()
             os.fsync(handle.fileno())
