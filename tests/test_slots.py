@@ -7,8 +7,16 @@ active slot:
      on the network, uploads the offline tap;
   3. an update that runs but never reaches the server (the network cut again) is rolled back when
      its trial time is up;
-  4. a good update syncs on trial and is confirmed; the server sees its version in the terminal's
-     health, and the tap is on the server exactly once with the journal row untouched.
+  3. a build that hangs at start (no heartbeat, no sync) is stopped with its stacks written and
+     rolled back without waiting for the trial's end;
+  4. an update that runs but never reaches the server (the network cut again) is rolled back when
+     its trial time is up;
+  5. a good update syncs on trial and is confirmed, and its heartbeat keeps it running past the hang
+     limit; the server sees its version in the terminal's health, and the tap is on the server
+     exactly once with the journal row untouched.
+
+The supervisor's heartbeat watch on its own: a terminal that stops pinging is aborted and restarted
+(a confirmed version is not rolled back), and pings from any other process do not keep it alive.
 """
 import json
 import os
@@ -40,13 +48,27 @@ def public_hex(key):
     return key.public_key().public_bytes_raw().hex()
 
 
-def broken_tree(tmp_path):
-    """This tree, but the POS shell raises at import: a build that cannot start."""
+def broken_tree(tmp_path, tail="\nraise RuntimeError('a broken build')\n", name="pos_terminal.py"):
+    """This tree, but the POS shell raises at import: a build that cannot start (or with another
+    `tail` added to the shell's module)."""
     files = release.tree_files()
-    broken = tmp_path / "pos_terminal.py"
+    broken = tmp_path / name
     with open(files["firmware/apps/pos_terminal.py"], encoding="utf-8") as handle:
-        broken.write_text(handle.read() + "\nraise RuntimeError('a broken build')\n", encoding="utf-8")
+        broken.write_text(handle.read() + tail, encoding="utf-8")
     return dict(files, **{"firmware/apps/pos_terminal.py": str(broken)})
+
+
+HANGS_AT_START = """
+import threading
+
+
+def _hang_at_start(self):
+    threading.Event().wait()       # a build that hangs before its first sync and heartbeat
+
+
+PosTerminal.start_sync = _hang_at_start
+"""
+HANG_S = 8      # short for the tests; far above how long the POS takes to start and go round its loop
 
 
 def until(what, predicate):
@@ -101,9 +123,11 @@ def run_script(provision, data_dir, lines):
 
 
 class Supervisor:
-    def __init__(self, root, data_dir, provision):
+    def __init__(self, root, data_dir, provision, hang_s=120):
+        self.started_s = time.monotonic()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "firmware.apps.slots", "--root", root, "--data-dir", data_dir, "--", "terminal", "--provision", provision, "--data-dir", data_dir, "--serve",
+            [sys.executable, "-m", "firmware.apps.slots", "--root", root, "--data-dir", data_dir,
+             "--hang-s", str(hang_s), "--", "terminal", "--provision", provision, "--data-dir", data_dir, "--serve",
              "--reader", "sim:", "--sync-interval-ms", "500"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
 
@@ -143,8 +167,18 @@ def test_updates_on_trial_roll_back_by_themselves_and_lose_nothing(till, tmp_pat
     assert (state["active"], state["version"]) == ("a", "1.2.0")
     assert state["history"][-1]["event"] == "rolled_back" and "exited" in state["history"][-1]["reason"]
 
-    # 3. an update that never reaches the server: rolled back when its trial is up
-    slots.install(release.build("pos", "1.3.1", key, dist), keys, trial_s=4)
+    # 3. a build that hangs at start: stopped once silent for HANG_S, its stacks in the log, rolled back
+    slots.install(release.build("pos", "1.3.1", key, dist, files=broken_tree(tmp_path, HANGS_AT_START, "hung.py")),
+                  keys, trial_s=300)
+    supervisor = Supervisor(slots.root, data_dir, provision, hang_s=HANG_S)
+    until("the hung build's rollback", lambda: slots.state()["trial"] is None)
+    code, output = supervisor.stop()
+    assert slots.state()["version"] == "1.2.0" and code == 0
+    assert slots.state()["history"][-1]["reason"] == "stopped responding for %d s" % HANG_S
+    assert "Fatal Python error: Aborted" in output and "_hang_at_start" in output, output
+
+    # 4. an update that never reaches the server: rolled back when its trial is up
+    slots.install(release.build("pos", "1.3.2", key, dist), keys, trial_s=4)
     relay.cut()
     supervisor = Supervisor(slots.root, data_dir, provision)
     until("the trial's end", lambda: slots.state()["trial"] is None)
@@ -152,17 +186,20 @@ def test_updates_on_trial_roll_back_by_themselves_and_lose_nothing(till, tmp_pat
     assert slots.state()["version"] == "1.2.0"
     assert slots.state()["history"][-1]["reason"] == "no sync within the trial"
 
-    # 4. a good update that syncs: confirmed, and the server sees it run
+    # 5. a good update that syncs: confirmed, the server sees it run, and its heartbeat keeps it up
     relay.restore()
-    slots.install(release.build("pos", "1.3.2", key, dist), keys, trial_s=60)
-    supervisor = Supervisor(slots.root, data_dir, provision)
+    slots.install(release.build("pos", "1.3.3", key, dist), keys, trial_s=60)
+    supervisor = Supervisor(slots.root, data_dir, provision, hang_s=HANG_S)
     until("the confirmation", lambda: slots.state()["trial"] is None)
-    until("the new version's health", lambda: health_on_server(server, terminal_id).get("firmware") == "ykt-pos/1.3.2")
-    code, _output = supervisor.stop()
+    until("the new version's health", lambda: health_on_server(server, terminal_id).get("firmware") == "ykt-pos/1.3.3")
+    until("past the hang limit", lambda: time.monotonic() - supervisor.started_s > HANG_S + 3)
+    code, output = supervisor.stop()
     state = slots.state()
-    assert (state["active"], state["version"]) == ("b", "1.3.2") and code == 0
+    assert (state["active"], state["version"]) == ("b", "1.3.3") and code == 0
+    assert "无响应" not in output and output.count("启动固件") == 1, output
     assert [entry["event"] for entry in state["history"]] == ["installed", "trial", "rolled_back", "trial",
-                                                              "rolled_back", "trial", "confirmed"]
+                                                              "rolled_back", "trial", "rolled_back", "trial",
+                                                              "confirmed"]
     assert records_on_server(server, terminal_id) == [(1,)]                        # once
     store = TerminalStore(os.path.join(data_dir, "terminal.db"))
     ((seq_after, journaled_after, acked_after),) = store.journal()
@@ -190,3 +227,68 @@ def test_an_update_is_refused_on_trial_or_when_not_newer(tmp_path):
     done = subprocess.run([sys.executable, "-m", "firmware.apps.slots", "--root", str(tmp_path / "none"),
                            "--data-dir", str(tmp_path), "--", "terminal"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 4 and "尚未安装固件" in done.stderr
+
+
+PINGS_THEN_HANGS = """
+import json, os, sys, time
+from firmware.apps import systemd_notify
+
+notifier = systemd_notify.Notifier()
+with open(sys.argv[1], "a") as log:
+    log.write(json.dumps({"pid": os.getpid(), "at_s": time.monotonic(), "socket": os.environ["NOTIFY_SOCKET"],
+                          "watchdog_usec": os.environ["WATCHDOG_USEC"]}) + "\\n")
+until_s = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < until_s:          # a loop that goes round, then one that is stuck
+    notifier.alive()
+    time.sleep(0.05)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_terminal_that_stops_pinging_is_aborted_and_restarted_and_forged_pings_do_not_count(tmp_path):
+    """A slot holding a small `ykt` that pings through the real Notifier for 2 s, then hangs; the
+    supervisor runs with --hang-s 1. Meanwhile this test process floods the supervisor's socket with
+    WATCHDOG=1 of its own."""
+    import socket
+    slot = tmp_path / "slots" / "a"
+    for package in ("firmware", "firmware/apps", "ykt"):
+        (slot / package).mkdir(parents=True)
+        (slot / package / "__init__.py").write_text("")
+    (slot / "firmware" / "apps" / "systemd_notify.py").write_text(
+        open(os.path.join(ROOT, "firmware", "apps", "systemd_notify.py"), encoding="utf-8").read())
+    (slot / "ykt" / "__main__.py").write_text(PINGS_THEN_HANGS)
+    (tmp_path / "slots" / "state.json").write_text(json.dumps(
+        {"active": "a", "version": "1.0.0", "kind": "pos", "trial": None, "history": []}))
+    starts = tmp_path / "starts.jsonl"
+
+    def started():
+        return [json.loads(line) for line in starts.read_text().splitlines()] if starts.exists() else []
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "firmware.apps.slots", "--root", str(tmp_path / "slots"), "--data-dir",
+         str(tmp_path), "--hang-s", "1", "--", str(starts), "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    forger = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        until("the first start", lambda: len(started()) == 1)
+        first = started()[0]
+        assert first["watchdog_usec"] == "1000000" and first["socket"].startswith("@ykt-slots-")
+        deadline = time.monotonic() + DEADLINE_S
+        while len(started()) < 2:
+            assert time.monotonic() < deadline, "never restarted"
+            forger.sendto(b"WATCHDOG=1", "\0" + first["socket"][1:])      # not the terminal's pid
+            time.sleep(0.05)
+    finally:
+        forger.close()
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=DEADLINE_S)
+    second = started()[1]
+    # kept while it pinged (every half second, so until at least 1.5 s), aborted 1 s after its last
+    # ping, restarted after a 1 s pause: 3.5 s at least (unheard, its pings would give about 2 s)
+    assert second["at_s"] - first["at_s"] >= 3.0, (first, second)
+    assert "Fatal Python error: Aborted" in output and "__main__.py" in output, output
+    assert "固件无响应（1 秒无心跳）" in output and "stopped responding for 1 s" in output, output
+    assert process.returncode == 0
+    state = json.loads((tmp_path / "slots" / "state.json").read_text())
+    assert (state["active"], state["trial"], state["history"]) == ("a", None, [])   # restarted, not rolled back

@@ -21,12 +21,22 @@ so an update or a rollback loses nothing journaled: records made on trial are up
 version runs next. A confirmed version that crashes is restarted (with a growing pause), not rolled
 back: rollback is for a version that never proved itself. state.json is replaced atomically (written,
 flushed, renamed, the directory flushed), so a power cut leaves the old state or the new, never half.
+
+The supervisor also watches that the terminal is alive, not only running: it gives the terminal
+sd_notify's variables for a socket of its own (NOTIFY_SOCKET, WATCHDOG_USEC for `--hang-s`), and the
+shell sends WATCHDOG=1 as its serve loop goes round (terminal_shell.py). A terminal silent for longer
+(a deadlock, a driver stuck in a read) gets SIGABRT, which with faulthandler on writes every thread's
+stack to the log, and is then counted as a crash: restarted, or rolled back on trial. Only datagrams
+whose kernel-given sender is the terminal's process count. systemd in turn watches the supervisor.
 """
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -44,6 +54,8 @@ SYNC_MARK = "synced"               # in the data directory: touched by the shell
 DEFAULT_TRIAL_S = 300
 MAX_HISTORY = 50
 RESTART_PAUSES_S = (1, 2, 5, 10, 30)
+DEFAULT_HANG_S = 120                 # a terminal whose serve loop is silent this long is hung
+ABORT_WAIT_S = 10                    # after SIGABRT, for the stacks to be written, before SIGKILL
 
 
 def mark_synced():
@@ -169,6 +181,57 @@ class Slots:
 
 # -- the supervisor ------------------------------------------------------------------------------
 
+class Heartbeats:
+    """The supervisor's end of sd_notify(3) for the terminal it runs: a datagram socket in the
+    abstract namespace, with SO_PASSCRED so the kernel names each sender. `watch(pid)` starts the
+    clock for a new child; `silent_s()` is how long that child has not sent WATCHDOG=1."""
+
+    MAX_DATAGRAMS = 64               # read per poll: a flood cannot hold the watch loop
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        name = "ykt-slots-%d-%s" % (os.getpid(), secrets.token_hex(6))
+        self.sock.bind("\0" + name)
+        self.sock.setblocking(False)
+        self.address = "@" + name
+        self.pid = None
+        self.last_s = clock()
+
+    def environ(self, hang_s):
+        """What the child needs to ping us (WATCHDOG_PID is left out: the child's pid is not known
+        before it starts, and systemd's own value names the supervisor)."""
+        return {"NOTIFY_SOCKET": self.address, "WATCHDOG_USEC": str(int(hang_s * 1000000))}
+
+    def watch(self, pid):
+        self.poll()                  # what an earlier child sent is not this one's
+        self.pid, self.last_s = pid, self.clock()
+
+    def poll(self):
+        for _ in range(self.MAX_DATAGRAMS):
+            try:
+                data, ancillary, _flags, _address = self.sock.recvmsg(1024, socket.CMSG_SPACE(12))
+            except BlockingIOError:
+                return
+            if _sender_pid(ancillary) == self.pid and b"WATCHDOG=1" in data.split(b"\n"):
+                self.last_s = self.clock()
+
+    def silent_s(self):
+        self.poll()
+        return self.clock() - self.last_s
+
+    def close(self):
+        self.sock.close()
+
+
+def _sender_pid(ancillary):
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= 12:
+            return struct.unpack("iII", data[:12])[0]
+    return None
+
+
 def synced_since(data_dir, since_ms):
     try:
         return os.stat(os.path.join(data_dir, SYNC_MARK)).st_mtime * 1000 >= since_ms
@@ -176,9 +239,18 @@ def synced_since(data_dir, since_ms):
         return False
 
 
-def supervise(slots, data_dir, command, stop, poll_s=0.2, log=print, trial_s=DEFAULT_TRIAL_S):
+def supervise(slots, data_dir, command, stop, poll_s=0.2, log=print, trial_s=DEFAULT_TRIAL_S,
+              hang_s=DEFAULT_HANG_S):
     """Run `python -m ykt <command>` from the active slot until `stop()` is true (see the module
     docstring); returns the last exit code."""
+    heartbeats = Heartbeats()
+    try:
+        return _supervise(slots, data_dir, command, stop, poll_s, log, trial_s, hang_s, heartbeats)
+    finally:
+        heartbeats.close()
+
+
+def _supervise(slots, data_dir, command, stop, poll_s, log, trial_s, hang_s, heartbeats):
     restarts = 0
     code = 0
     notifier = systemd_notify.Notifier()     # READY/WATCHDOG for the Type=notify unit (tools/flash.py)
@@ -189,15 +261,20 @@ def supervise(slots, data_dir, command, stop, poll_s=0.2, log=print, trial_s=DEF
             SYNC_MARK_ENV: os.path.join(data_dir, SYNC_MARK), SLOTS_ROOT_ENV: slots.root,
             TRIAL_ENV: str(trial_s),
             FIRMWARE_VERSION_ENV: "ykt-%s/%s" % (state["kind"], state["version"])})
+        env.pop("WATCHDOG_PID", None)
+        env.update(heartbeats.environ(hang_s))
         log("启动固件 %s（槽 %s）/ starting firmware %s from slot %s" % (state["version"], state["active"],
                                                                    state["version"], state["active"]))
-        child = subprocess.Popen([sys.executable, "-m", "ykt", *command], cwd=slots.active_dir(), env=env)
+        child = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "ykt", *command],
+                                 cwd=slots.active_dir(), env=env)
+        heartbeats.watch(child.pid)
         notifier.ready("firmware %s, slot %s" % (state["version"], state["active"]))
-        code, reason = _watch(slots, data_dir, child, stop, poll_s, state["active"], notifier.alive)
-        if reason is not None:
+        code, failure, on_trial = _watch(slots, data_dir, child, stop, poll_s, state["active"], notifier.alive,
+                                         heartbeats, hang_s)
+        if failure is not None and on_trial:
             log("固件 %s 试运行失败（%s），回退 / the trial of %s failed (%s): rolling back"
-                % (state["version"], reason, state["version"], reason))
-            slots.rollback(reason)
+                % (state["version"], failure, state["version"], failure))
+            slots.rollback(failure)
             restarts = 0
             continue
         if stop():
@@ -205,7 +282,11 @@ def supervise(slots, data_dir, command, stop, poll_s=0.2, log=print, trial_s=DEF
         if slots.state()["active"] != state["active"]:
             continue        # it installed an update and left for it: the new version starts at once
         pause = RESTART_PAUSES_S[min(restarts, len(RESTART_PAUSES_S) - 1)]
-        log("固件退出（%s），%d 秒后重启 / firmware exited (%s); restarting in %d s" % (code, pause, code, pause))
+        if failure is not None:
+            log("固件无响应（%s），已终止，%d 秒后重启 / firmware %s; stopped, restarting in %d s"
+                % (_HANG_ZH % hang_s, pause, failure, pause))
+        else:
+            log("固件退出（%s），%d 秒后重启 / firmware exited (%s); restarting in %d s" % (code, pause, code, pause))
         restarts += 1
         deadline = time.monotonic() + pause
         while time.monotonic() < deadline and not stop():
@@ -214,10 +295,16 @@ def supervise(slots, data_dir, command, stop, poll_s=0.2, log=print, trial_s=DEF
     return code
 
 
-def _watch(slots, data_dir, child, stop, poll_s, running_slot, alive=lambda: None):
-    """(exit code, rollback reason or None) of one run of the child, started from `running_slot`. A
-    trial is this run's only when it is of that slot and has started: an update the running version
-    installed itself is on trial from the next start."""
+_HANG_ZH = "%d 秒无心跳"
+_HANG = "stopped responding for %d s"
+
+
+def _watch(slots, data_dir, child, stop, poll_s, running_slot, alive=lambda: None, heartbeats=None,
+           hang_s=DEFAULT_HANG_S):
+    """(exit code, failure or None, on trial) of one run of the child, started from `running_slot`.
+    The failure is why a trial failed (exited with an error, no sync in time) or that the child
+    stopped responding, on trial or not. A trial is this run's only when it is of that slot and has
+    started: an update the running version installed itself is on trial from the next start."""
     while True:
         alive()
         trial = slots.state()["trial"]
@@ -229,14 +316,17 @@ def _watch(slots, data_dir, child, stop, poll_s, running_slot, alive=lambda: Non
         code = child.poll()
         if code is not None:
             if trial is not None and code != 0:
-                return code, "exited with %d" % code
-            return code, None
+                return code, "exited with %d" % code, True
+            return code, None, False
         if trial is not None and _now_ms() > trial["deadline_ms"]:
             _stop_child(child)
-            return child.returncode, "no sync within the trial"
+            return child.returncode, "no sync within the trial", True
+        if heartbeats is not None and heartbeats.silent_s() > hang_s:
+            _abort_child(child)
+            return child.returncode, _HANG % hang_s, trial is not None
         if stop():
             _stop_child(child)
-            return child.returncode, None
+            return child.returncode, None, False
         time.sleep(poll_s)
 
 
@@ -244,6 +334,16 @@ def _stop_child(child):
     child.send_signal(signal.SIGTERM)
     try:
         child.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def _abort_child(child):
+    """A hung child: SIGABRT (faulthandler writes its threads' stacks), then SIGKILL if it lingers."""
+    child.send_signal(signal.SIGABRT)
+    try:
+        child.wait(timeout=ABORT_WAIT_S)
     except subprocess.TimeoutExpired:
         child.kill()
         child.wait()
@@ -261,6 +361,9 @@ def main(argv=None):
     parser.add_argument("--trial-s", type=int, default=DEFAULT_TRIAL_S,
                         help="how long an update taken through sync has to reach the server (default %d)"
                              % DEFAULT_TRIAL_S)
+    parser.add_argument("--hang-s", type=int, default=DEFAULT_HANG_S,
+                        help="how long the terminal may go without a heartbeat before it is stopped as hung "
+                             "and restarted (default %d)" % DEFAULT_HANG_S)
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the ykt command to run")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -270,8 +373,12 @@ def main(argv=None):
         return 4
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    return supervise(slots, args.data_dir, command, lambda: bool(stopping),
-                     log=lambda text: print(text, file=sys.stderr, flush=True), trial_s=args.trial_s)
+    code = supervise(slots, args.data_dir, command, lambda: bool(stopping),
+                     log=lambda text: print(text, file=sys.stderr, flush=True), trial_s=args.trial_s,
+                     hang_s=args.hang_s)
+    if stopping and code == -signal.SIGTERM:
+        return 0            # asked to stop, and the terminal stopped (before its own handler was set)
+    return code if code >= 0 else 128 - code         # killed by a signal: the shell's convention
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """Tell systemd how the terminal's supervisor is doing (sd_notify(3)): READY=1 once the first firmware
-is started, WATCHDOG=1 while its watch loop runs, STATUS= a line for `systemctl status`.
+is started, WATCHDOG=1 while its watch loop runs, STATUS= a line for `systemctl status`. The terminal
+under the supervisor speaks the same protocol one level down: the supervisor gives it NOTIFY_SOCKET
+and WATCHDOG_USEC for a socket of its own (firmware/apps/slots.py, Heartbeats), and the shell's serve
+loop sends WATCHDOG=1 through this class.
 
 The service unit that tools/flash.py installs is Type=notify with WatchdogSec=: if the supervisor
 hangs (a stuck filesystem, a deadlock) and stops pinging, systemd kills and restarts it, the one

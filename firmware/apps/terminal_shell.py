@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 
-from firmware.apps import bundles, slots
+from firmware.apps import bundles, slots, systemd_notify
 from firmware.apps.slots import SLOTS_ROOT_ENV, TRIAL_ENV, mark_synced
 
 
@@ -90,6 +90,7 @@ class SyncedShell:
         from firmware.apps.store import TerminalStore
         from firmware.apps.sync_client import SyncClient
         self._out_lock = threading.Lock()
+        self._heartbeat = systemd_notify.Notifier()
         self._data_dir = os.path.dirname(os.path.abspath(db_path))
         self._updates_refused = set()      # versions whose bundle was refused: not fetched again
         self.restart_wanted = threading.Event()    # an update is installed: stop when idle
@@ -169,9 +170,17 @@ class SyncedShell:
         """Between customers: nothing under way that a restart would cut (each shell says)."""
         raise NotImplementedError
 
+    def alive(self):
+        """The serve loop went round: WATCHDOG=1 to whoever supervises the terminal (the slots'
+        supervisor, which stops a terminal silent for --hang-s; at most one datagram per half of that).
+        Nothing without a supervisor."""
+        self._heartbeat.alive()
+
     def leaving_for_update(self):
         """True once an installed update waits and the terminal is between customers: its serve loop
-        ends there, and the supervisor (firmware/apps/slots.py) starts the new version."""
+        ends there, and the supervisor (firmware/apps/slots.py) starts the new version. Every serve
+        loop asks this as it goes round, so it is also where the terminal says it is alive."""
+        self.alive()
         if not self.restart_wanted.is_set() or not self.idle_for_update():
             return False
         self.emit({"type": "restart", "why": "firmware update installed"})
@@ -190,6 +199,7 @@ class SyncedShell:
         """Sync until the journal holds nothing unacknowledged or timeout_s passes; returns unacked."""
         deadline = time.monotonic() + timeout_s
         while self.store.unacked_count() and time.monotonic() < deadline and self.sync_client is not None:
+            self.alive()
             result = self.sync_client.sync_until_settled()
             if not result.online:
                 time.sleep(min(1.0, self.sync_client.backoff_ms(200) / 1000.0))
