@@ -179,6 +179,27 @@ def test_a_phone_grant_starts_meters_ends_and_settles_once(rig):
     assert_ledger_sound(rig.server)
 
 
+@pytest.mark.parametrize("step_ms", [-5000, 3 * 60 * 1000])
+def test_a_clock_correction_between_read_and_write_does_not_expire_a_fresh_grant(rig, step_ms):
+    """A sync that steps the terminal clock back (or far ahead) while a phone fetches its grant: the
+    challenge's age is elapsed time, so the grant opens the valve; a challenge really left waiting
+    longer than the grant allows is still refused."""
+    rig.run({"sync": True}, {"flow_ml_per_s": 100})
+    terminal = rig.terminal
+    granted = rig.phone.water_grant(rig.terminal_id, terminal.read_challenge("phone-3"))
+    raw_ms = rig.clock()
+    terminal.clock.correct(terminal.clock.peek_ms() + step_ms, raw_ms)      # what the sync thread does
+    terminal.write_grant("phone-3", granted["grant"] + bytes([w.CONTROL_START]))
+    assert rig.valve.is_open and terminal.machine.state == dispenser.DISPENSING
+    terminal.write_control("phone-3", bytes([w.CONTROL_END]))
+    assert not rig.valve.is_open
+    stale = rig.phone.water_grant(rig.terminal_id, terminal.read_challenge("phone-3"))
+    rig.run({"advance_ms": w.decode_grant(stale["grant"]).valid_ms + 1000})
+    with pytest.raises(w.WaterMessageError) as refused:
+        terminal.write_grant("phone-3", stale["grant"])
+    assert refused.value.code == w.REFUSED_EXPIRED and not rig.valve.is_open
+
+
 def test_a_phone_that_walks_away_ends_the_session_and_the_batch_settles_it(rig):
     rig.run({"sync": True}, {"flow_ml_per_s": 40})
     terminal = rig.terminal

@@ -93,6 +93,10 @@ class VirtualRawClock:
             self._ms += ms
 
 
+def monotonic_ms():
+    return int(time.monotonic() * 1000)
+
+
 class DispenserTerminal(SyncedShell):
     def __init__(self, provisioning, data_dir, reader, valve, meter, lang="zh", out=None, sync=True,
                  server_url=None, sync_interval_ms=None, raw_ms=None, sim_meter=None, random_bytes=os.urandom,
@@ -119,6 +123,11 @@ class DispenserTerminal(SyncedShell):
         self.store = TerminalStore(db_path)
         self.raw_ms = raw_ms
         self.clock = SharedClock(self.store, raw_ms) if raw_ms else SharedClock(self.store)
+        # How long a challenge has waited, and the old water key's window, are spans of time: measured
+        # on a clock that only counts (the virtual one moves only forward). The terminal clock steps
+        # when a sync corrects it, and a step back between a phone's read and its write made a fresh
+        # grant look expired.
+        self.elapsed_ms = raw_ms if raw_ms else monotonic_ms
         self._lock = threading.RLock()
         self.machine = dispenser.Dispenser(self._machine_config())
         self.gate = self._new_gate()
@@ -143,7 +152,7 @@ class DispenserTerminal(SyncedShell):
         with self._lock:
             if self.sam.has_previous_water():
                 self.gate.previous_key(self.sam.previous_water_mac)
-                self._previous_key_until_ms = self.clock.peek_ms() + PREVIOUS_WATER_KEY_MS
+                self._previous_key_until_ms = self.elapsed_ms() + PREVIOUS_WATER_KEY_MS
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -282,7 +291,7 @@ class DispenserTerminal(SyncedShell):
         except dispenser_hw.MeterOverflow:
             pulses = dispenser.Pulses(dispenser.MAX_PULSES_PER_EVENT)
         with self._lock:
-            if self._previous_key_until_ms is not None and self.clock.peek_ms() >= self._previous_key_until_ms:
+            if self._previous_key_until_ms is not None and self.elapsed_ms() >= self._previous_key_until_ms:
                 self.gate.previous_key(None)
                 self.sam.forget_previous()
                 self._previous_key_until_ms = None
@@ -396,7 +405,7 @@ class DispenserTerminal(SyncedShell):
 
     def read_challenge(self, link):
         with self._lock:
-            return self.gate.challenge(self._random(water_grants.CHALLENGE_BYTES), self.clock.peek_ms())
+            return self.gate.challenge(self._random(water_grants.CHALLENGE_BYTES), self.elapsed_ms())
 
     def write_grant(self, link, data):
         """A phone's grant (+ an optional start byte): verified offline; refusals raise WaterMessageError."""
@@ -412,8 +421,8 @@ class DispenserTerminal(SyncedShell):
                 raise water_grants.WaterMessageError(water_grants.REFUSED_OUT_OF_ORDER, "out of order")
             if state not in (dispenser.IDLE, dispenser.AUTHORISED):
                 raise water_grants.WaterMessageError(water_grants.REFUSED_BUSY, "busy")
+            grant = self.gate.accept(data, self.elapsed_ms())
             now_ms = self.clock.peek_ms()
-            grant = self.gate.accept(data, now_ms)
             self.grant_link = link
             self._session_offline = False
             self._feed(dispenser.GrantVerified(grant.grant_id, grant.account_id, grant.cap_fen,

@@ -294,6 +294,8 @@ class GrantGate:
     a challenge waits for its grant whatever the grant says; `max_cap_fen` is the dispenser's own
     per-session ceiling (a grant above it is refused, not trimmed: the server never issues one).
     A grant written for a challenge uses it up, accepted or refused, so each challenge gets one try.
+    The `now_ms` it is given measures a challenge's age: a clock that only counts forward (the ESP32's
+    ticks, the Pi's monotonic clock), never one a sync may step back.
     """
 
     def __init__(self, dispenser_id, mac_fn, max_cap_fen, lifetime_ms):
