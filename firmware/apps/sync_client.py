@@ -239,7 +239,7 @@ class SyncClient:
         """One request/answer. Never raises for network trouble: returns SyncResult(online=False)."""
         with self._lock:
             try:
-                result = self._sync_locked()
+                result = self._sync_catching_up_the_counter()
             except (httpx.HTTPError, OSError) as error:
                 self.online = False
                 self.failures += 1
@@ -274,8 +274,21 @@ class SyncClient:
             self.last_error = None
             return result
 
+    def _sync_catching_up_the_counter(self):
+        """One exchange; when the server refuses its counter as a replay and names its last one, the
+        counter is taken above that and the exchange made once more at once. A replaced store (a
+        reflash, a new SD card) starts its counter from the clock, which may lie below what the
+        server saw from the store before; the refused request changed nothing on the server."""
+        try:
+            return self._sync_locked()
+        except SyncRefused as refused:
+            if refused.error != "replayed_counter" or not self._counter_above_servers(refused.message):
+                raise
+        return self._sync_locked()
+
     def _counter_above_servers(self, message):
-        """A replay refusal names the server's last counter ("... last N"): continue above it.
+        """A replay refusal names the server's last counter ("... last N"): continue above it (True
+        when taken).
 
         The counter starts from the clock, but a board that booted without network may read 1970;
         this lets a new or replaced store catch up anyway. The refusal is authenticated like every
@@ -285,6 +298,8 @@ class SyncClient:
         match = _LAST_COUNTER.search(message or "")
         if match and int(match.group(1)) < MAX_ADOPTED_COUNTER:
             self.store.counter_at_least(int(match.group(1)))
+            return True
+        return False
 
     def _sync_locked(self):
         batch = self.store.upload_batch()
