@@ -292,3 +292,22 @@ def test_a_terminal_that_stops_pinging_is_aborted_and_restarted_and_forged_pings
     assert process.returncode == 0
     state = json.loads((tmp_path / "slots" / "state.json").read_text())
     assert (state["active"], state["trial"], state["history"]) == ("a", None, [])   # restarted, not rolled back
+
+
+def test_the_terminals_ping_never_waits_on_a_supervisor_that_does_not_read():
+    """A datagram socket's queue is short (net.unix.max_dgram_qlen): a supervisor busy or flooded must
+    not stall the serve loop that pings it."""
+    import socket
+    import threading
+    from firmware.apps import systemd_notify
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        name = "ykt-test-%d" % os.getpid()
+        listener.bind("\0" + name)
+        notifier = systemd_notify.Notifier({"NOTIFY_SOCKET": "@" + name})
+        sent = []
+        pinging = threading.Thread(target=lambda: sent.extend(notifier.send("WATCHDOG=1") for _ in range(1000)),
+                                   daemon=True)
+        pinging.start()
+        pinging.join(DEADLINE_S)
+        assert not pinging.is_alive(), "a ping waited on the full socket"
+        assert sent[0] is True and sent[-1] is False

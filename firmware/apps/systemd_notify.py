@@ -27,12 +27,13 @@ class Notifier:
         self.last_ping_s = None
 
     def send(self, message):
-        """One datagram; False when there is nobody to tell or the socket is gone (never raises:
-        the terminal must run whether or not systemd listens)."""
+        """One datagram; False when there is nobody to tell, the socket is gone or its queue is full
+        (never raises, never waits: the terminal must run whether or not anyone listens)."""
         if self.address is None:
             return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.setblocking(False)
                 sock.connect(self.address)
                 sock.sendall(message.encode("utf-8"))
             return True
