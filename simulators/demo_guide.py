@@ -1,9 +1,10 @@
 """What `ykt demo` ends with: the next steps on the demo's own data, so a newcomer goes from
-`make demo` to the portal, hall and finance pages in a minute.
+`make demo` to the portal, hall, finance and admin pages in a minute.
 
     the server command with the demo's data directory, and the pages' addresses
     a few demo cardholders with their staff/student numbers and PINs (checked against the data)
-    demo staff users for the hall and finance pages, with their passwords
+    demo staff users for the hall, finance and admin pages, with their passwords (the admin's page
+    is the fleet: the terminals the demo ran, with the firmware its rollout left on each)
     the command that closes today (`ykt finance close --date <today> --before-day-end`)
 
 The staff users are created here, in the demo's database only (a fresh directory or an empty
@@ -25,13 +26,15 @@ from sync_server.web import auth
 # username, display name, roles, password - the demo's own, printed at the end
 STAFF = (("demo-hall", "大厅演示员", ("hall",), "demo-hall-pass"),
          ("demo-supervisor", "大厅主管演示员", ("hall", "supervisor"), "demo-supervisor-pass"),
-         ("demo-finance", "财务演示员", ("finance",), "demo-finance-pass"))
-PAGES = (("portal", "持卡人网上服务大厅", "cardholders' web portal"),
-         ("hall", "服务大厅（工作人员）", "service hall (staff)"),
-         ("finance", "财务", "finance"),
-         ("app", "手机应用", "phone app"))
+         ("demo-finance", "财务演示员", ("finance",), "demo-finance-pass"),
+         ("demo-admin", "管理员演示员", ("admin",), "demo-admin-pass"))
+PAGES = (("portal/", "持卡人网上服务大厅", "cardholders' web portal"),
+         ("hall/", "服务大厅（工作人员）", "service hall (staff)"),
+         ("finance/", "财务", "finance"),
+         ("admin/fleet", "终端、固件与升级（管理员、技术员）", "terminals, firmware and rollouts (admins, technicians)"),
+         ("app/", "手机应用", "phone app"))
 _ROLE_NAMES = {"hall": ("服务大厅", "service hall"), "supervisor": ("主管审批", "supervisor approvals"),
-               "finance": ("财务", "finance")}
+               "finance": ("财务", "finance"), "admin": ("终端管理", "terminal administration")}
 _CANDIDATES = 20          # people looked at per kind; each check costs a scrypt
 
 
@@ -120,7 +123,7 @@ def render(server_dir, database, prepared, lang, now_ms=None):
     lines += [_say(lang, "1. 启动服务器：", "1. start the server:"), "     " + said["server"],
               _say(lang, "   然后在浏览器中打开：", "   then open in a browser:")]
     for path, name_zh, name_en in PAGES:
-        lines.append("     %-32s %s" % ("%s/%s/" % (base, path), _say(lang, name_zh, name_en)))
+        lines.append("     %-34s %s" % ("%s/%s" % (base, path), _say(lang, name_zh, name_en)))
     lines.append(_say(lang, "2. 持卡人登录 %s/portal/ 或 /app/（学工号 / 交易密码，仍是初始密码）：" % base,
                       "2. cardholders sign in at %s/portal/ or /app/ (staff/student number / card PIN, still the "
                       "initial one):" % base))
@@ -132,8 +135,8 @@ def render(server_dir, database, prepared, lang, now_ms=None):
     lines.append(_say(lang, "3. 工作人员登录（用户名 / 密码）：", "3. staff sign in with (username / password):"))
     for username, password, roles in prepared["staff"]:
         duties = (", " if lang == "en" else "、").join(_say(lang, *_ROLE_NAMES.get(r, (r, r))) for r in roles)
-        page = "finance" if "finance" in roles else "hall"
-        lines.append("     %-40s %-32s %s" % ("%s / %s" % (username, password), "%s/%s/" % (base, page),
+        page = "finance/" if "finance" in roles else "admin/fleet" if "admin" in roles else "hall/"
+        lines.append("     %-40s %-34s %s" % ("%s / %s" % (username, password), "%s/%s" % (base, page),
                                                _say(lang, "（%s）", "(%s)") % duties))
     lines += [_say(lang, "4. 今日日结（%s，营业日未结束也结算）：" % said["today"],
                    "4. close today (%s, before the day ends):" % said["today"]),

@@ -1,7 +1,8 @@
 """The demo's next steps work as printed: `ykt demo` (its smallest run) ends with a server command,
 cardholders, staff users and a close command; the test runs the printed server command, signs in
-with each printed number / PIN on the portal and each printed staff user on the hall or finance
-sign-in, then runs the printed close command - on each store (--store)."""
+with each printed number / PIN on the portal and each printed staff user on the hall, finance or
+admin sign-in (the admin's fleet page listing the demo's terminals), then runs the printed close
+command - on each store (--store)."""
 import html
 import json
 import os
@@ -101,8 +102,8 @@ def test_the_printed_next_steps_open_the_pages_and_close_today(demo_run):
     today = business_day.day_text(business_day.day_of_ms(dbmod.now_ms()))
     assert shlex.split(printed["close"])[1:] == ["finance", "close", "--data-dir", server_dir, "--date", today,
                                                  "--before-day-end"]
-    assert len(printed["people"]) == 2 and {url.rsplit("/", 2)[1] for _, _, url in printed["staff"]} == \
-        {"hall", "finance"}
+    assert len(printed["people"]) == 2 and {url.split("/")[3] for _, _, url in printed["staff"]} == \
+        {"hall", "finance", "admin"}
     port = free_port()
     base = "http://127.0.0.1:%d" % port
     server = subprocess.Popen(shlex.split(printed["server"]) + ["--port", str(port)], cwd=ROOT,
@@ -112,7 +113,9 @@ def test_the_printed_next_steps_open_the_pages_and_close_today(demo_run):
         for number, pin in printed["people"]:
             _cardholder_signs_in(base, number, pin)
         for username, password, url in printed["staff"]:
-            _staff_signs_in(base, username, password, url.replace("http://127.0.0.1:8080", base))
+            page = _staff_signs_in(base, username, password, url.replace("http://127.0.0.1:8080", base))
+            if "/admin/" in url:                   # the fleet: the rush's tills (2) and its water dispenser
+                assert len(re.findall(r'<tr id="terminal-\d+"', page)) >= 3, page[:2000]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
