@@ -227,6 +227,12 @@ def test_an_update_is_refused_on_trial_or_when_not_newer(tmp_path):
     done = subprocess.run([sys.executable, "-m", "firmware.apps.slots", "--root", str(tmp_path / "none"),
                            "--data-dir", str(tmp_path), "--", "terminal"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 4 and "尚未安装固件" in done.stderr
+    for option, value in (("--hang-s", "0"), ("--hang-s", "2m"), ("--trial-s", "-300"), ("--trial-s", "9" * 40)):
+        mistaken = subprocess.run([sys.executable, "-m", "firmware.apps.slots", "--root", slots.root, "--data-dir",
+                                   str(tmp_path), option, value, "--", "terminal"], capture_output=True, text=True,
+                                  timeout=60)
+        assert mistaken.returncode == 2 and "秒数须为 1 到 604800 的整数" in mistaken.stderr, mistaken.stderr
+        assert "Traceback" not in mistaken.stderr
 
 
 PINGS_THEN_HANGS = """

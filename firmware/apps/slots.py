@@ -55,6 +55,7 @@ DEFAULT_TRIAL_S = 300
 MAX_HISTORY = 50
 RESTART_PAUSES_S = (1, 2, 5, 10, 30)
 DEFAULT_HANG_S = 120                 # a terminal whose serve loop is silent this long is hung
+MAX_SECONDS = 7 * 24 * 3600           # --trial-s and --hang-s at most a week
 ABORT_WAIT_S = 10                    # after SIGABRT, for the stacks to be written, before SIGKILL
 
 
@@ -349,6 +350,17 @@ def _abort_child(child):
         child.wait()
 
 
+def _seconds(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError("秒数须为 1 到 %d 的整数 / seconds: a whole number from 1 to %d, not %r"
+                                         % (MAX_SECONDS, MAX_SECONDS, text))
+    return value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m firmware.apps.slots",
@@ -358,10 +370,10 @@ def main(argv=None):
                "--provision /etc/ykt/terminal.json --data-dir /var/lib/ykt --serve --face 8800")
     parser.add_argument("--root", required=True, help="the slots' directory")
     parser.add_argument("--data-dir", required=True, help="the terminal's data directory (its journal)")
-    parser.add_argument("--trial-s", type=int, default=DEFAULT_TRIAL_S,
+    parser.add_argument("--trial-s", type=_seconds, default=DEFAULT_TRIAL_S,
                         help="how long an update taken through sync has to reach the server (default %d)"
                              % DEFAULT_TRIAL_S)
-    parser.add_argument("--hang-s", type=int, default=DEFAULT_HANG_S,
+    parser.add_argument("--hang-s", type=_seconds, default=DEFAULT_HANG_S,
                         help="how long the terminal may go without a heartbeat before it is stopped as hung "
                              "and restarted (default %d)" % DEFAULT_HANG_S)
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the ykt command to run")
