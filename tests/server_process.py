@@ -127,6 +127,14 @@ class ServerHandle:
         on PostgreSQL)."""
         return dbmod.connect(self.database)
 
+    def query(self, sql, parameters=()):
+        """All rows of one statement, on a connection of its own."""
+        conn = self.connect()
+        try:
+            return conn.execute(sql, parameters).fetchall()
+        finally:
+            conn.close()
+
     def master_key(self):
         return keys.load_master_key(keys.master_key_path(self.data_dir))
 

@@ -87,14 +87,6 @@ def setup(server, category=POS, terminals=1, name="一食堂"):
         conn.close()
 
 
-def query(server, sql, parameters=()):
-    conn = server.connect()
-    try:
-        return conn.execute(sql, parameters).fetchall()
-    finally:
-        conn.close()
-
-
 def client_of(server, document):
     """A terminal speaking the sync protocol with the keys of its provisioning document."""
     sam = sam_keys.SoftwareSAM({purpose: bytes.fromhex(key) for purpose, key in document["sam_keys"].items()
@@ -115,15 +107,15 @@ def test_only_administrators_get_in(site):
             assert away.status_code == 302 and away.headers["Location"].startswith("/admin/sign-in?next="), path
             refused = clerk.http.get(path)
             assert refused.status_code == 403 and "管理员" in refused.text, path
-        count = query(server, "SELECT count(*) FROM terminals")[0][0]
+        count = server.query("SELECT count(*) FROM terminals")[0][0]
         hall_token = clerk.token("/hall/")
         merchant_id = str(_merchant)
         assert clerk.post("/admin/terminals/register", {"merchant_id": merchant_id}, token=hall_token).status_code == 403
         assert clerk.post("/admin/terminals/%d/revoke" % terminal_id, {"confirm": "yes"},
                           token=hall_token).status_code == 403
         assert visitor.post("/admin/terminals/register", {"merchant_id": merchant_id}, token=None).status_code == 400
-        assert query(server, "SELECT count(*) FROM terminals")[0][0] == count
-        assert query(server, "SELECT status FROM terminals WHERE id = ?", (terminal_id,)) == [("active",)]
+        assert server.query("SELECT count(*) FROM terminals")[0][0] == count
+        assert server.query("SELECT status FROM terminals WHERE id = ?", (terminal_id,)) == [("active",)]
     finally:
         visitor.close()
         clerk.close()
@@ -188,11 +180,11 @@ def test_registering_downloads_the_provisioning_document(site):
 def test_an_activation_unit_without_the_old_systems_key_is_not_registered(site):
     server, admin = site
     merchant, _ = setup(server, category=wallets.CATEGORY_ACTIVATION, terminals=0, name="激活点")
-    count = query(server, "SELECT count(*) FROM terminals")[0][0]
+    count = server.query("SELECT count(*) FROM terminals")[0][0]
     answer = admin.post("/admin/terminals/register", {"merchant_id": str(merchant), "location": "服务大厅"})
     assert answer.status_code == 400 and "旧系统主密钥" in refusal(answer)
     assert 'value="服务大厅"' in answer.text and answer.headers["Content-Type"].startswith("text/html")
-    assert query(server, "SELECT count(*) FROM terminals")[0][0] == count
+    assert server.query("SELECT count(*) FROM terminals")[0][0] == count
 
 
 def test_bad_input_answers_why_and_changes_nothing(site, snapshot, tmp_path):
@@ -304,11 +296,11 @@ def test_merchants_are_added_and_renamed(site):
     added = admin.post("/admin/merchants", {"name_zh": "  四食堂 ", "name_en": "", "category": str(POS)})
     assert added.status_code == 302
     merchant_id = int(added.headers["Location"].split("#merchant-")[1])
-    assert query(server, "SELECT name_zh, name_en, category FROM merchants WHERE id = ?",
+    assert server.query("SELECT name_zh, name_en, category FROM merchants WHERE id = ?",
                  (merchant_id,)) == [("四食堂", "四食堂", POS)]
     renamed = admin.post("/admin/merchants/%d/names" % merchant_id, {"name_zh": "四食堂（清真）", "name_en": "Canteen 4"})
     assert renamed.status_code == 302
-    assert query(server, "SELECT m.name_zh, m.name_en, l.name_zh, l.name_en FROM merchants m JOIN ledger_accounts l "
+    assert server.query("SELECT m.name_zh, m.name_en, l.name_zh, l.name_en FROM merchants m JOIN ledger_accounts l "
                  "ON l.id = m.ledger_account_id WHERE m.id = ?", (merchant_id,)) == [("四食堂（清真）", "Canteen 4") * 2]
     listing = admin.http.get("/admin/merchants").text
     assert 'id="merchant-%d"' % merchant_id in listing and "四食堂（清真）" in listing
@@ -321,15 +313,15 @@ def test_a_key_is_rotated_and_a_terminal_revoked_only_when_confirmed(site):
     page = "/admin/terminals/%d" % terminal.terminal_id
     try:
         assert admin.post(page + "/rotate-key").status_code == 302
-        assert query(server, "SELECT key_version, next_key_version FROM terminals WHERE id = ?",
+        assert server.query("SELECT key_version, next_key_version FROM terminals WHERE id = ?",
                      (terminal.terminal_id,)) == [(1, 2)]
         assert "1 → 2" in admin.http.get(page).text
         unconfirmed = admin.post(page + "/revoke")
         assert unconfirmed.status_code == 302 and unconfirmed.headers["Location"].endswith("/revoke")
-        assert query(server, "SELECT status FROM terminals WHERE id = ?", (terminal.terminal_id,)) == [("active",)]
+        assert server.query("SELECT status FROM terminals WHERE id = ?", (terminal.terminal_id,)) == [("active",)]
         assert 'id="revoke-confirm-button"' in admin.http.get(page + "/revoke").text
         assert admin.post(page + "/revoke", {"confirm": "yes"}).status_code == 302
-        assert query(server, "SELECT status FROM terminals WHERE id = ?", (terminal.terminal_id,)) == [("revoked",)]
+        assert server.query("SELECT status FROM terminals WHERE id = ?", (terminal.terminal_id,)) == [("revoked",)]
         with pytest.raises(SyncRefused) as refused:
             terminal.sync()
         assert refused.value.error == "terminal_revoked"
@@ -362,7 +354,7 @@ def test_a_signed_bundle_is_uploaded_and_rolled_out_to_one_terminal(site, tmp_pa
     with open(forged, "rb") as handle:
         refused = admin.post("/admin/releases", files={"bundle": ("forged.zip", handle.read(), "application/zip")})
     assert refused.status_code == 400 and "签名无效" in refusal(refused)
-    assert query(server, "SELECT version FROM firmware_releases") == [("9.1.0",)]
+    assert server.query("SELECT version FROM firmware_releases") == [("9.1.0",)]
 
     chosen, bystander = server.add_terminal(), server.add_terminal()
     try:
@@ -382,5 +374,5 @@ def test_a_signed_bundle_is_uploaded_and_rolled_out_to_one_terminal(site, tmp_pa
     finally:
         chosen.close()
         bystander.close()
-    logged = query(server, "SELECT action FROM staff_actions WHERE action IN ('release_add', 'rollout')")
+    logged = server.query("SELECT action FROM staff_actions WHERE action IN ('release_add', 'rollout')")
     assert sorted(row[0] for row in logged) == ["release_add", "rollout"]

@@ -31,6 +31,7 @@ from sync_server.web import auth
 from field_cards import card_image
 from server_process import free_port, running_server
 from staff_site import PASSWORD
+from test_virtual_board import until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLASH = os.path.join(ROOT, "tools", "flash.py")
@@ -179,21 +180,6 @@ def service_command(root):
     return argv, environment, under_root(root, value_of(service, "WorkingDirectory"))
 
 
-def until(what, predicate):
-    deadline = time.monotonic() + DEADLINE_S
-    while not predicate():
-        assert time.monotonic() < deadline, "never: %s" % what
-        time.sleep(0.2)
-
-
-def query(server, sql, parameters=()):
-    conn = server.connect()
-    try:
-        return conn.execute(sql, parameters).fetchall()
-    finally:
-        conn.close()
-
-
 def one_bilingual_line(done, *words):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and " / " in lines[0], done.stderr
@@ -213,7 +199,7 @@ def test_a_terminal_registered_on_the_server_and_flashed_boots_into_the_terminal
         document = json.load(handle)
     learn_keys(document)
     terminal_id = document["terminal_id"]
-    assert query(server, "SELECT merchant_id, location, status FROM terminals WHERE id = ?", (terminal_id,)) == \
+    assert server.query("SELECT merchant_id, location, status FROM terminals WHERE id = ?", (terminal_id,)) == \
         [(site.canteen, "一食堂二楼东", "active")]
     assert document["release_keys"] == [site.public]
     assert "刷机完成" in done.stdout and "全部一致" in done.stdout
@@ -303,8 +289,8 @@ def test_a_terminal_registered_on_the_server_and_flashed_boots_into_the_terminal
             except socket.timeout:
                 pass
             return {"READY=1", "WATCHDOG=1"} <= heard and \
-                query(server, "SELECT seq FROM terminal_records WHERE terminal_id = ?", (terminal_id,)) == [(1,)]
-        until("the tap on the server and systemd told (%s)" % log_path, told_and_uploaded)
+                server.query("SELECT seq FROM terminal_records WHERE terminal_id = ?", (terminal_id,)) == [(1,)]
+        until("the tap on the server and systemd told (%s)" % log_path, told_and_uploaded, DEADLINE_S)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=DEADLINE_S)
@@ -320,11 +306,11 @@ def test_a_terminal_registered_on_the_server_and_flashed_boots_into_the_terminal
     assert os.listdir(on(root, "/var/lib/ykt/data"))             # the journal is where the unit says
 
     # again, as a technician unsure it went through: the identity kept, nothing registered, all verified
-    count = query(server, "SELECT count(*) FROM terminals")
+    count = server.query("SELECT count(*) FROM terminals")
     again = flash(*args, env={"YKT_ADMIN_PASSWORD": PASSWORD})
     assert again.returncode == 0, again.stderr
     assert "沿用" in again.stdout and "写入 0 项" in again.stdout
-    assert query(server, "SELECT count(*) FROM terminals") == count
+    assert server.query("SELECT count(*) FROM terminals") == count
     checked = flash("verify", "--target", str(root), "--lang", "en")
     assert checked.returncode == 0 and "all match" in checked.stdout, checked.stdout + checked.stderr
     assert_no_key_printed()
@@ -473,13 +459,13 @@ def test_mistakes_are_one_bilingual_line_and_exit_2(site, tmp_path):
         (["--target", str(root), "--bundle", site.bundle, "--server", site.server.url, "--user", "tech",
           "--merchant", str(site.canteen)], ("登录失败", "sign-in refused")),
     ]
-    count = query(site.server, "SELECT count(*) FROM terminals")
+    count = site.server.query("SELECT count(*) FROM terminals")
     for args, words in cases:
         done = flash("flash", *args, env={"YKT_ADMIN_PASSWORD": "not the password"})
         assert done.returncode == 2, (args, done.stderr)
         one_bilingual_line(done, *words)
     assert os.listdir(root) == []
-    assert query(site.server, "SELECT count(*) FROM terminals") == count
+    assert site.server.query("SELECT count(*) FROM terminals") == count
     shown = flash("flash", "--help")
     assert shown.returncode == 0 and "示例 / examples" in shown.stdout and "ssh://" in shown.stdout
     assert_no_key_printed()
