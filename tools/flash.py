@@ -620,14 +620,16 @@ def peek_bundle(path):
     try:
         with zipfile.ZipFile(path) as archive:
             manifest = json.loads(archive.read(bundles.MANIFEST))
-            for name, listed in sorted(manifest["files"].items()):
-                digest = hashlib.sha256(archive.read(bundles.FILES_PREFIX + bundles.check_path(name))).hexdigest()
-                if digest != listed["sha256"]:
-                    raise FlashMistake("固件包 %s 已损坏或被改动：%s 与清单不符" % (path, name),
-                                       "the bundle %s is damaged or altered: %s does not match its manifest"
-                                       % (path, name))
+            for name in manifest["files"]:
+                bundles.check_path(name)
+            bundles.check_files(archive, manifest)
             return manifest["kind"], manifest["version"]
-    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError, bundles.BundleRefused):
+    except bundles.BundleRefused as refused:
+        if refused.code != "altered":
+            raise FlashMistake("%s 不是固件包" % path, "%s is not a firmware bundle" % path)
+        raise FlashMistake("固件包 %s 已损坏或被改动：%s" % (path, refused.zh),
+                           "the bundle %s is damaged or altered: %s" % (path, refused.en))
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError):
         raise FlashMistake("%s 不是固件包" % path, "%s is not a firmware bundle" % path)
 
 

@@ -59,11 +59,17 @@ def _verify_archive(archive, kind, installed_version, keys):
     manifest, members = read_signed_manifest(archive, keys)
     check_manifest(manifest, kind, installed_version)
     check_members(manifest["files"], members)
+    check_files(archive, manifest)
+    return manifest
+
+
+def check_files(archive, manifest):
+    """Every file the manifest lists is in the open bundle with its SHA-256; BundleRefused("altered")
+    otherwise (KeyError for a listed file that is missing)."""
     for path, entry in manifest["files"].items():
         if _sha256_member(archive, FILES_PREFIX + path) != entry.get("sha256"):
             raise BundleRefused("altered", "文件 %s 与清单不符（已被改动）" % path, "%s does not match the manifest "
                                 "(altered)" % path)
-    return manifest
 
 
 def read_signed_manifest(archive, keys):

@@ -32,6 +32,7 @@ class BundleRefused(Exception):
     def __init__(self, code, zh, en):
         Exception.__init__(self, "%s / %s" % (zh, en))
         self.code = code
+        self.zh, self.en = zh, en
 
 
 def parse_version(text):
