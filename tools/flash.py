@@ -972,13 +972,12 @@ def run_board(args, out, port):
                                                                           "not available here")
     settings = {}
     for text in args.setting:
-        key, sep, value = text.partition("=")
-        if not sep or not key:
-            raise FlashMistake("--setting 应为 键=值：%r" % text, "--setting takes KEY=VALUE: %r" % text)
         try:
-            settings[key] = json.loads(value)
+            key, value = flash_board.parse_setting(text)
         except ValueError:
-            settings[key] = value
+            raise FlashMistake("--setting 应为 键=值，值为整数或 true/false：%r" % text,
+                               "--setting takes KEY=VALUE, the value a whole number or true/false: %r" % text)
+        settings[key] = value
     _provision_bytes, document = obtain_provisioning(args, out)
     kind_of(document, "dispenser", args.kind)
     try:

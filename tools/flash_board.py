@@ -347,17 +347,26 @@ def open_bytes(path):
 
 # --- the command line ------------------------------------------------------------------------------------
 
-def _setting(text):
+def parse_setting(text):
+    """One board setting, KEY=VALUE -> (key, value): a whole number or true/false (what
+    BOARD_SETTINGS holds); ValueError saying what is wrong otherwise."""
     name, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError("KEY=VALUE expected")
+    if not sep or not name.strip():
+        raise ValueError("KEY=VALUE expected")
     lowered = value.strip().lower()
     if lowered in ("true", "false"):
         return name.strip(), lowered == "true"
     try:
         return name.strip(), int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError("%s: a whole number or true/false expected" % text)
+        raise ValueError("%s: a whole number or true/false expected" % text)
+
+
+def _setting(text):
+    try:
+        return parse_setting(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error))
 
 
 def _read_json(path, what):
