@@ -135,13 +135,12 @@ class Task(_Waitable):
         return "<Task>"
 
 
-class Event(_Waitable):
+class _Flag(_Waitable):
+    """What Event and ThreadSafeFlag share: a state that set() raises, waking every waiter."""
+
     def __init__(self):
         _Waitable.__init__(self)
         self.state = False
-
-    def is_set(self):
-        return self.state
 
     def set(self):
         self.state = True
@@ -149,6 +148,11 @@ class Event(_Waitable):
 
     def clear(self):
         self.state = False
+
+
+class Event(_Flag):
+    def is_set(self):
+        return self.state
 
     def wait(self):
         while not self.state:       # woken when set; set and cleared at once, it waits again
@@ -156,19 +160,8 @@ class Event(_Waitable):
         return True
 
 
-class ThreadSafeFlag(_Waitable):
+class ThreadSafeFlag(_Flag):
     """Set from an IRQ handler; one waiter takes it and it is clear again."""
-
-    def __init__(self):
-        _Waitable.__init__(self)
-        self.state = False
-
-    def set(self):
-        self.state = True
-        self._wake_all()
-
-    def clear(self):
-        self.state = False
 
     def wait(self):
         while not self.state:
